@@ -1,0 +1,25 @@
+// Forward declarations of twin's public types, for headers that only name them.
+#pragma once
+
+#include <cstdint>
+
+namespace twin {
+enum class dtype : std::uint8_t;
+struct device;
+template <class V> class BasicTensorView;
+using TensorView = BasicTensorView<void>;
+using ConstTensorView = BasicTensorView<const void>;
+class Tensor;
+class StateDict;
+template <class T> struct tensor_adapter;
+class TaskVector;
+struct TensorMergeArgs;
+struct MergeOptions;
+struct WeightAverage;
+struct TaskArithmetic;
+struct Ties;
+struct DareLinear;
+struct DareTies;
+struct Breadcrumbs;
+class AnyMerger;
+}  // namespace twin

@@ -1,0 +1,79 @@
+// DARE (Yu et al. 2024): drop each entry of τ_i with probability 1 − density
+// and rescale the survivors by 1/density, then
+//   DareLinear: Task Arithmetic, θ0 + λ Σ w_i τ̃_i;
+//   DareTies:   Ties' sign election and disjoint mean on τ̃_i, without trim.
+// (mergekit's dare_ties defaults to an unnormalized sum; ours is the disjoint
+// mean, as DESIGN.md §3 specifies.)
+// The mask of entry j of expert i is Philox(seed, tensor name, i) at j:
+// the same for any thread count, any chunking, and on the GPU.
+#pragma once
+
+#include "twin/merge/merger.hpp"
+#include "twin/merge/ties.hpp"
+#include "twin/random.hpp"
+
+namespace twin {
+
+namespace detail {
+// τ̃ for n entries starting at linear index lo.
+inline void dare_drop(const Philox& rng, float density, std::int64_t lo, std::int64_t n, const float* base,
+                      const float* expert, float* out) noexcept {
+  const float scale = density > 0.0f ? 1.0f / density : 0.0f;
+  std::int64_t j = 0;
+  // Align to a Philox block of 4 so each block is drawn once.
+  for (; j < n && ((lo + j) & 3) != 0; ++j)
+    out[j] = rng.uniform(static_cast<std::uint64_t>(lo + j)) < density ? (expert[j] - base[j]) * scale : 0.0f;
+  for (; j + 4 <= n; j += 4) {
+    const auto r = rng.block(static_cast<std::uint64_t>(lo + j) >> 2);
+    for (int q = 0; q < 4; ++q)
+      out[j + q] = Philox::to_unit(r[static_cast<std::size_t>(q)]) < density ? (expert[j + q] - base[j + q]) * scale
+                                                                              : 0.0f;
+  }
+  for (; j < n; ++j)
+    out[j] = rng.uniform(static_cast<std::uint64_t>(lo + j)) < density ? (expert[j] - base[j]) * scale : 0.0f;
+}
+
+template <bool Ties>
+struct DareBase {
+  double density = 0.5;  // probability of keeping an entry
+  double scaling = 1.0;  // λ
+  std::uint64_t seed = 0;
+  std::vector<double> weights;  // per expert; empty: all 1
+
+  std::string_view name() const noexcept { return Ties ? "dare_ties" : "dare_linear"; }
+
+  void merge_tensor(const TensorMergeArgs& a) const {
+    check_merge_args(a);
+    check_unit_interval(density, std::string(name()) + " density");
+    const std::vector<float> w = resolve_weights(weights, a.experts.size(), name());
+    const std::size_t T = w.size();
+    std::vector<Philox> rng;
+    for (std::size_t i = 0; i < T; ++i) rng.emplace_back(random_key(seed, a.name, i));
+    const float d = static_cast<float>(density), lambda = static_cast<float>(scaling);
+    merge_chunks(a, merge_block, [&](std::int64_t) {
+      return [&, drop = std::vector<float>(T * TWIN_CHUNK_ELEMENTS), rows = std::vector<const float*>(T),
+              scratch = std::vector<float>(2 * TWIN_CHUNK_ELEMENTS)](
+                 std::int64_t lo, std::int64_t n, const float* base, const float* const* ex, float* out) mutable {
+        for (std::size_t i = 0; i < T; ++i) {
+          float* t = drop.data() + i * TWIN_CHUNK_ELEMENTS;
+          dare_drop(rng[i], d, lo, n, base, ex[i], t);
+          rows[i] = t;
+        }
+        if constexpr (Ties) {
+          disjoint_mean(n, T, rows.data(), w.data(), out, scratch.data(), scratch.data() + TWIN_CHUNK_ELEMENTS);
+        } else {
+          for (std::int64_t j = 0; j < n; ++j) out[j] = 0.0f;
+          for (std::size_t i = 0; i < T; ++i)
+            for (std::int64_t j = 0; j < n; ++j) out[j] += w[i] * rows[i][j];
+        }
+        for (std::int64_t j = 0; j < n; ++j) out[j] = base[j] + lambda * out[j];
+      };
+    });
+  }
+};
+}  // namespace detail
+
+struct DareLinear : detail::DareBase<false> {};
+struct DareTies : detail::DareBase<true> {};
+
+}  // namespace twin

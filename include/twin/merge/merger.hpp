@@ -1,0 +1,273 @@
+// The SharedMerger concept and the driver that merges whole state dicts.
+// A strategy merges one tensor at a time (merge_tensor); strategies that need
+// a look at every tensor first (Ties with global top-k scope) also provide
+// plan(), which the driver calls once before the per-tensor pass.
+#pragma once
+
+#include <concepts>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "twin/error.hpp"
+#include "twin/parallel.hpp"
+#include "twin/state_dict.hpp"
+#include "twin/tensor.hpp"
+
+namespace twin {
+
+// One tensor's inputs and output. Views may be strided and of any float
+// dtype; values are read as f32 and written rounded to out's dtype.
+struct TensorMergeArgs {
+  std::string_view name;
+  ConstTensorView base;
+  std::span<const ConstTensorView> experts;
+  TensorView out;
+};
+
+// What plan() sees: every tensor that will be merged, in order, with a way to
+// view the base (model -1) or expert i (model i) copy of it.
+struct MergeCatalog {
+  std::vector<std::string> names;
+  int num_experts = 0;
+  std::function<ConstTensorView(std::size_t tensor, int model)> view;
+};
+
+template <class M>
+concept SharedMerger = requires(const M& m, const TensorMergeArgs& a) {
+  { m.name() } -> std::convertible_to<std::string_view>;
+  m.merge_tensor(a);
+};
+
+// A strategy that needs a global pass: plan(catalog) returns a plan that the
+// per-tensor call then takes as second argument.
+template <class M>
+concept PlannedMerger = requires(const M& m, const MergeCatalog& c, const TensorMergeArgs& a) {
+  m.plan(c);
+  m.merge_tensor(a, m.plan(c));
+};
+
+// Per-model weights w_i: empty means 1 for every model.
+inline std::vector<float> resolve_weights(const std::vector<double>& w, std::size_t n, std::string_view who) {
+  if (w.empty()) return std::vector<float>(n, 1.0f);
+  if (w.size() != n)
+    throw argument_error(std::string(who) + ": " + std::to_string(w.size()) + " weights given for " +
+                         std::to_string(n) + " experts");
+  return std::vector<float>(w.begin(), w.end());
+}
+
+inline void check_unit_interval(double v, std::string_view what) {
+  if (!(v >= 0.0 && v <= 1.0))
+    throw argument_error(std::string(what) + " must be in [0, 1], found " + std::to_string(v));
+}
+
+namespace detail {
+
+inline void check_merge_args(const TensorMergeArgs& a) {
+  if (a.experts.empty()) throw argument_error("tensor '" + std::string(a.name) + "': no experts to merge");
+  require_float(a.base.dtype(), "base tensor '" + std::string(a.name) + "'");
+  require_float(a.out.dtype(), "output tensor '" + std::string(a.name) + "'");
+  check_same_shape(a.name, a.base.shape(), a.out.shape(), "output tensor");
+  for (std::size_t i = 0; i < a.experts.size(); ++i) {
+    require_float(a.experts[i].dtype(), "expert " + std::to_string(i) + " tensor '" + std::string(a.name) + "'");
+    check_same_shape(a.name, a.base.shape(), a.experts[i].shape(), "expert " + std::to_string(i) + " tensor");
+  }
+}
+
+// Reads `n` values at `lo` as f32: straight from memory when the view is
+// contiguous f32, else converted into buf.
+inline const float* chunk_f32(const ConstTensorView& v, std::int64_t lo, std::int64_t n, float* buf) {
+  if (v.dtype() == dtype::f32 && v.is_contiguous()) return static_cast<const float*>(v.data()) + lo;
+  read_f32(v, lo, n, buf);
+  return buf;
+}
+
+// Elementwise driver. For each parallel block of `block` elements it calls
+// make(block_lo) once, then the returned callable g(lo, n, base, ex, out) on
+// consecutive chunks, where base/ex[i] point at f32 input values and out at
+// an f32 buffer that is then stored into a.out. Blocks never depend on the
+// thread count.
+template <class Make>
+void merge_chunks(const TensorMergeArgs& a, std::int64_t block, Make&& make) {
+  const std::int64_t n = a.base.numel();
+  const std::size_t T = a.experts.size();
+  const bool direct_out = a.out.dtype() == dtype::f32 && a.out.is_contiguous();
+  parallel_blocks(n, block, [&](std::int64_t b0, std::int64_t b1) {
+    constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
+    std::vector<float> buf(static_cast<std::size_t>(C) * (T + 2));
+    std::vector<const float*> ex(T);
+    auto g = make(b0);
+    for (std::int64_t lo = b0; lo < b1; lo += C) {
+      const std::int64_t c = std::min(C, b1 - lo);
+      const float* base = chunk_f32(a.base, lo, c, buf.data());
+      for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], lo, c, buf.data() + C * (i + 1));
+      float* out = direct_out ? static_cast<float*>(a.out.data()) + lo : buf.data() + C * (T + 1);
+      g(lo, c, base, ex.data(), out);
+      if (!direct_out) write_f32(out, lo, c, a.out);
+    }
+  });
+}
+
+constexpr std::int64_t merge_block = std::int64_t{1} << 16;
+
+// τ_i = expert_i − base for every expert, as one dense f32 buffer of
+// T rows of n values (row i is τ_i).
+inline std::vector<float> task_vectors_f32(const TensorMergeArgs& a) {
+  const std::int64_t n = a.base.numel();
+  std::vector<float> tau(a.experts.size() * static_cast<std::size_t>(n));
+  parallel_blocks(n, merge_block, [&](std::int64_t b0, std::int64_t b1) {
+    constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
+    std::vector<float> bb(C), eb(C);
+    for (std::int64_t lo = b0; lo < b1; lo += C) {
+      const std::int64_t c = std::min(C, b1 - lo);
+      const float* base = chunk_f32(a.base, lo, c, bb.data());
+      for (std::size_t i = 0; i < a.experts.size(); ++i) {
+        const float* e = chunk_f32(a.experts[i], lo, c, eb.data());
+        float* t = tau.data() + static_cast<std::int64_t>(i) * n + lo;
+        for (std::int64_t j = 0; j < c; ++j) t[j] = e[j] - base[j];
+      }
+    }
+  });
+  return tau;
+}
+
+// TIES' elect + disjoint mean over T (trimmed) task values per element, for
+// n elements: s = sign(Σ w τ) with 0 -> +1; merged = Σ w τ [sign τ = s] /
+// Σ w [sign τ = s], 0 where nothing has sign s. `sum` and `den` are n-float
+// scratch buffers.
+inline void disjoint_mean(std::int64_t n, std::size_t T, const float* const* tau, const float* w, float* merged,
+                          float* sum, float* den) noexcept {
+  for (std::int64_t j = 0; j < n; ++j) sum[j] = 0.0f, merged[j] = 0.0f, den[j] = 0.0f;
+  for (std::size_t i = 0; i < T; ++i)
+    for (std::int64_t j = 0; j < n; ++j) sum[j] += w[i] * tau[i][j];
+  for (std::size_t i = 0; i < T; ++i) {
+    const float wi = w[i];
+    for (std::int64_t j = 0; j < n; ++j) {
+      const float t = tau[i][j];
+      const bool agree = sum[j] >= 0.0f ? t > 0.0f : t < 0.0f;
+      merged[j] += agree ? wi * t : 0.0f;
+      den[j] += agree ? wi : 0.0f;
+    }
+  }
+  for (std::int64_t j = 0; j < n; ++j) merged[j] = den[j] != 0.0f ? merged[j] / den[j] : 0.0f;
+}
+
+}  // namespace detail
+
+// --- whole state dicts -----------------------------------------------------
+
+struct MergeOptions {
+  // Tensors whose names match are not merged: the output takes the base's copy.
+  std::vector<std::string> exclude;
+  // Output dtype (default: the base tensor's dtype).
+  std::optional<twin::dtype> out_dtype;
+  // Labels for error messages (file names); default "expert <i>".
+  std::vector<std::string> expert_labels;
+  // Called after each tensor: (tensors done, total, name).
+  std::function<void(std::size_t, std::size_t, std::string_view)> progress;
+};
+
+namespace detail {
+inline std::string expert_label(const MergeOptions& o, std::size_t i) {
+  if (i < o.expert_labels.size()) return "expert " + std::to_string(i) + " ('" + o.expert_labels[i] + "')";
+  return "expert " + std::to_string(i);
+}
+
+// Same names, same shapes, float dtypes: the contract every merge needs.
+inline void check_compatible(const StateDict& base, std::span<const StateDict* const> experts,
+                             const MergeOptions& o) {
+  if (experts.empty()) throw argument_error("merge needs at least one expert");
+  for (std::size_t i = 0; i < experts.size(); ++i) {
+    const StateDict& e = *experts[i];
+    for (const auto& [name, t] : base) {
+      const Tensor* et = e.find(name);
+      if (!et) throw name_error(expert_label(o, i) + " has no tensor '" + name + "' that the base has");
+      if (!std::equal(t.shape().begin(), t.shape().end(), et->shape().begin(), et->shape().end()))
+        throw shape_error("tensor '" + name + "': base has shape " + t.shape_str() + ", " + expert_label(o, i) +
+                          " has " + et->shape_str());
+      require_float(et->dtype(), "tensor '" + name + "' of " + expert_label(o, i));
+    }
+    if (e.size() != base.size())
+      for (const auto& [name, t] : e)
+        if (!base.contains(name))
+          throw name_error(expert_label(o, i) + " has a tensor '" + name + "' that the base does not have");
+  }
+}
+}  // namespace detail
+
+// Merges every tensor of `base` with the same-named tensors of the experts.
+template <SharedMerger M>
+StateDict merge_state(const M& merger, const StateDict& base, std::span<const StateDict* const> experts,
+                      const MergeOptions& opts = {}) {
+  detail::check_compatible(base, experts, opts);
+  const NameFilter excluded(opts.exclude);
+
+  MergeCatalog catalog;
+  catalog.num_experts = static_cast<int>(experts.size());
+  for (const auto& [name, t] : base)
+    if (!excluded.matches(name)) catalog.names.push_back(name);
+  catalog.view = [&](std::size_t i, int model) -> ConstTensorView {
+    const std::string& name = catalog.names[i];
+    return model < 0 ? base.at(name).view() : experts[static_cast<std::size_t>(model)]->at(name).view();
+  };
+
+  auto run = [&](auto&& merge_one) {
+    StateDict out;
+    std::size_t done = 0;
+    for (const auto& [name, t] : base) {
+      const twin::dtype od = opts.out_dtype.value_or(t.dtype());
+      if (excluded.matches(name)) {
+        out.insert(name, t.clone_as(od));
+      } else {
+        Tensor o(od, t.shape());
+        std::vector<ConstTensorView> ev;
+        ev.reserve(experts.size());
+        for (const StateDict* e : experts) ev.push_back(e->at(name).view());
+        merge_one(TensorMergeArgs{name, t.view(), ev, o.view()});
+        out.insert(name, std::move(o));
+      }
+      if (opts.progress) opts.progress(++done, base.size(), name);
+    }
+    return out;
+  };
+
+  if constexpr (PlannedMerger<M>) {
+    const auto plan = merger.plan(catalog);
+    return run([&](const TensorMergeArgs& a) { merger.merge_tensor(a, plan); });
+  } else {
+    return run([&](const TensorMergeArgs& a) { merger.merge_tensor(a); });
+  }
+}
+
+template <SharedMerger M>
+StateDict merge_state(const M& merger, const StateDict& base, std::span<const StateDict> experts,
+                      const MergeOptions& opts = {}) {
+  std::vector<const StateDict*> ptrs;
+  for (const StateDict& e : experts) ptrs.push_back(&e);
+  return merge_state(merger, base, std::span<const StateDict* const>(ptrs), opts);
+}
+
+// Merges one tensor into a freshly allocated output (convenience for tests
+// and layer-by-layer hosts).
+template <SharedMerger M>
+Tensor merge_tensor(const M& merger, std::string_view name, ConstTensorView base,
+                    std::span<const ConstTensorView> experts, std::optional<twin::dtype> out_dtype = {}) {
+  Tensor o(out_dtype.value_or(base.dtype()), base.shape());
+  const TensorMergeArgs a{name, base, experts, o.view()};
+  if constexpr (PlannedMerger<M>) {
+    MergeCatalog c;
+    c.names = {std::string(name)};
+    c.num_experts = static_cast<int>(experts.size());
+    c.view = [&](std::size_t, int model) { return model < 0 ? base : experts[static_cast<std::size_t>(model)]; };
+    merger.merge_tensor(a, merger.plan(c));
+  } else {
+    merger.merge_tensor(a);
+  }
+  return o;
+}
+
+}  // namespace twin

@@ -1,0 +1,68 @@
+// Counter-based random numbers (Philox4x32-10, Salmon et al. 2011): the value
+// at position i depends only on (key, i), never on which thread asks or in
+// what order, so DARE's drop masks are the same on any thread count and on
+// the GPU path.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string_view>
+
+namespace twin {
+
+// 64-bit FNV-1a of a string; folds a tensor name into a random key.
+constexpr std::uint64_t fnv1a64(std::string_view s) noexcept {
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (char c : s) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+class Philox {
+ public:
+  constexpr explicit Philox(std::uint64_t key) noexcept
+      : k0_(static_cast<std::uint32_t>(key)), k1_(static_cast<std::uint32_t>(key >> 32)) {}
+
+  // Four independent 32-bit words for the 128-bit counter (ctr, stream).
+  constexpr std::array<std::uint32_t, 4> block(std::uint64_t ctr, std::uint64_t stream = 0) const noexcept {
+    std::uint32_t c0 = static_cast<std::uint32_t>(ctr), c1 = static_cast<std::uint32_t>(ctr >> 32);
+    std::uint32_t c2 = static_cast<std::uint32_t>(stream), c3 = static_cast<std::uint32_t>(stream >> 32);
+    std::uint32_t k0 = k0_, k1 = k1_;
+    for (int round = 0; round < 10; ++round) {
+      const std::uint64_t p0 = 0xD2511F53ull * c0;
+      const std::uint64_t p1 = 0xCD9E8D57ull * c2;
+      const std::uint32_t hi0 = static_cast<std::uint32_t>(p0 >> 32), lo0 = static_cast<std::uint32_t>(p0);
+      const std::uint32_t hi1 = static_cast<std::uint32_t>(p1 >> 32), lo1 = static_cast<std::uint32_t>(p1);
+      c0 = hi1 ^ c1 ^ k0;
+      c1 = lo1;
+      c2 = hi0 ^ c3 ^ k1;
+      c3 = lo0;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    return {c0, c1, c2, c3};
+  }
+
+  // Uniform float in [0, 1) for element i: 24 random bits, exact in f32.
+  // One Philox block serves four consecutive elements.
+  constexpr float uniform(std::uint64_t i, std::uint64_t stream = 0) const noexcept {
+    return to_unit(block(i >> 2, stream)[i & 3u]);
+  }
+
+  static constexpr float to_unit(std::uint32_t bits) noexcept { return static_cast<float>(bits >> 8) * 0x1.0p-24f; }
+
+ private:
+  std::uint32_t k0_, k1_;
+};
+
+// Key of the stream for (seed, tensor name, model index).
+constexpr std::uint64_t random_key(std::uint64_t seed, std::string_view tensor, std::uint64_t model) noexcept {
+  std::uint64_t h = fnv1a64(tensor) ^ (seed * 0x9E3779B97F4A7C15ull);
+  h ^= (model + 1) * 0xC2B2AE3D27D4EB4Full;
+  h ^= h >> 29;
+  return h;
+}
+
+}  // namespace twin

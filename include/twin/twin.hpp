@@ -1,0 +1,24 @@
+// twin: Twin-Merging for C++ inference engines. This umbrella header brings in
+// everything that runs on the CPU and needs nothing optional; the Eigen and
+// xtensor adapters (twin/adapters/) and the CUDA path (twin/backend/cuda/)
+// are included explicitly by the hosts that want them.
+#pragma once
+
+#include "twin/config.hpp"
+#include "twin/dtype.hpp"
+#include "twin/error.hpp"
+#include "twin/fwd.hpp"
+#include "twin/parallel.hpp"
+#include "twin/random.hpp"
+#include "twin/state_dict.hpp"
+#include "twin/tensor.hpp"
+
+#include "twin/merge/any_merger.hpp"
+#include "twin/merge/breadcrumbs.hpp"
+#include "twin/merge/dare.hpp"
+#include "twin/merge/merger.hpp"
+#include "twin/merge/selection.hpp"
+#include "twin/merge/task_arithmetic.hpp"
+#include "twin/merge/task_vector.hpp"
+#include "twin/merge/ties.hpp"
+#include "twin/merge/weight_average.hpp"

@@ -1,0 +1,478 @@
+// SharedMerger strategies against dense double-precision references written
+// here independently (sort-based top-k, plain loops), on f32, f16 and bf16.
+#include <algorithm>
+#include <numeric>
+
+#include "test_support.hpp"
+
+using namespace twin;
+using twin_test::check_close;
+using twin_test::perturbed;
+using twin_test::random_tensor;
+using twin_test::same_bits;
+using twin_test::unit_roundoff;
+
+namespace {
+
+using Vec = std::vector<double>;
+
+// τ = expert − base; the spec computes it in f32, the rest of the reference in double.
+Vec tau_of(const Tensor& e, const Tensor& b) {
+  const Vec ev = to_f64_vector(e.view()), bv = to_f64_vector(b.view());
+  Vec t(ev.size());
+  for (std::size_t i = 0; i < t.size(); ++i) t[i] = static_cast<float>(static_cast<float>(ev[i]) - static_cast<float>(bv[i]));
+  return t;
+}
+
+// Keeps the k largest |v|, the lower index first among equal magnitudes.
+std::vector<char> ref_top_k(const Vec& v, std::int64_t k) {
+  std::vector<std::size_t> idx(v.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  std::stable_sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) { return std::abs(v[a]) > std::abs(v[b]); });
+  std::vector<char> keep(v.size(), 0);
+  for (std::int64_t r = 0; r < std::min<std::int64_t>(k, static_cast<std::int64_t>(v.size())); ++r) keep[idx[static_cast<std::size_t>(r)]] = 1;
+  return keep;
+}
+
+std::int64_t floor_count(double density, std::size_t n) { return static_cast<std::int64_t>(std::floor(density * static_cast<double>(n) + 1e-9)); }
+
+Vec ref_disjoint(const std::vector<Vec>& taus, const Vec& w) {
+  Vec out(taus[0].size(), 0.0);
+  for (std::size_t j = 0; j < out.size(); ++j) {
+    double s = 0;
+    for (std::size_t i = 0; i < taus.size(); ++i) s += w[i] * taus[i][j];
+    const double sign = s >= 0 ? 1.0 : -1.0;
+    double num = 0, den = 0;
+    for (std::size_t i = 0; i < taus.size(); ++i)
+      if (taus[i][j] * sign > 0) num += w[i] * taus[i][j], den += w[i];
+    out[j] = den != 0 ? num / den : 0.0;
+  }
+  return out;
+}
+
+Vec plus_scaled(const Vec& base, const Vec& d, double lambda) {
+  Vec o(base.size());
+  for (std::size_t j = 0; j < o.size(); ++j) o[j] = base[j] + lambda * d[j];
+  return o;
+}
+
+struct Fixture {
+  Tensor base;
+  std::vector<Tensor> experts;
+  std::vector<ConstTensorView> views() const {
+    std::vector<ConstTensorView> v;
+    for (const auto& e : experts) v.push_back(e.view());
+    return v;
+  }
+  std::vector<Vec> taus() const {
+    std::vector<Vec> t;
+    for (const auto& e : experts) t.push_back(tau_of(e, base));
+    return t;
+  }
+  Vec basev() const { return to_f64_vector(base.view()); }
+};
+
+Fixture make_fixture(std::uint64_t seed, dtype t, std::vector<std::int64_t> shape, int T) {
+  std::mt19937_64 rng(seed);
+  Fixture f{random_tensor(rng, t, shape, 0.0, 1.0), {}};
+  for (int i = 0; i < T; ++i) f.experts.push_back(perturbed(rng, f.base, 0.1, t));
+  return f;
+}
+
+// The reference of every strategy, by name, with the settings used below.
+Vec reference(std::string_view method, const Fixture& f, const Vec& w, double lambda, double density, double gamma,
+              std::uint64_t seed, std::string_view name) {
+  const Vec base = f.basev();
+  std::vector<Vec> taus = f.taus();
+  const std::size_t n = base.size();
+  if (method == "average") {
+    Vec o(n, 0.0);
+    const double ws = std::accumulate(w.begin(), w.end(), 0.0);
+    for (std::size_t i = 0; i < taus.size(); ++i) {
+      const Vec e = to_f64_vector(f.experts[i].view());
+      for (std::size_t j = 0; j < n; ++j) o[j] += w[i] * e[j] / ws;
+    }
+    return o;
+  }
+  if (method == "task_arithmetic") {
+    Vec s(n, 0.0);
+    for (std::size_t i = 0; i < taus.size(); ++i)
+      for (std::size_t j = 0; j < n; ++j) s[j] += w[i] * taus[i][j];
+    return plus_scaled(base, s, lambda);
+  }
+  if (method == "ties") {
+    for (auto& t : taus) {
+      const auto keep = ref_top_k(t, floor_count(density, n));
+      for (std::size_t j = 0; j < n; ++j) t[j] = keep[j] ? t[j] : 0.0;
+    }
+    return plus_scaled(base, ref_disjoint(taus, w), lambda);
+  }
+  if (method == "dare_linear" || method == "dare_ties") {
+    for (std::size_t i = 0; i < taus.size(); ++i) {
+      const Philox rng(random_key(seed, name, i));
+      for (std::size_t j = 0; j < n; ++j)
+        taus[i][j] = rng.uniform(j) < static_cast<float>(density) ? taus[i][j] / static_cast<float>(density) : 0.0;
+    }
+    if (method == "dare_ties") return plus_scaled(base, ref_disjoint(taus, w), lambda);
+    Vec s(n, 0.0);
+    for (std::size_t i = 0; i < taus.size(); ++i)
+      for (std::size_t j = 0; j < n; ++j) s[j] += w[i] * taus[i][j];
+    return plus_scaled(base, s, lambda);
+  }
+  if (method == "breadcrumbs") {
+    const std::int64_t top = floor_count(gamma, n);
+    const std::int64_t keep = std::min<std::int64_t>(static_cast<std::int64_t>(n), top + floor_count(density, n));
+    Vec s(n, 0.0);
+    for (std::size_t i = 0; i < taus.size(); ++i) {
+      const auto in_keep = ref_top_k(taus[i], keep), in_top = ref_top_k(taus[i], top);
+      for (std::size_t j = 0; j < n; ++j) s[j] += (in_keep[j] && !in_top[j]) ? w[i] * taus[i][j] : 0.0;
+    }
+    return plus_scaled(base, s, lambda);
+  }
+  FAIL("no reference for " << method);
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("philox4x32-10 matches the Random123 known-answer vectors") {
+  CHECK(Philox(0).block(0, 0) == std::array<std::uint32_t, 4>{0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u});
+  CHECK(Philox(~0ull).block(~0ull, ~0ull) == std::array<std::uint32_t, 4>{0x408f276du, 0x41c83b0eu, 0xa20bc7c6u, 0x6d5451fdu});
+  CHECK(Philox(0x299f31d0a4093822ull).block(0x85a308d3243f6a88ull, 0x0370734413198a2eull) ==
+        std::array<std::uint32_t, 4>{0xd16cfe09u, 0x94fdccebu, 0x5001e420u, 0x24126ea1u});
+}
+
+TEST_CASE("top-k selection keeps exactly the k largest magnitudes, lower index first among equals") {
+  std::mt19937_64 rng(7);
+  // Values drawn from a handful of magnitudes so ties are everywhere, over
+  // more than one selection block.
+  std::uniform_int_distribution<int> pick(-4, 4);
+  std::vector<float> v(150001);
+  for (float& x : v) x = static_cast<float>(pick(rng)) * 0.25f;
+  const Vec vd(v.begin(), v.end());
+  for (std::int64_t k : {std::int64_t{0}, std::int64_t{1}, std::int64_t{17}, std::int64_t{40000}, std::int64_t{75000},
+                         std::int64_t{149999}, std::int64_t{150001}}) {
+    CAPTURE(k);
+    std::vector<float> w = v;
+    apply_cut(w, select_top_k(std::span<const float>(v), k));
+    const auto keep = ref_top_k(vd, k);
+    std::int64_t mismatches = 0, kept = 0;
+    for (std::size_t j = 0; j < v.size(); ++j) {
+      const bool kept_here = keep[j] != 0;
+      kept += kept_here;
+      mismatches += (kept_here ? v[j] : 0.0f) != w[j];
+    }
+    CHECK(kept == k);
+    CHECK(mismatches == 0);
+  }
+}
+
+TEST_CASE("a global cut over several segments equals the top-k of their concatenation") {
+  std::mt19937_64 rng(8);
+  std::uniform_int_distribution<int> pick(-3, 3);
+  std::vector<std::vector<float>> segs = {std::vector<float>(70000), std::vector<float>(5), std::vector<float>(30000)};
+  Vec all;
+  for (auto& s : segs)
+    for (float& x : s) all.push_back(x = static_cast<float>(pick(rng)));
+  const std::int64_t k = 41234;
+  auto visit = [&](auto&& sink) {
+    for (const auto& s : segs) sink(std::span<const float>(s));
+  };
+  const MagnitudeCut cut = select_top_k(visit, static_cast<std::int64_t>(all.size()), k);
+  std::vector<std::int64_t> ties;
+  for (const auto& s : segs) ties.push_back(ties_before_blocks(s, cut.threshold, 1 << 16).back());
+  const auto per = split_cut(cut, ties);
+  const auto keep = ref_top_k(all, k);
+  std::size_t off = 0;
+  std::int64_t mismatches = 0;
+  for (std::size_t s = 0; s < segs.size(); ++s) {
+    std::vector<float> w = segs[s];
+    apply_cut(w, per[s]);
+    for (std::size_t j = 0; j < w.size(); ++j) mismatches += (keep[off + j] ? segs[s][j] : 0.0f) != w[j];
+    off += w.size();
+  }
+  CHECK(mismatches == 0);
+}
+
+TEST_CASE("every strategy equals its double-precision reference on f32, f16 and bf16 storage") {
+  const std::vector<double> w = {1.0, 0.5, 2.0};
+  for (dtype t : {dtype::f32, dtype::f16, dtype::bf16}) {
+    // 129 x 521 spans two 65536-element blocks, so block seams are covered.
+    const Fixture f = make_fixture(11, t, {129, 521}, 3);
+    const auto views = f.views();
+    for (std::string_view m : merge_method_names) {
+      CAPTURE(std::string(dtype_name(t)));
+      CAPTURE(std::string(m));
+      MergeSettings s;
+      s.method = std::string(m);
+      s.weights = w;
+      s.seed = 99;
+      if (m != "average") s.scaling = 0.7;
+      if (m == "ties") s.density = 0.3;
+      if (m == "dare_linear" || m == "dare_ties") s.density = 0.4;
+      if (m == "breadcrumbs") s.density = 0.6, s.gamma = 0.05;
+      const AnyMerger merger = AnyMerger::from_settings(s);
+      const Tensor out = twin::merge_tensor(merger, "layer.weight", f.base.view(), views);
+      const Vec ref = reference(m, f, w, s.scaling.value_or(1.0), s.density.value_or(0), s.gamma.value_or(0), 99,
+                                "layer.weight");
+      // Storage rounding of the output plus f32 accumulation over 3 experts.
+      check_close(out.view(), ref, unit_roundoff(t) + 1e-6, 1e-5, std::string(m));
+    }
+  }
+}
+
+TEST_CASE("the output dtype may differ from the inputs' and is rounded to nearest") {
+  const Fixture f = make_fixture(12, dtype::f32, {64, 33}, 2);
+  const auto views = f.views();
+  const Tensor out = twin::merge_tensor(TaskArithmetic{0.3, {}}, "w", f.base.view(), views, dtype::bf16);
+  CHECK(out.dtype() == dtype::bf16);
+  check_close(out.view(), reference("task_arithmetic", f, {1, 1}, 0.3, 0, 0, 0, "w"), unit_roundoff(dtype::bf16), 1e-6);
+}
+
+TEST_CASE("ties: a sign sum of exactly zero elects +1") {
+  // τ1 = +0.5, τ2 = -0.5 with equal weights: Σ = 0, so +1 wins and the
+  // disjoint mean is the positive entry alone.
+  const std::int64_t shape[] = {1};
+  Tensor base = Tensor::from_f32(std::vector<float>{1.0f}, shape);
+  Tensor e1 = Tensor::from_f32(std::vector<float>{1.5f}, shape);
+  Tensor e2 = Tensor::from_f32(std::vector<float>{0.5f}, shape);
+  const ConstTensorView ev[] = {e1.view(), e2.view()};
+  const Tensor out = twin::merge_tensor(Ties{1.0, 1.0, TopKScope::per_tensor, {}}, "b", base.view(), ev);
+  CHECK(out.values<float>()[0] == 1.5f);
+  const Tensor dt = twin::merge_tensor(DareTies{{1.0, 1.0, 0, {}}}, "b", base.view(), ev);
+  CHECK(dt.values<float>()[0] == 1.5f);
+}
+
+TEST_CASE("ties: where no expert moves an entry the output keeps the base value") {
+  std::mt19937_64 rng(13);
+  Tensor base = random_tensor(rng, dtype::f32, {16, 8});
+  std::vector<Tensor> experts;
+  for (int i = 0; i < 3; ++i) {
+    Tensor e = perturbed(rng, base, 0.2);
+    auto v = e.values<float>();
+    auto b = base.values<float>();
+    for (int r = 0; r < 16; ++r) v[static_cast<std::size_t>(r * 8 + 3)] = b[static_cast<std::size_t>(r * 8 + 3)];  // column 3 unchanged
+    experts.push_back(std::move(e));
+  }
+  std::vector<ConstTensorView> ev;
+  for (auto& e : experts) ev.push_back(e.view());
+  for (double d : {0.2, 1.0}) {
+    const Tensor out = twin::merge_tensor(Ties{d, 1.0, TopKScope::per_tensor, {}}, "w", base.view(), ev);
+    for (int r = 0; r < 16; ++r) CHECK(out.values<float>()[static_cast<std::size_t>(r * 8 + 3)] == base.values<float>()[static_cast<std::size_t>(r * 8 + 3)]);
+  }
+}
+
+TEST_CASE("density 0 leaves the base and density 1 trims nothing") {
+  const Fixture f = make_fixture(14, dtype::f32, {40, 30}, 3);
+  const auto ev = f.views();
+  const Vec base = f.basev();
+  for (const AnyMerger& m : {AnyMerger(Ties{0.0, 1.0, TopKScope::per_tensor, {}}), AnyMerger(DareLinear{{0.0, 1.0, 5, {}}}),
+                             AnyMerger(DareTies{{0.0, 1.0, 5, {}}}), AnyMerger(Breadcrumbs{0.0, 0.0, 1.0, {}})}) {
+    CAPTURE(std::string(m.name()));
+    check_close(twin::merge_tensor(m, "w", f.base.view(), ev).view(), base, 0, 0);
+  }
+  // Density 1: Ties is elect + disjoint mean of the untrimmed vectors, and
+  // DARE keeps every entry unscaled (DareLinear == TaskArithmetic).
+  const Vec untrimmed = plus_scaled(base, ref_disjoint(f.taus(), {1, 1, 1}), 1.0);
+  check_close(twin::merge_tensor(Ties{1.0, 1.0, TopKScope::per_tensor, {}}, "w", f.base.view(), ev).view(), untrimmed, 1e-6, 1e-6);
+  check_close(twin::merge_tensor(DareLinear{{1.0, 0.5, 5, {}}}, "w", f.base.view(), ev).view(),
+              reference("task_arithmetic", f, {1, 1, 1}, 0.5, 0, 0, 0, "w"), 1e-6, 1e-6);
+}
+
+TEST_CASE("one expert: ties at density 1 and task arithmetic both give base + λτ") {
+  const Fixture f = make_fixture(15, dtype::f32, {33}, 1);
+  const auto ev = f.views();
+  const Vec ref = plus_scaled(f.basev(), f.taus()[0], 0.4);
+  check_close(twin::merge_tensor(Ties{1.0, 0.4, TopKScope::per_tensor, {}}, "b", f.base.view(), ev).view(), ref, 1e-6, 1e-6);
+  check_close(twin::merge_tensor(TaskArithmetic{0.4, {}}, "b", f.base.view(), ev).view(), ref, 1e-6, 1e-6);
+}
+
+TEST_CASE("breadcrumbs on a tensor smaller than 1/gamma drops no outliers and still keeps density") {
+  // 5 entries, γ = 0.1: floor(0.5) = 0 outliers; density 0.6 keeps the 3
+  // largest. (mergekit would zero the whole tensor.)
+  const std::int64_t shape[] = {5};
+  Tensor base = Tensor::from_f32(std::vector<float>{0, 0, 0, 0, 0}, shape);
+  Tensor e = Tensor::from_f32(std::vector<float>{0.1f, -0.5f, 0.3f, 0.05f, -0.2f}, shape);
+  const ConstTensorView ev[] = {e.view()};
+  const Tensor out = twin::merge_tensor(Breadcrumbs{0.6, 0.1, 1.0, {}}, "tiny", base.view(), ev);
+  const std::vector<float> expect = {0.0f, -0.5f, 0.3f, 0.0f, -0.2f};
+  for (std::size_t j = 0; j < 5; ++j) CHECK(out.values<float>()[j] == expect[j]);
+  // With 20 entries γ = 0.1 drops the 2 largest.
+  std::vector<float> big(20);
+  for (int j = 0; j < 20; ++j) big[static_cast<std::size_t>(j)] = static_cast<float>(j + 1);
+  const std::int64_t s20[] = {20};
+  Tensor b20 = Tensor::from_f32(std::vector<float>(20, 0.0f), s20), e20 = Tensor::from_f32(big, s20);
+  const ConstTensorView ev20[] = {e20.view()};
+  const Tensor o20 = twin::merge_tensor(Breadcrumbs{0.5, 0.1, 1.0, {}}, "t", b20.view(), ev20);
+  for (int j = 0; j < 20; ++j) CHECK(o20.values<float>()[static_cast<std::size_t>(j)] == ((j >= 8 && j < 18) ? j + 1.0f : 0.0f));
+}
+
+TEST_CASE("a strided (non-contiguous) view merges like its contiguous copy") {
+  const Fixture f = make_fixture(16, dtype::f16, {48, 20}, 3);
+  // Transposed views of the same storage: shape [20, 48], strides {1, 20}.
+  const std::int64_t tshape[] = {20, 48}, tstrides[] = {1, 20};
+  auto transposed = [&](const Tensor& t) { return ConstTensorView(t.data(), t.dtype(), tshape, tstrides); };
+  std::vector<ConstTensorView> ev;
+  for (const auto& e : f.experts) ev.push_back(transposed(e));
+  // Output also strided: write into a transposed view of a [48, 20] tensor.
+  Tensor out(dtype::f32, {48, 20});
+  const TensorView ov(out.mutable_data(), dtype::f32, tshape, tstrides);
+  Ties{0.5, 1.0, TopKScope::per_tensor, {}}.merge_tensor(TensorMergeArgs{"w", transposed(f.base), ev, ov});
+  // Reference on the contiguous transposed copies.
+  Fixture g;
+  auto materialize = [&](const Tensor& t) {
+    const ConstTensorView v = transposed(t);
+    std::vector<float> vals(static_cast<std::size_t>(v.numel()));
+    read_f32(v, 0, v.numel(), vals.data());
+    return Tensor::from_f32(vals, tshape, t.dtype());
+  };
+  g.base = materialize(f.base);
+  for (const auto& e : f.experts) g.experts.push_back(materialize(e));
+  const Vec ref = reference("ties", g, {1, 1, 1}, 1.0, 0.5, 0, 0, "w");
+  check_close(ov, ref, 1e-6, 1e-6);
+}
+
+TEST_CASE("results are bit-identical for 1 and 2 threads, DARE and ties on bf16 included") {
+  const Fixture f = make_fixture(17, dtype::bf16, {300, 400}, 4);
+  const auto ev = f.views();
+  for (std::string_view m : merge_method_names) {
+    CAPTURE(std::string(m));
+    MergeSettings s;
+    s.method = std::string(m);
+    s.seed = 3;
+    if (m != "average" && m != "task_arithmetic") s.density = 0.3;
+    const AnyMerger merger = AnyMerger::from_settings(s);
+    set_num_threads(1);
+    const Tensor one = twin::merge_tensor(merger, "x", f.base.view(), ev);
+    set_num_threads(2);
+    const Tensor two = twin::merge_tensor(merger, "x", f.base.view(), ev);
+    set_num_threads(0);
+    CHECK(same_bits(one, two));
+  }
+}
+
+TEST_CASE("dare keeps each entry with probability density (counter-based mask)") {
+  const Fixture f = make_fixture(18, dtype::f32, {256, 256}, 1);
+  const auto ev = f.views();
+  const double p = 0.3;
+  const Tensor out = twin::merge_tensor(DareLinear{{p, 1.0, 42, {}}}, "w", f.base.view(), ev);
+  const Vec o = to_f64_vector(out.view()), b = f.basev();
+  std::int64_t kept = 0;
+  for (std::size_t j = 0; j < o.size(); ++j) kept += o[j] != b[j];
+  const double n = static_cast<double>(o.size()), sd = std::sqrt(n * p * (1 - p));
+  CHECK(std::abs(static_cast<double>(kept) - n * p) < 5 * sd);
+  // Another seed gives another mask.
+  const Tensor other = twin::merge_tensor(DareLinear{{p, 1.0, 43, {}}}, "w", f.base.view(), ev);
+  CHECK_FALSE(same_bits(out, other));
+}
+
+TEST_CASE("merge_state: global ties scope equals the top-k over all merged tensors of each model") {
+  std::mt19937_64 rng(19);
+  StateDict base;
+  base.insert("a.weight", random_tensor(rng, dtype::f32, {60, 70}));
+  base.insert("a.bias", random_tensor(rng, dtype::f32, {60}));
+  base.insert("head.weight", random_tensor(rng, dtype::f32, {10, 60}));
+  base.insert("b.weight", random_tensor(rng, dtype::f32, {80, 50}));
+  std::vector<StateDict> experts(3);
+  for (int i = 0; i < 3; ++i)
+    for (const auto& [name, t] : base) experts[static_cast<std::size_t>(i)].insert(name, perturbed(rng, t, 0.05 * (i + 1)));
+  MergeOptions opts;
+  opts.exclude = {".*head.*"};
+  std::vector<std::string> seen;
+  opts.progress = [&](std::size_t, std::size_t, std::string_view n) { seen.emplace_back(n); };
+  const double density = 0.25;
+  const StateDict out = merge_state(Ties{density, 1.0, TopKScope::global, {}}, base, std::span<const StateDict>(experts), opts);
+  CHECK(seen == base.names());
+  // Excluded tensors are the base's.
+  check_close(out.at("head.weight").view(), to_f64_vector(base.at("head.weight").view()), 0, 0);
+  // Reference: concatenate each model's τ over the merged tensors in order.
+  const std::vector<std::string> merged = {"a.weight", "a.bias", "b.weight"};
+  std::vector<Vec> cat(3);
+  for (int i = 0; i < 3; ++i)
+    for (const auto& n : merged) {
+      const Vec t = tau_of(experts[static_cast<std::size_t>(i)].at(n), base.at(n));
+      cat[static_cast<std::size_t>(i)].insert(cat[static_cast<std::size_t>(i)].end(), t.begin(), t.end());
+    }
+  for (auto& t : cat) {
+    const auto keep = ref_top_k(t, floor_count(density, t.size()));
+    for (std::size_t j = 0; j < t.size(); ++j) t[j] = keep[j] ? t[j] : 0.0;
+  }
+  const Vec merged_cat = ref_disjoint(cat, {1, 1, 1});
+  std::size_t off = 0;
+  for (const auto& n : merged) {
+    const Vec b = to_f64_vector(base.at(n).view());
+    Vec ref(b.size());
+    for (std::size_t j = 0; j < b.size(); ++j) ref[j] = b[j] + merged_cat[off + j];
+    off += b.size();
+    check_close(out.at(n).view(), ref, 1e-6, 1e-6, n);
+  }
+  // Per-tensor scope trims differently (the experts differ in scale).
+  const StateDict per = merge_state(Ties{density, 1.0, TopKScope::per_tensor, {}}, base, std::span<const StateDict>(experts), opts);
+  CHECK_FALSE(same_bits(per.at("a.bias"), out.at("a.bias")));
+}
+
+TEST_CASE("mismatched names and shapes throw typed errors naming the tensor and both shapes") {
+  std::mt19937_64 rng(20);
+  StateDict base, e1, e2;
+  base.insert("enc.w", random_tensor(rng, dtype::f32, {4, 5}));
+  e1.insert("enc.w", random_tensor(rng, dtype::f32, {4, 6}));
+  e2.insert("enc.v", random_tensor(rng, dtype::f32, {4, 5}));
+  std::vector<const StateDict*> shape_bad = {&e1}, name_bad = {&e2};
+  MergeOptions o;
+  o.expert_labels = {"math.safetensors"};
+  try {
+    merge_state(TaskArithmetic{}, base, shape_bad, o);
+    FAIL("no exception");
+  } catch (const shape_error& e) {
+    const std::string msg = e.what();
+    CHECK(msg.find("enc.w") != std::string::npos);
+    CHECK(msg.find("[4, 5]") != std::string::npos);
+    CHECK(msg.find("[4, 6]") != std::string::npos);
+    CHECK(msg.find("math.safetensors") != std::string::npos);
+  }
+  CHECK_THROWS_AS(merge_state(TaskArithmetic{}, base, name_bad), name_error);
+  CHECK_THROWS_AS(AnyMerger::from_settings(MergeSettings{.method = "slerpish"}), argument_error);
+  MergeSettings bad_density{.method = "ties"};
+  bad_density.density = 1.5;
+  CHECK_THROWS_AS(AnyMerger::from_settings(bad_density), argument_error);
+  MergeSettings bad_weights{.method = "task_arithmetic"};
+  bad_weights.weights = {1, 2, 3};
+  std::vector<const StateDict*> one = {&base};
+  CHECK_THROWS_AS(merge_state(AnyMerger::from_settings(bad_weights), base, one), argument_error);
+  StateDict ints;
+  ints.insert("enc.w", Tensor(dtype::i32, {4, 5}));
+  std::vector<const StateDict*> int_bad = {&ints};
+  CHECK_THROWS_AS(merge_state(TaskArithmetic{}, base, int_bad), dtype_error);
+}
+
+TEST_CASE("task vectors: norms and cosine similarity equal their double-precision definitions") {
+  std::mt19937_64 rng(21);
+  StateDict base, e1, e2;
+  base.insert("w", random_tensor(rng, dtype::f32, {30, 20}));
+  base.insert("b", random_tensor(rng, dtype::bf16, {20}));
+  for (const auto& [name, t] : base) {
+    e1.insert(name, perturbed(rng, t, 0.1, t.dtype()));
+    e2.insert(name, perturbed(rng, t, 0.3, t.dtype()));
+  }
+  const TaskVector t1 = TaskVector::from(base, e1), t2 = TaskVector::from(base, e2);
+  Vec a, b;
+  for (const auto& n : base.names()) {
+    const Vec x = tau_of(e1.at(n), base.at(n)), y = tau_of(e2.at(n), base.at(n));
+    a.insert(a.end(), x.begin(), x.end());
+    b.insert(b.end(), y.begin(), y.end());
+  }
+  double aa = 0, bb = 0, ab = 0;
+  for (std::size_t j = 0; j < a.size(); ++j) aa += a[j] * a[j], bb += b[j] * b[j], ab += a[j] * b[j];
+  CHECK(t1.norm() == doctest::Approx(std::sqrt(aa)).epsilon(1e-12));
+  CHECK(cosine_similarity(t1, t2) == doctest::Approx(ab / std::sqrt(aa * bb)).epsilon(1e-12));
+  const TaskVector tvs[] = {t1.clone(), t2.clone()};
+  const auto m = cosine_similarity_matrix(tvs);
+  CHECK(m[0][0] == doctest::Approx(1.0));
+  CHECK(m[0][1] == doctest::Approx(ab / std::sqrt(aa * bb)).epsilon(1e-12));
+  // base + 0.5 (τ1 + τ2) equals task arithmetic with λ = 0.5.
+  const StateDict applied = (t1 + t2).apply_to(base, 0.5);
+  std::vector<const StateDict*> ex = {&e1, &e2};
+  const StateDict ta = merge_state(TaskArithmetic{0.5, {}}, base, ex);
+  for (const auto& n : base.names())
+    check_close(applied.at(n).view(), to_f64_vector(ta.at(n).view()), unit_roundoff(base.at(n).dtype()), 1e-6, n);
+}
