@@ -1,4 +1,4 @@
-// xtensor containers (xarray, xtensor, xtensor_fixed, adapted buffers) as twin
+// xtensor containers (xarray, xtensor, xtensor_fixed, adaptors of buffers) as twin
 // tensors (opt-in: include this header and link xtensor). xtensor's own
 // strides are in elements, so any layout maps to a view without a copy.
 #pragma once
@@ -20,7 +20,7 @@ concept xtensor_container = requires(X& x) {
   x.shape();
   x.strides();
   x.layout();
-} && std::is_base_of_v<xt::xcontiguous_container<X>, X> && has_dtype<typename X::value_type>;
+} && std::is_base_of_v<xt::xcontainer<X>, X> && has_dtype<typename X::value_type>;
 
 // Converts xtensor's unsigned shape/stride containers to int64 extents.
 template <class S>

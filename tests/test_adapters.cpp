@@ -1,0 +1,145 @@
+// The adapter seam: every built-in adapter and the foreign-engine example type
+// give views with the right pointer, dtype, shape and strides, and a merge
+// through them equals the merge of plain Tensors.
+#include <Eigen/Core>
+
+#include "../examples/engine_tensor.hpp"
+#include "test_support.hpp"
+#include "twin/adapters/eigen.hpp"
+
+using namespace twin;
+
+namespace {
+// Values of a view in row-major order, as double.
+std::vector<double> values(const ConstTensorView& v) { return to_f64_vector(v); }
+}  // namespace
+
+TEST_CASE("TensorView and Tensor adapt to themselves; constness picks a read-only view") {
+  Tensor t(dtype::bf16, {3, 4});
+  auto v = adapt(t);
+  static_assert(std::is_same_v<decltype(v), TensorView>);
+  const Tensor& ct = t;
+  static_assert(std::is_same_v<decltype(adapt(ct)), ConstTensorView>);
+  CHECK(v.data() == t.data());
+  CHECK(v.dtype() == dtype::bf16);
+  CHECK(v.shape_str() == "[3, 4]");
+  CHECK(v.is_contiguous());
+  static_assert(tensor_like<TensorView> && writable_tensor<TensorView&>);
+  static_assert(!writable_tensor<const Tensor&>);
+}
+
+TEST_CASE("ShapedVector: data, dtype and shape; a shape that does not fit its values is an error") {
+  ShapedVector<float> sv{{1, 2, 3, 4, 5, 6}, {2, 3}};
+  const TensorView v = adapt(sv);
+  CHECK(v.data() == sv.values.data());
+  CHECK(v.dtype() == dtype::f32);
+  CHECK(values(v) == std::vector<double>{1, 2, 3, 4, 5, 6});
+  ShapedVector<double> bad{{1, 2, 3}, {2, 2}};
+  CHECK_THROWS_AS(adapt(bad), shape_error);
+}
+
+TEST_CASE("Eigen: row-major maps directly, column-major becomes a strided view of the same memory") {
+  Eigen::Matrix<float, 3, 4, Eigen::RowMajor> rm;
+  Eigen::MatrixXf cm(3, 4);
+  for (int r = 0; r < 3; ++r)
+    for (int c = 0; c < 4; ++c) rm(r, c) = cm(r, c) = static_cast<float>(10 * r + c);
+  const TensorView a = adapt(rm), b = adapt(cm);
+  CHECK(a.is_contiguous());
+  CHECK_FALSE(b.is_contiguous());
+  CHECK(b.data() == cm.data());
+  CHECK(b.stride(0) == 1);
+  CHECK(b.stride(1) == 3);
+  CHECK(values(a) == values(b));
+  // Maps, const maps and blocks.
+  std::vector<Eigen::half> buf(6, Eigen::half(1.5f));
+  Eigen::Map<Eigen::Matrix<Eigen::half, 2, 3, Eigen::RowMajor>> m(buf.data());
+  CHECK(adapt(m).dtype() == dtype::f16);
+  CHECK(values(adapt(m)) == std::vector<double>(6, 1.5));
+  const Eigen::Map<const Eigen::MatrixXf> cmap(cm.data(), 3, 4);
+  static_assert(std::is_same_v<decltype(adapt(cmap)), ConstTensorView>);
+  auto blk = rm.block(1, 1, 2, 2);
+  const TensorView bv = adapt(blk);
+  CHECK(values(bv) == std::vector<double>{11, 12, 21, 22});
+}
+
+TEST_CASE("the foreign engine tensor (ggml-like byte strides) adapts and merges like a Tensor") {
+  std::mt19937_64 rng(31);
+  const Tensor base = twin_test::random_tensor(rng, dtype::f16, {5, 7});
+  const Tensor e1 = twin_test::perturbed(rng, base, 0.2, dtype::f16), e2 = twin_test::perturbed(rng, base, 0.2, dtype::f16);
+  auto wrap = [](const Tensor& t) {
+    return engine::tensor{engine::ggml_type::f16, 2, {7, 5, 1, 1}, {2, 14, 0, 0}, const_cast<void*>(t.data())};
+  };
+  const engine::tensor eb = wrap(base), ee1 = wrap(e1), ee2 = wrap(e2);
+  const ConstTensorView vb = adapt(eb);
+  CHECK(vb.shape_str() == "[5, 7]");
+  CHECK(vb.dtype() == dtype::f16);
+  CHECK(vb.is_contiguous());
+  std::vector<std::uint16_t> out_storage(35);
+  engine::tensor out{engine::ggml_type::f16, 2, {7, 5, 1, 1}, {2, 14, 0, 0}, out_storage.data()};
+  const ConstTensorView ev[] = {adapt(ee1), adapt(ee2)};
+  TaskArithmetic{0.5, {}}.merge_tensor({"w", vb, ev, adapt(out)});
+  const ConstTensorView tv[] = {e1.view(), e2.view()};
+  const Tensor ref = twin::merge_tensor(TaskArithmetic{0.5, {}}, "w", base.view(), tv);
+  CHECK(std::equal(out_storage.begin(), out_storage.end(), ref.values<f16_t>().begin(),
+                   [](std::uint16_t a, f16_t b) { return a == b.bits; }));
+  // A byte stride that is not a multiple of the element size is refused.
+  engine::tensor odd = eb;
+  odd.nb[1] = 13;
+  CHECK_THROWS_AS(adapt(odd), shape_error);
+  engine::tensor quant = eb;
+  quant.type = static_cast<engine::ggml_type>(2);
+  CHECK_THROWS_AS(adapt(quant), dtype_error);
+}
+
+TEST_CASE("dtype conversions round to nearest even and keep specials") {
+  // f16: 1 + 2^-11 is halfway between 1 and 1 + 2^-10: rounds to even (1).
+  CHECK(f32_to_f16(1.0f + 0x1.0p-11f) == 0x3c00);
+  CHECK(f32_to_f16(1.0f + 3 * 0x1.0p-11f) == 0x3c02);
+  CHECK(f32_to_f16(65504.0f) == 0x7bff);
+  CHECK(f32_to_f16(65520.0f) == 0x7c00);  // rounds past the largest half
+  CHECK(f32_to_f16(0x1.0p-24f) == 0x0001);  // smallest subnormal
+  CHECK(f32_to_f16(0x1.0p-25f) == 0x0000);  // halfway to 0: even
+  CHECK(f16_to_f32(0x0001) == 0x1.0p-24f);
+  CHECK(std::isnan(f16_to_f32(f32_to_f16(std::nanf("")))));
+  CHECK(f32_to_bf16(1.0f + 0x1.0p-8f) == 0x3f80);
+  CHECK(f32_to_bf16(1.0f + 3 * 0x1.0p-8f) == 0x3f82);
+  CHECK(std::isnan(bf16_to_f32(f32_to_bf16(std::nanf("")))));
+  // Every finite f16 survives f16 -> f32 -> f16.
+  int bad = 0;
+  for (std::uint32_t h = 0; h < 0x10000; ++h)
+    if ((h & 0x7c00) != 0x7c00) bad += f32_to_f16(f16_to_f32(static_cast<std::uint16_t>(h))) != h;
+  CHECK(bad == 0);
+  // Against a double reference: nearest representable f16.
+  std::mt19937_64 rng(5);
+  std::uniform_real_distribution<float> u(-70000.0f, 70000.0f);
+  int off = 0;
+  for (int i = 0; i < 20000; ++i) {
+    const float x = u(rng) * (i % 2 ? 1e-4f : 1.0f);
+    const double got = f16_to_f32(f32_to_f16(x));
+    if (std::isinf(got)) {
+      off += std::abs(x) < 65520.0f;
+      continue;
+    }
+    // Spacing of f16 values around x (subnormal spacing below 2^-14).
+    const double ulp = std::ldexp(1.0, std::max(std::ilogb(std::max(std::abs(got), 0x1.0p-14)), -14) - 10);
+    off += !(std::abs(got - x) <= ulp / 2);
+  }
+  CHECK(off == 0);
+}
+
+TEST_CASE("views: narrow, reshape, as_matrix and bad shapes") {
+  Tensor t(dtype::f32, {2, 3, 4});
+  auto v = t.view();
+  CHECK(v.as_matrix().shape_str() == "[2, 12]");
+  const TensorView n = v.narrow(1, 1, 2);
+  CHECK(n.shape_str() == "[2, 2, 4]");
+  CHECK_FALSE(n.is_contiguous());
+  CHECK_THROWS_AS(n.as_matrix(), shape_error);
+  CHECK_THROWS_AS(v.narrow(1, 2, 2), shape_error);
+  const std::int64_t neg[] = {2, -1};
+  CHECK_THROWS_AS(Tensor(dtype::f32, neg), shape_error);
+  const std::int64_t huge[] = {INT64_MAX / 2, 4};
+  CHECK_THROWS_AS(checked_numel(huge), shape_error);
+  CHECK(parse_dtype("bf16") == dtype::bf16);
+  CHECK_THROWS_AS(parse_dtype("q4_0"), dtype_error);
+}
