@@ -431,11 +431,15 @@ TEST_CASE("mismatched names and shapes throw typed errors naming the tensor and 
     CHECK(msg.find("math.safetensors") != std::string::npos);
   }
   CHECK_THROWS_AS(merge_state(TaskArithmetic{}, base, name_bad), name_error);
-  CHECK_THROWS_AS(AnyMerger::from_settings(MergeSettings{.method = "slerpish"}), argument_error);
-  MergeSettings bad_density{.method = "ties"};
+  MergeSettings unknown;
+  unknown.method = "slerpish";
+  CHECK_THROWS_AS(AnyMerger::from_settings(unknown), argument_error);
+  MergeSettings bad_density;
+  bad_density.method = "ties";
   bad_density.density = 1.5;
   CHECK_THROWS_AS(AnyMerger::from_settings(bad_density), argument_error);
-  MergeSettings bad_weights{.method = "task_arithmetic"};
+  MergeSettings bad_weights;
+  bad_weights.method = "task_arithmetic";
   bad_weights.weights = {1, 2, 3};
   std::vector<const StateDict*> one = {&base};
   CHECK_THROWS_AS(merge_state(AnyMerger::from_settings(bad_weights), base, one), argument_error);
@@ -475,4 +479,27 @@ TEST_CASE("task vectors: norms and cosine similarity equal their double-precisio
   const StateDict ta = merge_state(TaskArithmetic{0.5, {}}, base, ex);
   for (const auto& n : base.names())
     check_close(applied.at(n).view(), to_f64_vector(ta.at(n).view()), unit_roundoff(base.at(n).dtype()), 1e-6, n);
+}
+
+TEST_CASE("merge_state_into writes caller-owned outputs (another dtype) equal to merge_state's, rounded") {
+  std::mt19937_64 rng(22);
+  StateDict base;
+  base.insert("w", random_tensor(rng, dtype::f32, {40, 50}));
+  base.insert("head", random_tensor(rng, dtype::f32, {3, 50}));
+  std::vector<StateDict> experts(2);
+  for (auto& e : experts)
+    for (const auto& [name, t] : base) e.insert(name, perturbed(rng, t, 0.1));
+  StateDict out;
+  out.insert("w", Tensor(dtype::bf16, {40, 50}));
+  out.insert("head", Tensor(dtype::f16, {3, 50}));
+  std::vector<const StateDict*> ex = {&experts[0], &experts[1]};
+  MergeOptions o;
+  o.exclude = {"head"};
+  merge_state_into(TaskArithmetic{0.3, {}}, base, ex, out, o);
+  const StateDict ref = merge_state(TaskArithmetic{0.3, {}}, base, ex, o);
+  check_close(out.at("w").view(), to_f64_vector(ref.at("w").view()), unit_roundoff(dtype::bf16), 0);
+  check_close(out.at("head").view(), to_f64_vector(base.at("head").view()), unit_roundoff(dtype::f16), 0);
+  StateDict missing;
+  missing.insert("w", Tensor(dtype::f32, {40, 50}));
+  CHECK_THROWS_AS(merge_state_into(TaskArithmetic{}, base, ex, missing, o), name_error);
 }

@@ -25,6 +25,16 @@ inline int num_threads() noexcept {
 #endif
 }
 
+// Index of the calling thread inside a parallel region (0 outside, or
+// without OpenMP); for per-thread scratch whose use cannot affect results.
+inline int thread_index() noexcept {
+#if defined(_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 // Sets the number of threads for later parallel regions (n <= 0: all cores).
 inline void set_num_threads(int n) noexcept {
 #if defined(_OPENMP)

@@ -214,20 +214,18 @@ class Tensor {
  public:
   Tensor() = default;
 
-  Tensor(twin::dtype type, std::span<const std::int64_t> shape) : dtype_(type), shape_(shape) {
-    const std::int64_t n = checked_numel(shape);
-    numel_ = n;
-    const std::size_t bytes = static_cast<std::size_t>(n) * dtype_size(type);
-    const std::size_t padded = (bytes + 63) / 64 * 64;
-    void* p = padded ? ::operator new(padded, std::align_val_t{64}) : nullptr;
-    if (p) std::memset(p, 0, padded);
-    owner_ = std::shared_ptr<void>(p, [](void* q) {
-      if (q) ::operator delete(q, std::align_val_t{64});
-    });
-    data_ = p;
+  // Zero-filled.
+  Tensor(twin::dtype type, std::span<const std::int64_t> shape) : Tensor(type, shape, uninitialized_tag{}) {
+    if (data_) std::memset(data_, 0, nbytes());
   }
   Tensor(twin::dtype type, std::initializer_list<std::int64_t> shape)
       : Tensor(type, std::span<const std::int64_t>(shape.begin(), shape.size())) {}
+
+  // Contents unspecified: for outputs that a kernel overwrites entirely, so
+  // pages are first touched by the (parallel) kernel, not by a serial memset.
+  static Tensor empty(twin::dtype type, std::span<const std::int64_t> shape) {
+    return Tensor(type, shape, uninitialized_tag{});
+  }
 
   // Wraps memory owned elsewhere; `keepalive` holds it (e.g. an mmap).
   static Tensor borrow(std::shared_ptr<const void> keepalive, const void* data, twin::dtype type,
@@ -295,6 +293,18 @@ class Tensor {
   }
 
  private:
+  struct uninitialized_tag {};
+  Tensor(twin::dtype type, std::span<const std::int64_t> shape, uninitialized_tag) : dtype_(type), shape_(shape) {
+    numel_ = checked_numel(shape);
+    const std::size_t bytes = static_cast<std::size_t>(numel_) * dtype_size(type);
+    const std::size_t padded = (bytes + 63) / 64 * 64;
+    void* p = padded ? ::operator new(padded, std::align_val_t{64}) : nullptr;
+    owner_ = std::shared_ptr<void>(p, [](void* q) {
+      if (q) ::operator delete(q, std::align_val_t{64});
+    });
+    data_ = p;
+  }
+
   template <class T>
   void check_type() const {
     if (dtype_of<T> != dtype_)
@@ -387,7 +397,7 @@ inline std::vector<double> to_f64_vector(const ConstTensorView& v) {
 }
 
 inline Tensor Tensor::clone_as(twin::dtype to) const {
-  Tensor t(to, shape());
+  Tensor t = Tensor::empty(to, shape());
   if (to == dtype_) {
     if (nbytes()) std::memcpy(t.data_, data_, nbytes());
     return t;

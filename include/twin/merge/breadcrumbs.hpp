@@ -25,7 +25,8 @@ struct Breadcrumbs {
     check_unit_interval(gamma, "breadcrumbs gamma");
     const std::vector<float> w = resolve_weights(weights, a.experts.size(), name());
     const std::int64_t n = a.base.numel();
-    std::vector<float> tau = detail::task_vectors_f32(a);
+    std::vector<float>& tau = detail::tau_scratch();
+    detail::task_vectors_f32(a, tau);
     const std::int64_t top = keep_count(gamma, n);
     const std::int64_t keep = std::min(n, top + keep_count(density, n));
     for (std::size_t i = 0; i < w.size(); ++i) {

@@ -114,11 +114,20 @@ void merge_chunks(const TensorMergeArgs& a, std::int64_t block, Make&& make) {
 
 constexpr std::int64_t merge_block = std::int64_t{1} << 16;
 
+// Scratch memory for τ, reused across tensors and calls on the same thread:
+// a fresh multi-megabyte allocation per tensor costs more in page faults
+// than the merge itself. It only grows (to T × the largest tensor merged).
+inline std::vector<float>& tau_scratch() {
+  thread_local std::vector<float> scratch;
+  return scratch;
+}
+
 // τ_i = expert_i − base for every expert, as one dense f32 buffer of
-// T rows of n values (row i is τ_i).
-inline std::vector<float> task_vectors_f32(const TensorMergeArgs& a) {
+// T rows of n values (row i is τ_i), held in `tau`.
+inline void task_vectors_f32(const TensorMergeArgs& a, std::vector<float>& tau) {
   const std::int64_t n = a.base.numel();
-  std::vector<float> tau(a.experts.size() * static_cast<std::size_t>(n));
+  const std::size_t need = a.experts.size() * static_cast<std::size_t>(n);
+  if (tau.size() < need) tau.resize(need);
   parallel_blocks(n, merge_block, [&](std::int64_t b0, std::int64_t b1) {
     constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
     std::vector<float> bb(C), eb(C);
@@ -132,7 +141,6 @@ inline std::vector<float> task_vectors_f32(const TensorMergeArgs& a) {
       }
     }
   });
-  return tau;
 }
 
 // TIES' elect + disjoint mean over T (trimmed) task values per element, for
@@ -199,11 +207,12 @@ inline void check_compatible(const StateDict& base, std::span<const StateDict* c
 }
 }  // namespace detail
 
-// Merges every tensor of `base` with the same-named tensors of the experts.
-template <SharedMerger M>
-StateDict merge_state(const M& merger, const StateDict& base, std::span<const StateDict* const> experts,
-                      const MergeOptions& opts = {}) {
-  detail::check_compatible(base, experts, opts);
+namespace detail {
+// The whole-state merge; out_view(name, base_tensor) supplies each output.
+template <SharedMerger M, class OutView>
+void merge_state_impl(const M& merger, const StateDict& base, std::span<const StateDict* const> experts,
+                      const MergeOptions& opts, OutView&& out_view) {
+  check_compatible(base, experts, opts);
   const NameFilter excluded(opts.exclude);
 
   MergeCatalog catalog;
@@ -215,32 +224,60 @@ StateDict merge_state(const M& merger, const StateDict& base, std::span<const St
     return model < 0 ? base.at(name).view() : experts[static_cast<std::size_t>(model)]->at(name).view();
   };
 
+  std::size_t done = 0;
   auto run = [&](auto&& merge_one) {
-    StateDict out;
-    std::size_t done = 0;
     for (const auto& [name, t] : base) {
-      const twin::dtype od = opts.out_dtype.value_or(t.dtype());
+      const TensorView o = out_view(name, t);
       if (excluded.matches(name)) {
-        out.insert(name, t.clone_as(od));
+        std::vector<float> buf(static_cast<std::size_t>(std::min<std::int64_t>(t.numel(), TWIN_CHUNK_ELEMENTS)));
+        for (std::int64_t lo = 0; lo < t.numel(); lo += TWIN_CHUNK_ELEMENTS) {
+          const std::int64_t c = std::min<std::int64_t>(TWIN_CHUNK_ELEMENTS, t.numel() - lo);
+          read_f32(t.view(), lo, c, buf.data());
+          write_f32(buf.data(), lo, c, o);
+        }
       } else {
-        Tensor o(od, t.shape());
         std::vector<ConstTensorView> ev;
         ev.reserve(experts.size());
         for (const StateDict* e : experts) ev.push_back(e->at(name).view());
-        merge_one(TensorMergeArgs{name, t.view(), ev, o.view()});
-        out.insert(name, std::move(o));
+        merge_one(TensorMergeArgs{name, t.view(), ev, o});
       }
       if (opts.progress) opts.progress(++done, base.size(), name);
     }
-    return out;
   };
 
   if constexpr (PlannedMerger<M>) {
     const auto plan = merger.plan(catalog);
-    return run([&](const TensorMergeArgs& a) { merger.merge_tensor(a, plan); });
+    run([&](const TensorMergeArgs& a) { merger.merge_tensor(a, plan); });
   } else {
-    return run([&](const TensorMergeArgs& a) { merger.merge_tensor(a); });
+    run([&](const TensorMergeArgs& a) { merger.merge_tensor(a); });
   }
+}
+}  // namespace detail
+
+// Merges every tensor of `base` with the same-named experts' tensors into
+// `out`, whose tensors (same names and shapes, any float dtype) the caller
+// owns: an engine's own weight buffers, or a mapped output file.
+template <SharedMerger M>
+void merge_state_into(const M& merger, const StateDict& base, std::span<const StateDict* const> experts, StateDict& out,
+                      const MergeOptions& opts = {}) {
+  detail::merge_state_impl(merger, base, experts, opts, [&](const std::string& name, const Tensor& t) {
+    Tensor* o = out.find(name);
+    if (!o) throw name_error("output state dict has no tensor '" + name + "'");
+    check_same_shape(name, t.shape(), o->shape(), "output tensor");
+    return o->view();
+  });
+}
+
+// Merges every tensor of `base` with the same-named tensors of the experts
+// into a new state dict (dtype: opts.out_dtype, else the base tensor's).
+template <SharedMerger M>
+StateDict merge_state(const M& merger, const StateDict& base, std::span<const StateDict* const> experts,
+                      const MergeOptions& opts = {}) {
+  StateDict out;
+  detail::merge_state_impl(merger, base, experts, opts, [&](const std::string& name, const Tensor& t) {
+    return out.insert(name, Tensor::empty(opts.out_dtype.value_or(t.dtype()), t.shape())).view();
+  });
+  return out;
 }
 
 template <SharedMerger M>
@@ -256,7 +293,7 @@ StateDict merge_state(const M& merger, const StateDict& base, std::span<const St
 template <SharedMerger M>
 Tensor merge_tensor(const M& merger, std::string_view name, ConstTensorView base,
                     std::span<const ConstTensorView> experts, std::optional<twin::dtype> out_dtype = {}) {
-  Tensor o(out_dtype.value_or(base.dtype()), base.shape());
+  Tensor o = Tensor::empty(out_dtype.value_or(base.dtype()), base.shape());
   const TensorMergeArgs a{name, base, experts, o.view()};
   if constexpr (PlannedMerger<M>) {
     MergeCatalog c;

@@ -14,7 +14,6 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <mutex>
 #include <span>
 #include <vector>
 
@@ -40,19 +39,21 @@ struct MagnitudeCut {
 namespace detail {
 constexpr std::int64_t select_block = std::int64_t{1} << 16;
 
-// Adds the histogram of `bits_of(key)` for entries passing `want(key)`.
+// Adds the histogram of bin(key) over entries passing want(key). Counts are
+// integers, so per-thread histograms summed in any order give the same result.
 template <class Want, class Bin>
 void add_histogram(std::span<const float> v, std::vector<std::int64_t>& hist, Want want, Bin bin) {
-  std::mutex m;
+  const std::size_t threads = static_cast<std::size_t>(num_threads());
+  std::vector<std::int64_t> local(threads * hist.size(), 0);
   parallel_blocks(static_cast<std::int64_t>(v.size()), 4 * select_block, [&](std::int64_t lo, std::int64_t hi) {
-    std::vector<std::int64_t> local(hist.size(), 0);
+    std::int64_t* h = local.data() + static_cast<std::size_t>(thread_index()) * hist.size();
     for (std::int64_t i = lo; i < hi; ++i) {
       const std::uint32_t k = magnitude_key(v[static_cast<std::size_t>(i)]);
-      if (want(k)) ++local[bin(k)];
+      if (want(k)) ++h[bin(k)];
     }
-    std::lock_guard<std::mutex> lock(m);
-    for (std::size_t b = 0; b < hist.size(); ++b) hist[b] += local[b];
   });
+  for (std::size_t t = 0; t < threads; ++t)
+    for (std::size_t b = 0; b < hist.size(); ++b) hist[b] += local[t * hist.size() + b];
 }
 }  // namespace detail
 

@@ -72,10 +72,10 @@ struct Ties {
       auto visit = [&](auto&& sink) {
         for (std::size_t t = 0; t < c.names.size(); ++t) {
           const ConstTensorView one[1] = {c.view(t, m)};
-          Tensor scratch(dtype::f32, c.view(t, -1).shape());
-          const TensorMergeArgs a{c.names[t], c.view(t, -1), one, scratch.view()};
-          const std::vector<float> tau = detail::task_vectors_f32(a);
-          sink(std::span<const float>(tau));
+          const TensorMergeArgs a{c.names[t], c.view(t, -1), one, TensorView{}};
+          std::vector<float>& tau = detail::tau_scratch();
+          detail::task_vectors_f32(a, tau);
+          sink(std::span<const float>(tau.data(), static_cast<std::size_t>(a.base.numel())));
         }
       };
       const MagnitudeCut cut = select_top_k(visit, total, keep_count(density, total));
@@ -103,7 +103,8 @@ struct Ties {
     validate();
     const std::vector<float> w = resolve_weights(weights, a.experts.size(), name());
     const std::int64_t n = a.base.numel();
-    std::vector<float> tau = detail::task_vectors_f32(a);
+    std::vector<float>& tau = detail::tau_scratch();
+    detail::task_vectors_f32(a, tau);
     for (std::size_t i = 0; i < w.size(); ++i) {
       std::span<float> row(tau.data() + static_cast<std::int64_t>(i) * n, static_cast<std::size_t>(n));
       MagnitudeCut cut;

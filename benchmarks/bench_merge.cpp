@@ -1,0 +1,81 @@
+// Merging 8 experts of a RoBERTa-base-shaped model (85M parameters per model)
+// with TaskArithmetic and Ties in f32 and bf16. Prints, per run: time, bytes
+// moved (read base + experts, write output), the time a parallel memcpy of
+// the same bytes takes in this run, their ratio, and PyTorch's time on the
+// identical tensors (benchmarks/bench_merge.py) with our speed-up over it.
+//
+//   bench_merge [--experts 8] [--layers 12] [--no-torch] [--python /usr/bin/python3]
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+#include "bench_common.hpp"
+
+#ifndef TWIN_BENCH_DIR
+#  define TWIN_BENCH_DIR "benchmarks"
+#endif
+
+int main(int argc, char** argv) {
+  int T = 8, layers = 12, reps = 3;
+  bool torch = true;
+  std::string python = "/usr/bin/python3";
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--experts" && i + 1 < argc) T = std::atoi(argv[++i]);
+    else if (a == "--layers" && i + 1 < argc) layers = std::atoi(argv[++i]);
+    else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
+    else if (a == "--no-torch") torch = false;
+    else if (a == "--python" && i + 1 < argc) python = argv[++i];
+    else {
+      std::fprintf(stderr, "usage: bench_merge [--experts N] [--layers L] [--reps R] [--no-torch] [--python PATH]\n");
+      return a == "--help" ? 0 : 2;
+    }
+  }
+  const double scaling = 0.3, density = 0.2;
+  const auto specs = bench::roberta_base_specs(layers);
+  std::printf("bench_merge: %d experts, %d layers, %d threads, TaskArithmetic(λ=%.1f), Ties(density=%.1f, λ=%.1f)\n", T,
+              layers, twin::num_threads(), scaling, density, scaling);
+  std::printf("%-16s %-5s %9s %9s %11s %9s %10s %9s %9s\n", "method", "dtype", "time_ms", "GB_moved", "copy_ms",
+              "vs_copy", "torch_ms", "speedup", "cs_rel");
+  for (twin::dtype dt : {twin::dtype::f32, twin::dtype::bf16}) {
+    const twin::StateDict base = bench::make_model(specs, 0, dt);
+    std::vector<twin::StateDict> experts;
+    for (int m = 1; m <= T; ++m) experts.push_back(bench::make_model(specs, m, dt));
+    const std::size_t model_bytes = base.nbytes();
+    const std::size_t moved = model_bytes * static_cast<std::size_t>(T + 2);  // read T+1, write 1
+    // A memcpy of moved/2 bytes reads and writes `moved` bytes in total.
+    const double copy = bench::copy_seconds(moved / 2);
+
+    std::vector<std::string> torch_lines;
+    if (torch) {
+      std::ostringstream cmd;
+      cmd << python << " " << TWIN_BENCH_DIR << "/bench_merge.py --experts " << T << " --layers " << layers
+          << " --dtype " << (dt == twin::dtype::f32 ? "f32" : "bf16") << " --scaling " << scaling << " --density "
+          << density << " --reps " << reps;
+      std::istringstream in(bench::run_capture(cmd.str()));
+      for (std::string line; std::getline(in, line);) torch_lines.push_back(line);
+    }
+
+    const twin::AnyMerger methods[] = {twin::TaskArithmetic{scaling, {}},
+                                       twin::Ties{density, scaling, twin::TopKScope::per_tensor, {}}};
+    for (const twin::AnyMerger& m : methods) {
+      twin::StateDict out;
+      const double t = bench::best_of(reps, [&] { out = twin::merge_state(m, base, std::span<const twin::StateDict>(experts)); });
+      const double cs = bench::checksum(out);
+      double torch_s = NAN, torch_cs = NAN;
+      for (const auto& line : torch_lines) {
+        std::istringstream ls(line);
+        std::string name;
+        double s, c;
+        if (ls >> name >> s >> c && name == m.name()) torch_s = s, torch_cs = c;
+      }
+      std::printf("%-16s %-5s %9.1f %9.2f %11.1f %8.2fx %10.1f %8.2fx %9.1e\n", std::string(m.name()).c_str(),
+                  std::string(twin::dtype_name(dt)).c_str(), t * 1e3, static_cast<double>(moved) / 1e9, copy * 1e3,
+                  t / copy, torch_s * 1e3, torch_s / t, std::abs(cs - torch_cs) / std::max(1e-12, std::abs(torch_cs)));
+      std::fflush(stdout);
+    }
+  }
+  std::printf("vs_copy: our time / memcpy of the same bytes (goal <= 1.5); speedup: PyTorch time / ours (goal >= 2);\n"
+              "cs_rel: relative difference of the outputs' sums, ours vs PyTorch's (same tensors, same merge).\n");
+  return 0;
+}
