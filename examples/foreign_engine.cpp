@@ -29,7 +29,8 @@ int main() {
   }
   const twin::ConstTensorView ev[] = {twin::adapt(std::as_const(experts[0])), twin::adapt(std::as_const(experts[1])),
                                       twin::adapt(std::as_const(experts[2]))};
-  const twin::Ties ties{.density = 0.5, .scaling = 1.0};
+  twin::Ties ties;
+  ties.density = 0.5;
   ties.merge_tensor({"blk.0.attn_q.weight", twin::adapt(std::as_const(base)), ev, twin::adapt(out)});
   std::printf("TIES merge of 3 experts into an engine tensor [%lld x %lld]:\n", static_cast<long long>(rows),
               static_cast<long long>(cols));
@@ -44,7 +45,7 @@ int main() {
   t.ne[0] = rows, t.ne[1] = cols, t.nb[0] = sizeof(float) * cols, t.nb[1] = sizeof(float);
   const twin::ConstTensorView tv = twin::adapt(std::as_const(t));
   std::printf("transposed view: shape %s, contiguous: %s, element [1, 0] = %+.4f (= out[0, 1] %+.4f)\n",
-              tv.shape_str().c_str(), tv.is_contiguous() ? "yes" : "no", twin::element_f64(tv, cols),
+              tv.shape_str().c_str(), tv.is_contiguous() ? "yes" : "no", twin::element_f64(tv, rows),
               static_cast<double>(out_s[1]));
   return 0;
 }
