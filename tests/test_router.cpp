@@ -1,0 +1,659 @@
+// The router and the layers it is built from: gradients against central
+// finite differences in double, float kernels against double loops,
+// BatchNorm's two modes, Adam against its formula, training on synthetic
+// clusters, determinism across runs and thread counts, persistence and the
+// typed errors of bad input.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+// Every kernel takes its parallel path even on these small sizes, so the
+// thread-count tests below exercise it.
+#define TWIN_NN_PARALLEL_MIN_WORK 0.0
+#define TWIN_NN_PARALLEL_MIN_ELEMENTS 0
+#include "test_support.hpp"
+#include "twin/route/router.hpp"
+
+using namespace twin;
+using MatD = nn::Matrix<double>;
+using MatF = nn::Matrix<float>;
+
+namespace {
+
+MatD random_matrix(std::mt19937_64& rng, Eigen::Index r, Eigen::Index c, double scale = 1.0) {
+  std::normal_distribution<double> nd(0.0, scale);
+  MatD m(r, c);
+  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = nd(rng);
+  return m;
+}
+
+// Largest |a − b| / (|b| + floor) over all elements.
+double max_rel_err(const MatD& a, const MatD& b, double floor = 1e-3) {
+  REQUIRE(a.rows() == b.rows());
+  REQUIRE(a.cols() == b.cols());
+  double e = 0;
+  for (Eigen::Index i = 0; i < a.size(); ++i)
+    e = std::max(e, std::abs(a.data()[i] - b.data()[i]) / (std::abs(b.data()[i]) + floor));
+  return e;
+}
+
+// Central differences of the scalar f with respect to every element of m.
+MatD numeric_grad(MatD& m, const std::function<double()>& f, double h = 1e-6) {
+  MatD g(m.rows(), m.cols());
+  for (Eigen::Index i = 0; i < m.size(); ++i) {
+    const double keep = m.data()[i];
+    m.data()[i] = keep + h;
+    const double up = f();
+    m.data()[i] = keep - h;
+    const double down = f();
+    m.data()[i] = keep;
+    g.data()[i] = (up - down) / (2 * h);
+  }
+  return g;
+}
+
+double dot(const MatD& a, const MatD& b) { return (a.array() * b.array()).sum(); }
+
+// Expects `f` to throw exactly E with every fragment in its message.
+template <class E, class F>
+void check_throws(F&& f, std::initializer_list<const char*> fragments) {
+  bool thrown = false;
+  try {
+    f();
+  } catch (const E& e) {
+    thrown = true;
+    const std::string msg = e.what();
+    for (const char* frag : fragments) {
+      INFO("message: " << msg << " | missing: " << frag);
+      CHECK(msg.find(frag) != std::string::npos);
+    }
+  } catch (const std::exception& e) {
+    FAIL("wrong exception type, message: " << e.what());
+  }
+  CHECK(thrown);
+}
+
+// T Gaussian clusters in d dimensions: centers at distance `sep` apart on
+// random directions, unit noise, a shared offset and per-feature scales so
+// that standardization has work to do.
+struct Clusters {
+  Tensor x;
+  std::vector<std::int64_t> y;
+};
+
+Clusters make_clusters(std::uint64_t seed, std::int64_t T, std::int64_t per_task, std::int64_t d, double sep,
+                       std::uint64_t sample_seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  std::vector<double> centers(static_cast<std::size_t>(T * d)), offset(static_cast<std::size_t>(d)),
+      scale(static_cast<std::size_t>(d));
+  for (double& c : centers) c = nd(rng) * sep / std::sqrt(2.0 * static_cast<double>(d));
+  for (std::int64_t j = 0; j < d; ++j) offset[static_cast<std::size_t>(j)] = 5.0 * nd(rng),
+                                       scale[static_cast<std::size_t>(j)] = std::exp(nd(rng));
+  std::mt19937_64 srng(sample_seed);
+  Clusters c;
+  std::vector<float> v;
+  for (std::int64_t i = 0; i < T * per_task; ++i) {
+    const std::int64_t t = i % T;
+    c.y.push_back(t);
+    for (std::int64_t j = 0; j < d; ++j)
+      v.push_back(static_cast<float>(offset[static_cast<std::size_t>(j)] +
+                                     scale[static_cast<std::size_t>(j)] *
+                                         (centers[static_cast<std::size_t>(t * d + j)] + nd(srng))));
+  }
+  c.x = Tensor::from_f32(v, std::vector<std::int64_t>{T * per_task, d});
+  return c;
+}
+
+bool same_state(const StateDict& a, const StateDict& b) {
+  if (a.names() != b.names()) return false;
+  for (const auto& [name, t] : a)
+    if (!twin_test::same_bits(t, b.at(name))) return false;
+  return true;
+}
+
+}  // namespace
+
+// --- layers ------------------------------------------------------------------
+
+TEST_CASE("Linear gradients (weight, bias, input) match central finite differences in double") {
+  std::mt19937_64 rng(101);
+  nn::Linear<double> lin(4, 3);
+  lin.weight.value = random_matrix(rng, 3, 4);
+  lin.bias.value = random_matrix(rng, 1, 3);
+  MatD x = random_matrix(rng, 5, 4);
+  const MatD G = random_matrix(rng, 5, 3);  // L = Σ y ⊙ G, so dL/dy = G
+  MatD y, dx;
+  auto loss = [&] {
+    lin.forward(x, y);
+    return dot(y, G);
+  };
+  loss();
+  lin.backward(x, G, &dx);
+  const MatD dW = lin.weight.grad, db = lin.bias.grad;
+  CHECK(max_rel_err(dW, numeric_grad(lin.weight.value, loss)) < 1e-7);
+  CHECK(max_rel_err(db, numeric_grad(lin.bias.value, loss)) < 1e-7);
+  CHECK(max_rel_err(dx, numeric_grad(x, loss)) < 1e-7);
+}
+
+TEST_CASE("BatchNorm1d training-mode gradients (input, gamma, beta) match central finite differences in double") {
+  std::mt19937_64 rng(102);
+  nn::BatchNorm1d<double> bn(4);
+  bn.weight.value = random_matrix(rng, 1, 4);
+  bn.bias.value = random_matrix(rng, 1, 4);
+  MatD x = random_matrix(rng, 6, 4, 2.0);
+  const MatD G = random_matrix(rng, 6, 4);
+  MatD y, dx;
+  auto loss = [&] {
+    bn.forward_train(x, y);
+    return dot(y, G);
+  };
+  loss();
+  bn.backward(G, dx);
+  const MatD dg = bn.weight.grad, dbeta = bn.bias.grad;
+  CHECK(max_rel_err(dx, numeric_grad(x, loss)) < 1e-6);
+  CHECK(max_rel_err(dg, numeric_grad(bn.weight.value, loss)) < 1e-7);
+  CHECK(max_rel_err(dbeta, numeric_grad(bn.bias.value, loss)) < 1e-7);
+}
+
+TEST_CASE("LeakyReLU gradient matches central finite differences and is slope on the negative side") {
+  std::mt19937_64 rng(103);
+  nn::LeakyReLU<double> act(0.2);
+  MatD x = random_matrix(rng, 5, 6);
+  for (Eigen::Index i = 0; i < x.size(); ++i)  // keep away from the kink
+    if (std::abs(x.data()[i]) < 0.05) x.data()[i] = 0.5;
+  const MatD G = random_matrix(rng, 5, 6);
+  MatD y, dx;
+  auto loss = [&] {
+    act.forward(x, y);
+    return dot(y, G);
+  };
+  loss();
+  act.backward(x, G, dx);
+  CHECK(max_rel_err(dx, numeric_grad(x, loss)) < 1e-7);
+  for (Eigen::Index i = 0; i < x.size(); ++i)
+    CHECK(y.data()[i] == doctest::Approx(x.data()[i] > 0 ? x.data()[i] : 0.2 * x.data()[i]));
+}
+
+TEST_CASE("Dropout keeps about 1-p of the elements scaled by 1/(1-p), the same mask for the same stream, and its gradient matches finite differences") {
+  std::mt19937_64 rng(104);
+  nn::Dropout<double> drop(0.3, 77);
+  MatD x = random_matrix(rng, 40, 50);
+  MatD y, y2, dx;
+  drop.forward_train(x, y, 5);
+  const MatD mask = drop.mask();
+  std::int64_t kept = 0;
+  for (Eigen::Index i = 0; i < mask.size(); ++i) {
+    const double m = mask.data()[i];
+    CHECK((m == 0.0 || m == doctest::Approx(1.0 / 0.7)));
+    kept += m != 0.0;
+    CHECK(y.data()[i] == x.data()[i] * m);
+  }
+  // 2000 Bernoulli(0.7) draws: mean 1400, sd 20.5
+  CHECK(std::abs(static_cast<double>(kept) - 1400.0) < 5 * 20.5);
+  drop.forward_train(x, y2, 5);
+  CHECK(drop.mask() == mask);
+  drop.forward_train(x, y2, 6);
+  CHECK(drop.mask() != mask);
+
+  MatD xs = random_matrix(rng, 4, 5);
+  const MatD G = random_matrix(rng, 4, 5);
+  auto loss = [&] {
+    drop.forward_train(xs, y, 5);
+    return dot(y, G);
+  };
+  loss();
+  drop.backward(G, dx);
+  CHECK(max_rel_err(dx, numeric_grad(xs, loss)) < 1e-7);
+  MatD e;
+  drop.forward_eval(x, e);
+  CHECK(e == x);
+}
+
+TEST_CASE("softmax cross-entropy equals log-sum-exp minus the true logit, and its gradient matches finite differences") {
+  std::mt19937_64 rng(105);
+  MatD z = random_matrix(rng, 5, 4, 3.0);
+  const std::vector<std::int64_t> labels = {0, 3, 1, 1, 2};
+  double ref = 0;
+  for (Eigen::Index r = 0; r < z.rows(); ++r) {
+    double s = 0;
+    for (Eigen::Index c = 0; c < z.cols(); ++c) s += std::exp(z(r, c));
+    ref += std::log(s) - z(r, labels[static_cast<std::size_t>(r)]);
+  }
+  MatD g;
+  const double l = nn::softmax_cross_entropy<double>(z, labels, &g);
+  CHECK(l == doctest::Approx(ref / 5).epsilon(1e-12));
+  auto loss = [&] { return nn::softmax_cross_entropy<double>(z, labels); };
+  CHECK(max_rel_err(g, numeric_grad(z, loss), 1e-2) < 1e-7);
+  const std::vector<std::int64_t> bad = {0, 4, 1, 1, 2};
+  check_throws<argument_error>([&] { nn::softmax_cross_entropy<double>(z, bad); }, {"label 4", "[0, 4)"});
+}
+
+TEST_CASE("a Linear-BatchNorm-LeakyReLU-Linear-cross-entropy chain has finite-difference gradients for its first weight") {
+  std::mt19937_64 rng(106);
+  nn::Linear<double> l0(5, 7), l1(7, 3);
+  nn::BatchNorm1d<double> bn(7);
+  nn::LeakyReLU<double> act(0.1);
+  l0.reset_parameters(1);
+  l1.reset_parameters(2);
+  bn.weight.value = random_matrix(rng, 1, 7);
+  const MatD x = random_matrix(rng, 8, 5);
+  const std::vector<std::int64_t> y = {0, 1, 2, 0, 1, 2, 0, 1};
+  MatD z, n, a, logits, dl, da, g1, g2;
+  auto loss = [&] {
+    l0.forward(x, z);
+    bn.forward_train(z, n);
+    act.forward(n, a);
+    l1.forward(a, logits);
+    return nn::softmax_cross_entropy<double>(logits, y, &dl);
+  };
+  loss();
+  l1.backward(a, dl, &da);
+  act.backward(n, da, g1);
+  bn.backward(g1, g2);
+  l0.backward(x, g2, nullptr);
+  const MatD dW = l0.weight.grad;
+  CHECK(max_rel_err(dW, numeric_grad(l0.weight.value, loss), 1e-4) < 1e-6);
+}
+
+TEST_CASE("float Linear forward and backward agree with double loops across several GEMM tiles") {
+  // 300 x 270 outputs span two tiles in each direction of the 256 x 256 tiling.
+  std::mt19937_64 rng(107);
+  const Eigen::Index B = 300, in = 37, out = 270;
+  const MatD xd = random_matrix(rng, B, in), Wd = random_matrix(rng, out, in), bd = random_matrix(rng, 1, out),
+             dyd = random_matrix(rng, B, out);
+  nn::Linear<float> lin(in, out);
+  lin.weight.value = Wd.cast<float>();
+  lin.bias.value = bd.cast<float>();
+  const MatF x = xd.cast<float>(), dy = dyd.cast<float>();
+  MatF y, dx;
+  lin.forward(x, y);
+  lin.backward(x, dy, &dx);
+  MatD yr(B, out), dWr = MatD::Zero(out, in), dxr = MatD::Zero(B, in), dbr = MatD::Zero(1, out);
+  for (Eigen::Index i = 0; i < B; ++i)
+    for (Eigen::Index o = 0; o < out; ++o) {
+      double s = bd(0, o);
+      for (Eigen::Index k = 0; k < in; ++k) s += static_cast<double>(x(i, k)) * static_cast<double>(lin.weight.value(o, k));
+      yr(i, o) = s;
+      dbr(0, o) += dy(i, o);
+      for (Eigen::Index k = 0; k < in; ++k) {
+        dWr(o, k) += static_cast<double>(dy(i, o)) * x(i, k);
+        dxr(i, k) += static_cast<double>(dy(i, o)) * lin.weight.value(o, k);
+      }
+    }
+  // f32 sums of K terms: error ~ sqrt(K) · unit roundoff relative to sqrt(K).
+  CHECK(max_rel_err(y.cast<double>(), yr, std::sqrt(double(in))) < 1e-5);
+  CHECK(max_rel_err(lin.weight.grad.cast<double>(), dWr, std::sqrt(double(B))) < 1e-5);
+  CHECK(max_rel_err(lin.bias.grad.cast<double>(), dbr, std::sqrt(double(B))) < 1e-5);
+  CHECK(max_rel_err(dx.cast<double>(), dxr, std::sqrt(double(out))) < 1e-5);
+}
+
+TEST_CASE("BatchNorm1d: training normalizes with batch statistics and updates running ones; eval uses the running statistics") {
+  std::mt19937_64 rng(108);
+  nn::BatchNorm1d<double> bn(3, 1e-5, 0.1);
+  bn.weight.value << 2.0, 0.5, 1.0;
+  bn.bias.value << 1.0, -1.0, 0.0;
+  MatD x = random_matrix(rng, 10, 3, 3.0);
+  x.col(2).array() += 4.0;
+  MatD y;
+  bn.forward_train(x, y);
+  for (Eigen::Index c = 0; c < 3; ++c) {
+    const double m = x.col(c).mean();
+    const double var_b = (x.col(c).array() - m).square().mean();
+    const double var_u = var_b * 10.0 / 9.0;
+    // Output: per-feature mean β and (biased) standard deviation ≈ |γ|.
+    CHECK(y.col(c).mean() == doctest::Approx(bn.bias.value(0, c)).epsilon(1e-9));
+    const double sd = std::sqrt((y.col(c).array() - y.col(c).mean()).square().mean());
+    CHECK(sd == doctest::Approx(std::abs(bn.weight.value(0, c)) * std::sqrt(var_b / (var_b + 1e-5))).epsilon(1e-9));
+    // Running statistics move 10% from (0, 1) toward the batch's (unbiased variance).
+    CHECK(bn.running_mean(0, c) == doctest::Approx(0.1 * m).epsilon(1e-12));
+    CHECK(bn.running_var(0, c) == doctest::Approx(0.9 + 0.1 * var_u).epsilon(1e-12));
+  }
+  // Eval: a fixed affine map from the running statistics, which it leaves alone.
+  const MatD rm = bn.running_mean, rv = bn.running_var;
+  MatD one = x.topRows(1), ye;
+  bn.forward_eval(one, ye);
+  for (Eigen::Index c = 0; c < 3; ++c)
+    CHECK(ye(0, c) == doctest::Approx((one(0, c) - rm(0, c)) / std::sqrt(rv(0, c) + 1e-5) * bn.weight.value(0, c) +
+                                      bn.bias.value(0, c))
+                          .epsilon(1e-12));
+  CHECK(bn.running_mean == rm);
+  CHECK(bn.running_var == rv);
+  // The same row gives a different output in training (batch statistics).
+  CHECK(std::abs(ye(0, 0) - y(0, 0)) > 1e-3);
+  check_throws<argument_error>([&] { bn.forward_train(one, ye); }, {"at least 2 rows"});
+}
+
+TEST_CASE("Adam matches torch.optim.Adam's update formula, with coupled and with decoupled weight decay") {
+  for (const bool decoupled : {false, true}) {
+    CAPTURE(decoupled);
+    nn::Parameter<double> p;
+    p.resize(2, 3);
+    p.value << 1.0, -2.0, 0.5, 0.0, 3.0, -0.25;
+    nn::AdamOptions o;
+    o.lr = 0.01;
+    o.beta1 = 0.8;
+    o.beta2 = 0.9;
+    o.eps = 1e-6;
+    o.weight_decay = 0.1;
+    o.decoupled_weight_decay = decoupled;
+    nn::Adam<double> adam({&p}, o);
+    std::vector<double> theta(p.value.data(), p.value.data() + 6), m(6, 0.0), v(6, 0.0);
+    const double grads[3][6] = {{0.1, -0.2, 0.3, 0.0, 1.0, -1.0}, {0.5, 0.5, -0.5, 2.0, 0.0, 0.1}, {-1, 1, -1, 1, -1, 1}};
+    for (int t = 1; t <= 3; ++t) {
+      for (int i = 0; i < 6; ++i) p.grad.data()[i] = grads[t - 1][i];
+      adam.step();
+      for (int i = 0; i < 6; ++i) {
+        double g = grads[t - 1][i];
+        if (!decoupled) g += 0.1 * theta[static_cast<std::size_t>(i)];
+        else theta[static_cast<std::size_t>(i)] *= 1 - 0.01 * 0.1;
+        m[static_cast<std::size_t>(i)] = 0.8 * m[static_cast<std::size_t>(i)] + 0.2 * g;
+        v[static_cast<std::size_t>(i)] = 0.9 * v[static_cast<std::size_t>(i)] + 0.1 * g * g;
+        const double mh = m[static_cast<std::size_t>(i)] / (1 - std::pow(0.8, t));
+        const double vh = v[static_cast<std::size_t>(i)] / (1 - std::pow(0.9, t));
+        theta[static_cast<std::size_t>(i)] -= 0.01 * mh / (std::sqrt(vh) + 1e-6);
+        CHECK(p.value.data()[i] == doctest::Approx(theta[static_cast<std::size_t>(i)]).epsilon(1e-12));
+      }
+    }
+    CHECK(adam.steps() == 3);
+  }
+}
+
+// --- data handling -------------------------------------------------------------
+
+TEST_CASE("stratified_split holds out round(f * n) items of each task, disjoint from training, fixed by the seed") {
+  std::vector<std::int64_t> labels;
+  for (int i = 0; i < 50; ++i) labels.push_back(0);
+  for (int i = 0; i < 21; ++i) labels.push_back(2);
+  for (int i = 0; i < 1; ++i) labels.push_back(1);
+  std::shuffle(labels.begin(), labels.end(), std::mt19937_64(5));
+  const DataSplit s = stratified_split(labels, 3, 0.2, 9);
+  std::vector<int> held(3, 0);
+  for (auto i : s.heldout) ++held[static_cast<std::size_t>(labels[static_cast<std::size_t>(i)])];
+  CHECK(held == std::vector<int>{10, 0, 4});
+  std::vector<std::int64_t> all = s.train;
+  all.insert(all.end(), s.heldout.begin(), s.heldout.end());
+  std::sort(all.begin(), all.end());
+  for (std::size_t i = 0; i < all.size(); ++i) CHECK(all[i] == static_cast<std::int64_t>(i));
+  CHECK(stratified_split(labels, 3, 0.2, 9).heldout == s.heldout);
+  CHECK(stratified_split(labels, 3, 0.2, 10).heldout != s.heldout);
+}
+
+TEST_CASE("epoch_order is a seeded permutation, and class-balanced draws make every task about equally frequent") {
+  std::vector<std::int64_t> labels(900, 0);
+  for (int i = 0; i < 90; ++i) labels[static_cast<std::size_t>(i * 10)] = 1;  // 10% task 1
+  for (int i = 0; i < 9; ++i) labels[static_cast<std::size_t>(i * 100 + 1)] = 2;  // 1% task 2
+  std::vector<std::int64_t> perm = epoch_order(labels, 3, 4, 1, false);
+  CHECK(perm != epoch_order(labels, 3, 4, 2, false));
+  CHECK(perm == epoch_order(labels, 3, 4, 1, false));
+  std::sort(perm.begin(), perm.end());
+  for (std::size_t i = 0; i < perm.size(); ++i) CHECK(perm[i] == static_cast<std::int64_t>(i));
+
+  std::vector<int> count(3, 0);
+  for (int epoch = 1; epoch <= 4; ++epoch)
+    for (auto i : epoch_order(labels, 3, 4, epoch, true)) ++count[static_cast<std::size_t>(labels[static_cast<std::size_t>(i)])];
+  // 3600 draws, each task with probability 1/3: mean 1200, sd 28.3.
+  for (int c : count) CHECK(std::abs(c - 1200) < 5 * 28.3);
+}
+
+// --- the router ------------------------------------------------------------------
+
+TEST_CASE("the router reaches at least 99% held-out accuracy on clearly separable clusters, and reports each epoch") {
+  const Clusters data = make_clusters(11, 4, 150, 16, 12.0, 12);
+  Router router(RouterConfig{.input_dim = 16, .num_tasks = 4});
+  RouterTrainOptions o;
+  o.max_epochs = 30;
+  o.patience = 5;
+  o.batch_size = 32;
+  o.seed = 3;
+  std::vector<double> seen;
+  int calls = 0;
+  o.progress = [&](int epoch, double loss, double acc) {
+    CHECK(epoch == ++calls);
+    CHECK(std::isfinite(loss));
+    seen.push_back(acc);
+  };
+  const RouterTrainReport rep = router.fit(data.x, data.y, o);
+  CHECK(rep.train_size == 540);
+  CHECK(rep.heldout_size == 60);
+  CHECK(calls == rep.epochs_run);
+  CHECK(seen == rep.heldout_accuracy);
+  CHECK(rep.best_heldout_accuracy >= 0.99);
+  CHECK(rep.train_loss.back() < rep.train_loss.front());
+  // Fresh items from the same clusters.
+  const Clusters test = make_clusters(11, 4, 100, 16, 12.0, 13);
+  const RouterDiagnostics d = router.evaluate(test.x, test.y);
+  CHECK(d.accuracy >= 0.99);
+}
+
+TEST_CASE("training keeps the epoch with the best held-out accuracy and stops after `patience` epochs without gain") {
+  // Overlapping clusters: held-out accuracy moves from epoch to epoch.
+  const Clusters data = make_clusters(21, 3, 80, 12, 2.5, 22);
+  const DataSplit split = stratified_split(data.y, 3, 0.25, 1);
+  auto rows = [&](const std::vector<std::int64_t>& idx, std::vector<std::int64_t>& y) {
+    std::vector<float> v;
+    const auto all = data.x.values<float>();
+    for (auto i : idx) {
+      v.insert(v.end(), all.begin() + i * 12, all.begin() + (i + 1) * 12);
+      y.push_back(data.y[static_cast<std::size_t>(i)]);
+    }
+    return Tensor::from_f32(v, std::vector<std::int64_t>{static_cast<std::int64_t>(idx.size()), 12});
+  };
+  std::vector<std::int64_t> yt, yh;
+  const Tensor xt = rows(split.train, yt), xh = rows(split.heldout, yh);
+
+  Router router(RouterConfig{.input_dim = 12, .num_tasks = 3, .hidden = 16});
+  RouterTrainOptions o;
+  o.max_epochs = 40;
+  o.patience = 4;
+  o.batch_size = 16;
+  o.adam.lr = 3e-3;
+  o.seed = 8;
+  const RouterTrainReport rep = router.fit(xt, yt, xh, yh, o);
+  const auto& acc = rep.heldout_accuracy;
+  const auto& hl = rep.heldout_loss;
+  // Expected: the best accuracy, ties broken by the lower held-out loss.
+  std::size_t want = 0;
+  for (std::size_t e = 1; e < acc.size(); ++e)
+    if (acc[e] > acc[want] || (acc[e] == acc[want] && hl[e] < hl[want])) want = e;
+  const double best = acc[want];
+  CHECK(rep.best_heldout_accuracy == best);
+  CHECK(rep.best_epoch == static_cast<int>(want) + 1);
+  if (rep.stopped_early) CHECK(rep.epochs_run == rep.best_epoch + o.patience);
+  else CHECK(rep.epochs_run == o.max_epochs);
+  // The weights kept are the best epoch's: evaluating them reproduces its accuracy.
+  CHECK(router.evaluate(xh, yh).accuracy == best);
+  // Without a held-out set the last epoch is kept and no early stopping happens.
+  RouterTrainOptions o2 = o;
+  o2.holdout_fraction = 0.0;
+  o2.max_epochs = 3;
+  const RouterTrainReport rep2 = router.fit(xt, yt, o2);
+  CHECK(rep2.epochs_run == 3);
+  CHECK(rep2.best_epoch == 3);
+  CHECK(std::isnan(rep2.heldout_accuracy[0]));
+}
+
+TEST_CASE("the same seed gives bit-identical weights and logits, on 1 thread and on 2; another seed does not") {
+  // hidden 260 > one 256-wide GEMM tile, so products are split across threads.
+  const Clusters data = make_clusters(31, 3, 40, 8, 4.0, 32);
+  RouterConfig cfg{.input_dim = 8, .num_tasks = 3, .hidden = 260};
+  RouterTrainOptions o;
+  o.max_epochs = 2;
+  o.batch_size = 48;
+  o.seed = 5;
+  o.class_balanced = true;
+  const int threads_before = num_threads();
+  auto run = [&](int threads, std::uint64_t seed) {
+    set_num_threads(threads);
+    RouterTrainOptions oo = o;
+    oo.seed = seed;
+    Router r(cfg);
+    r.fit(data.x, data.y, oo);
+    std::pair<StateDict, Tensor> out{r.to_state_dict(), r.logits(data.x)};
+    set_num_threads(threads_before);
+    return out;
+  };
+  const auto a = run(2, 5), b = run(2, 5), c = run(1, 5), e = run(2, 6);
+  CHECK(same_state(a.first, b.first));
+  CHECK(twin_test::same_bits(a.second, b.second));
+  CHECK(same_state(a.first, c.first));
+  CHECK(twin_test::same_bits(a.second, c.second));
+  CHECK_FALSE(same_state(a.first, e.first));
+  CHECK_FALSE(twin_test::same_bits(a.second, e.second));
+}
+
+TEST_CASE("inference: one embedding gives the [T] logits of its row in a batch; predict is their argmax") {
+  const Clusters data = make_clusters(41, 3, 20, 10, 6.0, 42);
+  Router router(RouterConfig{.input_dim = 10, .num_tasks = 3}, 4);
+  RouterTrainOptions o;
+  o.max_epochs = 2;
+  o.batch_size = 16;
+  router.fit(data.x, data.y, o);
+  const Tensor all = router.logits(data.x);
+  REQUIRE(all.rank() == 2);
+  CHECK(all.dim(0) == 60);
+  CHECK(all.dim(1) == 3);
+  const auto av = all.values<float>();
+  const auto xv = data.x.values<float>();
+  const std::vector<std::int64_t> pred = router.predict(data.x);
+  for (std::int64_t i : {0, 17, 59}) {
+    const std::vector<float> one = router.logits(std::span<const float>(xv.data() + i * 10, 10));
+    REQUIRE(one.size() == 3);
+    for (std::size_t t = 0; t < 3; ++t) CHECK(one[t] == doctest::Approx(av[static_cast<std::size_t>(i * 3) + t]).epsilon(1e-5));
+    const auto row = av.subspan(static_cast<std::size_t>(i * 3), 3);
+    CHECK(pred[static_cast<std::size_t>(i)] == std::max_element(row.begin(), row.end()) - row.begin());
+  }
+  // A bf16 copy of the embeddings goes through the same path.
+  const Tensor bf = data.x.clone_as(dtype::bf16);
+  CHECK(router.logits(bf).dim(0) == 60);
+}
+
+TEST_CASE("diagnostics: the confusion matrix and per-task accuracy agree with the predictions") {
+  const Clusters data = make_clusters(51, 3, 30, 6, 2.0, 52);
+  Router router(RouterConfig{.input_dim = 6, .num_tasks = 3, .hidden = 8});
+  RouterTrainOptions o;
+  o.max_epochs = 3;
+  o.batch_size = 16;
+  router.fit(data.x, data.y, o);
+  const std::vector<std::int64_t> pred = router.predict(data.x);
+  const RouterDiagnostics d = router.evaluate(data.x, data.y);
+  std::vector<std::int64_t> conf(9, 0);
+  std::int64_t correct = 0;
+  for (std::size_t i = 0; i < pred.size(); ++i) {
+    ++conf[static_cast<std::size_t>(data.y[i] * 3 + pred[i])];
+    correct += pred[i] == data.y[i];
+  }
+  CHECK(d.confusion == conf);
+  CHECK(d.total == 90);
+  CHECK(d.correct == correct);
+  CHECK(d.accuracy == doctest::Approx(static_cast<double>(correct) / 90.0));
+  for (std::int64_t t = 0; t < 3; ++t) {
+    CHECK(d.per_task_count[static_cast<std::size_t>(t)] == 30);
+    CHECK(d.per_task_accuracy[static_cast<std::size_t>(t)] == doctest::Approx(static_cast<double>(conf[static_cast<std::size_t>(t * 4)]) / 30.0));
+  }
+  CHECK(d.to_string().find("accuracy") != std::string::npos);
+}
+
+TEST_CASE("save then load gives bit-identical tensors and logits; the file carries the architecture as metadata") {
+  const Clusters data = make_clusters(61, 4, 20, 12, 6.0, 62);
+  Router router(RouterConfig{.input_dim = 12, .num_tasks = 4, .hidden = 20, .depth = 3, .dropout = 0.25, .slope = 0.05});
+  RouterTrainOptions o;
+  o.max_epochs = 2;
+  o.batch_size = 16;
+  router.fit(data.x, data.y, o);
+  const auto path = std::filesystem::temp_directory_path() / ("twin_test_router_" + std::to_string(::getpid()) + ".safetensors");
+  router.save(path);
+  const Router back = Router::load(path);
+  const LoadedCheckpoint ck = load_safetensors(path);
+  std::filesystem::remove(path);
+  CHECK(twin_test::same_bits(router.logits(data.x), back.logits(data.x)));
+  CHECK(same_state(router.to_state_dict(), back.to_state_dict()));
+  CHECK(back.config().depth == 3);
+  CHECK(back.config().hidden_width() == 20);
+  CHECK(back.config().slope == 0.05);
+  CHECK(back.config().dropout == 0.25);
+  CHECK(ck.metadata.at("router.input_dim") == "12");
+  CHECK(ck.metadata.at("router.num_tasks") == "4");
+  CHECK(ck.metadata.at("router.format_version") == "1");
+  CHECK(ck.tensors.at("router.layer0.weight").shape_str() == "[20, 12]");
+  CHECK(ck.tensors.at("router.layer3.weight").shape_str() == "[4, 20]");
+  CHECK(ck.tensors.at("router.norm2.running_var").shape_str() == "[20]");
+  CHECK(ck.tensors.at("router.input_scale").shape_str() == "[12]");
+
+  // Embedding in another state dict under its own prefix.
+  const StateDict sd = router.to_state_dict("model.router.");
+  const Router again = Router::from_state_dict(sd, router.metadata("model.router."), "model.router.");
+  CHECK(twin_test::same_bits(router.logits(data.x), again.logits(data.x)));
+  // A missing tensor or a wrong shape is named.
+  StateDict broken = router.to_state_dict();
+  broken.erase("router.norm1.running_mean");
+  check_throws<name_error>([&] { Router::from_state_dict(broken, router.metadata()); }, {"router.norm1.running_mean"});
+  StateDict wrong = router.to_state_dict();
+  wrong.assign("router.layer1.bias", Tensor(dtype::f32, {7}));
+  check_throws<shape_error>([&] { Router::from_state_dict(wrong, router.metadata()); }, {"router.layer1.bias", "[20]", "[7]"});
+}
+
+TEST_CASE("bad input gives a typed error that says which: width, labels, empty set, NaN") {
+  const Clusters data = make_clusters(71, 3, 10, 8, 6.0, 72);
+  Router router(RouterConfig{.input_dim = 8, .num_tasks = 3});
+  RouterTrainOptions o;
+  o.max_epochs = 1;
+  o.batch_size = 8;
+
+  const Tensor narrow(dtype::f32, {30, 5});
+  check_throws<shape_error>([&] { router.fit(narrow, data.y, o); }, {"width 5", "d = 8"});
+  check_throws<shape_error>([&] { router.logits(narrow); }, {"width 5", "d = 8"});
+
+  std::vector<std::int64_t> bad = data.y;
+  bad[7] = 3;
+  check_throws<argument_error>([&] { router.fit(data.x, bad, o); }, {"label 3", "index 7", "[0, 3)"});
+  bad[7] = -1;
+  check_throws<argument_error>([&] { router.evaluate(data.x, bad); }, {"label -1", "index 7"});
+  check_throws<shape_error>([&] { router.fit(data.x, std::span<const std::int64_t>(data.y).first(29), o); },
+                            {"29 labels", "30 embeddings"});
+
+  const Tensor empty(dtype::f32, {0, 8});
+  check_throws<argument_error>([&] { router.fit(empty, std::span<const std::int64_t>(), o); }, {"empty"});
+  check_throws<argument_error>([&] { router.evaluate(empty, std::span<const std::int64_t>()); }, {"empty"});
+
+  Tensor nan = data.x.clone();
+  nan.values<float>()[4 * 8 + 6] = std::nanf("");
+  check_throws<numeric_error>([&] { router.fit(nan, data.y, o); }, {"NaN", "embedding 4", "feature 6"});
+  check_throws<numeric_error>([&] { router.logits(nan); }, {"NaN", "embedding 4"});
+  nan.values<float>()[4 * 8 + 6] = INFINITY;
+  check_throws<numeric_error>([&] { router.predict(nan); }, {"infinite"});
+
+  const Tensor ints(dtype::i32, {30, 8});
+  check_throws<dtype_error>([&] { router.logits(ints); }, {"I32"});
+  check_throws<argument_error>([&] { Router(RouterConfig{.input_dim = 0, .num_tasks = 3}); }, {"input_dim"});
+  check_throws<argument_error>([&] { Router(RouterConfig{.input_dim = 4, .num_tasks = 3, .dropout = 1.0}); }, {"dropout"});
+  RouterTrainOptions ob = o;
+  ob.batch_size = 1;
+  check_throws<argument_error>([&] { router.fit(data.x, data.y, ob); }, {"batch_size"});
+}
+
+TEST_CASE("labels_from reads integer label tensors and refuses float ones") {
+  const std::vector<std::int32_t> v = {0, 2, 1};
+  const std::int64_t shape[1] = {3};
+  CHECK(labels_from(ConstTensorView(v.data(), dtype::i32, shape)) == std::vector<std::int64_t>{0, 2, 1});
+  const std::vector<float> f = {0, 2, 1};
+  check_throws<dtype_error>([&] { labels_from(ConstTensorView(f.data(), dtype::f32, shape)); }, {"integer"});
+}
+
+TEST_CASE("Philox::uniforms gives the values of Philox::uniform for any start and length") {
+  const Philox rng(0x1234567890abcdefull);
+  for (const std::uint64_t first : {0ull, 1ull, 6ull, 4294967294ull * 4 + 3}) {
+    for (const std::size_t n : {0u, 1u, 3u, 4u, 5u, 63u, 64u, 65u, 200u}) {
+      std::vector<float> u(n);
+      rng.uniforms(first, n, 99, u.data());
+      for (std::size_t k = 0; k < n; ++k) CHECK(u[k] == rng.uniform(first + k, 99));
+    }
+  }
+}
