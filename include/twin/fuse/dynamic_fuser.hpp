@@ -1,0 +1,374 @@
+// DynamicFuser: the online stage of Twin-Merging (DESIGN.md §1 step 6, §4).
+// For router logits it writes θ* + Σ_t w_t · v̂_t into the host's own tensors,
+// out of place. Low-rank modules of a matrix are concatenated once, at
+// construction, into A_cat [m×K] and B_cat [n×K] (K = Σ r_t), so a fusion is
+// ONE GEMM per matrix with θ* as the addend; sparse and dense modules are
+// added by scatter and axpy. Row-range and column-range shards of a matrix
+// (tensor-parallel layers) are fused the same way.
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "twin/backend/cpu/gemm.hpp"
+#include "twin/fuse/routing.hpp"
+#include "twin/model/twin_model.hpp"
+#include "twin/parallel.hpp"
+
+namespace twin {
+
+struct FuseOptions {
+  RoutingOptions routing;
+  // Rows of a matrix per parallel work item (0: chosen from the shape).
+  std::int64_t row_block = 0;
+};
+
+// What the fuser precomputes for one tensor of the model.
+struct FusePlan {
+  const TwinModel::Entry* entry = nullptr;
+  const Tensor* shared = nullptr;  // θ* (null for excluded tensors)
+  MatrixShape ms;
+  std::int64_t K = 0;                // Σ ranks of the low-rank modules
+  std::vector<std::int64_t> offset;  // T+1 column offsets into A_cat / B_cat
+  std::vector<float> a_cat, b_cat;   // [rows×K], [cols×K] row-major, f32
+  bool has_other = false;            // some task has a sparse or dense module
+
+  std::int64_t rank_of(std::size_t t) const noexcept { return offset[t + 1] - offset[t]; }
+};
+
+class DynamicFuser {
+ public:
+  // The model must outlive the fuser; the fuser never writes to it, so any
+  // number of fuse calls may run at once into different outputs.
+  explicit DynamicFuser(const TwinModel& model, FuseOptions options = {}) : model_(&model), opts_(options) {
+    opts_.routing.validate();
+    const std::size_t T = model.num_tasks();
+    plans_.resize(model.entries().size());
+    parallel_blocks(static_cast<std::int64_t>(plans_.size()), 1, [&](std::int64_t i0, std::int64_t i1) {
+      for (std::int64_t i = i0; i < i1; ++i) prepare(plans_[static_cast<std::size_t>(i)], model.entries()[static_cast<std::size_t>(i)], T);
+    });
+    for (std::size_t i = 0; i < plans_.size(); ++i) {
+      FusePlan& p = plans_[i];
+      if (!p.entry->excluded) p.shared = &model.shared().at(p.entry->name);
+      index_.emplace(p.entry->name, i);
+    }
+  }
+
+  const TwinModel& model() const noexcept { return *model_; }
+  std::size_t num_tasks() const noexcept { return model_->num_tasks(); }
+  const FuseOptions& options() const noexcept { return opts_; }
+
+  // Mixture weights for one input's logits (softmax with the fuser's
+  // temperature and routing); checks the length.
+  std::vector<float> weights(std::span<const float> logits) const {
+    if (logits.size() != num_tasks())
+      throw shape_error("logits: expected " + std::to_string(num_tasks()) + " values (one per task), found " +
+                        std::to_string(logits.size()));
+    return routing_weights(logits, opts_.routing);
+  }
+
+  // Writes every tensor the host names: `tensors` is any range of (name,
+  // tensor) pairs (std::map, unordered_map, vector of pairs) whose tensors
+  // are tensor_like and writable.
+  template <class Range>
+  void fuse(Range&& tensors, std::span<const float> logits) const {
+    fuse_with_weights(std::forward<Range>(tensors), weights(logits));
+  }
+
+  // Same with mixture weights given directly (group-wise fusion, or weights
+  // the host computed itself); a weight of 0 skips the task.
+  template <class Range>
+  void fuse_with_weights(Range&& tensors, std::span<const float> w) const {
+    check_weights(w, "fuse");
+    for (auto&& item : tensors) {
+      auto&& [name, t] = item;
+      fuse_tensor(std::string_view(name), t, w);
+    }
+  }
+
+  // One tensor, for hosts that fuse layer by layer.
+  template <class Out>
+  void fuse_tensor(std::string_view name, Out&& out, std::span<const float> w) const {
+    fuse_view(name, writable_view(name, out), w);
+  }
+
+  void fuse_view(std::string_view name, const TensorView& out, std::span<const float> w) const {
+    const FusePlan& p = plan(name);
+    check_output(name, out, p.entry->shape.span());
+    check_weights(w, name);
+    fuse_region(p, w, 0, p.ms.rows, 0, p.ms.cols, out);
+  }
+
+  // A tensor-parallel shard: the slice [start, start + out.dim(axis)) of
+  // dimension `axis` of the fused tensor (axis 0: a column-parallel layer's
+  // rows, needing the matching rows of A; axis 1: a row-parallel layer's
+  // columns, needing the matching rows of B). Equal to that slice of the full
+  // fusion, computed without the rest.
+  template <class Out>
+  void fuse_shard(std::string_view name, Out&& out, std::span<const float> w, int axis, std::int64_t start) const {
+    const TensorView ov = writable_view(name, out);
+    const FusePlan& p = plan(name);
+    const auto full = p.entry->shape.span();
+    const int rank = static_cast<int>(full.size());
+    if (axis < 0 || axis >= std::max(rank, 1) || axis > 1)
+      throw argument_error("tensor '" + std::string(name) + "' of shape " + shape_string(full) +
+                           ": cannot shard along axis " + std::to_string(axis));
+    if (ov.rank() != rank)
+      throw shape_error("shard of tensor '" + std::string(name) + "': expected rank " + std::to_string(rank) +
+                        " (shape " + shape_string(full) + "), found shape " + ov.shape_str());
+    const std::int64_t len = rank == 0 ? 1 : ov.dim(axis);
+    if (rank == 0 || start < 0 || start + len > full[static_cast<std::size_t>(axis)])
+      throw shape_error("shard of tensor '" + std::string(name) + "': slice [" + std::to_string(start) + ", " +
+                        std::to_string(start + len) + ") of axis " + std::to_string(axis) + " is outside shape " +
+                        shape_string(full));
+    Extents expect(full);
+    expect[axis] = len;
+    check_output(name, ov, expect.span());
+    check_weights(w, name);
+    if (rank == 1) return fuse_region(p, w, 0, 1, start, start + len, ov);
+    if (axis == 0) return fuse_region(p, w, start, start + len, 0, p.ms.cols, ov);
+    // Columns of the matrix view: a slice of dim 1 is contiguous there.
+    const std::int64_t inner = full[1] == 0 ? 0 : p.ms.cols / full[1];
+    fuse_region(p, w, 0, p.ms.rows, start * inner, (start + len) * inner, ov);
+  }
+
+  const FusePlan& plan(std::string_view name) const {
+    auto it = index_.find(std::string(name));
+    if (it == index_.end()) throw name_error("the twin model has no tensor named '" + std::string(name) + "'");
+    return plans_[it->second];
+  }
+  const std::vector<FusePlan>& plans() const noexcept { return plans_; }
+
+  void check_weights(std::span<const float> w, std::string_view who) const {
+    if (w.size() != num_tasks())
+      throw shape_error(std::string(who) + ": " + std::to_string(w.size()) + " task weights given, the model has " +
+                        std::to_string(num_tasks()) + " tasks");
+    for (std::size_t t = 0; t < w.size(); ++t)
+      if (!std::isfinite(w[t]))
+        throw argument_error(std::string(who) + ": weight of task " + std::to_string(t) + " is not finite");
+  }
+
+ private:
+  template <class Out>
+  static TensorView writable_view(std::string_view name, Out&& out) {
+    using Raw = std::remove_cvref_t<Out>;
+    if constexpr (std::is_same_v<Raw, TensorView>) {
+      return out;  // a view is writable even when the view object is const
+    } else {
+      static_assert(tensor_like<Out>, "the output must be tensor_like (specialize twin::tensor_adapter)");
+      if constexpr (!writable_tensor<Out>) {
+        static_assert(writable_tensor<Out>, "the output tensor must be writable (non-const, adapter data() -> void*)");
+        (void)name;
+        return TensorView{};
+      } else {
+        return adapt(std::forward<Out>(out));
+      }
+    }
+  }
+
+  static void check_output(std::string_view name, const TensorView& out, std::span<const std::int64_t> expect) {
+    if (!dtype_is_float(out.dtype()))
+      throw dtype_error("output tensor '" + std::string(name) + "': expected a float dtype (F32, F16, BF16, F64), found " +
+                        std::string(dtype_name(out.dtype())));
+    if (out.device() != device{})
+      throw argument_error("output tensor '" + std::string(name) + "' is on a CUDA device; this fuser writes host memory");
+    check_same_shape(name, expect, out.shape(), "output tensor");
+  }
+
+  static void prepare(FusePlan& p, const TwinModel::Entry& e, std::size_t T) {
+    p.entry = &e;
+    p.ms = matrix_shape(e.shape.span());
+    p.offset.assign(T + 1, 0);
+    if (e.excluded) return;
+    for (std::size_t t = 0; t < T; ++t) {
+      const ExclusiveModule& m = e.modules[t];
+      p.offset[t + 1] = p.offset[t] + m.rank();
+      p.has_other = p.has_other || m.kind() != ModuleKind::low_rank;
+    }
+    p.K = p.offset[T];
+    if (p.K == 0) return;
+    const std::int64_t rows = p.ms.rows, cols = p.ms.cols, K = p.K;
+    p.a_cat.assign(static_cast<std::size_t>(rows * K), 0.0f);
+    p.b_cat.assign(static_cast<std::size_t>(cols * K), 0.0f);
+    std::vector<float> tmp;
+    for (std::size_t t = 0; t < T; ++t) {
+      const ExclusiveModule& m = e.modules[t];
+      const std::int64_t r = m.rank();
+      if (r == 0) continue;
+      auto copy = [&](const Tensor& src, std::int64_t n, std::vector<float>& dst) {
+        tmp.resize(static_cast<std::size_t>(n * r));
+        read_f32(src.view(), 0, n * r, tmp.data());
+        for (std::int64_t i = 0; i < n; ++i)
+          std::memcpy(dst.data() + i * K + p.offset[t], tmp.data() + i * r, static_cast<std::size_t>(r) * sizeof(float));
+      };
+      copy(m.a(), rows, p.a_cat);
+      copy(m.b(), cols, p.b_cat);
+    }
+  }
+
+  std::int64_t row_block_for(std::int64_t rows, std::int64_t cols, bool buffered) const {
+    if (opts_.row_block > 0) return opts_.row_block;
+    const std::int64_t nt = std::max(1, num_threads());
+    // One block per thread keeps Eigen from repacking B_cat more than once
+    // per thread; buffered outputs cap the f32 staging block at ~4 MiB (each
+    // block repacks B_cat, which costs more than the staging block falling
+    // out of L2 between the GEMM and the conversion).
+    std::int64_t rb = (rows + nt - 1) / nt;
+    if (buffered) rb = std::min(rb, std::max<std::int64_t>(8, (std::int64_t{1} << 20) / std::max<std::int64_t>(cols, 1)));
+    return std::max<std::int64_t>(rb, 1);
+  }
+
+  // Scratch that lives with the thread, so repeated fusions do not fault in
+  // fresh pages for every tensor.
+  static std::vector<float>& scratch(int slot, std::size_t n) {
+    thread_local std::vector<float> bufs[3];
+    std::vector<float>& b = bufs[slot];
+    if (b.size() < n) b.resize(n);
+    return b;
+  }
+
+  // Writes rows [r0, r1) × cols [c0, c1) of the fused matrix view into `out`,
+  // whose row-major order is that region's.
+  void fuse_region(const FusePlan& p, std::span<const float> w, std::int64_t r0, std::int64_t r1, std::int64_t c0,
+                   std::int64_t c1, const TensorView& out) const {
+    const std::int64_t rows = r1 - r0, cw = c1 - c0, cols = p.ms.cols;
+    if (rows <= 0 || cw <= 0) return;
+    const std::size_t T = num_tasks();
+    const TwinModel::Entry& e = *p.entry;
+
+    if (e.excluded) {
+      // The task the router trusts most supplies its own copy.
+      const std::size_t best = static_cast<std::size_t>(std::max_element(w.begin(), w.end()) - w.begin());
+      const ConstTensorView src = e.copies[best].view();
+      parallel_blocks(rows, row_block_for(rows, cw, true), [&](std::int64_t lo, std::int64_t hi) {
+        std::vector<float>& buf = scratch(0, static_cast<std::size_t>(cw));
+        for (std::int64_t i = lo; i < hi; ++i) {
+          read_f32(src, (r0 + i) * cols + c0, cw, buf.data());
+          write_f32(buf.data(), i * cw, cw, out);
+        }
+      });
+      return;
+    }
+
+    // Active low-rank columns, scaled by w on the B side: Bs [cw×Ka].
+    std::vector<std::size_t> act;
+    std::int64_t Ka = 0;
+    for (std::size_t t = 0; t < T; ++t)
+      if (w[t] != 0.0f && p.rank_of(t) > 0) act.push_back(t), Ka += p.rank_of(t);
+    std::vector<float>& bs = scratch(1, static_cast<std::size_t>(cw * Ka));
+    const float* a_ptr = nullptr;
+    std::int64_t lda = Ka;
+    if (Ka > 0) {
+      parallel_blocks(cw, 1024, [&](std::int64_t lo, std::int64_t hi) {
+        for (std::int64_t j = lo; j < hi; ++j) {
+          const float* src = p.b_cat.data() + (c0 + j) * p.K;
+          float* dst = bs.data() + j * Ka;
+          for (std::size_t t : act) {
+            const float wt = w[t];
+            for (std::int64_t q = p.offset[t]; q < p.offset[t + 1]; ++q) *dst++ = wt * src[q];
+          }
+        }
+      });
+      if (Ka == p.K) {
+        a_ptr = p.a_cat.data() + r0 * p.K;
+        lda = p.K;
+      } else {
+        std::vector<float>& ag = scratch(2, static_cast<std::size_t>(rows * Ka));
+        for (std::int64_t i = 0; i < rows; ++i) {
+          const float* src = p.a_cat.data() + (r0 + i) * p.K;
+          float* dst = ag.data() + i * Ka;
+          for (std::size_t t : act)
+            for (std::int64_t q = p.offset[t]; q < p.offset[t + 1]; ++q) *dst++ = src[q];
+        }
+        a_ptr = ag.data();
+      }
+    }
+
+    // f32 outputs with unit column stride are written in place; anything
+    // else is staged in f32 and converted once.
+    std::int64_t ldo = 0;
+    if (out.dtype() == dtype::f32) {
+      if (out.rank() == 2 && out.stride(1) == 1) ldo = out.stride(0);
+      else if (out.is_contiguous()) ldo = cw;
+    }
+    const bool direct = ldo > 0;
+    const Tensor& star = *p.shared;
+    const bool star_f32 = star.dtype() == dtype::f32;
+
+    parallel_blocks(rows, row_block_for(rows, cw, !direct), [&](std::int64_t lo, std::int64_t hi) {
+      const std::int64_t nr = hi - lo;
+      float* dst;
+      std::int64_t ld;
+      if (direct) {
+        dst = static_cast<float*>(out.data()) + lo * ldo;
+        ld = ldo;
+      } else {
+        dst = scratch(0, static_cast<std::size_t>(nr * cw)).data();
+        ld = cw;
+      }
+      for (std::int64_t i = 0; i < nr; ++i) {
+        const std::int64_t src = (r0 + lo + i) * cols + c0;
+        if (star_f32)
+          std::memcpy(dst + i * ld, static_cast<const float*>(star.data()) + src, static_cast<std::size_t>(cw) * sizeof(float));
+        else
+          read_f32(star.view(), src, cw, dst + i * ld);
+      }
+      if (Ka > 0)
+        backend::cpu::gemm(false, true, nr, cw, Ka, 1.0f, a_ptr + lo * lda, lda, bs.data(), Ka, true, dst, ld);
+      if (p.has_other) add_other(p, w, r0 + lo, r0 + hi, c0, c1, dst, ld);
+      if (!direct) write_f32(dst, lo * cw, nr * cw, out);
+    });
+  }
+
+  // Sparse and dense modules: dst (rows [ra, rb) × cols [c0, c1), leading
+  // dimension ld) += Σ w_t v̂_t.
+  void add_other(const FusePlan& p, std::span<const float> w, std::int64_t ra, std::int64_t rb, std::int64_t c0,
+                 std::int64_t c1, float* dst, std::int64_t ld) const {
+    const std::int64_t cols = p.ms.cols, cw = c1 - c0;
+    for (std::size_t t = 0; t < w.size(); ++t) {
+      const float wt = w[t];
+      const ExclusiveModule& m = p.entry->modules[t];
+      if (wt == 0.0f || m.kind() == ModuleKind::low_rank) continue;
+      if (m.kind() == ModuleKind::dense) {
+        const ConstTensorView v = m.values().view();
+        thread_local std::vector<float> row;
+        row.resize(static_cast<std::size_t>(cw));
+        for (std::int64_t i = ra; i < rb; ++i) {
+          read_f32(v, i * cols + c0, cw, row.data());
+          float* d = dst + (i - ra) * ld;
+          for (std::int64_t j = 0; j < cw; ++j) d[j] += wt * row[static_cast<std::size_t>(j)];
+        }
+        continue;
+      }
+      const Tensor& idx = m.indices();
+      const Tensor& val = m.values();
+      auto scatter = [&](const auto* ix) {
+        const std::int64_t nnz = idx.numel();
+        const std::int64_t first = ra * cols + c0, last = (rb - 1) * cols + c1;
+        std::int64_t k = std::lower_bound(ix, ix + nnz, first, [](auto a, std::int64_t b) { return static_cast<std::int64_t>(a) < b; }) - ix;
+        const float* vf = val.dtype() == dtype::f32 ? static_cast<const float*>(val.data()) : nullptr;
+        for (; k < nnz; ++k) {
+          const std::int64_t li = static_cast<std::int64_t>(ix[k]);
+          if (li >= last) break;
+          const std::int64_t i = li / cols, j = li % cols;
+          if (j < c0 || j >= c1) continue;
+          const float x = vf ? vf[k] : static_cast<float>(load_as_f64(val.data(), val.dtype(), k));
+          dst[(i - ra) * ld + (j - c0)] += wt * x;
+        }
+      };
+      if (idx.dtype() == dtype::i32) scatter(static_cast<const std::int32_t*>(idx.data()));
+      else scatter(static_cast<const std::int64_t*>(idx.data()));
+    }
+  }
+
+  const TwinModel* model_;
+  FuseOptions opts_;
+  std::vector<FusePlan> plans_;
+  std::unordered_map<std::string, std::size_t> index_;
+};
+
+}  // namespace twin

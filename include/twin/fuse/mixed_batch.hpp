@@ -1,0 +1,215 @@
+// Mixed-batch apply (DESIGN.md §2): a linear layer run on a batch whose rows
+// each have their own routing weights, without materializing any fused
+// weight. With W = θ* + Σ_t w_t A_t B_tᵀ per row,
+//   Y = X W*ᵀ + ((X B_cat) ⊙ Ŵ) A_catᵀ
+// where Ŵ [tokens×K] repeats each row's w_t over task t's r_t columns: two
+// skinny GEMMs on top of the plain layer. Sparse and dense modules are added
+// per row the same way; excluded weights use each row's top task's copy.
+#pragma once
+
+#include "twin/fuse/dynamic_fuser.hpp"
+
+namespace twin {
+
+struct MixedApplyOptions {
+  // Name of the layer's bias (a vector tensor of the model), fused per row
+  // and added; empty: no bias.
+  std::string bias;
+  // Y += result instead of Y = result.
+  bool accumulate = false;
+};
+
+namespace detail {
+// Contiguous f32 values of a [rows×cols] view: the view's memory when it
+// already is, else a converted copy in `buf`.
+inline const float* f32_matrix(const ConstTensorView& v, std::vector<float>& buf) {
+  if (v.dtype() == dtype::f32 && v.is_contiguous()) return static_cast<const float*>(v.data());
+  buf.resize(static_cast<std::size_t>(v.numel()));
+  read_f32(v, 0, v.numel(), buf.data());
+  return buf.data();
+}
+}  // namespace detail
+
+// x: [tokens×n] activations; row_weights: [tokens×T] row-major mixture
+// weights (rows of routing_weights); y: [tokens×m] output, for the model's
+// weight `name` of shape [m×n].
+inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, const ConstTensorView& x,
+                             std::span<const float> row_weights, const TensorView& y,
+                             const MixedApplyOptions& opts = {}) {
+  const FusePlan& p = fuser.plan(name);
+  const std::string nm(name);
+  const auto wshape = p.entry->shape.span();
+  if (wshape.size() != 2)
+    throw shape_error("mixed-batch apply: tensor '" + nm + "' of shape " + shape_string(wshape) +
+                      " is not the weight of a linear layer");
+  const std::int64_t m = wshape[0], n = wshape[1];
+  const std::size_t T = fuser.num_tasks();
+  if (x.rank() != 2 || x.dim(1) != n)
+    throw shape_error("mixed-batch apply: input for tensor '" + nm + "' of shape " + shape_string(wshape) +
+                      ": expected shape [tokens, " + std::to_string(n) + "], found " + x.shape_str());
+  const std::int64_t tokens = x.dim(0);
+  const std::int64_t yshape[2] = {tokens, m};
+  check_same_shape(nm, yshape, y.shape(), "mixed-batch output for tensor");
+  require_float(x.dtype(), "mixed-batch input for tensor '" + nm + "'");
+  require_float(y.dtype(), "mixed-batch output for tensor '" + nm + "'");
+  if (row_weights.size() != static_cast<std::size_t>(tokens) * T)
+    throw shape_error("mixed-batch apply for tensor '" + nm + "': expected " + std::to_string(tokens) + "×" +
+                      std::to_string(T) + " row weights, found " + std::to_string(row_weights.size()));
+  if (tokens == 0 || m == 0) return;
+
+  std::vector<float> xbuf;
+  const float* X = detail::f32_matrix(x, xbuf);
+  const bool direct = y.dtype() == dtype::f32 && y.stride(1) == 1 && !opts.accumulate;
+  std::vector<float> ybuf;
+  float* Y;
+  std::int64_t ldy;
+  if (direct) {
+    Y = static_cast<float*>(y.data());
+    ldy = y.stride(0);
+  } else {
+    ybuf.resize(static_cast<std::size_t>(tokens * m));
+    Y = ybuf.data();
+    ldy = m;
+  }
+  auto wt = [&](std::int64_t i, std::size_t t) { return row_weights[static_cast<std::size_t>(i) * T + t]; };
+
+  if (p.entry->excluded) {
+    // Rows grouped by their top task, one GEMM per task copy.
+    std::vector<std::vector<std::int64_t>> by_task(T);
+    for (std::int64_t i = 0; i < tokens; ++i) {
+      const float* r = row_weights.data() + static_cast<std::size_t>(i) * T;
+      by_task[static_cast<std::size_t>(std::max_element(r, r + T) - r)].push_back(i);
+    }
+    std::vector<float> wb, xs, ys;
+    for (std::size_t t = 0; t < T; ++t) {
+      if (by_task[t].empty()) continue;
+      const float* Wt = detail::f32_matrix(p.entry->copies[t].view(), wb);
+      const auto rows = static_cast<std::int64_t>(by_task[t].size());
+      xs.resize(static_cast<std::size_t>(rows * n));
+      ys.resize(static_cast<std::size_t>(rows * m));
+      for (std::int64_t k = 0; k < rows; ++k)
+        std::memcpy(xs.data() + k * n, X + by_task[t][static_cast<std::size_t>(k)] * n, static_cast<std::size_t>(n) * sizeof(float));
+      backend::cpu::gemm_parallel(false, true, rows, m, n, 1.0f, xs.data(), n, Wt, n, false, ys.data(), m);
+      for (std::int64_t k = 0; k < rows; ++k)
+        std::memcpy(Y + by_task[t][static_cast<std::size_t>(k)] * ldy, ys.data() + k * m, static_cast<std::size_t>(m) * sizeof(float));
+    }
+  } else {
+    // Plain layer: Y = X W*ᵀ.
+    const Tensor& star = *p.shared;
+    if (star.dtype() == dtype::f32) {
+      backend::cpu::gemm_parallel(false, true, tokens, m, n, 1.0f, X, n, static_cast<const float*>(star.data()), n, false, Y,
+                                  ldy);
+    } else {
+      // Converted block by block so a 16-bit θ* is never held in f32 whole.
+      parallel_blocks(m, 256, [&](std::int64_t lo, std::int64_t hi) {
+        thread_local std::vector<float> wblk;
+        wblk.resize(static_cast<std::size_t>((hi - lo) * n));
+        read_f32(star.view(), lo * n, (hi - lo) * n, wblk.data());
+        backend::cpu::gemm(false, true, tokens, hi - lo, n, 1.0f, X, n, wblk.data(), n, false, Y + lo, ldy);
+      });
+    }
+    // Low-rank modules: Z = X B_act, Z ⊙ Ŵ, Y += Z A_actᵀ.
+    std::vector<std::size_t> act;
+    std::int64_t Ka = 0;
+    for (std::size_t t = 0; t < T; ++t) {
+      if (p.rank_of(t) == 0) continue;
+      bool used = false;
+      for (std::int64_t i = 0; i < tokens && !used; ++i) used = wt(i, t) != 0.0f;
+      if (used) act.push_back(t), Ka += p.rank_of(t);
+    }
+    if (Ka > 0) {
+      const float *A = p.a_cat.data(), *B = p.b_cat.data();
+      std::vector<float> ag, bg;
+      if (Ka != p.K) {
+        auto gather = [&](const std::vector<float>& src, std::int64_t rows, std::vector<float>& dst) {
+          dst.resize(static_cast<std::size_t>(rows * Ka));
+          for (std::int64_t i = 0; i < rows; ++i) {
+            float* d = dst.data() + i * Ka;
+            for (std::size_t t : act)
+              for (std::int64_t q = p.offset[t]; q < p.offset[t + 1]; ++q) *d++ = src[static_cast<std::size_t>(i * p.K + q)];
+          }
+        };
+        gather(p.a_cat, m, ag);
+        gather(p.b_cat, n, bg);
+        A = ag.data(), B = bg.data();
+      }
+      std::vector<float> Z(static_cast<std::size_t>(tokens * Ka));
+      backend::cpu::gemm_parallel(false, false, tokens, Ka, n, 1.0f, X, n, B, Ka, false, Z.data(), Ka);
+      for (std::int64_t i = 0; i < tokens; ++i) {
+        float* z = Z.data() + i * Ka;
+        for (std::size_t t : act) {
+          const float w = wt(i, t);
+          for (std::int64_t q = p.offset[t]; q < p.offset[t + 1]; ++q) *z++ *= w;
+        }
+      }
+      backend::cpu::gemm_parallel(false, true, tokens, m, Ka, 1.0f, Z.data(), Ka, A, Ka, true, Y, ldy);
+    }
+    // Sparse and dense modules, task by task.
+    for (std::size_t t = 0; t < T; ++t) {
+      const ExclusiveModule& mod = p.entry->modules[t];
+      if (mod.kind() == ModuleKind::low_rank) continue;
+      if (mod.kind() == ModuleKind::dense) {
+        std::vector<float> vb, Zt(static_cast<std::size_t>(tokens * m));
+        const float* V = detail::f32_matrix(mod.values().view(), vb);
+        backend::cpu::gemm_parallel(false, true, tokens, m, n, 1.0f, X, n, V, n, false, Zt.data(), m);
+        for (std::int64_t i = 0; i < tokens; ++i) {
+          const float w = wt(i, t);
+          if (w == 0.0f) continue;
+          for (std::int64_t j = 0; j < m; ++j) Y[i * ldy + j] += w * Zt[static_cast<std::size_t>(i * m + j)];
+        }
+        continue;
+      }
+      const Tensor& idx = mod.indices();
+      std::vector<float> vals(static_cast<std::size_t>(idx.numel()));
+      read_f32(mod.values().view(), 0, idx.numel(), vals.data());
+      parallel_blocks(tokens, 16, [&](std::int64_t lo, std::int64_t hi) {
+        for (std::int64_t k = 0; k < idx.numel(); ++k) {
+          const auto li = static_cast<std::int64_t>(load_as_f64(idx.data(), idx.dtype(), k));
+          const std::int64_t r = li / n, c = li % n;
+          const float v = vals[static_cast<std::size_t>(k)];
+          for (std::int64_t i = lo; i < hi; ++i) Y[i * ldy + r] += wt(i, t) * v * X[i * n + c];
+        }
+      });
+    }
+  }
+
+  if (!opts.bias.empty()) {
+    const FusePlan& bp = fuser.plan(opts.bias);
+    const std::int64_t bshape[1] = {m};
+    check_same_shape(opts.bias, bshape, bp.entry->shape.span(), "bias of tensor '" + nm + "':");
+    parallel_blocks(tokens, 16, [&](std::int64_t lo, std::int64_t hi) {
+      std::vector<float> b(static_cast<std::size_t>(m));
+      for (std::int64_t i = lo; i < hi; ++i) {
+        fuser.fuse_view(opts.bias, TensorView(b.data(), dtype::f32, bshape),
+                        row_weights.subspan(static_cast<std::size_t>(i) * T, T));
+        for (std::int64_t j = 0; j < m; ++j) Y[i * ldy + j] += b[static_cast<std::size_t>(j)];
+      }
+    });
+  }
+
+  if (!direct) {
+    if (opts.accumulate) {
+      std::vector<float> prev(static_cast<std::size_t>(tokens * m));
+      read_f32(y, 0, tokens * m, prev.data());
+      for (std::size_t i = 0; i < prev.size(); ++i) ybuf[i] += prev[i];
+    }
+    write_f32(ybuf.data(), 0, tokens * m, y);
+  }
+}
+
+// Host-tensor form: x and y are tensor_like (y writable).
+template <tensor_like X, class Y>
+void apply_mixed(const DynamicFuser& fuser, std::string_view name, X&& x, std::span<const float> row_weights, Y&& y,
+                 const MixedApplyOptions& opts = {}) {
+  const ConstTensorView xv = adapt(std::forward<X>(x));
+  TensorView yv;
+  if constexpr (std::is_same_v<std::remove_cvref_t<Y>, TensorView>) {
+    yv = y;
+  } else {
+    static_assert(writable_tensor<Y>, "the output of apply_mixed must be writable");
+    yv = adapt(std::forward<Y>(y));
+  }
+  apply_mixed_view(fuser, name, xv, row_weights, yv, opts);
+}
+
+}  // namespace twin

@@ -1,0 +1,492 @@
+// DynamicFuser, shards, mixed-batch apply and group-wise fusion against the
+// dense double-precision reference θ* + Σ w_t v̂_t built from the stored parts.
+#include "fuse_test_util.hpp"
+
+#include <map>
+#include <set>
+#include <thread>
+#include <unordered_map>
+
+#include "twin/compress/magnitude_sparsifier.hpp"
+#include "twin/compress/svd_compressor.hpp"
+#include "twin/fuse/dynamic_fuser.hpp"
+#include "twin/fuse/mixed_batch.hpp"
+#include "twin/route/grouping.hpp"
+
+using namespace twin;
+using namespace twin_test;
+
+namespace {
+
+constexpr std::size_t kTasks = 4;
+
+TwinModel build(const SmallModel& sm, const SvdCompressor& c, std::optional<dtype> shared = {}) {
+  TwinBuildOptions o;
+  o.exclude = {"head\\..*"};
+  o.shared_dtype = shared;
+  return TwinModel::build(sm.base, std::span<const StateDict>(sm.experts), TaskArithmetic{0.3, {}}, c, o);
+}
+template <class C>
+TwinModel build_with(const SmallModel& sm, const C& c, std::optional<dtype> shared = {}) {
+  TwinBuildOptions o;
+  o.exclude = {"head\\..*"};
+  o.shared_dtype = shared;
+  return TwinModel::build(sm.base, std::span<const StateDict>(sm.experts), TaskArithmetic{0.3, {}}, c, o);
+}
+
+// One fresh output per tensor of the model, in dtype t.
+std::map<std::string, Tensor> outputs(const TwinModel& m, dtype t) {
+  std::map<std::string, Tensor> out;
+  for (const auto& e : m.entries()) out.emplace(e.name, Tensor(t, e.shape.span()));
+  return out;
+}
+
+std::vector<float> random_logits(std::mt19937_64& rng, std::size_t T, double scale = 2.0) {
+  std::normal_distribution<float> nd(0.0f, static_cast<float>(scale));
+  std::vector<float> l(T);
+  for (float& x : l) x = nd(rng);
+  return l;
+}
+
+// Fused values are θ* + Σ w v̂: f32 accumulation error scales with the
+// magnitudes involved (|θ*| ~ 1), plus the output dtype's rounding.
+void check_model_outputs(const TwinModel& m, const std::map<std::string, Tensor>& out, const std::vector<double>& w,
+                         double rel, const std::string& what) {
+  for (const auto& [name, t] : out)
+    check_close(t.view(), reference_fusion(m, name, w), rel, 2e-6, what + " " + name);
+}
+
+}  // namespace
+
+TEST_CASE("one-hot logits return the expert up to the compression error, and exactly at full rank") {
+  const SmallModel sm = small_model(31, kTasks);
+  const TwinModel full = build(sm, SvdCompressor::with_rank(1000));
+  const TwinModel low = build(sm, SvdCompressor::with_rank(2));
+  const DynamicFuser ffull(full), flow(low);
+  for (std::size_t t = 0; t < kTasks; ++t) {
+    std::vector<float> logits(kTasks, 0.0f);
+    logits[t] = 1000.0f;  // exp(-1000) is exactly 0 in double: a one-hot mixture
+    auto out = outputs(full, dtype::f32);
+    ffull.fuse(out, logits);
+    for (const auto& [name, o] : out) check_close(o.view(), to_f64_vector(sm.experts[t].at(name).view()), 1e-5, 1e-5, "full rank " + name);
+
+    auto lo = outputs(low, dtype::f32);
+    flow.fuse(lo, logits);
+    for (const auto& [name, o] : lo) {
+      const auto ex = to_f64_vector(sm.experts[t].at(name).view());
+      const auto star = low.is_excluded(name) ? ex : to_f64_vector(low.shared().at(name).view());
+      const auto got = to_f64_vector(o.view());
+      double dist = 0.0, vnorm = 0.0;
+      for (std::size_t i = 0; i < ex.size(); ++i) {
+        dist += (got[i] - ex[i]) * (got[i] - ex[i]);
+        vnorm += (ex[i] - star[i]) * (ex[i] - star[i]);
+      }
+      // ‖fused − θ_t‖ / ‖v_t‖ is the compression error of that module
+      const double rel = low.is_excluded(name) ? 0.0 : low.relative_error(name, t);
+      INFO(name << " task " << t);
+      CHECK(std::sqrt(dist) <= rel * std::sqrt(vnorm) * (1 + 1e-3) + 1e-5);
+    }
+  }
+}
+
+TEST_CASE("fusion equals θ* + Σ w_t v̂_t for random logits, with top-k routing and with temperature") {
+  const SmallModel sm = small_model(32, kTasks);
+  const TwinModel model = build(sm, SvdCompressor::with_rank(3));
+  std::mt19937_64 rng(1);
+  struct Case {
+    double temperature;
+    int top_k;
+  };
+  for (const Case c : {Case{1.0, 0}, Case{1.0, 2}, Case{0.3, 0}, Case{2.5, 3}, Case{1.0, 1}}) {
+    FuseOptions fo;
+    fo.routing.temperature = c.temperature;
+    fo.routing.top_k = c.top_k;
+    const DynamicFuser f(model, fo);
+    for (int rep = 0; rep < 3; ++rep) {
+      const std::vector<float> logits = random_logits(rng, kTasks);
+      const std::vector<double> w = reference_weights(logits, c.temperature, c.top_k);
+      const std::vector<float> fw = f.weights(logits);
+      for (std::size_t t = 0; t < kTasks; ++t) CHECK(fw[t] == doctest::Approx(w[t]).epsilon(1e-6));
+      auto out = outputs(model, dtype::f32);
+      f.fuse(out, logits);
+      check_model_outputs(model, out, w, 1e-5, "T=" + std::to_string(c.temperature) + " top" + std::to_string(c.top_k));
+    }
+  }
+}
+
+TEST_CASE("fusion writes f16 and bf16 outputs rounded from f32 accumulation, from f32 or bf16 shared weights") {
+  const SmallModel sm = small_model(33, kTasks);
+  std::mt19937_64 rng(2);
+  for (const auto shared : {std::optional<dtype>{}, std::optional<dtype>{dtype::bf16}}) {
+    const TwinModel model = build(sm, SvdCompressor::with_rank(3, dtype::f16), shared);
+    const DynamicFuser f(model);
+    const std::vector<float> logits = random_logits(rng, kTasks);
+    const std::vector<double> w = reference_weights(logits);
+    for (const dtype t : {dtype::f32, dtype::f16, dtype::bf16}) {
+      auto out = outputs(model, t);
+      f.fuse(out, logits);
+      check_model_outputs(model, out, w, unit_roundoff(t) + 1e-5, std::string(dtype_name(t)));
+    }
+  }
+}
+
+TEST_CASE("fusion into strided host views (padded rows, transposed layout) equals the reference") {
+  const SmallModel sm = small_model(34, kTasks);
+  const TwinModel model = build(sm, SvdCompressor::with_rank(3));
+  const DynamicFuser f(model);
+  std::mt19937_64 rng(3);
+  const std::vector<float> logits = random_logits(rng, kTasks);
+  const std::vector<double> w = reference_weights(logits);
+  const std::vector<float> fw = f.weights(logits);
+  const std::string name = "layer.0.attn.w";  // [48, 32]
+  const auto ref = reference_fusion(model, name, w);
+  for (const dtype t : {dtype::f32, dtype::bf16}) {
+    const double tol = unit_roundoff(t) + 1e-5;
+    // rows padded to 40 elements: an in-place f32 write with a leading dimension
+    Tensor padded(t, {48, 40});
+    const std::int64_t shape[2] = {48, 32}, st_pad[2] = {40, 1};
+    f.fuse_tensor(name, TensorView(padded.mutable_data(), t, shape, st_pad), fw);
+    check_close(ConstTensorView(padded.data(), t, shape, st_pad), ref, tol, 2e-6, "padded");
+    // column-major storage: unit stride along rows
+    Tensor colmajor(t, {32, 48});
+    const std::int64_t st_t[2] = {1, 48};
+    const TensorView tv(colmajor.mutable_data(), t, shape, st_t);
+    f.fuse_tensor(name, tv, fw);
+    check_close(ConstTensorView(colmajor.data(), t, shape, st_t), ref, tol, 2e-6, "transposed");
+    // padding must be untouched
+    for (std::int64_t i = 0; i < 48; ++i)
+      for (std::int64_t j = 32; j < 40; ++j) CHECK(element_f64(padded.view(), i * 40 + j) == 0.0);
+  }
+}
+
+TEST_CASE("sparse and dense exclusive modules fuse to θ* + Σ w_t v̂_t, and skipped tasks are not read") {
+  const SmallModel sm = small_model(35, kTasks);
+  std::mt19937_64 rng(4);
+  const TwinModel sparse = build_with(sm, MagnitudeSparsifier{0.2}, dtype::bf16);
+  const TwinModel dense = build_with(sm, DenseCompressor{dtype::f16});
+  for (const TwinModel* m : {&sparse, &dense}) {
+    FuseOptions fo;
+    fo.routing.top_k = 2;
+    const DynamicFuser f(*m, fo);
+    const std::vector<float> logits = random_logits(rng, kTasks);
+    const std::vector<double> w = reference_weights(logits, 1.0, 2);
+    for (const dtype t : {dtype::f32, dtype::bf16}) {
+      auto out = outputs(*m, t);
+      f.fuse(out, logits);
+      check_model_outputs(*m, out, w, unit_roundoff(t) + 1e-5, "compressor " + m->metadata().at("compressor"));
+    }
+  }
+}
+
+TEST_CASE("tasks of different ranks (energy mode) fuse through one concatenated GEMM") {
+  const SmallModel sm = small_model(36, kTasks);
+  const TwinModel model = build(sm, SvdCompressor::with_energy(0.95));
+  const DynamicFuser f(model);
+  const FusePlan& p = f.plan("layer.0.attn.w");
+  CHECK(p.K == p.offset.back());
+  CHECK(p.K > 0);
+
+  std::mt19937_64 rng(5);
+  const std::vector<float> logits = random_logits(rng, kTasks);
+  auto out = outputs(model, dtype::f32);
+  f.fuse(out, logits);
+  check_model_outputs(model, out, reference_weights(logits), 1e-5, "energy");
+}
+
+TEST_CASE("a tensor whose tasks mix ranks 1..3, an empty rank and a sparse module fuses to θ* + Σ w_t v̂_t") {
+  std::mt19937_64 rng(12);
+  TwinModel model({"a", "b", "c", "d", "e"});
+  const std::int64_t shape[2] = {20, 13};
+  std::vector<ExclusiveModule> mods;
+  for (const std::int64_t r : {1, 3, 0, 2})
+    mods.push_back(ExclusiveModule::low_rank(random_tensor(rng, dtype::f32, {20, r}),
+                                             random_tensor(rng, dtype::bf16, {13, r}), shape));
+  const std::vector<float> vals{0.5f, -1.0f, 2.0f};
+  const std::vector<std::int64_t> idx{3, 27, 259};
+  Tensor it(dtype::i64, {3});
+  std::copy(idx.begin(), idx.end(), it.values<std::int64_t>().begin());
+  mods.push_back(ExclusiveModule::sparse(std::move(it), Tensor::from_f32(vals, std::vector<std::int64_t>{3}), shape));
+  model.add_merged("w", random_tensor(rng, dtype::f32, {20, 13}), std::move(mods));
+  const DynamicFuser f(model);
+  CHECK(f.plan("w").K == 6);
+  for (int rep = 0; rep < 4; ++rep) {
+    std::vector<float> w = f.weights(random_logits(rng, 5));
+    if (rep == 1) w[1] = 0.0f;  // a skipped task in the middle of A_cat
+    if (rep == 2) w[4] = 0.0f;
+    std::vector<double> wd(w.begin(), w.end());
+    Tensor out(dtype::f32, {20, 13});
+    f.fuse_tensor("w", out, w);
+    check_close(out.view(), reference_fusion(model, "w", wd), 1e-5, 1e-6, "mixed kinds");
+  }
+}
+
+TEST_CASE("excluded tensors take the copy of the task with the largest weight") {
+  const SmallModel sm = small_model(37, kTasks);
+  const TwinModel model = build(sm, SvdCompressor::with_rank(2));
+  const DynamicFuser f(model);
+  for (std::size_t t = 0; t < kTasks; ++t) {
+    std::vector<float> logits(kTasks, 0.0f);
+    logits[t] = 0.5f;
+    Tensor head(dtype::f32, {5, 32});
+    f.fuse_tensor("head.w", head, f.weights(logits));
+    CHECK(same_bits(head, sm.experts[t].at("head.w")));
+  }
+}
+
+TEST_CASE("fuse takes any range of (name, host tensor) pairs and never modifies the shared weights") {
+  const SmallModel sm = small_model(38, kTasks);
+  const TwinModel model = build(sm, SvdCompressor::with_rank(3));
+  const StateDict before = model.shared().clone();
+  const DynamicFuser f(model);
+  std::mt19937_64 rng(6);
+  const std::vector<float> logits = random_logits(rng, kTasks);
+  const auto w = reference_weights(logits);
+  const std::string name = "layer.0.mlp.w";
+  const auto ref = reference_fusion(model, name, w);
+
+  std::unordered_map<std::string, ShapedVector<float>> um;
+  um.emplace(name, ShapedVector<float>{std::vector<float>(32 * 48), {32, 48}});
+  f.fuse(um, logits);
+  check_close(adapt(std::as_const(um.at(name))), ref, 1e-5, 2e-6, "unordered_map of ShapedVector");
+
+  Tensor t(dtype::f32, {32, 48});
+  std::vector<std::pair<std::string, TensorView>> views{{name, t.view()}};
+  f.fuse(std::as_const(views), logits);  // a const range of writable views
+  check_close(t.view(), ref, 1e-5, 2e-6, "vector of TensorView");
+
+  for (const auto& [n, s] : before) CHECK(same_bits(s, model.shared().at(n)));
+}
+
+TEST_CASE("concurrent fuse calls into different outputs give the single-threaded results") {
+  const SmallModel sm = small_model(39, kTasks);
+  const TwinModel model = build(sm, SvdCompressor::with_rank(3));
+  const DynamicFuser f(model);
+  std::mt19937_64 rng(7);
+  std::vector<std::vector<float>> logits;
+  for (int i = 0; i < 4; ++i) logits.push_back(random_logits(rng, kTasks));
+  std::vector<std::map<std::string, Tensor>> serial, parallel;
+  for (int i = 0; i < 4; ++i) {
+    serial.push_back(outputs(model, dtype::f32));
+    f.fuse(serial.back(), logits[static_cast<std::size_t>(i)]);
+    parallel.push_back(outputs(model, dtype::f32));
+  }
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i)
+    threads.emplace_back([&, i] {
+      for (int rep = 0; rep < 3; ++rep) f.fuse(parallel[static_cast<std::size_t>(i)], logits[static_cast<std::size_t>(i)]);
+    });
+  for (auto& th : threads) th.join();
+  for (int i = 0; i < 4; ++i)
+    for (const auto& [name, t] : serial[static_cast<std::size_t>(i)]) CHECK(same_bits(t, parallel[static_cast<std::size_t>(i)].at(name)));
+}
+
+TEST_CASE("a shard (row range or column range) equals that slice of the full fusion") {
+  const SmallModel sm = small_model(40, kTasks);
+  std::mt19937_64 rng(8);
+  const TwinModel lowrank = build(sm, SvdCompressor::with_rank(3));
+  const TwinModel sparse = build_with(sm, MagnitudeSparsifier{0.3});
+  for (const TwinModel* m : {&lowrank, &sparse}) {
+    FuseOptions fo;
+    fo.routing.top_k = 3;
+    const DynamicFuser f(*m, fo);
+    const std::vector<float> w = f.weights(random_logits(rng, kTasks));
+    for (const auto& e : m->entries()) {
+      Tensor full(dtype::f32, e.shape.span());
+      f.fuse_tensor(e.name, full, w);
+      const auto fullv = to_f64_vector(full.view());
+      const int axes = std::min<int>(static_cast<int>(e.shape.size()), 2);
+      for (int axis = 0; axis < axes; ++axis) {
+        const std::int64_t len = e.shape[axis];
+        for (const auto& [start, n] : {std::pair<std::int64_t, std::int64_t>{0, len / 2}, {len / 3, len - len / 3}, {len - 1, 1}}) {
+          Extents sh = e.shape;
+          sh[axis] = n;
+          for (const dtype t : {dtype::f32, dtype::bf16}) {
+            Tensor shard(t, sh.span());
+            f.fuse_shard(e.name, shard, w, axis, start);
+            // the slice of the full fusion, by index arithmetic on the full tensor
+            std::vector<double> ref;
+            const std::int64_t outer = axis == 0 ? 1 : e.shape[0];
+            const std::int64_t inner = checked_numel(e.shape.span()) / (outer * len);
+            for (std::int64_t o = 0; o < outer; ++o)
+              for (std::int64_t k = start; k < start + n; ++k)
+                for (std::int64_t i = 0; i < inner; ++i) {
+                  const double x = fullv[static_cast<std::size_t>((o * len + k) * inner + i)];
+                  ref.push_back(x);
+                }
+            // equal up to f32 summation order (the GEMM may block a slice
+            // differently) and the output's rounding
+            check_close(shard.view(), ref, t == dtype::f32 ? 1e-6 : unit_roundoff(t), 1e-7,
+                        e.name + " axis " + std::to_string(axis));
+          }
+        }
+      }
+    }
+    Tensor bad(dtype::f32, {10, 32});
+    CHECK_THROWS_AS(f.fuse_shard("layer.0.attn.w", bad, w, 0, 40), shape_error);
+    CHECK_THROWS_AS(f.fuse_shard("layer.0.attn.w", bad, w, 2, 0), argument_error);
+  }
+}
+
+TEST_CASE("mixed-batch apply equals per-row materialized fusion (Y = X W*ᵀ + ((X B_cat) ⊙ Ŵ) A_catᵀ)") {
+  const SmallModel sm = small_model(41, kTasks);
+  std::mt19937_64 rng(9);
+  const TwinModel lowrank = build(sm, SvdCompressor::with_rank(3), dtype::bf16);
+  const TwinModel sparse = build_with(sm, MagnitudeSparsifier{0.3});
+  const TwinModel dense = build_with(sm, DenseCompressor{});
+  for (const TwinModel* m : {&lowrank, &sparse, &dense}) {
+    FuseOptions fo;
+    fo.routing.top_k = 2;  // rows skip different tasks
+    const DynamicFuser f(*m, fo);
+    for (const std::string name : {"layer.0.attn.w", "head.w"}) {
+      const std::int64_t tokens = 9, n = 32, rows = name == "head.w" ? 5 : 48;
+      const Tensor x = random_tensor(rng, dtype::f32, {tokens, n});
+      std::vector<float> rw;
+      for (std::int64_t i = 0; i < tokens; ++i) {
+        const auto wi = f.weights(random_logits(rng, kTasks));
+        rw.insert(rw.end(), wi.begin(), wi.end());
+      }
+      MixedApplyOptions mo;
+      if (name != "head.w") mo.bias = "layer.0.attn.b";
+      for (const dtype t : {dtype::f32, dtype::bf16}) {
+        Tensor y(t, {tokens, rows});
+        apply_mixed(f, name, x, rw, y, mo);
+        // reference: materialize each row's fused weight (and bias) in double
+        std::vector<double> ref;
+        const auto xv = to_f64_vector(x.view());
+        for (std::int64_t i = 0; i < tokens; ++i) {
+          std::vector<double> wi(rw.begin() + i * static_cast<std::int64_t>(kTasks), rw.begin() + (i + 1) * static_cast<std::int64_t>(kTasks));
+          const auto W = reference_fusion(*m, name, wi);
+          std::vector<double> b(static_cast<std::size_t>(rows), 0.0);
+          if (!mo.bias.empty()) b = reference_fusion(*m, mo.bias, wi);
+          for (std::int64_t r = 0; r < rows; ++r) {
+            double s = b[static_cast<std::size_t>(r)];
+            for (std::int64_t c = 0; c < n; ++c) s += W[static_cast<std::size_t>(r * n + c)] * xv[static_cast<std::size_t>(i * n + c)];
+            ref.push_back(s);
+          }
+        }
+        check_close(y.view(), ref, unit_roundoff(t) + 1e-5, 2e-5, name + " " + m->metadata().at("compressor"));
+      }
+    }
+  }
+}
+
+TEST_CASE("wrong logits length, unknown names, shape and dtype mismatches throw typed errors naming the tensor") {
+  const SmallModel sm = small_model(42, kTasks);
+  const TwinModel model = build(sm, SvdCompressor::with_rank(2));
+  const DynamicFuser f(model);
+  const std::vector<float> logits(kTasks, 0.0f), short_logits(kTasks - 1, 0.0f);
+  auto out = outputs(model, dtype::f32);
+  CHECK_THROWS_AS(f.fuse(out, short_logits), shape_error);
+  CHECK_THROWS_AS(f.fuse_tensor("layer.0.attn.w", out.at("layer.0.attn.w"), short_logits), shape_error);
+  auto message = [&](auto&& fn) -> std::string {
+    try {
+      fn();
+    } catch (const error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  std::map<std::string, Tensor> unknown;
+  unknown.emplace("layer.9.w", Tensor(dtype::f32, {4, 4}));
+  CHECK_THROWS_AS(f.fuse(unknown, logits), name_error);
+  CHECK(message([&] { f.fuse(unknown, logits); }).find("layer.9.w") != std::string::npos);
+
+  Tensor wrong(dtype::f32, {32, 48});
+  CHECK_THROWS_AS(f.fuse_tensor("layer.0.attn.w", wrong, f.weights(logits)), shape_error);
+  const std::string msg = message([&] { f.fuse_tensor("layer.0.attn.w", wrong, f.weights(logits)); });
+  CHECK(msg.find("layer.0.attn.w") != std::string::npos);
+  CHECK(msg.find("[48, 32]") != std::string::npos);
+  CHECK(msg.find("[32, 48]") != std::string::npos);
+
+  Tensor ints(dtype::i32, {48, 32});
+  CHECK_THROWS_AS(f.fuse_tensor("layer.0.attn.w", ints, f.weights(logits)), dtype_error);
+  CHECK(message([&] { f.fuse_tensor("layer.0.attn.w", ints, f.weights(logits)); }).find("layer.0.attn.w") != std::string::npos);
+
+  const Tensor x(dtype::f32, {3, 31});
+  Tensor y(dtype::f32, {3, 48});
+  const std::vector<float> rw(3 * kTasks, 0.25f);
+  CHECK_THROWS_AS(apply_mixed(f, "layer.0.attn.w", x, rw, y), shape_error);
+  CHECK_THROWS_AS(apply_mixed(f, "layer.0.attn.b", x, rw, y), shape_error);
+  CHECK_THROWS_AS(DynamicFuser(model, FuseOptions{RoutingOptions{0.0, 0, 0.0}, 0}), argument_error);
+}
+
+TEST_CASE("threshold routing drops small weights, renormalizes, and keeps the top task") {
+  RoutingOptions o;
+  o.threshold = 0.2;
+  const std::vector<float> logits{2.0f, 1.9f, -1.0f, 0.0f};
+  const auto w = routing_weights(logits, o);
+  const auto full = reference_weights(logits);
+  CHECK(w[2] == 0.0f);
+  CHECK(w[3] == 0.0f);
+  CHECK(w[0] == doctest::Approx(full[0] / (full[0] + full[1])));
+  o.threshold = 1.0;
+  const auto one = routing_weights(logits, o);
+  CHECK(one == std::vector<float>{1.0f, 0.0f, 0.0f, 0.0f});
+}
+
+TEST_CASE("group-wise fusion with as many groups as inputs equals per-input fusion") {
+  const SmallModel sm = small_model(43, kTasks);
+  const TwinModel model = build(sm, SvdCompressor::with_rank(3));
+  const DynamicFuser f(model);
+  std::mt19937_64 rng(10);
+  const std::size_t N = 12;
+  std::vector<float> logits;
+  for (std::size_t i = 0; i < N; ++i) {
+    const auto l = random_logits(rng, kTasks);
+    logits.insert(logits.end(), l.begin(), l.end());
+  }
+  GroupingOptions go;
+  go.max_groups = static_cast<std::int64_t>(N);
+  const auto groups = group_inputs(logits, kTasks, go);
+  REQUIRE(groups.size() == N);
+  for (const InputGroup& g : groups) {
+    REQUIRE(g.members.size() == 1);
+    const std::size_t i = static_cast<std::size_t>(g.members[0]);
+    const std::span<const float> li(logits.data() + i * kTasks, kTasks);
+    CHECK(g.task == static_cast<std::size_t>(std::max_element(li.begin(), li.end()) - li.begin()));
+    auto per_input = outputs(model, dtype::f32), grouped = outputs(model, dtype::f32);
+    f.fuse(per_input, li);
+    f.fuse_with_weights(grouped, g.weights);
+    for (const auto& [name, t] : per_input) CHECK(same_bits(t, grouped.at(name)));
+  }
+}
+
+TEST_CASE("group-wise fusion partitions the batch within argmax bins, deterministically, and averages weights") {
+  std::mt19937_64 rng(11);
+  const std::size_t T = 3, N = 300;
+  // three tight clusters inside bin 0 and two in bin 2
+  const std::vector<std::vector<float>> centers{{3, 0, 0}, {3, 2, 0}, {3, 0, 2.5f}, {0, 0, 3}, {1.5f, 0, 3}};
+  std::normal_distribution<float> nd(0.0f, 0.05f);
+  std::vector<float> logits;
+  for (std::size_t i = 0; i < N; ++i) {
+    const auto& c = centers[i % centers.size()];
+    for (std::size_t t = 0; t < T; ++t) logits.push_back(c[t] + nd(rng));
+  }
+  GroupingOptions go;
+  go.max_groups = 5;
+  go.seed = 3;
+  const auto groups = group_inputs(logits, T, go);
+  const auto again = group_inputs(logits, T, go);
+  REQUIRE(groups.size() == 5);
+  std::vector<int> seen(N, 0);
+  for (std::size_t g = 0; g < groups.size(); ++g) {
+    CHECK(groups[g].members == again[g].members);
+    CHECK(groups[g].weights == again[g].weights);
+    // the clusters are recovered: every member comes from one centre
+    const std::size_t c0 = static_cast<std::size_t>(groups[g].members[0]) % centers.size();
+    std::vector<double> mean(T, 0.0);
+    for (const std::int64_t i : groups[g].members) {
+      ++seen[static_cast<std::size_t>(i)];
+      CHECK(static_cast<std::size_t>(i) % centers.size() == c0);
+      const std::span<const float> li(logits.data() + static_cast<std::size_t>(i) * T, T);
+      CHECK(groups[g].task == static_cast<std::size_t>(std::max_element(li.begin(), li.end()) - li.begin()));
+      const auto w = reference_weights(std::vector<float>(li.begin(), li.end()));
+      for (std::size_t t = 0; t < T; ++t) mean[t] += w[t] / static_cast<double>(groups[g].members.size());
+    }
+    for (std::size_t t = 0; t < T; ++t) CHECK(groups[g].weights[t] == doctest::Approx(mean[t]).epsilon(1e-5));
+  }
+  for (const int s : seen) CHECK(s == 1);
+  go.max_groups = 1;  // still one group per non-empty bin
+  CHECK(group_inputs(logits, T, go).size() == 2);
+  CHECK_THROWS_AS(group_inputs(std::span<const float>(logits).first(7), T, go), shape_error);
+}
