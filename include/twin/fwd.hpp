@@ -22,4 +22,12 @@ struct DareLinear;
 struct DareTies;
 struct Breadcrumbs;
 class AnyMerger;
+class ExclusiveModule;
+struct SvdCompressor;
+struct MagnitudeSparsifier;
+class TwinModel;
+class DynamicFuser;
+class Router;
+struct RouterConfig;
+struct TwinModelFile;
 }  // namespace twin

@@ -19,6 +19,10 @@
 #include <utility>
 #include <vector>
 
+#if defined(__linux__)
+#  include <sys/mman.h>
+#endif
+
 #include "twin/config.hpp"
 #include "twin/dtype.hpp"
 #include "twin/error.hpp"
@@ -297,10 +301,17 @@ class Tensor {
   Tensor(twin::dtype type, std::span<const std::int64_t> shape, uninitialized_tag) : dtype_(type), shape_(shape) {
     numel_ = checked_numel(shape);
     const std::size_t bytes = static_cast<std::size_t>(numel_) * dtype_size(type);
-    const std::size_t padded = (bytes + 63) / 64 * 64;
-    void* p = padded ? ::operator new(padded, std::align_val_t{64}) : nullptr;
-    owner_ = std::shared_ptr<void>(p, [](void* q) {
-      if (q) ::operator delete(q, std::align_val_t{64});
+    // Large tensors are 2 MiB-aligned and, on Linux, asked for huge pages:
+    // first-touch page faults cost more than the merge itself otherwise
+    // (measured: 1 s to fault 340 MB in 4 KiB pages, 0.07 s in 2 MiB pages).
+    const std::size_t align = bytes >= (std::size_t{4} << 20) ? (std::size_t{2} << 20) : 64;
+    const std::size_t padded = (bytes + align - 1) / align * align;
+    void* p = padded ? ::operator new(padded, std::align_val_t{align}) : nullptr;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (p && align > 64) (void)::madvise(p, padded, MADV_HUGEPAGE);
+#endif
+    owner_ = std::shared_ptr<void>(p, [align](void* q) {
+      if (q) ::operator delete(q, std::align_val_t{align});
     });
     data_ = p;
   }

@@ -1,0 +1,211 @@
+// Twin model files (DESIGN.md §5): one safetensors file holding everything the
+// online stage needs — θ*, every task's exclusive modules, every task's copy of
+// the excluded tensors, the build settings, and optionally the router.
+//
+//   tensors   shared.<tensor>                        θ* of a merged tensor
+//             exclusive.<task>.<tensor>.A / .B        low-rank factors
+//             exclusive.<task>.<tensor>.indices/.values   sparse module
+//             exclusive.<task>.<tensor>.dense         dense module (vectors)
+//             excluded.<task>.<tensor>                a task's own copy
+//             stats.<tensor>                          F64 [2, T]: ‖v_t‖², ‖v_t − v̂_t‖²
+//             router.*                                the router (optional)
+//   metadata  format = "twin", twin.format_version, twin.tasks (JSON list),
+//             twin.build.<key> (merge method, compressor, rank, exclude, ...),
+//             router.* (the router's settings)
+//
+// Loading maps the file: every tensor of the model is a zero-copy view into
+// the mapping, so the fusion of a loaded model is bit-identical to the saved one.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <optional>
+#include <regex>
+#include <set>
+
+#include "twin/io/safetensors.hpp"
+#include "twin/model/twin_model.hpp"
+#include "twin/route/router.hpp"
+
+namespace twin {
+
+inline constexpr int twin_format_version = 1;
+
+struct TwinModelFile {
+  TwinModel model;
+  std::optional<Router> router;
+};
+
+namespace detail {
+// Task names become parts of tensor names, so they are kept to a safe alphabet.
+inline void check_task_name(const std::string& t, const std::string& source) {
+  static const std::regex ok("[A-Za-z0-9_-]{1,64}");
+  if (!std::regex_match(t, ok))
+    throw io_error(source + ": task name '" + t + "' must be 1 to 64 letters, digits, '_' or '-'");
+}
+}  // namespace detail
+
+// Writes the model (and router, if given) atomically.
+inline void save_twin_model(const std::filesystem::path& path, const TwinModel& model, const Router* router = nullptr) {
+  const std::string src = path.string();
+  for (const auto& t : model.task_names()) detail::check_task_name(t, src);
+  if (router && router->num_tasks() != static_cast<std::int64_t>(model.num_tasks()))
+    throw argument_error(src + ": the router has " + std::to_string(router->num_tasks()) + " outputs but the model " +
+                         std::to_string(model.num_tasks()) + " tasks");
+  std::vector<NamedTensorView> views;
+  std::vector<Tensor> owned;  // stats tensors live here until written
+  owned.reserve(model.entries().size());
+  const auto& tasks = model.task_names();
+  for (const TwinModel::Entry& e : model.entries()) {
+    if (e.excluded) {
+      for (std::size_t t = 0; t < tasks.size(); ++t)
+        views.emplace_back("excluded." + tasks[t] + "." + e.name, e.copies[t].view());
+      continue;
+    }
+    views.emplace_back("shared." + e.name, model.shared().at(e.name).view());
+    for (std::size_t t = 0; t < tasks.size(); ++t)
+      for (const auto& [suffix, part] : e.modules[t].parts())
+        views.emplace_back("exclusive." + tasks[t] + "." + e.name + "." + suffix, part->view());
+    Tensor stats(dtype::f64, {2, static_cast<std::int64_t>(tasks.size())});
+    auto s = stats.values<double>();
+    for (std::size_t t = 0; t < tasks.size(); ++t) s[t] = e.delta_sq[t], s[tasks.size() + t] = e.error_sq[t];
+    owned.push_back(std::move(stats));
+    views.emplace_back("stats." + e.name, owned.back().view());
+  }
+  StateDict router_state;
+  Metadata meta = {{"format", "twin"},
+                   {"twin.format_version", std::to_string(twin_format_version)},
+                   {"twin.tasks", nlohmann::json(tasks).dump()}};
+  for (const auto& [k, v] : model.metadata()) meta["twin.build." + k] = v;
+  if (router) {
+    router_state = router->to_state_dict();
+    for (const auto& [name, t] : router_state) views.emplace_back(name, t.view());
+    for (const auto& [k, v] : router->metadata()) meta[k] = v;
+  }
+  save_safetensors(path, views, meta);
+}
+
+// Assembles a model from a loaded (untrusted) checkpoint; `src` names it in
+// errors. Refuses newer format versions and tensors that do not add up to a
+// model. The tensors are moved out of `ck`.
+inline TwinModelFile twin_model_from_checkpoint(LoadedCheckpoint&& ck, const std::string& src) {
+  auto meta = [&](const std::string& k) -> const std::string& {
+    auto it = ck.metadata.find(k);
+    if (it == ck.metadata.end()) throw io_error(src + ": not a twin model file (metadata has no '" + k + "')");
+    return it->second;
+  };
+  if (meta("format") != "twin") throw io_error(src + ": not a twin model file (format is '" + meta("format") + "')");
+  int version = 0;
+  try {
+    version = std::stoi(meta("twin.format_version"));
+  } catch (const std::exception&) {
+    throw io_error(src + ": twin.format_version '" + meta("twin.format_version") + "' is not a number");
+  }
+  if (version > twin_format_version)
+    throw io_error(src + ": written by a newer twin (format version " + std::to_string(version) +
+                   "); this build reads versions up to " + std::to_string(twin_format_version) + ": upgrade twin");
+  if (version < 1) throw io_error(src + ": invalid format version " + std::to_string(version));
+  std::vector<std::string> tasks;
+  try {
+    tasks = nlohmann::json::parse(meta("twin.tasks")).get<std::vector<std::string>>();
+  } catch (const std::exception&) {
+    throw io_error(src + ": twin.tasks is not a JSON list of names");
+  }
+  if (tasks.empty()) throw io_error(src + ": the model has no tasks");
+  for (const auto& t : tasks) detail::check_task_name(t, src);
+  const std::size_t T = tasks.size();
+
+  auto take = [&](const std::string& name) -> Tensor {
+    Tensor* t = ck.tensors.find(name);
+    if (!t) throw io_error(src + ": tensor '" + name + "' is missing");
+    return std::move(*t);
+  };
+  TwinModel model(tasks);
+  std::set<std::string> used;
+  // Tensor order in the file is the model's order: walk shared./excluded.<task0>.
+  const std::string excl0 = "excluded." + tasks[0] + ".";
+  for (const auto& name : ck.tensors.names()) {
+    if (name.rfind("shared.", 0) == 0) {
+      const std::string tn = name.substr(7);
+      Tensor shared = take(name);
+      used.insert(name);
+      std::vector<ExclusiveModule> modules;
+      for (const auto& task : tasks) {
+        const std::string p = "exclusive." + task + "." + tn + ".";
+        try {
+          if (ck.tensors.contains(p + "A")) {
+            modules.push_back(ExclusiveModule::low_rank(take(p + "A"), take(p + "B"), shared.shape()));
+            used.insert(p + "A"), used.insert(p + "B");
+          } else if (ck.tensors.contains(p + "indices")) {
+            modules.push_back(ExclusiveModule::sparse(take(p + "indices"), take(p + "values"), shared.shape()));
+            used.insert(p + "indices"), used.insert(p + "values");
+          } else {
+            modules.push_back(ExclusiveModule::dense(take(p + "dense")));
+            used.insert(p + "dense");
+          }
+        } catch (const io_error&) {
+          throw;
+        } catch (const error& e) {
+          throw io_error(src + ": exclusive module of task '" + task + "' for tensor '" + tn + "': " + e.what());
+        }
+      }
+      std::vector<double> d(T, std::numeric_limits<double>::quiet_NaN()), err = d;
+      if (ck.tensors.contains("stats." + tn)) {
+        const Tensor st = take("stats." + tn);
+        used.insert("stats." + tn);
+        if (st.dtype() != dtype::f64 || st.numel() != static_cast<std::int64_t>(2 * T))
+          throw io_error(src + ": stats." + tn + " must be F64 [2, " + std::to_string(T) + "]");
+        for (std::size_t t = 0; t < T; ++t) d[t] = st.values<double>()[t], err[t] = st.values<double>()[T + t];
+      }
+      try {
+        model.add_merged(tn, std::move(shared), std::move(modules), d, err);
+      } catch (const error& e) {
+        throw io_error(src + ": " + e.what());
+      }
+    } else if (name.rfind(excl0, 0) == 0) {
+      const std::string tn = name.substr(excl0.size());
+      std::vector<Tensor> copies;
+      for (const auto& task : tasks) {
+        copies.push_back(take("excluded." + task + "." + tn));
+        used.insert("excluded." + task + "." + tn);
+      }
+      try {
+        model.add_excluded(tn, std::move(copies));
+      } catch (const error& e) {
+        throw io_error(src + ": " + e.what());
+      }
+    }
+  }
+  for (const auto& [k, v] : ck.metadata)
+    if (k.rfind("twin.build.", 0) == 0) model.metadata()[k.substr(11)] = v;
+
+  TwinModelFile out{std::move(model), std::nullopt};
+  bool has_router = false;
+  for (const auto& name : ck.tensors.names())
+    if (name.rfind("router.", 0) == 0) has_router = true;
+  if (has_router) {
+    try {
+      out.router = Router::from_state_dict(ck.tensors, ck.metadata);
+    } catch (const io_error&) {
+      throw;
+    } catch (const error& e) {
+      throw io_error(src + ": router: " + e.what());
+    }
+    if (out.router->num_tasks() != static_cast<std::int64_t>(T))
+      throw io_error(src + ": the router has " + std::to_string(out.router->num_tasks()) + " outputs for " +
+                     std::to_string(T) + " tasks");
+  }
+  for (const auto& name : ck.tensors.names())
+    if (!used.count(name) && name.rfind("router.", 0) != 0)
+      throw io_error(src + ": tensor '" + name + "' belongs to no part of a twin model");
+  return out;
+}
+
+// Reads a file written by save_twin_model (mapped: the model's tensors view
+// the file).
+inline TwinModelFile load_twin_model(const std::filesystem::path& path) {
+  return twin_model_from_checkpoint(load_safetensors(path), path.string());
+}
+
+}  // namespace twin

@@ -1,0 +1,271 @@
+// twin-merge from the outside: `merge` gives what the library call gives, and
+// every kind of bad input ends with status != 0, one `error:` line naming the
+// file and the problem, and no output file.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "test_support.hpp"
+#include "twin/compress/svd_compressor.hpp"
+#include "twin/fuse/dynamic_fuser.hpp"
+#include "twin/io/safetensors.hpp"
+#include "twin/io/twin_model_file.hpp"
+
+namespace fs = std::filesystem;
+using namespace twin;
+
+namespace {
+
+struct Run {
+  int status;
+  std::string err, out;
+};
+
+// Runs twin-merge with `args`, capturing stdout and stderr.
+Run twin_merge(const std::string& args) {
+  const fs::path dir = fs::temp_directory_path();
+  const fs::path o = dir / "twin_cli_stdout.txt", e = dir / "twin_cli_stderr.txt";
+  const std::string cmd = std::string(TWIN_MERGE_EXE) + " " + args + " >" + o.string() + " 2>" + e.string();
+  const int rc = std::system(cmd.c_str());
+  auto slurp = [](const fs::path& p) {
+    std::ifstream f(p);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  };
+  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, slurp(e), slurp(o)};
+}
+
+// A scratch folder with a base and three experts of a small two-tensor model.
+struct Workspace {
+  fs::path dir;
+  StateDict base;
+  std::vector<StateDict> experts;
+  Workspace() {
+    dir = fs::temp_directory_path() / ("twin_cli_" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    std::mt19937_64 rng(51);
+    base.insert("enc.weight", twin_test::random_tensor(rng, dtype::f32, {24, 16}));
+    base.insert("enc.bias", twin_test::random_tensor(rng, dtype::f32, {24}));
+    base.insert("classifier.weight", twin_test::random_tensor(rng, dtype::f32, {3, 24}));
+    save_safetensors(dir / "base.safetensors", base);
+    for (int i = 0; i < 3; ++i) {
+      StateDict e;
+      // The last expert is stored in bf16: experts in another float dtype are converted.
+      for (const auto& [name, t] : base)
+        e.insert(name, twin_test::perturbed(rng, t, 0.1, i == 2 ? dtype::bf16 : dtype::f32));
+      save_safetensors(dir / ("e" + std::to_string(i) + ".safetensors"), e);
+      experts.push_back(std::move(e));
+    }
+  }
+  ~Workspace() { fs::remove_all(dir); }
+  std::string p(const std::string& f) const { return (dir / f).string(); }
+  std::string inputs() const {
+    return "--base " + p("base.safetensors") + " --expert " + p("e0.safetensors") + " --expert " + p("e1.safetensors") +
+           " --expert " + p("e2.safetensors");
+  }
+};
+
+}  // namespace
+
+TEST_CASE("cli merge equals the library call with the same settings") {
+  Workspace w;
+  const Run r = twin_merge("merge --method ties --density 0.4 --scaling 0.8 --exclude 'classifier.*' " + w.inputs() +
+                           " -o " + w.p("out.safetensors"));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const LoadedCheckpoint got = load_safetensors(w.p("out.safetensors"));
+  std::vector<const StateDict*> ex;
+  for (const auto& e : w.experts) ex.push_back(&e);
+  MergeOptions o;
+  o.exclude = {"classifier.*"};
+  const StateDict ref = merge_state(Ties{0.4, 0.8, TopKScope::per_tensor, {}}, w.base, ex, o);
+  CHECK(got.tensors.names() == ref.names());
+  for (const auto& [name, t] : ref) CHECK(twin_test::same_bits(got.tensors.at(name).clone(), t));
+  CHECK(got.metadata.at("twin.merge.method") == "ties");
+}
+
+TEST_CASE("cli merge writes the requested dtype and --help documents every subcommand") {
+  Workspace w;
+  const Run r = twin_merge("merge --method task_arithmetic --scaling 0.3 --dtype bf16 " + w.inputs() + " -o " +
+                           w.p("bf.safetensors"));
+  REQUIRE(r.status == 0);
+  CHECK(load_safetensors(w.p("bf.safetensors")).tensors.at("enc.weight").dtype() == dtype::bf16);
+  const Run h = twin_merge("--help");
+  CHECK(h.status == 0);
+  CHECK(h.out.find("merge") != std::string::npos);
+  CHECK(h.out.find("inspect") != std::string::npos);
+  const Run hm = twin_merge("merge --help");
+  CHECK(hm.out.find("--density") != std::string::npos);
+  const Run i = twin_merge("inspect " + w.p("bf.safetensors"));
+  CHECK(i.status == 0);
+  CHECK(i.out.find("enc.weight") != std::string::npos);
+  CHECK(i.out.find("BF16") != std::string::npos);
+}
+
+TEST_CASE("cli: every bad input fails with one error line naming the problem and leaves no output") {
+  Workspace w;
+  // Files with problems.
+  {
+    StateDict other = w.base.clone();
+    other.erase("enc.bias");
+    save_safetensors(w.dir / "missing.safetensors", other);
+    StateDict wide;
+    for (const auto& [name, t] : w.base) wide.insert(name, name == "enc.weight" ? Tensor(dtype::f32, {24, 17}) : t.clone());
+    save_safetensors(w.dir / "wide.safetensors", wide);
+    StateDict nan = w.base.clone();
+    auto v = nan.at("enc.weight").values<float>();
+    v[3] = std::nanf("");
+    v[7] = INFINITY;
+    save_safetensors(w.dir / "nan.safetensors", nan);
+    std::ifstream in(w.dir / "e0.safetensors", std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    std::ofstream(w.dir / "truncated.safetensors", std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
+    std::ofstream(w.dir / "garbage.safetensors", std::ios::binary) << "this is not a safetensors file at all";
+  }
+  const std::string out = w.p("out.safetensors");
+  const std::string two = "--base " + w.p("base.safetensors") + " --expert " + w.p("e0.safetensors") + " --expert ";
+  struct Case {
+    std::string args, expect;
+  };
+  const Case cases[] = {
+      {"merge " + two + w.p("missing.safetensors") + " -o " + out, "enc.bias"},
+      {"merge " + two + w.p("wide.safetensors") + " -o " + out, "[24, 17]"},
+      {"merge " + two + w.p("nan.safetensors") + " -o " + out, "2 NaN or Inf values"},
+      {"merge " + two + w.p("truncated.safetensors") + " -o " + out, "truncated.safetensors"},
+      {"merge " + two + w.p("garbage.safetensors") + " -o " + out, "garbage.safetensors"},
+      {"merge " + two + w.p("nope.safetensors") + " -o " + out, "nope.safetensors"},
+      {"merge --method slerpy " + w.inputs() + " -o " + out, "unknown merge method 'slerpy'"},
+      {"merge --method ties --density 1.5 " + w.inputs() + " -o " + out, "density must be in [0, 1]"},
+      {"merge --method ties --scope sideways " + w.inputs() + " -o " + out, "unknown top-k scope"},
+      {"merge --weight 1 --weight 2 " + w.inputs() + " -o " + out, "2 weights given for 3 experts"},
+      {"merge --dtype q4 " + w.inputs() + " -o " + out, "q4"},
+      {"merge " + w.inputs() + " -o " + w.p("no/such/folder/out.safetensors"), "does not exist"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.args);
+    const Run r = twin_merge(c.args);
+    CHECK(r.status != 0);
+    CHECK(r.err.rfind("error: ", 0) == 0);
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+    CHECK(r.err.find(c.expect) != std::string::npos);
+    CHECK_FALSE(fs::exists(out));
+    CAPTURE(r.err);
+  }
+  // A malformed command line is status 2.
+  CHECK(twin_merge("merge --base").status == 2);
+  CHECK(twin_merge("frobnicate").status == 2);
+  // No temporary files are left in the folder either.
+  for (const auto& e : fs::directory_iterator(w.dir)) CHECK(e.path().filename().string().find(".tmp") == std::string::npos);
+}
+
+namespace {
+// Router data: 3 well-separated clusters of 12-wide embeddings.
+void write_router_data(const fs::path& p, int per_task, std::int64_t width, bool bad_label = false) {
+  std::mt19937_64 rng(71);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  Tensor emb(dtype::f32, {3 * per_task, width});
+  Tensor lab(dtype::i64, {3 * per_task});
+  auto e = emb.values<float>();
+  auto l = lab.values<std::int64_t>();
+  for (int i = 0; i < 3 * per_task; ++i) {
+    l[static_cast<std::size_t>(i)] = i / per_task + (bad_label && i == 0 ? 7 : 0);
+    for (std::int64_t j = 0; j < width; ++j)
+      e[static_cast<std::size_t>(i * width + j)] = nd(rng) + (j == i / per_task ? 4.0f : 0.0f);
+  }
+  StateDict sd;
+  sd.insert("embeddings", std::move(emb));
+  sd.insert("labels", std::move(lab));
+  save_safetensors(p, sd);
+}
+}  // namespace
+
+TEST_CASE("cli build + fuse equal TwinModel::build + DynamicFuser, and route equals Router::logits") {
+  Workspace w;
+  write_router_data(w.dir / "emb.safetensors", 60, 12);
+  Run r = twin_merge("train-router --data " + w.p("emb.safetensors") + " --epochs 20 --seed 3 -o " + w.p("router.safetensors"));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  r = twin_merge("build --base " + w.p("base.safetensors") + " --expert x=" + w.p("e0.safetensors") + " --expert y=" +
+                 w.p("e1.safetensors") + " --expert z=" + w.p("e2.safetensors") +
+                 " --method task_arithmetic --scaling 0.3 --rank 3 --exclude 'classifier.*' --router " +
+                 w.p("router.safetensors") + " -o " + w.p("model.safetensors"));
+  REQUIRE(r.status == 0);
+  r = twin_merge("fuse " + w.p("model.safetensors") + " --logits 0.5,-1,2 --temperature 0.7 -o " + w.p("fused.safetensors"));
+  REQUIRE(r.status == 0);
+  // The library, by hand.
+  TwinBuildOptions o;
+  o.task_names = {"x", "y", "z"};
+  o.exclude = {"classifier.*"};
+  const TwinModel m = TwinModel::build(w.base, std::span<const StateDict>(w.experts), TaskArithmetic{0.3, {}},
+                                       SvdCompressor::with_rank(3), o);
+  FuseOptions fo;
+  fo.routing.temperature = 0.7;
+  const DynamicFuser fuser(m, fo);
+  const float logits[] = {0.5f, -1.0f, 2.0f};
+  const LoadedCheckpoint fused = load_safetensors(w.p("fused.safetensors"));
+  for (const auto& e : m.entries()) {
+    Tensor ref(dtype::f32, e.shape.span());
+    fuser.fuse_tensor(e.name, ref, fuser.weights(logits));
+    CAPTURE(e.name);
+    CHECK(twin_test::same_bits(fused.tensors.at(e.name).clone(), ref));
+  }
+  // route -o equals the router's own logits.
+  r = twin_merge("route --router " + w.p("model.safetensors") + " --data " + w.p("emb.safetensors") + " -o " + w.p("logits.safetensors"));
+  REQUIRE(r.status == 0);
+  const Router router = Router::load(w.p("router.safetensors"));
+  const LoadedCheckpoint emb = load_safetensors(w.p("emb.safetensors"));
+  const Tensor ref = router.logits(emb.tensors.at("embeddings"));
+  CHECK(twin_test::same_bits(load_safetensors(w.p("logits.safetensors")).tensors.at("logits").clone(), ref.clone_as(dtype::f32)));
+  // Printed form: one line of 3 logits per input.
+  r = twin_merge("route --router " + w.p("router.safetensors") + " --data " + w.p("emb.safetensors"));
+  CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 180);
+  const Run ins = twin_merge("inspect " + w.p("model.safetensors"));
+  CHECK(ins.out.find("twin model: 3 tasks: x y z") != std::string::npos);
+  CHECK(ins.out.find("r=3") != std::string::npos);
+}
+
+TEST_CASE("cli build, fuse, train-router and route refuse bad input with one error line and no output") {
+  Workspace w;
+  write_router_data(w.dir / "emb.safetensors", 20, 12);
+  write_router_data(w.dir / "badlabel.safetensors", 20, 12, true);
+  write_router_data(w.dir / "wide.safetensors", 5, 13);
+  REQUIRE(twin_merge("train-router --data " + w.p("emb.safetensors") + " --epochs 2 -o " + w.p("router.safetensors")).status == 0);
+  const std::string experts = " --expert a=" + w.p("e0.safetensors") + " --expert b=" + w.p("e1.safetensors");
+  REQUIRE(twin_merge("build --base " + w.p("base.safetensors") + experts + " --rank 2 -o " + w.p("model.safetensors")).status == 0);
+  const std::string out = w.p("out.safetensors");
+  struct Case {
+    std::string args, expect;
+  };
+  const Case cases[] = {
+      {"build --base " + w.p("base.safetensors") + experts + " -o " + out, "one of --rank, --energy or --sparsify-density"},
+      {"build --base " + w.p("base.safetensors") + " --expert " + w.p("e0.safetensors") + " --rank 2 -o " + out, "expected NAME=PATH"},
+      {"build --base " + w.p("base.safetensors") + experts + " --rank 0 -o " + out, "rank must be at least 1"},
+      {"build --base " + w.p("base.safetensors") + experts + " --sparsify-density 2 -o " + out, "must be in [0, 1]"},
+      {"build --base " + w.p("base.safetensors") + " --expert a=" + w.p("e0.safetensors") + " --expert a=" + w.p("e1.safetensors") +
+           " --rank 2 -o " + out, "task name 'a' is given twice"},
+      {"fuse " + w.p("model.safetensors") + " --logits 1,2,3 -o " + out, "3 values for 2 tasks"},
+      {"fuse " + w.p("model.safetensors") + " --weights 1,x -o " + out, "'x' is not a number"},
+      {"fuse " + w.p("model.safetensors") + " -o " + out, "exactly one of --logits or --weights"},
+      {"fuse " + w.p("base.safetensors") + " --logits 1,2 -o " + out, "not a twin model file"},
+      {"train-router --data " + w.p("badlabel.safetensors") + " -o " + out, "label"},
+      {"train-router --data " + w.p("base.safetensors") + " -o " + out, "no tensor 'embeddings'"},
+      {"route --router " + w.p("router.safetensors") + " --data " + w.p("wide.safetensors") + " -o " + out,
+       "width 13, the router expects 12"},
+      {"route --router " + w.p("model.safetensors") + " --data " + w.p("emb.safetensors") + " -o " + out, "holds no router"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.args);
+    const Run r = twin_merge(c.args);
+    CAPTURE(r.err);
+    CHECK(r.status != 0);
+    CHECK(r.err.rfind("error: ", 0) == 0);
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+    CHECK(r.err.find(c.expect) != std::string::npos);
+    CHECK_FALSE(fs::exists(out));
+  }
+}
