@@ -121,9 +121,13 @@ struct SvdCompressor {
   }
 
   // Truncated factors of the row-major [m×n] f32 matrix (for the compressor
-  // and for callers that want U, Σ, V themselves).
-  backend::cpu::SvdFactors factorize(std::string_view name, const float* v, std::int64_t m, std::int64_t n,
+  // and for callers that want U, Σ, V themselves). A template (Real is
+  // float) so that only translation units that compress instantiate Eigen's
+  // SVD; see backend/cpu/svd.hpp.
+  template <class Real>
+  backend::cpu::SvdFactors factorize(std::string_view name, const Real* v, std::int64_t m, std::int64_t n,
                                      std::uint64_t stream = 0) const {
+    static_assert(std::is_same_v<Real, float>, "SvdCompressor factorizes f32 matrices");
     validate();
     backend::cpu::SvdFactors f;
     const std::int64_t k = target_rank(m, n);
@@ -143,7 +147,9 @@ struct SvdCompressor {
     return f;
   }
 
-  ExclusiveModule compress(std::string_view name, ConstTensorView v, std::uint64_t stream = 0) const {
+  template <class View = ConstTensorView>
+  ExclusiveModule compress(std::string_view name, const View& view, std::uint64_t stream = 0) const {
+    const ConstTensorView v = view;
     validate();
     require_float(v.dtype(), "exclusive delta of tensor '" + std::string(name) + "'");
     std::vector<float> d = detail::delta_f32(v);

@@ -54,10 +54,11 @@ SvdFactors take_factors(const MU& U, const MV& V, const VS& S, std::int64_t m, s
 }
 
 // Thin orthonormal basis of the columns of Y (in place).
-inline void orthonormalize(Eigen::MatrixXf& Y) {
+template <class Matrix>
+void orthonormalize(Matrix& Y) {
   const Eigen::Index m = Y.rows(), l = Y.cols();
-  Eigen::HouseholderQR<Eigen::MatrixXf> qr(Y);
-  Y = qr.householderQ() * Eigen::MatrixXf::Identity(m, l);
+  Eigen::HouseholderQR<Matrix> qr(Y);
+  Y = qr.householderQ() * Matrix::Identity(m, l);
 }
 }  // namespace detail
 
@@ -69,7 +70,13 @@ using RankPicker = std::function<std::int64_t(std::span<const double>)>;
 // or the smallest kept singular value is below tol·σ₁ (there f32's rounding
 // of the input, ~1e-7·σ₁, is a sizable part of it). Returns false when f64
 // fails too.
-inline bool svd_exact(const float* a, std::int64_t m, std::int64_t n, const RankPicker& pick, SvdFactors& out,
+//
+// The SVD entry points are templates on the element type (only float is
+// used) so that Eigen's SVD code is instantiated only in the translation
+// units that call them: as plain inline functions they cost every includer
+// about a minute of compile time.
+template <class Real>
+bool svd_exact(const Real* a, std::int64_t m, std::int64_t n, const RankPicker& pick, SvdFactors& out,
                       double tol = 1e-4) {
   const Eigen::Map<const detail::RowMatrixF> A(a, m, n);
   const std::int64_t p = std::min(m, n);
@@ -103,7 +110,8 @@ inline bool svd_exact(const float* a, std::int64_t m, std::int64_t n, const Rank
 // power iterations re-orthonormalized at each step (f32 loses the small
 // directions otherwise), then an exact f64 SVD of the small (k+p)×n
 // projection.
-inline bool svd_randomized(const float* a, std::int64_t m, std::int64_t n, std::int64_t k, int oversample,
+template <class Real>
+bool svd_randomized(const Real* a, std::int64_t m, std::int64_t n, std::int64_t k, int oversample,
                            int power_iters, std::uint64_t seed, SvdFactors& out) {
   const Eigen::Map<const detail::RowMatrixF> A(a, m, n);
   const std::int64_t p = std::min(m, n);

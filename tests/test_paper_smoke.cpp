@@ -1,0 +1,105 @@
+// Smoke test of the paper-table reproduction: runs the built paper_tables in
+// its smallest setting on real Fashion-MNIST data and checks, on the
+// summary.json it writes, the properties Twin-Merging guarantees whatever the
+// absolute numbers: experts beat the pretrained model on their own task,
+// fusing with one-hot weights gives each expert back up to the compression
+// error, and Twin-Merging's average beats Task Arithmetic's.
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#ifndef PAPER_TABLES_EXE
+#  error "PAPER_TABLES_EXE must name the built paper_tables program"
+#endif
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+const json* find_row(const json& table, const std::string& prefix) {
+  for (const json& r : table)
+    if (r.at("method").get<std::string>().rfind(prefix, 0) == 0) return &r;
+  return nullptr;
+}
+}  // namespace
+
+TEST_CASE("paper_tables --smoke reproduces the method's guaranteed properties on real data") {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz") && !std::getenv("TWIN_FASHION_MNIST")) {
+    MESSAGE("Fashion-MNIST is not installed (Debian package dataset-fashion-mnist): skipped");
+    return;
+  }
+  const fs::path out = fs::temp_directory_path() / ("twin_paper_smoke_" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  std::string cmd = std::string("\"") + PAPER_TABLES_EXE + "\" --smoke --out \"" + out.string() + "\"";
+  if (const char* d = std::getenv("TWIN_FASHION_MNIST")) cmd += std::string(" --data \"") + d + "\"";
+  cmd += " > \"" + (out.string() + ".log") + "\" 2>&1";
+  const int rc = std::system(cmd.c_str());
+  if (rc != 0) {
+    std::ifstream log(out.string() + ".log");
+    std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+    FAIL("paper_tables --smoke failed (status " << rc << "):\n" << text);
+  }
+  for (const char* f : {"tables.md", "summary.json", "fig3_exclusive_share.svg", "fig4_num_tasks.svg", "fig4_rank.svg"})
+    CHECK_MESSAGE(fs::exists(out / f), f);
+  std::ifstream in(out / "summary.json");
+  const json s = json::parse(in);
+  const json& t2 = s.at("table2");
+  const auto tasks = s.at("config").at("tasks").get<std::vector<std::string>>();
+  REQUIRE(tasks.size() >= 2);
+
+  {  // each individual expert beats the pretrained model on its own task
+    const json* ind = find_row(t2, "Individual");
+    const json* pre = find_row(t2, "Pretrained");
+    REQUIRE(ind);
+    REQUIRE(pre);
+    for (const auto& t : tasks) {
+      INFO("task " << t);
+      CHECK(ind->at("per_task").at(t).at("accuracy").get<double>() > pre->at("per_task").at(t).at("accuracy").get<double>());
+    }
+    CHECK(s.at("checks").at("experts_beat_pretrained").get<bool>());
+  }
+
+  {  // fusion with one-hot weights gives the expert back up to the compression
+    const json& oh = s.at("checks").at("onehot_fusion");
+    // Dense exclusive knowledge: θ* + 1·(θ_t − θ*) is θ_t up to float rounding.
+    CHECK(oh.at("dense_max_abs_diff").get<double>() <= 1e-5);
+    CHECK(oh.at("dense_accuracy_equals_expert").get<bool>());
+    // SVD: the fused body is off by exactly the error the compressor reported.
+    CHECK(oh.at("svd_worst_gap").get<double>() < 1e-3);
+    for (const json& p : oh.at("per_task")) {
+      const double e = p.at("svd_relative_error").get<double>();
+      CHECK(e >= 0.0);
+      CHECK(e < 1.0);  // a rank-r truncation removes less than all of v_t
+    }
+    CHECK(oh.at("ok").get<bool>());
+  }
+
+  {  // Twin-Merging's average beats Task Arithmetic's
+    const json* ta = find_row(t2, "Task Arithmetic");
+    const json* tw = find_row(t2, "Twin-Merging (SVD");
+    REQUIRE(ta);
+    REQUIRE(tw);
+    CHECK(tw->at("avg_normalized").get<double>() > ta->at("avg_normalized").get<double>());
+    CHECK(s.at("checks").at("twin_beats_task_arithmetic").get<bool>());
+    // storage is reported for every method of Table 2 and Twin-Merging's is
+    // below the T dense experts'
+    CHECK(tw->at("storage_bytes").get<double>() < find_row(t2, "Individual")->at("storage_bytes").get<double>());
+  }
+
+  {  // every table and figure has its rows
+    for (const char* k : {"table2", "table4", "table5", "figure3", "figure4_tasks", "figure4_rank"}) {
+      INFO(k);
+      CHECK(!s.at(k).empty());
+    }
+    CHECK(s.at("table7").at("mixed_batch").at("max_abs_diff_vs_per_input_fusion").get<double>() < 1e-3);
+  }
+  fs::remove_all(out);
+  fs::remove(out.string() + ".log");
+}
