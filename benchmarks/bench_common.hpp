@@ -14,7 +14,9 @@
 #include <string>
 #include <vector>
 
-#include "twin/twin.hpp"
+#include "twin/merge/any_merger.hpp"
+#include "twin/parallel.hpp"
+#include "twin/state_dict.hpp"
 
 namespace bench {
 

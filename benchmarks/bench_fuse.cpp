@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.hpp"
 #include "twin/backend/cpu/gemm.hpp"
 #include "twin/compress/svd_compressor.hpp"
 #include "twin/fuse/dynamic_fuser.hpp"
@@ -51,30 +52,8 @@ Tensor random_tensor(std::mt19937_64& rng, dtype t, std::vector<std::int64_t> sh
   return Tensor::from_f32(v, shape, t);
 }
 
-struct Shape {
-  std::string name;
-  std::vector<std::int64_t> dims;
-};
-
-std::vector<Shape> roberta_shapes(int layers) {
-  std::vector<Shape> s;
-  for (int l = 0; l < layers; ++l) {
-    const std::string p = "layer." + std::to_string(l) + ".";
-    for (const char* n : {"q", "k", "v", "o"}) {
-      s.push_back({p + n + ".weight", {768, 768}});
-      s.push_back({p + n + ".bias", {768}});
-    }
-    s.push_back({p + "ln1.weight", {768}});
-    s.push_back({p + "ln1.bias", {768}});
-    s.push_back({p + "fc1.weight", {3072, 768}});
-    s.push_back({p + "fc1.bias", {3072}});
-    s.push_back({p + "fc2.weight", {768, 3072}});
-    s.push_back({p + "fc2.bias", {768}});
-    s.push_back({p + "ln2.weight", {768}});
-    s.push_back({p + "ln2.bias", {768}});
-  }
-  return s;
-}
+// The RoBERTa-base layer shapes shared by the benchmarks.
+using Shape = bench::TensorSpec;
 
 // A Twin model with random θ* and random rank-r factors (the fuse cost does
 // not depend on the values, and building by SVD would dominate the run).
@@ -86,13 +65,13 @@ TwinModel random_twin(const std::vector<Shape>& shapes, std::size_t T, std::int6
   for (const Shape& s : shapes) {
     std::vector<ExclusiveModule> mods;
     for (std::size_t i = 0; i < T; ++i) {
-      if (s.dims.size() == 2)
-        mods.push_back(ExclusiveModule::low_rank(random_tensor(rng, t, {s.dims[0], r}, 0.01f),
-                                                 random_tensor(rng, t, {s.dims[1], r}, 0.05f), s.dims));
+      if (s.shape.size() == 2)
+        mods.push_back(ExclusiveModule::low_rank(random_tensor(rng, t, {s.shape[0], r}, 0.01f),
+                                                 random_tensor(rng, t, {s.shape[1], r}, 0.05f), s.shape));
       else
-        mods.push_back(ExclusiveModule::dense(random_tensor(rng, t, s.dims, 0.01f)));
+        mods.push_back(ExclusiveModule::dense(random_tensor(rng, t, s.shape, 0.01f)));
     }
-    m.add_merged(s.name, random_tensor(rng, t, s.dims, 0.05f), std::move(mods));
+    m.add_merged(s.name, random_tensor(rng, t, s.shape, 0.05f), std::move(mods));
   }
   return m;
 }
@@ -100,7 +79,7 @@ TwinModel random_twin(const std::vector<Shape>& shapes, std::size_t T, std::int6
 std::vector<std::pair<std::string, Tensor>> host_tensors(const std::vector<Shape>& shapes, dtype t) {
   std::vector<std::pair<std::string, Tensor>> out;
   for (const Shape& s : shapes) {
-    out.emplace_back(s.name, Tensor(t, s.dims));
+    out.emplace_back(s.name, Tensor(t, s.shape));
     std::memset(out.back().second.mutable_data(), 1, out.back().second.nbytes());  // fault pages in
   }
   return out;
@@ -111,7 +90,7 @@ struct FuseTiming {
 };
 
 FuseTiming bench_model_fuse(dtype t, int reps) {
-  const auto shapes = roberta_shapes(12);
+  const auto shapes = bench::roberta_base_specs(12);
   const std::size_t T = 8;
   const std::int64_t r = 16, K = static_cast<std::int64_t>(T) * r;
   const TwinModel model = random_twin(shapes, T, r, t, 1);
@@ -139,14 +118,14 @@ FuseTiming bench_model_fuse(dtype t, int reps) {
   for (float& x : a) x = std::normal_distribution<float>(0, 1)(rng);
   for (float& x : b) x = std::normal_distribution<float>(0, 1)(rng);
   for (const Shape& s : shapes)
-    if (s.dims.size() == 2) cs.emplace_back(static_cast<std::size_t>(s.dims[0] * s.dims[1]), 0.0f);
+    if (s.shape.size() == 2) cs.emplace_back(static_cast<std::size_t>(s.shape[0] * s.shape[1]), 0.0f);
   // The floor is the faster of Eigen's own threading and twin's split.
   auto all_gemms = [&](auto&& product) {
     return time_best(reps, [&] {
       std::size_t j = 0;
       for (const Shape& s : shapes)
-        if (s.dims.size() == 2)
-          product(false, true, s.dims[0], s.dims[1], K, 1.0f, a.data(), K, b.data(), K, true, cs[j++].data(), s.dims[1]);
+        if (s.shape.size() == 2)
+          product(false, true, s.shape[0], s.shape[1], K, 1.0f, a.data(), K, b.data(), K, true, cs[j++].data(), s.shape[1]);
     });
   };
   ft.gemm = std::min(all_gemms(backend::cpu::gemm), all_gemms(backend::cpu::gemm_parallel));
@@ -234,7 +213,7 @@ int main(int argc, char** argv) {
     for (const Shape& s : {Shape{"w768x768", {768, 768}}, Shape{"w3072x768", {3072, 768}}, Shape{"w768x3072", {768, 3072}}}) {
       const TwinModel model = random_twin({s}, T, r, dtype::f32, 3);
       const DynamicFuser fuser(model);
-      const std::int64_t m = s.dims[0], n = s.dims[1];
+      const std::int64_t m = s.shape[0], n = s.shape[1];
       for (const std::int64_t tokens : {64, 512}) {
         std::mt19937_64 rng(4);
         const Tensor x = random_tensor(rng, dtype::f32, {tokens, n}, 1.0f);
@@ -290,7 +269,7 @@ int main(int argc, char** argv) {
   if (run('4')) {
   std::printf("\n4. group-wise vs per-input fusion of 1000 inputs (one RoBERTa layer, T=8, r=16, f32)\n");
   {
-    const auto shapes = roberta_shapes(1);
+    const auto shapes = bench::roberta_base_specs(1);
     const std::size_t T = 8, N = 1000;
     const TwinModel model = random_twin(shapes, T, 16, dtype::f32, 6);
     const DynamicFuser fuser(model);
