@@ -36,7 +36,9 @@ void check_output_path(const fs::path& out) {
 }
 
 // NaN or Inf in a weight is reported with the tensor name and the count.
-void check_finite(const twin::StateDict& sd, const std::string& file) {
+// For a mapped checkpoint the pages of each tensor are dropped once scanned,
+// so the scan does not make whole inputs resident.
+void check_finite(const twin::StateDict& sd, const std::string& file, const twin::LoadedCheckpoint* mapped = nullptr) {
   for (const auto& [name, t] : sd) {
     if (!twin::dtype_is_float(t.dtype())) continue;
     const twin::ConstTensorView v = t.view();
@@ -50,12 +52,13 @@ void check_finite(const twin::StateDict& sd, const std::string& file) {
     if (bad)
       throw twin::numeric_error(file + ": tensor '" + name + "' has " + std::to_string(bad) + " NaN or Inf value" +
                                 (bad > 1 ? "s" : "") + " (of " + std::to_string(t.numel()) + ")");
+    if (mapped) twin::release_pages(*mapped, t);
   }
 }
 
 twin::LoadedCheckpoint load_checked(const std::string& path) {
   twin::LoadedCheckpoint c = twin::load_safetensors(path);
-  check_finite(c.tensors, path);
+  check_finite(c.tensors, path, &c);
   return c;
 }
 
