@@ -274,17 +274,13 @@ struct FuseCommand {
     fo.routing.threshold = threshold;
     const twin::DynamicFuser fuser(f.model, fo);
     const std::size_t T = f.model.num_tasks();
-    std::vector<float> w;
-    if (!logits.empty()) {
-      const std::vector<float> l = parse_list(logits, "--logits");
-      if (l.size() != T)
-        throw twin::argument_error(model + ": --logits has " + std::to_string(l.size()) + " values for " + std::to_string(T) + " tasks");
-      w = fuser.weights(l);
-    } else {
-      w = parse_list(weights, "--weights");
-      if (w.size() != T)
-        throw twin::argument_error(model + ": --weights has " + std::to_string(w.size()) + " values for " + std::to_string(T) + " tasks");
-    }
+    const std::string flag = logits.empty() ? "--weights" : "--logits";
+    const std::vector<float> given = parse_list(logits.empty() ? weights : logits, flag);
+    if (given.size() != T)
+      throw twin::argument_error(model + ": " + flag + " has " + std::to_string(given.size()) + " values for " +
+                                 std::to_string(T) + " tasks");
+    // Logits go through the fuser's routing; weights are used as given.
+    const std::vector<float> w = logits.empty() ? given : fuser.weights(given);
     twin::StateDict fused;
     examples::Progress bar("fuse");
     std::size_t done = 0;
