@@ -30,6 +30,7 @@
 
 #include "twin/io/safetensors.hpp"
 #include "twin/route/router.hpp"
+#include "twin/route/router_training.hpp"
 
 namespace {
 
@@ -136,8 +137,8 @@ double median(std::vector<double> v) {
 std::map<std::string, std::string> run_torch(const Args& a) {
   std::ostringstream cmd;
   cmd << a.python_env << " '" << a.python << "' '" << a.script.string() << "' --data '" << a.data.string()
-      << "' --epochs " << (a.torch_epochs > 0 ? a.torch_epochs : a.epochs)
-      << " --batch-size " << a.batch_size << " --threads " << a.threads << " --seed " << a.seed << " 2>&1";
+      << "' --epochs " << (a.torch_epochs > 0 ? a.torch_epochs : a.epochs) << " --batch-size " << a.batch_size
+      << " --threads " << a.threads << " --seed " << a.seed << " 2>&1";
   std::map<std::string, std::string> kv;
   FILE* p = popen(cmd.str().c_str(), "r");
   if (!p) return kv;
@@ -197,7 +198,7 @@ int main(int argc, char** argv) {
     last = now;
   };
   last = Clock::now();
-  const twin::RouterTrainReport rep = router.fit(xt, yt, xh, yh, o);
+  const twin::RouterTrainReport rep = twin::train_router(router, xt, yt, xh, yh, o);
 
   // Forward + backward GEMM work of one epoch (training rows) plus the
   // held-out forward pass: 2 flops per multiply-add.
@@ -207,12 +208,13 @@ int main(int argc, char** argv) {
   const double gflop_epoch = (n * (fwd + bwd) + nh * fwd) * 1e-9;
 
   const double cpp_med = median(epoch_s);
-  std::printf("router training: 8 tasks x 1000 embeddings, d = %lld, hidden = %lld, %lld train / %lld held-out,\n"
-              "batch %lld, Adam lr 5e-4, dropout 0.5, %d epochs, %d threads, OMP_WAIT_POLICY=%s\n"
-              "(GEMM work %.1f GFLOP per epoch)\n\n",
-              static_cast<long long>(d), static_cast<long long>(2 * d), static_cast<long long>(xt.dim(0)),
-              static_cast<long long>(xh.dim(0)), static_cast<long long>(a.batch_size), a.epochs, a.threads,
-              std::getenv("OMP_WAIT_POLICY"), gflop_epoch);
+  std::printf(
+      "router training: 8 tasks x 1000 embeddings, d = %lld, hidden = %lld, %lld train / %lld held-out,\n"
+      "batch %lld, Adam lr 5e-4, dropout 0.5, %d epochs, %d threads, OMP_WAIT_POLICY=%s\n"
+      "(GEMM work %.1f GFLOP per epoch)\n\n",
+      static_cast<long long>(d), static_cast<long long>(2 * d), static_cast<long long>(xt.dim(0)),
+      static_cast<long long>(xh.dim(0)), static_cast<long long>(a.batch_size), a.epochs, a.threads,
+      std::getenv("OMP_WAIT_POLICY"), gflop_epoch);
   std::printf("%-10s %14s %12s %16s %10s %14s\n", "", "s/epoch (med)", "GFLOP/s", "best held-out", "at epoch",
               "last held-out");
   std::printf("%-10s %14.4f %12.1f %15.2f%% %10d %13.2f%%\n", "twin", cpp_med, gflop_epoch / cpp_med,
@@ -227,8 +229,7 @@ int main(int argc, char** argv) {
   std::printf("\ntime per epoch, twin / torch: %.3f (< 1: twin faster)\n", cpp_med / py_med);
   if (a.torch_epochs > 0 && a.torch_epochs != a.epochs)
     std::printf("best held-out accuracy: not comparable (torch ran %d epochs)\n", a.torch_epochs);
-  else
-    std::printf("best held-out accuracy, twin - torch: %+.2f points\n", 100 * (rep.best_heldout_accuracy - py_best));
+  else std::printf("best held-out accuracy, twin - torch: %+.2f points\n", 100 * (rep.best_heldout_accuracy - py_best));
   std::filesystem::remove(a.data);
   return 0;
 }

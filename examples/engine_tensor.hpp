@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "twin/tensor.hpp"
+#include "twin/adapter.hpp"
 
 namespace engine {
 enum class ggml_type { f32 = 0, f16 = 1, bf16 = 30 };

@@ -1,5 +1,5 @@
 // twin-merge: merging, building Twin models, fusing and routing from the
-// command line, on safetensors checkpoints (DESIGN.md §6).
+// command line, on safetensors checkpoints (docs/design.md §6).
 //
 // Every failure prints one line `error: ...` naming the file and the problem
 // on stderr, exits with status 1 (2 for a malformed command line), and leaves
@@ -42,13 +42,14 @@ void check_finite(const twin::StateDict& sd, const std::string& file, const twin
   for (const auto& [name, t] : sd) {
     if (!twin::dtype_is_float(t.dtype())) continue;
     const twin::ConstTensorView v = t.view();
-    const std::int64_t bad = twin::parallel_sum<std::int64_t>(v.numel(), 1 << 16, [&](std::int64_t lo, std::int64_t hi) {
-      std::vector<float> buf(static_cast<std::size_t>(hi - lo));
-      twin::read_f32(v, lo, hi - lo, buf.data());
-      std::int64_t n = 0;
-      for (float x : buf) n += !std::isfinite(x);
-      return n;
-    });
+    const std::int64_t bad =
+        twin::parallel_sum<std::int64_t>(v.numel(), 1 << 16, [&](std::int64_t lo, std::int64_t hi) {
+          std::vector<float> buf(static_cast<std::size_t>(hi - lo));
+          twin::read_f32(v, lo, hi - lo, buf.data());
+          std::int64_t n = 0;
+          for (float x : buf) n += !std::isfinite(x);
+          return n;
+        });
     if (bad)
       throw twin::numeric_error(file + ": tensor '" + name + "' has " + std::to_string(bad) + " NaN or Inf value" +
                                 (bad > 1 ? "s" : "") + " (of " + std::to_string(t.numel()) + ")");
@@ -113,7 +114,8 @@ struct MergeCommand {
   void add(CLI::App& root) {
     CLI::App* c = root.add_subcommand("merge", "merge experts into one checkpoint with a SharedMerger strategy");
     m.add_to(*c);
-    c->add_option("--base", base, "the pretrained checkpoint (.safetensors or model.safetensors.index.json)")->required();
+    c->add_option("--base", base, "the pretrained checkpoint (.safetensors or model.safetensors.index.json)")
+        ->required();
     c->add_option("--expert", experts, "a fine-tuned checkpoint (repeat for each expert)")->required();
     c->add_option("--dtype", dtype, "output dtype f32|f16|bf16 (default: the base's)");
     c->add_option("-o,--output", out, "output .safetensors file")->required();
@@ -137,7 +139,8 @@ struct MergeCommand {
     o.progress = [&](std::size_t d, std::size_t n, std::string_view name) { bar.update(d, n, name); };
     const twin::StateDict merged = twin::merge_state(merger, b.tensors, ptrs, o);
     bar.finish();
-    twin::Metadata meta = {{"twin.merge.method", std::string(merger.name())}, {"twin.merge.experts", std::to_string(experts.size())}};
+    twin::Metadata meta = {{"twin.merge.method", std::string(merger.name())},
+                           {"twin.merge.experts", std::to_string(experts.size())}};
     if (m.scaling) meta["twin.merge.scaling"] = std::to_string(*m.scaling);
     if (m.density) meta["twin.merge.density"] = std::to_string(*m.density);
     twin::save_safetensors(out, merged, meta);
@@ -176,13 +179,15 @@ struct BuildCommand {
   std::uint64_t svd_seed = 0;
 
   void add(CLI::App& root) {
-    CLI::App* c = root.add_subcommand("build", "build a Twin model: shared merge + compressed exclusive knowledge per task");
+    CLI::App* c =
+        root.add_subcommand("build", "build a Twin model: shared merge + compressed exclusive knowledge per task");
     m.add_to(*c);
     c->add_option("--base", base, "the pretrained checkpoint")->required();
     c->add_option("--expert", experts, "NAME=PATH of a fine-tuned checkpoint (repeat per task)")->required();
     auto* r = c->add_option("--rank", rank, "SVD rank of each task's exclusive knowledge (clamped to the matrix)");
     auto* e = c->add_option("--energy", energy, "smallest SVD rank keeping this fraction of ||v||^2, in (0, 1]");
-    auto* d = c->add_option("--sparsify-density", sparsify, "keep this fraction of entries by magnitude instead of SVD");
+    auto* d =
+        c->add_option("--sparsify-density", sparsify, "keep this fraction of entries by magnitude instead of SVD");
     r->excludes(e)->excludes(d);
     e->excludes(d);
     c->add_option("--factor-dtype", factor_dtype, "dtype of stored factors f32|f16|bf16")->capture_default_str();
@@ -194,7 +199,8 @@ struct BuildCommand {
 
   void run() const {
     check_output_path(out);
-    if (!rank && !energy && !sparsify) throw twin::argument_error("build needs one of --rank, --energy or --sparsify-density");
+    if (!rank && !energy && !sparsify)
+      throw twin::argument_error("build needs one of --rank, --energy or --sparsify-density");
     const twin::AnyMerger merger = twin::AnyMerger::from_settings(m.settings());
     const twin::dtype fd = *parse_out_dtype(factor_dtype);
     std::vector<std::string> names;
@@ -208,7 +214,7 @@ struct BuildCommand {
       ex.push_back(load_checked(spec.substr(eq + 1)));
     }
     std::optional<twin::Router> r;
-    if (!router.empty()) r = twin::Router::load(router);
+    if (!router.empty()) r = twin::load_router(router);
     std::vector<const twin::StateDict*> ptrs;
     for (const auto& e : ex) ptrs.push_back(&e.tensors);
     twin::TwinBuildOptions o;
@@ -230,14 +236,16 @@ struct BuildCommand {
       twin::check_unit_interval(*sparsify, "--sparsify-density");
       model = twin::TwinModel::build(b.tensors, ptrs, merger, twin::MagnitudeSparsifier{*sparsify, fd}, o);
     } else {
-      twin::SvdCompressor c = rank ? twin::SvdCompressor::with_rank(*rank, fd) : twin::SvdCompressor::with_energy(*energy, fd);
+      twin::SvdCompressor c = rank ? twin::SvdCompressor::with_rank(*rank, fd)
+                                   : twin::SvdCompressor::with_energy(*energy, fd);
       c.seed = svd_seed;
       model = twin::TwinModel::build(b.tensors, ptrs, merger, c, o);
     }
     bar.finish();
     twin::save_twin_model(out, model, r ? &*r : nullptr);
     const twin::StorageReport st = model.storage();
-    std::fprintf(stderr, "built %s: %zu tasks, %zu tensors, %.2f MB (%.1f%% of %zu dense experts), relative error %.4f\n",
+    std::fprintf(stderr,
+                 "built %s: %zu tasks, %zu tensors, %.2f MB (%.1f%% of %zu dense experts), relative error %.4f\n",
                  out.c_str(), model.num_tasks(), model.entries().size(), static_cast<double>(st.total()) / 1e6,
                  100.0 * st.ratio(), model.num_tasks(), model.relative_error());
   }
@@ -250,7 +258,8 @@ struct FuseCommand {
   int top_k = 0;
 
   void add(CLI::App& root) {
-    CLI::App* c = root.add_subcommand("fuse", "write the fused weights of a Twin model for given router logits or weights");
+    CLI::App* c =
+        root.add_subcommand("fuse", "write the fused weights of a Twin model for given router logits or weights");
     c->add_option("MODEL", model, "a Twin model file (from build)")->required();
     auto* l = c->add_option("--logits", logits, "router logits, one per task: a,b,...");
     auto* w = c->add_option("--weights", weights, "mixture weights, one per task: a,b,... (used as given)");
@@ -265,7 +274,8 @@ struct FuseCommand {
 
   void run() const {
     check_output_path(out);
-    if (logits.empty() == weights.empty()) throw twin::argument_error("fuse needs exactly one of --logits or --weights");
+    if (logits.empty() == weights.empty())
+      throw twin::argument_error("fuse needs exactly one of --logits or --weights");
     const auto od = parse_out_dtype(dtype);
     const twin::TwinModelFile f = twin::load_twin_model(model);
     twin::FuseOptions fo;
@@ -338,7 +348,8 @@ struct TrainRouterCommand {
     c->add_option("--data", data, "safetensors with 'embeddings' [N, d] and integer 'labels' [N]")->required();
     c->add_option("--tasks", tasks, "number of tasks T (default: largest label + 1)");
     c->add_option("--epochs", epochs, "maximum epochs")->capture_default_str();
-    c->add_option("--patience", patience, "stop after this many epochs without improvement (0: never)")->capture_default_str();
+    c->add_option("--patience", patience, "stop after this many epochs without improvement (0: never)")
+        ->capture_default_str();
     c->add_option("--batch", batch, "mini-batch size")->capture_default_str();
     c->add_option("--lr", lr, "Adam learning rate")->capture_default_str();
     c->add_option("--weight-decay", weight_decay, "Adam weight decay")->capture_default_str();
@@ -367,7 +378,8 @@ struct TrainRouterCommand {
       for (std::int64_t t = 0; t < T; ++t)
         if (count[static_cast<std::size_t>(t)] == 0)
           throw twin::argument_error(data + ": no item has label " + std::to_string(t) + " but labels go up to " +
-                                     std::to_string(T - 1) + ": labels must be task ids 0..T-1 (pass --tasks T to allow empty tasks)");
+                                     std::to_string(T - 1) +
+                                     ": labels must be task ids 0..T-1 (pass --tasks T to allow empty tasks)");
     }
     twin::RouterConfig rc;
     rc.input_dim = emb.dim(1);
@@ -390,9 +402,9 @@ struct TrainRouterCommand {
       bar.update(static_cast<std::size_t>(epoch), static_cast<std::size_t>(epochs),
                  "loss " + std::to_string(loss) + " held-out acc " + std::to_string(acc));
     };
-    const twin::RouterTrainReport rep = router.fit(emb, d.labels, o);
+    const twin::RouterTrainReport rep = twin::train_router(router, emb, d.labels, o);
     bar.finish();
-    router.save(out);
+    twin::save_router(out, router);
     std::fprintf(stderr, "trained %lld -> %lld router: best epoch %d of %d, held-out accuracy %.4f; wrote %s\n",
                  static_cast<long long>(rc.input_dim), static_cast<long long>(T), rep.best_epoch, rep.epochs_run,
                  rep.best_heldout_accuracy, out.c_str());
@@ -404,7 +416,8 @@ struct RouteCommand {
   std::string router, data, out;
   void add(CLI::App& root) {
     CLI::App* c = root.add_subcommand("route", "router logits for embeddings (printed, or written with -o)");
-    c->add_option("--router", router, "router .safetensors (from train-router), or a Twin model file holding one")->required();
+    c->add_option("--router", router, "router .safetensors (from train-router), or a Twin model file holding one")
+        ->required();
     c->add_option("--data", data, "safetensors with 'embeddings' [N, d]")->required();
     c->add_option("-o,--output", out, "write 'logits' [N, T] (F32) here instead of printing");
     c->callback([this] { run(); });
@@ -418,7 +431,7 @@ struct RouteCommand {
       r = twin::load_twin_model(router).router;
       if (!r) throw twin::io_error(router + ": the Twin model file holds no router");
     } else {
-      r = twin::Router::load(router);
+      r = twin::load_router(router);
     }
     const RouterData d = load_router_data(data, false);
     const twin::Tensor& emb = d.file.tensors.at("embeddings");
@@ -459,7 +472,8 @@ struct InspectCommand {
     }
     std::printf("tensors:\n");
     for (const auto& [name, t] : c.tensors)
-      std::printf("  %-60s %-5s %s\n", name.c_str(), std::string(twin::dtype_name(t.dtype())).c_str(), t.shape_str().c_str());
+      std::printf("  %-60s %-5s %s\n", name.c_str(), std::string(twin::dtype_name(t.dtype())).c_str(),
+                  t.shape_str().c_str());
     if (c.metadata.count("format") && c.metadata.at("format") == "twin") describe_model();
   }
 
@@ -470,17 +484,19 @@ struct InspectCommand {
     const twin::StorageReport st = m.storage();
     std::printf("twin model: %zu tasks:", m.num_tasks());
     for (const auto& t : m.task_names()) std::printf(" %s", t.c_str());
-    std::printf("\nstorage: shared %.2f MB + exclusive %.2f MB + excluded %.2f MB = %.2f MB, %.1f%% of %zu dense experts (%.2f MB)\n",
-                static_cast<double>(st.shared_bytes) / 1e6, static_cast<double>(st.exclusive_bytes) / 1e6,
-                static_cast<double>(st.excluded_bytes) / 1e6, static_cast<double>(st.total()) / 1e6, 100.0 * st.ratio(),
-                m.num_tasks(), static_cast<double>(st.dense_experts_bytes) / 1e6);
+    std::printf(
+        "\nstorage: shared %.2f MB + exclusive %.2f MB + excluded %.2f MB = %.2f MB, %.1f%% of %zu dense experts (%.2f MB)\n",
+        static_cast<double>(st.shared_bytes) / 1e6, static_cast<double>(st.exclusive_bytes) / 1e6,
+        static_cast<double>(st.excluded_bytes) / 1e6, static_cast<double>(st.total()) / 1e6, 100.0 * st.ratio(),
+        m.num_tasks(), static_cast<double>(st.dense_experts_bytes) / 1e6);
     std::printf("relative compression error (all tensors and tasks): %.5f\n", m.relative_error());
     std::printf("router: %s\n", f.router ? ("d=" + std::to_string(f.router->input_dim())).c_str() : "none");
     std::printf("%-50s %-9s", "tensor", "kind");
     for (const auto& t : m.task_names()) std::printf(" %14s", t.c_str());
     std::printf("\n");
     for (const auto& e : m.entries()) {
-      std::printf("%-50s %-9s", e.name.c_str(), e.excluded ? "excluded" : std::string(twin::module_kind_name(e.modules[0].kind())).c_str());
+      std::printf("%-50s %-9s", e.name.c_str(),
+                  e.excluded ? "excluded" : std::string(twin::module_kind_name(e.modules[0].kind())).c_str());
       for (std::size_t t = 0; t < m.num_tasks(); ++t) {
         if (e.excluded) {
           std::printf(" %14s", "-");

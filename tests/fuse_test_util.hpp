@@ -8,8 +8,8 @@
 #include <Eigen/Dense>
 
 #include "twin/compress/exclusive_module.hpp"
-#include "twin/fuse/routing.hpp"
 #include "twin/model/twin_model.hpp"
+#include "twin/route/routing.hpp"
 
 namespace twin_test {
 
@@ -122,7 +122,8 @@ inline SmallModel small_model(std::uint64_t seed, std::size_t T, twin::dtype t =
       std::vector<float> v(bv.size());
       if (b.rank() >= 2) {
         const twin::MatrixShape ms = twin::matrix_shape(b.shape());
-        const MatD d = gaussian(rng, ms.rows, 3) * gaussian(rng, 3, ms.cols) * 0.05 + gaussian(rng, ms.rows, ms.cols) * 0.002;
+        const MatD d =
+            gaussian(rng, ms.rows, 3) * gaussian(rng, 3, ms.cols) * 0.05 + gaussian(rng, ms.rows, ms.cols) * 0.002;
         for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(bv[i] + d.data()[i]);
       } else {
         std::normal_distribution<double> nd(0.0, 0.05);

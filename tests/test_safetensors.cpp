@@ -92,7 +92,8 @@ twin::StateDict every_dtype_state(std::mt19937_64& rng) {
   int i = 0;
   for (dtype t : all_dtypes) {
     const std::int64_t a = 1 + static_cast<std::int64_t>(rng() % 5), b = 1 + static_cast<std::int64_t>(rng() % 7);
-    s.insert("layer." + std::to_string(i++) + "." + std::string(twin::dtype_name(t)), random_bytes_tensor(rng, t, {a, b}));
+    s.insert("layer." + std::to_string(i++) + "." + std::string(twin::dtype_name(t)),
+             random_bytes_tensor(rng, t, {a, b}));
   }
   s.insert("scalar", random_bytes_tensor(rng, dtype::f32, {}));
   s.insert("empty", random_bytes_tensor(rng, dtype::f16, {0, 3}));
@@ -298,17 +299,18 @@ TEST_CASE("sharded checkpoints split by size and round-trip through the index, t
   std::mt19937_64 rng(5);
   TempDir dir;
   twin::StateDict s;
-  for (int i = 0; i < 7; ++i) s.insert("w" + std::to_string(i), random_bytes_tensor(rng, dtype::f32, {10, 10}));  // 400 B
-  s.insert("big", random_bytes_tensor(rng, dtype::f64, {200}));                                                 // 1600 B
+  for (int i = 0; i < 7; ++i)
+    s.insert("w" + std::to_string(i), random_bytes_tensor(rng, dtype::f32, {10, 10}));  // 400 B
+  s.insert("big", random_bytes_tensor(rng, dtype::f64, {200}));                         // 1600 B
   s.insert("last", random_bytes_tensor(rng, dtype::i8, {3}));
   const twin::Metadata md = {{"format", "pt"}, {"total_size", "user value kept"}};
   const fs::path index = twin::save_safetensors_sharded(dir.path, s, md, 1000);
   CHECK(index.filename() == "model.safetensors.index.json");
   // w0,w1 | w2,w3 | w4,w5 | w6 | big (alone, over the limit) | last
-  const std::vector<std::string> want_files = {
-      "model-00001-of-00006.safetensors", "model-00002-of-00006.safetensors", "model-00003-of-00006.safetensors",
-      "model-00004-of-00006.safetensors", "model-00005-of-00006.safetensors", "model-00006-of-00006.safetensors",
-      "model.safetensors.index.json"};
+  const std::vector<std::string> want_files = {"model-00001-of-00006.safetensors", "model-00002-of-00006.safetensors",
+                                               "model-00003-of-00006.safetensors", "model-00004-of-00006.safetensors",
+                                               "model-00005-of-00006.safetensors", "model-00006-of-00006.safetensors",
+                                               "model.safetensors.index.json"};
   CHECK(dir.files() == want_files);
   for (int k = 1; k <= 6; ++k) {
     const SpecFile f = spec_read(dir / want_files[static_cast<std::size_t>(k - 1)]);
@@ -439,7 +441,8 @@ std::vector<BadFile> bad_files() {
       {"lower-case dtype", raw_file("{" + entry("w", "f32", "[1]", "[0,4]") + "}", 4), "unknown dtype 'f32'"},
       {"missing shape", raw_file("{\"w\":{\"dtype\":\"F32\",\"data_offsets\":[0,4]}}", 4), "has no shape"},
       {"negative shape", raw_file("{" + entry("w", "F32", "[-1, 4]", "[0,4]") + "}", 4), "negative extent -1"},
-      {"fractional shape", raw_file("{" + entry("w", "F32", "[1.5]", "[0,4]") + "}", 4), "expected a non-negative integer"},
+      {"fractional shape", raw_file("{" + entry("w", "F32", "[1.5]", "[0,4]") + "}", 4),
+       "expected a non-negative integer"},
       {"shape product overflow", raw_file("{" + entry("w", "U8", "[4294967296, 4294967296]", "[0,4]") + "}", 4),
        "element count overflows"},
       {"byte size overflow", raw_file("{" + entry("w", "F64", "[4611686018427387904]", "[0,4]") + "}", 4),
@@ -459,10 +462,23 @@ std::vector<BadFile> bad_files() {
                     entry("c", "F32", "[1]", "[12,16]") + "}",
                 32),
        "overlap"},
+      // The tensors must tile the data section: bytes no tensor covers are
+      // how polyglot files hide a second payload.
+      {"a hole between tensors",
+       raw_file("{" + entry("a", "F32", "[1]", "[0,4]") + "," + entry("b", "F32", "[1]", "[8,12]") + "}", 12),
+       "data bytes [4, 8] before tensor 'b' belong to no tensor (a hole"},
+      {"a hole before the first tensor", raw_file("{" + entry("w", "F32", "[1]", "[4,8]") + "}", 8),
+       "data bytes [0, 4] before tensor 'w' belong to no tensor"},
+      {"bytes after the last tensor", raw_file(ok, 24),
+       "data bytes [16, 24] at the end of the file belong to no tensor"},
+      {"data but only empty tensors", raw_file("{" + entry("e", "F32", "[0]", "[0,0]") + "}", 4),
+       "data bytes [0, 4] at the end of the file belong to no tensor"},
       {"size mismatch", raw_file("{" + entry("w", "F32", "[4]", "[0,8]") + "}", 16), "size mismatch"},
-      {"duplicate names", raw_file("{" + entry("w", "F32", "[1]", "[0,4]") + "," + entry("w", "F32", "[1]", "[4,8]") + "}", 8),
+      {"duplicate names",
+       raw_file("{" + entry("w", "F32", "[1]", "[0,4]") + "," + entry("w", "F32", "[1]", "[4,8]") + "}", 8),
        "has the key 'w' twice (duplicate names)"},
-      {"duplicate field", raw_file("{\"w\":{\"dtype\":\"F32\",\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4),
+      {"duplicate field",
+       raw_file("{\"w\":{\"dtype\":\"F32\",\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4),
        "has the key 'dtype' twice"},
       {"non-string metadata", raw_file("{\"__metadata__\":{\"n\":3}," + entry("w", "F32", "[1]", "[0,4]") + "}", 4),
        "__metadata__ value of 'n' is a JSON number, expected a string"},
@@ -526,11 +542,14 @@ TEST_CASE("hostile sharded indexes are io_errors naming the index and the proble
   const std::vector<BadIndex> cases = {
       {"missing shard", R"({"weight_map":{"a":"s1.safetensors","b":"gone.safetensors"}})",
        "shard 'gone.safetensors' (listed for tensor 'b') does not exist"},
-      {"shard outside the folder", R"({"weight_map":{"a":"../s1.safetensors"}})", "not a file inside the index's folder"},
+      {"shard outside the folder", R"({"weight_map":{"a":"../s1.safetensors"}})",
+       "not a file inside the index's folder"},
       {"absolute shard path", R"({"weight_map":{"a":"/etc/passwd"}})", "not a file inside the index's folder"},
-      {"tensor missing from its shard", R"({"weight_map":{"a":"s1.safetensors","b":"s1.safetensors","c":"s1.safetensors"}})",
+      {"tensor missing from its shard",
+       R"({"weight_map":{"a":"s1.safetensors","b":"s1.safetensors","c":"s1.safetensors"}})",
        "tensor 'c' listed in weight_map is missing from shard 's1.safetensors'"},
-      {"shard tensor not listed", R"({"weight_map":{"a":"s1.safetensors"}})", "holds tensor 'b', which weight_map does not list"},
+      {"shard tensor not listed", R"({"weight_map":{"a":"s1.safetensors"}})",
+       "holds tensor 'b', which weight_map does not list"},
       {"bad JSON", R"({"weight_map":)", "not valid JSON"},
       {"no weight_map", R"({"metadata":{}})", "no weight_map"},
       {"non-string shard", R"({"weight_map":{"a":1}})", "expected a shard file name"},
@@ -560,8 +579,9 @@ TEST_CASE("hostile sharded indexes are io_errors naming the index and the proble
 
 TEST_CASE("a missing file, a folder without a checkpoint and a non-regular file are io_errors") {
   TempDir dir;
-  CHECK(error_of([&] { (void)twin::load_safetensors(dir / "nope.safetensors"); }).find("nope.safetensors: cannot open") !=
-        std::string::npos);
+  CHECK(error_of([&] {
+          (void)twin::load_safetensors(dir / "nope.safetensors");
+        }).find("nope.safetensors: cannot open") != std::string::npos);
   CHECK(error_of([&] { (void)twin::load_safetensors(dir.path); }).find("holds neither") != std::string::npos);
   CHECK(error_of([&] { (void)twin::load_safetensors("/dev/null"); }).find("not a regular file") != std::string::npos);
 }

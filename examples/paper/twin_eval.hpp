@@ -10,21 +10,19 @@
 #include <vector>
 
 #include "paper/mlp.hpp"
-#include "twin/twin.hpp"
 #include "twin/compress/magnitude_sparsifier.hpp"
 #include "twin/compress/svd_compressor.hpp"
 #include "twin/fuse/dynamic_fuser.hpp"
-#include "twin/model/twin_model.hpp"
 #include "twin/fuse/mixed_batch.hpp"
+#include "twin/model/twin_model.hpp"
 #include "twin/route/grouping.hpp"
 #include "twin/route/router.hpp"
+#include "twin/twin.hpp"
 
 namespace paper {
 
 using Clock = std::chrono::steady_clock;
-inline double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
+inline double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 inline twin::ConstTensorView cview(const Matrix& m) {
   const std::int64_t shape[2] = {m.rows(), m.cols()};
@@ -67,8 +65,10 @@ class PerInputBody {
         auto get = [&](const char* n, Eigen::Index r, Eigen::Index c) {
           return from_tensor(f.model().module(n, t).to_dense(), r, c);
         };
-        d.l0 = {get("body.0.weight", shared_.l0.w.rows(), shared_.l0.w.cols()), get("body.0.bias", 1, shared_.l0.w.rows())};
-        d.l1 = {get("body.1.weight", shared_.l1.w.rows(), shared_.l1.w.cols()), get("body.1.bias", 1, shared_.l1.w.rows())};
+        d.l0 = {get("body.0.weight", shared_.l0.w.rows(), shared_.l0.w.cols()),
+                get("body.0.bias", 1, shared_.l0.w.rows())};
+        d.l1 = {get("body.1.weight", shared_.l1.w.rows(), shared_.l1.w.cols()),
+                get("body.1.bias", 1, shared_.l1.w.rows())};
         deltas_.push_back(std::move(d));
       }
     }
@@ -154,7 +154,8 @@ inline twin::Router train_router(const Body& shared, const std::vector<const Tas
   o.seed = s.seed;
   o.batch_size = s.batch;
   const std::int64_t shape[2] = {emb.rows(), emb.cols()};
-  const twin::RouterTrainReport rep = r.fit(twin::ConstTensorView(emb.data(), twin::dtype::f32, shape), labels, o);
+  const twin::RouterTrainReport rep =
+      twin::train_router(r, twin::ConstTensorView(emb.data(), twin::dtype::f32, shape), labels, o);
   if (heldout_accuracy) *heldout_accuracy = rep.best_heldout_accuracy;
   return r;
 }

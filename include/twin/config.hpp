@@ -36,3 +36,28 @@
 #  define TWIN_LIKELY(x) (x)
 #  define TWIN_UNLIKELY(x) (x)
 #endif
+
+// Below this many multiply-adds (GEMM) or elements (elementwise kernels) the
+// thread-count-invariant kernels of backend/cpu/nn.hpp stay on the calling
+// thread. Tests set both to 0 to exercise the parallel paths on small sizes.
+#ifndef TWIN_NN_PARALLEL_MIN_WORK
+#  define TWIN_NN_PARALLEL_MIN_WORK 4194304.0
+#endif
+#ifndef TWIN_NN_PARALLEL_MIN_ELEMENTS
+#  define TWIN_NN_PARALLEL_MIN_ELEMENTS 1048576
+#endif
+
+// With TWIN_EXTERN_TEMPLATES defined to 1, the heavy Eigen engines of
+// backend/cpu (the SVDs, the thread-count-invariant GEMM) are declared
+// `extern template`, so including them costs parsing only; the program then
+// instantiates them in ONE translation unit of its own that defines
+// TWIN_INSTANTIATE_TEMPLATES before including those headers. Without an
+// SVD instantiated, a unit spends about a minute compiling it.
+#ifndef TWIN_EXTERN_TEMPLATES
+#  define TWIN_EXTERN_TEMPLATES 0
+#endif
+#ifdef TWIN_INSTANTIATE_TEMPLATES
+#  define TWIN_TEMPLATE_INSTANCE template
+#else
+#  define TWIN_TEMPLATE_INSTANCE extern template
+#endif

@@ -18,10 +18,16 @@ enum class dtype : std::uint8_t { f32, f16, bf16, f64, i64, i32, i16, i8, u8, bo
 
 constexpr std::size_t dtype_size(dtype t) noexcept {
   switch (t) {
-    case dtype::f64: case dtype::i64: return 8;
-    case dtype::f32: case dtype::i32: return 4;
-    case dtype::f16: case dtype::bf16: case dtype::i16: return 2;
-    case dtype::i8: case dtype::u8: case dtype::boolean: return 1;
+    case dtype::f64:
+    case dtype::i64: return 8;
+    case dtype::f32:
+    case dtype::i32: return 4;
+    case dtype::f16:
+    case dtype::bf16:
+    case dtype::i16: return 2;
+    case dtype::i8:
+    case dtype::u8:
+    case dtype::boolean: return 1;
   }
   return 0;
 }
@@ -47,16 +53,24 @@ constexpr std::string_view dtype_name(dtype t) noexcept {
   return "?";
 }
 
+// Every dtype, in the order messages list them.
+inline constexpr dtype all_dtypes[] = {dtype::f32, dtype::f16, dtype::bf16, dtype::f64, dtype::i64,
+                                       dtype::i32, dtype::i16, dtype::i8,   dtype::u8,  dtype::boolean};
+
+// "F32 F16 BF16 ...", for messages that say what was expected.
+inline std::string dtype_name_list() {
+  std::string out;
+  for (dtype t : all_dtypes) out += (out.empty() ? "" : " ") + std::string(dtype_name(t));
+  return out;
+}
+
 // Accepts the safetensors names and the lower-case short ones (f32, bf16, ...).
 inline dtype parse_dtype(std::string_view s) {
   std::string u(s);
   for (char& c : u) c = static_cast<char>((c >= 'a' && c <= 'z') ? c - 'a' + 'A' : c);
-  constexpr dtype all[] = {dtype::f32, dtype::f16, dtype::bf16, dtype::f64, dtype::i64,
-                           dtype::i32, dtype::i16, dtype::i8,   dtype::u8,  dtype::boolean};
-  for (dtype t : all)
+  for (dtype t : all_dtypes)
     if (u == dtype_name(t)) return t;
-  throw dtype_error("unknown dtype '" + std::string(s) +
-                    "': expected one of F32 F16 BF16 F64 I64 I32 I16 I8 U8 BOOL");
+  throw dtype_error("unknown dtype '" + std::string(s) + "': expected one of " + dtype_name_list());
 }
 
 inline void require_float(dtype t, std::string_view what) {
@@ -73,6 +87,8 @@ struct bf16_t {
   std::uint16_t bits;
 };
 
+// One line per dtype: clang-format would spread each specialization over four lines.
+// clang-format off
 template <class T> struct dtype_of_impl;
 template <> struct dtype_of_impl<float> { static constexpr dtype value = dtype::f32; };
 template <> struct dtype_of_impl<double> { static constexpr dtype value = dtype::f64; };
@@ -84,6 +100,7 @@ template <> struct dtype_of_impl<std::int16_t> { static constexpr dtype value = 
 template <> struct dtype_of_impl<std::int8_t> { static constexpr dtype value = dtype::i8; };
 template <> struct dtype_of_impl<std::uint8_t> { static constexpr dtype value = dtype::u8; };
 template <> struct dtype_of_impl<bool> { static constexpr dtype value = dtype::boolean; };
+// clang-format on
 
 // dtype_of<float> == dtype::f32; hosts with their own 16-bit types add a
 // specialization of dtype_of_impl (adapters/eigen.hpp does for Eigen::half).
@@ -91,7 +108,9 @@ template <class T>
 inline constexpr dtype dtype_of = dtype_of_impl<std::remove_cv_t<T>>::value;
 
 template <class T>
-concept has_dtype = requires { dtype_of_impl<std::remove_cv_t<T>>::value; };
+concept has_dtype = requires {
+  dtype_of_impl<std::remove_cv_t<T>>::value;
+};
 
 // --- scalar conversions ----------------------------------------------------
 
@@ -155,8 +174,7 @@ inline double load_as_f64(const void* p, dtype t, std::int64_t i) noexcept {
 }
 
 // Bulk conversion of n contiguous float-typed elements to f32.
-inline void convert_to_f32(const void* TWIN_RESTRICT src, dtype t, std::int64_t n,
-                           float* TWIN_RESTRICT dst) {
+inline void convert_to_f32(const void* TWIN_RESTRICT src, dtype t, std::int64_t n, float* TWIN_RESTRICT dst) {
   switch (t) {
     case dtype::f32: {
       const float* s = static_cast<const float*>(src);
@@ -184,8 +202,7 @@ inline void convert_to_f32(const void* TWIN_RESTRICT src, dtype t, std::int64_t 
 }
 
 // Bulk conversion of n f32 values to a float dtype.
-inline void convert_from_f32(const float* TWIN_RESTRICT src, std::int64_t n, void* TWIN_RESTRICT dst,
-                             dtype t) {
+inline void convert_from_f32(const float* TWIN_RESTRICT src, std::int64_t n, void* TWIN_RESTRICT dst, dtype t) {
   switch (t) {
     case dtype::f32: {
       float* d = static_cast<float*>(dst);
@@ -207,8 +224,7 @@ inline void convert_from_f32(const float* TWIN_RESTRICT src, std::int64_t n, voi
       for (std::int64_t i = 0; i < n; ++i) d[i] = f32_to_f16(src[i]);
       return;
     }
-    default:
-      throw dtype_error("cannot store float values as " + std::string(dtype_name(t)));
+    default: throw dtype_error("cannot store float values as " + std::string(dtype_name(t)));
   }
 }
 

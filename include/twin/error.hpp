@@ -59,16 +59,18 @@ class device_error : public error {
 
 namespace detail {
 [[noreturn]] inline void assert_fail(const char* expr, const char* file, int line) {
-  throw error(std::string("twin internal check failed: ") + expr + " at " + file + ":" +
-              std::to_string(line));
+  throw error(std::string("twin internal check failed: ") + expr + " at " + file + ":" + std::to_string(line));
 }
 }  // namespace detail
 
 }  // namespace twin
 
 #if TWIN_ENABLE_ASSERTS
+// clang-format 14 (IndentPPDirectives: AfterHash) would write `#expr` as `#  expr`.
+// clang-format off
 #  define TWIN_ASSERT(expr) \
     ((expr) ? static_cast<void>(0) : ::twin::detail::assert_fail(#expr, __FILE__, __LINE__))
+// clang-format on
 #else
 #  define TWIN_ASSERT(expr) static_cast<void>(0)
 #endif

@@ -6,12 +6,14 @@
 namespace twin {
 enum class dtype : std::uint8_t;
 struct device;
-template <class V> class BasicTensorView;
+template <class V>
+class BasicTensorView;
 using TensorView = BasicTensorView<void>;
 using ConstTensorView = BasicTensorView<const void>;
 class Tensor;
 class StateDict;
-template <class T> struct tensor_adapter;
+template <class T>
+struct tensor_adapter;
 class TaskVector;
 struct TensorMergeArgs;
 struct MergeOptions;
@@ -30,4 +32,6 @@ class DynamicFuser;
 class Router;
 struct RouterConfig;
 struct TwinModelFile;
+struct RouterTrainOptions;
+struct RouterTrainReport;
 }  // namespace twin

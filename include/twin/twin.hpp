@@ -4,14 +4,19 @@
 // are included explicitly by the hosts that want them.
 #pragma once
 
+#include "twin/adapter.hpp"
 #include "twin/config.hpp"
+#include "twin/convert.hpp"
 #include "twin/dtype.hpp"
 #include "twin/error.hpp"
 #include "twin/fwd.hpp"
+#include "twin/metadata.hpp"
 #include "twin/parallel.hpp"
 #include "twin/random.hpp"
+#include "twin/shape.hpp"
 #include "twin/state_dict.hpp"
 #include "twin/tensor.hpp"
+#include "twin/tensor_view.hpp"
 
 #include "twin/merge/any_merger.hpp"
 #include "twin/merge/breadcrumbs.hpp"
@@ -26,11 +31,21 @@
 #include "twin/compress/exclusive_module.hpp"
 #include "twin/compress/magnitude_sparsifier.hpp"
 #include "twin/compress/svd_compressor.hpp"
+
+#include "twin/model/twin_model.hpp"
+
+#include "twin/route/grouping.hpp"
+#include "twin/route/labels.hpp"
+#include "twin/route/nn.hpp"
+#include "twin/route/router.hpp"
+#include "twin/route/router_config.hpp"
+#include "twin/route/router_training.hpp"
+#include "twin/route/routing.hpp"
+#include "twin/route/sampling.hpp"
+
 #include "twin/fuse/dynamic_fuser.hpp"
 #include "twin/fuse/mixed_batch.hpp"
-#include "twin/fuse/routing.hpp"
+
+#include "twin/io/router_file.hpp"
 #include "twin/io/safetensors.hpp"
 #include "twin/io/twin_model_file.hpp"
-#include "twin/model/twin_model.hpp"
-#include "twin/route/grouping.hpp"
-#include "twin/route/router.hpp"

@@ -10,7 +10,7 @@
 #include <span>
 #include <string_view>
 
-#include "twin/io/safetensors.hpp"
+#include "twin/io/safetensors_format.hpp"
 
 namespace {
 

@@ -5,7 +5,7 @@
 
 #include <Eigen/Core>
 
-#include "twin/tensor.hpp"
+#include "twin/adapter.hpp"
 
 namespace twin {
 
@@ -29,10 +29,13 @@ struct EigenLayout {
         strides{static_cast<std::int64_t>(e.rowStride()), static_cast<std::int64_t>(e.colStride())} {}
 };
 
+// clang-format 14 misindents the continuation lines of this concept.
+// clang-format off
 template <class E>
 concept eigen_direct = std::is_base_of_v<Eigen::DenseBase<E>, E> &&
-                       (static_cast<int>(Eigen::internal::traits<E>::Flags) & Eigen::DirectAccessBit) != 0 &&
+                       (static_cast<int>(E::Flags) & Eigen::DirectAccessBit) != 0 &&
                        has_dtype<typename E::Scalar>;
+// clang-format on
 }  // namespace detail
 
 // Any Eigen Matrix, Array, Map, Ref or Block with direct access to its
@@ -42,10 +45,8 @@ template <class E>
   requires detail::eigen_direct<E>
 struct tensor_adapter<E> {
   static auto* data(E& e) {
-    if constexpr (std::is_const_v<std::remove_pointer_t<decltype(e.data())>>)
-      return static_cast<const void*>(e.data());
-    else
-      return static_cast<void*>(e.data());
+    if constexpr (std::is_const_v<std::remove_pointer_t<decltype(e.data())>>) return static_cast<const void*>(e.data());
+    else return static_cast<void*>(e.data());
   }
   static const void* data(const E& e) { return e.data(); }
   static twin::dtype dtype(const E&) { return dtype_of<typename E::Scalar>; }

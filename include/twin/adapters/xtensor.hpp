@@ -8,11 +8,13 @@
 
 #include <xtensor/xcontainer.hpp>
 
-#include "twin/tensor.hpp"
+#include "twin/adapter.hpp"
 
 namespace twin {
 
 namespace detail {
+// clang-format 14 cannot format a requires-expression followed by `&&`.
+// clang-format off
 template <class X>
 concept xtensor_container = requires(X& x) {
   typename X::value_type;
@@ -21,6 +23,7 @@ concept xtensor_container = requires(X& x) {
   x.strides();
   x.layout();
 } && std::is_base_of_v<xt::xcontainer<X>, X> && has_dtype<typename X::value_type>;
+// clang-format on
 
 // Converts xtensor's unsigned shape/stride containers to int64 extents.
 template <class S>

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "twin/error.hpp"
+#include "twin/metadata.hpp"
 #include "twin/tensor.hpp"
 
 namespace twin {
@@ -143,7 +144,8 @@ class ExclusiveModule {
         std::vector<float> v(static_cast<std::size_t>(z));
         read_f32(second_.view(), 0, z, v.data());
         for (std::int64_t i = 0; i < z; ++i)
-          dst[static_cast<std::size_t>(load_as_f64(first_.data(), first_.dtype(), i))] += w * v[static_cast<std::size_t>(i)];
+          dst[static_cast<std::size_t>(load_as_f64(first_.data(), first_.dtype(), i))] +=
+              w * v[static_cast<std::size_t>(i)];
         return;
       }
       case ModuleKind::low_rank: {
@@ -155,7 +157,8 @@ class ExclusiveModule {
         for (std::int64_t i = 0; i < ms.rows; ++i)
           for (std::int64_t j = 0; j < ms.cols; ++j) {
             float s = 0.0f;
-            for (std::int64_t t = 0; t < r; ++t) s += a[static_cast<std::size_t>(i * r + t)] * b[static_cast<std::size_t>(j * r + t)];
+            for (std::int64_t t = 0; t < r; ++t)
+              s += a[static_cast<std::size_t>(i * r + t)] * b[static_cast<std::size_t>(j * r + t)];
             dst[static_cast<std::size_t>(i * ms.cols + j)] += w * s;
           }
         return;
@@ -190,7 +193,7 @@ template <class C>
 concept ExclusiveCompressor = requires(const C& c, std::string_view name, ConstTensorView v, std::uint64_t stream) {
   { c.name() } -> std::convertible_to<std::string_view>;
   { c.compress(name, v, stream) } -> std::same_as<ExclusiveModule>;
-  { c.metadata() } -> std::convertible_to<std::map<std::string, std::string>>;
+  { c.metadata() } -> std::convertible_to<Metadata>;
 };
 
 namespace detail {
@@ -214,9 +217,7 @@ struct DenseCompressor {
   dtype storage = dtype::f32;
 
   std::string_view name() const noexcept { return "dense"; }
-  std::map<std::string, std::string> metadata() const {
-    return {{"compressor", "dense"}, {"storage_dtype", std::string(dtype_name(storage))}};
-  }
+  Metadata metadata() const { return {{"compressor", "dense"}, {"storage_dtype", std::string(dtype_name(storage))}}; }
   ExclusiveModule compress(std::string_view name, ConstTensorView v, std::uint64_t = 0) const {
     require_float(storage, "dense compressor storage");
     std::vector<float> d = detail::delta_f32(v);

@@ -14,12 +14,12 @@
 namespace twin {
 
 struct MagnitudeSparsifier {
-  double density = 0.1;         // fraction of entries kept
+  double density = 0.1;        // fraction of entries kept
   dtype storage = dtype::f32;  // dtype of the kept values
 
   std::string_view name() const noexcept { return "magnitude"; }
 
-  std::map<std::string, std::string> metadata() const {
+  Metadata metadata() const {
     return {{"compressor", "magnitude"},
             {"density", std::to_string(density)},
             {"storage_dtype", std::string(dtype_name(storage))}};
@@ -44,10 +44,8 @@ struct MagnitudeSparsifier {
     std::int64_t j = 0;
     for (std::int64_t i = 0; i < n && j < k; ++i) {
       if (!cursor.keep(d[static_cast<std::size_t>(i)])) continue;
-      if (narrow)
-        static_cast<std::int32_t*>(idx.mutable_data())[j] = static_cast<std::int32_t>(i);
-      else
-        static_cast<std::int64_t*>(idx.mutable_data())[j] = i;
+      if (narrow) static_cast<std::int32_t*>(idx.mutable_data())[j] = static_cast<std::int32_t>(i);
+      else static_cast<std::int64_t*>(idx.mutable_data())[j] = i;
       vals[static_cast<std::size_t>(j++)] = d[static_cast<std::size_t>(i)];
     }
     TWIN_ASSERT(j == k);

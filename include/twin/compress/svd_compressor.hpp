@@ -19,13 +19,13 @@ enum class RankMode : std::uint8_t { rank, energy, rank_ratio };
 
 struct SvdCompressor {
   RankMode mode = RankMode::rank;
-  std::int64_t rank = 16;     // mode rank: clamped to min(m, n)
-  double energy = 0.9;        // mode energy: fraction of ‖v‖_F² kept, in (0, 1]
-  double rank_ratio = 0.1;    // mode rank_ratio: r = ceil(ratio · min(m, n)), at least 1
+  std::int64_t rank = 16;   // mode rank: clamped to min(m, n)
+  double energy = 0.9;      // mode energy: fraction of ‖v‖_F² kept, in (0, 1]
+  double rank_ratio = 0.1;  // mode rank_ratio: r = ceil(ratio · min(m, n)), at least 1
   SvdEngine engine = SvdEngine::automatic;
-  int oversample = 10;        // randomized: p extra test vectors
-  int power_iters = 2;        // randomized: q power iterations
-  std::uint64_t seed = 0;     // randomized: test matrices are Philox(seed, tensor, task)
+  int oversample = 10;         // randomized: p extra test vectors
+  int power_iters = 2;         // randomized: q power iterations
+  std::uint64_t seed = 0;      // randomized: test matrices are Philox(seed, tensor, task)
   dtype storage = dtype::f32;  // dtype of A and B
 
   static SvdCompressor with_rank(std::int64_t r, dtype storage = dtype::f32) {
@@ -52,7 +52,8 @@ struct SvdCompressor {
   std::string_view name() const noexcept { return "svd"; }
 
   void validate() const {
-    if (mode == RankMode::rank && rank < 1) throw argument_error("svd rank must be at least 1, found " + std::to_string(rank));
+    if (mode == RankMode::rank && rank < 1)
+      throw argument_error("svd rank must be at least 1, found " + std::to_string(rank));
     if (mode == RankMode::energy && !(energy > 0.0 && energy <= 1.0))
       throw argument_error("svd energy must be in (0, 1], found " + std::to_string(energy));
     if (mode == RankMode::rank_ratio && !(rank_ratio > 0.0 && rank_ratio <= 1.0))
@@ -61,20 +62,20 @@ struct SvdCompressor {
     require_float(storage, "svd factor storage");
   }
 
-  std::map<std::string, std::string> metadata() const {
+  Metadata metadata() const {
     auto num = [](double x) {
       std::ostringstream s;
       s << x;
       return s.str();
     };
-    std::map<std::string, std::string> m{{"compressor", "svd"},
-                                         {"storage_dtype", std::string(dtype_name(storage))},
-                                         {"engine", engine == SvdEngine::exact ? "exact"
-                                                    : engine == SvdEngine::randomized ? "randomized"
-                                                                                       : "auto"},
-                                         {"oversample", std::to_string(oversample)},
-                                         {"power_iters", std::to_string(power_iters)},
-                                         {"seed", std::to_string(seed)}};
+    Metadata m{{"compressor", "svd"},
+               {"storage_dtype", std::string(dtype_name(storage))},
+               {"engine", engine == SvdEngine::exact        ? "exact"
+                          : engine == SvdEngine::randomized ? "randomized"
+                                                            : "auto"},
+               {"oversample", std::to_string(oversample)},
+               {"power_iters", std::to_string(power_iters)},
+               {"seed", std::to_string(seed)}};
     if (mode == RankMode::rank) m["rank"] = std::to_string(rank);
     if (mode == RankMode::energy) m["energy"] = num(energy);
     if (mode == RankMode::rank_ratio) m["rank_ratio"] = num(rank_ratio);
@@ -88,7 +89,8 @@ struct SvdCompressor {
     switch (mode) {
       case RankMode::rank: return std::min(rank, p);
       case RankMode::rank_ratio:
-        return std::clamp<std::int64_t>(static_cast<std::int64_t>(std::ceil(rank_ratio * static_cast<double>(p) - 1e-9)), 1, p);
+        return std::clamp<std::int64_t>(
+            static_cast<std::int64_t>(std::ceil(rank_ratio * static_cast<double>(p) - 1e-9)), 1, p);
       case RankMode::energy: return -1;
     }
     return -1;
@@ -142,8 +144,7 @@ struct SvdCompressor {
     };
     if (!backend::cpu::svd_exact(v, m, n, pick, f))
       throw numeric_error("SVD of tensor '" + std::string(name) + "' " +
-                          shape_string(std::array<std::int64_t, 2>{m, n}) +
-                          " did not converge, in f32 nor in f64");
+                          shape_string(std::array<std::int64_t, 2>{m, n}) + " did not converge, in f32 nor in f64");
     return f;
   }
 
@@ -161,8 +162,8 @@ struct SvdCompressor {
     std::vector<float> a(f.u.size());
     for (std::int64_t i = 0; i < f.m; ++i)
       for (std::int64_t j = 0; j < f.k; ++j)
-        a[static_cast<std::size_t>(i * f.k + j)] =
-            static_cast<float>(static_cast<double>(f.u[static_cast<std::size_t>(i * f.k + j)]) * f.s[static_cast<std::size_t>(j)]);
+        a[static_cast<std::size_t>(i * f.k + j)] = static_cast<float>(
+            static_cast<double>(f.u[static_cast<std::size_t>(i * f.k + j)]) * f.s[static_cast<std::size_t>(j)]);
     const std::int64_t sa[2] = {f.m, f.k}, sb[2] = {f.n, f.k};
     return ExclusiveModule::low_rank(Tensor::from_f32(a, sa, storage), Tensor::from_f32(f.v, sb, storage), v.shape());
   }

@@ -1,4 +1,4 @@
-// DynamicFuser: the online stage of Twin-Merging (DESIGN.md §1 step 6, §4).
+// DynamicFuser: the online stage of Twin-Merging (docs/design.md §1 step 6, §4).
 // For router logits it writes θ* + Σ_t w_t · v̂_t into the host's own tensors,
 // out of place. Low-rank modules of a matrix are concatenated once, at
 // construction, into A_cat [m×K] and B_cat [n×K] (K = Σ r_t), so a fusion is
@@ -14,10 +14,11 @@
 #include <utility>
 #include <vector>
 
+#include "twin/adapter.hpp"
 #include "twin/backend/cpu/gemm.hpp"
-#include "twin/fuse/routing.hpp"
 #include "twin/model/twin_model.hpp"
 #include "twin/parallel.hpp"
+#include "twin/route/routing.hpp"
 
 namespace twin {
 
@@ -49,7 +50,8 @@ class DynamicFuser {
     const std::size_t T = model.num_tasks();
     plans_.resize(model.entries().size());
     parallel_blocks(static_cast<std::int64_t>(plans_.size()), 1, [&](std::int64_t i0, std::int64_t i1) {
-      for (std::int64_t i = i0; i < i1; ++i) prepare(plans_[static_cast<std::size_t>(i)], model.entries()[static_cast<std::size_t>(i)], T);
+      for (std::int64_t i = i0; i < i1; ++i)
+        prepare(plans_[static_cast<std::size_t>(i)], model.entries()[static_cast<std::size_t>(i)], T);
     });
     for (std::size_t i = 0; i < plans_.size(); ++i) {
       FusePlan& p = plans_[i];
@@ -172,10 +174,12 @@ class DynamicFuser {
 
   static void check_output(std::string_view name, const TensorView& out, std::span<const std::int64_t> expect) {
     if (!dtype_is_float(out.dtype()))
-      throw dtype_error("output tensor '" + std::string(name) + "': expected a float dtype (F32, F16, BF16, F64), found " +
+      throw dtype_error("output tensor '" + std::string(name) +
+                        "': expected a float dtype (F32, F16, BF16, F64), found " +
                         std::string(dtype_name(out.dtype())));
     if (out.device() != device{})
-      throw argument_error("output tensor '" + std::string(name) + "' is on a CUDA device; this fuser writes host memory");
+      throw argument_error("output tensor '" + std::string(name) +
+                           "' is on a CUDA device; this fuser writes host memory");
     check_same_shape(name, expect, out.shape(), "output tensor");
   }
 
@@ -203,7 +207,8 @@ class DynamicFuser {
         tmp.resize(static_cast<std::size_t>(n * r));
         read_f32(src.view(), 0, n * r, tmp.data());
         for (std::int64_t i = 0; i < n; ++i)
-          std::memcpy(dst.data() + i * K + p.offset[t], tmp.data() + i * r, static_cast<std::size_t>(r) * sizeof(float));
+          std::memcpy(dst.data() + i * K + p.offset[t], tmp.data() + i * r,
+                      static_cast<std::size_t>(r) * sizeof(float));
       };
       copy(m.a(), rows, p.a_cat);
       copy(m.b(), cols, p.b_cat);
@@ -218,7 +223,8 @@ class DynamicFuser {
     // block repacks B_cat, which costs more than the staging block falling
     // out of L2 between the GEMM and the conversion).
     std::int64_t rb = (rows + nt - 1) / nt;
-    if (buffered) rb = std::min(rb, std::max<std::int64_t>(8, (std::int64_t{1} << 20) / std::max<std::int64_t>(cols, 1)));
+    if (buffered)
+      rb = std::min(rb, std::max<std::int64_t>(8, (std::int64_t{1} << 20) / std::max<std::int64_t>(cols, 1)));
     return std::max<std::int64_t>(rb, 1);
   }
 
@@ -313,9 +319,9 @@ class DynamicFuser {
       for (std::int64_t i = 0; i < nr; ++i) {
         const std::int64_t src = (r0 + lo + i) * cols + c0;
         if (star_f32)
-          std::memcpy(dst + i * ld, static_cast<const float*>(star.data()) + src, static_cast<std::size_t>(cw) * sizeof(float));
-        else
-          read_f32(star.view(), src, cw, dst + i * ld);
+          std::memcpy(dst + i * ld, static_cast<const float*>(star.data()) + src,
+                      static_cast<std::size_t>(cw) * sizeof(float));
+        else read_f32(star.view(), src, cw, dst + i * ld);
       }
       if (Ka > 0)
         backend::cpu::gemm(false, true, nr, cw, Ka, 1.0f, a_ptr + lo * lda, lda, bs.data(), Ka, true, dst, ld);
@@ -349,7 +355,9 @@ class DynamicFuser {
       auto scatter = [&](const auto* ix) {
         const std::int64_t nnz = idx.numel();
         const std::int64_t first = ra * cols + c0, last = (rb - 1) * cols + c1;
-        std::int64_t k = std::lower_bound(ix, ix + nnz, first, [](auto a, std::int64_t b) { return static_cast<std::int64_t>(a) < b; }) - ix;
+        std::int64_t k = std::lower_bound(ix, ix + nnz, first,
+                                          [](auto a, std::int64_t b) { return static_cast<std::int64_t>(a) < b; }) -
+                         ix;
         const float* vf = val.dtype() == dtype::f32 ? static_cast<const float*>(val.data()) : nullptr;
         for (; k < nnz; ++k) {
           const std::int64_t li = static_cast<std::int64_t>(ix[k]);

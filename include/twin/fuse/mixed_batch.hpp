@@ -1,4 +1,4 @@
-// Mixed-batch apply (DESIGN.md §2): a linear layer run on a batch whose rows
+// Mixed-batch apply (docs/design.md §2): a linear layer run on a batch whose rows
 // each have their own routing weights, without materializing any fused
 // weight. With W = θ* + Σ_t w_t A_t B_tᵀ per row,
 //   Y = X W*ᵀ + ((X B_cat) ⊙ Ŵ) A_catᵀ
@@ -88,17 +88,19 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
       xs.resize(static_cast<std::size_t>(rows * n));
       ys.resize(static_cast<std::size_t>(rows * m));
       for (std::int64_t k = 0; k < rows; ++k)
-        std::memcpy(xs.data() + k * n, X + by_task[t][static_cast<std::size_t>(k)] * n, static_cast<std::size_t>(n) * sizeof(float));
+        std::memcpy(xs.data() + k * n, X + by_task[t][static_cast<std::size_t>(k)] * n,
+                    static_cast<std::size_t>(n) * sizeof(float));
       backend::cpu::gemm_parallel(false, true, rows, m, n, 1.0f, xs.data(), n, Wt, n, false, ys.data(), m);
       for (std::int64_t k = 0; k < rows; ++k)
-        std::memcpy(Y + by_task[t][static_cast<std::size_t>(k)] * ldy, ys.data() + k * m, static_cast<std::size_t>(m) * sizeof(float));
+        std::memcpy(Y + by_task[t][static_cast<std::size_t>(k)] * ldy, ys.data() + k * m,
+                    static_cast<std::size_t>(m) * sizeof(float));
     }
   } else {
     // Plain layer: Y = X W*ᵀ.
     const Tensor& star = *p.shared;
     if (star.dtype() == dtype::f32) {
-      backend::cpu::gemm_parallel(false, true, tokens, m, n, 1.0f, X, n, static_cast<const float*>(star.data()), n, false, Y,
-                                  ldy);
+      backend::cpu::gemm_parallel(false, true, tokens, m, n, 1.0f, X, n, static_cast<const float*>(star.data()), n,
+                                  false, Y, ldy);
     } else {
       // Converted block by block so a 16-bit θ* is never held in f32 whole.
       parallel_blocks(m, 256, [&](std::int64_t lo, std::int64_t hi) {
@@ -126,7 +128,8 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
           for (std::int64_t i = 0; i < rows; ++i) {
             float* d = dst.data() + i * Ka;
             for (std::size_t t : act)
-              for (std::int64_t q = p.offset[t]; q < p.offset[t + 1]; ++q) *d++ = src[static_cast<std::size_t>(i * p.K + q)];
+              for (std::int64_t q = p.offset[t]; q < p.offset[t + 1]; ++q)
+                *d++ = src[static_cast<std::size_t>(i * p.K + q)];
           }
         };
         gather(p.a_cat, m, ag);

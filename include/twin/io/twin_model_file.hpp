@@ -1,4 +1,4 @@
-// Twin model files (DESIGN.md §5): one safetensors file holding everything the
+// Twin model files (docs/design.md §5): one safetensors file holding everything the
 // online stage needs — θ*, every task's exclusive modules, every task's copy of
 // the excluded tensors, the build settings, and optionally the router.
 //
@@ -17,13 +17,17 @@
 // the mapping, so the fusion of a loaded model is bit-identical to the saved one.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
+#include <algorithm>
 #include <filesystem>
+#include <limits>
 #include <optional>
-#include <regex>
 #include <set>
+#include <string>
+#include <vector>
 
+#include "twin/io/file_metadata.hpp"
+#include "twin/io/json.hpp"
+#include "twin/io/router_file.hpp"
 #include "twin/io/safetensors.hpp"
 #include "twin/model/twin_model.hpp"
 #include "twin/route/router.hpp"
@@ -40,9 +44,10 @@ struct TwinModelFile {
 namespace detail {
 // Task names become parts of tensor names, so they are kept to a safe alphabet.
 inline void check_task_name(const std::string& t, const std::string& source) {
-  static const std::regex ok("[A-Za-z0-9_-]{1,64}");
-  if (!std::regex_match(t, ok))
-    throw io_error(source + ": task name '" + t + "' must be 1 to 64 letters, digits, '_' or '-'");
+  const bool ok = !t.empty() && t.size() <= 64 && std::all_of(t.begin(), t.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+  });
+  if (!ok) throw io_error(source + ": task name '" + t + "' must be 1 to 64 letters, digits, '_' or '-'");
 }
 }  // namespace detail
 
@@ -76,12 +81,12 @@ inline void save_twin_model(const std::filesystem::path& path, const TwinModel& 
   StateDict router_state;
   Metadata meta = {{"format", "twin"},
                    {"twin.format_version", std::to_string(twin_format_version)},
-                   {"twin.tasks", nlohmann::json(tasks).dump()}};
+                   {"twin.tasks", detail::json_value(tasks).dump()}};
   for (const auto& [k, v] : model.metadata()) meta["twin.build." + k] = v;
   if (router) {
     router_state = router->to_state_dict();
     for (const auto& [name, t] : router_state) views.emplace_back(name, t.view());
-    for (const auto& [k, v] : router->metadata()) meta[k] = v;
+    for (const auto& [k, v] : router_metadata(*router)) meta[k] = v;
   }
   save_safetensors(path, views, meta);
 }
@@ -90,25 +95,14 @@ inline void save_twin_model(const std::filesystem::path& path, const TwinModel& 
 // errors. Refuses newer format versions and tensors that do not add up to a
 // model. The tensors are moved out of `ck`.
 inline TwinModelFile twin_model_from_checkpoint(LoadedCheckpoint&& ck, const std::string& src) {
-  auto meta = [&](const std::string& k) -> const std::string& {
-    auto it = ck.metadata.find(k);
-    if (it == ck.metadata.end()) throw io_error(src + ": not a twin model file (metadata has no '" + k + "')");
-    return it->second;
-  };
-  if (meta("format") != "twin") throw io_error(src + ": not a twin model file (format is '" + meta("format") + "')");
-  int version = 0;
-  try {
-    version = std::stoi(meta("twin.format_version"));
-  } catch (const std::exception&) {
-    throw io_error(src + ": twin.format_version '" + meta("twin.format_version") + "' is not a number");
-  }
-  if (version > twin_format_version)
-    throw io_error(src + ": written by a newer twin (format version " + std::to_string(version) +
-                   "); this build reads versions up to " + std::to_string(twin_format_version) + ": upgrade twin");
-  if (version < 1) throw io_error(src + ": invalid format version " + std::to_string(version));
+  constexpr std::string_view what = "twin model file";
+  const std::string& format = detail::metadata_field(ck.metadata, "format", src, what);
+  if (format != "twin") throw io_error(src + ": not a twin model file (format is '" + format + "')");
+  detail::check_format_version(ck.metadata, "twin.format_version", twin_format_version, src, what);
+  const std::string& task_list = detail::metadata_field(ck.metadata, "twin.tasks", src, what);
   std::vector<std::string> tasks;
   try {
-    tasks = nlohmann::json::parse(meta("twin.tasks")).get<std::vector<std::string>>();
+    tasks = detail::json_value::parse(task_list).get<std::vector<std::string>>();
   } catch (const std::exception&) {
     throw io_error(src + ": twin.tasks is not a JSON list of names");
   }
@@ -185,13 +179,7 @@ inline TwinModelFile twin_model_from_checkpoint(LoadedCheckpoint&& ck, const std
   for (const auto& name : ck.tensors.names())
     if (name.rfind("router.", 0) == 0) has_router = true;
   if (has_router) {
-    try {
-      out.router = Router::from_state_dict(ck.tensors, ck.metadata);
-    } catch (const io_error&) {
-      throw;
-    } catch (const error& e) {
-      throw io_error(src + ": router: " + e.what());
-    }
+    out.router = router_from_checkpoint(ck.tensors, ck.metadata, src);
     if (out.router->num_tasks() != static_cast<std::int64_t>(T))
       throw io_error(src + ": the router has " + std::to_string(out.router->num_tasks()) + " outputs for " +
                      std::to_string(T) + " tasks");

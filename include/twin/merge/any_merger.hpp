@@ -1,5 +1,5 @@
 // A strategy chosen at run time by name (the CLI, TwinModel::build), with the
-// options of DESIGN.md §6. Dispatches once per tensor to the static strategy.
+// options of docs/design.md §6. Dispatches once per tensor to the static strategy.
 #pragma once
 
 #include <variant>
@@ -14,16 +14,16 @@ namespace twin {
 
 struct MergeSettings {
   std::string method = "task_arithmetic";
-  std::optional<double> scaling;   // λ (default per strategy)
-  std::optional<double> density;   // fraction kept (default per strategy)
-  std::optional<double> gamma;     // breadcrumbs' outlier share
-  std::uint64_t seed = 0;          // dare
+  std::optional<double> scaling;            // λ (default per strategy)
+  std::optional<double> density;            // fraction kept (default per strategy)
+  std::optional<double> gamma;              // breadcrumbs' outlier share
+  std::uint64_t seed = 0;                   // dare
   TopKScope scope = TopKScope::per_tensor;  // ties
-  std::vector<double> weights;     // per expert
+  std::vector<double> weights;              // per expert
 };
 
-inline constexpr std::string_view merge_method_names[] = {"average",  "task_arithmetic", "ties",
-                                                          "dare_linear", "dare_ties",     "breadcrumbs"};
+inline constexpr std::string_view merge_method_names[] = {"average",     "task_arithmetic", "ties",
+                                                          "dare_linear", "dare_ties",       "breadcrumbs"};
 
 class AnyMerger {
  public:

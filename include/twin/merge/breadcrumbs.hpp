@@ -12,9 +12,9 @@
 namespace twin {
 
 struct Breadcrumbs {
-  double density = 0.9;  // fraction of each task vector kept
-  double gamma = 0.01;   // fraction of largest-magnitude entries dropped
-  double scaling = 1.0;  // λ
+  double density = 0.9;         // fraction of each task vector kept
+  double gamma = 0.01;          // fraction of largest-magnitude entries dropped
+  double scaling = 1.0;         // λ
   std::vector<double> weights;  // per expert; empty: all 1
 
   std::string_view name() const noexcept { return "breadcrumbs"; }

@@ -3,7 +3,7 @@
 //   DareLinear: Task Arithmetic, θ0 + λ Σ w_i τ̃_i;
 //   DareTies:   Ties' sign election and disjoint mean on τ̃_i, without trim.
 // (mergekit's dare_ties defaults to an unnormalized sum; ours is the disjoint
-// mean, as DESIGN.md §3 specifies.)
+// mean, as docs/design.md §3 specifies.)
 // The mask of entry j of expert i is Philox(seed, tensor name, i) at j:
 // the same for any thread count, any chunking, and on the GPU.
 #pragma once
@@ -27,7 +27,7 @@ inline void dare_drop(const Philox& rng, float density, std::int64_t lo, std::in
     const auto r = rng.block(static_cast<std::uint64_t>(lo + j) >> 2);
     for (int q = 0; q < 4; ++q)
       out[j + q] = Philox::to_unit(r[static_cast<std::size_t>(q)]) < density ? (expert[j + q] - base[j + q]) * scale
-                                                                              : 0.0f;
+                                                                             : 0.0f;
   }
   for (; j < n; ++j)
     out[j] = rng.uniform(static_cast<std::uint64_t>(lo + j)) < density ? (expert[j] - base[j]) * scale : 0.0f;
@@ -52,8 +52,8 @@ struct DareBase {
     const float d = static_cast<float>(density), lambda = static_cast<float>(scaling);
     merge_chunks(a, merge_block, [&](std::int64_t) {
       return [&, drop = std::vector<float>(T * TWIN_CHUNK_ELEMENTS), rows = std::vector<const float*>(T),
-              scratch = std::vector<float>(2 * TWIN_CHUNK_ELEMENTS)](
-                 std::int64_t lo, std::int64_t n, const float* base, const float* const* ex, float* out) mutable {
+              scratch = std::vector<float>(2 * TWIN_CHUNK_ELEMENTS)](std::int64_t lo, std::int64_t n, const float* base,
+                                                                     const float* const* ex, float* out) mutable {
         for (std::size_t i = 0; i < T; ++i) {
           float* t = drop.data() + i * TWIN_CHUNK_ELEMENTS;
           dare_drop(rng[i], d, lo, n, base, ex[i], t);

@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "twin/convert.hpp"
 #include "twin/error.hpp"
 #include "twin/parallel.hpp"
 #include "twin/state_dict.hpp"
@@ -186,8 +187,7 @@ inline std::string expert_label(const MergeOptions& o, std::size_t i) {
 }
 
 // Same names, same shapes, float dtypes: the contract every merge needs.
-inline void check_compatible(const StateDict& base, std::span<const StateDict* const> experts,
-                             const MergeOptions& o) {
+inline void check_compatible(const StateDict& base, std::span<const StateDict* const> experts, const MergeOptions& o) {
   if (experts.empty()) throw argument_error("merge needs at least one expert");
   for (std::size_t i = 0; i < experts.size(); ++i) {
     const StateDict& e = *experts[i];
@@ -229,12 +229,7 @@ void merge_state_impl(const M& merger, const StateDict& base, std::span<const St
     for (const auto& [name, t] : base) {
       const TensorView o = out_view(name, t);
       if (excluded.matches(name)) {
-        std::vector<float> buf(static_cast<std::size_t>(std::min<std::int64_t>(t.numel(), TWIN_CHUNK_ELEMENTS)));
-        for (std::int64_t lo = 0; lo < t.numel(); lo += TWIN_CHUNK_ELEMENTS) {
-          const std::int64_t c = std::min<std::int64_t>(TWIN_CHUNK_ELEMENTS, t.numel() - lo);
-          read_f32(t.view(), lo, c, buf.data());
-          write_f32(buf.data(), lo, c, o);
-        }
+        copy_convert(t.view(), o);
       } else {
         std::vector<ConstTensorView> ev;
         ev.reserve(experts.size());

@@ -68,7 +68,8 @@ MagnitudeCut select_top_k(Visit&& visit, std::int64_t total, std::int64_t k) {
   // Pass 1: high 16 bits of the key (keys are < 2^31, so 32768 bins).
   std::vector<std::int64_t> hi(1u << 15, 0);
   visit([&](std::span<const float> seg) {
-    detail::add_histogram(seg, hi, [](std::uint32_t) { return true; }, [](std::uint32_t key) { return key >> 16; });
+    detail::add_histogram(
+        seg, hi, [](std::uint32_t) { return true; }, [](std::uint32_t key) { return key >> 16; });
   });
   std::int64_t above = 0;
   std::uint32_t bin = 0;

@@ -28,7 +28,8 @@ class TaskVector {
         std::vector<float> bb(static_cast<std::size_t>(hi - lo)), eb(bb.size());
         read_f32(bv, lo, hi - lo, bb.data());
         read_f32(ev, lo, hi - lo, eb.data());
-        for (std::int64_t j = 0; j < hi - lo; ++j) out[lo + j] = eb[static_cast<std::size_t>(j)] - bb[static_cast<std::size_t>(j)];
+        for (std::int64_t j = 0; j < hi - lo; ++j)
+          out[lo + j] = eb[static_cast<std::size_t>(j)] - bb[static_cast<std::size_t>(j)];
       });
       tv.deltas_.insert(name, std::move(d));
     }

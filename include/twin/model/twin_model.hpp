@@ -9,8 +9,8 @@
 #include <cmath>
 #include <functional>
 #include <limits>
-#include <optional>
 #include <map>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -59,8 +59,8 @@ class TwinModel {
     std::string name;
     Extents shape;
     bool excluded = false;
-    std::vector<ExclusiveModule> modules;  // one per task (merged tensors)
-    std::vector<Tensor> copies;            // one per task (excluded tensors)
+    std::vector<ExclusiveModule> modules;    // one per task (merged tensors)
+    std::vector<Tensor> copies;              // one per task (excluded tensors)
     std::vector<double> delta_sq, error_sq;  // ‖v_t‖², ‖v_t − v̂_t‖² (NaN: not measured)
   };
 
@@ -78,7 +78,8 @@ class TwinModel {
       throw argument_error("tensor '" + name + "': " + std::to_string(modules.size()) + " exclusive modules for " +
                            std::to_string(tasks_.size()) + " tasks");
     for (std::size_t t = 0; t < modules.size(); ++t)
-      check_same_shape(name, shared.shape(), modules[t].shape(), "exclusive module of task '" + tasks_[t] + "' for tensor");
+      check_same_shape(name, shared.shape(), modules[t].shape(),
+                       "exclusive module of task '" + tasks_[t] + "' for tensor");
     require_float(shared.dtype(), "shared tensor '" + name + "'");
     const double nan = std::numeric_limits<double>::quiet_NaN();
     if (delta_sq.empty()) delta_sq.assign(tasks_.size(), nan);
@@ -92,12 +93,13 @@ class TwinModel {
       throw argument_error("excluded tensor '" + name + "': " + std::to_string(copies.size()) + " copies for " +
                            std::to_string(tasks_.size()) + " tasks");
     for (std::size_t t = 1; t < copies.size(); ++t)
-      check_same_shape(name, copies[0].shape(), copies[t].shape(), "excluded copy of task '" + tasks_[t] + "' for tensor");
+      check_same_shape(name, copies[0].shape(), copies[t].shape(),
+                       "excluded copy of task '" + tasks_[t] + "' for tensor");
     Entry e{name, Extents(copies[0].shape()), true, {}, std::move(copies), {}, {}};
     push(std::move(e));
   }
-  std::map<std::string, std::string>& metadata() noexcept { return metadata_; }
-  const std::map<std::string, std::string>& metadata() const noexcept { return metadata_; }
+  Metadata& metadata() noexcept { return metadata_; }
+  const Metadata& metadata() const noexcept { return metadata_; }
 
   // Offline stage: θ* = merger(base, experts) over the tensors not excluded;
   // v_t = θ_t − θ* (θ* as stored, so θ* + v_t gives θ_t back), compressed by
@@ -183,7 +185,7 @@ class TwinModel {
   StateDict shared_;
   std::vector<Entry> entries_;
   std::unordered_map<std::string, std::size_t> index_;
-  std::map<std::string, std::string> metadata_;
+  Metadata metadata_;
 };
 
 namespace detail {
@@ -271,7 +273,8 @@ TwinModel TwinModel::build(const StateDict& base, std::span<const StateDict* con
           const ConstTensorView vv(v.data(), dtype::f32, shared.shape());
           modules[static_cast<std::size_t>(t)] = compressor.compress(name, vv, static_cast<std::uint64_t>(t));
           dsq[static_cast<std::size_t>(t)] = sq;
-          if (opts.measure_error) esq[static_cast<std::size_t>(t)] = detail::module_error_sq(modules[static_cast<std::size_t>(t)], v);
+          if (opts.measure_error)
+            esq[static_cast<std::size_t>(t)] = detail::module_error_sq(modules[static_cast<std::size_t>(t)], v);
         }
       });
       model.add_merged(name, std::move(shared), std::move(modules), std::move(dsq), std::move(esq));

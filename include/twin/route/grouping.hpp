@@ -1,4 +1,4 @@
-// Group-wise fusion (Twin-Merging's answer to batching, DESIGN.md §1 step 7):
+// Group-wise fusion (Twin-Merging's answer to batching, docs/design.md §1 step 7):
 // bin a batch's inputs by the argmax of their router logits, run k-means on
 // the softmax weights inside each bin, and return the groups with their
 // averaged weights, so the host fuses once per group instead of per input.
@@ -12,15 +12,15 @@
 #include <span>
 #include <vector>
 
-#include "twin/fuse/routing.hpp"
 #include "twin/random.hpp"
+#include "twin/route/routing.hpp"
 
 namespace twin {
 
 struct GroupingOptions {
-  RoutingOptions routing;    // how logits become weights
+  RoutingOptions routing;       // how logits become weights
   std::int64_t max_groups = 8;  // groups over the whole batch (at least one per non-empty bin)
-  int iterations = 50;       // Lloyd iterations (stops earlier when assignments settle)
+  int iterations = 50;          // Lloyd iterations (stops earlier when assignments settle)
   std::uint64_t seed = 0;
 };
 
@@ -60,7 +60,8 @@ inline std::vector<std::vector<std::int64_t>> kmeans_rows(const std::vector<floa
     std::copy(row(pick), row(pick) + T, cent.begin() + static_cast<std::ptrdiff_t>(c * static_cast<std::int64_t>(T)));
     double total = 0.0;
     for (std::int64_t i = 0; i < n; ++i) {
-      d2[static_cast<std::size_t>(i)] = std::min(d2[static_cast<std::size_t>(i)], sq_dist(row(i), cent.data() + c * static_cast<std::int64_t>(T), T));
+      d2[static_cast<std::size_t>(i)] =
+          std::min(d2[static_cast<std::size_t>(i)], sq_dist(row(i), cent.data() + c * static_cast<std::int64_t>(T), T));
       total += d2[static_cast<std::size_t>(i)];
     }
     if (c + 1 == k) break;
@@ -106,11 +107,12 @@ inline std::vector<std::vector<std::int64_t>> kmeans_rows(const std::vector<floa
     for (std::int64_t c = 0; c < k; ++c)
       if (cnt[static_cast<std::size_t>(c)] > 0)
         for (std::size_t t = 0; t < T; ++t)
-          cent[static_cast<std::size_t>(c) * T + t] =
-              static_cast<float>(sum[static_cast<std::size_t>(c) * T + t] / static_cast<double>(cnt[static_cast<std::size_t>(c)]));
+          cent[static_cast<std::size_t>(c) * T + t] = static_cast<float>(
+              sum[static_cast<std::size_t>(c) * T + t] / static_cast<double>(cnt[static_cast<std::size_t>(c)]));
   }
   std::vector<std::vector<std::int64_t>> out(static_cast<std::size_t>(k));
-  for (std::int64_t i = 0; i < n; ++i) out[static_cast<std::size_t>(assign[static_cast<std::size_t>(i)])].push_back(ids[static_cast<std::size_t>(i)]);
+  for (std::int64_t i = 0; i < n; ++i)
+    out[static_cast<std::size_t>(assign[static_cast<std::size_t>(i)])].push_back(ids[static_cast<std::size_t>(i)]);
   std::erase_if(out, [](const auto& g) { return g.empty(); });
   return out;
 }
@@ -165,7 +167,8 @@ inline std::vector<InputGroup> group_inputs(std::span<const float> logits, std::
       std::vector<double> acc(T, 0.0);
       for (std::int64_t i : ig.members)
         for (std::size_t t = 0; t < T; ++t) acc[t] += w[static_cast<std::size_t>(i) * T + t];
-      for (std::size_t t = 0; t < T; ++t) ig.weights[t] = static_cast<float>(acc[t] / static_cast<double>(ig.members.size()));
+      for (std::size_t t = 0; t < T; ++t)
+        ig.weights[t] = static_cast<float>(acc[t] / static_cast<double>(ig.members.size()));
       out.push_back(std::move(ig));
     }
   }

@@ -20,6 +20,7 @@
 #include "twin/error.hpp"
 #include "twin/parallel.hpp"
 #include "twin/random.hpp"
+#include "twin/route/labels.hpp"
 
 namespace twin::nn {
 
@@ -47,8 +48,8 @@ struct Parameter {
 namespace detail {
 inline void check_batch(Index rows, Index cols, Index want_cols, const char* layer) {
   if (cols != want_cols)
-    throw shape_error(std::string(layer) + ": expected inputs with " + std::to_string(want_cols) +
-                      " features, found " + std::to_string(cols) + " (batch of " + std::to_string(rows) + ")");
+    throw shape_error(std::string(layer) + ": expected inputs with " + std::to_string(want_cols) + " features, found " +
+                      std::to_string(cols) + " (batch of " + std::to_string(rows) + ")");
 }
 }  // namespace detail
 
@@ -85,8 +86,8 @@ class Linear {
   void forward(const ConstRef<S>& x, Matrix<S>& y) const {
     detail::check_batch(x.rows(), x.cols(), in_features(), "Linear");
     y.resize(x.rows(), out_features());
-    backend::cpu::gemm<S>(false, true, x.rows(), out_features(), in_features(), x.data(), x.outerStride(), weight.value.data(),
-                 in_features(), y.data(), out_features(), false, bias.value.data());
+    backend::cpu::gemm<S>(false, true, x.rows(), out_features(), in_features(), x.data(), x.outerStride(),
+                          weight.value.data(), in_features(), y.data(), out_features(), false, bias.value.data());
   }
 
   // Given the forward input x and dL/dy: sets dL/dW, dL/db and, when dx is
@@ -95,12 +96,13 @@ class Linear {
     const Index B = x.rows(), in = in_features(), out = out_features();
     detail::check_batch(dy.rows(), dy.cols(), out, "Linear backward");
     // dW = dyᵀ x
-    backend::cpu::gemm<S>(true, false, out, in, B, dy.data(), dy.outerStride(), x.data(), x.outerStride(), weight.grad.data(),
-                 in);
+    backend::cpu::gemm<S>(true, false, out, in, B, dy.data(), dy.outerStride(), x.data(), x.outerStride(),
+                          weight.grad.data(), in);
     backend::cpu::column_sums<S>(dy.data(), B, out, dy.outerStride(), bias.grad.data());
     if (dx) {
       dx->resize(B, in);
-      backend::cpu::gemm<S>(false, false, B, in, out, dy.data(), dy.outerStride(), weight.value.data(), in, dx->data(), in);
+      backend::cpu::gemm<S>(false, false, B, in, out, dy.data(), dy.outerStride(), weight.value.data(), in, dx->data(),
+                            in);
     }
   }
 
@@ -140,10 +142,8 @@ class BatchNorm1d {
   }
 
   void forward(const ConstRef<S>& x, Matrix<S>& y, bool training) {
-    if (training)
-      forward_train(x, y);
-    else
-      forward_eval(x, y);
+    if (training) forward_train(x, y);
+    else forward_eval(x, y);
   }
 
   void forward_train(const ConstRef<S>& x, Matrix<S>& y) {
@@ -168,7 +168,8 @@ class BatchNorm1d {
           const double d = static_cast<double>(X[r * ld + c0 + c]) - mean[c];
           var[c] += d * d;
         }
-      S m[backend::cpu::column_block], is[backend::cpu::column_block], g[backend::cpu::column_block], b[backend::cpu::column_block];
+      S m[backend::cpu::column_block], is[backend::cpu::column_block], g[backend::cpu::column_block],
+          b[backend::cpu::column_block];
       for (Index c = 0; c < w; ++c) {
         const double biased = var[c] / static_cast<double>(B);
         const double unbiased = var[c] / static_cast<double>(B - 1);
@@ -209,7 +210,8 @@ class BatchNorm1d {
       for (Index r = r0; r < r1; ++r) {
         const S* xr = x.data() + r * x.outerStride();
         S* yr = y.data() + r * F;
-        for (Index c = 0; c < F; ++c) yr[c] = xr[c] * scale[static_cast<std::size_t>(c)] + shift[static_cast<std::size_t>(c)];
+        for (Index c = 0; c < F; ++c)
+          yr[c] = xr[c] * scale[static_cast<std::size_t>(c)] + shift[static_cast<std::size_t>(c)];
       }
     });
   }
@@ -218,9 +220,8 @@ class BatchNorm1d {
   void backward(const ConstRef<S>& dy, Matrix<S>& dx) {
     const Index B = xhat_.rows(), F = features();
     if (dy.rows() != B || dy.cols() != F)
-      throw shape_error("BatchNorm1d backward: expected dy of shape [" + std::to_string(B) + ", " +
-                        std::to_string(F) + "], found [" + std::to_string(dy.rows()) + ", " +
-                        std::to_string(dy.cols()) + "]");
+      throw shape_error("BatchNorm1d backward: expected dy of shape [" + std::to_string(B) + ", " + std::to_string(F) +
+                        "], found [" + std::to_string(dy.rows()) + ", " + std::to_string(dy.cols()) + "]");
     dx.resize(B, F);
     const Index ld = dy.outerStride();
     backend::cpu::for_column_blocks(B, F, [&](Index c0, Index c1) {
@@ -317,19 +318,23 @@ class Dropout {
     const Philox rng(key);
     const S keep_scale = p > 0 ? static_cast<S>(1.0 / (1.0 - p)) : S(1);
     const float pf = static_cast<float>(p);
-    backend::cpu::for_row_blocks(R, C, [&](Index r0, Index r1) {
-      std::vector<float> u(static_cast<std::size_t>(C));
-      for (Index r = r0; r < r1; ++r) {
-        const S* xr = x.data() + r * x.outerStride();
-        S* yr = y.data() + r * C;
-        S* mr = mask_.data() + r * C;
-        rng.uniforms(static_cast<std::uint64_t>(r) * static_cast<std::uint64_t>(C), u.size(), stream, u.data());
-        using Row = Eigen::Array<S, 1, Eigen::Dynamic>;
-        Eigen::Map<Row> m(mr, C);
-        m = (Eigen::Map<const Eigen::Array<float, 1, Eigen::Dynamic>>(u.data(), C) >= pf).template cast<S>() * keep_scale;
-        Eigen::Map<Row>(yr, C) = Eigen::Map<const Row>(xr, C) * m;
-      }
-    }, backend::cpu::parallel_min_elements / 32);
+    backend::cpu::for_row_blocks(
+        R, C,
+        [&](Index r0, Index r1) {
+          std::vector<float> u(static_cast<std::size_t>(C));
+          for (Index r = r0; r < r1; ++r) {
+            const S* xr = x.data() + r * x.outerStride();
+            S* yr = y.data() + r * C;
+            S* mr = mask_.data() + r * C;
+            rng.uniforms(static_cast<std::uint64_t>(r) * static_cast<std::uint64_t>(C), u.size(), stream, u.data());
+            using Row = Eigen::Array<S, 1, Eigen::Dynamic>;
+            Eigen::Map<Row> m(mr, C);
+            m = (Eigen::Map<const Eigen::Array<float, 1, Eigen::Dynamic>>(u.data(), C) >= pf).template cast<S>() *
+                keep_scale;
+            Eigen::Map<Row>(yr, C) = Eigen::Map<const Row>(xr, C) * m;
+          }
+        },
+        backend::cpu::parallel_min_elements / 32);
   }
 
   void forward_eval(const ConstRef<S>& x, Matrix<S>& y) const { y = x; }
@@ -365,13 +370,11 @@ S softmax_cross_entropy(const ConstRef<S>& logits, std::span<const std::int64_t>
     throw shape_error("softmax_cross_entropy: " + std::to_string(labels.size()) + " labels for " + std::to_string(B) +
                       " rows of logits");
   if (B == 0) throw argument_error("softmax_cross_entropy: empty batch");
+  check_labels(labels, T, "softmax_cross_entropy");
   if (grad) grad->resize(B, T);
   double total = 0;
   for (Index r = 0; r < B; ++r) {
     const std::int64_t y = labels[static_cast<std::size_t>(r)];
-    if (y < 0 || y >= T)
-      throw argument_error("softmax_cross_entropy: label " + std::to_string(y) + " of row " + std::to_string(r) +
-                           " is outside [0, " + std::to_string(T) + ")");
     const S* z = logits.data() + r * logits.outerStride();
     double mx = -std::numeric_limits<double>::infinity();
     for (Index c = 0; c < T; ++c) mx = std::max(mx, static_cast<double>(z[c]));

@@ -1,6 +1,8 @@
-// Dense f32 matrix products on the CPU through Eigen's GEMM. Every product in
-// twin (fusion, mixed-batch apply, SVD reconstructions) goes through here, so
-// Eigen's product kernels are instantiated in one place only.
+// Dense f32 matrix products for fusion, mixed-batch apply and model building,
+// through Eigen's GEMM at full speed (its results may depend on the thread
+// count). The router and the examples' networks use backend/cpu/nn.hpp's
+// thread-count-invariant tiled product instead, and the SVD engines call
+// Eigen in backend/cpu/svd.hpp.
 #pragma once
 
 #include <cstdint>
@@ -30,10 +32,8 @@ inline void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std
     return;
   }
   auto run = [&](const auto& a, const auto& b) {
-    if (accumulate)
-      c.noalias() += alpha * a * b;
-    else
-      c.noalias() = alpha * a * b;
+    if (accumulate) c.noalias() += alpha * a * b;
+    else c.noalias() = alpha * a * b;
   };
   const ConstRowMapF a(A, trans_a ? K : M, trans_a ? M : K, Eigen::OuterStride<>(lda));
   const ConstRowMapF b(B, trans_b ? N : K, trans_b ? K : N, Eigen::OuterStride<>(ldb));

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "twin/config.hpp"
 #include "twin/parallel.hpp"
 
 namespace twin::backend::cpu {
@@ -25,36 +26,44 @@ using Index = Eigen::Index;
 inline constexpr Index gemm_tile_rows = 256;
 inline constexpr Index gemm_tile_cols = 256;
 
-// Below this many multiply-adds (GEMM) or elements (elementwise kernels) a
-// kernel stays on the calling thread: waking the team costs more than the
-// work, and much more on a loaded machine where a barrier may wait for a
-// descheduled thread. Serial or parallel, the blocks and so the bits are the
-// same; tests set these to 0 to exercise the parallel paths on small sizes.
-#ifndef TWIN_NN_PARALLEL_MIN_WORK
-#  define TWIN_NN_PARALLEL_MIN_WORK 4194304.0
-#endif
-#ifndef TWIN_NN_PARALLEL_MIN_ELEMENTS
-#  define TWIN_NN_PARALLEL_MIN_ELEMENTS 1048576
-#endif
+// Below parallel_min_work multiply-adds (GEMM) or parallel_min_elements
+// elements (elementwise kernels) a kernel stays on the calling thread: waking
+// the team costs more than the work, and much more on a loaded machine where
+// a barrier may wait for a descheduled thread. Serial or parallel, the blocks
+// and so the bits are the same. The values come from config.hpp.
 inline constexpr double parallel_min_work = TWIN_NN_PARALLEL_MIN_WORK;
 inline constexpr Index parallel_min_elements = TWIN_NN_PARALLEL_MIN_ELEMENTS;
 
 namespace detail {
 
-// One single-threaded Eigen GEMM: C[M,N] += alpha * op(A) * op(B), all
-// row-major. We call Eigen's kernel directly rather than through `noalias() =`
-// because the expression path may spread a product over OpenMP threads with
-// cache blocking chosen from the thread count, which changes the order of the
-// sums and so the bits of the result.
+// Rows of C per call into Eigen. A destination whose compile-time row bound
+// is 32 or less is one Eigen never spreads over threads, so each call runs
+// single-threaded with a cache blocking chosen from the shapes alone, never
+// from the thread count: the order of the sums, and so the bits of the
+// result, do not depend on how many threads share the tiles.
+inline constexpr Index gemm_panel_rows = 32;
+
+template <class S>
+using PanelMap =
+    Eigen::Map<Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor, gemm_panel_rows, Eigen::Dynamic>,
+               Eigen::Unaligned, Eigen::OuterStride<>>;
+template <class S>
+using ConstRowMap = Eigen::Map<const RowMatrix<S>, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+// C[M,N] += op(A) * op(B) on the calling thread, all row-major.
 template <class S, bool TransA, bool TransB>
-void gemm_serial(Index M, Index N, Index K, const S* A, Index lda, const S* B, Index ldb, S* C, Index ldc, S alpha) {
+void gemm_serial(Index M, Index N, Index K, const S* A, Index lda, const S* B, Index ldb, S* C, Index ldc) {
   if (M == 0 || N == 0 || K == 0) return;
-  using Gemm = Eigen::internal::general_matrix_matrix_product<
-      Index, S, TransA ? Eigen::ColMajor : Eigen::RowMajor, false, S, TransB ? Eigen::ColMajor : Eigen::RowMajor, false,
-      Eigen::RowMajor, 1>;
-  Eigen::internal::gemm_blocking_space<Eigen::RowMajor, S, S, Eigen::Dynamic, Eigen::Dynamic, Eigen::Dynamic, 1, false>
-      blocking(M, N, K, 1, true);
-  Gemm::run(M, N, K, A, lda, B, ldb, C, 1, ldc, alpha, blocking, nullptr);
+  const ConstRowMap<S> b(B, TransB ? N : K, TransB ? K : N, Eigen::OuterStride<>(ldb));
+  for (Index i0 = 0; i0 < M; i0 += gemm_panel_rows) {
+    const Index m = std::min(gemm_panel_rows, M - i0);
+    PanelMap<S> c(C + i0 * ldc, m, N, Eigen::OuterStride<>(ldc));
+    const ConstRowMap<S> a(TransA ? A + i0 : A + i0 * lda, TransA ? K : m, TransA ? m : K, Eigen::OuterStride<>(lda));
+    if constexpr (TransA && TransB) c.noalias() += a.transpose() * b.transpose();
+    else if constexpr (TransA) c.noalias() += a.transpose() * b;
+    else if constexpr (TransB) c.noalias() += a * b.transpose();
+    else c.noalias() += a * b;
+  }
 }
 
 }  // namespace detail
@@ -77,23 +86,17 @@ void gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, const S* A, Ind
       if (!accumulate)
         for (Index i = 0; i < m; ++i) {
           S* row = c + i * ldc;
-          if (row_init)
-            std::copy(row_init + j0, row_init + j0 + n, row);
-          else
-            std::fill(row, row + n, S(0));
+          if (row_init) std::copy(row_init + j0, row_init + j0 + n, row);
+          else std::fill(row, row + n, S(0));
         }
       const S* a = trans_a ? A + i0 : A + i0 * lda;
       const S* b = trans_b ? B + j0 * ldb : B + j0;
       if (trans_a) {
-        if (trans_b)
-          detail::gemm_serial<S, true, true>(m, n, K, a, lda, b, ldb, c, ldc, S(1));
-        else
-          detail::gemm_serial<S, true, false>(m, n, K, a, lda, b, ldb, c, ldc, S(1));
+        if (trans_b) detail::gemm_serial<S, true, true>(m, n, K, a, lda, b, ldb, c, ldc);
+        else detail::gemm_serial<S, true, false>(m, n, K, a, lda, b, ldb, c, ldc);
       } else {
-        if (trans_b)
-          detail::gemm_serial<S, false, true>(m, n, K, a, lda, b, ldb, c, ldc, S(1));
-        else
-          detail::gemm_serial<S, false, false>(m, n, K, a, lda, b, ldb, c, ldc, S(1));
+        if (trans_b) detail::gemm_serial<S, false, true>(m, n, K, a, lda, b, ldb, c, ldc);
+        else detail::gemm_serial<S, false, false>(m, n, K, a, lda, b, ldb, c, ldc);
       }
     }
   };
@@ -105,6 +108,13 @@ void gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, const S* A, Ind
     parallel_blocks(tm * tn, 1, tiles);
   }
 }
+
+#if TWIN_EXTERN_TEMPLATES
+TWIN_TEMPLATE_INSTANCE void gemm<float>(bool, bool, Index, Index, Index, const float*, Index, const float*, Index,
+                                        float*, Index, bool, const float*);
+TWIN_TEMPLATE_INSTANCE void gemm<double>(bool, bool, Index, Index, Index, const double*, Index, const double*, Index,
+                                         double*, Index, bool, const double*);
+#endif
 
 // Columns per block of the column reductions: each block's sums run down the
 // rows in order, so they do not depend on how blocks are spread over threads.

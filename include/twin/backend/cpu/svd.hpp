@@ -16,6 +16,7 @@
 #include <Eigen/QR>
 #include <Eigen/SVD>
 
+#include "twin/config.hpp"
 #include "twin/random.hpp"
 
 namespace twin::backend::cpu {
@@ -24,7 +25,7 @@ namespace twin::backend::cpu {
 struct SvdFactors {
   std::int64_t m = 0, n = 0, k = 0;
   std::vector<float> u, v;
-  std::vector<double> s;        // the k kept values
+  std::vector<double> s;         // the k kept values
   std::vector<double> spectrum;  // every singular value the engine computed
   bool used_double = false;      // the exact engine fell back to f64
 };
@@ -77,7 +78,7 @@ using RankPicker = std::function<std::int64_t(std::span<const double>)>;
 // about a minute of compile time.
 template <class Real>
 bool svd_exact(const Real* a, std::int64_t m, std::int64_t n, const RankPicker& pick, SvdFactors& out,
-                      double tol = 1e-4) {
+               double tol = 1e-4) {
   const Eigen::Map<const detail::RowMatrixF> A(a, m, n);
   const std::int64_t p = std::min(m, n);
   {
@@ -111,8 +112,8 @@ bool svd_exact(const Real* a, std::int64_t m, std::int64_t n, const RankPicker& 
 // directions otherwise), then an exact f64 SVD of the small (k+p)×n
 // projection.
 template <class Real>
-bool svd_randomized(const Real* a, std::int64_t m, std::int64_t n, std::int64_t k, int oversample,
-                           int power_iters, std::uint64_t seed, SvdFactors& out) {
+bool svd_randomized(const Real* a, std::int64_t m, std::int64_t n, std::int64_t k, int oversample, int power_iters,
+                    std::uint64_t seed, SvdFactors& out) {
   const Eigen::Map<const detail::RowMatrixF> A(a, m, n);
   const std::int64_t p = std::min(m, n);
   k = std::clamp<std::int64_t>(k, 0, p);
@@ -152,5 +153,12 @@ bool svd_randomized(const Real* a, std::int64_t m, std::int64_t n, std::int64_t 
   out = detail::take_factors(U, svd.matrixU(), svd.singularValues(), m, n, k);
   return true;
 }
+
+#if TWIN_EXTERN_TEMPLATES
+TWIN_TEMPLATE_INSTANCE bool svd_exact<float>(const float*, std::int64_t, std::int64_t, const RankPicker&, SvdFactors&,
+                                             double);
+TWIN_TEMPLATE_INSTANCE bool svd_randomized<float>(const float*, std::int64_t, std::int64_t, std::int64_t, int, int,
+                                                  std::uint64_t, SvdFactors&);
+#endif
 
 }  // namespace twin::backend::cpu

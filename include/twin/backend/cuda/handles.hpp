@@ -135,7 +135,9 @@ class DeviceBuffer {
 
   void* data() const noexcept { return ptr_; }
   template <class T>
-  T* as() const noexcept { return static_cast<T*>(ptr_); }
+  T* as() const noexcept {
+    return static_cast<T*>(ptr_);
+  }
   std::size_t size() const noexcept { return bytes_; }
 
  private:

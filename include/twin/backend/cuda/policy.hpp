@@ -1,9 +1,11 @@
-// The CUDA execution policy (Thrust-style): the first argument of a GPU call,
-// carrying the stream and, optionally, a workspace the host owns, so twin never
-// allocates or synchronizes behind the host's back on the hot path.
+// The CUDA execution policy (Thrust-style): it carries the stream and,
+// optionally, a workspace the host owns, so that GPU algorithms, which take
+// it as their first argument, never allocate or synchronize behind the host's
+// back. Only the seam exists so far (no algorithm takes it yet):
 //
-//   twin::cuda::Context ctx;                           // handles, made once
-//   fuser.fuse(twin::execution::cuda.on(stream), ctx, weights, logits);
+//   twin::cuda::Context ctx;                                  // handles, made once
+//   const twin::cuda_policy p = twin::execution::cuda.on(stream);
+//   cublasHandle_t blas = ctx.blas(p);                        // bound to p's stream
 #pragma once
 
 #include <cstddef>

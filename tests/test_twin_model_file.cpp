@@ -59,7 +59,8 @@ TEST_CASE("save -> load gives a model whose fusion is bit-identical, for svd and
     const TwinModel m = variant == 0
                             ? TwinModel::build(x.base, std::span<const StateDict>(x.experts), TaskArithmetic{0.3, {}},
                                                SvdCompressor::with_rank(4, dtype::bf16), opts)
-                            : TwinModel::build(x.base, std::span<const StateDict>(x.experts), Ties{0.5, 1.0, TopKScope::per_tensor, {}},
+                            : TwinModel::build(x.base, std::span<const StateDict>(x.experts),
+                                               Ties{0.5, 1.0, TopKScope::per_tensor, {}},
                                                MagnitudeSparsifier{0.2, dtype::f16}, opts);
     RouterConfig rc;
     rc.input_dim = 5;
@@ -116,4 +117,30 @@ TEST_CASE("a model file from a newer format version, or one missing parts, is re
   CHECK_THROWS_WITH_AS(load_twin_model(q), doctest::Contains("task name 'a.b'"), io_error);
   fs::remove(p);
   fs::remove(q);
+}
+
+TEST_CASE("a corrupt router raises the same io_error from a router file and from a model file") {
+  const Experts x = make_experts(63);
+  TwinBuildOptions opts;
+  opts.exclude = {"head\\..*"};
+  const TwinModel m = TwinModel::build(x.base, std::span<const StateDict>(x.experts), TaskArithmetic{0.3, {}},
+                                       SvdCompressor::with_rank(2), opts);
+  const Router router(RouterConfig{.input_dim = 5, .num_tasks = static_cast<std::int64_t>(m.num_tasks())}, 3);
+  const fs::path model_path = scratch("with_router.safetensors"), router_path = scratch("router.safetensors");
+  save_twin_model(model_path, m, &router);
+  save_router(router_path, router);
+  // The same edit to the router's metadata in either file.
+  for (const fs::path& p : {model_path, router_path}) {
+    const LoadedCheckpoint ck = load_safetensors(p);
+    Metadata meta = ck.metadata;
+    meta["router.format_version"] = "2";
+    const fs::path q = scratch("edited.safetensors");
+    save_safetensors(q, ck.tensors, meta);
+    const std::string expect = q.string() + ": twin router written by a newer twin (format version 2)";
+    if (p == model_path) CHECK_THROWS_WITH_AS(load_twin_model(q), doctest::Contains(expect.c_str()), io_error);
+    else CHECK_THROWS_WITH_AS(load_router(q), doctest::Contains(expect.c_str()), io_error);
+    fs::remove(q);
+  }
+  fs::remove(model_path);
+  fs::remove(router_path);
 }

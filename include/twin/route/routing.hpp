@@ -1,4 +1,4 @@
-// From router logits to the mixture weights of dynamic fusion (DESIGN.md §1
+// From router logits to the mixture weights of dynamic fusion (docs/design.md §1
 // step 6): w = softmax(logits / temperature), optionally restricted to the
 // top-k tasks or to tasks whose weight reaches a threshold. Skipped tasks get
 // a weight of exactly 0, which the fuser treats as "costs nothing".
@@ -39,8 +39,7 @@ inline std::vector<float> routing_weights(std::span<const float> logits, const R
   const std::size_t T = logits.size();
   if (T == 0) throw shape_error("logits: expected at least one value");
   for (std::size_t t = 0; t < T; ++t)
-    if (!std::isfinite(logits[t]))
-      throw argument_error("logits: value " + std::to_string(t) + " is not finite");
+    if (!std::isfinite(logits[t])) throw argument_error("logits: value " + std::to_string(t) + " is not finite");
   std::vector<char> keep(T, 1);
   if (o.top_k > 0 && static_cast<std::size_t>(o.top_k) < T) {
     // Stable order: equal logits keep the lower task index.

@@ -19,7 +19,9 @@
 #define TWIN_NN_PARALLEL_MIN_WORK 0.0
 #define TWIN_NN_PARALLEL_MIN_ELEMENTS 0
 #include "test_support.hpp"
+#include "twin/io/router_file.hpp"
 #include "twin/route/router.hpp"
+#include "twin/route/router_training.hpp"
 
 using namespace twin;
 using MatD = nn::Matrix<double>;
@@ -95,8 +97,8 @@ Clusters make_clusters(std::uint64_t seed, std::int64_t T, std::int64_t per_task
   std::vector<double> centers(static_cast<std::size_t>(T * d)), offset(static_cast<std::size_t>(d)),
       scale(static_cast<std::size_t>(d));
   for (double& c : centers) c = nd(rng) * sep / std::sqrt(2.0 * static_cast<double>(d));
-  for (std::int64_t j = 0; j < d; ++j) offset[static_cast<std::size_t>(j)] = 5.0 * nd(rng),
-                                       scale[static_cast<std::size_t>(j)] = std::exp(nd(rng));
+  for (std::int64_t j = 0; j < d; ++j)
+    offset[static_cast<std::size_t>(j)] = 5.0 * nd(rng), scale[static_cast<std::size_t>(j)] = std::exp(nd(rng));
   std::mt19937_64 srng(sample_seed);
   Clusters c;
   std::vector<float> v;
@@ -182,7 +184,8 @@ TEST_CASE("LeakyReLU gradient matches central finite differences and is slope on
     CHECK(y.data()[i] == doctest::Approx(x.data()[i] > 0 ? x.data()[i] : 0.2 * x.data()[i]));
 }
 
-TEST_CASE("Dropout keeps about 1-p of the elements scaled by 1/(1-p), the same mask for the same stream, and its gradient matches finite differences") {
+TEST_CASE(
+    "Dropout keeps about 1-p of the elements scaled by 1/(1-p), the same mask for the same stream, and its gradient matches finite differences") {
   std::mt19937_64 rng(104);
   nn::Dropout<double> drop(0.3, 77);
   MatD x = random_matrix(rng, 40, 50);
@@ -217,7 +220,8 @@ TEST_CASE("Dropout keeps about 1-p of the elements scaled by 1/(1-p), the same m
   CHECK(e == x);
 }
 
-TEST_CASE("softmax cross-entropy equals log-sum-exp minus the true logit, and its gradient matches finite differences") {
+TEST_CASE(
+    "softmax cross-entropy equals log-sum-exp minus the true logit, and its gradient matches finite differences") {
   std::mt19937_64 rng(105);
   MatD z = random_matrix(rng, 5, 4, 3.0);
   const std::vector<std::int64_t> labels = {0, 3, 1, 1, 2};
@@ -236,7 +240,8 @@ TEST_CASE("softmax cross-entropy equals log-sum-exp minus the true logit, and it
   check_throws<argument_error>([&] { nn::softmax_cross_entropy<double>(z, bad); }, {"label 4", "[0, 4)"});
 }
 
-TEST_CASE("a Linear-BatchNorm-LeakyReLU-Linear-cross-entropy chain has finite-difference gradients for its first weight") {
+TEST_CASE(
+    "a Linear-BatchNorm-LeakyReLU-Linear-cross-entropy chain has finite-difference gradients for its first weight") {
   std::mt19937_64 rng(106);
   nn::Linear<double> l0(5, 7), l1(7, 3);
   nn::BatchNorm1d<double> bn(7);
@@ -280,7 +285,8 @@ TEST_CASE("float Linear forward and backward agree with double loops across seve
   for (Eigen::Index i = 0; i < B; ++i)
     for (Eigen::Index o = 0; o < out; ++o) {
       double s = bd(0, o);
-      for (Eigen::Index k = 0; k < in; ++k) s += static_cast<double>(x(i, k)) * static_cast<double>(lin.weight.value(o, k));
+      for (Eigen::Index k = 0; k < in; ++k)
+        s += static_cast<double>(x(i, k)) * static_cast<double>(lin.weight.value(o, k));
       yr(i, o) = s;
       dbr(0, o) += dy(i, o);
       for (Eigen::Index k = 0; k < in; ++k) {
@@ -295,7 +301,8 @@ TEST_CASE("float Linear forward and backward agree with double loops across seve
   CHECK(max_rel_err(dx.cast<double>(), dxr, std::sqrt(double(out))) < 1e-5);
 }
 
-TEST_CASE("BatchNorm1d: training normalizes with batch statistics and updates running ones; eval uses the running statistics") {
+TEST_CASE(
+    "BatchNorm1d: training normalizes with batch statistics and updates running ones; eval uses the running statistics") {
   std::mt19937_64 rng(108);
   nn::BatchNorm1d<double> bn(3, 1e-5, 0.1);
   bn.weight.value << 2.0, 0.5, 1.0;
@@ -346,7 +353,8 @@ TEST_CASE("Adam matches torch.optim.Adam's update formula, with coupled and with
     o.decoupled_weight_decay = decoupled;
     nn::Adam<double> adam({&p}, o);
     std::vector<double> theta(p.value.data(), p.value.data() + 6), m(6, 0.0), v(6, 0.0);
-    const double grads[3][6] = {{0.1, -0.2, 0.3, 0.0, 1.0, -1.0}, {0.5, 0.5, -0.5, 2.0, 0.0, 0.1}, {-1, 1, -1, 1, -1, 1}};
+    const double grads[3][6] = {
+        {0.1, -0.2, 0.3, 0.0, 1.0, -1.0}, {0.5, 0.5, -0.5, 2.0, 0.0, 0.1}, {-1, 1, -1, 1, -1, 1}};
     for (int t = 1; t <= 3; ++t) {
       for (int i = 0; i < 6; ++i) p.grad.data()[i] = grads[t - 1][i];
       adam.step();
@@ -388,7 +396,7 @@ TEST_CASE("stratified_split holds out round(f * n) items of each task, disjoint 
 
 TEST_CASE("epoch_order is a seeded permutation, and class-balanced draws make every task about equally frequent") {
   std::vector<std::int64_t> labels(900, 0);
-  for (int i = 0; i < 90; ++i) labels[static_cast<std::size_t>(i * 10)] = 1;  // 10% task 1
+  for (int i = 0; i < 90; ++i) labels[static_cast<std::size_t>(i * 10)] = 1;      // 10% task 1
   for (int i = 0; i < 9; ++i) labels[static_cast<std::size_t>(i * 100 + 1)] = 2;  // 1% task 2
   std::vector<std::int64_t> perm = epoch_order(labels, 3, 4, 1, false);
   CHECK(perm != epoch_order(labels, 3, 4, 2, false));
@@ -398,7 +406,8 @@ TEST_CASE("epoch_order is a seeded permutation, and class-balanced draws make ev
 
   std::vector<int> count(3, 0);
   for (int epoch = 1; epoch <= 4; ++epoch)
-    for (auto i : epoch_order(labels, 3, 4, epoch, true)) ++count[static_cast<std::size_t>(labels[static_cast<std::size_t>(i)])];
+    for (auto i : epoch_order(labels, 3, 4, epoch, true))
+      ++count[static_cast<std::size_t>(labels[static_cast<std::size_t>(i)])];
   // 3600 draws, each task with probability 1/3: mean 1200, sd 28.3.
   for (int c : count) CHECK(std::abs(c - 1200) < 5 * 28.3);
 }
@@ -420,7 +429,7 @@ TEST_CASE("the router reaches at least 99% held-out accuracy on clearly separabl
     CHECK(std::isfinite(loss));
     seen.push_back(acc);
   };
-  const RouterTrainReport rep = router.fit(data.x, data.y, o);
+  const RouterTrainReport rep = train_router(router, data.x, data.y, o);
   CHECK(rep.train_size == 540);
   CHECK(rep.heldout_size == 60);
   CHECK(calls == rep.epochs_run);
@@ -456,7 +465,7 @@ TEST_CASE("training keeps the epoch with the best held-out accuracy and stops af
   o.batch_size = 16;
   o.adam.lr = 3e-3;
   o.seed = 8;
-  const RouterTrainReport rep = router.fit(xt, yt, xh, yh, o);
+  const RouterTrainReport rep = train_router(router, xt, yt, xh, yh, o);
   const auto& acc = rep.heldout_accuracy;
   const auto& hl = rep.heldout_loss;
   // Expected: the best accuracy, ties broken by the lower held-out loss.
@@ -474,7 +483,7 @@ TEST_CASE("training keeps the epoch with the best held-out accuracy and stops af
   RouterTrainOptions o2 = o;
   o2.holdout_fraction = 0.0;
   o2.max_epochs = 3;
-  const RouterTrainReport rep2 = router.fit(xt, yt, o2);
+  const RouterTrainReport rep2 = train_router(router, xt, yt, o2);
   CHECK(rep2.epochs_run == 3);
   CHECK(rep2.best_epoch == 3);
   CHECK(std::isnan(rep2.heldout_accuracy[0]));
@@ -495,7 +504,7 @@ TEST_CASE("the same seed gives bit-identical weights and logits, on 1 thread and
     RouterTrainOptions oo = o;
     oo.seed = seed;
     Router r(cfg);
-    r.fit(data.x, data.y, oo);
+    train_router(r, data.x, data.y, oo);
     std::pair<StateDict, Tensor> out{r.to_state_dict(), r.logits(data.x)};
     set_num_threads(threads_before);
     return out;
@@ -515,7 +524,7 @@ TEST_CASE("inference: one embedding gives the [T] logits of its row in a batch; 
   RouterTrainOptions o;
   o.max_epochs = 2;
   o.batch_size = 16;
-  router.fit(data.x, data.y, o);
+  train_router(router, data.x, data.y, o);
   const Tensor all = router.logits(data.x);
   REQUIRE(all.rank() == 2);
   CHECK(all.dim(0) == 60);
@@ -526,7 +535,8 @@ TEST_CASE("inference: one embedding gives the [T] logits of its row in a batch; 
   for (std::int64_t i : {0, 17, 59}) {
     const std::vector<float> one = router.logits(std::span<const float>(xv.data() + i * 10, 10));
     REQUIRE(one.size() == 3);
-    for (std::size_t t = 0; t < 3; ++t) CHECK(one[t] == doctest::Approx(av[static_cast<std::size_t>(i * 3) + t]).epsilon(1e-5));
+    for (std::size_t t = 0; t < 3; ++t)
+      CHECK(one[t] == doctest::Approx(av[static_cast<std::size_t>(i * 3) + t]).epsilon(1e-5));
     const auto row = av.subspan(static_cast<std::size_t>(i * 3), 3);
     CHECK(pred[static_cast<std::size_t>(i)] == std::max_element(row.begin(), row.end()) - row.begin());
   }
@@ -541,7 +551,7 @@ TEST_CASE("diagnostics: the confusion matrix and per-task accuracy agree with th
   RouterTrainOptions o;
   o.max_epochs = 3;
   o.batch_size = 16;
-  router.fit(data.x, data.y, o);
+  train_router(router, data.x, data.y, o);
   const std::vector<std::int64_t> pred = router.predict(data.x);
   const RouterDiagnostics d = router.evaluate(data.x, data.y);
   std::vector<std::int64_t> conf(9, 0);
@@ -556,21 +566,24 @@ TEST_CASE("diagnostics: the confusion matrix and per-task accuracy agree with th
   CHECK(d.accuracy == doctest::Approx(static_cast<double>(correct) / 90.0));
   for (std::int64_t t = 0; t < 3; ++t) {
     CHECK(d.per_task_count[static_cast<std::size_t>(t)] == 30);
-    CHECK(d.per_task_accuracy[static_cast<std::size_t>(t)] == doctest::Approx(static_cast<double>(conf[static_cast<std::size_t>(t * 4)]) / 30.0));
+    CHECK(d.per_task_accuracy[static_cast<std::size_t>(t)] ==
+          doctest::Approx(static_cast<double>(conf[static_cast<std::size_t>(t * 4)]) / 30.0));
   }
   CHECK(d.to_string().find("accuracy") != std::string::npos);
 }
 
 TEST_CASE("save then load gives bit-identical tensors and logits; the file carries the architecture as metadata") {
   const Clusters data = make_clusters(61, 4, 20, 12, 6.0, 62);
-  Router router(RouterConfig{.input_dim = 12, .num_tasks = 4, .hidden = 20, .depth = 3, .dropout = 0.25, .slope = 0.05});
+  Router router(
+      RouterConfig{.input_dim = 12, .num_tasks = 4, .hidden = 20, .depth = 3, .dropout = 0.25, .slope = 0.05});
   RouterTrainOptions o;
   o.max_epochs = 2;
   o.batch_size = 16;
-  router.fit(data.x, data.y, o);
-  const auto path = std::filesystem::temp_directory_path() / ("twin_test_router_" + std::to_string(::getpid()) + ".safetensors");
-  router.save(path);
-  const Router back = Router::load(path);
+  train_router(router, data.x, data.y, o);
+  const auto path =
+      std::filesystem::temp_directory_path() / ("twin_test_router_" + std::to_string(::getpid()) + ".safetensors");
+  save_router(path, router);
+  const Router back = load_router(path);
   const LoadedCheckpoint ck = load_safetensors(path);
   std::filesystem::remove(path);
   CHECK(twin_test::same_bits(router.logits(data.x), back.logits(data.x)));
@@ -589,15 +602,48 @@ TEST_CASE("save then load gives bit-identical tensors and logits; the file carri
 
   // Embedding in another state dict under its own prefix.
   const StateDict sd = router.to_state_dict("model.router.");
-  const Router again = Router::from_state_dict(sd, router.metadata("model.router."), "model.router.");
+  const Router again = router_from_checkpoint(sd, router_metadata(router, "model.router."), "m.st", "model.router.");
   CHECK(twin_test::same_bits(router.logits(data.x), again.logits(data.x)));
-  // A missing tensor or a wrong shape is named.
+  // A missing tensor or a wrong shape is named: by the network as a typed
+  // error, and by the file format as an io_error naming the file too.
   StateDict broken = router.to_state_dict();
   broken.erase("router.norm1.running_mean");
-  check_throws<name_error>([&] { Router::from_state_dict(broken, router.metadata()); }, {"router.norm1.running_mean"});
+  check_throws<name_error>([&] { Router::from_state_dict(router.config(), broken); }, {"router.norm1.running_mean"});
+  check_throws<io_error>([&] { router_from_checkpoint(broken, router_metadata(router), "r.st"); },
+                         {"r.st", "router.norm1.running_mean"});
   StateDict wrong = router.to_state_dict();
   wrong.assign("router.layer1.bias", Tensor(dtype::f32, {7}));
-  check_throws<shape_error>([&] { Router::from_state_dict(wrong, router.metadata()); }, {"router.layer1.bias", "[20]", "[7]"});
+  check_throws<shape_error>([&] { Router::from_state_dict(router.config(), wrong); },
+                            {"router.layer1.bias", "[20]", "[7]"});
+  check_throws<io_error>([&] { router_from_checkpoint(wrong, router_metadata(router), "r.st"); },
+                         {"r.st", "router.layer1.bias", "[20]", "[7]"});
+}
+
+TEST_CASE("router metadata from a newer, corrupt or foreign writer is an io_error naming the file") {
+  const Router router(RouterConfig{.input_dim = 6, .num_tasks = 3, .hidden = 8, .depth = 1}, 5);
+  const StateDict sd = router.to_state_dict();
+  auto with = [&](const std::string& key, const std::string& value) {
+    Metadata m = router_metadata(router);
+    if (value.empty()) m.erase(key);
+    else m[key] = value;
+    return m;
+  };
+  // The model file's rule: newer versions ask for an upgrade, older ones load.
+  check_throws<io_error>([&] { router_from_checkpoint(sd, with("router.format_version", "2"), "r.st"); },
+                         {"r.st", "newer twin (format version 2)", "upgrade"});
+  check_throws<io_error>([&] { router_from_checkpoint(sd, with("router.format_version", "0"), "r.st"); }, {"r.st"});
+  check_throws<io_error>([&] { router_from_checkpoint(sd, with("router.format_version", "1x"), "r.st"); },
+                         {"r.st", "not a number"});
+  check_throws<io_error>([&] { router_from_checkpoint(sd, with("router.format", "other"), "r.st"); },
+                         {"r.st", "not a twin router"});
+  check_throws<io_error>([&] { router_from_checkpoint(sd, with("router.hidden", ""), "r.st"); },
+                         {"r.st", "router.hidden"});
+  check_throws<io_error>([&] { router_from_checkpoint(sd, with("router.dropout", "half"), "r.st"); },
+                         {"r.st", "router.dropout", "not a number"});
+  check_throws<io_error>([&] { router_from_checkpoint(sd, with("router.architecture", "transformer"), "r.st"); },
+                         {"r.st", "transformer"});
+  // A settings value the network refuses (dropout 1) is an io_error as well.
+  check_throws<io_error>([&] { router_from_checkpoint(sd, with("router.dropout", "1"), "r.st"); }, {"r.st", "dropout"});
 }
 
 TEST_CASE("bad input gives a typed error that says which: width, labels, empty set, NaN") {
@@ -608,24 +654,24 @@ TEST_CASE("bad input gives a typed error that says which: width, labels, empty s
   o.batch_size = 8;
 
   const Tensor narrow(dtype::f32, {30, 5});
-  check_throws<shape_error>([&] { router.fit(narrow, data.y, o); }, {"width 5", "d = 8"});
+  check_throws<shape_error>([&] { train_router(router, narrow, data.y, o); }, {"width 5", "d = 8"});
   check_throws<shape_error>([&] { router.logits(narrow); }, {"width 5", "d = 8"});
 
   std::vector<std::int64_t> bad = data.y;
   bad[7] = 3;
-  check_throws<argument_error>([&] { router.fit(data.x, bad, o); }, {"label 3", "index 7", "[0, 3)"});
+  check_throws<argument_error>([&] { train_router(router, data.x, bad, o); }, {"label 3", "index 7", "[0, 3)"});
   bad[7] = -1;
   check_throws<argument_error>([&] { router.evaluate(data.x, bad); }, {"label -1", "index 7"});
-  check_throws<shape_error>([&] { router.fit(data.x, std::span<const std::int64_t>(data.y).first(29), o); },
+  check_throws<shape_error>([&] { train_router(router, data.x, std::span<const std::int64_t>(data.y).first(29), o); },
                             {"29 labels", "30 embeddings"});
 
   const Tensor empty(dtype::f32, {0, 8});
-  check_throws<argument_error>([&] { router.fit(empty, std::span<const std::int64_t>(), o); }, {"empty"});
+  check_throws<argument_error>([&] { train_router(router, empty, std::span<const std::int64_t>(), o); }, {"empty"});
   check_throws<argument_error>([&] { router.evaluate(empty, std::span<const std::int64_t>()); }, {"empty"});
 
   Tensor nan = data.x.clone();
   nan.values<float>()[4 * 8 + 6] = std::nanf("");
-  check_throws<numeric_error>([&] { router.fit(nan, data.y, o); }, {"NaN", "embedding 4", "feature 6"});
+  check_throws<numeric_error>([&] { train_router(router, nan, data.y, o); }, {"NaN", "embedding 4", "feature 6"});
   check_throws<numeric_error>([&] { router.logits(nan); }, {"NaN", "embedding 4"});
   nan.values<float>()[4 * 8 + 6] = INFINITY;
   check_throws<numeric_error>([&] { router.predict(nan); }, {"infinite"});
@@ -633,10 +679,11 @@ TEST_CASE("bad input gives a typed error that says which: width, labels, empty s
   const Tensor ints(dtype::i32, {30, 8});
   check_throws<dtype_error>([&] { router.logits(ints); }, {"I32"});
   check_throws<argument_error>([&] { Router(RouterConfig{.input_dim = 0, .num_tasks = 3}); }, {"input_dim"});
-  check_throws<argument_error>([&] { Router(RouterConfig{.input_dim = 4, .num_tasks = 3, .dropout = 1.0}); }, {"dropout"});
+  check_throws<argument_error>([&] { Router(RouterConfig{.input_dim = 4, .num_tasks = 3, .dropout = 1.0}); },
+                               {"dropout"});
   RouterTrainOptions ob = o;
   ob.batch_size = 1;
-  check_throws<argument_error>([&] { router.fit(data.x, data.y, ob); }, {"batch_size"});
+  check_throws<argument_error>([&] { train_router(router, data.x, data.y, ob); }, {"batch_size"});
 }
 
 TEST_CASE("labels_from reads integer label tensors and refuses float ones") {

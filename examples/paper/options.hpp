@@ -1,0 +1,165 @@
+// Command line of paper_tables: the run's sizes (set by --quick / --smoke),
+// the merged tasks, and where data, checkpoints and results live. Everything
+// that changes a number of the tables is in Config, so one Config is one run.
+#pragma once
+
+#include <algorithm>
+#include <cctype>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "common/fashion_mnist.hpp"
+#include "paper/mlp.hpp"
+#include "paper/tasks.hpp"
+#include "paper/twin_eval.hpp"
+#include "twin/twin.hpp"
+
+namespace paper {
+
+namespace fs = std::filesystem;
+
+struct Config {
+  std::uint64_t seed = 0;
+  std::vector<std::size_t> tasks;  // indices into kMainTasks
+  std::int64_t rank = 16;
+  std::string mode = "default";
+  fs::path out = "results", data = examples::default_fashion_mnist_dir(), cache;
+  int threads = 0;
+  // sizes (set by the mode)
+  std::int64_t hidden = 256, pretrain_images = 55000, train_per_task = 10000, router_per_task = 1000,
+               test_per_task = 10000, sweep_test_per_task = 2000, group_batch = 512;
+  int pretrain_epochs = 2;
+  TrainRecipe recipe{3, 128, 1e-3};
+  RouterSettings router{20, 4, 0, 256, 256};
+  double sparse_density = 0.1;
+  std::vector<double> lambdas{0.1, 0.2, 0.3, 0.5, 0.7, 1.0};
+  std::vector<std::int64_t> rank_sweep{1, 2, 4, 8, 16, 32, 64};
+  std::vector<double> density_sweep{0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0};
+  std::vector<std::size_t> count_sweep{2, 4, 6, 8};
+  std::int64_t timing_inputs = 256;
+};
+
+inline void set_mode(Config& c, const std::string& m) {
+  c.mode = m;
+  if (m == "quick") {
+    c.pretrain_images = 20000, c.pretrain_epochs = 1, c.train_per_task = 4000, c.router_per_task = 500,
+    c.test_per_task = 2000, c.sweep_test_per_task = 2000;
+    c.recipe.epochs = 2;
+    c.router = {12, 3, 0, 256, 256};
+    c.lambdas = {0.1, 0.3, 0.5, 1.0};
+    c.rank_sweep = {1, 4, 16, 64};
+    c.density_sweep = {0.0, 0.05, 0.2, 1.0};
+    c.count_sweep = {2, 4, 8};
+    c.timing_inputs = 128;
+  } else if (m == "smoke") {
+    c.hidden = 128, c.pretrain_images = 6000, c.pretrain_epochs = 1, c.train_per_task = 1500, c.router_per_task = 200,
+    c.test_per_task = 400, c.sweep_test_per_task = 400, c.group_batch = 256;
+    c.recipe.epochs = 2;
+    c.router = {8, 2, 0, 128, 256};
+    c.lambdas = {0.3, 1.0};
+    c.rank_sweep = {2, 16};
+    c.density_sweep = {0.0, 0.1, 1.0};
+    c.count_sweep = {2, 8};
+    c.timing_inputs = 32;
+  }
+}
+
+inline void print_help() {
+  std::printf(
+      "usage: paper_tables [--quick|--smoke] [--seed S] [--tasks LIST|N] [--rank R] [--out DIR]\n"
+      "                    [--data DIR] [--cache DIR] [--threads N]\n"
+      "Reproduces Twin-Merging's tables (2, 4, 5, 7) and figures (3, 4) on Fashion-MNIST views.\n"
+      "  --quick        smaller data and sweeps (< 3 min); --smoke: smallest, for the ctest smoke test\n"
+      "  --seed S       seed of data sampling, initialization, training order, router (default 0)\n"
+      "  --tasks LIST   comma-separated task names, or a count N (the first N); default all 8:\n");
+  for (const auto& t : kMainTasks) std::printf("                   %-10s %s\n", t.name, t.what);
+  std::printf("                 held out for Table 5: ");
+  for (const auto& t : kHeldOutTasks) std::printf("%s ", t.name);
+  std::printf(
+      "\n  --rank R       SVD rank of Twin-Merging's exclusive knowledge (default 16)\n"
+      "  --out DIR      where tables.md, summary.json and the SVG figures go (default ./results)\n"
+      "  --data DIR     Fashion-MNIST directory (default /usr/share/datasets/fashion-mnist)\n"
+      "  --cache DIR    checkpoint cache (default: paper_cache next to this program)\n"
+      "  --threads N    threads of the parallel loops (default: all cores; results do not depend on it)\n");
+}
+
+// --tasks: a count takes the first N views, so that runs with fewer tasks
+// stay comparable to the full one.
+inline std::vector<std::size_t> parse_tasks(const std::string& arg) {
+  std::vector<std::size_t> tasks;
+  if (arg.empty()) {
+    for (std::size_t t = 0; t < kMainTasks.size(); ++t) tasks.push_back(t);
+  } else if (std::all_of(arg.begin(), arg.end(), ::isdigit)) {
+    const auto n = std::stoul(arg);
+    if (n < 2 || n > kMainTasks.size()) throw twin::argument_error("--tasks N: N must be in 2..8");
+    for (std::size_t t = 0; t < n; ++t) tasks.push_back(t);
+  } else {
+    std::stringstream ss(arg);
+    std::string name;
+    while (std::getline(ss, name, ',')) {
+      auto it = std::find_if(kMainTasks.begin(), kMainTasks.end(), [&](const TaskSpec& s) { return name == s.name; });
+      if (it == kMainTasks.end()) throw twin::argument_error("--tasks: unknown task '" + name + "' (see --help)");
+      tasks.push_back(static_cast<std::size_t>(it - kMainTasks.begin()));
+    }
+    if (tasks.size() < 2) throw twin::argument_error("--tasks: give at least 2 tasks");
+  }
+  return tasks;
+}
+
+// The run's Config, or nothing after --help. Sets the thread count right
+// away, since it holds for every parallel loop that follows.
+inline std::optional<Config> parse_options(int argc, char** argv) {
+  Config cfg;
+  std::string tasks_arg;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) throw twin::argument_error(a + " needs a value");
+      return argv[++i];
+    };
+    auto number = [&](auto parse) {
+      const std::string v = next();
+      try {
+        std::size_t pos = 0;
+        const auto x = parse(v, &pos);
+        if (pos == v.size()) return x;
+      } catch (const std::exception&) {
+      }
+      throw twin::argument_error(a + ": '" + v + "' is not a number");
+    };
+    auto as_u64 = [](const std::string& v, std::size_t* p) { return std::stoull(v, p); };
+    auto as_i64 = [](const std::string& v, std::size_t* p) { return std::stoll(v, p); };
+    if (a == "--quick") set_mode(cfg, "quick");
+    else if (a == "--smoke") set_mode(cfg, "smoke");
+    else if (a == "--seed") cfg.seed = number(as_u64);
+    else if (a == "--tasks") tasks_arg = next();
+    else if (a == "--rank") cfg.rank = number(as_i64);
+    else if (a == "--out") cfg.out = next();
+    else if (a == "--data") cfg.data = next();
+    else if (a == "--cache") cfg.cache = next();
+    else if (a == "--threads") cfg.threads = static_cast<int>(number(as_i64));
+    else if (a == "--help" || a == "-h") {
+      print_help();
+      return std::nullopt;
+    } else {
+      throw twin::argument_error("unknown option " + a + " (see --help)");
+    }
+  }
+  if (cfg.threads > 0) twin::set_num_threads(cfg.threads);
+  if (cfg.rank < 1) throw twin::argument_error("--rank must be at least 1");
+  cfg.tasks = parse_tasks(tasks_arg);
+  if (cfg.cache.empty()) {
+    std::error_code ec;
+    const fs::path exe = fs::canonical("/proc/self/exe", ec);
+    cfg.cache = (ec ? fs::current_path() : exe.parent_path()) / "paper_cache";
+  }
+  return cfg;
+}
+
+}  // namespace paper

@@ -1,0 +1,134 @@
+// TensorView: the non-owning view every algorithm takes (pointer, dtype,
+// shape, strides in elements, device). Views are cheap to copy and never own
+// or allocate.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <span>
+#include <string>
+#include <type_traits>
+
+#include "twin/dtype.hpp"
+#include "twin/error.hpp"
+#include "twin/shape.hpp"
+
+namespace twin {
+
+// Non-owning view. V is `void` (writable) or `const void` (read-only).
+template <class V>
+class BasicTensorView {
+  static_assert(std::is_same_v<std::remove_const_t<V>, void>);
+
+ public:
+  using pointer = V*;
+
+  BasicTensorView() = default;
+
+  BasicTensorView(V* data, twin::dtype type, std::span<const std::int64_t> shape,
+                  std::span<const std::int64_t> strides = {}, twin::device where = {})
+      : data_(data), dtype_(type), shape_(shape), device_(where) {
+    numel_ = checked_numel(shape);
+    if (strides.empty()) {
+      strides_ = row_major_strides(shape);
+    } else {
+      if (strides.size() != shape.size())
+        throw shape_error("strides " + shape_string(strides) + " do not match the rank of shape " +
+                          shape_string(shape));
+      strides_.assign(strides);
+    }
+    if (data_ == nullptr && numel_ > 0) throw error("tensor view of shape " + shape_string(shape) + " has no data");
+  }
+
+  BasicTensorView(V* data, twin::dtype type, std::initializer_list<std::int64_t> shape)
+      : BasicTensorView(data, type, std::span<const std::int64_t>(shape.begin(), shape.size())) {}
+
+  // A writable view converts to a read-only one, never the other way.
+  template <class W>
+    requires(std::is_const_v<V> && !std::is_const_v<W>)
+  BasicTensorView(const BasicTensorView<W>& o)
+      : data_(o.data()), dtype_(o.dtype()), shape_(o.extents()), strides_(o.stride_extents()), device_(o.device()),
+        numel_(o.numel()) {}
+
+  V* data() const noexcept { return data_; }
+  twin::dtype dtype() const noexcept { return dtype_; }
+  twin::device device() const noexcept { return device_; }
+  int rank() const noexcept { return shape_.size(); }
+  std::span<const std::int64_t> shape() const noexcept { return shape_.span(); }
+  std::span<const std::int64_t> strides() const noexcept { return strides_.span(); }
+  const Extents& extents() const noexcept { return shape_; }
+  const Extents& stride_extents() const noexcept { return strides_; }
+  std::int64_t dim(int i) const noexcept { return shape_[i]; }
+  std::int64_t stride(int i) const noexcept { return strides_[i]; }
+  std::int64_t numel() const noexcept { return numel_; }
+  std::size_t element_size() const noexcept { return dtype_size(dtype_); }
+  std::string shape_str() const { return shape_string(shape()); }
+
+  // Row-major contiguous (extents of 1 may carry any stride).
+  bool is_contiguous() const noexcept {
+    std::int64_t acc = 1;
+    for (int i = rank() - 1; i >= 0; --i) {
+      if (shape_[i] != 1 && strides_[i] != acc) return false;
+      acc *= shape_[i];
+    }
+    return true;
+  }
+
+  // Byte offset of the element with row-major linear index `linear`.
+  std::int64_t offset_of(std::int64_t linear) const noexcept {
+    std::int64_t off = 0;
+    for (int i = rank() - 1; i >= 0; --i) {
+      const std::int64_t e = shape_[i];
+      off += (linear % e) * strides_[i];
+      linear /= e;
+    }
+    return off * static_cast<std::int64_t>(element_size());
+  }
+
+  // Sub-range [start, start+length) along dimension d (a view, no copy).
+  BasicTensorView narrow(int d, std::int64_t start, std::int64_t length) const {
+    if (d < 0 || d >= rank() || start < 0 || length < 0 || start + length > shape_[d])
+      throw shape_error("narrow(" + std::to_string(d) + ", " + std::to_string(start) + ", " + std::to_string(length) +
+                        ") is out of range for shape " + shape_str());
+    BasicTensorView v = *this;
+    v.shape_[d] = length;
+    v.numel_ = checked_numel(v.shape());
+    using byte_t = std::conditional_t<std::is_const_v<V>, const std::byte, std::byte>;
+    v.data_ = static_cast<byte_t*>(data_) + start * strides_[d] * static_cast<std::int64_t>(element_size());
+    return v;
+  }
+
+  // Same elements under another row-major shape; needs a contiguous view.
+  BasicTensorView reshaped(std::span<const std::int64_t> shape) const {
+    if (!is_contiguous()) throw shape_error("cannot reshape a non-contiguous view of shape " + shape_str());
+    if (checked_numel(shape) != numel_)
+      throw shape_error("cannot reshape " + shape_str() + " to " + shape_string(shape));
+    return BasicTensorView(data_, dtype_, shape, {}, device_);
+  }
+
+  // The matrix twin works on: rank 2 as is, rank > 2 as [d0, d1*...*dk]
+  // (conv kernels [out, in, kh, kw] -> [out, in*kh*kw]); needs contiguous
+  // trailing dims when rank > 2.
+  BasicTensorView as_matrix() const {
+    if (rank() == 2) return *this;
+    if (rank() < 2) throw shape_error("tensor of shape " + shape_str() + " is not a matrix");
+    const std::int64_t rows = shape_[0];
+    const std::int64_t cols = rows == 0 ? 0 : numel_ / rows;
+    const std::int64_t s[2] = {rows, cols};
+    return reshaped(s);
+  }
+
+ private:
+  V* data_ = nullptr;
+  twin::dtype dtype_ = twin::dtype::f32;
+  Extents shape_;
+  Extents strides_;
+  twin::device device_{};
+  std::int64_t numel_ = 0;
+};
+
+using TensorView = BasicTensorView<void>;
+using ConstTensorView = BasicTensorView<const void>;
+
+}  // namespace twin
