@@ -26,16 +26,16 @@ inline std::vector<Claim> paper_vs_ours(const Context& cx, const Table2& t2, con
                                         const Figures& fig) {
   const Headline h = headline(cx, t2);
   std::vector<Claim> claims;
-  claims.push_back({"Twin-Merging closes most of the gap to the individual experts: +28.34 points of absolute normalized "
-                    "score on average on the discriminative tasks (abstract; RoBERTa/GLUE, Table 2), Task Arithmetic the "
-                    "usual reference",
-                    "Twin-Merging (SVD) " + fmt(h.tw_avg) + " vs Task Arithmetic " + fmt(h.ta_avg) + " (" +
-                        (h.tw_avg >= h.ta_avg ? "+" : "") + fmt(h.tw_avg - h.ta_avg) + " points); sparsified " +
-                        fmt(h.tws_avg),
-                    h.tw_avg - h.ta_avg >= 10.0});
+  claims.push_back(
+      {"Twin-Merging closes most of the gap to the individual experts: +28.34 points of absolute normalized "
+       "score on average on the discriminative tasks (abstract; RoBERTa/GLUE, Table 2), Task Arithmetic the "
+       "usual reference",
+       "Twin-Merging (SVD) " + fmt(h.tw_avg) + " vs Task Arithmetic " + fmt(h.ta_avg) + " (" +
+           (h.tw_avg >= h.ta_avg ? "+" : "") + fmt(h.tw_avg - h.ta_avg) + " points); sparsified " + fmt(h.tws_avg),
+       h.tw_avg - h.ta_avg >= 10.0});
   claims.push_back({"Twin-Merging beats every static merge and approaches MTL / the experts",
-                    "best static merge " + fmt(h.best_static) + ", MTL " + fmt(t2.mtl.avg_normalized()) + ", Twin-Merging " +
-                        fmt(std::max(h.tw_avg, h.tws_avg)),
+                    "best static merge " + fmt(h.best_static) + ", MTL " + fmt(t2.mtl.avg_normalized()) +
+                        ", Twin-Merging " + fmt(std::max(h.tw_avg, h.tws_avg)),
                     std::max(h.tw_avg, h.tws_avg) > h.best_static});
   const std::vector<MethodRow>& table4 = t4.rows;
   bool all_improve = true;
@@ -68,12 +68,13 @@ inline std::vector<Claim> paper_vs_ours(const Context& cx, const Table2& t2, con
                         fmt(f3s.x.back(), 2) + " → " + fmt(f3s.y.back(), 1),
                     more_knowledge_helps});
   const Series &s_ta_n = fig.tasks_ta(), &s_tw_n = fig.tasks_twin();
-  const bool gap_grows =
-      s_ta_n.y.size() >= 2 && (s_tw_n.y.back() - s_ta_n.y.back()) > (s_tw_n.y.front() - s_ta_n.y.front());
+  const bool gap_grows = s_ta_n.y.size() >= 2 &&
+                         (s_tw_n.y.back() - s_ta_n.y.back()) > (s_tw_n.y.front() - s_ta_n.y.front());
   claims.push_back({"Static merging degrades as tasks are added while Twin-Merging holds up (Figure 4)",
-                    s_ta_n.y.empty() ? std::string("-")
-                                     : "Task Arithmetic " + fmt(s_ta_n.y.front(), 1) + " → " + fmt(s_ta_n.y.back(), 1) +
-                                           ", Twin-Merging " + fmt(s_tw_n.y.front(), 1) + " → " + fmt(s_tw_n.y.back(), 1),
+                    s_ta_n.y.empty()
+                        ? std::string("-")
+                        : "Task Arithmetic " + fmt(s_ta_n.y.front(), 1) + " → " + fmt(s_ta_n.y.back(), 1) +
+                              ", Twin-Merging " + fmt(s_tw_n.y.front(), 1) + " → " + fmt(s_tw_n.y.back(), 1),
                     gap_grows});
   return claims;
 }

@@ -144,7 +144,7 @@ struct Context {
 
   // data
   examples::ImageSet train_images, test_images;
-  std::int64_t pool = 0;  // training images [0, pool) train; the tail is validation
+  std::int64_t pool = 0;       // training images [0, pool) train; the tail is validation
   std::size_t test_items = 0;  // per task
   std::vector<TaskSets> sets, held_sets;
   std::vector<TaskData> test_sets;  // sets[t].test, as Eval takes them

@@ -52,8 +52,11 @@ inline Figures figures(const Context& cx) {
 
   // ---- Figure 3: score vs share of exclusive knowledge kept -----------------------------------
   fig.share = {"Figure 3 analog: score vs share of exclusive knowledge kept (sparsified)",
-               "share of each exclusive task vector kept (magnitude top-k density)", "avg. normalized score",
-               "storage / individual experts", false, {}};
+               "share of each exclusive task vector kept (magnitude top-k density)",
+               "avg. normalized score",
+               "storage / individual experts",
+               false,
+               {}};
   Series f3s{"Twin-Merging (sparsified)", {}, {}, false}, f3b{"storage (right axis)", {}, {}, true};
   for (double d : cfg.density_sweep) {
     twin::MagnitudeSparsifier sp;
@@ -61,17 +64,23 @@ inline Figures figures(const Context& cx) {
     const twin::TwinModel tm =
         twin::TwinModel::build(m.base, std::span<const twin::StateDict>(cx.experts), *m.ta_merger, sp, m.build_options);
     const twin::DynamicFuser f(tm);
-    const MethodRow r = sev.twin_row("", f, m.router, m.shared_ta, static_cast<double>(tm.storage().total()) + m.router_storage);
+    const MethodRow r =
+        sev.twin_row("", f, m.router, m.shared_ta, static_cast<double>(tm.storage().total()) + m.router_storage);
     f3s.x.push_back(d), f3s.y.push_back(r.avg_normalized());
     f3b.x.push_back(d), f3b.y.push_back(r.storage_bytes / cx.experts_bytes);
-    fig.share_json.push_back({{"density", d}, {"avg_normalized", r.avg_normalized()}, {"storage_bytes", r.storage_bytes}});
+    fig.share_json.push_back(
+        {{"density", d}, {"avg_normalized", r.avg_normalized()}, {"storage_bytes", r.storage_bytes}});
   }
   fig.share.series = {f3s, f3b};
   progress("  Figure 3 sweep done [%.1fs]\n", cx.seconds());
 
   // ---- Figure 4: score & storage vs number of tasks, vs rank --------------------------------
-  fig.tasks = {"Figure 4 analog (a): score vs number of merged tasks", "number of tasks", "avg. normalized score",
-               "storage / individual experts", false, {}};
+  fig.tasks = {"Figure 4 analog (a): score vs number of merged tasks",
+               "number of tasks",
+               "avg. normalized score",
+               "storage / individual experts",
+               false,
+               {}};
   Series s_ta_n{"Task Arithmetic", {}, {}, false}, s_tw_n{"Twin-Merging (SVD)", {}, {}, false},
       s_st_n{"Twin-Merging storage (right axis)", {}, {}, true};
   for (std::size_t k : cfg.count_sweep) {
@@ -98,23 +107,31 @@ inline Figures figures(const Context& cx) {
     s_ta_n.x.push_back(static_cast<double>(k)), s_ta_n.y.push_back(ta_r.avg_normalized());
     s_tw_n.x.push_back(static_cast<double>(k)), s_tw_n.y.push_back(tw_r.avg_normalized());
     s_st_n.x.push_back(static_cast<double>(k)), s_st_n.y.push_back(bytes / ref);
-    fig.tasks_json.push_back({{"tasks", k}, {"task_arithmetic_avg_normalized", ta_r.avg_normalized()},
-                              {"twin_avg_normalized", tw_r.avg_normalized()}, {"twin_storage_bytes", bytes},
+    fig.tasks_json.push_back({{"tasks", k},
+                              {"task_arithmetic_avg_normalized", ta_r.avg_normalized()},
+                              {"twin_avg_normalized", tw_r.avg_normalized()},
+                              {"twin_storage_bytes", bytes},
                               {"experts_storage_bytes", ref}});
   }
   fig.tasks.series = {s_ta_n, s_tw_n, s_st_n};
-  fig.rank = {"Figure 4 analog (b): score and storage vs SVD rank", "rank r of each exclusive matrix (log scale)",
-              "avg. normalized score", "storage / individual experts", true, {}};
+  fig.rank = {"Figure 4 analog (b): score and storage vs SVD rank",
+              "rank r of each exclusive matrix (log scale)",
+              "avg. normalized score",
+              "storage / individual experts",
+              true,
+              {}};
   Series s_rank{"Twin-Merging (SVD)", {}, {}, false}, s_rank_b{"storage (right axis)", {}, {}, true};
   for (std::int64_t r : cfg.rank_sweep) {
-    const twin::TwinModel tm = twin::TwinModel::build(m.base, std::span<const twin::StateDict>(cx.experts), *m.ta_merger,
-                                                      twin::SvdCompressor::with_rank(r), m.build_options);
+    const twin::TwinModel tm = twin::TwinModel::build(m.base, std::span<const twin::StateDict>(cx.experts),
+                                                      *m.ta_merger, twin::SvdCompressor::with_rank(r), m.build_options);
     const twin::DynamicFuser f(tm);
     const double bytes = static_cast<double>(tm.storage().total()) + m.router_storage;
     const MethodRow tr = sev.twin_row("", f, m.router, m.shared_ta, bytes);
     s_rank.x.push_back(static_cast<double>(r)), s_rank.y.push_back(tr.avg_normalized());
     s_rank_b.x.push_back(static_cast<double>(r)), s_rank_b.y.push_back(bytes / cx.experts_bytes);
-    fig.rank_json.push_back({{"rank", r}, {"avg_normalized", tr.avg_normalized()}, {"storage_bytes", bytes},
+    fig.rank_json.push_back({{"rank", r},
+                             {"avg_normalized", tr.avg_normalized()},
+                             {"storage_bytes", bytes},
                              {"relative_error", tm.relative_error()}});
   }
   fig.rank.series = {s_rank, s_rank_b};

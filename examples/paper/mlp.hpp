@@ -72,7 +72,8 @@ inline double head_accuracy(const Matrix& h, const Layer& head, std::span<const 
 // --- state dicts -------------------------------------------------------------
 
 inline twin::Tensor to_tensor(const Matrix& m, bool vector) {
-  std::vector<std::int64_t> shape = vector ? std::vector<std::int64_t>{m.size()} : std::vector<std::int64_t>{m.rows(), m.cols()};
+  std::vector<std::int64_t> shape = vector ? std::vector<std::int64_t>{m.size()}
+                                           : std::vector<std::int64_t>{m.rows(), m.cols()};
   return twin::Tensor::from_f32(std::span<const float>(m.data(), static_cast<std::size_t>(m.size())), shape);
 }
 inline Matrix from_tensor(const twin::Tensor& t, Eigen::Index rows, Eigen::Index cols) {
@@ -118,7 +119,8 @@ struct Net {
   std::vector<nn::Linear<float>> heads;
   nn::LeakyReLU<float> act{0.01f};
 
-  Net(std::int64_t hidden, std::size_t num_heads, std::int64_t head_out = kClasses) : l0(kPixels, hidden), l1(hidden, hidden) {
+  Net(std::int64_t hidden, std::size_t num_heads, std::int64_t head_out = kClasses)
+      : l0(kPixels, hidden), l1(hidden, hidden) {
     for (std::size_t t = 0; t < num_heads; ++t) heads.emplace_back(hidden, head_out);
   }
   void load_body(const Body& b) {
@@ -226,7 +228,8 @@ inline Trained finetune(const Body& start, const std::vector<const TaskData*>& t
   std::vector<std::int64_t> pos(T, 0);
   std::vector<int> epoch(T, 0);
   std::int64_t steps_per_task = 0;
-  for (const TaskData* d : tasks) steps_per_task = std::max(steps_per_task, (d->size() + r.batch - 1) / r.batch * r.epochs);
+  for (const TaskData* d : tasks)
+    steps_per_task = std::max(steps_per_task, (d->size() + r.batch - 1) / r.batch * r.epochs);
   for (std::size_t t = 0; t < T; ++t) orders[t] = shuffled(tasks[t]->size(), twin::random_key(key, "order", t), 0);
   Matrix xb, z0, a0, z1, a1, logits, dl, da, dz;
   std::vector<std::int64_t> yb;
@@ -244,7 +247,8 @@ inline Trained finetune(const Body& start, const std::vector<const TaskData*>& t
     }
     gather_rows(d.x, orders[t], pos[t], B, xb);
     yb.resize(static_cast<std::size_t>(B));
-    for (std::int64_t i = 0; i < B; ++i) yb[static_cast<std::size_t>(i)] = d.y[static_cast<std::size_t>(orders[t][static_cast<std::size_t>(pos[t] + i)])];
+    for (std::int64_t i = 0; i < B; ++i)
+      yb[static_cast<std::size_t>(i)] = d.y[static_cast<std::size_t>(orders[t][static_cast<std::size_t>(pos[t] + i)])];
     pos[t] += B;
     net.l0.forward(xb, z0);
     net.act.forward(z0, a0);

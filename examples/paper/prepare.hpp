@@ -40,10 +40,11 @@ inline void prepare_data(Context& cx) {
     const View v = task_view(k, held);
     const std::uint64_t id = task_key(k, held);
     TaskSets s;
-    s.train = make_task_data(cx.train_images,
-                             sample_indices(0, cx.pool, cfg.train_per_task, twin::random_key(cfg.seed, "train", id)), v);
+    s.train = make_task_data(
+        cx.train_images, sample_indices(0, cx.pool, cfg.train_per_task, twin::random_key(cfg.seed, "train", id)), v);
     s.val = make_task_data(cx.train_images,
-                           sample_indices(cx.pool, n_train, cfg.router_per_task, twin::random_key(cfg.seed, "val", id)), v);
+                           sample_indices(cx.pool, n_train, cfg.router_per_task, twin::random_key(cfg.seed, "val", id)),
+                           v);
     s.test = make_task_data(cx.test_images, test_idx, v);
     return s;
   };
@@ -55,14 +56,16 @@ inline void prepare_data(Context& cx) {
   for (std::size_t t = 0; t < cx.T; ++t)
     for (std::int64_t i = 0; i < cx.test_sets[t].size(); ++i) cx.stream.emplace_back(t, i);
   {
-    const auto order = shuffled(static_cast<std::int64_t>(cx.stream.size()), twin::random_key(cfg.seed, "stream", 0), 0);
+    const auto order =
+        shuffled(static_cast<std::int64_t>(cx.stream.size()), twin::random_key(cfg.seed, "stream", 0), 0);
     std::vector<StreamItem> s2;
     for (auto o : order) s2.push_back(cx.stream[static_cast<std::size_t>(o)]);
     cx.stream.swap(s2);
   }
-  progress("  data: %lld training images per task, %lld validation (router) items per task, %zu test items per task [%.1fs]\n",
-           static_cast<long long>(cfg.train_per_task), static_cast<long long>(cfg.router_per_task), cx.test_items,
-           cx.seconds());
+  progress(
+      "  data: %lld training images per task, %lld validation (router) items per task, %zu test items per task [%.1fs]\n",
+      static_cast<long long>(cfg.train_per_task), static_cast<long long>(cfg.router_per_task), cx.test_items,
+      cx.seconds());
 }
 
 // The cache key holds every size the checkpoint depends on, so a changed
@@ -108,8 +111,9 @@ inline void prepare_checkpoints(Context& cx) {
   int trained = 0;
   auto expert_for = [&](std::size_t k, bool held, const TaskData& data) {
     const std::string name = held ? kHeldOutTasks[k].name : kMainTasks[k].name;
-    const fs::path p = cfg.cache / ("expert-" + name + "-" +
-                                    hex(twin::random_key(cfg.seed, "ft:" + ft_key, task_key(k, held))) + ".safetensors");
+    const fs::path p =
+        cfg.cache /
+        ("expert-" + name + "-" + hex(twin::random_key(cfg.seed, "ft:" + ft_key, task_key(k, held))) + ".safetensors");
     if (fs::exists(p)) return twin::load_safetensors(p).tensors;
     const Trained tr = finetune(cx.pre, {&data}, cfg.recipe, twin::random_key(cfg.seed, "expert", task_key(k, held)),
                                 {twin::random_key(cfg.seed, "head", task_key(k, held))});

@@ -24,10 +24,8 @@ inline std::string fmt(double v, int prec = 2) {
 
 inline std::string fmt_bytes(double b) {
   char s[64];
-  if (b >= 1e6)
-    std::snprintf(s, sizeof s, "%.2f MB", b / 1e6);
-  else
-    std::snprintf(s, sizeof s, "%.1f kB", b / 1e3);
+  if (b >= 1e6) std::snprintf(s, sizeof s, "%.2f MB", b / 1e6);
+  else std::snprintf(s, sizeof s, "%.1f kB", b / 1e3);
   return s;
 }
 
@@ -53,10 +51,8 @@ struct MethodRow {
     nlohmann::json per = nlohmann::json::object();
     for (std::size_t t = 0; t < tasks.size() && t < accuracy.size(); ++t)
       per[tasks[t]] = {{"accuracy", accuracy[t]}, {"normalized", normalized[t]}};
-    nlohmann::json j = {{"method", name},
-                        {"per_task", per},
-                        {"avg_accuracy", avg_accuracy()},
-                        {"avg_normalized", avg_normalized()}};
+    nlohmann::json j = {
+        {"method", name}, {"per_task", per}, {"avg_accuracy", avg_accuracy()}, {"avg_normalized", avg_normalized()}};
     j["storage_bytes"] = std::isnan(storage_bytes) ? nlohmann::json(nullptr) : nlohmann::json(storage_bytes);
     if (!note.empty()) j["note"] = note;
     return j;
@@ -120,10 +116,8 @@ inline std::string render_svg(const Chart& c) {
     for (std::size_t i = 0; i < s.x.size(); ++i) {
       if (std::isnan(s.y[i])) continue;
       x0 = std::min(x0, tx(s.x[i])), x1 = std::max(x1, tx(s.x[i]));
-      if (s.right_axis)
-        z0 = std::min(z0, s.y[i]), z1 = std::max(z1, s.y[i]);
-      else
-        y0 = std::min(y0, s.y[i]), y1 = std::max(y1, s.y[i]);
+      if (s.right_axis) z0 = std::min(z0, s.y[i]), z1 = std::max(z1, s.y[i]);
+      else y0 = std::min(y0, s.y[i]), y1 = std::max(y1, s.y[i]);
     }
   if (!(x1 > x0)) x1 = x0 + 1;
   auto pad = [](double& lo, double& hi) {
@@ -142,8 +136,10 @@ inline std::string render_svg(const Chart& c) {
   std::ostringstream s;
   s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
     << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  s << "<text x=\"" << W / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" << svg_escape(c.title) << "</text>\n";
-  s << "<line x1=\"" << L << "\" y1=\"" << H - B << "\" x2=\"" << W - R << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n";
+  s << "<text x=\"" << W / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" << svg_escape(c.title)
+    << "</text>\n";
+  s << "<line x1=\"" << L << "\" y1=\"" << H - B << "\" x2=\"" << W - R << "\" y2=\"" << H - B
+    << "\" stroke=\"black\"/>\n";
   s << "<line x1=\"" << L << "\" y1=\"" << Tp << "\" x2=\"" << L << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n";
   for (int k = 0; k <= 5; ++k) {
     const double yv = y0 + (y1 - y0) * k / 5.0, yp = py(yv, false);
@@ -152,7 +148,8 @@ inline std::string render_svg(const Chart& c) {
       << "</text>\n";
     if (!c.y2label.empty()) {
       const double zv = z0 + (z1 - z0) * k / 5.0;
-      s << "<text x=\"" << W - R + 6 << "\" y=\"" << py(zv, true) + 4 << "\">" << fmt(zv, zv < 10 ? 2 : 0) << "</text>\n";
+      s << "<text x=\"" << W - R + 6 << "\" y=\"" << py(zv, true) + 4 << "\">" << fmt(zv, zv < 10 ? 2 : 0)
+        << "</text>\n";
     }
   }
   // x ticks at the data points of the first series
@@ -183,9 +180,9 @@ inline std::string render_svg(const Chart& c) {
         s << "<circle cx=\"" << px(sr.x[i]) << "\" cy=\"" << py(sr.y[i], sr.right_axis) << "\" r=\"3\" fill=\"" << col
           << "\"/>\n";
     const double ly = Tp + 8 + 16.0 * static_cast<double>(k);
-    s << "<line x1=\"" << L + 10 << "\" y1=\"" << ly << "\" x2=\"" << L + 34 << "\" y2=\"" << ly << "\" stroke=\"" << col
-      << "\" stroke-width=\"2\"" << (sr.right_axis ? " stroke-dasharray=\"6,4\"" : "") << "/><text x=\"" << L + 40
-      << "\" y=\"" << ly + 4 << "\">" << svg_escape(sr.label) << "</text>\n";
+    s << "<line x1=\"" << L + 10 << "\" y1=\"" << ly << "\" x2=\"" << L + 34 << "\" y2=\"" << ly << "\" stroke=\""
+      << col << "\" stroke-width=\"2\"" << (sr.right_axis ? " stroke-dasharray=\"6,4\"" : "") << "/><text x=\""
+      << L + 40 << "\" y=\"" << ly + 4 << "\">" << svg_escape(sr.label) << "</text>\n";
   }
   s << "</svg>\n";
   return s.str();

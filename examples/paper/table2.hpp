@@ -103,7 +103,10 @@ inline MethodRow groupwise_row(const Context& cx, const MethodRow& per_input, Gr
   gw.seconds = seconds_since(t0);
   MethodRow r{"Twin-Merging group-wise (SVD, batch " + std::to_string(cfg.group_batch) + ", ≤" +
                   std::to_string(gw.max_groups) + " groups)",
-              {}, {}, per_input.storage_bytes, {}};
+              {},
+              {},
+              per_input.storage_bytes,
+              {}};
   for (std::size_t t = 0; t < T; ++t) {
     const double a = 100.0 * static_cast<double>(gw_ok[t]) / static_cast<double>(gw_n[t]);
     r.accuracy.push_back(a), r.normalized.push_back(100.0 * a / cx.expert_acc[t]);
@@ -153,8 +156,11 @@ inline json onehot_check(const Context& cx) {
     const double rel = std::sqrt(num / den), lib = std::sqrt(lib_err / lib_den);
     svd_worst_gap = std::max(svd_worst_gap, std::abs(rel - lib));
     const double acc_svd = head_accuracy(embed(bs, cx.test_sets[t].x), cx.heads[t], cx.test_sets[t].y);
-    per.push_back({{"task", cx.names[t]}, {"svd_relative_error", rel}, {"svd_relative_error_reported", lib},
-                   {"accuracy_expert", cx.expert_acc[t]}, {"accuracy_onehot_dense", acc_dense},
+    per.push_back({{"task", cx.names[t]},
+                   {"svd_relative_error", rel},
+                   {"svd_relative_error_reported", lib},
+                   {"accuracy_expert", cx.expert_acc[t]},
+                   {"accuracy_onehot_dense", acc_dense},
                    {"accuracy_onehot_svd", acc_svd}});
   }
   return {{"dense_max_abs_diff", dense_max},

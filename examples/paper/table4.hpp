@@ -14,7 +14,7 @@
 namespace paper {
 
 struct Table4 {
-  std::vector<MethodRow> rows;  // per merger: the static merge, then Twin-Merging on it
+  std::vector<MethodRow> rows;    // per merger: the static merge, then Twin-Merging on it
   json routers = json::object();  // held-out accuracy of each merger's own router
 };
 
@@ -32,9 +32,9 @@ inline Table4 table4(const Context& cx, const Table2& t2) {
       t4.rows.push_back(r);
       continue;
     }
-    const twin::TwinModel tm =
-        twin::TwinModel::build(m.base, std::span<const twin::StateDict>(cx.experts), twin::AnyMerger::from_settings(s),
-                               twin::SvdCompressor::with_rank(cx.cfg.rank), m.build_options);
+    const twin::TwinModel tm = twin::TwinModel::build(m.base, std::span<const twin::StateDict>(cx.experts),
+                                                      twin::AnyMerger::from_settings(s),
+                                                      twin::SvdCompressor::with_rank(cx.cfg.rank), m.build_options);
     const Body sh = body_of(tm.shared());
     double ha = 0;
     const twin::Router rt = train_router(sh, m.val, m.router_settings, &ha);

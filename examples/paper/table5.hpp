@@ -26,14 +26,16 @@ inline Table5 table5(const Context& cx, const Table2& t2) {
   for (std::size_t h = 0; h < cx.held_sets.size(); ++h) {
     held_test.push_back(cx.held_sets[h].test);
     held_heads.push_back(head_of(cx.held_experts[h]));
-    held_acc.push_back(head_accuracy(embed(body_of(cx.held_experts[h]), held_test[h].x), held_heads[h], held_test[h].y));
+    held_acc.push_back(
+        head_accuracy(embed(body_of(cx.held_experts[h]), held_test[h].x), held_heads[h], held_test[h].y));
   }
   const Eval hev{&held_test, &held_heads, &held_acc, &cx.held_names};
   Table5 t5;
   t5.rows.push_back(
       {"Individual (its own expert, upper bound)", held_acc, std::vector<double>(held_acc.size(), 100.0), NAN, {}});
   t5.rows.push_back(hev.static_row("Pretrained", cx.pre, NAN));
-  for (std::size_t k : {0u, 1u, 2u, 3u}) t5.rows.push_back(hev.static_row(t2.static_rows[k].name, m.static_bodies[k], NAN));
+  for (std::size_t k : {0u, 1u, 2u, 3u})
+    t5.rows.push_back(hev.static_row(t2.static_rows[k].name, m.static_bodies[k], NAN));
   t5.rows.push_back(hev.twin_row(t2.twin_svd.name, *m.fuser_svd, m.router, m.shared_ta, NAN));
   t5.rows.push_back(hev.twin_row(t2.twin_sparse.name, *m.fuser_sparse, m.router, m.shared_ta, NAN));
   for (std::size_t h = 0; h < held_test.size(); ++h) {

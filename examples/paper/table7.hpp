@@ -24,8 +24,11 @@ inline json table7(const Context& cx, const Groupwise& gw) {
   const std::int64_t n = std::min<std::int64_t>(cx.cfg.timing_inputs, static_cast<std::int64_t>(cx.stream.size()));
   Matrix xb(n, kPixels);
   for (std::int64_t i = 0; i < n; ++i)
-    xb.row(i) = cx.test_sets[cx.stream[static_cast<std::size_t>(i)].first].x.row(cx.stream[static_cast<std::size_t>(i)].second);
-  auto head_of_row = [&](std::int64_t i) -> const Layer& { return cx.heads[cx.stream[static_cast<std::size_t>(i)].first]; };
+    xb.row(i) =
+        cx.test_sets[cx.stream[static_cast<std::size_t>(i)].first].x.row(cx.stream[static_cast<std::size_t>(i)].second);
+  auto head_of_row = [&](std::int64_t i) -> const Layer& {
+    return cx.heads[cx.stream[static_cast<std::size_t>(i)].first];
+  };
   const Body& sb = m.static_bodies[1];  // Task Arithmetic
   // static merge: one input at a time, and the whole batch at once
   auto t0 = Clock::now();
@@ -83,20 +86,27 @@ inline json table7(const Context& cx, const Groupwise& gw) {
   const double mixed_time = seconds_since(t0) / static_cast<double>(n);
   double mixed_vs_fused = 0, wdiff = 0;
   for (std::int64_t i = 0; i < n; ++i)
-    mixed_vs_fused = std::max(mixed_vs_fused, static_cast<double>((hm.row(i) - per_input_h[static_cast<std::size_t>(i)].row(0)).cwiseAbs().maxCoeff()));
+    mixed_vs_fused = std::max(
+        mixed_vs_fused,
+        static_cast<double>((hm.row(i) - per_input_h[static_cast<std::size_t>(i)].row(0)).cwiseAbs().maxCoeff()));
   for (std::size_t i = 0; i < wb.size(); ++i) wdiff = std::max(wdiff, static_cast<double>(std::abs(wb[i] - all_w[i])));
   (void)hs;
-  json cost = {{"inputs", n},
-               {"static_merge_per_input_s", static_one},
-               {"static_merge_batched_per_input_s", static_batch},
-               {"twin_per_input", {{"route_s", t_route / static_cast<double>(n)}, {"fuse_s", t_fuse / static_cast<double>(n)},
-                                   {"infer_s", t_infer / static_cast<double>(n)},
-                                   {"total_s", (t_route + t_fuse + t_infer) / static_cast<double>(n)}}},
-               {"groupwise", {{"fusions", groups.size()}, {"per_input_s", group_time}}},
-               {"mixed_batch", {{"per_input_s", mixed_time}, {"max_abs_diff_vs_per_input_fusion", mixed_vs_fused},
-                                {"max_abs_diff_weights", wdiff}}},
-               {"groupwise_full_test", {{"fusions", gw.fusions}, {"batches", gw.batches}, {"inputs", cx.stream.size()},
-                                        {"seconds", gw.seconds}}}};
+  json cost = {
+      {"inputs", n},
+      {"static_merge_per_input_s", static_one},
+      {"static_merge_batched_per_input_s", static_batch},
+      {"twin_per_input",
+       {{"route_s", t_route / static_cast<double>(n)},
+        {"fuse_s", t_fuse / static_cast<double>(n)},
+        {"infer_s", t_infer / static_cast<double>(n)},
+        {"total_s", (t_route + t_fuse + t_infer) / static_cast<double>(n)}}},
+      {"groupwise", {{"fusions", groups.size()}, {"per_input_s", group_time}}},
+      {"mixed_batch",
+       {{"per_input_s", mixed_time},
+        {"max_abs_diff_vs_per_input_fusion", mixed_vs_fused},
+        {"max_abs_diff_weights", wdiff}}},
+      {"groupwise_full_test",
+       {{"fusions", gw.fusions}, {"batches", gw.batches}, {"inputs", cx.stream.size()}, {"seconds", gw.seconds}}}};
   progress("  Table 7 (cost) measured [%.1fs]\n", cx.seconds());
   return cost;
 }

@@ -40,30 +40,41 @@ inline std::string tables_markdown(const Context& cx, const Results& res) {
   const Headline h = headline(cx, t2);
   std::ostringstream md;
   md << "# Twin-Merging, reproduced at small scale on Fashion-MNIST\n\n"
-     << "Mode `" << cfg.mode << "`, seed " << cfg.seed << ", " << T << " merged tasks, MLP body 784→" << cfg.hidden << "→"
-     << cfg.hidden << " (LeakyReLU) + one 10-way head per task. Pretrained once as a denoising autoencoder on "
+     << "Mode `" << cfg.mode << "`, seed " << cfg.seed << ", " << T << " merged tasks, MLP body 784→" << cfg.hidden
+     << "→" << cfg.hidden << " (LeakyReLU) + one 10-way head per task. Pretrained once as a denoising autoencoder on "
      << cfg.pretrain_images << " training images in a mix of the 8 views (" << cfg.pretrain_epochs
      << " epochs); every expert and the MTL model fine-tune body + head(s) with one recipe (Adam lr "
      << fmt(cfg.recipe.lr, 4) << ", batch " << cfg.recipe.batch << ", " << cfg.recipe.epochs << " epochs over "
-     << cfg.train_per_task << " images per task). Heads are excluded from merging. λ of each static merge is chosen on the "
-     << "validation items (the same ≤" << cfg.router_per_task << " per task the router trains on); Twin-Merging's shared "
-     << "model is Task Arithmetic with that λ. Test: the first " << cx.test_items << " Fashion-MNIST test images in each "
+     << cfg.train_per_task
+     << " images per task). Heads are excluded from merging. λ of each static merge is chosen on the "
+     << "validation items (the same ≤" << cfg.router_per_task
+     << " per task the router trains on); Twin-Merging's shared "
+     << "model is Task Arithmetic with that λ. Test: the first " << cx.test_items
+     << " Fashion-MNIST test images in each "
      << "task's view. Scores are **normalized**: accuracy / the task's individual expert accuracy × 100 (accuracy in "
      << "parentheses).\n\n";
   md << "Tasks: ";
-  for (std::size_t t = 0; t < T; ++t) md << "`" << names[t] << "` (" << kMainTasks[cfg.tasks[t]].what << ")" << (t + 1 < T ? "; " : ".\n\n");
+  for (std::size_t t = 0; t < T; ++t)
+    md << "`" << names[t] << "` (" << kMainTasks[cfg.tasks[t]].what << ")" << (t + 1 < T ? "; " : ".\n\n");
 
   // ---- Table 2 -------------------------------------------------------------------------
   md << "## Table 2 analog: performance and storage\n\n" << markdown_table(names, t2.rows(), cx.experts_bytes) << "\n";
   const std::int64_t rh = cfg.router.hidden > 0 ? cfg.router.hidden : 2 * cfg.hidden;
   md << "Router (MLP " << cfg.hidden << "→" << rh << "→" << rh << "→" << T
      << " on the shared model's penultimate activations, trained on the validation items): held-out accuracy "
-     << fmt(100 * cx.models.router_heldout, 1) << "%" << (rh != 2 * cfg.hidden ? " (hidden width " + std::to_string(rh) + " instead of the official 2d, to keep training short)" : std::string()) << "; test accuracy per task:";
-  for (std::size_t t = 0; t < T; ++t) md << " " << names[t] << " " << fmt(t2.router_test_acc[t], 1) << "%" << (t + 1 < T ? "," : ".\n\n");
+     << fmt(100 * cx.models.router_heldout, 1) << "%"
+     << (rh != 2 * cfg.hidden
+             ? " (hidden width " + std::to_string(rh) + " instead of the official 2d, to keep training short)"
+             : std::string())
+     << "; test accuracy per task:";
+  for (std::size_t t = 0; t < T; ++t)
+    md << " " << names[t] << " " << fmt(t2.router_test_acc[t], 1) << "%" << (t + 1 < T ? "," : ".\n\n");
   const json& onehot = t2.onehot;
   md << "Fusion with one-hot weights (the library's DynamicFuser): dense exclusive knowledge gives each expert back with max |Δ| = "
-     << onehot["dense_max_abs_diff"].get<double>() << " and " << (onehot["dense_accuracy_equals_expert"].get<bool>() ? "the same" : "NOT the same")
-     << " test accuracy; with SVD rank " << cfg.rank << " the body differs from the expert by exactly the compression error the "
+     << onehot["dense_max_abs_diff"].get<double>() << " and "
+     << (onehot["dense_accuracy_equals_expert"].get<bool>() ? "the same" : "NOT the same")
+     << " test accuracy; with SVD rank " << cfg.rank
+     << " the body differs from the expert by exactly the compression error the "
      << "library recorded (worst gap " << fmt(onehot["svd_worst_gap"].get<double>(), 6) << ").\n\n";
 
   // ---- Tables 4 and 5 --------------------------------------------------------------------
@@ -81,7 +92,8 @@ inline std::string tables_markdown(const Context& cx, const Results& res) {
     std::vector<std::pair<double, std::string>> top;
     for (auto& [k, v] : res.table5.routing[cx.held_names[i]].items()) top.emplace_back(v.get<double>(), k);
     std::sort(top.rbegin(), top.rend());
-    for (std::size_t j = 0; j < std::min<std::size_t>(2, top.size()); ++j) md << " " << top[j].second << " " << fmt(top[j].first, 2);
+    for (std::size_t j = 0; j < std::min<std::size_t>(2, top.size()); ++j)
+      md << " " << top[j].second << " " << fmt(top[j].first, 2);
     md << (i + 1 < cx.held_names.size() ? ";" : ".\n\n");
   }
 
@@ -101,22 +113,26 @@ inline std::string tables_markdown(const Context& cx, const Results& res) {
      << us(tp["route_s"].get<double>()) << ", fuse " << us(tp["fuse_s"].get<double>()) << ", infer "
      << us(tp["infer_s"].get<double>()) << " |\n";
   md << "| Twin-Merging group-wise, same batch | " << us(cost["groupwise"]["per_input_s"].get<double>()) << " | "
-     << fmt(cost["groupwise"]["per_input_s"].get<double>() / sone, 2) << "x | " << cost["groupwise"]["fusions"].get<std::size_t>()
-     << " | avg. normalized on the full test " << fmt(h.twg_avg) << " vs per-input " << fmt(h.tw_avg) << " |\n";
-  md << "| Twin-Merging mixed-batch apply, same batch | " << us(cost["mixed_batch"]["per_input_s"].get<double>()) << " | "
-     << fmt(cost["mixed_batch"]["per_input_s"].get<double>() / sone, 2) << "x | 0 | exact per-input mixtures; max |Δ| vs per-input fusion "
+     << fmt(cost["groupwise"]["per_input_s"].get<double>() / sone, 2) << "x | "
+     << cost["groupwise"]["fusions"].get<std::size_t>() << " | avg. normalized on the full test " << fmt(h.twg_avg)
+     << " vs per-input " << fmt(h.tw_avg) << " |\n";
+  md << "| Twin-Merging mixed-batch apply, same batch | " << us(cost["mixed_batch"]["per_input_s"].get<double>())
+     << " | " << fmt(cost["mixed_batch"]["per_input_s"].get<double>() / sone, 2)
+     << "x | 0 | exact per-input mixtures; max |Δ| vs per-input fusion "
      << cost["mixed_batch"]["max_abs_diff_vs_per_input_fusion"].get<double>() << " |\n\n";
-  md << "On the full test stream, group-wise fusion needed " << t2.groupwise.fusions << " fusions for " << cx.stream.size()
-     << " inputs (" << t2.groupwise.batches << " batches of " << cfg.group_batch << ").\n\n";
+  md << "On the full test stream, group-wise fusion needed " << t2.groupwise.fusions << " fusions for "
+     << cx.stream.size() << " inputs (" << t2.groupwise.batches << " batches of " << cfg.group_batch << ").\n\n";
 
   // ---- figures ---------------------------------------------------------------------------
   const Figures& fig = res.figures;
   const Series &f3s = fig.share_score(), &s_ta_n = fig.tasks_ta(), &s_tw_n = fig.tasks_twin();
   const Series &s_rank = fig.rank_score(), &s_rank_b = fig.rank_storage();
-  md << "## Figures\n\nThe sweeps score the first " << fig.sweep_items << " test items of each task.\n\n- `fig3_exclusive_share.svg`: score vs the share of exclusive knowledge kept:";
+  md << "## Figures\n\nThe sweeps score the first " << fig.sweep_items
+     << " test items of each task.\n\n- `fig3_exclusive_share.svg`: score vs the share of exclusive knowledge kept:";
   for (std::size_t i = 0; i < f3s.x.size(); ++i) md << " " << fmt(f3s.x[i], 2) << "→" << fmt(f3s.y[i], 1);
   md << "\n- `fig4_num_tasks.svg`: score vs number of tasks (Task Arithmetic / Twin-Merging):";
-  for (std::size_t i = 0; i < s_ta_n.x.size(); ++i) md << " " << s_ta_n.x[i] << ": " << fmt(s_ta_n.y[i], 1) << " / " << fmt(s_tw_n.y[i], 1);
+  for (std::size_t i = 0; i < s_ta_n.x.size(); ++i)
+    md << " " << s_ta_n.x[i] << ": " << fmt(s_ta_n.y[i], 1) << " / " << fmt(s_tw_n.y[i], 1);
   md << "\n- `fig4_rank.svg`: score and storage vs SVD rank:";
   for (std::size_t i = 0; i < s_rank.x.size(); ++i)
     md << " r=" << s_rank.x[i] << ": " << fmt(s_rank.y[i], 1) << " (" << fmt(s_rank_b.y[i], 3) << "x)";
@@ -124,11 +140,13 @@ inline std::string tables_markdown(const Context& cx, const Results& res) {
 
   // ---- paper vs ours ---------------------------------------------------------------------
   md << "## Paper vs ours\n\n| Claim of the paper | Our analog | Reproduced? |\n|---|---|---|\n";
-  for (const auto& c : res.claims) md << "| " << c.paper << " | " << c.ours << " | " << (c.holds ? "yes" : "**no**") << " |\n";
+  for (const auto& c : res.claims)
+    md << "| " << c.paper << " | " << c.ours << " | " << (c.holds ? "yes" : "**no**") << " |\n";
   md << "\nThe paper's absolute numbers come from RoBERTa, Qwen and ViT experts; this analog only tests whether the same "
         "relations hold for small MLP experts on image views. Run time: "
-     << fmt(cx.seconds(), 1) << " s (pretraining " << fmt(cx.time.pretrain, 1) << " s, fine-tuning " << fmt(cx.time.finetune, 1)
-     << " s, " << (cx.all_cached ? "all checkpoints from the cache" : "checkpoints trained and cached") << ").\n";
+     << fmt(cx.seconds(), 1) << " s (pretraining " << fmt(cx.time.pretrain, 1) << " s, fine-tuning "
+     << fmt(cx.time.finetune, 1) << " s, "
+     << (cx.all_cached ? "all checkpoints from the cache" : "checkpoints trained and cached") << ").\n";
   return md.str();
 }
 
@@ -143,12 +161,24 @@ inline json summary_json(const Context& cx, const Results& res) {
     return a;
   };
   json claims_json = json::array();
-  for (const auto& c : res.claims) claims_json.push_back({{"paper", c.paper}, {"ours", c.ours}, {"reproduced", c.holds}});
+  for (const auto& c : res.claims)
+    claims_json.push_back({{"paper", c.paper}, {"ours", c.ours}, {"reproduced", c.holds}});
   return {
-      {"config", {{"mode", cfg.mode}, {"seed", cfg.seed}, {"tasks", cx.names}, {"held_out_tasks", cx.held_names}, {"rank", cfg.rank},
-                  {"hidden", cfg.hidden}, {"train_per_task", cfg.train_per_task}, {"router_per_task", cfg.router_per_task},
-                  {"test_per_task", cx.test_items}, {"sweep_test_per_task", fig.sweep_items}, {"epochs", cfg.recipe.epochs}, {"pretrain_epochs", cfg.pretrain_epochs},
-                  {"sparsify_density", cfg.sparse_density}, {"threads", twin::num_threads()}}},
+      {"config",
+       {{"mode", cfg.mode},
+        {"seed", cfg.seed},
+        {"tasks", cx.names},
+        {"held_out_tasks", cx.held_names},
+        {"rank", cfg.rank},
+        {"hidden", cfg.hidden},
+        {"train_per_task", cfg.train_per_task},
+        {"router_per_task", cfg.router_per_task},
+        {"test_per_task", cx.test_items},
+        {"sweep_test_per_task", fig.sweep_items},
+        {"epochs", cfg.recipe.epochs},
+        {"pretrain_epochs", cfg.pretrain_epochs},
+        {"sparsify_density", cfg.sparse_density},
+        {"threads", twin::num_threads()}}},
       {"lambda_search", cx.models.lambda_search},
       {"individual_accuracy", cx.expert_acc},
       {"table2", rows_json(t2.rows(), cx.names)},
@@ -158,17 +188,30 @@ inline json summary_json(const Context& cx, const Results& res) {
       {"figure3", fig.share_json},
       {"figure4_tasks", fig.tasks_json},
       {"figure4_rank", fig.rank_json},
-      {"router", {{"heldout_accuracy", cx.models.router_heldout}, {"test_accuracy_per_task", t2.router_test_acc}, {"table4_heldout", res.table4.routers},
-                  {"held_out_task_routing", res.table5.routing}}},
-      {"checks", {{"experts_beat_pretrained", h.experts_beat_pre},
-                  {"onehot_fusion", t2.onehot},
-                  {"twin_beats_task_arithmetic", h.tw_avg > h.ta_avg}}},
-      {"headline", {{"task_arithmetic_avg_normalized", h.ta_avg}, {"ties_avg_normalized", h.ties_avg},
-                    {"twin_svd_avg_normalized", h.tw_avg}, {"twin_sparse_avg_normalized", h.tws_avg},
-                    {"twin_groupwise_avg_normalized", h.twg_avg}, {"twin_storage_ratio", h.storage_ratio}}},
+      {"router",
+       {{"heldout_accuracy", cx.models.router_heldout},
+        {"test_accuracy_per_task", t2.router_test_acc},
+        {"table4_heldout", res.table4.routers},
+        {"held_out_task_routing", res.table5.routing}}},
+      {"checks",
+       {{"experts_beat_pretrained", h.experts_beat_pre},
+        {"onehot_fusion", t2.onehot},
+        {"twin_beats_task_arithmetic", h.tw_avg > h.ta_avg}}},
+      {"headline",
+       {{"task_arithmetic_avg_normalized", h.ta_avg},
+        {"ties_avg_normalized", h.ties_avg},
+        {"twin_svd_avg_normalized", h.tw_avg},
+        {"twin_sparse_avg_normalized", h.tws_avg},
+        {"twin_groupwise_avg_normalized", h.twg_avg},
+        {"twin_storage_ratio", h.storage_ratio}}},
       {"paper_vs_ours", claims_json},
-      {"timing", {{"total_s", cx.seconds()}, {"pretrain_s", cx.time.pretrain}, {"finetune_s", cx.time.finetune},
-                  {"router_s", cx.time.router}, {"build_svd_s", cx.time.build_svd}, {"checkpoints_cached", cx.all_cached}}},
+      {"timing",
+       {{"total_s", cx.seconds()},
+        {"pretrain_s", cx.time.pretrain},
+        {"finetune_s", cx.time.finetune},
+        {"router_s", cx.time.router},
+        {"build_svd_s", cx.time.build_svd},
+        {"checkpoints_cached", cx.all_cached}}},
   };
 }
 
