@@ -22,9 +22,7 @@ namespace bench {
 
 using clock = std::chrono::steady_clock;
 
-inline double seconds_since(clock::time_point t0) {
-  return std::chrono::duration<double>(clock::now() - t0).count();
-}
+inline double seconds_since(clock::time_point t0) { return std::chrono::duration<double>(clock::now() - t0).count(); }
 
 // Best of `reps` runs of f, in seconds.
 template <class F>
@@ -65,7 +63,8 @@ inline std::vector<TensorSpec> roberta_base_specs(int layers = 12) {
   std::vector<TensorSpec> s;
   for (int l = 0; l < layers; ++l) {
     const std::string p = "encoder.layer." + std::to_string(l) + ".";
-    for (const char* m : {"attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"}) {
+    for (const char* m :
+         {"attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"}) {
       s.push_back({p + m + ".weight", {768, 768}});
       s.push_back({p + m + ".bias", {768}});
     }

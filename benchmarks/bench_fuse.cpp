@@ -68,8 +68,7 @@ TwinModel random_twin(const std::vector<Shape>& shapes, std::size_t T, std::int6
       if (s.shape.size() == 2)
         mods.push_back(ExclusiveModule::low_rank(random_tensor(rng, t, {s.shape[0], r}, 0.01f),
                                                  random_tensor(rng, t, {s.shape[1], r}, 0.05f), s.shape));
-      else
-        mods.push_back(ExclusiveModule::dense(random_tensor(rng, t, s.shape, 0.01f)));
+      else mods.push_back(ExclusiveModule::dense(random_tensor(rng, t, s.shape, 0.01f)));
     }
     m.add_merged(s.name, random_tensor(rng, t, s.shape, 0.05f), std::move(mods));
   }
@@ -125,7 +124,8 @@ FuseTiming bench_model_fuse(dtype t, int reps) {
       std::size_t j = 0;
       for (const Shape& s : shapes)
         if (s.shape.size() == 2)
-          product(false, true, s.shape[0], s.shape[1], K, 1.0f, a.data(), K, b.data(), K, true, cs[j++].data(), s.shape[1]);
+          product(false, true, s.shape[0], s.shape[1], K, 1.0f, a.data(), K, b.data(), K, true, cs[j++].data(),
+                  s.shape[1]);
     });
   };
   ft.gemm = std::min(all_gemms(backend::cpu::gemm), all_gemms(backend::cpu::gemm_parallel));
@@ -138,7 +138,8 @@ std::vector<float> delta_like(std::int64_t m, std::int64_t n, std::uint64_t seed
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> nd;
   const std::int64_t p = 128;
-  std::vector<float> g(static_cast<std::size_t>(m * p)), h(static_cast<std::size_t>(n * p)), out(static_cast<std::size_t>(m * n));
+  std::vector<float> g(static_cast<std::size_t>(m * p)), h(static_cast<std::size_t>(n * p)),
+      out(static_cast<std::size_t>(m * n));
   for (std::int64_t i = 0; i < m; ++i)
     for (std::int64_t k = 0; k < p; ++k) g[static_cast<std::size_t>(i * p + k)] = nd(rng) / static_cast<float>(k + 1);
   for (float& x : h) x = nd(rng);
@@ -152,11 +153,13 @@ double rel_error(const std::vector<float>& a, const backend::cpu::SvdFactors& f)
   std::vector<float> us(f.u.size());
   for (std::int64_t i = 0; i < f.m; ++i)
     for (std::int64_t j = 0; j < f.k; ++j)
-      us[static_cast<std::size_t>(i * f.k + j)] = static_cast<float>(f.u[static_cast<std::size_t>(i * f.k + j)] * f.s[static_cast<std::size_t>(j)]);
+      us[static_cast<std::size_t>(i * f.k + j)] =
+          static_cast<float>(f.u[static_cast<std::size_t>(i * f.k + j)] * f.s[static_cast<std::size_t>(j)]);
   std::vector<float> rec(a.size());
   backend::cpu::gemm(false, true, f.m, f.n, f.k, 1.0f, us.data(), f.k, f.v.data(), f.k, false, rec.data(), f.n);
   double e = 0, n = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) e += std::pow(static_cast<double>(a[i]) - rec[i], 2), n += static_cast<double>(a[i]) * a[i];
+  for (std::size_t i = 0; i < a.size(); ++i)
+    e += std::pow(static_cast<double>(a[i]) - rec[i], 2), n += static_cast<double>(a[i]) * a[i];
   return std::sqrt(e / n);
 }
 
@@ -194,108 +197,109 @@ int main(int argc, char** argv) {
   std::printf("threads: %d\n\n", num_threads());
 
   if (run('1')) {
-  std::printf("1. fuse, RoBERTa-base shape (12 x (4x[768,768] + [3072,768] + [768,3072]) + vectors), T=8, r=16\n");
-  std::printf("   %-5s %12s %12s %12s %16s\n", "dtype", "fuse/copy", "fuse/gemm", "fuse/floor", "floor is");
-  for (const dtype t : {dtype::f32, dtype::bf16}) {
-    const FuseTiming ft = bench_model_fuse(t, 7);
-    const double floor = std::max(ft.copy, ft.gemm);
-    std::printf("   %-5s %12.2f %12.2f %12.2f %16s\n", std::string(dtype_name(t)).c_str(), ft.fuse / ft.copy,
-                ft.fuse / ft.gemm, ft.fuse / floor, ft.gemm > ft.copy ? "gemm" : "copy");
-  }
-
+    std::printf("1. fuse, RoBERTa-base shape (12 x (4x[768,768] + [3072,768] + [768,3072]) + vectors), T=8, r=16\n");
+    std::printf("   %-5s %12s %12s %12s %16s\n", "dtype", "fuse/copy", "fuse/gemm", "fuse/floor", "floor is");
+    for (const dtype t : {dtype::f32, dtype::bf16}) {
+      const FuseTiming ft = bench_model_fuse(t, 7);
+      const double floor = std::max(ft.copy, ft.gemm);
+      std::printf("   %-5s %12.2f %12.2f %12.2f %16s\n", std::string(dtype_name(t)).c_str(), ft.fuse / ft.copy,
+                  ft.fuse / ft.gemm, ft.fuse / floor, ft.gemm > ft.copy ? "gemm" : "copy");
+    }
   }
   if (run('2')) {
-  std::printf("\n2. mixed-batch apply vs plain X W*^T (T=8, r=16, K=128, every row its own mixture)\n");
-  std::printf("   %-12s %7s %12s %14s %18s\n", "W", "tokens", "overhead", "K(m+n)/(mn)", "overhead/model");
-  {
-    const std::size_t T = 8;
-    const std::int64_t r = 16, K = 128;
-    for (const Shape& s : {Shape{"w768x768", {768, 768}}, Shape{"w3072x768", {3072, 768}}, Shape{"w768x3072", {768, 3072}}}) {
-      const TwinModel model = random_twin({s}, T, r, dtype::f32, 3);
-      const DynamicFuser fuser(model);
-      const std::int64_t m = s.shape[0], n = s.shape[1];
-      for (const std::int64_t tokens : {64, 512}) {
-        std::mt19937_64 rng(4);
-        const Tensor x = random_tensor(rng, dtype::f32, {tokens, n}, 1.0f);
-        std::vector<float> rw;
-        for (std::int64_t i = 0; i < tokens; ++i) {
-          std::vector<float> l(T);
-          for (float& v : l) v = std::normal_distribution<float>(0, 1)(rng);
-          const auto w = routing_weights(l);
-          rw.insert(rw.end(), w.begin(), w.end());
+    std::printf("\n2. mixed-batch apply vs plain X W*^T (T=8, r=16, K=128, every row its own mixture)\n");
+    std::printf("   %-12s %7s %12s %14s %18s\n", "W", "tokens", "overhead", "K(m+n)/(mn)", "overhead/model");
+    {
+      const std::size_t T = 8;
+      const std::int64_t r = 16, K = 128;
+      for (const Shape& s :
+           {Shape{"w768x768", {768, 768}}, Shape{"w3072x768", {3072, 768}}, Shape{"w768x3072", {768, 3072}}}) {
+        const TwinModel model = random_twin({s}, T, r, dtype::f32, 3);
+        const DynamicFuser fuser(model);
+        const std::int64_t m = s.shape[0], n = s.shape[1];
+        for (const std::int64_t tokens : {64, 512}) {
+          std::mt19937_64 rng(4);
+          const Tensor x = random_tensor(rng, dtype::f32, {tokens, n}, 1.0f);
+          std::vector<float> rw;
+          for (std::int64_t i = 0; i < tokens; ++i) {
+            std::vector<float> l(T);
+            for (float& v : l) v = std::normal_distribution<float>(0, 1)(rng);
+            const auto w = routing_weights(l);
+            rw.insert(rw.end(), w.begin(), w.end());
+          }
+          Tensor y(dtype::f32, {tokens, m});
+          const float* W = static_cast<const float*>(model.shared().at(s.name).data());
+          auto plain_with = [&](auto&& product) {
+            return time_best(15, [&] {
+              product(false, true, tokens, m, n, 1.0f, static_cast<const float*>(x.data()), n, W, n, false,
+                      static_cast<float*>(y.mutable_data()), m);
+            });
+          };
+          const double plain = std::min(plain_with(backend::cpu::gemm), plain_with(backend::cpu::gemm_parallel));
+          const double mixed = time_best(15, [&] { apply_mixed(fuser, s.name, x, rw, y); });
+          const double predicted = static_cast<double>(K * (m + n)) / static_cast<double>(m * n);
+          if (std::getenv("TWIN_BENCH_ABS"))
+            std::printf("   [plain %.1f us, mixed %.1f us]\n", plain * 1e6, mixed * 1e6);
+          std::printf("   %-12s %7lld %12.3f %14.3f %18.2f\n", s.name.c_str(), static_cast<long long>(tokens),
+                      mixed / plain - 1.0, predicted, (mixed / plain - 1.0) / predicted);
         }
-        Tensor y(dtype::f32, {tokens, m});
-        const float* W = static_cast<const float*>(model.shared().at(s.name).data());
-        auto plain_with = [&](auto&& product) {
-          return time_best(15, [&] {
-            product(false, true, tokens, m, n, 1.0f, static_cast<const float*>(x.data()), n, W, n, false,
-                    static_cast<float*>(y.mutable_data()), m);
-          });
-        };
-        const double plain = std::min(plain_with(backend::cpu::gemm), plain_with(backend::cpu::gemm_parallel));
-        const double mixed = time_best(15, [&] { apply_mixed(fuser, s.name, x, rw, y); });
-        const double predicted = static_cast<double>(K * (m + n)) / static_cast<double>(m * n);
-        if (std::getenv("TWIN_BENCH_ABS")) std::printf("   [plain %.1f us, mixed %.1f us]\n", plain * 1e6, mixed * 1e6);
-        std::printf("   %-12s %7lld %12.3f %14.3f %18.2f\n", s.name.c_str(), static_cast<long long>(tokens),
-                    mixed / plain - 1.0, predicted, (mixed / plain - 1.0) / predicted);
       }
     }
   }
-
-  }
   if (run('3')) {
-  std::printf("\n3. rank-16 SVD compression (decaying spectrum): randomized (p=10, q=2) vs exact BDCSVD\n");
-  std::printf("   %-10s %16s %16s %16s\n", "matrix", "exact/random time", "random err/opt", "exact err/opt");
-  for (const auto [m, n] : {std::pair<std::int64_t, std::int64_t>{768, 768}, {3072, 768}}) {
-    const std::vector<float> a = delta_like(m, n, 5);
-    SvdCompressor rnd = SvdCompressor::with_rank(16), ex = SvdCompressor::with_rank(16);
-    rnd.engine = SvdEngine::randomized;
-    ex.engine = SvdEngine::exact;
-    backend::cpu::SvdFactors fr, fe;
-    const double tr = time_best(5, [&] { fr = rnd.factorize("w", a.data(), m, n); });
-    const double te = time_best(3, [&] { fe = ex.factorize("w", a.data(), m, n); });
-    double tail = 0, total = 0;
-    for (std::size_t i = 0; i < fe.spectrum.size(); ++i) {
-      total += fe.spectrum[i] * fe.spectrum[i];
-      if (i >= 16) tail += fe.spectrum[i] * fe.spectrum[i];
+    std::printf("\n3. rank-16 SVD compression (decaying spectrum): randomized (p=10, q=2) vs exact BDCSVD\n");
+    std::printf("   %-10s %16s %16s %16s\n", "matrix", "exact/random time", "random err/opt", "exact err/opt");
+    for (const auto [m, n] : {std::pair<std::int64_t, std::int64_t>{768, 768}, {3072, 768}}) {
+      const std::vector<float> a = delta_like(m, n, 5);
+      SvdCompressor rnd = SvdCompressor::with_rank(16), ex = SvdCompressor::with_rank(16);
+      rnd.engine = SvdEngine::randomized;
+      ex.engine = SvdEngine::exact;
+      backend::cpu::SvdFactors fr, fe;
+      const double tr = time_best(5, [&] { fr = rnd.factorize("w", a.data(), m, n); });
+      const double te = time_best(3, [&] { fe = ex.factorize("w", a.data(), m, n); });
+      double tail = 0, total = 0;
+      for (std::size_t i = 0; i < fe.spectrum.size(); ++i) {
+        total += fe.spectrum[i] * fe.spectrum[i];
+        if (i >= 16) tail += fe.spectrum[i] * fe.spectrum[i];
+      }
+      const double opt = std::sqrt(tail / total);
+      std::printf("   %4lldx%-5lld %16.1f %16.4f %16.4f   (optimal rel. error %.4f; exact %.3f s)\n",
+                  static_cast<long long>(m), static_cast<long long>(n), te / tr, rel_error(a, fr) / opt,
+                  rel_error(a, fe) / opt, opt, te);
     }
-    const double opt = std::sqrt(tail / total);
-    std::printf("   %4lldx%-5lld %16.1f %16.4f %16.4f   (optimal rel. error %.4f; exact %.3f s)\n",
-                static_cast<long long>(m), static_cast<long long>(n), te / tr, rel_error(a, fr) / opt,
-                rel_error(a, fe) / opt, opt, te);
-  }
-
   }
   if (run('4')) {
-  std::printf("\n4. group-wise vs per-input fusion of 1000 inputs (one RoBERTa layer, T=8, r=16, f32)\n");
-  {
-    const auto shapes = bench::roberta_base_specs(1);
-    const std::size_t T = 8, N = 1000;
-    const TwinModel model = random_twin(shapes, T, 16, dtype::f32, 6);
-    const DynamicFuser fuser(model);
-    auto out = host_tensors(shapes, dtype::f32);
-    // router logits: each input leans on one task, with a secondary one
-    std::mt19937_64 rng(7);
-    std::vector<float> logits;
-    for (std::size_t i = 0; i < N; ++i) {
-      const std::size_t main = rng() % T, second = rng() % T;
-      for (std::size_t t = 0; t < T; ++t)
-        logits.push_back(std::normal_distribution<float>(0, 0.5f)(rng) + (t == main ? 4.0f : 0.0f) + (t == second ? 1.5f : 0.0f));
+    std::printf("\n4. group-wise vs per-input fusion of 1000 inputs (one RoBERTa layer, T=8, r=16, f32)\n");
+    {
+      const auto shapes = bench::roberta_base_specs(1);
+      const std::size_t T = 8, N = 1000;
+      const TwinModel model = random_twin(shapes, T, 16, dtype::f32, 6);
+      const DynamicFuser fuser(model);
+      auto out = host_tensors(shapes, dtype::f32);
+      // router logits: each input leans on one task, with a secondary one
+      std::mt19937_64 rng(7);
+      std::vector<float> logits;
+      for (std::size_t i = 0; i < N; ++i) {
+        const std::size_t main = rng() % T, second = rng() % T;
+        for (std::size_t t = 0; t < T; ++t)
+          logits.push_back(std::normal_distribution<float>(0, 0.5f)(rng) + (t == main ? 4.0f : 0.0f) +
+                           (t == second ? 1.5f : 0.0f));
+      }
+      const double one = time_best(5, [&] { fuser.fuse(out, std::span<const float>(logits.data(), T)); });
+      const double per_input = one * static_cast<double>(N);
+      for (const std::int64_t g : {8, 32, 64}) {
+        GroupingOptions go;
+        go.max_groups = g;
+        std::vector<InputGroup> groups;
+        const double tg = time_best(3, [&] { groups = group_inputs(logits, T, go); });
+        const double tf = time_best(3, [&] {
+          for (const InputGroup& gr : groups) fuser.fuse_with_weights(out, gr.weights);
+        });
+        std::printf(
+            "   max_groups %3lld: %4zu fusions instead of %zu; grouping+fusion takes %.4f of per-input (grouping alone %.5f)\n",
+            static_cast<long long>(g), groups.size(), N, (tg + tf) / per_input, tg / per_input);
+      }
     }
-    const double one = time_best(5, [&] { fuser.fuse(out, std::span<const float>(logits.data(), T)); });
-    const double per_input = one * static_cast<double>(N);
-    for (const std::int64_t g : {8, 32, 64}) {
-      GroupingOptions go;
-      go.max_groups = g;
-      std::vector<InputGroup> groups;
-      const double tg = time_best(3, [&] { groups = group_inputs(logits, T, go); });
-      const double tf = time_best(3, [&] {
-        for (const InputGroup& gr : groups) fuser.fuse_with_weights(out, gr.weights);
-      });
-      std::printf("   max_groups %3lld: %4zu fusions instead of %zu; grouping+fusion takes %.4f of per-input (grouping alone %.5f)\n",
-                  static_cast<long long>(g), groups.size(), N, (tg + tf) / per_input, tg / per_input);
-    }
-  }
   }
   return 0;
 }

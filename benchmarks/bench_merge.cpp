@@ -60,7 +60,8 @@ int main(int argc, char** argv) {
                                        twin::Ties{density, scaling, twin::TopKScope::per_tensor, {}}};
     for (const twin::AnyMerger& m : methods) {
       twin::StateDict out;
-      const double t = bench::best_of(reps, [&] { out = twin::merge_state(m, base, std::span<const twin::StateDict>(experts)); });
+      const double t =
+          bench::best_of(reps, [&] { out = twin::merge_state(m, base, std::span<const twin::StateDict>(experts)); });
       const double cs = bench::checksum(out);
       double torch_s = NAN, torch_cs = NAN;
       for (const auto& line : torch_lines) {
@@ -75,7 +76,8 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
   }
-  std::printf("vs_copy: our time / memcpy of the same bytes (goal <= 1.5); speedup: PyTorch time / ours (goal >= 2);\n"
-              "cs_rel: relative difference of the outputs' sums, ours vs PyTorch's (same tensors, same merge).\n");
+  std::printf(
+      "vs_copy: our time / memcpy of the same bytes (goal <= 1.5); speedup: PyTorch time / ours (goal >= 2);\n"
+      "cs_rel: relative difference of the outputs' sums, ours vs PyTorch's (same tensors, same merge).\n");
   return 0;
 }

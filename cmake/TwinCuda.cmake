@@ -1,7 +1,8 @@
 # The CUDA path (TWIN_ENABLE_CUDA=ON): twin::cuda adds the toolkit's runtime,
-# cuBLAS, cuBLASLt and cuSOLVER to twin::twin. Headers under
-# include/twin/backend/cuda/ are plain C++ over those libraries; kernels live
-# in .cuh files that only translation units built by nvcc include.
+# cuBLAS, cuBLASLt and cuSOLVER to twin::twin. So far include/twin/backend/cuda/
+# holds the seam only (execution policy, context, RAII handles, status ->
+# device_error), plain C++ over those libraries; device kernels, when they
+# come, go in .cuh files that only nvcc-built translation units include.
 find_package(CUDAToolkit REQUIRED)
 
 add_library(twin_cuda INTERFACE)

@@ -109,15 +109,17 @@ int main(int argc, char** argv) try {
     else if (a == "--density") density = std::stod(next());
     else if (a == "--alpha") alpha = std::stof(next());
     else if (a == "--help" || a == "-h") {
-      std::printf("usage: quickstart [--data DIR] [--train N] [--alpha A] [--scaling L] [--density D]\n"
-                  "  --alpha: pull of each fine-tune toward the pretrained weights (default 2000)\n"
-                  "Merges four Fashion-MNIST experts of one pretrained linear model with every strategy.\n");
+      std::printf(
+          "usage: quickstart [--data DIR] [--train N] [--alpha A] [--scaling L] [--density D]\n"
+          "  --alpha: pull of each fine-tune toward the pretrained weights (default 2000)\n"
+          "Merges four Fashion-MNIST experts of one pretrained linear model with every strategy.\n");
       return 0;
     } else {
       throw twin::argument_error("unknown option " + a + " (see --help)");
     }
   }
-  const examples::ImageSet tr = examples::load_fashion_mnist(data, "train"), te = examples::load_fashion_mnist(data, "t10k");
+  const examples::ImageSet tr = examples::load_fashion_mnist(data, "train"),
+                           te = examples::load_fashion_mnist(data, "t10k");
   train = std::min(train, tr.size() / 5);
   std::vector<int> perm(kPixels);
   std::iota(perm.begin(), perm.end(), 0);
@@ -125,7 +127,8 @@ int main(int argc, char** argv) try {
   const View views[] = {View::plain, View::inverted, View::mirrored, View::permuted};
 
   // Pretrained: plain images, its own slice of the training set, strong ridge.
-  const Mat w0 = ridge(features(tr, 0, train, View::plain, perm), one_hot(tr, 0, train), Mat::Zero(kClasses, kFeatures), 10.0f);
+  const Mat w0 =
+      ridge(features(tr, 0, train, View::plain, perm), one_hot(tr, 0, train), Mat::Zero(kClasses, kFeatures), 10.0f);
   twin::StateDict base;
   base.insert("classifier.weight", to_tensor(w0));
   std::vector<twin::StateDict> experts(4);
@@ -141,8 +144,8 @@ int main(int argc, char** argv) try {
     const twin::Tensor& t = sd.at("classifier.weight");
     return Mat(Eigen::Map<const Mat>(t.values<float>().data(), kClasses, kFeatures));
   };
-  std::printf("Fashion-MNIST, linear model [10 x 785], 4 tasks, %zu training images per task, %zu test images\n\n", train,
-              te.size());
+  std::printf("Fashion-MNIST, linear model [10 x 785], 4 tasks, %zu training images per task, %zu test images\n\n",
+              train, te.size());
   std::printf("%-28s", "model");
   for (View v : views) std::printf(" %9s", view_name(v));
   std::printf(" %9s\n", "average");
@@ -177,12 +180,14 @@ int main(int argc, char** argv) try {
     return s;
   }();
   for (const auto& [label, s] : settings) {
-    const twin::StateDict merged = twin::merge_state(twin::AnyMerger::from_settings(s), base, std::span<const twin::StateDict>(experts));
+    const twin::StateDict merged =
+        twin::merge_state(twin::AnyMerger::from_settings(s), base, std::span<const twin::StateDict>(experts));
     const Mat w = weights_of(merged);
     row(label, [&](std::size_t) { return w; });
   }
-  std::printf("\nOne merged model must serve all four views; each expert only its own. The gap between\n"
-              "'individual experts' and the best merge is what Twin-Merging's exclusive knowledge recovers.\n");
+  std::printf(
+      "\nOne merged model must serve all four views; each expert only its own. The gap between\n"
+      "'individual experts' and the best merge is what Twin-Merging's exclusive knowledge recovers.\n");
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "error: %s\n", e.what());

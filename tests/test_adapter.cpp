@@ -65,7 +65,8 @@ TEST_CASE("Eigen: row-major maps directly, column-major becomes a strided view o
 TEST_CASE("the foreign engine tensor (ggml-like byte strides) adapts and merges like a Tensor") {
   std::mt19937_64 rng(31);
   const Tensor base = twin_test::random_tensor(rng, dtype::f16, {5, 7});
-  const Tensor e1 = twin_test::perturbed(rng, base, 0.2, dtype::f16), e2 = twin_test::perturbed(rng, base, 0.2, dtype::f16);
+  const Tensor e1 = twin_test::perturbed(rng, base, 0.2, dtype::f16),
+               e2 = twin_test::perturbed(rng, base, 0.2, dtype::f16);
   auto wrap = [](const Tensor& t) {
     return engine::tensor{engine::ggml_type::f16, 2, {7, 5, 1, 1}, {2, 14, 0, 0}, const_cast<void*>(t.data())};
   };
@@ -96,7 +97,7 @@ TEST_CASE("dtype conversions round to nearest even and keep specials") {
   CHECK(f32_to_f16(1.0f + 0x1.0p-11f) == 0x3c00);
   CHECK(f32_to_f16(1.0f + 3 * 0x1.0p-11f) == 0x3c02);
   CHECK(f32_to_f16(65504.0f) == 0x7bff);
-  CHECK(f32_to_f16(65520.0f) == 0x7c00);  // rounds past the largest half
+  CHECK(f32_to_f16(65520.0f) == 0x7c00);    // rounds past the largest half
   CHECK(f32_to_f16(0x1.0p-24f) == 0x0001);  // smallest subnormal
   CHECK(f32_to_f16(0x1.0p-25f) == 0x0000);  // halfway to 0: even
   CHECK(f16_to_f32(0x0001) == 0x1.0p-24f);

@@ -100,7 +100,8 @@ TEST_CASE("the randomized engine is deterministic for a seed and tensor, and the
   CHECK_FALSE(same_bits(m1.a(), m3.a()));
 }
 
-TEST_CASE("energy mode picks the smallest rank keeping the energy fraction (spectrum from an eigen-decomposition of vᵀv)") {
+TEST_CASE(
+    "energy mode picks the smallest rank keeping the energy fraction (spectrum from an eigen-decomposition of vᵀv)") {
   std::mt19937_64 rng(14);
   const MatD a = with_spectrum(rng, 90, 60, decaying(60, 0.12));
   const Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(a.transpose() * a);
@@ -262,7 +263,8 @@ TEST_CASE("TwinModel reports storage against T dense experts and the relative co
   TwinBuildOptions o;
   o.exclude = {"head\\..*"};
   const SvdCompressor svd = SvdCompressor::with_rank(2, dtype::bf16);
-  const TwinModel model = TwinModel::build(sm.base, std::span<const StateDict>(sm.experts), AnyMerger::from_settings({}), svd, o);
+  const TwinModel model =
+      TwinModel::build(sm.base, std::span<const StateDict>(sm.experts), AnyMerger::from_settings({}), svd, o);
   CHECK(model.task_names() == std::vector<std::string>{"task0", "task1", "task2", "task3"});
   const StorageReport r = model.storage();
   CHECK(r.dense_experts_bytes == 4 * sm.base.nbytes());
@@ -293,7 +295,7 @@ TEST_CASE("TwinModel reports storage against T dense experts and the relative co
     }
   }
   CHECK(model.relative_error() == doctest::Approx(std::sqrt(num / den)).epsilon(1e-3));
-  CHECK(model.relative_error("layer.0.attn.w", 0) > 0.01);  // rank 2 of a rank-3 delta
+  CHECK(model.relative_error("layer.0.attn.w", 0) > 0.01);               // rank 2 of a rank-3 delta
   CHECK(model.relative_error("layer.0.norm", 0) < std::ldexp(1.0, -8));  // vectors: dense, bf16 rounding only
 }
 
@@ -301,12 +303,15 @@ TEST_CASE("TwinModel::build rejects mismatched task names and reports unknown te
   const SmallModel sm = small_model(23, 2);
   TwinBuildOptions o;
   o.task_names = {"a"};
-  CHECK_THROWS_AS(TwinModel::build(sm.base, std::span<const StateDict>(sm.experts), TaskArithmetic{}, DenseCompressor{}, o),
-                  argument_error);
+  CHECK_THROWS_AS(
+      TwinModel::build(sm.base, std::span<const StateDict>(sm.experts), TaskArithmetic{}, DenseCompressor{}, o),
+      argument_error);
   o.task_names = {"a", "a"};
-  CHECK_THROWS_AS(TwinModel::build(sm.base, std::span<const StateDict>(sm.experts), TaskArithmetic{}, DenseCompressor{}, o),
-                  argument_error);
-  const TwinModel m = TwinModel::build(sm.base, std::span<const StateDict>(sm.experts), TaskArithmetic{}, DenseCompressor{});
+  CHECK_THROWS_AS(
+      TwinModel::build(sm.base, std::span<const StateDict>(sm.experts), TaskArithmetic{}, DenseCompressor{}, o),
+      argument_error);
+  const TwinModel m =
+      TwinModel::build(sm.base, std::span<const StateDict>(sm.experts), TaskArithmetic{}, DenseCompressor{});
   try {
     (void)m.at("nope.w");
     FAIL("expected name_error");

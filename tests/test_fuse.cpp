@@ -52,8 +52,7 @@ std::vector<float> random_logits(std::mt19937_64& rng, std::size_t T, double sca
 // magnitudes involved (|θ*| ~ 1), plus the output dtype's rounding.
 void check_model_outputs(const TwinModel& m, const std::map<std::string, Tensor>& out, const std::vector<double>& w,
                          double rel, const std::string& what) {
-  for (const auto& [name, t] : out)
-    check_close(t.view(), reference_fusion(m, name, w), rel, 2e-6, what + " " + name);
+  for (const auto& [name, t] : out) check_close(t.view(), reference_fusion(m, name, w), rel, 2e-6, what + " " + name);
 }
 
 }  // namespace
@@ -68,7 +67,8 @@ TEST_CASE("one-hot logits return the expert up to the compression error, and exa
     logits[t] = 1000.0f;  // exp(-1000) is exactly 0 in double: a one-hot mixture
     auto out = outputs(full, dtype::f32);
     ffull.fuse(out, logits);
-    for (const auto& [name, o] : out) check_close(o.view(), to_f64_vector(sm.experts[t].at(name).view()), 1e-5, 1e-5, "full rank " + name);
+    for (const auto& [name, o] : out)
+      check_close(o.view(), to_f64_vector(sm.experts[t].at(name).view()), 1e-5, 1e-5, "full rank " + name);
 
     auto lo = outputs(low, dtype::f32);
     flow.fuse(lo, logits);
@@ -273,11 +273,13 @@ TEST_CASE("concurrent fuse calls into different outputs give the single-threaded
   std::vector<std::thread> threads;
   for (int i = 0; i < 4; ++i)
     threads.emplace_back([&, i] {
-      for (int rep = 0; rep < 3; ++rep) f.fuse(parallel[static_cast<std::size_t>(i)], logits[static_cast<std::size_t>(i)]);
+      for (int rep = 0; rep < 3; ++rep)
+        f.fuse(parallel[static_cast<std::size_t>(i)], logits[static_cast<std::size_t>(i)]);
     });
   for (auto& th : threads) th.join();
   for (int i = 0; i < 4; ++i)
-    for (const auto& [name, t] : serial[static_cast<std::size_t>(i)]) CHECK(same_bits(t, parallel[static_cast<std::size_t>(i)].at(name)));
+    for (const auto& [name, t] : serial[static_cast<std::size_t>(i)])
+      CHECK(same_bits(t, parallel[static_cast<std::size_t>(i)].at(name)));
 }
 
 TEST_CASE("a shard (row range or column range) equals that slice of the full fusion") {
@@ -297,7 +299,8 @@ TEST_CASE("a shard (row range or column range) equals that slice of the full fus
       const int axes = std::min<int>(static_cast<int>(e.shape.size()), 2);
       for (int axis = 0; axis < axes; ++axis) {
         const std::int64_t len = e.shape[axis];
-        for (const auto& [start, n] : {std::pair<std::int64_t, std::int64_t>{0, len / 2}, {len / 3, len - len / 3}, {len - 1, 1}}) {
+        for (const auto& [start, n] :
+             {std::pair<std::int64_t, std::int64_t>{0, len / 2}, {len / 3, len - len / 3}, {len - 1, 1}}) {
           Extents sh = e.shape;
           sh[axis] = n;
           for (const dtype t : {dtype::f32, dtype::bf16}) {
@@ -354,13 +357,15 @@ TEST_CASE("mixed-batch apply equals per-row materialized fusion (Y = X W*ᵀ + (
         std::vector<double> ref;
         const auto xv = to_f64_vector(x.view());
         for (std::int64_t i = 0; i < tokens; ++i) {
-          std::vector<double> wi(rw.begin() + i * static_cast<std::int64_t>(kTasks), rw.begin() + (i + 1) * static_cast<std::int64_t>(kTasks));
+          std::vector<double> wi(rw.begin() + i * static_cast<std::int64_t>(kTasks),
+                                 rw.begin() + (i + 1) * static_cast<std::int64_t>(kTasks));
           const auto W = reference_fusion(*m, name, wi);
           std::vector<double> b(static_cast<std::size_t>(rows), 0.0);
           if (!mo.bias.empty()) b = reference_fusion(*m, mo.bias, wi);
           for (std::int64_t r = 0; r < rows; ++r) {
             double s = b[static_cast<std::size_t>(r)];
-            for (std::int64_t c = 0; c < n; ++c) s += W[static_cast<std::size_t>(r * n + c)] * xv[static_cast<std::size_t>(i * n + c)];
+            for (std::int64_t c = 0; c < n; ++c)
+              s += W[static_cast<std::size_t>(r * n + c)] * xv[static_cast<std::size_t>(i * n + c)];
             ref.push_back(s);
           }
         }
@@ -400,7 +405,8 @@ TEST_CASE("wrong logits length, unknown names, shape and dtype mismatches throw 
 
   Tensor ints(dtype::i32, {48, 32});
   CHECK_THROWS_AS(f.fuse_tensor("layer.0.attn.w", ints, f.weights(logits)), dtype_error);
-  CHECK(message([&] { f.fuse_tensor("layer.0.attn.w", ints, f.weights(logits)); }).find("layer.0.attn.w") != std::string::npos);
+  CHECK(message([&] { f.fuse_tensor("layer.0.attn.w", ints, f.weights(logits)); }).find("layer.0.attn.w") !=
+        std::string::npos);
 
   const Tensor x(dtype::f32, {3, 31});
   Tensor y(dtype::f32, {3, 48});

@@ -20,7 +20,8 @@ using Vec = std::vector<double>;
 Vec tau_of(const Tensor& e, const Tensor& b) {
   const Vec ev = to_f64_vector(e.view()), bv = to_f64_vector(b.view());
   Vec t(ev.size());
-  for (std::size_t i = 0; i < t.size(); ++i) t[i] = static_cast<float>(static_cast<float>(ev[i]) - static_cast<float>(bv[i]));
+  for (std::size_t i = 0; i < t.size(); ++i)
+    t[i] = static_cast<float>(static_cast<float>(ev[i]) - static_cast<float>(bv[i]));
   return t;
 }
 
@@ -28,13 +29,17 @@ Vec tau_of(const Tensor& e, const Tensor& b) {
 std::vector<char> ref_top_k(const Vec& v, std::int64_t k) {
   std::vector<std::size_t> idx(v.size());
   std::iota(idx.begin(), idx.end(), 0);
-  std::stable_sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) { return std::abs(v[a]) > std::abs(v[b]); });
+  std::stable_sort(idx.begin(), idx.end(),
+                   [&](std::size_t a, std::size_t b) { return std::abs(v[a]) > std::abs(v[b]); });
   std::vector<char> keep(v.size(), 0);
-  for (std::int64_t r = 0; r < std::min<std::int64_t>(k, static_cast<std::int64_t>(v.size())); ++r) keep[idx[static_cast<std::size_t>(r)]] = 1;
+  for (std::int64_t r = 0; r < std::min<std::int64_t>(k, static_cast<std::int64_t>(v.size())); ++r)
+    keep[idx[static_cast<std::size_t>(r)]] = 1;
   return keep;
 }
 
-std::int64_t floor_count(double density, std::size_t n) { return static_cast<std::int64_t>(std::floor(density * static_cast<double>(n) + 1e-9)); }
+std::int64_t floor_count(double density, std::size_t n) {
+  return static_cast<std::int64_t>(std::floor(density * static_cast<double>(n) + 1e-9));
+}
 
 Vec ref_disjoint(const std::vector<Vec>& taus, const Vec& w) {
   Vec out(taus[0].size(), 0.0);
@@ -137,7 +142,8 @@ Vec reference(std::string_view method, const Fixture& f, const Vec& w, double la
 
 TEST_CASE("philox4x32-10 matches the Random123 known-answer vectors") {
   CHECK(Philox(0).block(0, 0) == std::array<std::uint32_t, 4>{0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u});
-  CHECK(Philox(~0ull).block(~0ull, ~0ull) == std::array<std::uint32_t, 4>{0x408f276du, 0x41c83b0eu, 0xa20bc7c6u, 0x6d5451fdu});
+  CHECK(Philox(~0ull).block(~0ull, ~0ull) ==
+        std::array<std::uint32_t, 4>{0x408f276du, 0x41c83b0eu, 0xa20bc7c6u, 0x6d5451fdu});
   CHECK(Philox(0x299f31d0a4093822ull).block(0x85a308d3243f6a88ull, 0x0370734413198a2eull) ==
         std::array<std::uint32_t, 4>{0xd16cfe09u, 0x94fdccebu, 0x5001e420u, 0x24126ea1u});
 }
@@ -213,8 +219,8 @@ TEST_CASE("every strategy equals its double-precision reference on f32, f16 and 
       if (m == "breadcrumbs") s.density = 0.6, s.gamma = 0.05;
       const AnyMerger merger = AnyMerger::from_settings(s);
       const Tensor out = twin::merge_tensor(merger, "layer.weight", f.base.view(), views);
-      const Vec ref = reference(m, f, w, s.scaling.value_or(1.0), s.density.value_or(0), s.gamma.value_or(0), 99,
-                                "layer.weight");
+      const Vec ref =
+          reference(m, f, w, s.scaling.value_or(1.0), s.density.value_or(0), s.gamma.value_or(0), 99, "layer.weight");
       // Storage rounding of the output plus f32 accumulation over 3 experts.
       check_close(out.view(), ref, unit_roundoff(t) + 1e-6, 1e-5, std::string(m));
     }
@@ -251,14 +257,17 @@ TEST_CASE("ties: where no expert moves an entry the output keeps the base value"
     Tensor e = perturbed(rng, base, 0.2);
     auto v = e.values<float>();
     auto b = base.values<float>();
-    for (int r = 0; r < 16; ++r) v[static_cast<std::size_t>(r * 8 + 3)] = b[static_cast<std::size_t>(r * 8 + 3)];  // column 3 unchanged
+    for (int r = 0; r < 16; ++r)
+      v[static_cast<std::size_t>(r * 8 + 3)] = b[static_cast<std::size_t>(r * 8 + 3)];  // column 3 unchanged
     experts.push_back(std::move(e));
   }
   std::vector<ConstTensorView> ev;
   for (auto& e : experts) ev.push_back(e.view());
   for (double d : {0.2, 1.0}) {
     const Tensor out = twin::merge_tensor(Ties{d, 1.0, TopKScope::per_tensor, {}}, "w", base.view(), ev);
-    for (int r = 0; r < 16; ++r) CHECK(out.values<float>()[static_cast<std::size_t>(r * 8 + 3)] == base.values<float>()[static_cast<std::size_t>(r * 8 + 3)]);
+    for (int r = 0; r < 16; ++r)
+      CHECK(out.values<float>()[static_cast<std::size_t>(r * 8 + 3)] ==
+            base.values<float>()[static_cast<std::size_t>(r * 8 + 3)]);
   }
 }
 
@@ -266,15 +275,17 @@ TEST_CASE("density 0 leaves the base and density 1 trims nothing") {
   const Fixture f = make_fixture(14, dtype::f32, {40, 30}, 3);
   const auto ev = f.views();
   const Vec base = f.basev();
-  for (const AnyMerger& m : {AnyMerger(Ties{0.0, 1.0, TopKScope::per_tensor, {}}), AnyMerger(DareLinear{{0.0, 1.0, 5, {}}}),
-                             AnyMerger(DareTies{{0.0, 1.0, 5, {}}}), AnyMerger(Breadcrumbs{0.0, 0.0, 1.0, {}})}) {
+  for (const AnyMerger& m :
+       {AnyMerger(Ties{0.0, 1.0, TopKScope::per_tensor, {}}), AnyMerger(DareLinear{{0.0, 1.0, 5, {}}}),
+        AnyMerger(DareTies{{0.0, 1.0, 5, {}}}), AnyMerger(Breadcrumbs{0.0, 0.0, 1.0, {}})}) {
     CAPTURE(std::string(m.name()));
     check_close(twin::merge_tensor(m, "w", f.base.view(), ev).view(), base, 0, 0);
   }
   // Density 1: Ties is elect + disjoint mean of the untrimmed vectors, and
   // DARE keeps every entry unscaled (DareLinear == TaskArithmetic).
   const Vec untrimmed = plus_scaled(base, ref_disjoint(f.taus(), {1, 1, 1}), 1.0);
-  check_close(twin::merge_tensor(Ties{1.0, 1.0, TopKScope::per_tensor, {}}, "w", f.base.view(), ev).view(), untrimmed, 1e-6, 1e-6);
+  check_close(twin::merge_tensor(Ties{1.0, 1.0, TopKScope::per_tensor, {}}, "w", f.base.view(), ev).view(), untrimmed,
+              1e-6, 1e-6);
   check_close(twin::merge_tensor(DareLinear{{1.0, 0.5, 5, {}}}, "w", f.base.view(), ev).view(),
               reference("task_arithmetic", f, {1, 1, 1}, 0.5, 0, 0, 0, "w"), 1e-6, 1e-6);
 }
@@ -283,7 +294,8 @@ TEST_CASE("one expert: ties at density 1 and task arithmetic both give base + λ
   const Fixture f = make_fixture(15, dtype::f32, {33}, 1);
   const auto ev = f.views();
   const Vec ref = plus_scaled(f.basev(), f.taus()[0], 0.4);
-  check_close(twin::merge_tensor(Ties{1.0, 0.4, TopKScope::per_tensor, {}}, "b", f.base.view(), ev).view(), ref, 1e-6, 1e-6);
+  check_close(twin::merge_tensor(Ties{1.0, 0.4, TopKScope::per_tensor, {}}, "b", f.base.view(), ev).view(), ref, 1e-6,
+              1e-6);
   check_close(twin::merge_tensor(TaskArithmetic{0.4, {}}, "b", f.base.view(), ev).view(), ref, 1e-6, 1e-6);
 }
 
@@ -304,7 +316,8 @@ TEST_CASE("breadcrumbs on a tensor smaller than 1/gamma drops no outliers and st
   Tensor b20 = Tensor::from_f32(std::vector<float>(20, 0.0f), s20), e20 = Tensor::from_f32(big, s20);
   const ConstTensorView ev20[] = {e20.view()};
   const Tensor o20 = twin::merge_tensor(Breadcrumbs{0.5, 0.1, 1.0, {}}, "t", b20.view(), ev20);
-  for (int j = 0; j < 20; ++j) CHECK(o20.values<float>()[static_cast<std::size_t>(j)] == ((j >= 8 && j < 18) ? j + 1.0f : 0.0f));
+  for (int j = 0; j < 20; ++j)
+    CHECK(o20.values<float>()[static_cast<std::size_t>(j)] == ((j >= 8 && j < 18) ? j + 1.0f : 0.0f));
 }
 
 TEST_CASE("a strided (non-contiguous) view merges like its contiguous copy") {
@@ -375,13 +388,15 @@ TEST_CASE("merge_state: global ties scope equals the top-k over all merged tenso
   base.insert("b.weight", random_tensor(rng, dtype::f32, {80, 50}));
   std::vector<StateDict> experts(3);
   for (int i = 0; i < 3; ++i)
-    for (const auto& [name, t] : base) experts[static_cast<std::size_t>(i)].insert(name, perturbed(rng, t, 0.05 * (i + 1)));
+    for (const auto& [name, t] : base)
+      experts[static_cast<std::size_t>(i)].insert(name, perturbed(rng, t, 0.05 * (i + 1)));
   MergeOptions opts;
   opts.exclude = {".*head.*"};
   std::vector<std::string> seen;
   opts.progress = [&](std::size_t, std::size_t, std::string_view n) { seen.emplace_back(n); };
   const double density = 0.25;
-  const StateDict out = merge_state(Ties{density, 1.0, TopKScope::global, {}}, base, std::span<const StateDict>(experts), opts);
+  const StateDict out =
+      merge_state(Ties{density, 1.0, TopKScope::global, {}}, base, std::span<const StateDict>(experts), opts);
   CHECK(seen == base.names());
   // Excluded tensors are the base's.
   check_close(out.at("head.weight").view(), to_f64_vector(base.at("head.weight").view()), 0, 0);
@@ -407,7 +422,8 @@ TEST_CASE("merge_state: global ties scope equals the top-k over all merged tenso
     check_close(out.at(n).view(), ref, 1e-6, 1e-6, n);
   }
   // Per-tensor scope trims differently (the experts differ in scale).
-  const StateDict per = merge_state(Ties{density, 1.0, TopKScope::per_tensor, {}}, base, std::span<const StateDict>(experts), opts);
+  const StateDict per =
+      merge_state(Ties{density, 1.0, TopKScope::per_tensor, {}}, base, std::span<const StateDict>(experts), opts);
   CHECK_FALSE(same_bits(per.at("a.bias"), out.at("a.bias")));
 }
 

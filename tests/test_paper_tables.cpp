@@ -31,7 +31,8 @@ const json* find_row(const json& table, const std::string& prefix) {
 }  // namespace
 
 TEST_CASE("paper_tables --smoke reproduces the method's guaranteed properties on real data") {
-  if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz") && !std::getenv("TWIN_FASHION_MNIST")) {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz") &&
+      !std::getenv("TWIN_FASHION_MNIST")) {
     MESSAGE("Fashion-MNIST is not installed (Debian package dataset-fashion-mnist): skipped");
     return;
   }
@@ -61,7 +62,8 @@ TEST_CASE("paper_tables --smoke reproduces the method's guaranteed properties on
     REQUIRE(pre);
     for (const auto& t : tasks) {
       INFO("task " << t);
-      CHECK(ind->at("per_task").at(t).at("accuracy").get<double>() > pre->at("per_task").at(t).at("accuracy").get<double>());
+      CHECK(ind->at("per_task").at(t).at("accuracy").get<double>() >
+            pre->at("per_task").at(t).at("accuracy").get<double>());
     }
     CHECK(s.at("checks").at("experts_beat_pretrained").get<bool>());
   }

@@ -115,7 +115,8 @@ TEST_CASE("cli: every bad input fails with one error line naming the problem and
     other.erase("enc.bias");
     save_safetensors(w.dir / "missing.safetensors", other);
     StateDict wide;
-    for (const auto& [name, t] : w.base) wide.insert(name, name == "enc.weight" ? Tensor(dtype::f32, {24, 17}) : t.clone());
+    for (const auto& [name, t] : w.base)
+      wide.insert(name, name == "enc.weight" ? Tensor(dtype::f32, {24, 17}) : t.clone());
     save_safetensors(w.dir / "wide.safetensors", wide);
     StateDict nan = w.base.clone();
     auto v = nan.at("enc.weight").values<float>();
@@ -124,7 +125,8 @@ TEST_CASE("cli: every bad input fails with one error line naming the problem and
     save_safetensors(w.dir / "nan.safetensors", nan);
     std::ifstream in(w.dir / "e0.safetensors", std::ios::binary);
     std::string bytes((std::istreambuf_iterator<char>(in)), {});
-    std::ofstream(w.dir / "truncated.safetensors", std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
+    std::ofstream(w.dir / "truncated.safetensors", std::ios::binary)
+        .write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
     std::ofstream(w.dir / "garbage.safetensors", std::ios::binary) << "this is not a safetensors file at all";
   }
   const std::string out = w.p("out.safetensors");
@@ -160,7 +162,8 @@ TEST_CASE("cli: every bad input fails with one error line naming the problem and
   CHECK(twin_merge("merge --base").status == 2);
   CHECK(twin_merge("frobnicate").status == 2);
   // No temporary files are left in the folder either.
-  for (const auto& e : fs::directory_iterator(w.dir)) CHECK(e.path().filename().string().find(".tmp") == std::string::npos);
+  for (const auto& e : fs::directory_iterator(w.dir))
+    CHECK(e.path().filename().string().find(".tmp") == std::string::npos);
 }
 
 namespace {
@@ -187,15 +190,17 @@ void write_router_data(const fs::path& p, int per_task, std::int64_t width, bool
 TEST_CASE("cli build + fuse equal TwinModel::build + DynamicFuser, and route equals Router::logits") {
   Workspace w;
   write_router_data(w.dir / "emb.safetensors", 60, 12);
-  Run r = twin_merge("train-router --data " + w.p("emb.safetensors") + " --epochs 20 --seed 3 -o " + w.p("router.safetensors"));
+  Run r = twin_merge("train-router --data " + w.p("emb.safetensors") + " --epochs 20 --seed 3 -o " +
+                     w.p("router.safetensors"));
   INFO(r.err);
   REQUIRE(r.status == 0);
-  r = twin_merge("build --base " + w.p("base.safetensors") + " --expert x=" + w.p("e0.safetensors") + " --expert y=" +
-                 w.p("e1.safetensors") + " --expert z=" + w.p("e2.safetensors") +
+  r = twin_merge("build --base " + w.p("base.safetensors") + " --expert x=" + w.p("e0.safetensors") +
+                 " --expert y=" + w.p("e1.safetensors") + " --expert z=" + w.p("e2.safetensors") +
                  " --method task_arithmetic --scaling 0.3 --rank 3 --exclude 'classifier.*' --router " +
                  w.p("router.safetensors") + " -o " + w.p("model.safetensors"));
   REQUIRE(r.status == 0);
-  r = twin_merge("fuse " + w.p("model.safetensors") + " --logits 0.5,-1,2 --temperature 0.7 -o " + w.p("fused.safetensors"));
+  r = twin_merge("fuse " + w.p("model.safetensors") + " --logits 0.5,-1,2 --temperature 0.7 -o " +
+                 w.p("fused.safetensors"));
   REQUIRE(r.status == 0);
   // The library, by hand.
   TwinBuildOptions o;
@@ -215,12 +220,14 @@ TEST_CASE("cli build + fuse equal TwinModel::build + DynamicFuser, and route equ
     CHECK(twin_test::same_bits(fused.tensors.at(e.name).clone(), ref));
   }
   // route -o equals the router's own logits.
-  r = twin_merge("route --router " + w.p("model.safetensors") + " --data " + w.p("emb.safetensors") + " -o " + w.p("logits.safetensors"));
+  r = twin_merge("route --router " + w.p("model.safetensors") + " --data " + w.p("emb.safetensors") + " -o " +
+                 w.p("logits.safetensors"));
   REQUIRE(r.status == 0);
-  const Router router = Router::load(w.p("router.safetensors"));
+  const Router router = load_router(w.p("router.safetensors"));
   const LoadedCheckpoint emb = load_safetensors(w.p("emb.safetensors"));
   const Tensor ref = router.logits(emb.tensors.at("embeddings"));
-  CHECK(twin_test::same_bits(load_safetensors(w.p("logits.safetensors")).tensors.at("logits").clone(), ref.clone_as(dtype::f32)));
+  CHECK(twin_test::same_bits(load_safetensors(w.p("logits.safetensors")).tensors.at("logits").clone(),
+                             ref.clone_as(dtype::f32)));
   // Printed form: one line of 3 logits per input.
   r = twin_merge("route --router " + w.p("router.safetensors") + " --data " + w.p("emb.safetensors"));
   CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 180);
@@ -234,20 +241,25 @@ TEST_CASE("cli build, fuse, train-router and route refuse bad input with one err
   write_router_data(w.dir / "emb.safetensors", 20, 12);
   write_router_data(w.dir / "badlabel.safetensors", 20, 12, true);
   write_router_data(w.dir / "wide.safetensors", 5, 13);
-  REQUIRE(twin_merge("train-router --data " + w.p("emb.safetensors") + " --epochs 2 -o " + w.p("router.safetensors")).status == 0);
+  REQUIRE(twin_merge("train-router --data " + w.p("emb.safetensors") + " --epochs 2 -o " + w.p("router.safetensors"))
+              .status == 0);
   const std::string experts = " --expert a=" + w.p("e0.safetensors") + " --expert b=" + w.p("e1.safetensors");
-  REQUIRE(twin_merge("build --base " + w.p("base.safetensors") + experts + " --rank 2 -o " + w.p("model.safetensors")).status == 0);
+  REQUIRE(twin_merge("build --base " + w.p("base.safetensors") + experts + " --rank 2 -o " + w.p("model.safetensors"))
+              .status == 0);
   const std::string out = w.p("out.safetensors");
   struct Case {
     std::string args, expect;
   };
   const Case cases[] = {
-      {"build --base " + w.p("base.safetensors") + experts + " -o " + out, "one of --rank, --energy or --sparsify-density"},
-      {"build --base " + w.p("base.safetensors") + " --expert " + w.p("e0.safetensors") + " --rank 2 -o " + out, "expected NAME=PATH"},
+      {"build --base " + w.p("base.safetensors") + experts + " -o " + out,
+       "one of --rank, --energy or --sparsify-density"},
+      {"build --base " + w.p("base.safetensors") + " --expert " + w.p("e0.safetensors") + " --rank 2 -o " + out,
+       "expected NAME=PATH"},
       {"build --base " + w.p("base.safetensors") + experts + " --rank 0 -o " + out, "rank must be at least 1"},
       {"build --base " + w.p("base.safetensors") + experts + " --sparsify-density 2 -o " + out, "must be in [0, 1]"},
-      {"build --base " + w.p("base.safetensors") + " --expert a=" + w.p("e0.safetensors") + " --expert a=" + w.p("e1.safetensors") +
-           " --rank 2 -o " + out, "task name 'a' is given twice"},
+      {"build --base " + w.p("base.safetensors") + " --expert a=" + w.p("e0.safetensors") +
+           " --expert a=" + w.p("e1.safetensors") + " --rank 2 -o " + out,
+       "task name 'a' is given twice"},
       {"fuse " + w.p("model.safetensors") + " --logits 1,2,3 -o " + out, "3 values for 2 tasks"},
       {"fuse " + w.p("model.safetensors") + " --weights 1,x -o " + out, "'x' is not a number"},
       {"fuse " + w.p("model.safetensors") + " -o " + out, "exactly one of --logits or --weights"},
@@ -256,7 +268,8 @@ TEST_CASE("cli build, fuse, train-router and route refuse bad input with one err
       {"train-router --data " + w.p("base.safetensors") + " -o " + out, "no tensor 'embeddings'"},
       {"route --router " + w.p("router.safetensors") + " --data " + w.p("wide.safetensors") + " -o " + out,
        "width 13, the router expects 12"},
-      {"route --router " + w.p("model.safetensors") + " --data " + w.p("emb.safetensors") + " -o " + out, "holds no router"},
+      {"route --router " + w.p("model.safetensors") + " --data " + w.p("emb.safetensors") + " -o " + out,
+       "holds no router"},
   };
   for (const Case& c : cases) {
     CAPTURE(c.args);

@@ -41,7 +41,8 @@ inline std::vector<std::uint8_t> gunzip_file(const std::filesystem::path& p) {
 }
 
 inline std::uint32_t be32(const std::vector<std::uint8_t>& b, std::size_t off) {
-  return (std::uint32_t{b[off]} << 24) | (std::uint32_t{b[off + 1]} << 16) | (std::uint32_t{b[off + 2]} << 8) | b[off + 3];
+  return (std::uint32_t{b[off]} << 24) | (std::uint32_t{b[off + 1]} << 16) | (std::uint32_t{b[off + 2]} << 8) |
+         b[off + 3];
 }
 }  // namespace detail
 
@@ -50,8 +51,10 @@ inline std::uint32_t be32(const std::vector<std::uint8_t>& b, std::size_t off) {
 inline ImageSet load_fashion_mnist(const std::filesystem::path& dir, const std::string& prefix) {
   const auto img_path = dir / (prefix + "-images-idx3-ubyte.gz"), lab_path = dir / (prefix + "-labels-idx1-ubyte.gz");
   const auto img = detail::gunzip_file(img_path), lab = detail::gunzip_file(lab_path);
-  if (img.size() < 16 || detail::be32(img, 0) != 0x803) throw twin::io_error(img_path.string() + ": not an IDX3 image file");
-  if (lab.size() < 8 || detail::be32(lab, 0) != 0x801) throw twin::io_error(lab_path.string() + ": not an IDX1 label file");
+  if (img.size() < 16 || detail::be32(img, 0) != 0x803)
+    throw twin::io_error(img_path.string() + ": not an IDX3 image file");
+  if (lab.size() < 8 || detail::be32(lab, 0) != 0x801)
+    throw twin::io_error(lab_path.string() + ": not an IDX1 label file");
   ImageSet s;
   const std::size_t n = detail::be32(img, 4);
   s.rows = static_cast<int>(detail::be32(img, 8));

@@ -25,7 +25,8 @@ class Progress {
     std::string bar(static_cast<std::size_t>(filled), '=');
     bar.resize(width, ' ');
     std::string name(item.substr(0, 40));
-    std::fprintf(stderr, "\r%s [%s] %zu/%zu %5.1fs %-40s", label_.c_str(), bar.c_str(), done, total, secs, name.c_str());
+    std::fprintf(stderr, "\r%s [%s] %zu/%zu %5.1fs %-40s", label_.c_str(), bar.c_str(), done, total, secs,
+                 name.c_str());
     std::fflush(stderr);
     drawn_ = true;
   }

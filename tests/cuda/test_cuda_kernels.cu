@@ -1,7 +1,6 @@
 // nvcc-compiled check that twin's CUDA headers build in device translation
 // units and that a kernel launched on the policy's stream runs. The GPU
 // kernels of the fusion and merge paths add their tests here.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <vector>
@@ -16,11 +15,7 @@ __global__ void axpy(int n, float a, const float* x, float* y) {
 }
 }  // namespace
 
-TEST_CASE("a kernel on the policy's stream computes y += a x like the host") {
-  if (twin::cuda::device_count() == 0) {
-    MESSAGE("SKIPPED: no CUDA device");
-    return;
-  }
+TEST_CASE("a kernel on the policy's stream computes y += a x like the host" * doctest::test_suite("gpu")) {
   twin::cuda::Stream s = twin::cuda::Stream::create();
   const auto policy = twin::execution::cuda.on(s);
   const int n = 1000;

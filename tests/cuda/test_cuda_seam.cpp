@@ -1,10 +1,11 @@
 // The CUDA seam: status codes become twin::device_error naming the call and
 // the library's message (checked without a device: the message tables are
-// host code), and the RAII handles work on a device when there is one.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+// host code), and the RAII handles work on a device (suite "gpu": run by
+// test_cuda_seam_device, SKIPPED without a GPU).
 #include <doctest/doctest.h>
 
 #include <string>
+#include <vector>
 
 #include "twin/backend/cuda/policy.hpp"
 
@@ -38,11 +39,7 @@ TEST_CASE("the policy carries the stream and workspace it is given") {
   CHECK(twin::execution::cuda.stream == nullptr);
 }
 
-TEST_CASE("on a device: handles, stream, events and stream-ordered memory round trip") {
-  if (twin::cuda::device_count() == 0) {
-    MESSAGE("SKIPPED: no CUDA device; handle and memory checks did not run");
-    return;
-  }
+TEST_CASE("on a device: handles, stream, events and stream-ordered memory round trip" * doctest::test_suite("gpu")) {
   twin::cuda::Stream s = twin::cuda::Stream::create();
   twin::cuda::Context ctx;
   CHECK(ctx.blas(twin::execution::cuda.on(s)) != nullptr);
