@@ -43,6 +43,15 @@ StateDict fuse_all(const TwinModel& m, std::span<const float> logits) {
   return out;
 }
 
+// Task arithmetic + rank-2 SVD over make_experts(seed), heads excluded.
+TwinModel rank2_model(std::uint64_t seed) {
+  const Experts x = make_experts(seed);
+  TwinBuildOptions opts;
+  opts.exclude = {"head\\..*"};
+  return TwinModel::build(x.base, std::span<const StateDict>(x.experts), TaskArithmetic{0.3, {}},
+                          SvdCompressor::with_rank(2), opts);
+}
+
 fs::path scratch(const std::string& name) {
   return fs::temp_directory_path() / ("twin_model_file_" + std::to_string(::getpid()) + "_" + name);
 }
@@ -87,11 +96,7 @@ TEST_CASE("save -> load gives a model whose fusion is bit-identical, for svd and
 }
 
 TEST_CASE("a model file from a newer format version, or one missing parts, is refused with io_error") {
-  const Experts x = make_experts(62);
-  TwinBuildOptions opts;
-  opts.exclude = {"head\\..*"};
-  const TwinModel m = TwinModel::build(x.base, std::span<const StateDict>(x.experts), TaskArithmetic{0.3, {}},
-                                       SvdCompressor::with_rank(2), opts);
+  const TwinModel m = rank2_model(62);
   const fs::path p = scratch("ok.safetensors"), q = scratch("bad.safetensors");
   save_twin_model(p, m);
   const LoadedCheckpoint ck = load_safetensors(p);
@@ -120,11 +125,7 @@ TEST_CASE("a model file from a newer format version, or one missing parts, is re
 }
 
 TEST_CASE("a corrupt router raises the same io_error from a router file and from a model file") {
-  const Experts x = make_experts(63);
-  TwinBuildOptions opts;
-  opts.exclude = {"head\\..*"};
-  const TwinModel m = TwinModel::build(x.base, std::span<const StateDict>(x.experts), TaskArithmetic{0.3, {}},
-                                       SvdCompressor::with_rank(2), opts);
+  const TwinModel m = rank2_model(63);
   const Router router(RouterConfig{.input_dim = 5, .num_tasks = static_cast<std::int64_t>(m.num_tasks())}, 3);
   const fs::path model_path = scratch("with_router.safetensors"), router_path = scratch("router.safetensors");
   save_twin_model(model_path, m, &router);
