@@ -144,3 +144,150 @@ TEST_CASE("views: narrow, reshape, as_matrix and bad shapes") {
   CHECK(parse_dtype("bf16") == dtype::bf16);
   CHECK_THROWS_AS(parse_dtype("q4_0"), dtype_error);
 }
+
+// ---------------------------------------------------------------------------
+// The seam's contract with engines (shape and strides returned by value,
+// shared handles, overlapping outputs, DLPack).
+
+namespace {
+// An engine tensor that, like libtorch, exposes element strides only: its
+// adapter computes shape and byte strides into fresh vectors on each call.
+struct ByValueTensor {
+  std::vector<float> storage;
+  std::int64_t rows = 0, cols = 0, row_stride = 0;  // elements
+};
+
+using Handle = twin_test::SharedHandle;
+}  // namespace
+
+template <>
+struct twin::tensor_adapter<ByValueTensor> {
+  static void* data(ByValueTensor& t) { return t.storage.data(); }
+  static const void* data(const ByValueTensor& t) { return t.storage.data(); }
+  static twin::dtype dtype(const ByValueTensor&) { return twin::dtype::f32; }
+  static std::vector<std::int64_t> shape(const ByValueTensor& t) { return {t.rows, t.cols}; }
+  static std::vector<std::int64_t> byte_strides(const ByValueTensor& t) {
+    return {t.row_stride * std::int64_t{4}, std::int64_t{4}};
+  }
+};
+
+TEST_CASE("an adapter that returns shape and byte strides by value gives a view that owns copies of them") {
+  // Before the fix the view spanned the destroyed vectors (ASan:
+  // heap-use-after-free); the padded rows check that strides are right.
+  ByValueTensor t{std::vector<float>(3 * 6), 3, 4, 6};
+  for (std::size_t i = 0; i < t.storage.size(); ++i) t.storage[i] = static_cast<float>(i);
+  const TensorView v = adapt(t);
+  // Allocations that would reuse the freed vectors' memory.
+  std::vector<std::vector<std::int64_t>> noise(64, std::vector<std::int64_t>(2, -7));
+  CHECK(v.shape_str() == "[3, 4]");
+  CHECK(v.stride(0) == 6);
+  CHECK(v.stride(1) == 1);
+  CHECK(values(v) == std::vector<double>{0, 1, 2, 3, 6, 7, 8, 9, 12, 13, 14, 15});
+  // A merge through it equals the merge of plain tensors holding the same values.
+  std::mt19937_64 rng(41);
+  const Tensor e = twin_test::random_tensor(rng, dtype::f32, {3, 4});
+  const ConstTensorView ev[] = {e.view()};
+  ByValueTensor out{std::vector<float>(3 * 6, -1.0f), 3, 4, 6};
+  TaskArithmetic{1.0, {}}.merge_tensor({"w", adapt(std::as_const(t)), ev, adapt(out)});
+  const Tensor plain = Tensor::from_f32(std::vector<float>{0, 1, 2, 3, 6, 7, 8, 9, 12, 13, 14, 15}, v.shape());
+  const Tensor ref = twin::merge_tensor(TaskArithmetic{1.0, {}}, "w", plain.view(), ev);
+  CHECK(values(adapt(std::as_const(out))) == values(ref.view()));
+  CHECK(out.storage[4] == -1.0f);  // padding untouched
+}
+
+TEST_CASE("the adapter decides writability: a handle is written through a const reference, a const container is not") {
+  static_assert(writable_tensor<const Handle&>);
+  static_assert(writable_tensor<Handle&>);
+  static_assert(!writable_tensor<const Tensor&>);
+  static_assert(writable_tensor<Tensor&>);
+  static_assert(writable_tensor<const TensorView&>);  // a view is a handle
+  static_assert(!writable_tensor<const ConstTensorView&>);
+  static_assert(std::is_same_v<decltype(adapt(std::declval<const Handle&>())), TensorView>);
+  const Handle h{std::make_shared<std::vector<float>>(6, 0.0f), {2, 3}};
+  const Handle copy = h;
+  const TensorView v = adapt(h);
+  CHECK(v.data() == copy.storage->data());
+  // Merge into the handle through a const reference; the copy sees it.
+  const Tensor base = Tensor::from_f32(std::vector<float>{1, 2, 3, 4, 5, 6}, v.shape());
+  const Tensor e1 = Tensor::from_f32(std::vector<float>{2, 2, 3, 4, 5, 6}, v.shape());
+  const ConstTensorView ev[] = {e1.view()};
+  TaskArithmetic{2.0, {}}.merge_tensor({"w", base.view(), ev, adapt(h)});
+  CHECK(*copy.storage == std::vector<float>{3, 2, 3, 4, 5, 6});
+}
+
+TEST_CASE("an output whose elements share memory (stride 0) is refused; an input may broadcast") {
+  const float one = 1.0f;
+  const std::int64_t shape[2] = {2, 3}, zero[2] = {0, 1}, bcast[2] = {0, 0};
+  std::vector<float> row(3, 0.0f);
+  const TensorView expanded(row.data(), dtype::f32, shape, zero);  // like torch's expand()
+  CHECK(has_overlapping_elements(expanded));
+  CHECK_FALSE(has_overlapping_elements(TensorView(row.data(), dtype::f32, {3})));
+  const std::int64_t interleaved[2] = {1, 1};  // [2, 3] over 4 floats: rows overlap
+  CHECK(has_overlapping_elements(TensorView(row.data(), dtype::f32, shape, interleaved)));
+  const std::int64_t transposed[2] = {1, 2};  // column-major: distinct
+  std::vector<float> six(6, 0.0f);
+  CHECK_FALSE(has_overlapping_elements(TensorView(six.data(), dtype::f32, shape, transposed)));
+  const Tensor base(dtype::f32, {2, 3});
+  const ConstTensorView ev[] = {ConstTensorView(&one, dtype::f32, shape, bcast)};  // a broadcast input is fine
+  const std::string e = twin_test::error_of<shape_error>([&] {
+    TaskArithmetic{1.0, {}}.merge_tensor({"w", base.view(), ev, expanded});
+  });
+  CHECK(e.find("output tensor 'w'") != std::string::npos);
+  CHECK(e.find("share memory") != std::string::npos);
+  Tensor out(dtype::f32, {2, 3});
+  TaskArithmetic{1.0, {}}.merge_tensor({"w", base.view(), ev, out.view()});
+  CHECK(values(out.view()) == std::vector<double>(6, 1.0));
+}
+
+#if __has_include(<dlpack/dlpack.h>)
+#  include "twin/adapters/dlpack.hpp"
+
+TEST_CASE("DLPack tensors of every float dtype adapt with their strides, byte offset and device") {
+  std::mt19937_64 rng(43);
+  for (const dtype t : {dtype::f32, dtype::f16, dtype::bf16, dtype::f64}) {
+    CAPTURE(dtype_name(t));
+    // A [3, 4] column-major tensor 16 bytes into its buffer.
+    const Tensor src = twin_test::random_tensor(rng, t, {4, 3});  // the transpose, row-major
+    const auto es = static_cast<std::uint64_t>(dtype_size(t));
+    std::vector<std::byte> buf(16 + src.nbytes());
+    std::memcpy(buf.data() + 16, src.data(), src.nbytes());
+    std::int64_t shape[2] = {3, 4}, strides[2] = {1, 3};
+    DLTensor dl{};
+    dl.data = buf.data();
+    dl.byte_offset = 16;
+    dl.device = {kDLCPU, 0};
+    dl.ndim = 2;
+    dl.dtype = {static_cast<std::uint8_t>(t == dtype::bf16 ? kDLBfloat : kDLFloat), static_cast<std::uint8_t>(es * 8),
+                1};
+    dl.shape = shape;
+    dl.strides = strides;
+    const TensorView v = adapt(std::as_const(dl));  // a handle: writable through const
+    CHECK(v.dtype() == t);
+    CHECK(v.data() == buf.data() + 16);
+    CHECK(v.stride(0) == 1);
+    CHECK(v.stride(1) == 3);
+    const std::vector<double> s = values(src.view());
+    for (std::int64_t i = 0; i < 3; ++i)
+      for (std::int64_t j = 0; j < 4; ++j) CHECK(element_f64(v, i * 4 + j) == s[static_cast<std::size_t>(j * 3 + i)]);
+    // Compact (strides NULL) and managed tensors.
+    dl.strides = nullptr;
+    CHECK(adapt(dl).stride(0) == 4);
+    DLManagedTensor managed{dl, nullptr, nullptr};
+    CHECK(adapt(managed).data() == buf.data() + 16);
+    dl.device = {kDLCUDA, 1};
+    CHECK(adapt(dl).device() == device{device::cuda, 1});
+  }
+  DLTensor bad{};
+  std::int64_t one = 1;
+  bad.ndim = 1;
+  bad.shape = &one;
+  bad.device = {kDLCPU, 0};
+  bad.dtype = {kDLComplex, 64, 1};
+  CHECK_THROWS_AS(adapt(bad), dtype_error);
+  bad.dtype = {kDLFloat, 32, 4};  // vector lanes
+  CHECK_THROWS_AS(adapt(bad), dtype_error);
+  bad.dtype = {kDLFloat, 32, 1};
+  bad.device = {kDLVulkan, 0};
+  CHECK_THROWS_AS(adapt(bad), argument_error);
+}
+#endif

@@ -2,9 +2,12 @@
 // dense double-precision reference θ* + Σ w_t v̂_t built from the stored parts.
 #include "fuse_test_util.hpp"
 
+#include <array>
 #include <map>
+#include <memory>
 #include <set>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 
 #include "twin/compress/magnitude_sparsifier.hpp"
@@ -495,4 +498,102 @@ TEST_CASE("group-wise fusion partitions the batch within argmax bins, determinis
   go.max_groups = 1;  // still one group per non-empty bin
   CHECK(group_inputs(logits, T, go).size() == 2);
   CHECK_THROWS_AS(group_inputs(std::span<const float>(logits).first(7), T, go), shape_error);
+}
+
+// ---------------------------------------------------------------------------
+// The host seam as engines use it.
+
+namespace {
+// libtorch's OrderedDict<std::string, at::Tensor> items: key() and value(),
+// and a value that is a shared handle (written through const).
+using TorchLikeTensor = SharedHandle;
+struct TorchLikeItem {
+  std::string k;
+  TorchLikeTensor v;
+  const std::string& key() const { return k; }
+  const TorchLikeTensor& value() const { return v; }
+};
+}  // namespace
+
+TEST_CASE(
+    "fuse takes engine containers: key()/value() items of handles, maps, tuples, and fuse_tensor on a const handle") {
+  const SmallModel sm = small_model(44, kTasks);
+  const TwinModel model = build(sm, SvdCompressor::with_rank(3));
+  const DynamicFuser f(model);
+  std::mt19937_64 rng(7);
+  const std::vector<float> logits = random_logits(rng, kTasks);
+  const auto w = reference_weights(logits);
+  const std::string a = "layer.0.mlp.w", b = "layer.0.norm";
+  auto handle = [&](const std::string& n) {
+    const auto shape = model.at(n).shape.span();
+    return TorchLikeTensor{std::make_shared<std::vector<float>>(static_cast<std::size_t>(checked_numel(shape))),
+                           {shape.begin(), shape.end()}};
+  };
+  // named_parameters() returns the dict by value: a temporary range.
+  auto named_parameters = [&] { return std::vector<TorchLikeItem>{{a, handle(a)}, {b, handle(b)}}; };
+  const std::vector<TorchLikeItem> params = named_parameters();
+  f.fuse(params, logits);
+  for (const auto& item : params)
+    check_close(adapt(item.value()), reference_fusion(model, item.key(), w), 1e-5, 2e-6, item.key());
+  f.fuse(named_parameters(), logits);  // compiles and runs on an rvalue range too
+
+  // One tensor through a const reference to a handle.
+  const TorchLikeTensor one = handle(a);
+  f.fuse_tensor(a, one, f.weights(logits));
+  check_close(adapt(one), reference_fusion(model, a, w), 1e-5, 2e-6, "fuse_tensor on const handle");
+
+  // Tuples and std::map of Tensors.
+  std::map<std::string, Tensor> m;
+  m.emplace(a, Tensor(dtype::f32, model.at(a).shape.span()));
+  f.fuse(m, logits);
+  check_close(m.at(a).view(), reference_fusion(model, a, w), 1e-5, 2e-6, "std::map");
+  Tensor tt(dtype::f32, model.at(b).shape.span());
+  std::vector<std::tuple<std::string, TensorView>> tuples{{b, tt.view()}};
+  f.fuse(tuples, logits);
+  check_close(tt.view(), reference_fusion(model, b, w), 1e-5, 2e-6, "tuple");
+}
+
+TEST_CASE("logits come from any contiguous float range or a host tensor of T values in any float dtype") {
+  const SmallModel sm = small_model(45, kTasks);
+  const TwinModel model = build(sm, SvdCompressor::with_rank(2));
+  const DynamicFuser f(model);
+  const std::vector<float> v{0.5f, -1.0f, 2.0f, 0.25f};
+  const std::vector<float> ref = f.weights(std::span<const float>(v));
+  const std::array<float, 4> arr{0.5f, -1.0f, 2.0f, 0.25f};
+  CHECK(f.weights(arr) == ref);
+  CHECK(f.weights({0.5f, -1.0f, 2.0f, 0.25f}) == ref);
+  const Tensor t = Tensor::from_f32(v, std::vector<std::int64_t>{4});
+  CHECK(f.weights(t) == ref);
+  const Tensor row = Tensor::from_f32(v, std::vector<std::int64_t>{1, 4});
+  CHECK(f.weights(row) == ref);
+  // The values above are exact in bf16, so bf16 logits give the same weights.
+  const Tensor b16 = Tensor::from_f32(v, std::vector<std::int64_t>{4}, dtype::bf16);
+  CHECK(f.weights(b16.view()) == ref);
+  const std::string name = "layer.0.attn.w";
+  Tensor o1(dtype::f32, model.at(name).shape.span()), o2(dtype::f32, model.at(name).shape.span());
+  std::vector<std::pair<std::string, Tensor&>> m1{{name, o1}}, m2{{name, o2}};
+  f.fuse(m1, {0.5f, -1.0f, 2.0f, 0.25f});
+  f.fuse(m2, b16);
+  CHECK(same_bits(o1, o2));
+  // Wrong sizes and shapes name the problem.
+  const Tensor five = Tensor::from_f32(std::vector<float>(5, 0.0f), std::vector<std::int64_t>{5});
+  CHECK(error_of<shape_error>([&] { (void)f.weights(five); }).find("expected 4 values") != std::string::npos);
+  const Tensor grid = Tensor::from_f32(std::vector<float>(8, 0.0f), std::vector<std::int64_t>{2, 4});
+  CHECK(error_of<shape_error>([&] { (void)f.weights(grid); }).find("[2, 4]") != std::string::npos);
+  const Tensor ints(dtype::i32, {4});
+  CHECK_THROWS_AS((void)f.weights(ints), dtype_error);
+}
+
+TEST_CASE("fusing into an output whose elements share memory (an expanded view) is refused") {
+  const SmallModel sm = small_model(46, kTasks);
+  const TwinModel model = build(sm, SvdCompressor::with_rank(2));
+  const DynamicFuser f(model);
+  const std::string name = "layer.0.mlp.w";  // [32, 48]
+  std::vector<float> row(48, 0.0f);
+  const std::int64_t shape[2] = {32, 48}, strides[2] = {0, 1};
+  const TensorView expanded(row.data(), dtype::f32, shape, strides);
+  const std::vector<float> logits(kTasks, 0.0f);
+  const std::string e = error_of<shape_error>([&] { f.fuse_tensor(name, expanded, f.weights(logits)); });
+  CHECK(e.find("'layer.0.mlp.w'") != std::string::npos);
+  CHECK(e.find("share memory") != std::string::npos);
 }

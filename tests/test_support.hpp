@@ -6,7 +6,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -63,6 +65,20 @@ inline void check_close(const twin::ConstTensorView& got, const std::vector<doub
 }
 
 // Bitwise equality of two tensors' storage.
+// The message of the E that f() throws ("no exception" or "wrong type: ..."
+// otherwise), for checks on what an error says.
+template <class E, class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("wrong type: ") + e.what();
+  }
+  return "no exception";
+}
+
 inline bool same_bits(const twin::Tensor& a, const twin::Tensor& b) {
   return a.dtype() == b.dtype() && a.nbytes() == b.nbytes() &&
          std::equal(static_cast<const std::byte*>(a.data()), static_cast<const std::byte*>(a.data()) + a.nbytes(),
@@ -70,3 +86,19 @@ inline bool same_bits(const twin::Tensor& a, const twin::Tensor& b) {
 }
 
 }  // namespace twin_test
+
+namespace twin_test {
+// A shared handle like at::Tensor: copies share storage, and its adapter
+// hands out void* for a const object, so it is written through const.
+struct SharedHandle {
+  std::shared_ptr<std::vector<float>> storage;
+  std::vector<std::int64_t> shape;
+};
+}  // namespace twin_test
+
+template <>
+struct twin::tensor_adapter<twin_test::SharedHandle> {
+  static void* data(const twin_test::SharedHandle& h) { return h.storage->data(); }
+  static twin::dtype dtype(const twin_test::SharedHandle&) { return twin::dtype::f32; }
+  static std::span<const std::int64_t> shape(const twin_test::SharedHandle& h) { return h.shape; }
+};

@@ -54,20 +54,31 @@ concept tensor_like = requires(T& t, const std::remove_cvref_t<T>& ct) {
   { std::span<const std::int64_t>(detail::adapter_of<T>::shape(ct)) };
 };
 
-// A tensor_like whose data the caller may write through.
+namespace detail {
+// A shared handle (at::Tensor, a view): the adapter hands out void* even for
+// a const object, so the tensor is written through const references.
 template <class T>
-concept writable_tensor = tensor_like<T> && !std::is_const_v<std::remove_reference_t<T>> &&
-                          requires(std::remove_cvref_t<T>& t) {
-                            { detail::adapter_of<T>::data(t) } -> std::convertible_to<void*>;
-                          };
+concept adapter_handle = requires(const std::remove_cvref_t<T>& ct) {
+  { adapter_of<T>::data(ct) } -> std::convertible_to<void*>;
+};
+template <class T>
+concept adapter_mutable = !std::is_const_v<std::remove_reference_t<T>> && requires(std::remove_cvref_t<T>& t) {
+  { adapter_of<T>::data(t) } -> std::convertible_to<void*>;
+};
+}  // namespace detail
+
+// A tensor_like whose data may be written through T. The adapter decides:
+// its data() returns void* for a const object (a handle type), or for a
+// non-const one when T is not const (a container).
+template <class T>
+concept writable_tensor = tensor_like<T> && (detail::adapter_handle<T> || detail::adapter_mutable<T>);
 // clang-format on
 
-// One entry point from any host tensor to a view: writable for non-const
-// arguments whose adapter hands out void*, read-only otherwise.
+// One entry point from any host tensor to a view: a TensorView when the
+// tensor is writable through T (writable_tensor), a ConstTensorView otherwise.
 template <tensor_like T>
 auto adapt(T&& t) {
   using A = detail::adapter_of<T>;
-  using Raw = std::remove_reference_t<T>;
   const std::remove_cvref_t<T>& ct = t;
   const twin::dtype type = A::dtype(ct);
   // Shape and strides are copied out within the full expression that asked
@@ -91,10 +102,12 @@ auto adapt(T&& t) {
   }
   twin::device where{};
   if constexpr (detail::adapter_has_device<T>) where = A::device(ct);
-  if constexpr (std::is_const_v<Raw> || !writable_tensor<T>) {
-    return ConstTensorView(static_cast<const void*>(A::data(ct)), type, shape.span(), strides.span(), where);
-  } else {
+  if constexpr (detail::adapter_handle<T>) {
+    return TensorView(static_cast<void*>(A::data(ct)), type, shape.span(), strides.span(), where);
+  } else if constexpr (detail::adapter_mutable<T>) {
     return TensorView(static_cast<void*>(A::data(t)), type, shape.span(), strides.span(), where);
+  } else {
+    return ConstTensorView(static_cast<const void*>(A::data(ct)), type, shape.span(), strides.span(), where);
   }
 }
 

@@ -3,12 +3,16 @@
 // or allocate.
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <span>
 #include <string>
+#include <string_view>
 #include <type_traits>
+#include <utility>
 
 #include "twin/dtype.hpp"
 #include "twin/error.hpp"
@@ -130,5 +134,59 @@ class BasicTensorView {
 
 using TensorView = BasicTensorView<void>;
 using ConstTensorView = BasicTensorView<const void>;
+
+// Whether two elements of `v` share memory (a zero stride, as broadcast
+// views have, or strides that interleave). Such a view is fine to read and
+// wrong to write: the last write to a shared element would win.
+template <class V>
+bool has_overlapping_elements(const BasicTensorView<V>& v) {
+  std::array<std::pair<std::int64_t, std::int64_t>, TWIN_MAX_RANK> dims{};  // (|stride|, extent)
+  int n = 0;
+  for (int i = 0; i < v.rank(); ++i) {
+    if (v.dim(i) == 0) return false;  // no elements at all
+    if (v.dim(i) > 1) dims[static_cast<std::size_t>(n++)] = {v.stride(i) < 0 ? -v.stride(i) : v.stride(i), v.dim(i)};
+  }
+  std::sort(dims.begin(), dims.begin() + n);
+  // Each dimension must step past everything the smaller ones span.
+  std::int64_t span = 1;
+  for (int i = 0; i < n; ++i) {
+    const auto [stride, extent] = dims[static_cast<std::size_t>(i)];
+    if (stride < span) return true;
+    span = stride * extent;
+  }
+  return false;
+}
+
+// The bytes [first, last) a view may touch (for views of host memory).
+template <class V>
+std::pair<const std::byte*, const std::byte*> byte_range(const BasicTensorView<V>& v) {
+  const auto* p = static_cast<const std::byte*>(v.data());
+  if (v.numel() == 0) return {p, p};
+  const auto es = static_cast<std::int64_t>(v.element_size());
+  std::int64_t lo = 0, hi = 0;
+  for (int i = 0; i < v.rank(); ++i) {
+    const std::int64_t reach = (v.dim(i) - 1) * v.stride(i) * es;
+    (reach < 0 ? lo : hi) += reach;
+  }
+  return {p + lo, p + hi + es};
+}
+
+// Whether two views may share memory (their byte ranges intersect).
+template <class V, class W>
+bool may_alias(const BasicTensorView<V>& a, const BasicTensorView<W>& b) {
+  if (a.numel() == 0 || b.numel() == 0 || a.device() != b.device()) return false;
+  const auto [a0, a1] = byte_range(a);
+  const auto [b0, b1] = byte_range(b);
+  return a0 < b1 && b0 < a1;
+}
+
+// An output must have distinct elements.
+inline void check_output_layout(const TensorView& out, std::string_view name) {
+  if (has_overlapping_elements(out))
+    throw shape_error("output tensor '" + std::string(name) + "' of shape " + out.shape_str() + " with strides " +
+                      shape_string(out.strides()) +
+                      " has elements that share memory (a zero or overlapping stride); write into a tensor whose "
+                      "elements are distinct");
+}
 
 }  // namespace twin

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -17,6 +18,7 @@
 #include "twin/adapter.hpp"
 #include "twin/backend/cpu/gemm.hpp"
 #include "twin/model/twin_model.hpp"
+#include "twin/named_item.hpp"
 #include "twin/parallel.hpp"
 #include "twin/route/routing.hpp"
 
@@ -65,37 +67,57 @@ class DynamicFuser {
   const FuseOptions& options() const noexcept { return opts_; }
 
   // Mixture weights for one input's logits (softmax with the fuser's
-  // temperature and routing); checks the length.
+  // temperature and routing); checks the length. Logits are any contiguous
+  // range of floats (std::vector, std::array, a span, a braced list) or a
+  // host tensor of T values in f32, f16, bf16 or f64 (the router's output).
   std::vector<float> weights(std::span<const float> logits) const {
     if (logits.size() != num_tasks())
       throw shape_error("logits: expected " + std::to_string(num_tasks()) + " values (one per task), found " +
                         std::to_string(logits.size()));
     return routing_weights(logits, opts_.routing);
   }
+  std::vector<float> weights(std::initializer_list<float> logits) const {
+    return weights(std::span<const float>(logits.begin(), logits.size()));
+  }
+  template <tensor_like L>
+  std::vector<float> weights(const L& logits) const {
+    const ConstTensorView v = adapt(logits);
+    require_float(v.dtype(), "logits");
+    if (v.device() != device{})
+      throw argument_error("logits are on a CUDA device; this fuser reads them from host memory");
+    if (v.rank() > 2 || (v.rank() == 2 && v.dim(0) != 1))
+      throw shape_error("logits: expected shape [" + std::to_string(num_tasks()) + "] or [1, " +
+                        std::to_string(num_tasks()) + "], found " + v.shape_str());
+    std::vector<float> values(static_cast<std::size_t>(v.numel()));
+    if (!values.empty()) read_f32(v, 0, v.numel(), values.data());
+    return weights(std::span<const float>(values));
+  }
 
-  // Writes every tensor the host names: `tensors` is any range of (name,
-  // tensor) pairs (std::map, unordered_map, vector of pairs) whose tensors
-  // are tensor_like and writable.
-  template <class Range>
-  void fuse(Range&& tensors, std::span<const float> logits) const {
+  // Writes every tensor the host names: `tensors` is any range whose
+  // elements give a name and a tensor (named_item.hpp: maps and vectors of
+  // pairs, engine containers with key()/value() items such as libtorch's
+  // named_parameters()), whose tensors are tensor_like and writable.
+  template <named_tensor_range Range, class Logits>
+  void fuse(Range&& tensors, const Logits& logits) const {
+    fuse_with_weights(std::forward<Range>(tensors), weights(logits));
+  }
+  template <named_tensor_range Range>
+  void fuse(Range&& tensors, std::initializer_list<float> logits) const {
     fuse_with_weights(std::forward<Range>(tensors), weights(logits));
   }
 
   // Same with mixture weights given directly (group-wise fusion, or weights
   // the host computed itself); a weight of 0 skips the task.
-  template <class Range>
+  template <named_tensor_range Range>
   void fuse_with_weights(Range&& tensors, std::span<const float> w) const {
     check_weights(w, "fuse");
-    for (auto&& item : tensors) {
-      auto&& [name, t] = item;
-      fuse_tensor(std::string_view(name), t, w);
-    }
+    for (auto&& item : tensors) fuse_tensor(std::string_view(item_name(item)), item_tensor(item), w);
   }
 
   // One tensor, for hosts that fuse layer by layer.
   template <class Out>
   void fuse_tensor(std::string_view name, Out&& out, std::span<const float> w) const {
-    fuse_view(name, writable_view(name, out), w);
+    fuse_view(name, writable_view(std::forward<Out>(out)), w);
   }
 
   void fuse_view(std::string_view name, const TensorView& out, std::span<const float> w) const {
@@ -112,7 +134,7 @@ class DynamicFuser {
   // fusion, computed without the rest.
   template <class Out>
   void fuse_shard(std::string_view name, Out&& out, std::span<const float> w, int axis, std::int64_t start) const {
-    const TensorView ov = writable_view(name, out);
+    const TensorView ov = writable_view(std::forward<Out>(out));
     const FusePlan& p = plan(name);
     const auto full = p.entry->shape.span();
     const int rank = static_cast<int>(full.size());
@@ -156,20 +178,12 @@ class DynamicFuser {
 
  private:
   template <class Out>
-  static TensorView writable_view(std::string_view name, Out&& out) {
-    using Raw = std::remove_cvref_t<Out>;
-    if constexpr (std::is_same_v<Raw, TensorView>) {
-      return out;  // a view is writable even when the view object is const
-    } else {
-      static_assert(tensor_like<Out>, "the output must be tensor_like (specialize twin::tensor_adapter)");
-      if constexpr (!writable_tensor<Out>) {
-        static_assert(writable_tensor<Out>, "the output tensor must be writable (non-const, adapter data() -> void*)");
-        (void)name;
-        return TensorView{};
-      } else {
-        return adapt(std::forward<Out>(out));
-      }
-    }
+  static TensorView writable_view(Out&& out) {
+    static_assert(tensor_like<Out>, "the output must be tensor_like: specialize twin::tensor_adapter for its type");
+    static_assert(writable_tensor<Out>,
+                  "the output must be writable: a non-const tensor whose adapter's data() returns void*, or a "
+                  "handle type whose adapter's data(const T&) returns void*");
+    return adapt(std::forward<Out>(out));
   }
 
   static void check_output(std::string_view name, const TensorView& out, std::span<const std::int64_t> expect) {
@@ -181,6 +195,7 @@ class DynamicFuser {
       throw argument_error("output tensor '" + std::string(name) +
                            "' is on a CUDA device; this fuser writes host memory");
     check_same_shape(name, expect, out.shape(), "output tensor");
+    check_output_layout(out, name);
   }
 
   static void prepare(FusePlan& p, const TwinModel::Entry& e, std::size_t T) {

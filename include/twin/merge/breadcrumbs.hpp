@@ -21,6 +21,7 @@ struct Breadcrumbs {
 
   void merge_tensor(const TensorMergeArgs& a) const {
     detail::check_merge_args(a);
+    if (detail::merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s); })) return;
     check_unit_interval(density, "breadcrumbs density");
     check_unit_interval(gamma, "breadcrumbs gamma");
     const std::vector<float> w = resolve_weights(weights, a.experts.size(), name());

@@ -44,6 +44,7 @@ struct DareBase {
 
   void merge_tensor(const TensorMergeArgs& a) const {
     check_merge_args(a);
+    if (merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s); })) return;
     check_unit_interval(density, std::string(name()) + " density");
     const std::vector<float> w = resolve_weights(weights, a.experts.size(), name());
     const std::size_t T = w.size();

@@ -73,10 +73,29 @@ inline void check_merge_args(const TensorMergeArgs& a) {
   require_float(a.base.dtype(), "base tensor '" + std::string(a.name) + "'");
   require_float(a.out.dtype(), "output tensor '" + std::string(a.name) + "'");
   check_same_shape(a.name, a.base.shape(), a.out.shape(), "output tensor");
+  check_output_layout(a.out, a.name);
   for (std::size_t i = 0; i < a.experts.size(); ++i) {
     require_float(a.experts[i].dtype(), "expert " + std::to_string(i) + " tensor '" + std::string(a.name) + "'");
     check_same_shape(a.name, a.base.shape(), a.experts[i].shape(), "expert " + std::to_string(i) + " tensor");
   }
+}
+
+// Merging in place (the output viewing the base's or an expert's memory, as
+// an engine short on memory does) must give the out-of-place result, but the
+// kernels read inputs after writing outputs: an output that may share memory
+// with an input is merged into scratch memory, then copied over. Returns
+// whether it did so (the caller then has nothing left to do).
+template <class F>
+bool merge_aliased_through_scratch(const TensorMergeArgs& a, F&& merge) {
+  bool aliased = may_alias(a.out, a.base);
+  for (const ConstTensorView& e : a.experts) aliased = aliased || may_alias(a.out, e);
+  if (!aliased) return false;
+  Tensor scratch = Tensor::empty(a.out.dtype(), a.out.shape());
+  TensorMergeArgs s = a;
+  s.out = scratch.view();
+  merge(s);
+  copy_convert(scratch.view(), a.out);
+  return true;
 }
 
 // Reads `n` values at `lo` as f32: straight from memory when the view is

@@ -14,6 +14,7 @@ struct TaskArithmetic {
 
   void merge_tensor(const TensorMergeArgs& a) const {
     detail::check_merge_args(a);
+    if (detail::merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s); })) return;
     const std::vector<float> w = resolve_weights(weights, a.experts.size(), name());
     const float lambda = static_cast<float>(scaling);
     const std::size_t T = w.size();

@@ -100,6 +100,7 @@ struct Ties {
 
   void merge_tensor(const TensorMergeArgs& a, const Plan& p) const {
     detail::check_merge_args(a);
+    if (detail::merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s, p); })) return;
     validate();
     const std::vector<float> w = resolve_weights(weights, a.experts.size(), name());
     const std::int64_t n = a.base.numel();

@@ -15,6 +15,7 @@ struct WeightAverage {
 
   void merge_tensor(const TensorMergeArgs& a) const {
     detail::check_merge_args(a);
+    if (detail::merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s); })) return;
     const std::vector<float> w = resolve_weights(weights, a.experts.size(), name());
     const float wsum = std::accumulate(w.begin(), w.end(), 0.0f);
     if (wsum == 0.0f) throw argument_error("average: the weights sum to 0");
