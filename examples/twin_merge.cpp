@@ -68,7 +68,7 @@ struct MethodOptions {
   std::string method = "task_arithmetic";
   std::optional<double> scaling, density, gamma;
   std::uint64_t seed = 0;
-  std::string scope = "per-tensor";
+  std::string scope = "per-tensor", selection = "exact", zero_sign = "plus";
   std::vector<double> weights;
   std::vector<std::string> exclude;
 
@@ -81,6 +81,12 @@ struct MethodOptions {
     app.add_option("--gamma", gamma, "breadcrumbs: fraction of largest-magnitude entries dropped (default 0.01)");
     app.add_option("--seed", seed, "dare: random seed")->capture_default_str();
     app.add_option("--scope", scope, "ties: top-k per-tensor or global")->capture_default_str();
+    app.add_option("--selection", selection,
+                   "ties: exact (keep floor(density*n)) or kthvalue (the official TIES/Twin-Merging code's rule)")
+        ->capture_default_str();
+    app.add_option("--zero-sign", zero_sign,
+                   "ties: sign elected by a zero sum, plus (+1) or majority (the official code's rule)")
+        ->capture_default_str();
     app.add_option("--weight", weights, "per-expert weight, once per --expert in order (default 1)");
     app.add_option("--exclude", exclude, "regular expression of tensor names not merged (repeatable)");
   }
@@ -92,6 +98,8 @@ struct MethodOptions {
     s.gamma = gamma;
     s.seed = seed;
     s.scope = twin::parse_scope(scope);
+    s.selection = twin::parse_selection(selection);
+    s.zero_sign = twin::parse_zero_sign(zero_sign);
     s.weights = weights;
     return s;
   }

@@ -561,3 +561,92 @@ TEST_CASE("merging in place (output = base or an expert, f32 and bf16, strided) 
     }
   }
 }
+
+// ---------------------------------------------------------------------------
+// The official TIES / Twin-Merging code's rules (selection = kthvalue,
+// zero_sign = majority), on hand-worked cases. With base 0, one expert and
+// λ = 1, Ties returns the trimmed task vector itself.
+
+namespace {
+std::vector<double> ties_of(const Ties& m, const std::vector<std::vector<float>>& taus) {
+  const auto n = static_cast<std::int64_t>(taus[0].size());
+  const Tensor base(dtype::f32, {n});
+  std::vector<Tensor> ex;
+  for (const auto& t : taus) ex.push_back(Tensor::from_f32(t, std::vector<std::int64_t>{n}));
+  std::vector<ConstTensorView> ev;
+  for (const auto& e : ex) ev.push_back(e.view());
+  return to_f64_vector(twin::merge_tensor(m, "t", base.view(), ev).view());
+}
+Ties official_ties(double density, TopKSelection sel, ZeroSign zs) {
+  Ties t{density, 1.0, TopKScope::per_tensor, {}};
+  t.selection = sel;
+  t.zero_sign = zs;
+  return t;
+}
+}  // namespace
+
+TEST_CASE("ties selection kthvalue keeps k + 1 entries and every tie at the threshold, as topk_values_mask") {
+  // n = 6, density 0.5: k = int(3.0) = 3; the (6 − 3) = 3rd smallest
+  // magnitude is 0.25, so every |τ| ≥ 0.25 stays: five entries. The exact
+  // rule keeps three: 0.5, −0.5 and the lowest-indexed 0.25.
+  const std::vector<float> tau{0.5f, -0.25f, 0.25f, 0.125f, -0.5f, 0.25f};
+  CHECK(ties_of(official_ties(0.5, TopKSelection::kthvalue, ZeroSign::plus), {tau}) ==
+        std::vector<double>{0.5, -0.25, 0.25, 0.0, -0.5, 0.25});
+  CHECK(ties_of(official_ties(0.5, TopKSelection::exact, ZeroSign::plus), {tau}) ==
+        std::vector<double>{0.5, -0.25, 0.0, 0.0, -0.5, 0.0});
+  // Density 1 keeps all (the official code fails there); density 0 keeps
+  // the largest magnitude and its ties (k = 0: the n-th smallest).
+  const std::vector<double> all(tau.begin(), tau.end());
+  CHECK(ties_of(official_ties(1.0, TopKSelection::kthvalue, ZeroSign::plus), {tau}) == all);
+  CHECK(ties_of(official_ties(0.0, TopKSelection::kthvalue, ZeroSign::plus), {tau}) ==
+        std::vector<double>{0.5, 0.0, 0.0, 0.0, -0.5, 0.0});
+  // k is truncated as Python's int(n * density): 100 * 0.3 = 30.000000000000004
+  // keeps 31 distinct magnitudes; 100 * 0.29 = 28.999999999999996 keeps 29,
+  // where the exact rule's floor(n * density) (nudged) keeps 30 and 29.
+  std::vector<float> ramp(100);
+  for (std::size_t i = 0; i < ramp.size(); ++i) ramp[i] = static_cast<float>(i + 1) / 128.0f;
+  auto kept = [&](const Ties& m) {
+    const auto out = ties_of(m, {ramp});
+    return std::count_if(out.begin(), out.end(), [](double x) { return x != 0.0; });
+  };
+  CHECK(kept(official_ties(0.3, TopKSelection::kthvalue, ZeroSign::plus)) == 31);
+  CHECK(kept(official_ties(0.3, TopKSelection::exact, ZeroSign::plus)) == 30);
+  CHECK(kept(official_ties(0.29, TopKSelection::kthvalue, ZeroSign::plus)) == 29);
+  CHECK(kept(official_ties(0.29, TopKSelection::exact, ZeroSign::plus)) == 29);
+}
+
+TEST_CASE("ties zero_sign majority: a zero sum elects the sign of all elected signs; a tied vote keeps negatives") {
+  // Sums [0, −2, −2, −1]: votes 0 − 1 − 1 − 1 < 0, so entry 0 elects −:
+  // it keeps τ2's −1. With plus it keeps τ1's +1.
+  const std::vector<float> t1{1.0f, -1.0f, -1.0f, 1.0f}, t2{-1.0f, -1.0f, -1.0f, -2.0f};
+  CHECK(ties_of(official_ties(1.0, TopKSelection::exact, ZeroSign::majority), {t1, t2}) ==
+        std::vector<double>{-1.0, -1.0, -1.0, -2.0});
+  CHECK(ties_of(official_ties(1.0, TopKSelection::exact, ZeroSign::plus), {t1, t2}) ==
+        std::vector<double>{1.0, -1.0, -1.0, -2.0});
+  // Sums [0, 2, −2]: a tied vote (0); the official code's sign 0 keeps the
+  // negative entries, so entry 0 takes τ2's −1.
+  const std::vector<float> u1{1.0f, 1.0f, -1.0f}, u2{-1.0f, 1.0f, -1.0f};
+  CHECK(ties_of(official_ties(1.0, TopKSelection::exact, ZeroSign::majority), {u1, u2}) ==
+        std::vector<double>{-1.0, 1.0, -1.0});
+}
+
+TEST_CASE("ties zero_sign majority with global scope votes over the whole model, per-tensor over each tensor") {
+  // Tensor a: sums [0, +2] (its own vote +1); tensor b: sums [−2, −2]. The
+  // model's vote is 1 − 2 < 0, so with global scope a's zero sum elects −.
+  StateDict base, e1, e2;
+  base.insert("a", Tensor(dtype::f32, {2}));
+  base.insert("b", Tensor(dtype::f32, {2}));
+  e1.insert("a", Tensor::from_f32(std::vector<float>{1.0f, 1.0f}, std::vector<std::int64_t>{2}));
+  e2.insert("a", Tensor::from_f32(std::vector<float>{-1.0f, 1.0f}, std::vector<std::int64_t>{2}));
+  e1.insert("b", Tensor::from_f32(std::vector<float>{-1.0f, -1.0f}, std::vector<std::int64_t>{2}));
+  e2.insert("b", Tensor::from_f32(std::vector<float>{-1.0f, -1.0f}, std::vector<std::int64_t>{2}));
+  const StateDict* ex[] = {&e1, &e2};
+  Ties m{1.0, 1.0, TopKScope::global, {}};
+  m.zero_sign = ZeroSign::majority;
+  CHECK(to_f64_vector(merge_state(m, base, ex).at("a").view()) == std::vector<double>{-1.0, 1.0});
+  m.scope = TopKScope::per_tensor;
+  CHECK(to_f64_vector(merge_state(m, base, ex).at("a").view()) == std::vector<double>{1.0, 1.0});
+  m.zero_sign = ZeroSign::plus;
+  m.scope = TopKScope::global;
+  CHECK(to_f64_vector(merge_state(m, base, ex).at("a").view()) == std::vector<double>{1.0, 1.0});
+}

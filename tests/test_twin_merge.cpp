@@ -87,6 +87,19 @@ TEST_CASE("cli merge equals the library call with the same settings") {
   CHECK(got.tensors.names() == ref.names());
   for (const auto& [name, t] : ref) CHECK(twin_test::same_bits(got.tensors.at(name).clone(), t));
   CHECK(got.metadata.at("twin.merge.method") == "ties");
+
+  // The official code's rules, global scope.
+  const Run g =
+      twin_merge("merge --method ties --density 0.4 --scope global --selection kthvalue --zero-sign majority " +
+                 w.inputs() + " -o " + w.p("official.safetensors"));
+  INFO(g.err);
+  REQUIRE(g.status == 0);
+  Ties official{0.4, 1.0, TopKScope::global, {}};
+  official.selection = TopKSelection::kthvalue;
+  official.zero_sign = ZeroSign::majority;
+  const StateDict oref = merge_state(official, w.base, ex, MergeOptions{});
+  const LoadedCheckpoint og = load_safetensors(w.p("official.safetensors"));
+  for (const auto& [name, t] : oref) CHECK(twin_test::same_bits(og.tensors.at(name).clone(), t));
 }
 
 TEST_CASE("cli merge writes the requested dtype and --help documents every subcommand") {
@@ -144,6 +157,9 @@ TEST_CASE("cli: every bad input fails with one error line naming the problem and
       {"merge --method slerpy " + w.inputs() + " -o " + out, "unknown merge method 'slerpy'"},
       {"merge --method ties --density 1.5 " + w.inputs() + " -o " + out, "density must be in [0, 1]"},
       {"merge --method ties --scope sideways " + w.inputs() + " -o " + out, "unknown top-k scope"},
+      {"merge --method ties --selection topk " + w.inputs() + " -o " + out, "unknown top-k selection 'topk'"},
+      {"merge --method ties --zero-sign minority " + w.inputs() + " -o " + out, "unknown zero sign 'minority'"},
+      {"merge --method task_arithmetic --zero-sign majority " + w.inputs() + " -o " + out, "ties options"},
       {"merge --weight 1 --weight 2 " + w.inputs() + " -o " + out, "2 weights given for 3 experts"},
       {"merge --dtype q4 " + w.inputs() + " -o " + out, "q4"},
       {"merge " + w.inputs() + " -o " + w.p("no/such/folder/out.safetensors"), "does not exist"},

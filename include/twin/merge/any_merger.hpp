@@ -14,12 +14,14 @@ namespace twin {
 
 struct MergeSettings {
   std::string method = "task_arithmetic";
-  std::optional<double> scaling;            // λ (default per strategy)
-  std::optional<double> density;            // fraction kept (default per strategy)
-  std::optional<double> gamma;              // breadcrumbs' outlier share
-  std::uint64_t seed = 0;                   // dare
-  TopKScope scope = TopKScope::per_tensor;  // ties
-  std::vector<double> weights;              // per expert
+  std::optional<double> scaling;                   // λ (default per strategy)
+  std::optional<double> density;                   // fraction kept (default per strategy)
+  std::optional<double> gamma;                     // breadcrumbs' outlier share
+  std::uint64_t seed = 0;                          // dare
+  TopKScope scope = TopKScope::per_tensor;         // ties
+  std::vector<double> weights;                     // per expert
+  TopKSelection selection = TopKSelection::exact;  // ties: exact or the official code's kthvalue
+  ZeroSign zero_sign = ZeroSign::plus;             // ties: plus or the official code's majority
 };
 
 inline constexpr std::string_view merge_method_names[] = {"average",     "task_arithmetic", "ties",
@@ -40,6 +42,8 @@ class AnyMerger {
       return d;
     };
     const double lambda = s.scaling.value_or(1.0);
+    if (s.method != "ties" && (s.selection != TopKSelection::exact || s.zero_sign != ZeroSign::plus))
+      throw argument_error(s.method + " takes no --selection or --zero-sign (they are ties options)");
     if (s.method == "average") {
       if (s.density || s.scaling) throw argument_error("average takes no --density or --scaling");
       return WeightAverage{s.weights};
@@ -48,7 +52,7 @@ class AnyMerger {
       if (s.density) throw argument_error("task_arithmetic takes no --density");
       return TaskArithmetic{lambda, s.weights};
     }
-    if (s.method == "ties") return Ties{density(0.2), lambda, s.scope, s.weights};
+    if (s.method == "ties") return Ties{density(0.2), lambda, s.scope, s.weights, s.selection, s.zero_sign};
     if (s.method == "dare_linear") return AnyMerger(DareLinear{{density(0.5), lambda, s.seed, s.weights}});
     if (s.method == "dare_ties") return AnyMerger(DareTies{{density(0.5), lambda, s.seed, s.weights}});
     if (s.method == "breadcrumbs") {

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <limits>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "twin/parallel.hpp"
@@ -140,6 +141,21 @@ struct CutCursor {
 inline std::int64_t keep_count(double density, std::int64_t n) noexcept {
   const double k = std::floor(density * static_cast<double>(n) + 1e-9);
   return std::clamp<std::int64_t>(static_cast<std::int64_t>(k), 0, n);
+}
+
+// The official TIES-Merging / Twin-Merging code's trim (topk_values_mask):
+// keep every entry whose magnitude is at least the (n − k)-th smallest,
+// k = int(n · density) truncated as Python does (no nudge): the k + 1
+// largest plus every tie with the last of them. Where k = n (density 1) the
+// official code fails (torch's kthvalue(0)); here everything is kept.
+// `visit` as for select_top_k.
+template <class Visit>
+MagnitudeCut select_kthvalue(Visit&& visit, std::int64_t total, double density) {
+  const auto k = std::clamp<std::int64_t>(static_cast<std::int64_t>(static_cast<double>(total) * density), 0, total);
+  if (k >= total) return MagnitudeCut::keep_all();
+  MagnitudeCut cut = select_top_k(std::forward<Visit>(visit), total, k + 1);
+  cut.quota = MagnitudeCut::all_ties;
+  return cut;
 }
 
 // Zeroes, in place, every entry of v the cut does not keep (or, with
