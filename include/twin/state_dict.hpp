@@ -36,7 +36,7 @@ class StateDict {
   // Adds a tensor; a name already present is an error (checkpoints with
   // duplicate names are malformed).
   Tensor& insert(std::string name, Tensor t) {
-    if (index_.count(name)) throw name_error("tensor '" + name + "' is already in the state dict");
+    if (index_.contains(name)) throw name_error("tensor '" + name + "' is already in the state dict");
     index_.emplace(name, items_.size());
     items_.emplace_back(std::move(name), std::move(t));
     return items_.back().second;
@@ -51,7 +51,7 @@ class StateDict {
     return insert(name, std::move(t));
   }
 
-  bool contains(std::string_view name) const { return index_.count(std::string(name)) != 0; }
+  bool contains(std::string_view name) const { return index_.contains(std::string(name)); }
   std::size_t size() const noexcept { return items_.size(); }
   bool empty() const noexcept { return items_.empty(); }
 

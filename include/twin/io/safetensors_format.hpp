@@ -211,7 +211,7 @@ inline SafetensorsHeader parse_safetensors_header(std::span<const std::byte> fil
 // Tensors viewing `file` (kept alive by `keepalive`) after full validation.
 // A tensor whose bytes are not aligned for its dtype (possible in files from
 // other writers) is copied into aligned memory instead of viewed.
-inline LoadedCheckpoint parse_safetensors(std::span<const std::byte> file, std::shared_ptr<const void> keepalive,
+inline LoadedCheckpoint parse_safetensors(std::span<const std::byte> file, const std::shared_ptr<const void>& keepalive,
                                           std::string_view source) {
   const SafetensorsHeader h = parse_safetensors_header(file, source);
   LoadedCheckpoint out;

@@ -31,8 +31,8 @@ namespace detail {
 
 inline LoadedCheckpoint load_single(const std::filesystem::path& path) {
   auto map = MappedFile::open(path);
-  std::shared_ptr<const void> keepalive(map, map->data());
-  LoadedCheckpoint out = parse_safetensors(map->bytes(), std::move(keepalive), path.string());
+  const std::shared_ptr<const void> keepalive(map, map->data());
+  LoadedCheckpoint out = parse_safetensors(map->bytes(), keepalive, path.string());
   out.files.push_back(std::move(map));
   return out;
 }

@@ -91,7 +91,7 @@ inline std::filesystem::path save_safetensors_sharded(const std::filesystem::pat
   detail::json_value index = detail::json_value::object();
   index["metadata"] = std::move(meta);
   index["weight_map"] = std::move(weight_map);
-  const std::filesystem::path index_path = dir / safetensors_index_name;
+  std::filesystem::path index_path = dir / safetensors_index_name;
   const std::string text = detail::json_dump(index, index_path.string(), 2) + "\n";
   AtomicFile f(index_path);
   f.write(text.data(), text.size());

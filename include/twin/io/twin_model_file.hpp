@@ -185,7 +185,7 @@ inline TwinModelFile twin_model_from_checkpoint(LoadedCheckpoint&& ck, const std
                      std::to_string(T) + " tasks");
   }
   for (const auto& name : ck.tensors.names())
-    if (!used.count(name) && name.rfind("router.", 0) != 0)
+    if (!used.contains(name) && name.rfind("router.", 0) != 0)
       throw io_error(src + ": tensor '" + name + "' belongs to no part of a twin model");
   return out;
 }

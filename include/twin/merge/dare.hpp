@@ -53,8 +53,8 @@ struct DareBase {
     const float d = static_cast<float>(density), lambda = static_cast<float>(scaling);
     merge_chunks(a, merge_block, [&](std::int64_t) {
       return [&, drop = std::vector<float>(T * TWIN_CHUNK_ELEMENTS), rows = std::vector<const float*>(T),
-              scratch = std::vector<float>(2 * TWIN_CHUNK_ELEMENTS)](std::int64_t lo, std::int64_t n, const float* base,
-                                                                     const float* const* ex, float* out) mutable {
+              scratch = std::vector<float>(std::size_t{2} * TWIN_CHUNK_ELEMENTS)](
+                 std::int64_t lo, std::int64_t n, const float* base, const float* const* ex, float* out) mutable {
         for (std::size_t i = 0; i < T; ++i) {
           float* t = drop.data() + i * TWIN_CHUNK_ELEMENTS;
           dare_drop(rng[i], d, lo, n, base, ex[i], t);

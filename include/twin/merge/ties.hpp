@@ -79,7 +79,7 @@ inline void ties_combine(const TensorMergeArgs& a, const std::vector<float>& tau
   const std::size_t T = w.size();
   const std::int64_t n = a.base.numel();
   merge_chunks(a, merge_block, [&](std::int64_t) {
-    return [&, rows = std::vector<const float*>(T), scratch = std::vector<float>(2 * TWIN_CHUNK_ELEMENTS)](
+    return [&, rows = std::vector<const float*>(T), scratch = std::vector<float>(std::size_t{2} * TWIN_CHUNK_ELEMENTS)](
                std::int64_t lo, std::int64_t c, const float* base, const float* const*, float* out) mutable {
       for (std::size_t i = 0; i < T; ++i) rows[i] = tau.data() + static_cast<std::int64_t>(i) * n + lo;
       disjoint_mean(c, T, rows.data(), w.data(), out, scratch.data(), scratch.data() + TWIN_CHUNK_ELEMENTS, zero_sign);
@@ -147,6 +147,7 @@ struct Ties {
       std::int64_t votes = 0;
       for (std::size_t t = 0; t < c.names.size(); ++t) {
         std::vector<ConstTensorView> ex;
+        ex.reserve(static_cast<std::size_t>(c.num_experts));
         for (int m = 0; m < c.num_experts; ++m) ex.push_back(c.view(t, m));
         const TensorMergeArgs a{c.names[t], c.view(t, -1), ex, TensorView{}};
         std::vector<float>& tau = detail::tau_scratch();

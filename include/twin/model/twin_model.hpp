@@ -72,7 +72,7 @@ class TwinModel {
   TwinModel& operator=(TwinModel&&) noexcept = default;
 
   // Assembly from parts (the builder and model-file readers use these).
-  void add_merged(std::string name, Tensor shared, std::vector<ExclusiveModule> modules,
+  void add_merged(const std::string& name, Tensor shared, std::vector<ExclusiveModule> modules,
                   std::vector<double> delta_sq = {}, std::vector<double> error_sq = {}) {
     if (modules.size() != tasks_.size())
       throw argument_error("tensor '" + name + "': " + std::to_string(modules.size()) + " exclusive modules for " +
@@ -88,7 +88,7 @@ class TwinModel {
     shared_.insert(name, std::move(shared));
     push(std::move(e));
   }
-  void add_excluded(std::string name, std::vector<Tensor> copies) {
+  void add_excluded(const std::string& name, std::vector<Tensor> copies) {
     if (copies.size() != tasks_.size())
       throw argument_error("excluded tensor '" + name + "': " + std::to_string(copies.size()) + " copies for " +
                            std::to_string(tasks_.size()) + " tasks");
@@ -176,7 +176,7 @@ class TwinModel {
 
  private:
   void push(Entry e) {
-    if (index_.count(e.name)) throw name_error("tensor '" + e.name + "' is already in the twin model");
+    if (index_.contains(e.name)) throw name_error("tensor '" + e.name + "' is already in the twin model");
     index_.emplace(e.name, entries_.size());
     entries_.push_back(std::move(e));
   }

@@ -48,6 +48,7 @@ inline std::vector<std::vector<std::int64_t>> kmeans_rows(const std::vector<floa
   const auto n = static_cast<std::int64_t>(ids.size());
   if (k >= n) {
     std::vector<std::vector<std::int64_t>> out;
+    out.reserve(ids.size());
     for (std::int64_t id : ids) out.push_back({id});
     return out;
   }

@@ -107,7 +107,9 @@ struct RouterDiagnostics {
   }
 
  private:
-  static std::string pad(std::string v, std::size_t w) { return v.size() < w ? std::string(w - v.size(), ' ') + v : v; }
+  static std::string pad(const std::string& v, std::size_t w) {
+    return v.size() < w ? std::string(w - v.size(), ' ') + v : v;
+  }
   static std::string fmt_pct(double v) {
     if (std::isnan(v)) return "-";
     char b[32];

@@ -125,7 +125,7 @@ struct RouterTraining {
       net.forward_eval(Xs.middleRows(r0, n), z, a, b);
       const auto yl = labels.subspan(static_cast<std::size_t>(r0), static_cast<std::size_t>(n));
       loss += static_cast<double>(nn::softmax_cross_entropy<float>(z, yl)) * static_cast<double>(n);
-      const std::vector<std::int64_t> pred = net.argmax_rows(z);
+      const std::vector<std::int64_t> pred = Router::argmax_rows(z);
       for (Eigen::Index i = 0; i < n; ++i)
         correct += pred[static_cast<std::size_t>(i)] == yl[static_cast<std::size_t>(i)];
     }

@@ -3,9 +3,10 @@
 #include <twin/twin.hpp>
 
 #include <cstdio>
+#include <exception>
 #include <vector>
 
-int main() {
+int main() try {
   const std::int64_t shape[] = {2};
   twin::Tensor base = twin::Tensor::from_f32(std::vector<float>{1.0f, 2.0f}, shape);
   twin::Tensor e1 = twin::Tensor::from_f32(std::vector<float>{2.0f, 2.0f}, shape);
@@ -20,4 +21,7 @@ int main() {
   }
   std::printf("consumer: twin %d.%d.%d merged correctly\n", TWIN_VERSION_MAJOR, TWIN_VERSION_MINOR, TWIN_VERSION_PATCH);
   return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "consumer: %s\n", e.what());
+  return 1;
 }
