@@ -44,9 +44,7 @@ inline Router router_from_checkpoint(const StateDict& tensors, const Metadata& m
                                      std::string_view prefix = "router.") {
   const std::string p(prefix);
   constexpr std::string_view what = "twin router";
-  if (detail::metadata_field(meta, p + "format", source, what) != "twin-router")
-    throw io_error(source + ": not a twin router (" + p + "format is '" + meta.at(p + "format") + "')");
-  detail::check_format_version(meta, p + "format_version", router_format_version, source, what);
+  detail::check_format(meta, p + "format", "twin-router", p + "format_version", router_format_version, source, what);
   if (const std::string& a = detail::metadata_field(meta, p + "architecture", source, what); a != router_architecture)
     throw io_error(source + ": router architecture '" + a + "' is not supported (this build reads '" +
                    std::string(router_architecture) + "')");

@@ -96,9 +96,7 @@ inline void save_twin_model(const std::filesystem::path& path, const TwinModel& 
 // model. The tensors are moved out of `ck`.
 inline TwinModelFile twin_model_from_checkpoint(LoadedCheckpoint&& ck, const std::string& src) {
   constexpr std::string_view what = "twin model file";
-  const std::string& format = detail::metadata_field(ck.metadata, "format", src, what);
-  if (format != "twin") throw io_error(src + ": not a twin model file (format is '" + format + "')");
-  detail::check_format_version(ck.metadata, "twin.format_version", twin_format_version, src, what);
+  detail::check_format(ck.metadata, "format", "twin", "twin.format_version", twin_format_version, src, what);
   const std::string& task_list = detail::metadata_field(ck.metadata, "twin.tasks", src, what);
   std::vector<std::string> tasks;
   try {
