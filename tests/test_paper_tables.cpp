@@ -6,51 +6,29 @@
 // error, and Twin-Merging's average beats Task Arithmetic's.
 #include <doctest/doctest.h>
 
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <string>
+#include <vector>
 
-#include <unistd.h>
-
-#include <nlohmann/json.hpp>
+#include "paper_smoke.hpp"
 
 #ifndef PAPER_TABLES_EXE
 #  error "PAPER_TABLES_EXE must name the built paper_tables program"
 #endif
 
-namespace fs = std::filesystem;
 using nlohmann::json;
-
-namespace {
-const json* find_row(const json& table, const std::string& prefix) {
-  for (const json& r : table)
-    if (r.at("method").get<std::string>().rfind(prefix, 0) == 0) return &r;
-  return nullptr;
-}
-}  // namespace
+using paper_smoke::find_row;
+namespace fs = std::filesystem;
 
 TEST_CASE("paper_tables --smoke reproduces the method's guaranteed properties on real data") {
-  if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz") &&
-      !std::getenv("TWIN_FASHION_MNIST")) {
+  if (!paper_smoke::fashion_mnist_installed()) {
     MESSAGE("Fashion-MNIST is not installed (Debian package dataset-fashion-mnist): skipped");
     return;
   }
-  const fs::path out = fs::temp_directory_path() / ("twin_paper_smoke_" + std::to_string(::getpid()));
-  fs::remove_all(out);
-  std::string cmd = std::string("\"") + PAPER_TABLES_EXE + "\" --smoke --out \"" + out.string() + "\"";
-  if (const char* d = std::getenv("TWIN_FASHION_MNIST")) cmd += std::string(" --data \"") + d + "\"";
-  cmd += " > \"" + (out.string() + ".log") + "\" 2>&1";
-  const int rc = std::system(cmd.c_str());
-  if (rc != 0) {
-    std::ifstream log(out.string() + ".log");
-    std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
-    FAIL("paper_tables --smoke failed (status " << rc << "):\n" << text);
-  }
+  const paper_smoke::Run run(PAPER_TABLES_EXE, "twin_paper_smoke");
+  const auto& out = run.out;
   for (const char* f : {"tables.md", "summary.json", "fig3_exclusive_share.svg", "fig4_num_tasks.svg", "fig4_rank.svg"})
     CHECK_MESSAGE(fs::exists(out / f), f);
-  std::ifstream in(out / "summary.json");
-  const json s = json::parse(in);
+  const json& s = run.summary;
   const json& t2 = s.at("table2");
   const auto tasks = s.at("config").at("tasks").get<std::vector<std::string>>();
   REQUIRE(tasks.size() >= 2);
@@ -102,6 +80,4 @@ TEST_CASE("paper_tables --smoke reproduces the method's guaranteed properties on
     }
     CHECK(s.at("table7").at("mixed_batch").at("max_abs_diff_vs_per_input_fusion").get<double>() < 1e-3);
   }
-  fs::remove_all(out);
-  fs::remove(out.string() + ".log");
 }

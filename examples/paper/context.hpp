@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -89,7 +90,11 @@ inline std::string method_label(const twin::MergeSettings& s) {
                   : s.method == "dare_linear"     ? "DARE (linear)"
                   : s.method == "dare_ties"       ? "DARE (TIES)"
                                                   : "Breadcrumbs";
-  if (s.scaling) l += " λ=" + fmt(*s.scaling, 1);
+  if (s.scaling) {
+    std::ostringstream v;  // shortest form: 0.15, 0.2, 1
+    v << *s.scaling;
+    l += " λ=" + v.str();
+  }
   return l;
 }
 

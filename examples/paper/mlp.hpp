@@ -269,4 +269,34 @@ inline Trained finetune(const Body& start, const std::vector<const TaskData*>& t
   return out;
 }
 
+// A head fit on a frozen body (the unseen-task protocol of the paper's vision
+// setting, where heads are aligned to the pretrained model): the body's
+// embeddings of the task's training items are computed once, then only a
+// Linear(H, 10) trains, with the recipe's epochs, batch and learning rate.
+inline Layer fit_head(const Body& frozen, const TaskData& d, const TrainRecipe& r, std::uint64_t key) {
+  const Matrix h = embed(frozen, d.x);
+  nn::Linear<float> head(h.cols(), kClasses);
+  head.reset_parameters(twin::random_key(key, "probe.init", 0));
+  nn::AdamOptions ao;
+  ao.lr = r.lr;
+  nn::Adam<float> adam(head.parameters(), ao);
+  Matrix hb, logits, dl;
+  std::vector<std::int64_t> yb;
+  for (int e = 0; e < r.epochs; ++e) {
+    const auto order = shuffled(d.size(), twin::random_key(key, "probe.order", 0), e);
+    for (std::int64_t b0 = 0; b0 + 1 < d.size(); b0 += r.batch) {
+      const std::int64_t B = std::min(r.batch, d.size() - b0);
+      gather_rows(h, order, b0, B, hb);
+      yb.resize(static_cast<std::size_t>(B));
+      for (std::int64_t i = 0; i < B; ++i)
+        yb[static_cast<std::size_t>(i)] = d.y[static_cast<std::size_t>(order[static_cast<std::size_t>(b0 + i)])];
+      head.forward(hb, logits);
+      nn::softmax_cross_entropy<float>(logits, yb, &dl);
+      head.backward(hb, dl, nullptr);
+      adam.step();
+    }
+  }
+  return {head.weight.value, head.bias.value};
+}
+
 }  // namespace paper

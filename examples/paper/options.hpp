@@ -11,10 +11,10 @@
 #include <optional>
 #include <sstream>
 #include <string>
-#include <system_error>
 #include <vector>
 
 #include "common/fashion_mnist.hpp"
+#include "common/paths.hpp"
 #include "paper/mlp.hpp"
 #include "paper/tasks.hpp"
 #include "paper/twin_eval.hpp"
@@ -36,6 +36,7 @@ struct Config {
                test_per_task = 10000, sweep_test_per_task = 2000, group_batch = 512;
   int pretrain_epochs = 2;
   TrainRecipe recipe{3, 128, 1e-3};
+  TrainRecipe probe{20, 128, 1e-2};  // heads fit on the frozen pretrained body (Table 5)
   RouterSettings router{20, 4, 0, 256, 256};
   double sparse_density = 0.1;
   std::vector<double> lambdas{0.1, 0.2, 0.3, 0.5, 0.7, 1.0};
@@ -61,6 +62,7 @@ inline void set_mode(Config& c, const std::string& m) {
     c.hidden = 128, c.pretrain_images = 6000, c.pretrain_epochs = 1, c.train_per_task = 1500, c.router_per_task = 200,
     c.test_per_task = 400, c.sweep_test_per_task = 400, c.group_batch = 256;
     c.recipe.epochs = 2;
+    c.probe.epochs = 5;
     c.router = {8, 2, 0, 128, 256};
     c.lambdas = {0.3, 1.0};
     c.rank_sweep = {2, 16};
@@ -154,11 +156,7 @@ inline std::optional<Config> parse_options(int argc, char** argv) {
   if (cfg.threads > 0) twin::set_num_threads(cfg.threads);
   if (cfg.rank < 1) throw twin::argument_error("--rank must be at least 1");
   cfg.tasks = parse_tasks(tasks_arg);
-  if (cfg.cache.empty()) {
-    std::error_code ec;
-    const fs::path exe = fs::canonical("/proc/self/exe", ec);
-    cfg.cache = (ec ? fs::current_path() : exe.parent_path()) / "paper_cache";
-  }
+  if (cfg.cache.empty()) cfg.cache = examples::beside_program("paper_cache");
   return cfg;
 }
 

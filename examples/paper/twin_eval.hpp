@@ -129,12 +129,31 @@ struct RouterSettings {
   std::int64_t batch = 128;
 };
 
+// A router trained on embeddings [n × d] (row-major, f32) labelled with
+// their task, as both reproductions train theirs.
+inline twin::Router train_router_on(twin::ConstTensorView embeddings, const std::vector<std::int64_t>& labels,
+                                    std::int64_t num_tasks, const RouterSettings& s,
+                                    double* heldout_accuracy = nullptr) {
+  twin::RouterConfig cfg;
+  cfg.input_dim = embeddings.dim(1);
+  cfg.num_tasks = num_tasks;
+  cfg.hidden = s.hidden;
+  twin::Router r(cfg, s.seed);
+  twin::RouterTrainOptions o;
+  o.max_epochs = s.max_epochs;
+  o.patience = s.patience;
+  o.seed = s.seed;
+  o.batch_size = s.batch;
+  const twin::RouterTrainReport rep = twin::train_router(r, embeddings, labels, o);
+  if (heldout_accuracy) *heldout_accuracy = rep.best_heldout_accuracy;
+  return r;
+}
+
 inline twin::Router train_router(const Body& shared, const std::vector<const TaskData*>& val, const RouterSettings& s,
                                  double* heldout_accuracy = nullptr) {
   std::int64_t n = 0;
   for (const TaskData* d : val) n += d->size();
-  const std::int64_t d = shared.l1.w.rows();
-  Matrix emb(n, d);
+  Matrix emb(n, shared.l1.w.rows());
   std::vector<std::int64_t> labels;
   std::int64_t row = 0;
   for (std::size_t t = 0; t < val.size(); ++t) {
@@ -143,21 +162,7 @@ inline twin::Router train_router(const Body& shared, const std::vector<const Tas
     row += h.rows();
     labels.insert(labels.end(), static_cast<std::size_t>(h.rows()), static_cast<std::int64_t>(t));
   }
-  twin::RouterConfig cfg;
-  cfg.input_dim = d;
-  cfg.num_tasks = static_cast<std::int64_t>(val.size());
-  cfg.hidden = s.hidden;
-  twin::Router r(cfg, s.seed);
-  twin::RouterTrainOptions o;
-  o.max_epochs = s.max_epochs;
-  o.patience = s.patience;
-  o.seed = s.seed;
-  o.batch_size = s.batch;
-  const std::int64_t shape[2] = {emb.rows(), emb.cols()};
-  const twin::RouterTrainReport rep =
-      twin::train_router(r, twin::ConstTensorView(emb.data(), twin::dtype::f32, shape), labels, o);
-  if (heldout_accuracy) *heldout_accuracy = rep.best_heldout_accuracy;
-  return r;
+  return train_router_on(cview(emb), labels, static_cast<std::int64_t>(val.size()), s, heldout_accuracy);
 }
 
 // Mixture weights [N×T] (row-major) for inputs X: router logits on the
