@@ -3,8 +3,9 @@
 //
 //     fuser.fuse(net->named_parameters(), logits);
 //
-// through a 25-line at::Tensor adapter (at::Tensor is a shared handle, so it
-// is written through const references), then the model runs. One layer is
+// through the at::Tensor adapter of examples/common/torch_adapter.hpp
+// (at::Tensor is a shared handle, so it is written through const
+// references), then the model runs. One layer is
 // bf16 and one parameter is a transposed (strided) view. The program checks
 // that one-hot logits give each expert's own outputs back (exactly up to
 // rounding at full rank) and that a mixture differs from every expert, and
@@ -16,28 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "common/torch_adapter.hpp"
 #include "twin/twin.hpp"
-
-// The adapter: data, dtype, shape and element strides of an at::Tensor.
-template <>
-struct twin::tensor_adapter<at::Tensor> {
-  static void* data(const at::Tensor& t) { return t.data_ptr(); }
-  static twin::dtype dtype(const at::Tensor& t) {
-    switch (t.scalar_type()) {
-      case at::kFloat: return twin::dtype::f32;
-      case at::kHalf: return twin::dtype::f16;
-      case at::kBFloat16: return twin::dtype::bf16;
-      case at::kDouble: return twin::dtype::f64;
-      default: throw twin::dtype_error(std::string("at::Tensor of type ") + c10::toString(t.scalar_type()));
-    }
-  }
-  static std::span<const std::int64_t> shape(const at::Tensor& t) { return {t.sizes().data(), t.sizes().size()}; }
-  // Computed on the spot (a value): twin copies it out at once.
-  static std::vector<std::int64_t> strides(const at::Tensor& t) { return t.strides().vec(); }
-  static twin::device device(const at::Tensor& t) {
-    return t.is_cuda() ? twin::device{twin::device::cuda, t.get_device()} : twin::device{};
-  }
-};
 
 namespace {
 
