@@ -7,9 +7,9 @@
 // reconstruction on a mix of paper_tables' Fashion-MNIST views, fine-tunes
 // one expert per view (8 merged, 2 held out) and an MTL model, and then uses
 // twin the way an engine would: merges and Twin models are built from the
-// checkpoints' memory-mapped tensors, the router reads the shared model's mean
-// token, and DynamicFuser writes each input's weights into the live
-// torch::nn module before that input runs. Tables 2, 4, 5 (both unseen-task
+// torch modules' parameters (views through the at::Tensor adapter), the
+// router reads the shared model's mean token, and DynamicFuser writes each
+// input's weights into the live torch::nn module before that input runs. Tables 2, 4, 5 (both unseen-task
 // protocols) and 7 in markdown on stdout and in --out, with summary.json.
 //
 //   paper_vit [--quick|--smoke] [--seed S] [--rank R] [--out DIR] [--data DIR]
@@ -64,7 +64,7 @@ struct Run {
     for (std::size_t t = 0; t < cx.T(); ++t) {
       const Expert& e = cx.experts[t];
       expert_bodies.push_back(&e.body);
-      const torch::nn::Linear h = head_module(cfg, e.head);
+      const torch::nn::Linear h = e.head;
       const Scored one[2] = {{&cx.sets[t].test, h, 100.0}, {&cx.sets[t].val, h, 100.0}};
       const MethodRow r = sc.static_row("expert", e.body, one, NAN);
       test.push_back({&cx.sets[t].test, h, r.accuracy[0]});
@@ -75,7 +75,7 @@ struct Run {
     // unseen tasks are read by heads aligned to the pretrained model).
     for (std::size_t h = 0; h < cx.held_experts.size(); ++h) {
       const Expert& e = cx.held_experts[h];
-      const torch::nn::Linear own = head_module(cfg, e.head);
+      const torch::nn::Linear own = e.head;
       const Scored one[1] = {{&cx.held_sets[h].test, own, 100.0}};
       const double acc = sc.static_row("expert", e.body, one, NAN).accuracy[0];
       held_own.push_back({&cx.held_sets[h].test, own, acc});
@@ -86,7 +86,7 @@ struct Run {
       held_probe.push_back({&cx.held_sets[h].test, probe, acc});
     }
     body_bytes = nbytes(cx.pre);
-    head_bytes = nbytes(cx.experts[0].head);
+    head_bytes = nbytes(examples::borrow_parameters(*cx.experts[0].head));
     experts_bytes = static_cast<double>(cx.T()) * (body_bytes + head_bytes);
     merged_bytes = body_bytes + static_cast<double>(cx.T()) * head_bytes;
     progress("  experts scored, held-out probes fit [%.1fs]\n", cx.seconds());
@@ -158,8 +158,7 @@ int main(int argc, char** argv) try {
   t2.push_back(individual);
   {
     std::vector<Scored> own;
-    for (std::size_t t = 0; t < T; ++t)
-      own.push_back({run.test[t].data, head_module(cfg, cx.mtl_heads[t]), run.test[t].reference});
+    for (std::size_t t = 0; t < T; ++t) own.push_back({run.test[t].data, cx.mtl_heads[t], run.test[t].reference});
     t2.push_back(run.sc.static_row("Multi-Task Learning", cx.mtl, own, run.merged_bytes));
   }
   const std::vector<twin::MergeSettings> mergers = {paper::settings("average", {}, {}, cfg.seed),
@@ -387,7 +386,7 @@ int main(int argc, char** argv) try {
      << cfg.pretrain_images << " training images in a mix of the 8 views (" << cfg.pretrain.epochs
      << " epochs); every expert and the MTL model fine-tune body + head(s) (Adam lr " << fmt(cfg.recipe.lr, 4)
      << ", batch " << cfg.recipe.batch << ", " << cfg.recipe.epochs << " epochs over " << cfg.train_per_task
-     << " images per task). Merges and Twin models are built by twin from the checkpoints' memory-mapped tensors "
+     << " images per task). Merges and Twin models are built by twin from the torch modules' parameters, seen as views "
      << "(heads are not merged); λ of each static merge is chosen on the ≤" << cfg.router_per_task
      << " validation items per task the router trains on; the router reads the shared body's mean token; "
      << "DynamicFuser writes each test input's weights into the live torch::nn module before that input runs. "

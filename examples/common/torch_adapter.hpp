@@ -56,13 +56,14 @@ inline twin::StateDict borrow_parameters(const torch::nn::Module& m) {
   return sd;
 }
 
-// Copies a StateDict into the module's parameters (names and shapes must
-// match; dtypes are converted). Every parameter must be present.
-inline void load_parameters(torch::nn::Module& m, const twin::StateDict& sd) {
+// Copies a StateDict into the module's parameters: parameter `name` from
+// tensor `prefix` + name (shapes must match; dtypes are converted). Every
+// parameter must be present; other tensors of the state dict are ignored.
+inline void load_parameters(torch::nn::Module& m, const twin::StateDict& sd, const std::string& prefix = {}) {
   torch::NoGradGuard no_grad;
   for (auto& item : m.named_parameters()) {
-    const twin::Tensor* t = sd.find(item.key());
-    if (!t) throw twin::name_error("state dict has no tensor '" + item.key() + "'");
+    const twin::Tensor* t = sd.find(prefix + item.key());
+    if (!t) throw twin::name_error("state dict has no tensor '" + prefix + item.key() + "'");
     twin::copy_convert(t->view(), twin::adapt(item.value()));
   }
 }

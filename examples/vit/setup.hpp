@@ -1,7 +1,8 @@
 // Steps of paper_vit before any table: the task data (paper_tables' views),
 // the pretrained body, the experts (8 merged, 2 held out) and the MTL model,
-// trained in libtorch once and then read back from the safetensors cache
-// (memory-mapped: the state dicts twin merges from are views of the files).
+// trained in libtorch once and cached as safetensors. Each is then held as an
+// engine holds it, in torch::nn modules, and twin sees a body's parameters as
+// a state dict of views of the module's tensors (no copy).
 #pragma once
 
 #include <torch/torch.h>
@@ -10,6 +11,7 @@
 #include <filesystem>
 #include <numeric>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -28,9 +30,11 @@ namespace vit {
 using paper::progress;
 using paper::TaskSets;
 
-// An expert checkpoint split in two: the body (merged) and its head.
+// An expert: its body's parameters (views of a torch module's tensors,
+// which they keep alive) and its head.
 struct Expert {
-  twin::StateDict body, head;  // head: weight, bias
+  twin::StateDict body;
+  torch::nn::Linear head{nullptr};
 };
 
 struct Context {
@@ -48,10 +52,10 @@ struct Context {
   std::int64_t pool = 0;  // training images [0, pool) train; the tail is validation
   std::vector<TaskSets> sets, held_sets;
 
-  twin::StateDict pre;  // the pretrained body
+  twin::StateDict pre;  // the pretrained body (views, as Expert::body)
   std::vector<Expert> experts, held_experts;
-  twin::StateDict mtl;                     // the MTL model's body
-  std::vector<twin::StateDict> mtl_heads;  // its head per merged task
+  twin::StateDict mtl;                       // the MTL model's body (views)
+  std::vector<torch::nn::Linear> mtl_heads;  // its head per merged task
   bool all_cached = true;
   double pretrain_s = 0, finetune_s = 0;
 
@@ -111,21 +115,19 @@ inline twin::StateDict with_heads(const Body& body, const std::vector<torch::nn:
   return sd;
 }
 
-// Moves `prefix`.weight / .bias out of `all` into their own state dict.
-inline twin::StateDict take_head(twin::StateDict& all, const std::string& prefix) {
-  twin::StateDict head;
-  for (const char* n : {"weight", "bias"}) {
-    const std::string key = prefix + "." + n;
-    head.insert(n, std::move(all.at(key)));
-    all.erase(key);
+// A cached checkpoint loaded into torch modules: the body, returned as views
+// of its parameters, and one head per name (tensors <name>.weight / .bias).
+inline twin::StateDict load_model(const Config& cfg, const fs::path& path, const std::vector<std::string>& head_names,
+                                  std::vector<torch::nn::Linear>* heads) {
+  const twin::StateDict file = twin::load_safetensors(path).tensors;
+  Body body(cfg.shape);
+  examples::load_parameters(*body, file);
+  for (const auto& h : head_names) {
+    torch::nn::Linear l(cfg.shape.width, kClasses);
+    examples::load_parameters(*l, file, h + ".");
+    heads->push_back(l);
   }
-  return head;
-}
-
-inline torch::nn::Linear head_module(const Config& cfg, const twin::StateDict& head) {
-  torch::nn::Linear h(cfg.shape.width, kClasses);
-  examples::load_parameters(*h, head);
-  return h;
+  return examples::borrow_parameters(*body);
 }
 
 inline void prepare_checkpoints(Context& cx) {
@@ -153,7 +155,7 @@ inline void prepare_checkpoints(Context& cx) {
                            {{"what", "pretrained ViT body (masked-tile reconstruction)"}, {"key", pkey}});
     cx.pretrain_s = paper::seconds_since(t0);
   }
-  cx.pre = twin::load_safetensors(pre_path).tensors;
+  cx.pre = load_model(cfg, pre_path, {}, nullptr);
 
   const std::string fkey = pkey + "/" + std::to_string(cfg.train_per_task) + "/" + std::to_string(cfg.recipe.epochs) +
                            "/" + std::to_string(cfg.recipe.batch) + "/" + paper::fmt(cfg.recipe.lr, 6);
@@ -172,7 +174,9 @@ inline void prepare_checkpoints(Context& cx) {
       twin::save_safetensors(path, with_heads(body, heads, head_names), {{"what", label}, {"key", fkey}});
       progress("  %s trained [%.1fs]\n", label.c_str(), cx.seconds());
     }
-    return twin::load_safetensors(path).tensors;
+    std::vector<torch::nn::Linear> loaded;
+    twin::StateDict body = load_model(cfg, path, head_names, &loaded);
+    return std::make_pair(std::move(body), std::move(loaded));
   };
   auto expert = [&](std::size_t k, bool held) {
     const std::string name = held ? paper::kHeldOutTasks[k].name : paper::kMainTasks[k].name;
@@ -180,20 +184,17 @@ inline void prepare_checkpoints(Context& cx) {
     const fs::path p = cfg.cache / ("vit-expert-" + name + "-" +
                                     paper::hex(twin::random_key(cfg.seed, "vit.ft:" + fkey, id)) + ".safetensors");
     const auto& data = held ? cx.held_sets[k].train : cx.sets[k].train;
-    Expert e;
-    e.body = trained(p, {&data}, {"head"}, twin::random_key(cfg.seed, "vit.expert", id), "expert " + name);
-    e.head = take_head(e.body, "head");
-    return e;
+    auto [body, heads] = trained(p, {&data}, {"head"}, twin::random_key(cfg.seed, "vit.expert", id), "expert " + name);
+    return Expert{std::move(body), heads[0]};
   };
   for (std::size_t t = 0; t < cx.T(); ++t) cx.experts.push_back(expert(t, false));
   for (std::size_t h = 0; h < paper::kHeldOutTasks.size(); ++h) cx.held_experts.push_back(expert(h, true));
   std::vector<const paper::TaskData*> all;
   std::vector<std::string> heads;
   for (std::size_t t = 0; t < cx.T(); ++t) all.push_back(&cx.sets[t].train), heads.push_back("head." + cx.names[t]);
-  cx.mtl =
+  std::tie(cx.mtl, cx.mtl_heads) =
       trained(cfg.cache / ("vit-mtl-" + paper::hex(twin::random_key(cfg.seed, "vit.mtl:" + fkey, 0)) + ".safetensors"),
               all, heads, twin::random_key(cfg.seed, "vit.mtl", 0), "MTL model");
-  for (const auto& h : heads) cx.mtl_heads.push_back(take_head(cx.mtl, h));
   cx.finetune_s = paper::seconds_since(t_ft0);
 }
 
