@@ -32,14 +32,7 @@ inline std::vector<Claim> paper_vs_ours(const Context& cx, const Table2& t2, con
                     "best static merge " + fmt(h.best_static) + ", MTL " + fmt(t2.mtl.avg_normalized()) +
                         ", Twin-Merging " + fmt(std::max(h.tw_avg, h.tws_avg)),
                     std::max(h.tw_avg, h.tws_avg) > h.best_static});
-  const std::vector<MethodRow>& table4 = t4.rows;
-  bool all_improve = true;
-  for (std::size_t i = 0; i + 1 < table4.size(); i += 2)
-    all_improve = all_improve && table4[i + 1].avg_normalized() > table4[i].avg_normalized();
-  claims.push_back({"Twin-Merging improves whichever merger builds the shared model (Table 4)",
-                    std::string(all_improve ? "improves" : "does not improve") + " all " +
-                        std::to_string(table4.size() / 2) + " mergers",
-                    all_improve});
+  claims.push_back(table4_claim(t4.rows));
   // Table 5 scores four static merges (rows 2..5) under each protocol.
   claims.push_back(held_out_claim(t5.rows, 4, "heads of the tasks' own experts"));
   claims.push_back(held_out_claim(t5.probe_rows, 4, "heads fit on the frozen pretrained body"));

@@ -78,6 +78,28 @@ inline nlohmann::json claims_json(const std::vector<Claim>& claims) {
   return a;
 }
 
+// Table 4's claim: `rows` alternate a static merge and Twin-Merging built on it.
+inline Claim table4_claim(const std::vector<MethodRow>& rows) {
+  bool all_improve = true;
+  for (std::size_t i = 0; i + 1 < rows.size(); i += 2)
+    all_improve = all_improve && rows[i + 1].avg_normalized() > rows[i].avg_normalized();
+  return {"Twin-Merging improves whichever merger builds the shared model (Table 4)",
+          std::string(all_improve ? "improves" : "does not improve") + " all " + std::to_string(rows.size() / 2) +
+              " mergers",
+          all_improve};
+}
+
+// The tables both reproductions put in summary.json, under the same keys.
+inline void put_tables(nlohmann::json& summary, const std::vector<std::string>& tasks,
+                       const std::vector<std::string>& held, const std::vector<MethodRow>& table2,
+                       const std::vector<MethodRow>& table4, const std::vector<MethodRow>& table5_own_heads,
+                       const std::vector<MethodRow>& table5_pretrained_heads) {
+  summary["table2"] = rows_json(table2, tasks);
+  summary["table4"] = rows_json(table4, tasks);
+  summary["table5"] = rows_json(table5_own_heads, held);
+  summary["table5_pretrained_heads"] = rows_json(table5_pretrained_heads, held);
+}
+
 // Table 5's claim under one protocol. `rows`: the own expert, the pretrained
 // body, `n_static` static merges, Twin-Merging (SVD), Twin-Merging (sparsified).
 // Judged on the SVD variant (the headline one); the sparsified one is shown.

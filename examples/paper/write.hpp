@@ -151,7 +151,7 @@ inline json summary_json(const Context& cx, const Results& res) {
   const Table2& t2 = res.table2;
   const Figures& fig = res.figures;
   const Headline h = headline(cx, t2);
-  return {
+  json summary = {
       {"config",
        {{"mode", cfg.mode},
         {"seed", cfg.seed},
@@ -169,10 +169,6 @@ inline json summary_json(const Context& cx, const Results& res) {
         {"threads", twin::num_threads()}}},
       {"lambda_search", cx.models.lambda_search},
       {"individual_accuracy", cx.expert_acc},
-      {"table2", rows_json(t2.rows(), cx.names)},
-      {"table4", rows_json(res.table4.rows, cx.names)},
-      {"table5", rows_json(res.table5.rows, cx.held_names)},
-      {"table5_pretrained_heads", rows_json(res.table5.probe_rows, cx.held_names)},
       {"table7", res.table7},
       {"figure3", fig.share_json},
       {"figure4_tasks", fig.tasks_json},
@@ -202,6 +198,8 @@ inline json summary_json(const Context& cx, const Results& res) {
         {"build_svd_s", cx.time.build_svd},
         {"checkpoints_cached", cx.all_cached}}},
   };
+  put_tables(summary, cx.names, cx.held_names, t2.rows(), res.table4.rows, res.table5.rows, res.table5.probe_rows);
+  return summary;
 }
 
 // summary.json goes through a temporary file, so a reader never sees half of it.
