@@ -317,8 +317,15 @@ int main(int argc, char** argv) try {
     std::vector<torch::Tensor> xs;
     for (std::size_t k = 0; k < items.size(); ++k) xs.push_back(input(k));
     const torch::Tensor xb = torch::cat(xs, 0);
+    // Rows of each task, for the heads of the batched run (items come in task order k mod T).
+    std::vector<torch::Tensor> rows_of(T);
+    for (std::size_t t = 0; t < T; ++t)
+      rows_of[t] = torch::arange(static_cast<std::int64_t>(t), n, static_cast<std::int64_t>(T));
     t0 = paper::Clock::now();
-    (void)run.sc.live()->forward(xb);
+    {
+      const torch::Tensor f = class_token(run.sc.live()->forward(xb));
+      for (std::size_t t = 0; t < T; ++t) (void)run.test[t].head->forward(f.index_select(0, rows_of[t]));
+    }
     const double static_batch = paper::seconds_since(t0) / static_cast<double>(n);
     double t_route = 0, t_fuse = 0, t_infer = 0;
     auto params = run.sc.live()->named_parameters();
@@ -449,6 +456,8 @@ int main(int argc, char** argv) try {
         {"pretrain_images", cfg.pretrain_images},
         {"pretrain_epochs", cfg.pretrain.epochs},
         {"sparsify_density", cfg.sparse_density},
+        {"probe_epochs", cfg.probe.epochs},
+        {"probe_lr", cfg.probe.lr},
         {"threads", torch::get_num_threads()}}},
       {"lambda_search", run.lambda_search},
       {"individual_accuracy", individual_acc},

@@ -26,7 +26,9 @@ inline bool fashion_mnist_installed() {
          std::getenv("TWIN_FASHION_MNIST") != nullptr;
 }
 
-// A --smoke run's output folder, removed with the run.
+// A --smoke run's output folder, removed with the run; when the program
+// fails, the test fails in the constructor and the folder and its log stay
+// for inspection.
 struct Run {
   fs::path out;
   json summary;

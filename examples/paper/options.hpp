@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "common/args.hpp"
 #include "common/fashion_mnist.hpp"
 #include "common/paths.hpp"
 #include "paper/mlp.hpp"
@@ -119,33 +120,23 @@ inline std::vector<std::size_t> parse_tasks(const std::string& arg) {
 inline std::optional<Config> parse_options(int argc, char** argv) {
   Config cfg;
   std::string tasks_arg;
+  // The mode sets sizes first; the options after override them in any order.
+  if (const std::string m = examples::find_mode(argc, argv, {"--quick", "--smoke"}); !m.empty())
+    set_mode(cfg, m.substr(2));
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
       if (i + 1 >= argc) throw twin::argument_error(a + " needs a value");
       return argv[++i];
     };
-    auto number = [&](auto parse) {
-      const std::string v = next();
-      try {
-        std::size_t pos = 0;
-        const auto x = parse(v, &pos);
-        if (pos == v.size()) return x;
-      } catch (const std::exception&) {
-      }
-      throw twin::argument_error(a + ": '" + v + "' is not a number");
-    };
-    auto as_u64 = [](const std::string& v, std::size_t* p) { return std::stoull(v, p); };
-    auto as_i64 = [](const std::string& v, std::size_t* p) { return std::stoll(v, p); };
-    if (a == "--quick") set_mode(cfg, "quick");
-    else if (a == "--smoke") set_mode(cfg, "smoke");
-    else if (a == "--seed") cfg.seed = number(as_u64);
+    if (a == "--quick" || a == "--smoke") continue;  // applied first, above
+    else if (a == "--seed") cfg.seed = examples::parse_u64(a, next());
     else if (a == "--tasks") tasks_arg = next();
-    else if (a == "--rank") cfg.rank = number(as_i64);
+    else if (a == "--rank") cfg.rank = examples::parse_int(a, next(), 1, 1 << 20);
     else if (a == "--out") cfg.out = next();
     else if (a == "--data") cfg.data = next();
     else if (a == "--cache") cfg.cache = next();
-    else if (a == "--threads") cfg.threads = static_cast<int>(number(as_i64));
+    else if (a == "--threads") cfg.threads = static_cast<int>(examples::parse_int(a, next(), 0, 4096));
     else if (a == "--help" || a == "-h") {
       print_help();
       return std::nullopt;
@@ -154,7 +145,6 @@ inline std::optional<Config> parse_options(int argc, char** argv) {
     }
   }
   if (cfg.threads > 0) twin::set_num_threads(cfg.threads);
-  if (cfg.rank < 1) throw twin::argument_error("--rank must be at least 1");
   cfg.tasks = parse_tasks(tasks_arg);
   if (cfg.cache.empty()) cfg.cache = examples::beside_program("paper_cache");
   return cfg;

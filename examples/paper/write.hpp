@@ -166,6 +166,8 @@ inline json summary_json(const Context& cx, const Results& res) {
         {"epochs", cfg.recipe.epochs},
         {"pretrain_epochs", cfg.pretrain_epochs},
         {"sparsify_density", cfg.sparse_density},
+        {"probe_epochs", cfg.probe.epochs},
+        {"probe_lr", cfg.probe.lr},
         {"threads", twin::num_threads()}}},
       {"lambda_search", cx.models.lambda_search},
       {"individual_accuracy", cx.expert_acc},

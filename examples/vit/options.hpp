@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/args.hpp"
 #include "common/fashion_mnist.hpp"
 #include "common/paths.hpp"
 #include "paper/tasks.hpp"
@@ -76,30 +77,22 @@ inline void print_help() {
 // The run's Config, or nothing after --help.
 inline std::optional<Config> parse_options(int argc, char** argv) {
   Config cfg;
+  // The mode sets sizes first; the options after override them in any order.
+  if (const std::string m = examples::find_mode(argc, argv, {"--quick", "--smoke"}); !m.empty())
+    set_mode(cfg, m.substr(2));
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
       if (i + 1 >= argc) throw twin::argument_error(a + " needs a value");
       return argv[++i];
     };
-    auto integer = [&]() -> long long {
-      const std::string v = next();
-      try {
-        std::size_t pos = 0;
-        const long long x = std::stoll(v, &pos);
-        if (pos == v.size()) return x;
-      } catch (const std::exception&) {
-      }
-      throw twin::argument_error(a + ": '" + v + "' is not an integer");
-    };
-    if (a == "--quick") set_mode(cfg, "quick");
-    else if (a == "--smoke") set_mode(cfg, "smoke");
-    else if (a == "--seed") cfg.seed = static_cast<std::uint64_t>(integer());
-    else if (a == "--rank") cfg.rank = integer();
+    if (a == "--quick" || a == "--smoke") continue;  // applied first, above
+    else if (a == "--seed") cfg.seed = examples::parse_u64(a, next());
+    else if (a == "--rank") cfg.rank = examples::parse_int(a, next(), 1, 1 << 20);
     else if (a == "--out") cfg.out = next();
     else if (a == "--data") cfg.data = next();
     else if (a == "--cache") cfg.cache = next();
-    else if (a == "--threads") cfg.threads = static_cast<int>(integer());
+    else if (a == "--threads") cfg.threads = static_cast<int>(examples::parse_int(a, next(), 0, 4096));
     else if (a == "--help" || a == "-h") {
       print_help();
       return std::nullopt;
@@ -107,8 +100,6 @@ inline std::optional<Config> parse_options(int argc, char** argv) {
       throw twin::argument_error("unknown option " + a + " (see --help)");
     }
   }
-  if (cfg.rank < 1) throw twin::argument_error("--rank must be at least 1");
-  if (cfg.threads < 0) throw twin::argument_error("--threads must be positive");
   // libtorch counts physical cores by default; both libraries get the same count.
   if (cfg.threads > 0) twin::set_num_threads(cfg.threads);
   torch::set_num_threads(twin::num_threads());

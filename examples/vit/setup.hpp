@@ -99,8 +99,9 @@ inline void prepare_data(Context& cx) {
            cx.seconds());
 }
 
-// Every size a checkpoint depends on is in its cache key, so a changed mode
-// or seed never reads a stale checkpoint.
+// Every setting a mode or option can change is in the cache key, so a changed
+// mode or seed never reads a stale checkpoint. (The MTL key says "mtl2" since
+// its heads got optimizers of their own.)
 inline std::string shape_key(const Config& c) {
   return std::to_string(c.shape.width) + "x" + std::to_string(c.shape.depth) + "x" + std::to_string(c.shape.heads) +
          "x" + std::to_string(c.shape.mlp) + "/" + std::to_string(c.pretrain_images) + "/" +
@@ -193,7 +194,7 @@ inline void prepare_checkpoints(Context& cx) {
   std::vector<std::string> heads;
   for (std::size_t t = 0; t < cx.T(); ++t) all.push_back(&cx.sets[t].train), heads.push_back("head." + cx.names[t]);
   std::tie(cx.mtl, cx.mtl_heads) =
-      trained(cfg.cache / ("vit-mtl-" + paper::hex(twin::random_key(cfg.seed, "vit.mtl:" + fkey, 0)) + ".safetensors"),
+      trained(cfg.cache / ("vit-mtl-" + paper::hex(twin::random_key(cfg.seed, "vit.mtl2:" + fkey, 0)) + ".safetensors"),
               all, heads, twin::random_key(cfg.seed, "vit.mtl", 0), "MTL model");
   cx.finetune_s = paper::seconds_since(t_ft0);
 }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -81,14 +82,15 @@ inline void pretrain(Body& body, const torch::Tensor& x, const Recipe& r, std::u
 
 // Fine-tuning of body and one head per task from the body's current weights.
 // With several tasks (the MTL model) step k trains on a batch of task k mod T,
-// so every task gets as many steps as its own expert does.
+// so every task gets as many steps as its own expert does. Each head has its
+// own optimizer, stepped only on its task's batches (one Adam over all heads
+// would keep moving a head by its momentum on the other tasks' steps).
 inline void finetune(Body& body, std::vector<torch::nn::Linear>& heads, std::span<const TaskData* const> tasks,
                      const Recipe& r, std::uint64_t key) {
   const std::size_t T = tasks.size();
-  std::vector<torch::Tensor> params = body->parameters();
-  for (auto& h : heads)
-    for (const auto& p : h->parameters()) params.push_back(p);
-  torch::optim::Adam opt(params, torch::optim::AdamOptions(r.lr));
+  torch::optim::Adam body_opt(body->parameters(), torch::optim::AdamOptions(r.lr));
+  std::vector<std::unique_ptr<torch::optim::Adam>> head_opt;
+  for (auto& h : heads) head_opt.push_back(std::make_unique<torch::optim::Adam>(h->parameters(), torch::optim::AdamOptions(r.lr)));
   std::vector<torch::Tensor> x, y, order;
   std::vector<std::int64_t> pos(T, 0);
   std::vector<int> epoch(T, 0);
@@ -111,9 +113,11 @@ inline void finetune(Body& body, std::vector<torch::nn::Linear>& heads, std::spa
     if (B < 2) continue;
     const torch::Tensor logits = heads[t]->forward(class_token(body->forward(x[t].index_select(0, idx))));
     const torch::Tensor loss = torch::nn::functional::cross_entropy(logits, y[t].index_select(0, idx));
-    opt.zero_grad();
+    body_opt.zero_grad();
+    head_opt[t]->zero_grad();
     loss.backward();
-    opt.step();
+    body_opt.step();
+    head_opt[t]->step();
   }
 }
 
