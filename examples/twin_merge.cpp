@@ -69,6 +69,8 @@ struct MethodOptions {
   std::optional<double> scaling, density, gamma;
   std::uint64_t seed = 0;
   std::string scope = "per-tensor", selection = "exact", zero_sign = "plus";
+  std::optional<double> t;
+  bool filter_wise = false;
   std::vector<double> weights;
   std::vector<std::string> exclude;
 
@@ -87,6 +89,10 @@ struct MethodOptions {
     app.add_option("--zero-sign", zero_sign,
                    "ties: sign elected by a zero sum, plus (+1) or majority (the official code's rule)")
         ->capture_default_str();
+    app.add_option("--t", t,
+                   "slerp: interpolation factor (0 = base, 1 = the expert); nearswap: distance under which the "
+                   "expert's value is taken");
+    app.add_flag("--filter-wise", filter_wise, "model_stock: one ratio per row instead of per tensor");
     app.add_option("--weight", weights, "per-expert weight, once per --expert in order (default 1)");
     app.add_option("--exclude", exclude, "regular expression of tensor names not merged (repeatable)");
   }
@@ -101,6 +107,8 @@ struct MethodOptions {
     s.selection = twin::parse_selection(selection);
     s.zero_sign = twin::parse_zero_sign(zero_sign);
     s.weights = weights;
+    s.t = t;
+    s.filter_wise = filter_wise;
     return s;
   }
 };
@@ -151,6 +159,8 @@ struct MergeCommand {
                            {"twin.merge.experts", std::to_string(experts.size())}};
     if (m.scaling) meta["twin.merge.scaling"] = std::to_string(*m.scaling);
     if (m.density) meta["twin.merge.density"] = std::to_string(*m.density);
+    if (m.t) meta["twin.merge.t"] = std::to_string(*m.t);
+    if (m.filter_wise) meta["twin.merge.filter_wise"] = "true";
     twin::save_safetensors(out, merged, meta);
     std::fprintf(stderr, "merged %zu tensors of %zu experts with %s into %s\n", merged.size(), experts.size(),
                  std::string(merger.name()).c_str(), out.c_str());

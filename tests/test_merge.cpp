@@ -124,6 +124,45 @@ Vec reference(std::string_view method, const Fixture& f, const Vec& w, double la
       for (std::size_t j = 0; j < n; ++j) s[j] += w[i] * taus[i][j];
     return plus_scaled(base, s, lambda);
   }
+  if (method == "slerp" || method == "nearswap") {  // the base and expert 0; t is `lambda`
+    const Vec x = to_f64_vector(f.experts[0].view());
+    Vec o(n);
+    if (method == "nearswap") {
+      for (std::size_t j = 0; j < n; ++j) {
+        const double wj = std::clamp(lambda / std::max(std::abs(base[j] - x[j]), 1e-6), 0.0, 1.0);
+        o[j] = wj * x[j] + (1 - wj) * base[j];
+      }
+      return o;
+    }
+    double n0 = 0, n1 = 0, d = 0;
+    for (std::size_t j = 0; j < n; ++j) n0 += base[j] * base[j], n1 += x[j] * x[j], d += base[j] * x[j];
+    n0 = std::sqrt(n0), n1 = std::sqrt(n1);
+    const double dot = d / ((n0 > 1e-8 ? n0 : 1) * (n1 > 1e-8 ? n1 : 1)), th = std::acos(dot);
+    const double s0 = std::abs(dot) > 0.9995 ? 1 - lambda : std::sin((1 - lambda) * th) / std::sin(th);
+    const double s1 = std::abs(dot) > 0.9995 ? lambda : std::sin(lambda * th) / std::sin(th);
+    for (std::size_t j = 0; j < n; ++j) o[j] = s0 * base[j] + s1 * x[j];
+    return o;
+  }
+  if (method == "model_stock") {  // whole tensor, the mean pairwise cosine of the task vectors
+    const std::size_t N = taus.size();
+    double cos = 0;
+    for (std::size_t i = 0; i < N; ++i)
+      for (std::size_t k = i + 1; k < N; ++k) {
+        double dik = 0, nii = 0, nkk = 0;
+        for (std::size_t j = 0; j < n; ++j)
+          dik += taus[i][j] * taus[k][j], nii += taus[i][j] * taus[i][j], nkk += taus[k][j] * taus[k][j];
+        cos += std::clamp(dik / std::max(std::sqrt(nii * nkk), 1e-6), -1.0, 1.0);
+      }
+    cos /= static_cast<double>(N * (N - 1) / 2);
+    const double t = static_cast<double>(N) * cos / (1 + static_cast<double>(N - 1) * cos);
+    Vec o(n, 0.0);
+    for (std::size_t i = 0; i < N; ++i) {
+      const Vec e = to_f64_vector(f.experts[i].view());
+      for (std::size_t j = 0; j < n; ++j) o[j] += e[j] / static_cast<double>(N);
+    }
+    for (std::size_t j = 0; j < n; ++j) o[j] = t * o[j] + (1 - t) * base[j];
+    return o;
+  }
   if (method == "breadcrumbs") {
     const std::int64_t top = floor_count(gamma, n);
     const std::int64_t keep = std::min<std::int64_t>(static_cast<std::int64_t>(n), top + floor_count(density, n));
@@ -211,16 +250,19 @@ TEST_CASE("every strategy equals its double-precision reference on f32, f16 and 
       CAPTURE(std::string(m));
       MergeSettings s;
       s.method = std::string(m);
-      s.weights = w;
       s.seed = 99;
-      if (m != "average") s.scaling = 0.7;
+      const bool pairwise = m == "slerp" || m == "nearswap";  // the base and expert 0, t = 0.7
+      if (pairwise) s.t = 0.7;
+      else if (m != "model_stock") s.weights = w;
+      if (m != "average" && m != "model_stock" && !pairwise) s.scaling = 0.7;
       if (m == "ties") s.density = 0.3;
       if (m == "dare_linear" || m == "dare_ties") s.density = 0.4;
       if (m == "breadcrumbs") s.density = 0.6, s.gamma = 0.05;
       const AnyMerger merger = AnyMerger::from_settings(s);
-      const Tensor out = twin::merge_tensor(merger, "layer.weight", f.base.view(), views);
-      const Vec ref =
-          reference(m, f, w, s.scaling.value_or(1.0), s.density.value_or(0), s.gamma.value_or(0), 99, "layer.weight");
+      const Tensor out = twin::merge_tensor(merger, "layer.weight", f.base.view(),
+                                            pairwise ? std::span<const ConstTensorView>(views).first(1) : views);
+      const Vec ref = reference(m, f, w, s.t.value_or(s.scaling.value_or(1.0)), s.density.value_or(0),
+                                s.gamma.value_or(0), 99, "layer.weight");
       // Storage rounding of the output plus f32 accumulation over 3 experts.
       check_close(out.view(), ref, unit_roundoff(t) + 1e-6, 1e-5, std::string(m));
     }
@@ -353,12 +395,15 @@ TEST_CASE("results are bit-identical for 1 and 2 threads, DARE and ties on bf16 
     MergeSettings s;
     s.method = std::string(m);
     s.seed = 3;
-    if (m != "average" && m != "task_arithmetic") s.density = 0.3;
+    const bool pairwise = m == "slerp" || m == "nearswap";  // the base and one expert
+    if (pairwise) s.t = 0.3;
+    else if (m != "average" && m != "task_arithmetic" && m != "model_stock") s.density = 0.3;
     const AnyMerger merger = AnyMerger::from_settings(s);
+    const std::span<const ConstTensorView> inputs = pairwise ? std::span<const ConstTensorView>(ev).first(1) : ev;
     set_num_threads(1);
-    const Tensor one = twin::merge_tensor(merger, "x", f.base.view(), ev);
+    const Tensor one = twin::merge_tensor(merger, "x", f.base.view(), inputs);
     set_num_threads(2);
-    const Tensor two = twin::merge_tensor(merger, "x", f.base.view(), ev);
+    const Tensor two = twin::merge_tensor(merger, "x", f.base.view(), inputs);
     set_num_threads(0);
     CHECK(same_bits(one, two));
   }
@@ -530,19 +575,26 @@ TEST_CASE("merging in place (output = base or an expert, f32 and bf16, strided) 
       MergeSettings s;
       s.method = std::string(m);
       s.seed = 5;
-      if (m != "average") s.scaling = 0.7;
-      if (m != "average" && m != "task_arithmetic") s.density = 0.3;
+      const bool pairwise = m == "slerp" || m == "nearswap";  // the base and one expert
+      const bool interpolating = pairwise || m == "model_stock";
+      if (pairwise) s.t = 0.4;
+      if (m != "average" && !interpolating) s.scaling = 0.7;
+      if (m != "average" && m != "task_arithmetic" && !interpolating) s.density = 0.3;
       const AnyMerger merger = AnyMerger::from_settings(s);
-      const Fixture f = make_fixture(23, t, {70, 90}, 3);
-      const auto ev = f.views();
+      const Fixture f = make_fixture(23, t, {70, 90}, pairwise ? 2 : 3);
+      const auto all = f.views();
+      // Pairwise methods take expert 1 alone (expert 1 is also an output below).
+      const std::span<const ConstTensorView> ev = pairwise ? std::span<const ConstTensorView>(all).subspan(1, 1) : all;
       const Tensor ref = twin::merge_tensor(merger, "x", f.base.view(), ev);
 
       Tensor base = f.base.clone();  // output = base
       merger.merge_tensor({"x", base.view(), ev, base.view()});
       CHECK(same_bits(base, ref));
 
-      Fixture g = make_fixture(23, t, {70, 90}, 3);  // output = expert 1
-      const auto gv = g.views();
+      Fixture g = make_fixture(23, t, {70, 90}, pairwise ? 2 : 3);  // output = expert 1
+      const auto gall = g.views();
+      const std::span<const ConstTensorView> gv = pairwise ? std::span<const ConstTensorView>(gall).subspan(1, 1)
+                                                           : gall;
       merger.merge_tensor({"x", g.base.view(), gv, g.experts[1].view()});
       CHECK(same_bits(g.experts[1], ref));
 
@@ -649,4 +701,131 @@ TEST_CASE("ties zero_sign majority with global scope votes over the whole model,
   m.zero_sign = ZeroSign::plus;
   m.scope = TopKScope::global;
   CHECK(to_f64_vector(merge_state(m, base, ex).at("a").view()) == std::vector<double>{1.0, 1.0});
+}
+
+// --- interpolating strategies (mergekit's slerp, model_stock, nearswap) ---------------------
+
+namespace {
+Tensor f32_tensor(std::vector<float> v, std::vector<std::int64_t> shape) {
+  return Tensor::from_f32(std::span<const float>(v), std::span<const std::int64_t>(shape));
+}
+Tensor merged(const AnyMerger& m, const Tensor& base, const std::vector<const Tensor*>& experts) {
+  std::vector<ConstTensorView> ev;
+  for (const Tensor* e : experts) ev.push_back(e->view());
+  return twin::merge_tensor(m, "w", base.view(), ev);
+}
+AnyMerger by_name(const std::string& method, std::optional<double> t = {}, bool filter_wise = false) {
+  MergeSettings s;
+  s.method = method;
+  s.t = t;
+  s.filter_wise = filter_wise;
+  return AnyMerger::from_settings(s);
+}
+double norm2(const Vec& v) {
+  double s = 0;
+  for (double x : v) s += x * x;
+  return std::sqrt(s);
+}
+}  // namespace
+
+TEST_CASE("slerp: the worked example, and the angle and norm of unit vectors move by t") {
+  // base [1, 0], expert [1, √3], t = 0.5: θ0 = π/3, s0 = s1 = 0.5/sin(π/3) → [1.154701, 1.000000].
+  const Tensor b = f32_tensor({1.0f, 0.0f}, {2}), e = f32_tensor({1.0f, std::sqrt(3.0f)}, {2});
+  check_close(merged(by_name("slerp", 0.5), b, {&e}).view(), {2.0 / std::sqrt(3.0), 1.0}, 1e-6, 1e-6);
+  // Unit vectors at angle θ: the result is a unit vector at angle tθ from the base.
+  std::mt19937_64 rng(5);
+  const Tensor u0 = random_tensor(rng, dtype::f32, {64}, 1.0), u1 = random_tensor(rng, dtype::f32, {64}, 1.0);
+  auto unit = [](const Tensor& t) {
+    Vec v = to_f64_vector(t.view());
+    const double n = norm2(v);
+    std::vector<float> f;
+    for (double x : v) f.push_back(static_cast<float>(x / n));
+    return f32_tensor(f, {static_cast<std::int64_t>(f.size())});
+  };
+  const Tensor a = unit(u0), c = unit(u1);
+  const Vec av = to_f64_vector(a.view()), cv = to_f64_vector(c.view());
+  double dot = 0;
+  for (std::size_t j = 0; j < av.size(); ++j) dot += av[j] * cv[j];
+  const double theta = std::acos(dot);
+  for (double t : {0.25, 0.5, 0.9}) {
+    CAPTURE(t);
+    const Vec r = to_f64_vector(merged(by_name("slerp", t), a, {&c}).view());
+    double ra = 0;
+    for (std::size_t j = 0; j < r.size(); ++j) ra += r[j] * av[j];
+    CHECK(norm2(r) == doctest::Approx(1.0).epsilon(1e-5));
+    CHECK(std::acos(std::clamp(ra / norm2(r), -1.0, 1.0)) == doctest::Approx(t * theta).epsilon(1e-4));
+  }
+  // t = 0 gives the base back bit for bit.
+  CHECK(same_bits(merged(by_name("slerp", 0.0), a, {&c}), a));
+}
+
+TEST_CASE("slerp: near-colinear (|cos| > 0.9995) and antiparallel tensors fall back to lerp") {
+  const Tensor b = f32_tensor({1.0f, 2.0f, -1.0f}, {3});
+  const Tensor twice = f32_tensor({2.0f, 4.0f, -2.0f}, {3}), opposite = f32_tensor({-3.0f, -6.0f, 3.0f}, {3});
+  for (const Tensor* e : {&twice, &opposite}) {
+    const Vec bv = to_f64_vector(b.view()), evv = to_f64_vector(e->view());
+    Vec lerp(3);
+    for (std::size_t j = 0; j < 3; ++j) lerp[j] = 0.7 * bv[j] + 0.3 * evv[j];
+    check_close(merged(by_name("slerp", 0.3), b, {e}).view(), lerp, 1e-6, 1e-6);
+  }
+}
+
+TEST_CASE("model_stock: the worked 2-expert example and a hand-worked 4-expert case") {
+  // w0 = [1,1], w1 = [2,1], w2 = [2,2]: cos = 1/√2, t = 2(√2 − 1) → [1.828427, 1.414214].
+  const Tensor b = f32_tensor({1, 1}, {2}), e1 = f32_tensor({2, 1}, {2}), e2 = f32_tensor({2, 2}, {2});
+  const double t = 2.0 * (std::sqrt(2.0) - 1.0);
+  check_close(merged(by_name("model_stock"), b, {&e1, &e2}).view(), {t * 2.0 + (1 - t), t * 1.5 + (1 - t)}, 1e-6, 1e-6);
+  // Offsets [1,0] ×3 and [0,1]: pair cosines 1,1,1,0,0,0 → mean 0.5, t = 4·0.5/(1 + 3·0.5) = 0.8;
+  // average [1.75, 1.25] → 0.8·[1.75, 1.25] + 0.2·[1, 1] = [1.6, 1.2].
+  const Tensor e3 = f32_tensor({2, 1}, {2}), e4 = f32_tensor({1, 2}, {2});
+  check_close(merged(by_name("model_stock"), b, {&e1, &e1, &e3, &e4}).view(), {1.6, 1.2}, 1e-6, 1e-6);
+  // No expert moved: cos = 0, t = 0, the base.
+  check_close(merged(by_name("model_stock"), b, {&b, &b}).view(), {1.0, 1.0}, 0, 0);
+  // Exactly opposite task vectors with 2 experts: 1 + (N−1)·cos = 0 is refused, not NaN.
+  const Tensor back = f32_tensor({0, 1}, {2});
+  CHECK_THROWS_AS(merged(by_name("model_stock"), b, {&e1, &back}), numeric_error);
+}
+
+TEST_CASE("model_stock filter_wise: each row merges as that row alone would") {
+  std::mt19937_64 rng(8);
+  const Tensor b = random_tensor(rng, dtype::f32, {3, 16}, 1.0);
+  std::vector<Tensor> ex;
+  for (int i = 0; i < 3; ++i) ex.push_back(perturbed(rng, b, 0.2));
+  const std::vector<const Tensor*> ep = {&ex[0], &ex[1], &ex[2]};
+  const Vec got = to_f64_vector(merged(by_name("model_stock", {}, true), b, ep).view());
+  const Vec bv = to_f64_vector(b.view());
+  for (std::int64_t r = 0; r < 3; ++r) {
+    CAPTURE(r);
+    auto row = [&](const Tensor& t) {
+      const Vec v = to_f64_vector(t.view());
+      return f32_tensor(std::vector<float>(v.begin() + r * 16, v.begin() + (r + 1) * 16), {16});
+    };
+    const Tensor rb = row(b), r0 = row(ex[0]), r1 = row(ex[1]), r2 = row(ex[2]);
+    const Vec ref = to_f64_vector(merged(by_name("model_stock"), rb, {&r0, &r1, &r2}).view());
+    for (std::int64_t j = 0; j < 16; ++j)
+      CHECK(got[static_cast<std::size_t>(r * 16 + j)] == ref[static_cast<std::size_t>(j)]);
+  }
+  // Per tensor, one t for the whole tensor: a different result.
+  CHECK_FALSE(same_bits(merged(by_name("model_stock"), b, ep), merged(by_name("model_stock", {}, true), b, ep)));
+}
+
+TEST_CASE("nearswap: the expert's value within t, a step of t toward it beyond") {
+  // |Δ| = 0.05 ≤ t: the expert; |Δ| = 1: w = 0.1; |Δ| = 0: the (equal) value.
+  const Tensor b = f32_tensor({0.0f, 0.0f, 1.0f}, {3}), e = f32_tensor({0.05f, 1.0f, 1.0f}, {3});
+  check_close(merged(by_name("nearswap", 0.1), b, {&e}).view(), {0.05, 0.1, 1.0}, 1e-6, 1e-7);
+  CHECK(same_bits(merged(by_name("nearswap", 0.0), b, {&e}), b));
+}
+
+TEST_CASE("slerp, model_stock, nearswap: wrong expert counts and foreign options are refused") {
+  const Tensor b = f32_tensor({1, 1}, {2}), e = f32_tensor({2, 1}, {2});
+  CHECK_THROWS_AS(merged(by_name("slerp", 0.5), b, {&e, &e}), argument_error);
+  CHECK_THROWS_AS(merged(by_name("nearswap", 0.5), b, {&e, &e}), argument_error);
+  CHECK_THROWS_AS(merged(by_name("model_stock"), b, {&e}), argument_error);
+  CHECK_THROWS_AS(by_name("slerp"), argument_error);             // t is required
+  CHECK_THROWS_AS(by_name("ties", 0.5), argument_error);         // t is not a ties option
+  CHECK_THROWS_AS(by_name("slerp", 0.5, true), argument_error);  // filter_wise is model_stock's
+  MergeSettings s;
+  s.method = "model_stock";
+  s.density = 0.5;
+  CHECK_THROWS_AS(AnyMerger::from_settings(s), argument_error);
 }

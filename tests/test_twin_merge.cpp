@@ -100,6 +100,23 @@ TEST_CASE("cli merge equals the library call with the same settings") {
   const StateDict oref = merge_state(official, w.base, ex, MergeOptions{});
   const LoadedCheckpoint og = load_safetensors(w.p("official.safetensors"));
   for (const auto& [name, t] : oref) CHECK(twin_test::same_bits(og.tensors.at(name).clone(), t));
+
+  // mergekit's interpolating methods: model_stock (per row), slerp (the base and one expert).
+  const Run ms = twin_merge("merge --method model_stock --filter-wise " + w.inputs() + " -o " + w.p("ms.safetensors"));
+  INFO(ms.err);
+  REQUIRE(ms.status == 0);
+  const StateDict msref = merge_state(ModelStock{true}, w.base, ex, MergeOptions{});
+  const LoadedCheckpoint msg = load_safetensors(w.p("ms.safetensors"));
+  for (const auto& [name, t] : msref) CHECK(twin_test::same_bits(msg.tensors.at(name).clone(), t));
+  CHECK(msg.metadata.at("twin.merge.filter_wise") == "true");
+  const Run sl = twin_merge("merge --method slerp --t 0.3 --base " + w.p("base.safetensors") + " --expert " +
+                            w.p("e2.safetensors") + " -o " + w.p("slerp.safetensors"));
+  INFO(sl.err);
+  REQUIRE(sl.status == 0);
+  const StateDict* e2[] = {&w.experts[2]};
+  const StateDict slref = merge_state(Slerp{0.3}, w.base, e2, MergeOptions{});
+  const LoadedCheckpoint slg = load_safetensors(w.p("slerp.safetensors"));
+  for (const auto& [name, t] : slref) CHECK(twin_test::same_bits(slg.tensors.at(name).clone(), t));
 }
 
 TEST_CASE("cli merge writes the requested dtype and --help documents every subcommand") {
@@ -160,6 +177,10 @@ TEST_CASE("cli: every bad input fails with one error line naming the problem and
       {"merge --method ties --selection topk " + w.inputs() + " -o " + out, "unknown top-k selection 'topk'"},
       {"merge --method ties --zero-sign minority " + w.inputs() + " -o " + out, "unknown zero sign 'minority'"},
       {"merge --method task_arithmetic --zero-sign majority " + w.inputs() + " -o " + out, "ties options"},
+      {"merge --method slerp " + w.inputs() + " -o " + out, "slerp needs --t"},
+      {"merge --method slerp --t 0.5 " + w.inputs() + " -o " + out, "exactly one expert"},
+      {"merge --method ties --t 0.5 " + w.inputs() + " -o " + out, "ties takes no --t"},
+      {"merge --method model_stock --density 0.5 " + w.inputs() + " -o " + out, "model_stock takes no --density"},
       {"merge --weight 1 --weight 2 " + w.inputs() + " -o " + out, "2 weights given for 3 experts"},
       {"merge --dtype q4 " + w.inputs() + " -o " + out, "q4"},
       {"merge " + w.inputs() + " -o " + w.p("no/such/folder/out.safetensors"), "does not exist"},

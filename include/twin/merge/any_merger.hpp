@@ -6,6 +6,9 @@
 
 #include "twin/merge/breadcrumbs.hpp"
 #include "twin/merge/dare.hpp"
+#include "twin/merge/model_stock.hpp"
+#include "twin/merge/nearswap.hpp"
+#include "twin/merge/slerp.hpp"
 #include "twin/merge/task_arithmetic.hpp"
 #include "twin/merge/ties.hpp"
 #include "twin/merge/weight_average.hpp"
@@ -22,14 +25,18 @@ struct MergeSettings {
   std::vector<double> weights;                     // per expert
   TopKSelection selection = TopKSelection::exact;  // ties: exact or the official code's kthvalue
   ZeroSign zero_sign = ZeroSign::plus;             // ties: plus or the official code's majority
+  std::optional<double> t;                         // slerp, nearswap (required there)
+  bool filter_wise = false;                        // model_stock: one t per row
 };
 
 inline constexpr std::string_view merge_method_names[] = {"average",     "task_arithmetic", "ties",
-                                                          "dare_linear", "dare_ties",       "breadcrumbs"};
+                                                          "dare_linear", "dare_ties",       "breadcrumbs",
+                                                          "slerp",       "model_stock",     "nearswap"};
 
 class AnyMerger {
  public:
-  using Variant = std::variant<WeightAverage, TaskArithmetic, Ties, DareLinear, DareTies, Breadcrumbs>;
+  using Variant =
+      std::variant<WeightAverage, TaskArithmetic, Ties, DareLinear, DareTies, Breadcrumbs, Slerp, ModelStock, Nearswap>;
   using Plan = std::variant<std::monostate, Ties::Plan>;
 
   template <SharedMerger M>
@@ -44,6 +51,19 @@ class AnyMerger {
     const double lambda = s.scaling.value_or(1.0);
     if (s.method != "ties" && (s.selection != TopKSelection::exact || s.zero_sign != ZeroSign::plus))
       throw argument_error(s.method + " takes no --selection or --zero-sign (they are ties options)");
+    const bool interpolating = s.method == "slerp" || s.method == "model_stock" || s.method == "nearswap";
+    if (s.t && s.method != "slerp" && s.method != "nearswap")
+      throw argument_error(s.method + " takes no --t (a slerp and nearswap option)");
+    if (s.filter_wise && s.method != "model_stock")
+      throw argument_error(s.method + " takes no --filter-wise (a model_stock option)");
+    if (interpolating && (s.density || s.scaling || s.gamma || !s.weights.empty()))
+      throw argument_error(s.method + " takes no --density, --scaling, --gamma or --weight");
+    if (s.method == "slerp" || s.method == "nearswap") {
+      if (!s.t) throw argument_error(s.method + " needs --t");
+      if (s.method == "slerp") return Slerp{*s.t};
+      return Nearswap{*s.t};
+    }
+    if (s.method == "model_stock") return ModelStock{s.filter_wise};
     if (s.method == "average") {
       if (s.density || s.scaling) throw argument_error("average takes no --density or --scaling");
       return WeightAverage{s.weights};

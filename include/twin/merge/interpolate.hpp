@@ -1,0 +1,76 @@
+// Whole-tensor and per-row reductions shared by the interpolating strategies
+// (slerp, model_stock): Gram matrices of per-element vectors, summed in double
+// over blocks whose bounds do not depend on the thread count.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "twin/merge/merger.hpp"
+
+namespace twin::detail {
+
+// A K×K Gram matrix (row-major) that parallel_sum can add.
+struct Gram {
+  std::vector<double> g;
+  Gram& operator+=(const Gram& o) {
+    if (g.empty()) g.assign(o.g.size(), 0.0);
+    for (std::size_t i = 0; i < o.g.size(); ++i) g[i] += o.g[i];
+    return *this;
+  }
+};
+
+// Σ_j v_k[j] v_l[j] over the elements [lo, hi) (row-major order), where
+// fill(c, base, ex, v) writes the K vectors' values for c consecutive
+// elements into v[k][0..c) from the base's and the experts' f32 values.
+template <class Fill>
+Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::int64_t hi, Fill&& fill) {
+  constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
+  const std::size_t T = a.experts.size();
+  std::vector<float> buf(static_cast<std::size_t>(C) * (T + 1 + K));
+  std::vector<const float*> ex(T);
+  std::vector<float*> v(K);
+  for (std::size_t k = 0; k < K; ++k) v[k] = buf.data() + C * static_cast<std::int64_t>(T + 1 + k);
+  Gram out;
+  out.g.assign(K * K, 0.0);
+  for (std::int64_t p = lo; p < hi; p += C) {
+    const std::int64_t c = std::min(C, hi - p);
+    const float* base = chunk_f32(a.base, p, c, buf.data());
+    for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], p, c, buf.data() + C * (i + 1));
+    fill(c, base, ex.data(), v.data());
+    for (std::size_t k = 0; k < K; ++k)
+      for (std::size_t l = k; l < K; ++l) {
+        double s = 0.0;
+        for (std::int64_t j = 0; j < c; ++j) s += static_cast<double>(v[k][j]) * static_cast<double>(v[l][j]);
+        out.g[k * K + l] += s;
+      }
+  }
+  for (std::size_t k = 0; k < K; ++k)
+    for (std::size_t l = 0; l < k; ++l) out.g[k * K + l] = out.g[l * K + k];
+  return out;
+}
+
+// The Gram matrix over the whole tensor.
+template <class Fill>
+Gram gram_tensor(const TensorMergeArgs& a, std::size_t K, Fill&& fill) {
+  return parallel_sum<Gram>(a.base.numel(), merge_block,
+                            [&](std::int64_t lo, std::int64_t hi) { return gram_range(a, K, lo, hi, fill); });
+}
+
+// One Gram matrix per row (the vectors along the last axis; a rank-0 or
+// rank-1 tensor is one row).
+template <class Fill>
+std::vector<Gram> gram_rows(const TensorMergeArgs& a, std::size_t K, Fill&& fill) {
+  const std::int64_t n = a.base.numel();
+  const std::int64_t cols = a.base.rank() >= 2 ? a.base.dim(a.base.rank() - 1) : n;
+  const std::int64_t rows = cols > 0 ? n / cols : 0;
+  std::vector<Gram> g(static_cast<std::size_t>(rows));
+  const std::int64_t rows_per_block = std::max<std::int64_t>(1, merge_block / std::max<std::int64_t>(cols, 1));
+  parallel_blocks(rows, rows_per_block, [&](std::int64_t r0, std::int64_t r1) {
+    for (std::int64_t r = r0; r < r1; ++r)
+      g[static_cast<std::size_t>(r)] = gram_range(a, K, r * cols, (r + 1) * cols, fill);
+  });
+  return g;
+}
+
+}  // namespace twin::detail

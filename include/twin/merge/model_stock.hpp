@@ -1,0 +1,79 @@
+// ModelStock: the base moved toward the experts' average by a factor set by
+// the angle between their task vectors, as mergekit's `model_stock` computes
+// it per tensor (N ≥ 2 experts):
+//   o_i = expert_i − base; cos_ij = clamp(o_i·o_j / max(‖o_i‖‖o_j‖, 1e-6),
+//   −1, 1); cos = the mean over the N(N−1)/2 pairs i < j;
+//   t = N·cos / (1 + (N−1)·cos), not clamped (a negative cos gives t < 0);
+//   result = t·(Σ_i expert_i)/N + (1 − t)·base.
+// filter_wise: one t per row (the vectors along the last axis) instead of
+// one for the whole tensor; a rank-1 tensor is one row. All offsets zero give
+// cos = 0, t = 0: the base. Where mergekit divides by zero (cos = −1/(N−1),
+// e.g. two exactly opposite task vectors) we throw numeric_error naming the
+// tensor. Dots are summed in double, the result formed in f32.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+
+#include "twin/merge/interpolate.hpp"
+#include "twin/merge/merger.hpp"
+
+namespace twin {
+
+struct ModelStock {
+  bool filter_wise = false;
+
+  std::string_view name() const noexcept { return "model_stock"; }
+
+  // t from the Gram matrix of the N offsets.
+  static double ratio(const detail::Gram& g, std::size_t N, std::string_view tensor) {
+    double cos_sum = 0.0;
+    for (std::size_t i = 0; i < N; ++i)
+      for (std::size_t j = i + 1; j < N; ++j) {
+        const double den = std::max(std::sqrt(g.g[i * N + i]) * std::sqrt(g.g[j * N + j]), 1e-6);
+        cos_sum += std::clamp(g.g[i * N + j] / den, -1.0, 1.0);
+      }
+    const double cos = cos_sum / static_cast<double>(N * (N - 1) / 2);
+    const double den = 1.0 + static_cast<double>(N - 1) * cos;
+    if (den == 0.0)
+      throw numeric_error("model_stock: tensor '" + std::string(tensor) + "' has mean task-vector cosine " +
+                          std::to_string(cos) + " = -1/(N-1), which divides by zero");
+    return static_cast<double>(N) * cos / den;
+  }
+
+  void merge_tensor(const TensorMergeArgs& a) const {
+    detail::check_merge_args(a);
+    const std::size_t N = a.experts.size();
+    if (N < 2)
+      throw argument_error("model_stock needs at least 2 experts; tensor '" + std::string(a.name) + "' has " +
+                           std::to_string(N));
+    if (detail::merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s); })) return;
+    auto offsets = [N](std::int64_t c, const float* b, const float* const* ex, float* const* v) {
+      for (std::size_t i = 0; i < N; ++i)
+        for (std::int64_t j = 0; j < c; ++j) v[i][j] = ex[i][j] - b[j];
+    };
+    // t per element: one value, or one per row of `cols` elements.
+    std::vector<float> t;
+    std::int64_t cols = a.base.numel();
+    if (filter_wise) {
+      for (const detail::Gram& g : detail::gram_rows(a, N, offsets))
+        t.push_back(static_cast<float>(ratio(g, N, a.name)));
+      if (a.base.rank() >= 2) cols = a.base.dim(a.base.rank() - 1);
+    } else {
+      t.push_back(static_cast<float>(ratio(detail::gram_tensor(a, N, offsets), N, a.name)));
+    }
+    const float inv_n = 1.0f / static_cast<float>(N);
+    detail::merge_chunks(a, detail::merge_block, [&](std::int64_t) {
+      return [&](std::int64_t lo, std::int64_t n, const float* base, const float* const* ex, float* out) {
+        for (std::int64_t j = 0; j < n; ++j) {
+          float avg = 0.0f;
+          for (std::size_t i = 0; i < N; ++i) avg += ex[i][j];
+          const float tj = t[static_cast<std::size_t>(cols > 0 ? (lo + j) / cols : 0)];
+          out[j] = tj * (avg * inv_n) + (1.0f - tj) * base[j];
+        }
+      };
+    });
+  }
+};
+
+}  // namespace twin
