@@ -90,7 +90,8 @@ inline void finetune(Body& body, std::vector<torch::nn::Linear>& heads, std::spa
   const std::size_t T = tasks.size();
   torch::optim::Adam body_opt(body->parameters(), torch::optim::AdamOptions(r.lr));
   std::vector<std::unique_ptr<torch::optim::Adam>> head_opt;
-  for (auto& h : heads) head_opt.push_back(std::make_unique<torch::optim::Adam>(h->parameters(), torch::optim::AdamOptions(r.lr)));
+  for (auto& h : heads)
+    head_opt.push_back(std::make_unique<torch::optim::Adam>(h->parameters(), torch::optim::AdamOptions(r.lr)));
   std::vector<torch::Tensor> x, y, order;
   std::vector<std::int64_t> pos(T, 0);
   std::vector<int> epoch(T, 0);
