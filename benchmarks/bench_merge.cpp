@@ -1,8 +1,10 @@
 // Merging 8 experts of a RoBERTa-base-shaped model (85M parameters per model)
-// with TaskArithmetic and Ties in f32 and bf16. Prints, per run: time, bytes
-// moved (read base + experts, write output), the time a parallel memcpy of
-// the same bytes takes in this run, their ratio, and PyTorch's time on the
-// identical tensors (benchmarks/bench_merge.py) with our speed-up over it.
+// with TaskArithmetic and Ties in f32 and bf16, and mergekit's model_stock
+// (8 experts), slerp and nearswap (the base and one expert). Prints, per run:
+// time, bytes moved (read base + experts, write output), the time a parallel
+// memcpy of the same bytes takes in this run, their ratio, and PyTorch's time
+// on the identical tensors (benchmarks/bench_merge.py; TaskArithmetic and
+// Ties only) with our speed-up over it.
 //
 //   bench_merge [--experts 8] [--layers 12] [--no-torch] [--python /usr/bin/python3]
 #include <cmath>
@@ -42,9 +44,6 @@ int main(int argc, char** argv) {
     std::vector<twin::StateDict> experts;
     for (int m = 1; m <= T; ++m) experts.push_back(bench::make_model(specs, m, dt));
     const std::size_t model_bytes = base.nbytes();
-    const std::size_t moved = model_bytes * static_cast<std::size_t>(T + 2);  // read T+1, write 1
-    // A memcpy of moved/2 bytes reads and writes `moved` bytes in total.
-    const double copy = bench::copy_seconds(moved / 2);
 
     std::vector<std::string> torch_lines;
     if (torch) {
@@ -56,12 +55,22 @@ int main(int argc, char** argv) {
       for (std::string line; std::getline(in, line);) torch_lines.push_back(line);
     }
 
-    const twin::AnyMerger methods[] = {twin::TaskArithmetic{scaling, {}},
-                                       twin::Ties{density, scaling, twin::TopKScope::per_tensor, {}}};
-    for (const twin::AnyMerger& m : methods) {
+    struct Method {
+      twin::AnyMerger merger;
+      int experts;  // how many of the experts it merges
+    };
+    const Method methods[] = {{twin::TaskArithmetic{scaling, {}}, T},
+                              {twin::Ties{density, scaling, twin::TopKScope::per_tensor, {}}, T},
+                              {twin::ModelStock{}, T},
+                              {twin::Slerp{0.4}, 1},
+                              {twin::Nearswap{0.001}, 1}};
+    for (const auto& [m, E] : methods) {
+      const std::size_t moved = model_bytes * static_cast<std::size_t>(E + 2);  // read E+1, write 1
+      // A memcpy of moved/2 bytes reads and writes `moved` bytes in total.
+      const double copy = bench::copy_seconds(moved / 2);
+      const std::span<const twin::StateDict> used(experts.data(), static_cast<std::size_t>(E));
       twin::StateDict out;
-      const double t =
-          bench::best_of(reps, [&] { out = twin::merge_state(m, base, std::span<const twin::StateDict>(experts)); });
+      const double t = bench::best_of(reps, [&] { out = twin::merge_state(m, base, used); });
       const double cs = bench::checksum(out);
       double torch_s = NAN, torch_cs = NAN;
       for (const auto& line : torch_lines) {
@@ -77,7 +86,8 @@ int main(int argc, char** argv) {
     }
   }
   std::printf(
-      "vs_copy: our time / memcpy of the same bytes (goal <= 1.5); speedup: PyTorch time / ours (goal >= 2);\n"
+      "vs_copy: our time / memcpy of the same bytes (goal <= 1.5; model_stock, slerp, nearswap <= 2);\n"
+      "speedup: PyTorch time / ours (goal >= 2);\n"
       "cs_rel: relative difference of the outputs' sums, ours vs PyTorch's (same tensors, same merge).\n");
   return 0;
 }

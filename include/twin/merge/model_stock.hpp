@@ -9,7 +9,7 @@
 // one for the whole tensor; a rank-1 tensor is one row. All offsets zero give
 // cos = 0, t = 0: the base. Where mergekit divides by zero (cos = −1/(N−1),
 // e.g. two exactly opposite task vectors) we throw numeric_error naming the
-// tensor. Dots are summed in double, the result formed in f32.
+// tensor. Dots are summed as in merge/interpolate.hpp, the result in f32.
 #pragma once
 
 #include <algorithm>

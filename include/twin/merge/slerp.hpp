@@ -7,8 +7,8 @@
 //   else θ0 = acos(dot), s0 = sin((1−t)θ0)/sin θ0, s1 = sin(tθ0)/sin θ0 and
 //   the result is s0·v0 + s1·v1, on the original (unnormalized) tensors.
 // t is not clamped (outside [0, 1] it extrapolates). Norms and the dot are
-// summed in double (mergekit: float32), the result formed in f32; t = 0
-// gives the base back exactly.
+// summed in f32 lanes per chunk and double across chunks (mergekit: float32),
+// the result formed in f32; t = 0 gives the base back exactly.
 #pragma once
 
 #include <cmath>
