@@ -38,6 +38,21 @@ inline std::uint64_t parse_u64(const std::string& opt, const std::string& v) {
   throw twin::argument_error(opt + ": '" + v + "' is not a non-negative integer");
 }
 
+// The options both paper programs take (Config has seed, rank, out, data,
+// cache, threads); `next()` returns the option's value. Returns whether `a`
+// was one of them.
+template <class Config, class Next>
+bool parse_run_option(const std::string& a, Next&& next, Config& cfg) {
+  if (a == "--seed") cfg.seed = parse_u64(a, next());
+  else if (a == "--rank") cfg.rank = parse_int(a, next(), 1, 1 << 20);
+  else if (a == "--out") cfg.out = next();
+  else if (a == "--data") cfg.data = next();
+  else if (a == "--cache") cfg.cache = next();
+  else if (a == "--threads") cfg.threads = static_cast<int>(parse_int(a, next(), 0, 4096));
+  else return false;
+  return true;
+}
+
 // The one mode among `modes` ("--quick", ...) given on the command line, or
 // "" for none; two different modes are an error.
 inline std::string find_mode(int argc, char** argv, std::initializer_list<std::string_view> modes) {

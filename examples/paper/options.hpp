@@ -129,14 +129,8 @@ inline std::optional<Config> parse_options(int argc, char** argv) {
       if (i + 1 >= argc) throw twin::argument_error(a + " needs a value");
       return argv[++i];
     };
-    if (a == "--quick" || a == "--smoke") continue;  // applied first, above
-    else if (a == "--seed") cfg.seed = examples::parse_u64(a, next());
-    else if (a == "--tasks") tasks_arg = next();
-    else if (a == "--rank") cfg.rank = examples::parse_int(a, next(), 1, 1 << 20);
-    else if (a == "--out") cfg.out = next();
-    else if (a == "--data") cfg.data = next();
-    else if (a == "--cache") cfg.cache = next();
-    else if (a == "--threads") cfg.threads = static_cast<int>(examples::parse_int(a, next(), 0, 4096));
+    if (a == "--quick" || a == "--smoke" || examples::parse_run_option(a, next, cfg)) continue;  // modes: above
+    if (a == "--tasks") tasks_arg = next();
     else if (a == "--help" || a == "-h") {
       print_help();
       return std::nullopt;
