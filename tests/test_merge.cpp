@@ -816,6 +816,16 @@ TEST_CASE("nearswap: the expert's value within t, a step of t toward it beyond")
   CHECK(same_bits(merged(by_name("nearswap", 0.0), b, {&e}), b));
 }
 
+TEST_CASE("slerp, model_stock, nearswap: tensors without elements merge to tensors without elements") {
+  for (const std::vector<std::int64_t>& shape : {std::vector<std::int64_t>{0}, std::vector<std::int64_t>{3, 0}}) {
+    const Tensor b = f32_tensor({}, shape), e = f32_tensor({}, shape);
+    CHECK(merged(by_name("slerp", 0.5), b, {&e}).numel() == 0);
+    CHECK(merged(by_name("nearswap", 0.5), b, {&e}).numel() == 0);
+    CHECK(merged(by_name("model_stock"), b, {&e, &e}).numel() == 0);
+    CHECK(merged(by_name("model_stock", {}, true), b, {&e, &e}).numel() == 0);
+  }
+}
+
 TEST_CASE("slerp, model_stock, nearswap: wrong expert counts and foreign options are refused") {
   const Tensor b = f32_tensor({1, 1}, {2}), e = f32_tensor({2, 1}, {2});
   CHECK_THROWS_AS(merged(by_name("slerp", 0.5), b, {&e, &e}), argument_error);

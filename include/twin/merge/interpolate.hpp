@@ -62,11 +62,13 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
   return out;
 }
 
-// The Gram matrix over the whole tensor.
+// The Gram matrix over the whole tensor (zeros for a tensor without elements).
 template <class Fill>
 Gram gram_tensor(const TensorMergeArgs& a, std::size_t K, Fill&& fill) {
-  return parallel_sum<Gram>(a.base.numel(), merge_block,
-                            [&](std::int64_t lo, std::int64_t hi) { return gram_range(a, K, lo, hi, fill); });
+  Gram g = parallel_sum<Gram>(a.base.numel(), merge_block,
+                              [&](std::int64_t lo, std::int64_t hi) { return gram_range(a, K, lo, hi, fill); });
+  if (g.g.empty()) g.g.assign(K * K, 0.0);
+  return g;
 }
 
 // One Gram matrix per row (the vectors along the last axis; a rank-0 or
