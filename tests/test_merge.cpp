@@ -164,8 +164,10 @@ Vec reference(std::string_view method, const Fixture& f, const Vec& w, double la
     return o;
   }
   if (method == "breadcrumbs") {
-    const std::int64_t top = floor_count(gamma, n);
-    const std::int64_t keep = std::min<std::int64_t>(static_cast<std::int64_t>(n), top + floor_count(density, n));
+    // mergekit's counts: keep floor(density·n); fewer outliers where they would not leave that many.
+    const std::int64_t kept = floor_count(density, n);
+    const std::int64_t top = std::min<std::int64_t>(floor_count(gamma, n), static_cast<std::int64_t>(n) - kept);
+    const std::int64_t keep = density >= 1 ? static_cast<std::int64_t>(n) : top + kept;
     Vec s(n, 0.0);
     for (std::size_t i = 0; i < taus.size(); ++i) {
       const auto in_keep = ref_top_k(taus[i], keep), in_top = ref_top_k(taus[i], top);
@@ -245,7 +247,9 @@ TEST_CASE("every strategy equals its double-precision reference on f32, f16 and 
     // 129 x 521 spans two 65536-element blocks, so block seams are covered.
     const Fixture f = make_fixture(11, t, {129, 521}, 3);
     const auto views = f.views();
-    for (std::string_view m : merge_method_names) {
+    // (The mergekit strategies have their references in test_merge_mergekit.)
+    for (std::string_view m : {"average", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "slerp",
+                               "model_stock", "nearswap"}) {
       CAPTURE(std::string(dtype_name(t)));
       CAPTURE(std::string(m));
       MergeSettings s;
@@ -390,7 +394,9 @@ TEST_CASE("a strided (non-contiguous) view merges like its contiguous copy") {
 TEST_CASE("results are bit-identical for 1 and 2 threads, DARE and ties on bf16 included") {
   const Fixture f = make_fixture(17, dtype::bf16, {300, 400}, 4);
   const auto ev = f.views();
-  for (std::string_view m : merge_method_names) {
+  // (The mergekit strategies have their own case in test_merge_mergekit.)
+  for (std::string_view m : {"average", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "slerp",
+                             "model_stock", "nearswap"}) {
     CAPTURE(std::string(m));
     MergeSettings s;
     s.method = std::string(m);
@@ -575,16 +581,21 @@ TEST_CASE("merging in place (output = base or an expert, f32 and bf16, strided) 
       MergeSettings s;
       s.method = std::string(m);
       s.seed = 5;
-      const bool pairwise = m == "slerp" || m == "nearswap";  // the base and one expert
-      const bool interpolating = pairwise || m == "model_stock";
-      if (pairwise) s.t = 0.4;
-      if (m != "average" && !interpolating) s.scaling = 0.7;
-      if (m != "average" && m != "task_arithmetic" && !interpolating) s.density = 0.3;
+      // The base and one expert, or (nuslerp) two.
+      const bool pairwise = m == "slerp" || m == "nearswap" || m == "arcee_fusion" || m == "passthrough";
+      const bool two = m == "nuslerp";
+      if (m == "slerp" || m == "nearswap") s.t = 0.4;
+      const bool gta = m == "ties" || m.starts_with("dare") || m.starts_with("breadcrumbs") || m.starts_with("della");
+      if (gta || m == "task_arithmetic") s.scaling = 0.7;
+      if (gta) s.density = 0.3;
+      if (m == "passthrough") s.scale = 0.5;
       const AnyMerger merger = AnyMerger::from_settings(s);
       const Fixture f = make_fixture(23, t, {70, 90}, pairwise ? 2 : 3);
       const auto all = f.views();
       // Pairwise methods take expert 1 alone (expert 1 is also an output below).
-      const std::span<const ConstTensorView> ev = pairwise ? std::span<const ConstTensorView>(all).subspan(1, 1) : all;
+      const std::span<const ConstTensorView> ev = pairwise ? std::span<const ConstTensorView>(all).subspan(1, 1)
+                                                  : two    ? std::span<const ConstTensorView>(all).first(2)
+                                                           : all;
       const Tensor ref = twin::merge_tensor(merger, "x", f.base.view(), ev);
 
       Tensor base = f.base.clone();  // output = base
@@ -594,6 +605,7 @@ TEST_CASE("merging in place (output = base or an expert, f32 and bf16, strided) 
       Fixture g = make_fixture(23, t, {70, 90}, pairwise ? 2 : 3);  // output = expert 1
       const auto gall = g.views();
       const std::span<const ConstTensorView> gv = pairwise ? std::span<const ConstTensorView>(gall).subspan(1, 1)
+                                                  : two    ? std::span<const ConstTensorView>(gall).first(2)
                                                            : gall;
       merger.merge_tensor({"x", g.base.view(), gv, g.experts[1].view()});
       CHECK(same_bits(g.experts[1], ref));

@@ -8,7 +8,11 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <random>
+#include <string>
 #include <string_view>
+
+#include "twin/error.hpp"
 
 namespace twin {
 
@@ -113,5 +117,33 @@ constexpr std::uint64_t random_key(std::uint64_t seed, std::string_view tensor, 
   h ^= h >> 29;
   return h;
 }
+
+// Which random stream a randomized merge draws from: our Philox counters
+// (default; any thread count, any order, the GPU too) or PyTorch's CPU
+// generator as mergekit uses it (opt-in, for parity with a mergekit run
+// seeded before that tensor; serial).
+enum class RngKind { philox, torch };
+
+inline RngKind parse_rng(std::string_view s) {
+  if (s == "philox") return RngKind::philox;
+  if (s == "torch") return RngKind::torch;
+  throw argument_error("unknown random stream '" + std::string(s) + "': expected philox or torch");
+}
+
+// PyTorch's CPU generator after torch.manual_seed(seed): MT19937 seeded with
+// the low 32 bits (the standard init_genrand), one 32-bit draw per call.
+// bernoulli(p) is torch.bernoulli on a float32 probability: one draw per
+// element, kept iff (u32 & 0xFFFFFF)·2⁻²⁴ < p. randperm_step(m) is one step
+// of torch.randperm's Fisher–Yates on CPU (n < 2³²/20): u32 mod m.
+// (docs/mergekit_methods.md §1; checked against python3-torch 1.13.)
+class TorchCpuGenerator {
+ public:
+  explicit TorchCpuGenerator(std::uint64_t seed) : g_(static_cast<std::uint32_t>(seed)) {}
+  bool bernoulli(float p) { return static_cast<float>(g_() & 0xFFFFFFu) * 0x1.0p-24f < p; }
+  std::uint32_t randperm_step(std::uint32_t m) { return static_cast<std::uint32_t>(g_()) % m; }
+
+ private:
+  std::mt19937 g_;
+};
 
 }  // namespace twin

@@ -1,57 +1,52 @@
-// Breadcrumbs (Davari & Belilovsky 2024): from each τ_i drop the largest
-// γ·n entries by |·| (outliers) and the smallest, so that density·n are kept:
-// with order by decreasing |τ|, ranks [floor(γn), floor(γn) + floor(density·n))
-// survive (clamped to n); then Task Arithmetic, θ0 + λ Σ w_i τ''_i.
-// Tensors with fewer than 1/γ entries lose no outliers (floor(γn) = 0) and are
-// trimmed like any other; mergekit zeroes them instead, which we do not copy.
+// Breadcrumbs (Davari & Belilovsky 2024) and mergekit's breadcrumbs_ties: from
+// each τ_i drop the largest γ·n entries by |·| (outliers) and the smallest, so
+// that floor(density·n) are kept (merge/gta.hpp: sparsify_outliers), then
+//   Breadcrumbs:     θ0 + λ Σ w_i τ''_i (mergekit's breadcrumbs);
+//   BreadcrumbsTies: θ0 + λ Σ kept w_i τ''_i under TIES' sign consensus of the
+//                    weighted τ'' (merge/gta.hpp), not normalized by default.
+// Density ≥ 1 keeps τ as is; where density + γ > 1 fewer outliers are dropped
+// so that the density holds (both as mergekit). Tensors with fewer than 1/γ
+// entries lose no outliers (floor(γn) = 0) and are trimmed like any other;
+// mergekit zeroes them instead, which we do not copy.
+// density, gamma: one value for every expert, or one per expert (densities,
+// gammas); mergekit's defaults are density 1 and gamma 0.01.
 #pragma once
 
-#include "twin/merge/merger.hpp"
-#include "twin/merge/selection.hpp"
+#include "twin/merge/gta.hpp"
 
 namespace twin {
 
-struct Breadcrumbs {
-  double density = 0.9;         // fraction of each task vector kept
-  double gamma = 0.01;          // fraction of largest-magnitude entries dropped
-  double scaling = 1.0;         // λ
-  std::vector<double> weights;  // per expert; empty: all 1
+namespace detail {
+template <bool Consensus>
+struct BreadcrumbsBase {
+  double density = 0.9;           // fraction of each task vector kept
+  double gamma = 0.01;            // fraction of largest-magnitude entries dropped
+  double scaling = 1.0;           // λ
+  std::vector<double> weights;    // per expert; empty: all 1
+  std::vector<double> densities;  // per expert; empty: `density` for all
+  std::vector<double> gammas;     // per expert; empty: `gamma` for all
+  bool normalize = false;         // divide by the (kept) weight sum
 
-  std::string_view name() const noexcept { return "breadcrumbs"; }
+  std::string_view name() const noexcept { return Consensus ? "breadcrumbs_ties" : "breadcrumbs"; }
 
   void merge_tensor(const TensorMergeArgs& a) const {
-    detail::check_merge_args(a);
-    if (detail::merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s); })) return;
-    check_unit_interval(density, "breadcrumbs density");
-    check_unit_interval(gamma, "breadcrumbs gamma");
-    const std::vector<float> w = resolve_weights(weights, a.experts.size(), name());
-    const std::int64_t n = a.base.numel();
-    std::vector<float>& tau = detail::tau_scratch();
-    detail::task_vectors_f32(a, tau);
-    const std::int64_t top = keep_count(gamma, n);
-    const std::int64_t keep = std::min(n, top + keep_count(density, n));
-    for (std::size_t i = 0; i < w.size(); ++i) {
-      std::span<float> row(tau.data() + static_cast<std::int64_t>(i) * n, static_cast<std::size_t>(n));
-      // Both cuts are taken on the untouched row: the outlier set is a
-      // subset of the kept band's upper cut, ties included.
-      const MagnitudeCut upper = select_top_k(std::span<const float>(row), top);
-      const MagnitudeCut lower = select_top_k(std::span<const float>(row), keep);
-      apply_cut(row, lower);
-      apply_cut(row, upper, /*zero_selected=*/true);
+    check_merge_args(a);
+    if (merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s); })) return;
+    const std::size_t T = a.experts.size();
+    std::vector<double> d(T), g(T);
+    for (std::size_t i = 0; i < T; ++i) {
+      d[i] = expert_param(densities, density, i, T, std::string(name()) + " density");
+      g[i] = expert_param(gammas, gamma, i, T, std::string(name()) + " gamma");
+      check_unit_interval(d[i], std::string(name()) + " density");
+      check_unit_interval(g[i], std::string(name()) + " gamma");
     }
-    const float lambda = static_cast<float>(scaling);
-    const std::size_t T = w.size();
-    detail::merge_chunks(a, detail::merge_block, [&](std::int64_t) {
-      return [&](std::int64_t lo, std::int64_t c, const float* base, const float* const*, float* out) {
-        for (std::int64_t j = 0; j < c; ++j) out[j] = 0.0f;
-        for (std::size_t i = 0; i < T; ++i) {
-          const float* t = tau.data() + static_cast<std::int64_t>(i) * n + lo;
-          for (std::int64_t j = 0; j < c; ++j) out[j] += w[i] * t[j];
-        }
-        for (std::int64_t j = 0; j < c; ++j) out[j] = base[j] + lambda * out[j];
-      };
-    });
+    gta_merge(a, GtaRule{name(), Consensus, normalize, scaling, &weights},
+              [&](std::size_t i, std::span<float> row) { sparsify_outliers(row, d[i], g[i]); });
   }
 };
+}  // namespace detail
+
+struct Breadcrumbs : detail::BreadcrumbsBase<false> {};
+struct BreadcrumbsTies : detail::BreadcrumbsBase<true> {};
 
 }  // namespace twin

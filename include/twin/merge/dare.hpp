@@ -5,7 +5,11 @@
 // (mergekit's dare_ties defaults to an unnormalized sum; ours is the disjoint
 // mean, as docs/design.md §3 specifies.)
 // The mask of entry j of expert i is Philox(seed, tensor name, i) at j:
-// the same for any thread count, any chunking, and on the GPU.
+// the same for any thread count, any chunking, and on the GPU. With
+// rng = torch the masks are mergekit's for this tensor when seeded right
+// before it: torch.manual_seed(seed), then torch.bernoulli(density) per
+// expert in order, one MT19937 draw per entry (none at density ≥ 1); the
+// survivors are still rescaled by 1/density (mergekit: L1-norm matching).
 #pragma once
 
 #include "twin/merge/merger.hpp"
@@ -39,6 +43,7 @@ struct DareBase {
   double scaling = 1.0;  // λ
   std::uint64_t seed = 0;
   std::vector<double> weights;  // per expert; empty: all 1
+  RngKind rng = RngKind::philox;
 
   std::string_view name() const noexcept { return Ties ? "dare_ties" : "dare_linear"; }
 
@@ -48,16 +53,31 @@ struct DareBase {
     check_unit_interval(density, std::string(name()) + " density");
     const std::vector<float> w = resolve_weights(weights, a.experts.size(), name());
     const std::size_t T = w.size();
-    std::vector<Philox> rng;
-    for (std::size_t i = 0; i < T; ++i) rng.emplace_back(random_key(seed, a.name, i));
+    std::vector<Philox> philox;
+    for (std::size_t i = 0; i < T; ++i) philox.emplace_back(random_key(seed, a.name, i));
     const float d = static_cast<float>(density), lambda = static_cast<float>(scaling);
+    // rng = torch: the masks, drawn serially expert after expert (1 = kept).
+    std::vector<std::uint8_t> torch_mask;
+    const auto n_all = static_cast<std::size_t>(a.base.numel());
+    if (rng == RngKind::torch) {
+      torch_mask.assign(T * n_all, 1);
+      TorchCpuGenerator g(seed);
+      if (density < 1.0)
+        for (std::size_t k = 0; k < T * n_all; ++k) torch_mask[k] = g.bernoulli(d) ? 1 : 0;
+    }
     merge_chunks(a, merge_block, [&](std::int64_t) {
       return [&, drop = std::vector<float>(T * TWIN_CHUNK_ELEMENTS), rows = std::vector<const float*>(T),
               scratch = std::vector<float>(std::size_t{2} * TWIN_CHUNK_ELEMENTS)](
                  std::int64_t lo, std::int64_t n, const float* base, const float* const* ex, float* out) mutable {
         for (std::size_t i = 0; i < T; ++i) {
           float* t = drop.data() + i * TWIN_CHUNK_ELEMENTS;
-          dare_drop(rng[i], d, lo, n, base, ex[i], t);
+          if (torch_mask.empty()) {
+            dare_drop(philox[i], d, lo, n, base, ex[i], t);
+          } else {
+            const std::uint8_t* mk = torch_mask.data() + i * n_all + static_cast<std::size_t>(lo);
+            const float scale = d > 0.0f ? 1.0f / d : 0.0f;
+            for (std::int64_t j = 0; j < n; ++j) t[j] = mk[j] ? (ex[i][j] - base[j]) * scale : 0.0f;
+          }
           rows[i] = t;
         }
         if constexpr (Ties) {

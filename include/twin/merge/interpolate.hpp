@@ -88,3 +88,44 @@ std::vector<Gram> gram_rows(const TensorMergeArgs& a, std::size_t K, Fill&& fill
 }
 
 }  // namespace twin::detail
+
+namespace twin::detail {
+
+// A result in the span of the inputs (the methods whose algebra runs on
+// Gram matrices): out = c_base·base + Σ_i c[i]·expert_i, or with `relative`
+// out = base + Σ_i c[i]·(expert_i − base), per element in f32.
+struct Combination {
+  bool relative = false;
+  double c_base = 0.0;
+  std::vector<double> c;
+};
+
+inline void combine_tensor(const TensorMergeArgs& a, const Combination& k) {
+  const auto cb = static_cast<float>(k.c_base);
+  const std::vector<float> cf(k.c.begin(), k.c.end());
+  merge_chunks(a, merge_block, [&](std::int64_t) {
+    return [&](std::int64_t, std::int64_t n, const float* base, const float* const* ex, float* out) {
+      if (k.relative) {
+        for (std::int64_t j = 0; j < n; ++j) out[j] = 0.0f;
+        for (std::size_t i = 0; i < cf.size(); ++i)
+          for (std::int64_t j = 0; j < n; ++j) out[j] += cf[i] * (ex[i][j] - base[j]);
+        for (std::int64_t j = 0; j < n; ++j) out[j] += base[j];
+        return;
+      }
+      for (std::int64_t j = 0; j < n; ++j) out[j] = cb * base[j];
+      for (std::size_t i = 0; i < cf.size(); ++i)
+        for (std::int64_t j = 0; j < n; ++j) out[j] += cf[i] * ex[i][j];
+    };
+  });
+}
+
+// The inner product of two combinations of K vectors whose Gram matrix is g: ⟨Σ a_k v_k, Σ b_l v_l⟩ = aᵀ G b.
+inline double gram_dot(const Gram& g, const std::vector<double>& x, const std::vector<double>& y) {
+  const std::size_t K = x.size();
+  double s = 0.0;
+  for (std::size_t k = 0; k < K; ++k)
+    for (std::size_t l = 0; l < K; ++l) s += x[k] * g.g[k * K + l] * y[l];
+  return s;
+}
+
+}  // namespace twin::detail

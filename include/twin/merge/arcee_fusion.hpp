@@ -1,0 +1,142 @@
+// ArceeFusion (mergekit's `arcee_fusion`, docs/mergekit_methods.md §13): the
+// expert's changes are taken only where they matter most, per tensor:
+//   per vector along the last axis (a rank-0 or rank-1 tensor is one vector),
+//   p = softmax(expert) + 1e-8, q = softmax(base) + 1e-8 and
+//   KL = Σ p·log(p/q); importance imp_j = |expert_j − base_j| · KL(its vector);
+//   thr = median + 1.5·(q3 − q1) of the importances, a quantile at q being
+//   the sorted value at index floor(q·(n − 1)) (no interpolation);
+//   θ_j = base_j + (expert_j − base_j) where imp_j ≥ thr, else base_j.
+// mergekit takes the quantiles from samples of 10⁶ entries (torch.randperm,
+// a fresh sample for the median and another for q1 and q3) where a tensor
+// has more; rng = philox (default) takes them exactly over every entry,
+// rng = torch draws mergekit's two samples from torch.manual_seed(seed), so
+// the result is mergekit's for that tensor when it is seeded right before.
+// (Where most importances are 0, thr ≤ 0 and the whole expert is taken, as
+// in mergekit.) Softmax and KL in double, importances in f32.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <unordered_map>
+
+#include "twin/merge/merger.hpp"
+#include "twin/random.hpp"
+
+namespace twin {
+
+namespace detail {
+// The first `m` entries of torch.randperm(n) on the CPU (n < 2³²/20), drawn
+// from g; the generator is left where randperm leaves it (n − 1 draws).
+inline std::vector<std::uint32_t> torch_randperm_prefix(TorchCpuGenerator& g, std::uint32_t n, std::uint32_t m) {
+  std::unordered_map<std::uint32_t, std::uint32_t> moved;  // positions whose value is not their index
+  auto at = [&](std::uint32_t i) {
+    const auto it = moved.find(i);
+    return it == moved.end() ? i : it->second;
+  };
+  std::vector<std::uint32_t> out(m);
+  for (std::uint32_t i = 0; i + 1 < n; ++i) {
+    const std::uint32_t z = g.randperm_step(n - i);
+    if (i < m) {
+      const std::uint32_t a = at(i), b = at(i + z);
+      moved[i + z] = a;
+      out[i] = b;
+    }
+  }
+  if (m > 0 && m == n) out[n - 1] = at(n - 1);
+  return out;
+}
+}  // namespace detail
+
+struct ArceeFusion {
+  std::uint64_t seed = 0;
+  RngKind rng = RngKind::philox;
+
+  static constexpr std::int64_t sample_size = 1000000;  // mergekit's sample of importances
+
+  std::string_view name() const noexcept { return "arcee_fusion"; }
+
+  // The importances of the expert's entries, row-major.
+  static std::vector<float> importance(const TensorMergeArgs& a) {
+    const std::int64_t n = a.base.numel();
+    const std::int64_t cols = a.base.rank() >= 1 ? std::max<std::int64_t>(a.base.dim(a.base.rank() - 1), 1) : 1;
+    const std::int64_t rows = n / cols;
+    std::vector<float> imp(static_cast<std::size_t>(n));
+    parallel_blocks(rows, std::max<std::int64_t>(1, detail::merge_block / cols), [&](std::int64_t r0, std::int64_t r1) {
+      std::vector<float> x(static_cast<std::size_t>(cols)), b(static_cast<std::size_t>(cols));
+      for (std::int64_t r = r0; r < r1; ++r) {
+        read_f32(a.experts[0], r * cols, cols, x.data());
+        read_f32(a.base, r * cols, cols, b.data());
+        const double mx = *std::max_element(x.begin(), x.end()), mb = *std::max_element(b.begin(), b.end());
+        double zx = 0.0, zb = 0.0;
+        for (std::int64_t j = 0; j < cols; ++j) zx += std::exp(x[j] - mx), zb += std::exp(b[j] - mb);
+        double kl = 0.0;
+        for (std::int64_t j = 0; j < cols; ++j) {
+          const double p = std::exp(x[j] - mx) / zx + 1e-8, q = std::exp(b[j] - mb) / zb + 1e-8;
+          kl += p * std::log(p / q);
+        }
+        const auto klf = static_cast<float>(kl);
+        for (std::int64_t j = 0; j < cols; ++j)
+          imp[static_cast<std::size_t>(r * cols + j)] = std::abs(x[j] - b[j]) * klf;
+      }
+    });
+    return imp;
+  }
+
+  // The values at quantiles qs of v (consumed: reordered), as mergekit indexes them.
+  static std::vector<float> quantiles(std::vector<float>& v, std::initializer_list<float> qs) {
+    std::vector<float> out;
+    for (float q : qs) {
+      const auto k = static_cast<std::ptrdiff_t>(q * static_cast<float>(v.size() - 1));
+      std::nth_element(v.begin(), v.begin() + k, v.end());
+      out.push_back(v[static_cast<std::size_t>(k)]);
+    }
+    return out;
+  }
+
+  // thr = median + 1.5·(q3 − q1).
+  float threshold(const std::vector<float>& imp) const {
+    if (imp.empty()) return 0.0f;
+    const auto n = static_cast<std::int64_t>(imp.size());
+    float median = 0.0f, q1 = 0.0f, q3 = 0.0f;
+    if (rng == RngKind::torch && n > sample_size) {
+      if (n >= (std::int64_t{1} << 32) / 20)
+        throw argument_error("arcee_fusion --rng torch: tensor of " + std::to_string(n) +
+                             " entries is beyond torch.randperm's small-n algorithm");
+      TorchCpuGenerator g(seed);
+      auto sample = [&] {
+        std::vector<float> s;
+        for (std::uint32_t i : detail::torch_randperm_prefix(g, static_cast<std::uint32_t>(n), sample_size))
+          s.push_back(imp[i]);
+        return s;
+      };
+      std::vector<float> s1 = sample();
+      median = quantiles(s1, {0.5f})[0];
+      std::vector<float> s2 = sample();
+      const auto q = quantiles(s2, {0.25f, 0.75f});
+      q1 = q[0], q3 = q[1];
+    } else {
+      std::vector<float> s = imp;
+      const auto q = quantiles(s, {0.5f, 0.25f, 0.75f});
+      median = q[0], q1 = q[1], q3 = q[2];
+    }
+    return median + 1.5f * (q3 - q1);
+  }
+
+  void merge_tensor(const TensorMergeArgs& a) const {
+    detail::check_merge_args(a);
+    if (a.experts.size() != 1)
+      throw argument_error("arcee_fusion fuses the base and exactly one expert; tensor '" + std::string(a.name) +
+                           "' has " + std::to_string(a.experts.size()) + " experts");
+    if (detail::merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s); })) return;
+    const std::vector<float> imp = importance(a);
+    const float thr = threshold(imp);
+    detail::merge_chunks(a, detail::merge_block, [&](std::int64_t) {
+      return [&](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex, float* out) {
+        for (std::int64_t j = 0; j < c; ++j)
+          out[j] = imp[static_cast<std::size_t>(lo + j)] >= thr ? base[j] + (ex[0][j] - base[j]) : base[j];
+      };
+    });
+  }
+};
+
+}  // namespace twin

@@ -1,0 +1,302 @@
+// mergekit's generalized task arithmetic (GTA) core, per tensor, as
+// docs/mergekit_methods.md §8–9 specify it, for the strategies we take with
+// mergekit's own semantics (breadcrumbs, breadcrumbs_ties, della,
+// della_linear; task_arithmetic, ties and dare keep the papers' rules,
+// docs/design.md §3):
+//   δ_i = expert_i − base, sparsified per expert with that expert's density
+//   (and gamma or epsilon); with `rescale`, the survivors are scaled so the
+//   L1 norm is unchanged: m·Σ|δ|/Σ|m|, unless either sum is below 1e-7;
+//   D_i = w_i δ_i;
+//   sign consensus: S = Σ_i D_i, the elected sign is + where S ≥ 0 and −
+//     elsewhere; D_i is kept where its sign is the elected one (an exact zero
+//     never is); M = Σ kept D_i, div = Σ kept w_i per element (0 → 1);
+//   without: M = Σ_i D_i, div = Σ_i w_i (|div| < 1e-8 → 1);
+//   `normalize`: M = M/div; then M = λ·M; the result is base + M.
+// Sums run in f32 in model order, L1 norms in double over fixed blocks, so
+// results do not depend on the thread count.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "twin/merge/merger.hpp"
+#include "twin/merge/selection.hpp"
+#include "twin/random.hpp"
+
+namespace twin::detail {
+
+// A per-expert parameter: `per[i]` when given per expert, else `all`.
+inline double expert_param(const std::vector<double>& per, double all, std::size_t i, std::size_t T,
+                           std::string_view what) {
+  if (per.empty()) return all;
+  if (per.size() != T)
+    throw argument_error(std::string(what) + ": " + std::to_string(per.size()) + " values given for " +
+                         std::to_string(T) + " experts");
+  return per[i];
+}
+
+inline double l1_norm(std::span<const float> v) {
+  return parallel_sum<double>(static_cast<std::int64_t>(v.size()), merge_block, [&](std::int64_t lo, std::int64_t hi) {
+    double s = 0.0;
+    for (std::int64_t j = lo; j < hi; ++j) s += std::abs(static_cast<double>(v[static_cast<std::size_t>(j)]));
+    return s;
+  });
+}
+
+// mergekit's rescaled_masked_tensor with the L1 norm: `before` is Σ|δ|
+// taken before the mask was applied to m.
+inline void rescale_l1(std::span<float> m, double before) {
+  const double after = l1_norm(m);
+  if (before < 1e-7 || after < 1e-7) return;
+  const auto s = static_cast<float>(before / after);
+  parallel_blocks(static_cast<std::int64_t>(m.size()), merge_block, [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t j = lo; j < hi; ++j) m[static_cast<std::size_t>(j)] *= s;
+  });
+}
+
+// breadcrumbs' magnitude_outliers: keep = floor(density·n) entries, after
+// dropping the top = floor(gamma·n) largest magnitudes (fewer where
+// keep + top > n, so that keep entries remain). density ≥ 1 keeps δ as is.
+// Ties rank the lower index first. mergekit zeroes the whole δ when top = 0
+// (a Python slice [bot:-0]); we keep the band, as its own docstring intends.
+inline void sparsify_outliers(std::span<float> d, double density, double gamma) {
+  if (density >= 1.0) return;
+  const auto n = static_cast<std::int64_t>(d.size());
+  const std::int64_t keep = keep_count(density, n);
+  const std::int64_t top = std::min(keep_count(gamma, n), n - keep);
+  // Both cuts are taken on the untouched values: the outlier set is a subset
+  // of the kept band's upper cut, ties included.
+  const MagnitudeCut upper = select_top_k(std::span<const float>(d), top);
+  const MagnitudeCut lower = select_top_k(std::span<const float>(d), top + keep);
+  apply_cut(d, lower);
+  apply_cut(d, upper, /*zero_selected=*/true);
+}
+
+// The tensor's vectors along axis 1 (rank ≥ 2; a rank-0 or rank-1 tensor is
+// one vector): `outer` groups of `len` entries `inner` apart.
+struct AxisOneVectors {
+  std::int64_t outer = 1, len = 1, inner = 1;
+  explicit AxisOneVectors(std::span<const std::int64_t> shape) {
+    if (shape.size() == 1) len = shape[0];
+    if (shape.size() >= 2) {
+      outer = shape[0], len = shape[1];
+      for (std::size_t k = 2; k < shape.size(); ++k) inner *= shape[k];
+    }
+  }
+  std::int64_t count() const noexcept { return outer * inner; }
+  std::int64_t at(std::int64_t vec, std::int64_t b) const noexcept {
+    return (vec / inner) * len * inner + b * inner + vec % inner;
+  }
+};
+
+// DELLA's magnitude-ranked keep probabilities (della_magprune): within each
+// vector along axis 1, the entry of ascending-magnitude rank r (0-based,
+// ties by index) of len gets p = (density − ε) + (r/(len − 1))·2·ε, in f32 as
+// mergekit forms it; a vector of one entry gets p = density (mergekit's
+// formula divides 0 by 0 there and torch refuses the NaN).
+inline void della_probabilities(std::span<const float> d, std::span<const std::int64_t> shape, double density,
+                                double epsilon, std::span<float> p) {
+  const AxisOneVectors v(shape);
+  const auto lo_p = static_cast<float>(density - epsilon), eps = static_cast<float>(epsilon);
+  parallel_blocks(v.count(), std::max<std::int64_t>(1, merge_block / std::max<std::int64_t>(v.len, 1)),
+                  [&](std::int64_t v0, std::int64_t v1) {
+                    std::vector<std::uint64_t> keys(static_cast<std::size_t>(v.len));
+                    for (std::int64_t vec = v0; vec < v1; ++vec) {
+                      if (v.len == 1) {
+                        p[static_cast<std::size_t>(v.at(vec, 0))] = static_cast<float>(density);
+                        continue;
+                      }
+                      for (std::int64_t b = 0; b < v.len; ++b)
+                        keys[static_cast<std::size_t>(b)] =
+                            (std::uint64_t{magnitude_key(d[static_cast<std::size_t>(v.at(vec, b))])} << 32) |
+                            static_cast<std::uint64_t>(b);
+                      std::sort(keys.begin(), keys.end());
+                      const auto den = static_cast<float>(v.len - 1);
+                      for (std::int64_t r = 0; r < v.len; ++r) {
+                        const auto b = static_cast<std::int64_t>(keys[static_cast<std::size_t>(r)] & 0xffffffffu);
+                        const float rn = std::clamp(static_cast<float>(r) / den, 0.0f, 1.0f);
+                        p[static_cast<std::size_t>(v.at(vec, b))] = lo_p + rn * 2.0f * eps;
+                      }
+                    }
+                  });
+}
+
+// Keeps entry j of d iff keep(j) per the probabilities p (drawn by `rng`),
+// zeroes the rest.
+inline void bernoulli_mask(std::span<float> d, std::span<const float> p, RngKind rng, const Philox& philox,
+                           TorchCpuGenerator* torch_gen) {
+  const auto n = static_cast<std::int64_t>(d.size());
+  if (rng == RngKind::torch) {
+    for (std::int64_t j = 0; j < n; ++j)
+      if (!torch_gen->bernoulli(p[static_cast<std::size_t>(j)])) d[static_cast<std::size_t>(j)] = 0.0f;
+    return;
+  }
+  parallel_blocks(n, merge_block, [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t j = lo; j < hi; ++j)
+      if (!(philox.uniform(static_cast<std::uint64_t>(j)) < p[static_cast<std::size_t>(j)]))
+        d[static_cast<std::size_t>(j)] = 0.0f;
+  });
+}
+
+// The GTA rule shared by the strategies above.
+struct GtaRule {
+  std::string_view method;
+  bool consensus = false;
+  bool normalize = false;
+  double scaling = 1.0;
+  const std::vector<double>* weights = nullptr;  // per expert; empty: all 1
+};
+
+// δ_i for every expert into the thread's scratch rows, sparsify(i, row) on
+// each in model order (the order random draws are consumed), then the
+// combination into a.out. Returns nothing; a.out holds base + M.
+template <class Sparsify>
+void gta_merge(const TensorMergeArgs& a, const GtaRule& r, Sparsify&& sparsify) {
+  const std::vector<float> w = resolve_weights(*r.weights, a.experts.size(), r.method);
+  const std::size_t T = w.size();
+  const std::int64_t n = a.base.numel();
+  std::vector<float>& tau = tau_scratch();
+  task_vectors_f32(a, tau);
+  for (std::size_t i = 0; i < T; ++i)
+    sparsify(i, std::span<float>(tau.data() + static_cast<std::int64_t>(i) * n, static_cast<std::size_t>(n)));
+  float wsum = 0.0f;
+  for (float x : w) wsum += x;
+  const float flat_div = std::abs(wsum) < 1e-8f ? 1.0f : wsum;
+  const auto lambda = static_cast<float>(r.scaling);
+  merge_chunks(a, merge_block, [&](std::int64_t) {
+    return [&](std::int64_t lo, std::int64_t c, const float* base, const float* const*, float* out) {
+      for (std::int64_t j = 0; j < c; ++j) {
+        const std::int64_t e = lo + j;
+        float m = 0.0f, div = flat_div;
+        if (r.consensus) {
+          float s = 0.0f;
+          for (std::size_t i = 0; i < T; ++i) s += w[i] * tau[i * static_cast<std::size_t>(n) + e];
+          const bool positive = s >= 0.0f;
+          div = 0.0f;
+          for (std::size_t i = 0; i < T; ++i) {
+            const float dv = w[i] * tau[i * static_cast<std::size_t>(n) + e];
+            const bool agree = positive ? dv > 0.0f : dv < 0.0f;
+            m += agree ? dv : 0.0f;
+            div += agree ? w[i] : 0.0f;
+          }
+          if (div == 0.0f) div = 1.0f;
+        } else {
+          for (std::size_t i = 0; i < T; ++i) m += w[i] * tau[i * static_cast<std::size_t>(n) + e];
+        }
+        if (r.normalize) m /= div;
+        out[j] = base[j] + lambda * m;
+      }
+    };
+  });
+}
+
+}  // namespace twin::detail
+
+namespace twin {
+
+// mergekit's sparsification methods (docs/mergekit_methods.md §9).
+enum class GtaSparsifier { none, magnitude, random, magnitude_outliers, della_magprune };
+
+// mergekit's generalized task arithmetic as it is, every switch exposed: the
+// rule above with
+//   none: δ as is; magnitude: the floor(density·n) largest |δ| over the
+//   tensor (ties by index); random: kept with probability density (DARE);
+//   magnitude_outliers: breadcrumbs' band; della_magprune: DELLA's ranks;
+// each returning δ untouched at density ≥ 1 (della: dropped at ≤ 0), then the
+// L1 rescale when `rescale`. Draws as in merge/della.hpp (philox by default,
+// or torch's stream for the tensor, experts in order). This is what a
+// mergekit config's task_arithmetic / ties / dare_linear / dare_ties /
+// breadcrumbs* / della* computes; twin's own Ties and Dare keep the papers'
+// rules (per-tensor or global top-k; 1/p rescale, normalized dare_ties).
+struct GeneralizedTaskArithmetic {
+  std::string method = "ties";  // the name it reports
+  GtaSparsifier sparsifier = GtaSparsifier::magnitude;
+  bool consensus = true;
+  bool normalize = true;
+  bool rescale = false;
+  double scaling = 1.0;           // λ
+  std::vector<double> weights;    // per expert; empty: all 1
+  std::vector<double> densities;  // per expert; empty: 1 (mergekit's default)
+  std::vector<double> gammas;     // per expert; empty: 0.01
+  std::vector<double> epsilons;   // per expert; empty: 0.15
+  std::uint64_t seed = 0;
+  RngKind rng = RngKind::philox;
+
+  std::string_view name() const noexcept { return method; }
+
+  void merge_tensor(const TensorMergeArgs& a) const {
+    detail::check_merge_args(a);
+    if (detail::merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s); })) return;
+    const std::size_t T = a.experts.size();
+    std::vector<double> d(T), g(T), e(T);
+    for (std::size_t i = 0; i < T; ++i) {
+      d[i] = detail::expert_param(densities, 1.0, i, T, method + " density");
+      g[i] = detail::expert_param(gammas, 0.01, i, T, method + " gamma");
+      e[i] = detail::expert_param(epsilons, 0.15, i, T, method + " epsilon");
+      if (!std::isfinite(d[i]) || d[i] < 0.0) throw argument_error(method + ": density must be ≥ 0");
+      if (sparsifier == GtaSparsifier::magnitude_outliers) check_unit_interval(g[i], method + " gamma");
+      if (sparsifier == GtaSparsifier::della_magprune && d[i] > 0.0 && d[i] < 1.0 &&
+          (d[i] + e[i] >= 1.0 || d[i] - e[i] <= 0.0))
+        throw argument_error(method + ": density ± epsilon must lie in (0, 1); expert " + std::to_string(i) +
+                             " has density " + std::to_string(d[i]) + " and epsilon " + std::to_string(e[i]));
+    }
+    std::optional<TorchCpuGenerator> torch_gen;
+    if (rng == RngKind::torch) torch_gen.emplace(seed);
+    std::vector<float> p;
+    detail::gta_merge(a, detail::GtaRule{method, consensus, normalize, scaling, &weights},
+                      [&](std::size_t i, std::span<float> row) {
+                        if (sparsifier == GtaSparsifier::none || d[i] >= 1.0) return;
+                        if (sparsifier == GtaSparsifier::della_magprune && d[i] <= 0.0) {
+                          std::fill(row.begin(), row.end(), 0.0f);
+                          return;
+                        }
+                        const double before = rescale ? detail::l1_norm(row) : 0.0;
+                        switch (sparsifier) {
+                          case GtaSparsifier::magnitude:
+                            apply_cut(row, select_top_k(std::span<const float>(row),
+                                                        keep_count(d[i], static_cast<std::int64_t>(row.size()))));
+                            break;
+                          case GtaSparsifier::random:
+                            p.assign(row.size(), static_cast<float>(d[i]));
+                            detail::bernoulli_mask(row, p, rng, Philox(random_key(seed, a.name, i)),
+                                                   torch_gen ? &*torch_gen : nullptr);
+                            break;
+                          case GtaSparsifier::magnitude_outliers: detail::sparsify_outliers(row, d[i], g[i]); break;
+                          case GtaSparsifier::della_magprune:
+                            p.resize(row.size());
+                            detail::della_probabilities(row, a.base.shape(), d[i], e[i], p);
+                            detail::bernoulli_mask(row, p, rng, Philox(random_key(seed, a.name, i)),
+                                                   torch_gen ? &*torch_gen : nullptr);
+                            break;
+                          case GtaSparsifier::none: break;
+                        }
+                        if (rescale) detail::rescale_l1(row, before);
+                      });
+  }
+
+  // mergekit's rule and defaults for a GTA method name (§8's table), or
+  // nullopt for another name.
+  static std::optional<GeneralizedTaskArithmetic> mergekit(std::string_view m) {
+    GeneralizedTaskArithmetic g;
+    g.method = std::string(m);
+    auto set = [&](GtaSparsifier s, bool consensus, bool normalize, bool rescale) {
+      g.sparsifier = s, g.consensus = consensus, g.normalize = normalize, g.rescale = rescale;
+      return g;
+    };
+    if (m == "task_arithmetic") return set(GtaSparsifier::none, false, false, false);
+    if (m == "ties") return set(GtaSparsifier::magnitude, true, true, false);
+    if (m == "dare_ties") return set(GtaSparsifier::random, true, false, true);
+    if (m == "dare_linear") return set(GtaSparsifier::random, false, false, true);
+    if (m == "breadcrumbs") return set(GtaSparsifier::magnitude_outliers, false, false, false);
+    if (m == "breadcrumbs_ties") return set(GtaSparsifier::magnitude_outliers, true, false, false);
+    if (m == "della") return set(GtaSparsifier::della_magprune, true, true, true);
+    if (m == "della_linear") return set(GtaSparsifier::della_magprune, false, false, true);
+    return std::nullopt;
+  }
+};
+
+}  // namespace twin

@@ -1,0 +1,97 @@
+// RAM and RAM+ (tensor-local), as mergekit's `ram` and `ramplus_tl` compute
+// them per tensor (docs/mergekit_methods.md §11):
+//   τ_i = expert_i − base; an entry contributes where |τ_ij| > ε (strictly);
+//   c_j = the number of contributing experts; Z_ij = τ_ij if it contributes,
+//   else 0;
+//   Ram:       θ0 + Σ_i [c_j = 1] Z_ij + [c_j > 1] Z_ij / c_j
+//              (the single value where one expert moves an entry, the mean of
+//              the movers where several do, the base where none does);
+//   RamPlusTl: the unique entries of expert i scaled by
+//              λ_i = 1 + r·clamp(ρ_i, 0, α), ρ_i = shared_i / max(unique_i, ε),
+//              shared_i / unique_i = how many of expert i's contributing
+//              entries of this tensor have c > 1 / c = 1.
+// Counts are integers (the same for any thread count); values in f32 in
+// expert order, as mergekit sums them.
+#pragma once
+
+#include <algorithm>
+
+#include "twin/merge/merger.hpp"
+
+namespace twin {
+
+namespace detail {
+
+struct RamCounts {
+  std::vector<std::int64_t> shared, unique;
+  RamCounts& operator+=(const RamCounts& o) {
+    if (shared.empty()) shared.assign(o.shared.size(), 0), unique.assign(o.unique.size(), 0);
+    for (std::size_t i = 0; i < o.shared.size(); ++i) shared[i] += o.shared[i], unique[i] += o.unique[i];
+    return *this;
+  }
+};
+
+template <bool Plus>
+struct RamBase {
+  double epsilon = 1e-5;  // an entry contributes where |τ| > epsilon
+  double r = 0.1;         // RamPlusTl: gain on the unique entries
+  double alpha = 0.2;     // RamPlusTl: cap of the shared/unique ratio
+
+  std::string_view name() const noexcept { return Plus ? "ramplus_tl" : "ram"; }
+
+  void merge_tensor(const TensorMergeArgs& a) const {
+    check_merge_args(a);
+    if (!(epsilon >= 0.0) || !std::isfinite(r) || !std::isfinite(alpha))
+      throw argument_error(std::string(name()) + ": epsilon must be ≥ 0 and r, alpha finite");
+    if (merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s); })) return;
+    const std::size_t T = a.experts.size();
+    const auto eps = static_cast<float>(epsilon);
+    std::vector<float> lambda(T, 1.0f);
+    if constexpr (Plus) {
+      RamCounts c = parallel_sum<RamCounts>(a.base.numel(), merge_block, [&](std::int64_t lo, std::int64_t hi) {
+        RamCounts k{std::vector<std::int64_t>(T, 0), std::vector<std::int64_t>(T, 0)};
+        constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
+        std::vector<float> buf(static_cast<std::size_t>(C) * (T + 1));
+        for (std::int64_t p = lo; p < hi; p += C) {
+          const std::int64_t n = std::min(C, hi - p);
+          const float* base = chunk_f32(a.base, p, n, buf.data());
+          std::vector<const float*> ex(T);
+          for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], p, n, buf.data() + C * (i + 1));
+          for (std::int64_t j = 0; j < n; ++j) {
+            int cnt = 0;
+            for (std::size_t i = 0; i < T; ++i) cnt += std::abs(ex[i][j] - base[j]) > eps;
+            for (std::size_t i = 0; i < T; ++i)
+              if (std::abs(ex[i][j] - base[j]) > eps) ++(cnt > 1 ? k.shared[i] : k.unique[i]);
+          }
+        }
+        return k;
+      });
+      if (c.shared.empty()) c.shared.assign(T, 0), c.unique.assign(T, 0);
+      for (std::size_t i = 0; i < T; ++i) {
+        const float rho = static_cast<float>(c.shared[i]) / std::max(static_cast<float>(c.unique[i]), eps);
+        lambda[i] = 1.0f + static_cast<float>(r) * std::clamp(rho, 0.0f, static_cast<float>(alpha));
+      }
+    }
+    merge_chunks(a, merge_block, [&](std::int64_t) {
+      return [&](std::int64_t, std::int64_t n, const float* base, const float* const* ex, float* out) {
+        for (std::int64_t j = 0; j < n; ++j) {
+          int cnt = 0;
+          for (std::size_t i = 0; i < T; ++i) cnt += std::abs(ex[i][j] - base[j]) > eps;
+          float m = 0.0f;
+          for (std::size_t i = 0; i < T; ++i) {
+            const float t = ex[i][j] - base[j];
+            if (!(std::abs(t) > eps)) continue;
+            m += cnt == 1 ? t * lambda[i] : t / static_cast<float>(cnt);
+          }
+          out[j] = base[j] + m;
+        }
+      };
+    });
+  }
+};
+}  // namespace detail
+
+struct Ram : detail::RamBase<false> {};
+struct RamPlusTl : detail::RamBase<true> {};
+
+}  // namespace twin

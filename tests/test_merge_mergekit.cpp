@@ -1,0 +1,745 @@
+// mergekit's strategies (linear, breadcrumbs_ties, della, della_linear, sce,
+// ram, ramplus_tl, nuslerp, multislerp, karcher, arcee_fusion, passthrough)
+// against double-precision references written here from
+// docs/mergekit_methods.md, literally (full vectors, plain loops, sorts),
+// hand-worked cases, masks recorded from PyTorch, and the distributions of
+// the randomized methods.
+#include <algorithm>
+#include <map>
+#include <numeric>
+
+#include "test_support.hpp"
+
+using namespace twin;
+using twin_test::check_close;
+using twin_test::perturbed;
+using twin_test::random_tensor;
+using twin_test::same_bits;
+
+namespace {
+
+using Vec = std::vector<double>;
+
+Tensor f32_tensor(std::vector<float> v, std::vector<std::int64_t> shape) {
+  return Tensor::from_f32(std::span<const float>(v), std::span<const std::int64_t>(shape));
+}
+
+Tensor merged(const AnyMerger& m, const Tensor& base, const std::vector<const Tensor*>& experts,
+              std::string_view name = "w") {
+  std::vector<ConstTensorView> ev;
+  for (const Tensor* e : experts) ev.push_back(e->view());
+  return twin::merge_tensor(m, name, base.view(), ev);
+}
+
+Vec vec(const Tensor& t) { return to_f64_vector(t.view()); }
+
+// τ = expert − base, rounded to f32 as the strategies form it.
+Vec tau_of(const Tensor& e, const Tensor& b) {
+  const Vec ev = vec(e), bv = vec(b);
+  Vec t(ev.size());
+  for (std::size_t i = 0; i < t.size(); ++i)
+    t[i] = static_cast<float>(static_cast<float>(ev[i]) - static_cast<float>(bv[i]));
+  return t;
+}
+
+double dot(const Vec& a, const Vec& b) {
+  double s = 0;
+  for (std::size_t j = 0; j < a.size(); ++j) s += a[j] * b[j];
+  return s;
+}
+double norm(const Vec& a) { return std::sqrt(dot(a, a)); }
+
+// Ranks of |v| in decreasing order, the lower index first among equals.
+std::vector<std::size_t> by_magnitude(const Vec& v) {
+  std::vector<std::size_t> idx(v.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  std::stable_sort(idx.begin(), idx.end(),
+                   [&](std::size_t a, std::size_t b) { return std::abs(v[a]) > std::abs(v[b]); });
+  return idx;
+}
+
+std::int64_t floor_count(double f, std::size_t n) {
+  return static_cast<std::int64_t>(std::floor(f * static_cast<double>(n) + 1e-9));
+}
+
+// mergekit's GTA combination (§8) of sparsified task vectors.
+Vec ref_gta(const Vec& base, const std::vector<Vec>& d, const Vec& w, bool consensus, bool normalize, double lambda) {
+  Vec out(base.size());
+  for (std::size_t j = 0; j < base.size(); ++j) {
+    double s = 0, m = 0, div = 0;
+    for (std::size_t i = 0; i < d.size(); ++i) s += w[i] * d[i][j];
+    for (std::size_t i = 0; i < d.size(); ++i) {
+      const double D = w[i] * d[i][j];
+      const bool keep = !consensus || (s >= 0 ? D > 0 : D < 0);
+      if (keep) m += D, div += w[i];
+    }
+    if (!consensus) {
+      div = std::accumulate(w.begin(), w.end(), 0.0);
+      if (std::abs(div) < 1e-8) div = 1;
+    }
+    if (div == 0) div = 1;
+    if (normalize) m /= div;
+    out[j] = base[j] + lambda * m;
+  }
+  return out;
+}
+
+AnyMerger by_settings(const std::string& method, const std::function<void(MergeSettings&)>& set = {}) {
+  MergeSettings s;
+  s.method = method;
+  if (set) set(s);
+  return AnyMerger::from_settings(s);
+}
+
+struct Fixture {
+  Tensor base;
+  std::vector<Tensor> experts;
+  std::vector<const Tensor*> ptrs() const {
+    std::vector<const Tensor*> p;
+    for (const Tensor& e : experts) p.push_back(&e);
+    return p;
+  }
+};
+
+Fixture fixture(std::uint64_t seed, std::vector<std::int64_t> shape, int T, double spread = 0.05) {
+  std::mt19937_64 rng(seed);
+  Fixture f{random_tensor(rng, dtype::f32, shape, 0.0, 1.0), {}};
+  for (int i = 0; i < T; ++i) f.experts.push_back(perturbed(rng, f.base, spread));
+  return f;
+}
+
+}  // namespace
+
+TEST_CASE("linear: weighted sum, divided by the weight sum when normalize, the base averaged in by base_weight") {
+  const Tensor b = f32_tensor({1, 2}, {2}), e1 = f32_tensor({3, 4}, {2}), e2 = f32_tensor({5, -2}, {2});
+  // 0.25·[3,4] + 0.75·[5,−2] = [4.5, −0.5]; unnormalized with weights 1, 2: [13, 0].
+  check_close(merged(by_settings("linear",
+                                 [](auto& s) {
+                                   s.weights = {0.25, 0.75};
+                                 }),
+                     b, {&e1, &e2})
+                  .view(),
+              {4.5, -0.5}, 1e-7, 0);
+  check_close(merged(by_settings("linear",
+                                 [](auto& s) {
+                                   s.weights = {1, 2};
+                                   s.normalize = false;
+                                 }),
+                     b, {&e1, &e2})
+                  .view(),
+              {13, 0}, 1e-7, 0);
+  // The base with weight 2: (1·[3,4] + 1·[5,−2] + 2·[1,2]) / 4 = [2.5, 1.5].
+  check_close(merged(by_settings("linear", [](auto& s) { s.base_weight = 2.0; }), b, {&e1, &e2}).view(), {2.5, 1.5},
+              1e-7, 0);
+  CHECK_THROWS_AS(merged(by_settings("linear", [](auto& s) { s.weights = {1, -1}; }), b, {&e1, &e2}), argument_error);
+  CHECK(by_settings("linear").name() == "linear");
+}
+
+TEST_CASE("passthrough: the one model's tensor, times scale when set; two models are refused") {
+  const Tensor b = f32_tensor({1, 2}, {2}), e = f32_tensor({3, -4}, {2});
+  CHECK(same_bits(merged(by_settings("passthrough"), b, {&e}), e));
+  check_close(merged(by_settings("passthrough", [](auto& s) { s.scale = 0.5; }), b, {&e}).view(), {1.5, -2}, 0, 0);
+  CHECK_THROWS_AS(merged(by_settings("passthrough"), b, {&e, &e}), argument_error);
+}
+
+TEST_CASE("breadcrumbs and breadcrumbs_ties equal mergekit's magnitude_outliers + GTA, per-expert densities") {
+  const Fixture f = fixture(21, {40, 50}, 3);
+  const Vec base = vec(f.base);
+  const std::size_t n = base.size();
+  const Vec dens = {0.5, 0.7, 0.9}, w = {1.0, 0.5, -0.25};
+  const double gamma = 0.05;
+  std::vector<Vec> d;
+  for (std::size_t i = 0; i < 3; ++i) {
+    Vec t = tau_of(f.experts[i], f.base);
+    const std::int64_t keep = floor_count(dens[i], n);
+    const std::int64_t top = std::min<std::int64_t>(floor_count(gamma, n), static_cast<std::int64_t>(n) - keep);
+    const auto order = by_magnitude(t);
+    Vec s(n, 0.0);
+    for (std::int64_t r = top; r < top + keep; ++r)
+      s[order[static_cast<std::size_t>(r)]] = t[order[static_cast<std::size_t>(r)]];
+    d.push_back(s);
+  }
+  for (bool consensus : {false, true})
+    for (bool normalize : {false, true}) {
+      CAPTURE(consensus);
+      CAPTURE(normalize);
+      const AnyMerger m = by_settings(consensus ? "breadcrumbs_ties" : "breadcrumbs", [&](MergeSettings& s) {
+        s.densities = dens;
+        s.gamma = gamma;
+        s.weights = w;
+        s.scaling = 0.8;
+        s.normalize = normalize;
+      });
+      check_close(merged(m, f.base, f.ptrs()).view(), ref_gta(base, d, w, consensus, normalize, 0.8), 1e-5, 1e-6);
+    }
+}
+
+TEST_CASE("breadcrumbs: density 1 keeps the task vector; density + gamma > 1 drops fewer outliers to keep density") {
+  const Tensor b = f32_tensor({0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, {10});
+  const Tensor e = f32_tensor({1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, {10});
+  const auto bc = [](double d, double g) {
+    return by_settings("breadcrumbs", [=](MergeSettings& s) {
+      s.density = d;
+      s.gamma = g;
+    });
+  };
+  CHECK(same_bits(merged(bc(1.0, 0.3), b, {&e}), e));
+  // keep 8, top 3 → only 2 outliers dropped: [1..8] survive.
+  check_close(merged(bc(0.8, 0.3), b, {&e}).view(), {1, 2, 3, 4, 5, 6, 7, 8, 0, 0}, 0, 0);
+  // keep 5, top 2: ranks 3..7 by decreasing magnitude → 4..8.
+  check_close(merged(bc(0.5, 0.2), b, {&e}).view(), {0, 0, 0, 4, 5, 6, 7, 8, 0, 0}, 0, 0);
+}
+
+TEST_CASE("della --rng torch draws torch.bernoulli's masks (recorded from PyTorch 1.13) expert after expert") {
+  // torch.manual_seed(11); della_magprune probabilities of t (density 0.5, ε 0.3) as mergekit forms them;
+  // torch.bernoulli(p) for expert 0 (t), then for expert 1 (−2t, the same ranks):
+  const std::vector<float> t = {0.5f,  -0.1f, 0.3f,  0.9f, -0.7f, 0.2f,  0.4f, -0.6f,
+                                0.05f, 1.0f,  -0.3f, 0.8f, 0.1f,  -0.2f, 0.6f};
+  const std::vector<int> m0 = {1, 0, 0, 1, 1, 0, 0, 1, 0, 0, 1, 1, 0, 0, 0};
+  const std::vector<int> m1 = {0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 1, 1};
+  std::vector<float> t2;
+  for (float x : t) t2.push_back(-2.0f * x);
+  const Tensor b = f32_tensor(std::vector<float>(15, 0.0f), {3, 5}), e0 = f32_tensor(t, {3, 5}),
+               e1 = f32_tensor(t2, {3, 5});
+  const AnyMerger m = by_settings("della_linear", [](MergeSettings& s) {
+    s.density = 0.5;
+    s.epsilon = 0.3;
+    s.seed = 11;
+    s.rng = RngKind::torch;
+    s.rescale = false;
+  });
+  Vec ref(15);
+  for (std::size_t j = 0; j < 15; ++j) ref[j] = m0[j] * static_cast<double>(t[j]) + m1[j] * static_cast<double>(t2[j]);
+  check_close(merged(m, b, {&e0, &e1}).view(), ref, 1e-7, 0);
+  // torch.manual_seed(7); torch.bernoulli(torch.full((12,), 0.5)): dare's mask, survivors × 1/density.
+  const std::vector<int> dm = {0, 1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 0};
+  const Tensor zb = f32_tensor(std::vector<float>(12, 0.0f), {12}),
+               ones = f32_tensor(std::vector<float>(12, 1.0f), {12});
+  Vec dref(12);
+  for (std::size_t j = 0; j < 12; ++j) dref[j] = 2.0 * dm[j];
+  check_close(merged(by_settings("dare_linear",
+                                 [](MergeSettings& s) {
+                                   s.density = 0.5;
+                                   s.seed = 7;
+                                   s.rng = RngKind::torch;
+                                 }),
+                     zb, {&ones})
+                  .view(),
+              dref, 0, 0);
+}
+
+TEST_CASE("torch.randperm's prefix (recorded from PyTorch 1.13) and the generator left where randperm leaves it") {
+  // torch.manual_seed(3); torch.randperm(20)
+  const std::vector<std::uint32_t> perm = {6, 12, 3, 7, 1, 5, 8, 9, 2, 17, 14, 11, 13, 19, 10, 4, 15, 0, 18, 16};
+  TorchCpuGenerator g(3);
+  CHECK(detail::torch_randperm_prefix(g, 20, 20) == perm);
+  TorchCpuGenerator h(3);
+  const auto prefix = detail::torch_randperm_prefix(h, 20, 5);
+  CHECK(std::vector<std::uint32_t>(perm.begin(), perm.begin() + 5) == prefix);
+  CHECK(g.randperm_step(1000003) == h.randperm_step(1000003));
+}
+
+TEST_CASE("della keeps each entry with its rank's probability (Philox draws), and merges as GTA on those masks") {
+  // One expert moved, the others equal to the base: della_linear without rescale returns τ·mask, so the
+  // mask of expert i is read off the output. 400 rows of 50: per rank, 400 draws.
+  const std::int64_t R = 400, C = 50;
+  std::mt19937_64 rng(5);
+  const Tensor b = random_tensor(rng, dtype::f32, {R, C});
+  std::vector<Tensor> ex;
+  for (int i = 0; i < 3; ++i) ex.push_back(perturbed(rng, b, 0.1));
+  const double d = 0.4, eps = 0.2;
+  auto settings = [&](MergeSettings& s) {
+    s.density = d;
+    s.epsilon = eps;
+    s.seed = 9;
+    s.rescale = false;
+  };
+  std::vector<Vec> masks;
+  for (std::size_t i = 0; i < 3; ++i) {
+    std::vector<const Tensor*> p = {&b, &b, &b};
+    p[i] = &ex[i];
+    const Vec got = vec(merged(by_settings("della_linear", settings), b, p)), bv = vec(b);
+    Vec mask(got.size());
+    for (std::size_t j = 0; j < got.size(); ++j) mask[j] = got[j] != bv[j] ? 1.0 : 0.0;
+    masks.push_back(mask);
+  }
+  // Per magnitude rank r within a row: kept with p = (d − ε) + 2ε·r/(C − 1); the count over 3·R draws
+  // within 5 standard deviations of its mean.
+  std::vector<double> kept(static_cast<std::size_t>(C), 0.0);
+  for (std::size_t i = 0; i < 3; ++i) {
+    const Vec t = tau_of(ex[i], b);
+    for (std::int64_t r = 0; r < R; ++r) {
+      Vec row(t.begin() + r * C, t.begin() + (r + 1) * C);
+      auto order = by_magnitude(row);
+      std::reverse(order.begin(), order.end());  // ascending
+      for (std::int64_t k = 0; k < C; ++k)
+        kept[static_cast<std::size_t>(k)] +=
+            masks[i][static_cast<std::size_t>(r * C) + order[static_cast<std::size_t>(k)]];
+    }
+  }
+  for (std::int64_t k = 0; k < C; ++k) {
+    const double p = (d - eps) + 2 * eps * static_cast<double>(k) / static_cast<double>(C - 1);
+    const double n = 3.0 * R, sd = std::sqrt(n * p * (1 - p));
+    CAPTURE(k);
+    CHECK(std::abs(kept[static_cast<std::size_t>(k)] - n * p) < 5 * sd);
+  }
+  // The full della (consensus, normalize, L1 rescale) on all three experts equals GTA on those masks.
+  const Vec w = {1.0, 2.0, 0.5};
+  std::vector<Vec> sp;
+  for (std::size_t i = 0; i < 3; ++i) {
+    const Vec t = tau_of(ex[i], b);
+    Vec m(t.size());
+    double before = 0, after = 0;
+    for (std::size_t j = 0; j < t.size(); ++j)
+      m[j] = t[j] * masks[i][j], before += std::abs(t[j]), after += std::abs(m[j]);
+    for (double& x : m) x *= before / after;
+    sp.push_back(m);
+  }
+  const AnyMerger della = by_settings("della", [&](MergeSettings& s) {
+    s.density = d;
+    s.epsilon = eps;
+    s.seed = 9;
+    s.weights = w;
+  });
+  check_close(merged(della, b, {&ex[0], &ex[1], &ex[2]}).view(), ref_gta(vec(b), sp, w, true, true, 1.0), 1e-5, 1e-6);
+  // density ± epsilon outside (0, 1) is refused.
+  CHECK_THROWS_AS(merged(by_settings("della",
+                                     [](MergeSettings& s) {
+                                       s.density = 0.1;
+                                       s.epsilon = 0.15;
+                                     }),
+                         b, {&ex[0]}),
+                  argument_error);
+}
+
+TEST_CASE("sce: variance top-k, sign erase, mean-square weights, as a literal double-precision reference") {
+  const Fixture f = fixture(31, {30, 40}, 3);
+  const Vec base = vec(f.base);
+  const std::size_t n = base.size(), N = 3;
+  for (double topk : {1.0, 0.3}) {
+    CAPTURE(topk);
+    std::vector<Vec> T;
+    for (std::size_t i = 0; i < N; ++i) T.push_back(tau_of(f.experts[i], f.base));
+    if (topk < 1) {
+      Vec var(n);
+      std::size_t nz = 0;
+      for (std::size_t j = 0; j < n; ++j) {
+        double m = 0, v = 0;
+        for (std::size_t i = 0; i < N; ++i) m += T[i][j] / N;
+        for (std::size_t i = 0; i < N; ++i) v += (T[i][j] - m) * (T[i][j] - m) / N;
+        var[j] = static_cast<float>(v);
+        nz += var[j] != 0;
+      }
+      const auto order = by_magnitude(var);
+      std::vector<char> keep(n, 0);
+      for (std::int64_t r = 0; r < floor_count(topk, nz); ++r) keep[order[static_cast<std::size_t>(r)]] = 1;
+      for (auto& t : T)
+        for (std::size_t j = 0; j < n; ++j)
+          if (!keep[j]) t[j] = 0;
+    }
+    Vec s(N);
+    for (std::size_t i = 0; i < N; ++i) s[i] = dot(T[i], T[i]) / static_cast<double>(n);
+    const double ss = std::accumulate(s.begin(), s.end(), 0.0);
+    for (double& x : s) x = std::abs(ss) < 1e-6 ? 1.0 / N : x / ss;
+    Vec ref(n);
+    for (std::size_t j = 0; j < n; ++j) {
+      double sum = 0, m = 0, den = 0;
+      for (std::size_t i = 0; i < N; ++i) sum += T[i][j];
+      for (std::size_t i = 0; i < N; ++i)
+        if (sum >= 0 ? T[i][j] > 0 : T[i][j] < 0) m += s[i] * T[i][j], den += s[i];
+      ref[j] = base[j] + m / std::max(den, 1e-6);
+    }
+    check_close(merged(by_settings("sce", [&](MergeSettings& st) { st.select_topk = topk; }), f.base, f.ptrs()).view(),
+                ref, 1e-5, 1e-6);
+  }
+}
+
+TEST_CASE("ram and ramplus_tl: hand-worked counts, unique values kept (scaled by λ), shared values averaged") {
+  // base 0; τ0 = [1, 0, 2, 1e-6], τ1 = [3, 0, 0, 0.5]: contributors c = [2, 0, 1, 1].
+  const Tensor b = f32_tensor({0, 0, 0, 0}, {4});
+  const Tensor e0 = f32_tensor({1, 0, 2, 1e-6f}, {4}), e1 = f32_tensor({3, 0, 0, 0.5f}, {4});
+  // ram: [mean(1, 3), 0, 2, 0.5].
+  check_close(merged(by_settings("ram"), b, {&e0, &e1}).view(), {2, 0, 2, 0.5}, 1e-7, 0);
+  // ramplus_tl: expert 0 shared 1, unique 1 → ρ 1 → λ0 = 1 + 0.1·min(1, 0.2) = 1.02; expert 1 the same.
+  check_close(merged(by_settings("ramplus_tl"), b, {&e0, &e1}).view(), {2, 0, 2.04, 0.51}, 1e-6, 0);
+  // With epsilon 1.5 only 2 and 3 contribute: [3, 0, 2, 0]; expert 1 has no shared entry → λ1 = 1.
+  check_close(merged(by_settings("ram", [](MergeSettings& s) { s.epsilon = 1.5; }), b, {&e0, &e1}).view(), {3, 0, 2, 0},
+              0, 0);
+}
+
+TEST_CASE("ram and ramplus_tl equal a literal reference on random tensors with sparse task vectors") {
+  std::mt19937_64 rng(4);
+  const Tensor b = random_tensor(rng, dtype::f32, {2000});
+  std::vector<Tensor> ex;
+  std::bernoulli_distribution moved(0.4);
+  std::normal_distribution<float> nd(0.0f, 0.01f);
+  const Vec bv = vec(b);
+  for (int i = 0; i < 3; ++i) {
+    std::vector<float> v;
+    for (double x : bv) v.push_back(static_cast<float>(x) + (moved(rng) ? nd(rng) : 0.0f));
+    ex.push_back(f32_tensor(v, {2000}));
+  }
+  const double eps = 1e-3, r = 0.3, alpha = 0.5;
+  std::vector<Vec> T;
+  for (const Tensor& e : ex) T.push_back(tau_of(e, b));
+  std::vector<int> c(2000, 0);
+  for (const Vec& t : T)
+    for (std::size_t j = 0; j < 2000; ++j) c[j] += std::abs(t[j]) > eps;
+  Vec lambda(3);
+  for (std::size_t i = 0; i < 3; ++i) {
+    double sh = 0, un = 0;
+    for (std::size_t j = 0; j < 2000; ++j)
+      if (std::abs(T[i][j]) > eps) (c[j] > 1 ? sh : un) += 1;
+    lambda[i] = 1 + r * std::clamp(sh / std::max(un, eps), 0.0, alpha);
+  }
+  for (bool plus : {false, true}) {
+    Vec ref(2000);
+    for (std::size_t j = 0; j < 2000; ++j) {
+      double m = 0;
+      for (std::size_t i = 0; i < 3; ++i)
+        if (std::abs(T[i][j]) > eps) m += c[j] == 1 ? T[i][j] * (plus ? lambda[i] : 1.0) : T[i][j] / c[j];
+      ref[j] = bv[j] + m;
+    }
+    const AnyMerger m = by_settings(plus ? "ramplus_tl" : "ram", [&](MergeSettings& s) {
+      s.epsilon = eps;
+      if (plus) s.r = r, s.alpha = alpha;
+    });
+    check_close(merged(m, b, {&ex[0], &ex[1], &ex[2]}).view(), ref, 1e-6, 1e-6);
+  }
+}
+
+namespace {
+// nuslerp's f on one pair of vectors, literally.
+Vec ref_nuslerp_pair(const Vec& x0, const Vec& x1, double t) {
+  const double n0 = std::max(norm(x0), 1e-7), n1 = std::max(norm(x1), 1e-7);
+  const double th = std::acos(std::clamp(dot(x0, x1) / (n0 * n1), -1.0, 1.0)), s = std::sin(th);
+  Vec o(x0.size());
+  for (std::size_t j = 0; j < o.size(); ++j)
+    o[j] = std::abs(s) < 1e-8 ? (1 - t) * x0[j] + t * x1[j]
+                              : (std::sin((1 - t) * th) * x0[j] + std::sin(t * th) * x1[j]) / s;
+  return o;
+}
+}  // namespace
+
+TEST_CASE("nuslerp: whole tensor, per row and per column, on task vectors or the experts, t from the weights") {
+  const Fixture f = fixture(41, {6, 8}, 2, 0.3);
+  const Vec base = vec(f.base), a = vec(f.experts[0]), c = vec(f.experts[1]);
+  const double t = 3.0 / (1.0 + 3.0);
+  for (bool use_base : {true, false})
+    for (int mode = 0; mode < 3; ++mode) {  // flatten, last axis, axis 0
+      CAPTURE(use_base);
+      CAPTURE(mode);
+      Vec x0(48), x1(48), ref(48);
+      for (std::size_t j = 0; j < 48; ++j) {
+        x0[j] = use_base ? static_cast<float>(static_cast<float>(a[j]) - static_cast<float>(base[j])) : a[j];
+        x1[j] = use_base ? static_cast<float>(static_cast<float>(c[j]) - static_cast<float>(base[j])) : c[j];
+      }
+      // Vector v's elements: indices of[v][k].
+      std::vector<std::vector<std::size_t>> of;
+      if (mode == 0) of.push_back({}), of[0].resize(48), std::iota(of[0].begin(), of[0].end(), 0);
+      if (mode == 1)
+        for (std::size_t r = 0; r < 6; ++r) {
+          of.push_back({});
+          for (std::size_t k = 0; k < 8; ++k) of.back().push_back(r * 8 + k);
+        }
+      if (mode == 2)
+        for (std::size_t col = 0; col < 8; ++col) {
+          of.push_back({});
+          for (std::size_t k = 0; k < 6; ++k) of.back().push_back(k * 8 + col);
+        }
+      for (const auto& idx : of) {
+        Vec p0, p1;
+        for (std::size_t j : idx) p0.push_back(x0[j]), p1.push_back(x1[j]);
+        const Vec o = ref_nuslerp_pair(p0, p1, t);
+        for (std::size_t k = 0; k < idx.size(); ++k) ref[idx[k]] = (use_base ? base[idx[k]] : 0.0) + o[k];
+      }
+      const AnyMerger m = by_settings("nuslerp", [&](MergeSettings& s) {
+        s.weights = {1.0, 3.0};
+        s.use_base = use_base;
+        if (mode > 0) s.nuslerp_flatten = false;
+        if (mode == 2) s.nuslerp_row_wise = true;
+      });
+      check_close(merged(m, f.base, f.ptrs()).view(), ref, 1e-5, 1e-5);
+    }
+}
+
+TEST_CASE("nuslerp: colinear and antipodal pairs take the lerp branch; t = 0 is the first expert") {
+  const Tensor b = f32_tensor({0, 0, 0}, {3}), e0 = f32_tensor({1, 2, 3}, {3}), e1 = f32_tensor({2, 4, 6}, {3}),
+               opp = f32_tensor({-1, -2, -3}, {3});
+  const AnyMerger half = by_settings("nuslerp");
+  check_close(merged(half, b, {&e0, &e1}).view(), {1.5, 3, 4.5}, 1e-6, 0);
+  check_close(merged(half, b, {&e0, &opp}).view(), {0, 0, 0}, 0, 1e-6);
+  check_close(merged(by_settings("nuslerp",
+                                 [](MergeSettings& s) {
+                                   s.weights = {1, 0};
+                                 }),
+                     b, {&e0, &opp})
+                  .view(),
+              {1, 2, 3}, 1e-6, 0);
+}
+
+TEST_CASE("multislerp equals its literal definition on full vectors; two unit vectors at 90° by hand") {
+  const Fixture f = fixture(51, {5, 7}, 3, 0.2);
+  const Vec base = vec(f.base);
+  const Vec w = {0.5, 1.0, 1.5};
+  for (bool use_base : {true, false}) {
+    CAPTURE(use_base);
+    std::vector<Vec> y;
+    for (const Tensor& e : f.experts) y.push_back(use_base ? tau_of(e, f.base) : vec(e));
+    Vec wn = w;
+    for (double& x : wn) x /= 3.0;
+    const double eps = 1e-8;
+    std::vector<Vec> u;
+    Vec nrm;
+    for (const Vec& v : y) {
+      nrm.push_back(norm(v));
+      Vec q(v.size());
+      for (std::size_t j = 0; j < v.size(); ++j) q[j] = v[j] / (nrm.back() + eps);
+      u.push_back(q);
+    }
+    Vec m(35, 0.0);
+    for (std::size_t i = 0; i < 3; ++i)
+      for (std::size_t j = 0; j < 35; ++j) m[j] += wn[i] * u[i][j];
+    const double mn = norm(m);
+    for (double& x : m) x /= mn;
+    Vec tau(35, 0.0);
+    for (std::size_t i = 0; i < 3; ++i) {
+      const double di = dot(u[i], m);
+      for (std::size_t j = 0; j < 35; ++j) tau[j] += wn[i] * (u[i][j] - di * m[j]);
+    }
+    const double nu = norm(tau) + eps;
+    double avg = 0;
+    for (std::size_t i = 0; i < 3; ++i) avg += nrm[i] * wn[i];
+    Vec ref(35);
+    for (std::size_t j = 0; j < 35; ++j)
+      ref[j] = (m[j] * std::cos(nu) + tau[j] * std::sin(nu) / nu) * avg + (use_base ? base[j] : 0.0);
+    const AnyMerger ms = by_settings("multislerp", [&](MergeSettings& s) {
+      s.weights = w;
+      s.use_base = use_base;
+    });
+    check_close(merged(ms, f.base, f.ptrs()).view(), ref, 1e-5, 1e-5);
+  }
+  // [1,0] and [0,1], equal weights: m̂ = [1,1]/√2, τ = 0, so r = m̂ · 1 = [0.7071, 0.7071].
+  const Tensor z = f32_tensor({0, 0}, {2}), x = f32_tensor({1, 0}, {2}), yv = f32_tensor({0, 1}, {2});
+  check_close(merged(by_settings("multislerp"), z, {&x, &yv}).view(), {std::sqrt(0.5), std::sqrt(0.5)}, 1e-6, 0);
+  // Antipodal with equal weights: two inputs fall back to Σ w y (= 0); three are refused.
+  const Tensor nx = f32_tensor({-1, 0}, {2});
+  check_close(merged(by_settings("multislerp"), z, {&x, &nx}).view(), {0, 0}, 0, 1e-7);
+  CHECK_THROWS_AS(merged(by_settings("multislerp",
+                                     [](MergeSettings& s) {
+                                       s.weights = {2, 1, 1};
+                                     }),
+                         z, {&x, &nx, &nx}),
+                  numeric_error);
+}
+
+namespace {
+// mergekit's karcher_merge_tensors on full vectors, in double.
+Vec ref_karcher(const std::vector<Vec>& xs, int max_iter, double tol) {
+  const std::size_t K = xs.size(), n = xs[0].size();
+  if (K == 1) return xs[0];
+  Vec norms;
+  std::vector<Vec> units;
+  for (const Vec& x : xs) {
+    const double nx = norm(x);
+    norms.push_back(nx);
+    Vec u(n, 0.0);
+    if (nx != 0)
+      for (std::size_t j = 0; j < n; ++j) u[j] = x[j] / nx;
+    units.push_back(u);
+  }
+  std::vector<std::size_t> valid;
+  for (std::size_t k = 0; k < K; ++k)
+    if (norms[k] > tol) valid.push_back(k);
+  if (valid.empty()) return Vec(n, 0.0);
+  const double a = 1.0 / static_cast<double>(valid.size());
+  Vec u(n, 0.0);
+  for (std::size_t k : valid)
+    for (std::size_t j = 0; j < n; ++j) u[j] += a * units[k][j];
+  const double nu = norm(u);
+  if (nu < tol) u = units[valid[0]];
+  else
+    for (double& x : u) x /= nu;
+  for (int it = 0; it < max_iter; ++it) {
+    Vec T(n, 0.0);
+    for (std::size_t k : valid) {
+      const double d = std::clamp(dot(u, units[k]), -1.0, 1.0), th = std::acos(d);
+      if (th < tol) continue;
+      for (std::size_t j = 0; j < n; ++j) T[j] += a * (th / std::sin(th)) * (units[k][j] - d * u[j]);
+    }
+    const double nt = norm(T);
+    if (nt < tol) break;
+    for (std::size_t j = 0; j < n; ++j) u[j] = std::cos(nt) * u[j] + std::sin(nt) * T[j] / nt;
+    const double n2 = norm(u);
+    if (n2 > tol)
+      for (double& x : u) x /= n2;
+  }
+  double s = 0;
+  for (double nx : norms) s += nx / static_cast<double>(K);
+  for (double& x : u) x *= s;
+  return u;
+}
+}  // namespace
+
+TEST_CASE("karcher equals mergekit's iteration on full vectors, with and without the base among the inputs") {
+  const Fixture f = fixture(61, {9, 11}, 3, 0.5);
+  for (bool use_base : {true, false})
+    for (int iters : {1, 3, 10}) {
+      CAPTURE(use_base);
+      CAPTURE(iters);
+      std::vector<Vec> xs;
+      for (const Tensor& e : f.experts) xs.push_back(vec(e));
+      if (use_base) xs.push_back(vec(f.base));
+      const AnyMerger k = by_settings("karcher", [&](MergeSettings& s) {
+        s.max_iter = iters;
+        s.use_base = use_base;
+      });
+      check_close(merged(k, f.base, f.ptrs()).view(), ref_karcher(xs, iters, 1e-5), 1e-5, 1e-5);
+    }
+  // Inputs along one direction: the direction times the mean norm ([1,1]·(1 + 3 + 0)/3 with a zero base).
+  const Tensor z = f32_tensor({0, 0}, {2}), a = f32_tensor({1, 1}, {2}), c = f32_tensor({3, 3}, {2});
+  check_close(merged(by_settings("karcher"), z, {&a, &c}).view(), {4.0 / 3.0, 4.0 / 3.0}, 1e-6, 0);
+}
+
+namespace {
+// arcee_fusion literally: softmax / KL per row, importances, sorted quantiles, the mask.
+Vec ref_arcee(const Vec& b, const Vec& x, std::size_t cols) {
+  const std::size_t n = b.size(), rows = n / cols;
+  std::vector<float> imp(n);
+  for (std::size_t r = 0; r < rows; ++r) {
+    double zx = 0, zb = 0;
+    for (std::size_t k = 0; k < cols; ++k) zx += std::exp(x[r * cols + k]), zb += std::exp(b[r * cols + k]);
+    double kl = 0;
+    for (std::size_t k = 0; k < cols; ++k) {
+      const double p = std::exp(x[r * cols + k]) / zx + 1e-8, q = std::exp(b[r * cols + k]) / zb + 1e-8;
+      kl += p * std::log(p / q);
+    }
+    for (std::size_t k = 0; k < cols; ++k)
+      imp[r * cols + k] =
+          static_cast<float>(std::abs(static_cast<float>(x[r * cols + k]) - static_cast<float>(b[r * cols + k]))) *
+          static_cast<float>(kl);
+  }
+  std::vector<float> s = imp;
+  std::sort(s.begin(), s.end());
+  auto at = [&](float q) { return s[static_cast<std::size_t>(q * static_cast<float>(n - 1))]; };
+  const float thr = at(0.5f) + 1.5f * (at(0.75f) - at(0.25f));
+  Vec o(n);
+  for (std::size_t j = 0; j < n; ++j) o[j] = imp[j] >= thr ? x[j] : b[j];
+  return o;
+}
+}  // namespace
+
+TEST_CASE("arcee_fusion keeps the expert where importance ≥ median + 1.5·IQR, as a literal reference") {
+  const Fixture f = fixture(71, {20, 30}, 1, 0.3);
+  const Vec got = vec(merged(by_settings("arcee_fusion"), f.base, f.ptrs()));
+  check_close(twin::Tensor::from_f32(std::vector<float>(got.begin(), got.end()), std::vector<std::int64_t>{600}).view(),
+              ref_arcee(vec(f.base), vec(f.experts[0]), 30), 1e-6, 1e-6);
+  // Some but not all entries are taken.
+  const Vec bv = vec(f.base);
+  std::size_t taken = 0;
+  for (std::size_t j = 0; j < 600; ++j) taken += got[j] != bv[j];
+  CHECK(taken > 0);
+  CHECK(taken < 600);
+  CHECK_THROWS_AS(merged(by_settings("arcee_fusion"), f.base, {&f.experts[0], &f.experts[0]}), argument_error);
+}
+
+TEST_CASE("every mergekit strategy: bit-identical for 1 and 2 threads, and strided views merge like copies") {
+  const Fixture f = fixture(81, {70, 1100}, 3, 0.05);  // more than one merge block
+  const std::vector<std::pair<std::string, std::function<void(MergeSettings&)>>> methods = {
+      {"linear", {}},
+      {"breadcrumbs_ties", [](MergeSettings& s) { s.density = 0.6; }},
+      {"della", [](MergeSettings& s) { s.density = 0.5; }},
+      {"della_linear", [](MergeSettings& s) { s.density = 0.5; }},
+      {"sce", [](MergeSettings& s) { s.select_topk = 0.4; }},
+      {"ram", {}},
+      {"ramplus_tl", {}},
+      {"multislerp", {}},
+      {"karcher", {}},
+  };
+  for (const auto& [name, set] : methods) {
+    CAPTURE(name);
+    const AnyMerger m = by_settings(name, set);
+    set_num_threads(1);
+    const Tensor one = merged(m, f.base, f.ptrs());
+    set_num_threads(2);
+    const Tensor two = merged(m, f.base, f.ptrs());
+    CHECK(same_bits(one, two));
+  }
+  const Fixture g = fixture(82, {300, 200}, 2, 0.3);
+  for (const char* name : {"nuslerp", "arcee_fusion"}) {
+    CAPTURE(name);
+    const AnyMerger m = name == std::string("arcee_fusion") ? by_settings(name) : by_settings(name);
+    const std::vector<const Tensor*> ex =
+        name == std::string("arcee_fusion") ? std::vector<const Tensor*>{&g.experts[0]} : g.ptrs();
+    set_num_threads(1);
+    const Tensor one = merged(m, g.base, ex);
+    set_num_threads(2);
+    CHECK(same_bits(one, merged(m, g.base, ex)));
+  }
+}
+
+TEST_CASE("GeneralizedTaskArithmetic with mergekit's rules: ties per-model densities, dare with L1 rescale") {
+  const Fixture f = fixture(91, {30, 40}, 3);
+  const Vec base = vec(f.base);
+  const std::size_t n = base.size();
+  const Vec dens = {0.2, 0.5, 0.8}, w = {1.0, 0.7, 0.4};
+  // ties: the floor(d·n) largest |δ| per expert, sign consensus, normalized; λ 0.9.
+  std::vector<Vec> d;
+  for (std::size_t i = 0; i < 3; ++i) {
+    const Vec t = tau_of(f.experts[i], f.base);
+    const auto order = by_magnitude(t);
+    Vec s(n, 0.0);
+    for (std::int64_t r = 0; r < floor_count(dens[i], n); ++r)
+      s[order[static_cast<std::size_t>(r)]] = t[order[static_cast<std::size_t>(r)]];
+    d.push_back(s);
+  }
+  GeneralizedTaskArithmetic ties = *GeneralizedTaskArithmetic::mergekit("ties");
+  ties.densities = dens;
+  ties.weights = w;
+  ties.scaling = 0.9;
+  check_close(merged(AnyMerger(ties), f.base, f.ptrs()).view(), ref_gta(base, d, w, true, true, 0.9), 1e-5, 1e-6);
+  // With equal densities and positive weights it equals twin's own Ties (the papers' rule agrees there).
+  ties.densities = {0.3, 0.3, 0.3};
+  const Tensor own = merged(AnyMerger(Ties{0.3, 0.9, TopKScope::per_tensor, w}), f.base, f.ptrs());
+  check_close(merged(AnyMerger(ties), f.base, f.ptrs()).view(), vec(own), 1e-6, 1e-6);
+  // task_arithmetic: θ0 + λ Σ w δ, as TaskArithmetic.
+  GeneralizedTaskArithmetic ta = *GeneralizedTaskArithmetic::mergekit("task_arithmetic");
+  ta.weights = w;
+  ta.scaling = 0.5;
+  check_close(merged(AnyMerger(ta), f.base, f.ptrs()).view(),
+              vec(merged(AnyMerger(TaskArithmetic{0.5, w}), f.base, f.ptrs())), 1e-6, 1e-6);
+  // dare_linear with torch's stream: torch.manual_seed(7) bernoulli(0.5) mask on 12 ones, survivors scaled
+  // to the L1 norm: 12 / 5 kept.
+  const std::vector<int> dm = {0, 1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 0};
+  GeneralizedTaskArithmetic dare = *GeneralizedTaskArithmetic::mergekit("dare_linear");
+  dare.densities = {0.5};
+  dare.seed = 7;
+  dare.rng = RngKind::torch;
+  const Tensor zb = f32_tensor(std::vector<float>(12, 0.0f), {12}),
+               ones = f32_tensor(std::vector<float>(12, 1.0f), {12});
+  Vec ref(12);
+  for (std::size_t j = 0; j < 12; ++j) ref[j] = dm[j] * 12.0 / 5.0;
+  check_close(merged(AnyMerger(dare), zb, {&ones}).view(), ref, 1e-6, 0);
+  CHECK(AnyMerger(dare).name() == "dare_linear");
+  CHECK_FALSE(GeneralizedTaskArithmetic::mergekit("slerp").has_value());
+}
+
+TEST_CASE("AnyMerger: every method name builds; a foreign option is refused naming the flag") {
+  for (std::string_view m : merge_method_names) {
+    CAPTURE(m);
+    MergeSettings s;
+    s.method = std::string(m);
+    if (m == "slerp" || m == "nearswap") s.t = 0.5;
+    CHECK(AnyMerger::from_settings(s).name() == m);
+  }
+  MergeSettings s;
+  s.method = "sce";
+  s.epsilon = 0.1;
+  CHECK_THROWS_WITH_AS(AnyMerger::from_settings(s), doctest::Contains("sce takes no --epsilon"), argument_error);
+  s.method = "karcher";
+  s.epsilon.reset();
+  s.weights = {1, 2};
+  CHECK_THROWS_WITH_AS(AnyMerger::from_settings(s), doctest::Contains("karcher takes no --weight"), argument_error);
+  s.method = "nope";
+  CHECK_THROWS_WITH_AS(AnyMerger::from_settings(s), doctest::Contains("unknown merge method 'nope'"), argument_error);
+}
