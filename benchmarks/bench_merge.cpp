@@ -1,6 +1,8 @@
 // Merging 8 experts of a RoBERTa-base-shaped model (85M parameters per model)
-// with TaskArithmetic and Ties in f32 and bf16, and mergekit's model_stock
-// (8 experts), slerp and nearswap (the base and one expert). Prints, per run:
+// with TaskArithmetic and Ties in f32 and bf16, and mergekit's other methods:
+// linear, breadcrumbs_ties, della_linear, sce, ram, ramplus_tl, model_stock,
+// multislerp, karcher (8 experts), nuslerp (2), slerp, nearswap, arcee_fusion,
+// passthrough (the base and one expert). Prints, per run:
 // time, bytes moved (read base + experts, write output), the time a parallel
 // memcpy of the same bytes takes in this run, their ratio, and PyTorch's time
 // on the identical tensors (benchmarks/bench_merge.py; TaskArithmetic and
@@ -59,11 +61,23 @@ int main(int argc, char** argv) {
       twin::AnyMerger merger;
       int experts;  // how many of the experts it merges
     };
-    const Method methods[] = {{twin::TaskArithmetic{scaling, {}}, T},
-                              {twin::Ties{density, scaling, twin::TopKScope::per_tensor, {}}, T},
-                              {twin::ModelStock{}, T},
-                              {twin::Slerp{0.4}, 1},
-                              {twin::Nearswap{0.001}, 1}};
+    const Method methods[] = {
+        {twin::TaskArithmetic{scaling, {}}, T},
+        {twin::Ties{density, scaling, twin::TopKScope::per_tensor, {}}, T},
+        {twin::Linear{}, T},
+        {twin::BreadcrumbsTies{{0.9, 0.01, scaling, {}, {}, {}, false}}, T},
+        {twin::DellaLinear{{0.5, 0.15, scaling, 0, {}, {}, {}, false, true, twin::RngKind::philox}}, T},
+        {twin::Sce{0.5}, T},
+        {twin::Ram{}, T},
+        {twin::RamPlusTl{}, T},
+        {twin::ModelStock{}, T},
+        {twin::MultiSlerp{}, T},
+        {twin::Karcher{}, T},
+        {twin::NuSlerp{}, 2},
+        {twin::Slerp{0.4}, 1},
+        {twin::Nearswap{0.001}, 1},
+        {twin::ArceeFusion{}, 1},
+        {twin::Passthrough{0.5}, 1}};
     for (const auto& [m, E] : methods) {
       const std::size_t moved = model_bytes * static_cast<std::size_t>(E + 2);  // read E+1, write 1
       // A memcpy of moved/2 bytes reads and writes `moved` bytes in total.
@@ -86,7 +100,7 @@ int main(int argc, char** argv) {
     }
   }
   std::printf(
-      "vs_copy: our time / memcpy of the same bytes (goal <= 1.5; model_stock, slerp, nearswap <= 2);\n"
+      "vs_copy: our time / memcpy of the same bytes (goal <= 1.5; mergekit's deterministic methods <= 2);\n"
       "speedup: PyTorch time / ours (goal >= 2);\n"
       "cs_rel: relative difference of the outputs' sums, ours vs PyTorch's (same tensors, same merge).\n");
   return 0;

@@ -13,12 +13,14 @@
 #include <string>
 #include <vector>
 
+#include "common/mergekit_yaml.hpp"
 #include "common/progress.hpp"
 #include "twin/compress/magnitude_sparsifier.hpp"
 #include "twin/compress/svd_compressor.hpp"
 #include "twin/fuse/dynamic_fuser.hpp"
 #include "twin/io/safetensors.hpp"
 #include "twin/io/twin_model_file.hpp"
+#include "twin/merge/merge_config.hpp"
 #include "twin/route/router.hpp"
 #include "twin/twin.hpp"
 
@@ -63,15 +65,17 @@ twin::LoadedCheckpoint load_checked(const std::string& path) {
   return c;
 }
 
-// Method options shared by `merge` and `build`.
+// Method options shared by `merge` and `build` (names after mergekit's
+// parameters; docs/design.md §6 lists which method takes which).
 struct MethodOptions {
   std::string method = "task_arithmetic";
-  std::optional<double> scaling, density, gamma;
+  std::optional<double> scaling, t, base_weight, eps, select_topk, tol, r, alpha, scale;
+  std::vector<double> density, gamma, epsilon, weights;
+  std::optional<bool> normalize, rescale, nuslerp_flatten, nuslerp_row_wise;
+  std::optional<int> max_iter;
   std::uint64_t seed = 0;
-  std::string scope = "per-tensor", selection = "exact", zero_sign = "plus";
-  std::optional<double> t;
-  bool filter_wise = false;
-  std::vector<double> weights;
+  std::string scope = "per-tensor", selection = "exact", zero_sign = "plus", rng = "philox";
+  bool filter_wise = false, no_base = false;
   std::vector<std::string> exclude;
 
   void add_to(CLI::App& app) {
@@ -79,9 +83,16 @@ struct MethodOptions {
     for (auto m : twin::merge_method_names) methods += (methods.empty() ? "" : ", ") + std::string(m);
     app.add_option("--method", method, "merge strategy: " + methods)->capture_default_str();
     app.add_option("--scaling", scaling, "lambda, the factor on the merged task vector (default 1)");
-    app.add_option("--density", density, "fraction of each task vector kept (ties 0.2, dare 0.5, breadcrumbs 0.9)");
+    app.add_option("--density", density,
+                   "fraction of each task vector kept (ties 0.2, dare and della 0.5, breadcrumbs 0.9); once, or once "
+                   "per --expert for breadcrumbs and della");
     app.add_option("--gamma", gamma, "breadcrumbs: fraction of largest-magnitude entries dropped (default 0.01)");
-    app.add_option("--seed", seed, "dare: random seed")->capture_default_str();
+    app.add_option("--epsilon", epsilon,
+                   "della: half-width of the keep-probability band (0.15); ram: contribution threshold (1e-5)");
+    app.add_option("--seed", seed, "dare, della, arcee_fusion: random seed")->capture_default_str();
+    app.add_option("--rng", rng,
+                   "dare, della, arcee_fusion: philox (ours) or torch (mergekit's draws when seeded per tensor)")
+        ->capture_default_str();
     app.add_option("--scope", scope, "ties: top-k per-tensor or global")->capture_default_str();
     app.add_option("--selection", selection,
                    "ties: exact (keep floor(density*n)) or kthvalue (the official TIES/Twin-Merging code's rule)")
@@ -93,23 +104,103 @@ struct MethodOptions {
                    "slerp: interpolation factor (0 = base, 1 = the expert); nearswap: distance under which the "
                    "expert's value is taken");
     app.add_flag("--filter-wise", filter_wise, "model_stock: one ratio per row instead of per tensor");
+    app.add_option("--normalize", normalize,
+                   "true|false: linear (true), breadcrumbs (false), della (true), della_linear (false), "
+                   "multislerp (true): divide by the weight sum");
+    app.add_option("--rescale", rescale, "true|false: della: rescale survivors to the task vector's L1 norm (true)");
+    app.add_option("--base-weight", base_weight, "linear: average the base in too, with this weight");
+    app.add_flag("--no-base", no_base,
+                 "nuslerp, multislerp: interpolate the experts themselves, not their task vectors; karcher: leave "
+                 "the base out of the mean");
+    app.add_option("--nuslerp-flatten", nuslerp_flatten, "true|false: nuslerp: the whole tensor as one vector (true)");
+    app.add_option("--nuslerp-row-wise", nuslerp_row_wise,
+                   "true|false: nuslerp without flatten: vectors along axis 0 instead of the last axis (false)");
+    app.add_option("--eps", eps, "multislerp: numerical floor (1e-8)");
+    app.add_option("--select-topk", select_topk, "sce: fraction of positions kept by variance across experts (1)");
+    app.add_option("--max-iter", max_iter, "karcher: iterations at most (10)");
+    app.add_option("--tol", tol, "karcher: convergence tolerance (1e-5)");
+    app.add_option("--r", r, "ramplus_tl: gain on an expert's unique entries (0.1)");
+    app.add_option("--alpha", alpha, "ramplus_tl: cap of the shared/unique ratio (0.2)");
+    app.add_option("--scale", scale, "passthrough: factor on the tensor");
     app.add_option("--weight", weights, "per-expert weight, once per --expert in order (default 1)");
     app.add_option("--exclude", exclude, "regular expression of tensor names not merged (repeatable)");
   }
-  twin::MergeSettings settings() const {
+
+  // A value given once for all experts or once per expert.
+  static void per_expert(const std::vector<double>& v, std::optional<double>& all, std::vector<double>& per,
+                         std::size_t experts, const std::string& flag) {
+    if (v.size() == 1) all = v[0];
+    else if (v.size() == experts) per = v;
+    else if (!v.empty())
+      throw twin::argument_error(flag + " given " + std::to_string(v.size()) + " times: give it once, or once per " +
+                                 "--expert (" + std::to_string(experts) + ")");
+  }
+
+  twin::MergeSettings settings(std::size_t experts) const {
     twin::MergeSettings s;
     s.method = method;
     s.scaling = scaling;
-    s.density = density;
-    s.gamma = gamma;
+    per_expert(density, s.density, s.densities, experts, "--density");
+    per_expert(gamma, s.gamma, s.gammas, experts, "--gamma");
+    per_expert(epsilon, s.epsilon, s.epsilons, experts, "--epsilon");
     s.seed = seed;
+    s.rng = twin::parse_rng(rng);
     s.scope = twin::parse_scope(scope);
     s.selection = twin::parse_selection(selection);
     s.zero_sign = twin::parse_zero_sign(zero_sign);
     s.weights = weights;
     s.t = t;
     s.filter_wise = filter_wise;
+    s.normalize = normalize;
+    s.rescale = rescale;
+    s.base_weight = base_weight;
+    s.use_base = !no_base;
+    s.nuslerp_flatten = nuslerp_flatten;
+    s.nuslerp_row_wise = nuslerp_row_wise;
+    s.eps = eps;
+    s.select_topk = select_topk;
+    s.max_iter = max_iter;
+    s.tol = tol;
+    s.r = r;
+    s.alpha = alpha;
+    s.scale = scale;
     return s;
+  }
+
+  // The options given, as metadata of the output (twin.merge.<name>).
+  void describe(twin::Metadata& meta, const std::string& prefix) const {
+    auto num = [&](const std::string& k, const std::optional<double>& v) {
+      if (v) meta[prefix + k] = std::to_string(*v);
+    };
+    auto list = [&](const std::string& k, const std::vector<double>& v) {
+      std::string out;
+      for (double x : v) out += (out.empty() ? "" : ",") + std::to_string(x);
+      if (!v.empty()) meta[prefix + k] = out;
+    };
+    auto flag = [&](const std::string& k, const std::optional<bool>& v) {
+      if (v) meta[prefix + k] = *v ? "true" : "false";
+    };
+    num("scaling", scaling);
+    list("density", density);
+    list("gamma", gamma);
+    list("epsilon", epsilon);
+    list("weight", weights);
+    num("t", t);
+    num("base_weight", base_weight);
+    num("eps", eps);
+    num("select_topk", select_topk);
+    num("tol", tol);
+    num("r", r);
+    num("alpha", alpha);
+    num("scale", scale);
+    flag("normalize", normalize);
+    flag("rescale", rescale);
+    flag("nuslerp_flatten", nuslerp_flatten);
+    flag("nuslerp_row_wise", nuslerp_row_wise);
+    if (max_iter) meta[prefix + "max_iter"] = std::to_string(*max_iter);
+    if (filter_wise) meta[prefix + "filter_wise"] = "true";
+    if (no_base) meta[prefix + "no_base"] = "true";
+    if (rng != "philox") meta[prefix + "rng"] = rng;
   }
 };
 
@@ -140,7 +231,7 @@ struct MergeCommand {
 
   void run() const {
     check_output_path(out);
-    const twin::AnyMerger merger = twin::AnyMerger::from_settings(m.settings());
+    const twin::AnyMerger merger = twin::AnyMerger::from_settings(m.settings(experts.size()));
     const auto out_dtype = parse_out_dtype(dtype);
     const twin::LoadedCheckpoint b = load_checked(base);
     std::vector<twin::LoadedCheckpoint> ex;
@@ -157,10 +248,7 @@ struct MergeCommand {
     bar.finish();
     twin::Metadata meta = {{"twin.merge.method", std::string(merger.name())},
                            {"twin.merge.experts", std::to_string(experts.size())}};
-    if (m.scaling) meta["twin.merge.scaling"] = std::to_string(*m.scaling);
-    if (m.density) meta["twin.merge.density"] = std::to_string(*m.density);
-    if (m.t) meta["twin.merge.t"] = std::to_string(*m.t);
-    if (m.filter_wise) meta["twin.merge.filter_wise"] = "true";
+    m.describe(meta, "twin.merge.");
     twin::save_safetensors(out, merged, meta);
     std::fprintf(stderr, "merged %zu tensors of %zu experts with %s into %s\n", merged.size(), experts.size(),
                  std::string(merger.name()).c_str(), out.c_str());
@@ -194,14 +282,21 @@ struct BuildCommand {
   std::vector<std::string> experts;
   std::optional<std::int64_t> rank;
   std::optional<double> energy, sparsify;
-  std::uint64_t svd_seed = 0;
+  std::optional<std::uint64_t> svd_seed;
+  std::string config;
+  std::uint64_t config_seed = 0;
+  CLI::App* app = nullptr;
 
   void add(CLI::App& root) {
-    CLI::App* c =
+    CLI::App* c = app =
         root.add_subcommand("build", "build a Twin model: shared merge + compressed exclusive knowledge per task");
     m.add_to(*c);
-    c->add_option("--base", base, "the pretrained checkpoint")->required();
-    c->add_option("--expert", experts, "NAME=PATH of a fine-tuned checkpoint (repeat per task)")->required();
+    c->add_option("--config", config,
+                  "a mergekit YAML merge config (models: form) instead of --base/--expert and the method options; its "
+                  "optional `twin:` block may set rank, energy, sparsify_density, factor_dtype, svd_seed, router");
+    c->add_option("--base", base, "the pretrained checkpoint");
+    c->add_option("--expert", experts, "NAME=PATH of a fine-tuned checkpoint (repeat per task)");
+    c->add_option("--random-seed", config_seed, "with --config: seed of the randomized methods")->capture_default_str();
     auto* r = c->add_option("--rank", rank, "SVD rank of each task's exclusive knowledge (clamped to the matrix)");
     auto* e = c->add_option("--energy", energy, "smallest SVD rank keeping this fraction of ||v||^2, in (0, 1]");
     auto* d =
@@ -209,30 +304,109 @@ struct BuildCommand {
     r->excludes(e)->excludes(d);
     e->excludes(d);
     c->add_option("--factor-dtype", factor_dtype, "dtype of stored factors f32|f16|bf16")->capture_default_str();
-    c->add_option("--svd-seed", svd_seed, "seed of the randomized SVD")->capture_default_str();
+    c->add_option("--svd-seed", svd_seed, "seed of the randomized SVD (default 0)");
     c->add_option("--router", router, "a router (from train-router) to store in the model file");
     c->add_option("-o,--output", out, "output Twin model file")->required();
     c->callback([this] { run(); });
   }
 
+  // The experts' task names from their paths: a file's stem, or a folder's name.
+  static std::string task_name_of(const std::string& path) {
+    fs::path p(path);
+    if (p.filename() == twin::safetensors_index_name) p = p.parent_path();
+    std::string n = fs::is_directory(p) ? p.filename().string() : p.stem().string();
+    if (n.empty()) n = p.parent_path().filename().string();
+    return n;
+  }
+
   void run() const {
     check_output_path(out);
-    if (!rank && !energy && !sparsify)
-      throw twin::argument_error("build needs one of --rank, --energy or --sparsify-density");
-    const twin::AnyMerger merger = twin::AnyMerger::from_settings(m.settings());
-    const twin::dtype fd = *parse_out_dtype(factor_dtype);
+    std::optional<twin::AnyMerger> merger;
+    std::optional<twin::ConfigMerger> config_merger;
     std::vector<std::string> names;
     std::vector<twin::LoadedCheckpoint> ex;
-    const twin::LoadedCheckpoint b = load_checked(base);
-    for (const auto& spec : experts) {
-      const auto eq = spec.find('=');
-      if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
-        throw twin::argument_error("--expert '" + spec + "': expected NAME=PATH");
-      names.push_back(spec.substr(0, eq));
-      ex.push_back(load_checked(spec.substr(eq + 1)));
+    std::optional<twin::LoadedCheckpoint> b;
+    // Compressor options: the command line, else a config's twin block.
+    std::optional<std::int64_t> rank_ = rank;
+    std::optional<double> energy_ = energy, sparsify_ = sparsify;
+    std::string factor_dtype_ = factor_dtype, router_ = router;
+    std::uint64_t svd_seed_ = svd_seed.value_or(0);
+    if (!config.empty()) {
+      for (const char* o : {"--base", "--expert", "--method", "--scaling", "--density", "--gamma", "--epsilon", "--t",
+                            "--weight", "--normalize", "--rescale", "--exclude"})
+        if (app->count(o) > 0)
+          throw twin::argument_error(std::string("--config replaces --base, --expert and the method options; ") + o +
+                                     " was given too");
+      const examples::MergekitYaml y = examples::load_mergekit_yaml(config);
+      const twin::MergeConfig& c = y.config;
+      if (!c.slices.empty())
+        throw twin::argument_error(config +
+                                   ": build takes a `models:` config (a Twin model keeps the base's tensor "
+                                   "names); slices are for `twin-merge run`");
+      if (!c.base_model) throw twin::argument_error(config + ": build needs base_model (the pretrained checkpoint)");
+      if (c.dtype || c.out_dtype)
+        std::fprintf(stderr,
+                     "note: %s: dtype and out_dtype apply to `run`; build merges from the stored inputs and "
+                     "keeps the base's dtype for the shared weights\n",
+                     config.c_str());
+      auto opt = [&](const char* k) -> const std::string* {
+        const auto it = y.twin_options.find(k);
+        return it == y.twin_options.end() ? nullptr : &it->second;
+      };
+      auto num = [&](const char* k) {
+        try {
+          return std::stod(*opt(k));
+        } catch (const std::exception&) {
+          throw twin::argument_error(config + ": twin." + k + " '" + *opt(k) + "' is not a number");
+        }
+      };
+      if (!rank_ && !energy_ && !sparsify_) {
+        if (opt("rank")) rank_ = static_cast<std::int64_t>(num("rank"));
+        if (opt("energy")) energy_ = num("energy");
+        if (opt("sparsify_density")) sparsify_ = num("sparsify_density");
+        if ((rank_ ? 1 : 0) + (energy_ ? 1 : 0) + (sparsify_ ? 1 : 0) > 1)
+          throw twin::argument_error(config + ": the twin block sets more than one of rank, energy, sparsify_density");
+      }
+      if (app->count("--factor-dtype") == 0 && opt("factor_dtype")) factor_dtype_ = *opt("factor_dtype");
+      if (!svd_seed && opt("svd_seed")) svd_seed_ = static_cast<std::uint64_t>(num("svd_seed"));
+      if (router_.empty() && opt("router")) router_ = *opt("router");
+      b = load_checked(*c.base_model);
+      for (const twin::ConfigSource& src : c.models) {
+        if (src.model == *c.base_model) continue;
+        const std::string n = task_name_of(src.model);
+        if (std::find(names.begin(), names.end(), n) != names.end())
+          throw twin::argument_error(config + ": two experts would both be named '" + n + "' (from their paths)");
+        names.push_back(n);
+        ex.push_back(load_checked(src.model));
+      }
+      if (ex.empty()) throw twin::argument_error(config + ": no models besides the base");
+      std::map<std::string, const twin::StateDict*> by_model{{*c.base_model, &b->tensors}};
+      std::size_t k = 0;
+      for (const twin::ConfigSource& src : c.models)
+        if (src.model != *c.base_model) by_model[src.model] = &ex[k++].tensors;
+      std::vector<twin::PlannedTensor> plan = twin::plan_merge(c, [&](const std::string& model) {
+        std::vector<std::string> n;
+        for (const auto& [name, t] : *by_model.at(model)) n.push_back(name);
+        return n;
+      });
+      config_merger.emplace(c, std::move(plan), twin::ConfigRunOptions{config_seed, twin::parse_rng(m.rng)});
+    } else {
+      if (base.empty() || experts.empty()) throw twin::argument_error("build needs --base and --expert, or --config");
+      merger.emplace(twin::AnyMerger::from_settings(m.settings(experts.size())));
+      b = load_checked(base);
+      for (const auto& spec : experts) {
+        const auto eq = spec.find('=');
+        if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
+          throw twin::argument_error("--expert '" + spec + "': expected NAME=PATH");
+        names.push_back(spec.substr(0, eq));
+        ex.push_back(load_checked(spec.substr(eq + 1)));
+      }
     }
+    if (!rank_ && !energy_ && !sparsify_)
+      throw twin::argument_error("build needs one of --rank, --energy or --sparsify-density");
+    const twin::dtype fd = *parse_out_dtype(factor_dtype_);
     std::optional<twin::Router> r;
-    if (!router.empty()) r = twin::load_router(router);
+    if (!router_.empty()) r = twin::load_router(router_);
     std::vector<const twin::StateDict*> ptrs;
     for (const auto& e : ex) ptrs.push_back(&e.tensors);
     twin::TwinBuildOptions o;
@@ -245,19 +419,23 @@ struct BuildCommand {
     o.progress = [&](const twin::BuildProgress& p) {
       bar.update(p.done + (p.stage == "compress" ? p.total : 0), 2 * p.total, p.tensor);
       const std::string name(p.tensor);
-      if (const twin::Tensor* t = b.tensors.find(name)) twin::release_pages(b, *t);
+      if (const twin::Tensor* t = b->tensors.find(name)) twin::release_pages(*b, *t);
       for (const auto& e : ex)
         if (const twin::Tensor* t = e.tensors.find(name)) twin::release_pages(e, *t);
     };
+    auto build_with = [&](const auto& compressor) {
+      if (config_merger) return twin::TwinModel::build(b->tensors, ptrs, *config_merger, compressor, o);
+      return twin::TwinModel::build(b->tensors, ptrs, *merger, compressor, o);
+    };
     twin::TwinModel model;
-    if (sparsify) {
-      twin::check_unit_interval(*sparsify, "--sparsify-density");
-      model = twin::TwinModel::build(b.tensors, ptrs, merger, twin::MagnitudeSparsifier{*sparsify, fd}, o);
+    if (sparsify_) {
+      twin::check_unit_interval(*sparsify_, "--sparsify-density");
+      model = build_with(twin::MagnitudeSparsifier{*sparsify_, fd});
     } else {
-      twin::SvdCompressor c = rank ? twin::SvdCompressor::with_rank(*rank, fd)
-                                   : twin::SvdCompressor::with_energy(*energy, fd);
-      c.seed = svd_seed;
-      model = twin::TwinModel::build(b.tensors, ptrs, merger, c, o);
+      twin::SvdCompressor c = rank_ ? twin::SvdCompressor::with_rank(*rank_, fd)
+                                    : twin::SvdCompressor::with_energy(*energy_, fd);
+      c.seed = svd_seed_;
+      model = build_with(c);
     }
     bar.finish();
     twin::save_twin_model(out, model, r ? &*r : nullptr);
@@ -266,6 +444,125 @@ struct BuildCommand {
                  "built %s: %zu tasks, %zu tensors, %.2f MB (%.1f%% of %zu dense experts), relative error %.4f\n",
                  out.c_str(), model.num_tasks(), model.entries().size(), static_cast<double>(st.total()) / 1e6,
                  100.0 * st.ratio(), model.num_tasks(), model.relative_error());
+  }
+};
+
+// --- run (a mergekit YAML config) ----------------------------------------------
+struct RunCommand {
+  std::string config, out, rng = "philox";
+  std::uint64_t seed = 0;
+  std::uint64_t max_shard_bytes = 5'000'000'000;
+
+  void add(CLI::App& root) {
+    CLI::App* c = root.add_subcommand(
+        "run",
+        "merge as a mergekit YAML config says: merge_method, base_model, models or slices with layer_range, "
+        "parameters with gradients and filters, dtype, out_dtype");
+    c->add_option("CONFIG", config, "the mergekit YAML config")->required();
+    c->add_option("-o,--output", out,
+                  "output folder (created if missing): sharded safetensors, model.safetensors.index.json, "
+                  "mergekit_config.yml, and the base's config.json")
+        ->required();
+    c->add_option("--random-seed", seed, "seed of the randomized methods (mergekit's --random-seed)")
+        ->capture_default_str();
+    c->add_option("--rng", rng, "philox (ours) or torch (mergekit's draws for each tensor seeded alone)")
+        ->capture_default_str();
+    c->add_option("--max-shard-size", max_shard_bytes, "bytes of tensor data per output shard")->capture_default_str();
+    c->callback([this] { run(); });
+  }
+
+  // The folder holding a model's config.json, if it has one.
+  static std::optional<fs::path> hf_config_of(const std::string& model) {
+    fs::path p(model);
+    if (!fs::is_directory(p)) p = p.parent_path();
+    std::error_code ec;
+    if (fs::is_regular_file(p / "config.json", ec)) return p / "config.json";
+    return std::nullopt;
+  }
+
+  void run() const {
+    const fs::path dir(out);
+    const fs::path parent = dir.has_parent_path() ? dir.parent_path() : fs::path(".");
+    std::error_code ec;
+    if (!fs::is_directory(parent, ec))
+      throw twin::io_error(out + ": the parent folder '" + parent.string() + "' does not exist");
+    if (fs::exists(dir, ec) && !fs::is_directory(dir, ec)) throw twin::io_error(out + ": is a file, expected a folder");
+    const examples::MergekitYaml y = examples::load_mergekit_yaml(config);
+    const twin::MergeConfig& c = y.config;
+    if (!y.twin_options.empty()) throw twin::argument_error(config + ": the twin block is for `twin-merge build`");
+    const twin::ConfigRunOptions ro{seed, twin::parse_rng(rng)};
+    // Every model once, mapped.
+    std::map<std::string, twin::LoadedCheckpoint> models;
+    auto load = [&](const std::string& m) -> const twin::LoadedCheckpoint& {
+      auto it = models.find(m);
+      if (it == models.end()) it = models.emplace(m, load_checked(m)).first;
+      return it->second;
+    };
+    const std::vector<twin::PlannedTensor> plan = twin::plan_merge(c, [&](const std::string& m) {
+      std::vector<std::string> n;
+      for (const auto& [name, t] : load(m).tensors) n.push_back(name);
+      return n;
+    });
+    if (plan.empty()) throw twin::argument_error(config + ": the config selects no tensors");
+    twin::StateDict merged;
+    examples::Progress bar("run");
+    std::size_t done = 0;
+    std::int64_t layers = 0;
+    for (const twin::PlannedTensor& p : plan) {
+      if (const auto l = twin::layer_of(p.name)) layers = std::max(layers, l->index + 1);
+      const twin::TensorMergePlan tp = twin::tensor_merge_plan(c, p, ro);
+      // The inputs, cast to the config's dtype first as mergekit loads them.
+      std::vector<twin::Tensor> cast;
+      cast.reserve(p.inputs.size());
+      std::vector<twin::ConstTensorView> in;
+      for (const auto& i : p.inputs) {
+        const twin::Tensor* t = load(i.model).tensors.find(i.tensor);
+        if (!t)
+          throw twin::name_error(i.model + ": has no tensor '" + i.tensor + "' (an input of output tensor '" + p.name +
+                                 "')");
+        if (c.dtype && t->dtype() != *c.dtype) {
+          cast.push_back(t->clone_as(*c.dtype));
+          in.push_back(cast.back().view());
+        } else {
+          in.push_back(t->view());
+        }
+      }
+      const twin::ConstTensorView base = in[static_cast<std::size_t>(std::max(tp.base, 0))];
+      std::vector<twin::ConstTensorView> ev;
+      for (std::size_t i : tp.experts) ev.push_back(in[i]);
+      const twin::dtype od = c.out_dtype.value_or(c.dtype.value_or(base.dtype()));
+      twin::Tensor& o = merged.insert(p.name, twin::Tensor::empty(od, base.shape()));
+      tp.merger.merge_tensor(twin::TensorMergeArgs{p.name, base, ev, o.view()});
+      for (const auto& i : p.inputs) {
+        const twin::LoadedCheckpoint& m = load(i.model);
+        if (const twin::Tensor* t = m.tensors.find(i.tensor)) twin::release_pages(m, *t);
+      }
+      bar.update(++done, plan.size(), p.name);
+    }
+    bar.finish();
+    fs::create_directories(dir, ec);
+    if (ec) throw twin::io_error(out + ": cannot create the folder: " + ec.message());
+    twin::save_safetensors_sharded(dir, merged, {{"format", "pt"}, {"twin.merge.method", c.merge_method}},
+                                   max_shard_bytes);
+    // The config as given, and the base's (or first model's) config.json with
+    // the layer count of the output.
+    auto write_text = [&](const fs::path& path, const std::string& text) {
+      twin::AtomicFile f(path);
+      f.write(text.data(), text.size());
+      f.commit();
+    };
+    write_text(dir / "mergekit_config.yml", twin::detail::read_small_file(config, 1 << 20));
+    const std::string hf_from = c.base_model        ? *c.base_model
+                                : !c.models.empty() ? c.models.front().model
+                                                    : c.slices.front().sources.front().model;
+    if (const auto hf = hf_config_of(hf_from)) {
+      twin::detail::json_value j =
+          twin::detail::parse_untrusted_json(twin::detail::read_small_file(*hf, 1 << 24), hf->string(), "config.json");
+      if (j.is_object() && j.contains("num_hidden_layers") && layers > 0) j["num_hidden_layers"] = layers;
+      write_text(dir / "config.json", twin::detail::json_dump(j, hf->string(), 2) + "\n");
+    }
+    std::fprintf(stderr, "merged %zu tensors (%lld layers) with %s into %s\n", merged.size(),
+                 static_cast<long long>(layers), c.merge_method.c_str(), out.c_str());
   }
 };
 
@@ -540,12 +837,14 @@ int main(int argc, char** argv) {
   int threads = 0;
   app.add_option("--threads", threads, "worker threads (default: all cores)");
   MergeCommand merge;
+  RunCommand run;
   BuildCommand build;
   FuseCommand fuse;
   TrainRouterCommand train_router;
   RouteCommand route;
   InspectCommand inspect;
   merge.add(app);
+  run.add(app);
   build.add(app);
   fuse.add(app);
   train_router.add(app);

@@ -176,7 +176,8 @@ TEST_CASE("cli: every bad input fails with one error line naming the problem and
       {"merge --method ties --scope sideways " + w.inputs() + " -o " + out, "unknown top-k scope"},
       {"merge --method ties --selection topk " + w.inputs() + " -o " + out, "unknown top-k selection 'topk'"},
       {"merge --method ties --zero-sign minority " + w.inputs() + " -o " + out, "unknown zero sign 'minority'"},
-      {"merge --method task_arithmetic --zero-sign majority " + w.inputs() + " -o " + out, "ties options"},
+      {"merge --method task_arithmetic --zero-sign majority " + w.inputs() + " -o " + out,
+       "task_arithmetic takes no --zero-sign"},
       {"merge --method slerp " + w.inputs() + " -o " + out, "slerp needs --t"},
       {"merge --method slerp --t 0.5 " + w.inputs() + " -o " + out, "exactly one expert"},
       {"merge --method ties --t 0.5 " + w.inputs() + " -o " + out, "ties takes no --t"},
@@ -318,4 +319,186 @@ TEST_CASE("cli build, fuse, train-router and route refuse bad input with one err
     CHECK(r.err.find(c.expect) != std::string::npos);
     CHECK_FALSE(fs::exists(out));
   }
+}
+
+namespace {
+// A small llama-shaped model (4 layers) written as a folder with config.json,
+// as mergekit reads them; experts are the base plus noise.
+struct LayeredWorkspace {
+  fs::path dir;
+  StateDict base;
+  std::vector<StateDict> experts;
+  static std::vector<std::string> names() {
+    std::vector<std::string> n = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"};
+    for (int l = 0; l < 4; ++l) {
+      n.push_back("model.layers." + std::to_string(l) + ".mlp.up_proj.weight");
+      n.push_back("model.layers." + std::to_string(l) + ".self_attn.q_proj.weight");
+    }
+    return n;
+  }
+  LayeredWorkspace() {
+    dir = fs::temp_directory_path() / ("twin_cli_yaml_" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    std::mt19937_64 rng(77);
+    for (const std::string& n : names()) base.insert(n, twin_test::random_tensor(rng, dtype::f32, {6, 10}));
+    write("base", base);
+    for (int i = 0; i < 2; ++i) {
+      StateDict e;
+      for (const auto& [name, t] : base) e.insert(name, twin_test::perturbed(rng, t, 0.05));
+      write("e" + std::to_string(i), e);
+      experts.push_back(std::move(e));
+    }
+  }
+  void write(const std::string& model, const StateDict& sd) const {
+    fs::create_directories(dir / model);
+    save_safetensors(dir / model / "model.safetensors", sd);
+    std::ofstream(dir / model / "config.json") << "{\"model_type\": \"llama\", \"num_hidden_layers\": 4}\n";
+  }
+  ~LayeredWorkspace() { fs::remove_all(dir); }
+  std::string p(const std::string& f) const { return (dir / f).string(); }
+  std::string config(const std::string& name, const std::string& text) const {
+    std::ofstream(dir / name) << text;
+    return p(name);
+  }
+};
+}  // namespace
+
+TEST_CASE(
+    "cli run: a mergekit ties config with gradients and filters equals the library merge, sharded like mergekit") {
+  LayeredWorkspace w;
+  // In the style of mergekit's examples/ties.yml (written here), relative model paths.
+  const std::string cfg = w.config("ties.yml", R"(merge_method: ties
+base_model: base
+models:
+  - model: e0
+    parameters:
+      density: [1, 0.7, 0.1]
+      weight: 1.0
+  - model: e1
+    parameters:
+      density: 0.5
+      weight:
+        - filter: mlp
+          value: [0, 0.3, 0.7, 1]
+        - value: 0.4
+parameters:
+  normalize: true
+  lambda: 0.9
+dtype: float32
+)");
+  const Run r = twin_merge("run " + cfg + " -o " + w.p("out") + " --max-shard-size 2000");
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const LoadedCheckpoint got = load_safetensors(w.p("out/model.safetensors.index.json"));
+  CHECK(fs::exists(w.p("out/mergekit_config.yml")));
+  CHECK(fs::exists(w.p("out/model-00002-of-00002.safetensors")));  // 11 tensors of 240 bytes, 2000 per shard
+  CHECK(got.tensors.size() == w.base.size());
+  // The same merge through the API: per layer t = k/3, so layer 2 (t = 2/3) has e0 density
+  // 0.7 + (1/3)(0.1 − 0.7) = 0.5 (x = 4/3 → i0 = 1, f = 1/3), e1's mlp weight 0.7 (x = 2 exactly).
+  for (const std::string& n :
+       {std::string("model.layers.2.mlp.up_proj.weight"), std::string("model.layers.2.self_attn.q_proj.weight"),
+        std::string("model.embed_tokens.weight")}) {
+    CAPTURE(n);
+    const bool layer2 = n.find("layers.2") != std::string::npos, mlp = n.find("mlp") != std::string::npos;
+    GeneralizedTaskArithmetic ties = *GeneralizedTaskArithmetic::mergekit("ties");
+    ties.scaling = 0.9;
+    const double d0 = layer2 ? 0.7 + (1.0 / 3.0) * (0.1 - 0.7) : 1.0;
+    ties.densities = {d0, 0.5};
+    ties.weights = {1.0, mlp ? 0.7 : 0.4};
+    const std::vector<ConstTensorView> ev = {w.experts[0].at(n).view(), w.experts[1].at(n).view()};
+    CHECK(twin_test::same_bits(got.tensors.at(n).clone(), twin::merge_tensor(ties, n, w.base.at(n).view(), ev)));
+  }
+}
+
+TEST_CASE("cli run: slices stack layers (passthrough) and the output config.json counts them") {
+  LayeredWorkspace w;
+  const std::string cfg = w.config("stack.yml", R"(merge_method: passthrough
+slices:
+  - sources:
+      - model: e0
+        layer_range: [0, 3]
+  - sources:
+      - model: e1
+        layer_range: [1, 4]
+        parameters:
+          scale:
+            - filter: q_proj
+              value: 0.5
+            - value: 1.0
+)");
+  const Run r = twin_merge("run " + cfg + " -o " + w.p("stack"));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const LoadedCheckpoint got = load_safetensors(w.p("stack/model.safetensors.index.json"));
+  CHECK(got.tensors.size() == 3 + 6 * 2);
+  // Output layer 4 = e1's layer 2, q_proj halved; layer 1 = e0's layer 1 as is.
+  CHECK(twin_test::same_bits(got.tensors.at("model.layers.1.mlp.up_proj.weight").clone(),
+                             w.experts[0].at("model.layers.1.mlp.up_proj.weight")));
+  const std::vector<double> q = to_f64_vector(w.experts[1].at("model.layers.2.self_attn.q_proj.weight").view());
+  std::vector<double> half(q.size());
+  for (std::size_t j = 0; j < q.size(); ++j) half[j] = static_cast<float>(q[j]) * 0.5f;
+  twin_test::check_close(got.tensors.at("model.layers.4.self_attn.q_proj.weight").view(), half, 0, 0);
+  CHECK(twin_test::same_bits(got.tensors.at("model.norm.weight").clone(), w.experts[1].at("model.norm.weight")));
+  std::ifstream cj(w.p("stack/config.json"));
+  std::stringstream ss;
+  ss << cj.rdbuf();
+  CHECK(ss.str().find("\"num_hidden_layers\": 6") != std::string::npos);
+}
+
+TEST_CASE("cli run refuses unsupported keys, parameters and methods by name, and writes nothing") {
+  LayeredWorkspace w;
+  struct Bad {
+    std::string yaml, says;
+  };
+  const std::vector<Bad> bad = {
+      {"merge_method: ties\nbase_model: base\ntokenizer_source: union\nmodels:\n  - model: e0\n    parameters: {weight: 1}\n",
+       "key 'tokenizer_source'"},
+      {"merge_method: slerp\nbase_model: base\nmodels:\n  - model: e0\n    parameters: {t: 0.5}\n",
+       "'t' is a global parameter of slerp"},
+      {"merge_method: ties\nbase_model: base\nmodels:\n  - model: e0\n    parameters: {weight: 1, gama: 0.1}\n",
+       "ties takes no parameter 'gama'"},
+      {"merge_method: dare_magic\nmodels:\n  - model: e0\n", "merge_method 'dare_magic' is not supported"},
+      {"merge_method: ties\nbase_model: base\nmodels:\n  - model: e0\n    parameters: {density: 0.5}\n",
+       "parameter 'weight' is required for model"},
+      {"merge_method: linear\nmodels:\n  - model: e0\n    parameters: {weight: [0.5, }\n", "not valid YAML"},
+      {"merge_method: linear\nmodels:\n  - model: e0\n    parameters: {weight: high}\n", "'high' is not a number"},
+  };
+  for (const Bad& b : bad) {
+    CAPTURE(b.yaml);
+    const std::string cfg = w.config("bad.yml", b.yaml);
+    const Run r = twin_merge("run " + cfg + " -o " + w.p("nothing"));
+    CHECK(r.status == 1);
+    CHECK(r.err.rfind("error: ", 0) == 0);
+    CHECK(r.err.find(b.says) != std::string::npos);
+    CHECK_FALSE(fs::exists(w.p("nothing")));
+  }
+}
+
+TEST_CASE("cli build --config: a mergekit config plus a twin block builds what the API builds") {
+  LayeredWorkspace w;
+  const std::string cfg = w.config("twin.yml", R"(merge_method: task_arithmetic
+base_model: base
+models:
+  - model: e0
+    parameters: {weight: 0.3}
+  - model: e1
+    parameters: {weight: 0.3}
+twin:
+  rank: 2
+  factor_dtype: f32
+)");
+  const Run r = twin_merge("build --config " + cfg + " -o " + w.p("twin.safetensors"));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const TwinModelFile f = load_twin_model(w.p("twin.safetensors"));
+  const std::vector<const StateDict*> ex = {&w.experts[0], &w.experts[1]};
+  TwinBuildOptions o;
+  o.task_names = {"e0", "e1"};
+  const TwinModel ref =
+      TwinModel::build(w.base, ex, TaskArithmetic{1.0, {0.3, 0.3}}, SvdCompressor::with_rank(2, dtype::f32), o);
+  CHECK(f.model.task_names() == ref.task_names());
+  for (const auto& [name, t] : ref.shared()) CHECK(twin_test::same_bits(f.model.shared().at(name).clone(), t));
+  const Run mixed = twin_merge("build --config " + cfg + " --method ties -o " + w.p("x.safetensors"));
+  CHECK(mixed.status == 1);
+  CHECK(mixed.err.find("--config replaces") != std::string::npos);
 }

@@ -26,6 +26,7 @@
 #include "twin/merge/gta.hpp"
 #include "twin/merge/interpolate.hpp"
 #include "twin/merge/karcher.hpp"
+#include "twin/merge/merge_config.hpp"
 #include "twin/merge/merger.hpp"
 #include "twin/merge/model_stock.hpp"
 #include "twin/merge/multislerp.hpp"
