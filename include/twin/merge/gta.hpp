@@ -167,29 +167,43 @@ void gta_merge(const TensorMergeArgs& a, const GtaRule& r, Sparsify&& sparsify) 
   for (float x : w) wsum += x;
   const float flat_div = std::abs(wsum) < 1e-8f ? 1.0f : wsum;
   const auto lambda = static_cast<float>(r.scaling);
+  // Per chunk, expert-outer loops over the elements (they vectorize): S, then
+  // the kept sums and divisors, in the same order of operations per element.
   merge_chunks(a, merge_block, [&](std::int64_t) {
-    return [&](std::int64_t lo, std::int64_t c, const float* base, const float* const*, float* out) {
-      for (std::int64_t j = 0; j < c; ++j) {
-        const std::int64_t e = lo + j;
-        float m = 0.0f, div = flat_div;
-        if (r.consensus) {
-          float s = 0.0f;
-          for (std::size_t i = 0; i < T; ++i) s += w[i] * tau[i * static_cast<std::size_t>(n) + e];
-          const bool positive = s >= 0.0f;
-          div = 0.0f;
-          for (std::size_t i = 0; i < T; ++i) {
-            const float dv = w[i] * tau[i * static_cast<std::size_t>(n) + e];
-            const bool agree = positive ? dv > 0.0f : dv < 0.0f;
-            m += agree ? dv : 0.0f;
-            div += agree ? w[i] : 0.0f;
-          }
-          if (div == 0.0f) div = 1.0f;
-        } else {
-          for (std::size_t i = 0; i < T; ++i) m += w[i] * tau[i * static_cast<std::size_t>(n) + e];
+    return [&, sum = std::vector<float>(TWIN_CHUNK_ELEMENTS), div = std::vector<float>(TWIN_CHUNK_ELEMENTS)](
+               std::int64_t lo, std::int64_t c, const float* base, const float* const*, float* out) mutable {
+      float* m = out;
+      for (std::int64_t j = 0; j < c; ++j) m[j] = 0.0f;
+      if (r.consensus) {
+        for (std::int64_t j = 0; j < c; ++j) sum[j] = 0.0f, div[j] = 0.0f;
+        for (std::size_t i = 0; i < T; ++i) {
+          const float* t = tau.data() + i * static_cast<std::size_t>(n) + lo;
+          for (std::int64_t j = 0; j < c; ++j) sum[j] += w[i] * t[j];
         }
-        if (r.normalize) m /= div;
-        out[j] = base[j] + lambda * m;
+        float* __restrict mm = m;
+        float* __restrict dv_sum = div.data();
+        const float* __restrict sm = sum.data();
+        for (std::size_t i = 0; i < T; ++i) {
+          const float* __restrict t = tau.data() + i * static_cast<std::size_t>(n) + lo;
+          const float wi = w[i];
+          for (std::int64_t j = 0; j < c; ++j) {
+            const float dv = wi * t[j];
+            const bool agree = (sm[j] >= 0.0f ? dv : -dv) > 0.0f;  // the sign the sum elects
+            mm[j] += agree ? dv : 0.0f;
+            dv_sum[j] += agree ? wi : 0.0f;
+          }
+        }
+        for (std::int64_t j = 0; j < c; ++j)
+          if (div[j] == 0.0f) div[j] = 1.0f;
+      } else {
+        for (std::size_t i = 0; i < T; ++i) {
+          const float* t = tau.data() + i * static_cast<std::size_t>(n) + lo;
+          for (std::int64_t j = 0; j < c; ++j) m[j] += w[i] * t[j];
+        }
       }
+      if (r.normalize)
+        for (std::int64_t j = 0; j < c; ++j) m[j] /= r.consensus ? div[j] : flat_div;
+      for (std::int64_t j = 0; j < c; ++j) out[j] = base[j] + lambda * m[j];
     };
   });
 }

@@ -12,20 +12,6 @@
 
 namespace twin::detail {
 
-// Σ x_j y_j for j < c in 16 independent f32 lanes (which the compiler
-// vectorizes without reassociating), then the lanes and the tail in double.
-inline double dot_lanes(const float* x, const float* y, std::int64_t c) noexcept {
-  constexpr int L = 16;
-  float lane[L] = {};
-  std::int64_t j = 0;
-  for (; j + L <= c; j += L)
-    for (int q = 0; q < L; ++q) lane[q] += x[j + q] * y[j + q];
-  double s = 0.0;
-  for (int q = 0; q < L; ++q) s += static_cast<double>(lane[q]);
-  for (; j < c; ++j) s += static_cast<double>(x[j]) * static_cast<double>(y[j]);
-  return s;
-}
-
 // A K×K Gram matrix (row-major) that parallel_sum can add.
 struct Gram {
   std::vector<double> g;
@@ -43,23 +29,76 @@ template <class Fill>
 Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::int64_t hi, Fill&& fill) {
   constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
   const std::size_t T = a.experts.size();
-  std::vector<float> buf(static_cast<std::size_t>(C) * (T + 1 + K));
+  float* buf = scratch_floats<1>(static_cast<std::size_t>(C) * (T + 1 + K));
   std::vector<const float*> ex(T);
   std::vector<float*> v(K);
-  for (std::size_t k = 0; k < K; ++k) v[k] = buf.data() + C * static_cast<std::int64_t>(T + 1 + k);
+  for (std::size_t k = 0; k < K; ++k) v[k] = buf + C * static_cast<std::int64_t>(T + 1 + k);
   Gram out;
   out.g.assign(K * K, 0.0);
+  std::vector<float> lanes(K * K * 16);
   for (std::int64_t p = lo; p < hi; p += C) {
     const std::int64_t c = std::min(C, hi - p);
-    const float* base = chunk_f32(a.base, p, c, buf.data());
-    for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], p, c, buf.data() + C * (i + 1));
+    const float* base = chunk_f32(a.base, p, c, buf);
+    for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], p, c, buf + C * (i + 1));
     fill(c, base, ex.data(), v.data());
+    // The next chunk's inputs are fetched while this one is summed (the
+    // products are compute-bound, the fill memory-bound).
+    if (p + C < hi) {
+      const std::int64_t nc = std::min(C, hi - p - C);
+      auto prefetch = [&](const ConstTensorView& t) {
+        if (!t.is_contiguous()) return;
+        const char* b = static_cast<const char*>(t.data()) + (p + C) * static_cast<std::int64_t>(t.element_size());
+        for (std::int64_t off = 0; off < nc * static_cast<std::int64_t>(t.element_size()); off += 64)
+          __builtin_prefetch(b + off);
+      };
+      prefetch(a.base);
+      for (const ConstTensorView& e : a.experts) prefetch(e);
+    }
+    // Σ v_k v_l for every pair in 16 independent f32 lanes (lane q takes the
+    // elements ≡ q mod 16, in order), over sub-blocks that stay in L1 across
+    // the pairs; then the lanes in order and the tail in double.
+    constexpr std::int64_t L = 16, S = 512;
+    std::fill(lanes.begin(), lanes.end(), 0.0f);
+    const std::int64_t full = c - c % L;
+    for (std::int64_t s0 = 0; s0 < full; s0 += S) {
+      const std::int64_t s1 = std::min(full, s0 + S);
+      for (std::size_t k = 0; k < K; ++k)
+        for (std::size_t l = k; l < K; ++l) {
+          float* ln = lanes.data() + (k * K + l) * L;
+          const float* x = v[k];
+          const float* y = v[l];
+          float acc[L];  // a local copy the compiler keeps in registers
+          for (std::int64_t q = 0; q < L; ++q) acc[q] = ln[q];
+          for (std::int64_t j = s0; j < s1; j += L)
+            for (std::int64_t q = 0; q < L; ++q) acc[q] += x[j + q] * y[j + q];
+          for (std::int64_t q = 0; q < L; ++q) ln[q] = acc[q];
+        }
+    }
     for (std::size_t k = 0; k < K; ++k)
-      for (std::size_t l = k; l < K; ++l) out.g[k * K + l] += dot_lanes(v[k], v[l], c);
+      for (std::size_t l = k; l < K; ++l) {
+        const float* ln = lanes.data() + (k * K + l) * L;
+        double s = 0.0;
+        for (std::int64_t q = 0; q < L; ++q) s += static_cast<double>(ln[q]);
+        for (std::int64_t j = full; j < c; ++j) s += static_cast<double>(v[k][j]) * static_cast<double>(v[l][j]);
+        out.g[k * K + l] += s;
+      }
   }
   for (std::size_t k = 0; k < K; ++k)
     for (std::size_t l = 0; l < k; ++l) out.g[k * K + l] = out.g[l * K + k];
   return out;
+}
+
+// Calls f(row, j0, j1) for the runs [j0, j1) of the chunk [lo, lo + n) that
+// lie in one row of `cols` elements (row = (lo + j)/cols), in order.
+template <class F>
+void for_row_segments(std::int64_t lo, std::int64_t n, std::int64_t cols, F&& f) {
+  std::int64_t j = 0;
+  while (j < n) {
+    const std::int64_t row = cols > 0 ? (lo + j) / cols : 0;
+    const std::int64_t end = cols > 0 ? std::min(n, (row + 1) * cols - lo) : n;
+    f(row, j, end);
+    j = end;
+  }
 }
 
 // The Gram matrix over the whole tensor (zeros for a tensor without elements).

@@ -106,6 +106,17 @@ inline const float* chunk_f32(const ConstTensorView& v, std::int64_t lo, std::in
   return buf;
 }
 
+// Per-thread scratch of at least n floats, reused across blocks and calls
+// (a fresh buffer per block costs a page-faulting allocation and a memset
+// larger than the work on a small tensor). One buffer per Slot, so drivers
+// that run inside one another never share one.
+template <int Slot>
+float* scratch_floats(std::size_t n) {
+  thread_local std::vector<float> v;
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
 // Elementwise driver. For each parallel block of `block` elements it calls
 // make(block_lo) once, then the returned callable g(lo, n, base, ex, out) on
 // consecutive chunks, where base/ex[i] point at f32 input values and out at
@@ -118,14 +129,14 @@ void merge_chunks(const TensorMergeArgs& a, std::int64_t block, Make&& make) {
   const bool direct_out = a.out.dtype() == dtype::f32 && a.out.is_contiguous();
   parallel_blocks(n, block, [&](std::int64_t b0, std::int64_t b1) {
     constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
-    std::vector<float> buf(static_cast<std::size_t>(C) * (T + 2));
+    float* buf = scratch_floats<0>(static_cast<std::size_t>(C) * (T + 2));
     std::vector<const float*> ex(T);
     auto g = make(b0);
     for (std::int64_t lo = b0; lo < b1; lo += C) {
       const std::int64_t c = std::min(C, b1 - lo);
-      const float* base = chunk_f32(a.base, lo, c, buf.data());
-      for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], lo, c, buf.data() + C * (i + 1));
-      float* out = direct_out ? static_cast<float*>(a.out.data()) + lo : buf.data() + C * (T + 1);
+      const float* base = chunk_f32(a.base, lo, c, buf);
+      for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], lo, c, buf + C * (i + 1));
+      float* out = direct_out ? static_cast<float*>(a.out.data()) + lo : buf + C * (T + 1);
       g(lo, c, base, ex.data(), out);
       if (!direct_out) write_f32(out, lo, c, a.out);
     }

@@ -65,12 +65,13 @@ struct ModelStock {
     const float inv_n = 1.0f / static_cast<float>(N);
     detail::merge_chunks(a, detail::merge_block, [&](std::int64_t) {
       return [&](std::int64_t lo, std::int64_t n, const float* base, const float* const* ex, float* out) {
-        for (std::int64_t j = 0; j < n; ++j) {
-          float avg = 0.0f;
-          for (std::size_t i = 0; i < N; ++i) avg += ex[i][j];
-          const float tj = t[static_cast<std::size_t>(cols > 0 ? (lo + j) / cols : 0)];
-          out[j] = tj * (avg * inv_n) + (1.0f - tj) * base[j];
-        }
+        for (std::int64_t j = 0; j < n; ++j) out[j] = 0.0f;
+        for (std::size_t i = 0; i < N; ++i)
+          for (std::int64_t j = 0; j < n; ++j) out[j] += ex[i][j];
+        detail::for_row_segments(lo, n, cols, [&](std::int64_t row, std::int64_t j0, std::int64_t j1) {
+          const float tj = t[static_cast<std::size_t>(row)];
+          for (std::int64_t j = j0; j < j1; ++j) out[j] = tj * (out[j] * inv_n) + (1.0f - tj) * base[j];
+        });
       };
     });
   }

@@ -34,15 +34,15 @@ std::vector<Gram> gram_columns(const TensorMergeArgs& a, std::size_t K, Fill&& f
   constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
   parallel_blocks(inner, C, [&](std::int64_t c0, std::int64_t c1) {
     const std::size_t T = a.experts.size();
-    std::vector<float> buf(static_cast<std::size_t>(C) * (T + 1 + K));
+    float* buf = scratch_floats<2>(static_cast<std::size_t>(C) * (T + 1 + K));
     std::vector<const float*> ex(T);
     std::vector<float*> v(K);
-    for (std::size_t k = 0; k < K; ++k) v[k] = buf.data() + C * static_cast<std::int64_t>(T + 1 + k);
+    for (std::size_t k = 0; k < K; ++k) v[k] = buf + C * static_cast<std::int64_t>(T + 1 + k);
     const std::int64_t c = c1 - c0;
     for (std::int64_t b = 0; b < rows; ++b) {
       const std::int64_t lo = b * inner + c0;
-      const float* base = chunk_f32(a.base, lo, c, buf.data());
-      for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], lo, c, buf.data() + C * (i + 1));
+      const float* base = chunk_f32(a.base, lo, c, buf);
+      for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], lo, c, buf + C * (i + 1));
       fill(c, base, ex.data(), v.data());
       for (std::int64_t j = 0; j < c; ++j) {
         double* gj = g[static_cast<std::size_t>(c0 + j)].g.data();
@@ -110,13 +110,30 @@ struct NuSlerp {
       for (const detail::Gram& g : detail::gram_columns(a, 2, pair)) add(g);
       mod = std::max<std::int64_t>(a.base.dim(0) > 0 ? n / a.base.dim(0) : 1, 1);
     }
+    std::vector<float> k0(k.size()), k1(k.size());
+    for (std::size_t v = 0; v < k.size(); ++v) k0[v] = k[v].first, k1[v] = k[v].second;
     detail::merge_chunks(a, detail::merge_block, [&](std::int64_t) {
       return [&, ub](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex, float* out) {
-        for (std::int64_t j = 0; j < c; ++j) {
-          const std::int64_t e = lo + j;
-          const auto [c0, c1] = k[static_cast<std::size_t>(mod > 0 ? e % mod : e / div)];
-          out[j] = ub ? base[j] + (c0 * (ex[0][j] - base[j]) + c1 * (ex[1][j] - base[j]))
-                      : c0 * ex[0][j] + c1 * ex[1][j];
+        // Runs of elements whose vector index is v0 + (j − j0) (columns) or v0 (rows).
+        auto run = [&](std::int64_t j0, std::int64_t j1, std::int64_t v0, std::int64_t step) {
+          const float* a0 = k0.data() + v0;
+          const float* a1 = k1.data() + v0;
+          for (std::int64_t j = j0; j < j1; ++j) {
+            const std::int64_t q = (j - j0) * step;
+            out[j] = ub ? base[j] + (a0[q] * (ex[0][j] - base[j]) + a1[q] * (ex[1][j] - base[j]))
+                        : a0[q] * ex[0][j] + a1[q] * ex[1][j];
+          }
+        };
+        if (mod > 0) {
+          std::int64_t j = 0;
+          while (j < c) {
+            const std::int64_t col = (lo + j) % mod, end = std::min(c, j + (mod - col));
+            run(j, end, col, 1);
+            j = end;
+          }
+        } else {
+          detail::for_row_segments(lo, c, div,
+                                   [&](std::int64_t row, std::int64_t j0, std::int64_t j1) { run(j0, j1, row, 0); });
         }
       };
     });

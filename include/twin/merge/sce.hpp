@@ -37,15 +37,22 @@ struct Sce {
       std::vector<float> var(un, 0.0f);
       if (select_topk > 0.0)
         parallel_blocks(n, detail::merge_block, [&](std::int64_t lo, std::int64_t hi) {
-          for (std::int64_t j = lo; j < hi; ++j) {
-            double m = 0.0, v = 0.0;
-            for (std::size_t i = 0; i < N; ++i) m += tau[i * un + static_cast<std::size_t>(j)];
-            m /= static_cast<double>(N);
+          constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
+          std::vector<double> m(C), v(C);
+          for (std::int64_t p = lo; p < hi; p += C) {
+            const std::int64_t c = std::min(C, hi - p);
+            for (std::int64_t j = 0; j < c; ++j) m[j] = 0.0, v[j] = 0.0;
             for (std::size_t i = 0; i < N; ++i) {
-              const double d = tau[i * un + static_cast<std::size_t>(j)] - m;
-              v += d * d;
+              const float* t = tau.data() + i * un + static_cast<std::size_t>(p);
+              for (std::int64_t j = 0; j < c; ++j) m[j] += t[j];
             }
-            var[static_cast<std::size_t>(j)] = static_cast<float>(v / static_cast<double>(N));
+            for (std::int64_t j = 0; j < c; ++j) m[j] /= static_cast<double>(N);
+            for (std::size_t i = 0; i < N; ++i) {
+              const float* t = tau.data() + i * un + static_cast<std::size_t>(p);
+              for (std::int64_t j = 0; j < c; ++j) v[j] += (t[j] - m[j]) * (t[j] - m[j]);
+            }
+            for (std::int64_t j = 0; j < c; ++j)
+              var[static_cast<std::size_t>(p + j)] = static_cast<float>(v[j] / static_cast<double>(N));
           }
         });
       const auto nonzero = parallel_sum<std::int64_t>(n, detail::merge_block, [&](std::int64_t lo, std::int64_t hi) {
@@ -79,20 +86,28 @@ struct Sce {
     }
     for (std::size_t i = 0; i < N; ++i)
       s[i] = static_cast<float>(std::abs(ssum) < 1e-6 ? 1.0 / static_cast<double>(N) : ms[i] / ssum);
+    // Expert-outer loops over each chunk (they vectorize).
     detail::merge_chunks(a, detail::merge_block, [&](std::int64_t) {
-      return [&](std::int64_t lo, std::int64_t c, const float* base, const float* const*, float* out) {
-        for (std::int64_t j = 0; j < c; ++j) {
-          const auto e = static_cast<std::size_t>(lo + j);
-          float sum = 0.0f;
-          for (std::size_t i = 0; i < N; ++i) sum += tau[i * un + e];
-          const bool positive = sum >= 0.0f;
-          float m = 0.0f, den = 0.0f;
-          for (std::size_t i = 0; i < N; ++i) {
-            const float t = tau[i * un + e];
-            if (positive ? t > 0.0f : t < 0.0f) m += s[i] * t, den += s[i];
-          }
-          out[j] = base[j] + m / std::max(den, 1e-6f);
+      return [&, sum = std::vector<float>(TWIN_CHUNK_ELEMENTS), den = std::vector<float>(TWIN_CHUNK_ELEMENTS)](
+                 std::int64_t lo, std::int64_t c, const float* base, const float* const*, float* out) mutable {
+        for (std::int64_t j = 0; j < c; ++j) sum[j] = 0.0f, den[j] = 0.0f, out[j] = 0.0f;
+        for (std::size_t i = 0; i < N; ++i) {
+          const float* t = tau.data() + i * un + static_cast<std::size_t>(lo);
+          for (std::int64_t j = 0; j < c; ++j) sum[j] += t[j];
         }
+        float* __restrict o = out;
+        float* __restrict dn = den.data();
+        const float* __restrict sm = sum.data();
+        for (std::size_t i = 0; i < N; ++i) {
+          const float* __restrict t = tau.data() + i * un + static_cast<std::size_t>(lo);
+          const float si = s[i];
+          for (std::int64_t j = 0; j < c; ++j) {
+            const bool keep = (sm[j] >= 0.0f ? t[j] : -t[j]) > 0.0f;  // the sign the sum elects
+            o[j] += keep ? si * t[j] : 0.0f;
+            dn[j] += keep ? si : 0.0f;
+          }
+        }
+        for (std::int64_t j = 0; j < c; ++j) out[j] = base[j] + out[j] / std::max(den[j], 1e-6f);
       };
     });
   }
