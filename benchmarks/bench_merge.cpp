@@ -9,7 +9,8 @@
 // on the identical tensors (benchmarks/bench_merge.py; TaskArithmetic and
 // Ties only) with our speed-up over it.
 //
-//   bench_merge [--experts 8] [--layers 12] [--no-torch] [--python /usr/bin/python3]
+//   bench_merge [--experts 8] [--layers 12] [--reps 3] [--only NAME[,NAME...]] [--dtype f32|bf16]
+//               [--no-torch] [--python /usr/bin/python3]
 #include <cmath>
 #include <cstdio>
 #include <sstream>
@@ -24,15 +25,21 @@ int main(int argc, char** argv) {
   int T = 8, layers = 12, reps = 3;
   bool torch = true;
   std::string python = "/usr/bin/python3";
+  std::string only;  // comma-separated method names; empty: all
+  std::vector<twin::dtype> dtypes = {twin::dtype::f32, twin::dtype::bf16};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--experts" && i + 1 < argc) T = std::atoi(argv[++i]);
     else if (a == "--layers" && i + 1 < argc) layers = std::atoi(argv[++i]);
     else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
+    else if (a == "--only" && i + 1 < argc) only = "," + std::string(argv[++i]) + ",";
+    else if (a == "--dtype" && i + 1 < argc) dtypes = {twin::parse_dtype(argv[++i])};
     else if (a == "--no-torch") torch = false;
     else if (a == "--python" && i + 1 < argc) python = argv[++i];
     else {
-      std::fprintf(stderr, "usage: bench_merge [--experts N] [--layers L] [--reps R] [--no-torch] [--python PATH]\n");
+      std::fprintf(stderr,
+                   "usage: bench_merge [--experts N] [--layers L] [--reps R] [--only NAME[,NAME...]] [--dtype f32|bf16]"
+                   " [--no-torch] [--python PATH]\n");
       return a == "--help" ? 0 : 2;
     }
   }
@@ -42,7 +49,7 @@ int main(int argc, char** argv) {
               layers, twin::num_threads(), scaling, density, scaling);
   std::printf("%-16s %-5s %9s %9s %11s %9s %10s %9s %9s\n", "method", "dtype", "time_ms", "GB_moved", "copy_ms",
               "vs_copy", "torch_ms", "speedup", "cs_rel");
-  for (twin::dtype dt : {twin::dtype::f32, twin::dtype::bf16}) {
+  for (twin::dtype dt : dtypes) {
     const twin::StateDict base = bench::make_model(specs, 0, dt);
     std::vector<twin::StateDict> experts;
     for (int m = 1; m <= T; ++m) experts.push_back(bench::make_model(specs, m, dt));
@@ -80,6 +87,7 @@ int main(int argc, char** argv) {
         {twin::ArceeFusion{}, 1},
         {twin::Passthrough{0.5}, 1}};
     for (const auto& [m, E] : methods) {
+      if (!only.empty() && only.find("," + std::string(m.name()) + ",") == std::string::npos) continue;
       const std::size_t moved = model_bytes * static_cast<std::size_t>(E + 2);  // read E+1, write 1
       // A memcpy of moved/2 bytes reads and writes `moved` bytes in total.
       const double copy = bench::copy_seconds(moved / 2);

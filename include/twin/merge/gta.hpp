@@ -70,10 +70,10 @@ inline void sparsify_outliers(std::span<float> d, double density, double gamma) 
   const std::int64_t top = std::min(keep_count(gamma, n), n - keep);
   // Both cuts are taken on the untouched values: the outlier set is a subset
   // of the kept band's upper cut, ties included.
-  const MagnitudeCut upper = select_top_k(std::span<const float>(d), top);
-  const MagnitudeCut lower = select_top_k(std::span<const float>(d), top + keep);
-  apply_cut(d, lower);
-  apply_cut(d, upper, /*zero_selected=*/true);
+  const std::int64_t ks[2] = {top, top + keep};
+  const std::span<const float> cd(d);
+  const std::vector<MagnitudeCut> cut = select_top_ks([&](auto&& sink) { sink(cd); }, n, ks);
+  apply_band(d, cut[1], cut[0]);
 }
 
 // The tensor's vectors along axis 1 (rank ≥ 2; a rank-0 or rank-1 tensor is

@@ -5,7 +5,9 @@
 // whose bounds do not depend on the thread count.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "twin/merge/merger.hpp"
@@ -22,6 +24,44 @@ struct Gram {
   }
 };
 
+constexpr std::int64_t gram_lanes = 16;
+
+// lanes[p·16 + q] += Σ v_k[j]·v_l[j] over j < n, j ≡ q (mod 16), in order of
+// j, for each pair p = k·K + l listed in `pairs` (n a multiple of 16). The
+// pairs run six at a time, each with its own accumulator register, so the
+// sums are bound by the loads rather than by the latency of one chain of
+// additions; each pair's sum is formed in the same order as one pair alone.
+inline void gram_lane_sums(float* const* v, std::size_t K, const std::vector<std::uint32_t>& pairs, std::int64_t n,
+                           float* lanes) noexcept {
+  using f32x16 = float __attribute__((vector_size(gram_lanes * sizeof(float))));
+  constexpr std::size_t G = 6;     // pairs per pass: 12 pointers + 6 accumulators stay in registers
+  constexpr std::int64_t S = 512;  // elements per sub-block: the K vectors' slices stay in L1
+  auto load = [](const float* p) noexcept {
+    f32x16 x;
+    std::memcpy(&x, p, sizeof x);
+    return x;
+  };
+  for (std::int64_t s0 = 0; s0 < n; s0 += S) {
+    const std::int64_t s1 = std::min(n, s0 + S);
+    for (std::size_t p0 = 0; p0 < pairs.size(); p0 += G) {
+      const float* x[G];
+      const float* y[G];
+      f32x16 acc[G];
+      for (std::size_t i = 0; i < G; ++i) {
+        // A short last group repeats its first pair; those sums are dropped.
+        const std::uint32_t p = pairs[p0 + (p0 + i < pairs.size() ? i : 0)];
+        x[i] = v[p / K];
+        y[i] = v[p % K];
+        acc[i] = load(lanes + p * gram_lanes);
+      }
+      for (std::int64_t j = s0; j < s1; j += gram_lanes)
+        for (std::size_t i = 0; i < G; ++i) acc[i] += load(x[i] + j) * load(y[i] + j);
+      for (std::size_t i = 0; i < G && p0 + i < pairs.size(); ++i)
+        std::memcpy(lanes + pairs[p0 + i] * gram_lanes, &acc[i], sizeof acc[i]);
+    }
+  }
+}
+
 // Σ_j v_k[j] v_l[j] over the elements [lo, hi) (row-major order), where
 // fill(c, base, ex, v) writes the K vectors' values for c consecutive
 // elements into v[k][0..c) from the base's and the experts' f32 values.
@@ -35,7 +75,10 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
   for (std::size_t k = 0; k < K; ++k) v[k] = buf + C * static_cast<std::int64_t>(T + 1 + k);
   Gram out;
   out.g.assign(K * K, 0.0);
-  std::vector<float> lanes(K * K * 16);
+  std::vector<float> lanes(K * K * gram_lanes);
+  std::vector<std::uint32_t> pairs;  // k·K + l for k <= l, in the order k, then l
+  for (std::size_t k = 0; k < K; ++k)
+    for (std::size_t l = k; l < K; ++l) pairs.push_back(static_cast<std::uint32_t>(k * K + l));
   for (std::int64_t p = lo; p < hi; p += C) {
     const std::int64_t c = std::min(C, hi - p);
     const float* base = chunk_f32(a.base, p, c, buf);
@@ -57,28 +100,14 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
     // Σ v_k v_l for every pair in 16 independent f32 lanes (lane q takes the
     // elements ≡ q mod 16, in order), over sub-blocks that stay in L1 across
     // the pairs; then the lanes in order and the tail in double.
-    constexpr std::int64_t L = 16, S = 512;
     std::fill(lanes.begin(), lanes.end(), 0.0f);
-    const std::int64_t full = c - c % L;
-    for (std::int64_t s0 = 0; s0 < full; s0 += S) {
-      const std::int64_t s1 = std::min(full, s0 + S);
-      for (std::size_t k = 0; k < K; ++k)
-        for (std::size_t l = k; l < K; ++l) {
-          float* ln = lanes.data() + (k * K + l) * L;
-          const float* x = v[k];
-          const float* y = v[l];
-          float acc[L];  // a local copy the compiler keeps in registers
-          for (std::int64_t q = 0; q < L; ++q) acc[q] = ln[q];
-          for (std::int64_t j = s0; j < s1; j += L)
-            for (std::int64_t q = 0; q < L; ++q) acc[q] += x[j + q] * y[j + q];
-          for (std::int64_t q = 0; q < L; ++q) ln[q] = acc[q];
-        }
-    }
+    const std::int64_t full = c - c % gram_lanes;
+    gram_lane_sums(v.data(), K, pairs, full, lanes.data());
     for (std::size_t k = 0; k < K; ++k)
       for (std::size_t l = k; l < K; ++l) {
-        const float* ln = lanes.data() + (k * K + l) * L;
+        const float* ln = lanes.data() + (k * K + l) * gram_lanes;
         double s = 0.0;
-        for (std::int64_t q = 0; q < L; ++q) s += static_cast<double>(ln[q]);
+        for (std::int64_t q = 0; q < gram_lanes; ++q) s += static_cast<double>(ln[q]);
         for (std::int64_t j = full; j < c; ++j) s += static_cast<double>(v[k][j]) * static_cast<double>(v[l][j]);
         out.g[k * K + l] += s;
       }

@@ -178,26 +178,36 @@ inline void task_vectors_f32(const TensorMergeArgs& a, std::vector<float>& tau) 
 // n elements: s = sign(Σ w τ) with 0 -> +1; merged = Σ w τ [sign τ = s] /
 // Σ w [sign τ = s], 0 where nothing has sign s. `sum` and `den` are n-float
 // scratch buffers.
-inline void weighted_sum(std::int64_t n, std::size_t T, const float* const* tau, const float* w, float* sum) noexcept {
+inline void weighted_sum(std::int64_t n, std::size_t T, const float* const* tau, const float* w,
+                         float* TWIN_RESTRICT sum) noexcept {
   for (std::int64_t j = 0; j < n; ++j) sum[j] = 0.0f;
-  for (std::size_t i = 0; i < T; ++i)
-    for (std::int64_t j = 0; j < n; ++j) sum[j] += w[i] * tau[i][j];
+  for (std::size_t i = 0; i < T; ++i) {
+    const float* TWIN_RESTRICT t = tau[i];
+    const float wi = w[i];
+    for (std::int64_t j = 0; j < n; ++j) sum[j] += wi * t[j];
+  }
 }
 
 // `zero_sign` is what a sum of exactly zero elects: +1, −1, or 0, which (as
 // in the official TIES code, where sign 0 takes the negative branch) keeps
-// the negative entries.
-inline void disjoint_mean(std::int64_t n, std::size_t T, const float* const* tau, const float* w, float* merged,
-                          float* sum, float* den, float zero_sign = 1.0f) noexcept {
+// the negative entries. Branch-free and expert-outer, so every loop
+// vectorizes; each element's arithmetic is the same as one element alone.
+inline void disjoint_mean(std::int64_t n, std::size_t T, const float* const* tau, const float* w,
+                          float* TWIN_RESTRICT merged, float* TWIN_RESTRICT sum, float* TWIN_RESTRICT den,
+                          float zero_sign = 1.0f) noexcept {
   weighted_sum(n, T, tau, w, sum);
+  const bool zero_positive = zero_sign > 0.0f;
+  // sum[j] becomes 1 where the elected sign is +, 0 where it is −.
+  for (std::int64_t j = 0; j < n; ++j) sum[j] = (sum[j] > 0.0f) | ((sum[j] == 0.0f) & zero_positive) ? 1.0f : 0.0f;
   for (std::int64_t j = 0; j < n; ++j) merged[j] = 0.0f, den[j] = 0.0f;
   for (std::size_t i = 0; i < T; ++i) {
+    const float* TWIN_RESTRICT t = tau[i];
     const float wi = w[i];
     for (std::int64_t j = 0; j < n; ++j) {
-      const float t = tau[i][j];
-      const bool positive = sum[j] > 0.0f || (sum[j] == 0.0f && zero_sign > 0.0f);
-      const bool agree = positive ? t > 0.0f : t < 0.0f;
-      merged[j] += agree ? wi * t : 0.0f;
+      const float x = t[j];
+      const bool positive = sum[j] != 0.0f;
+      const bool agree = (positive & (x > 0.0f)) | (!positive & (x < 0.0f));
+      merged[j] += agree ? wi * x : 0.0f;
       den[j] += agree ? wi : 0.0f;
     }
   }

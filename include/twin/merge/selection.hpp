@@ -6,18 +6,23 @@
 //
 // The k-th largest magnitude is found by a two-pass radix select on the bit
 // pattern of |x| (which orders like the value for non-negative floats):
-// memory-speed, no sort, no copy of the data.
+// memory-speed, no sort, no copy of the data (short sequences: nth_element
+// over a copy of their keys).
 #pragma once
 
 #include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <limits>
 #include <span>
+#include <tuple>
 #include <utility>
 #include <vector>
 
+#include "twin/config.hpp"
 #include "twin/parallel.hpp"
 
 namespace twin {
@@ -39,57 +44,88 @@ struct MagnitudeCut {
 
 namespace detail {
 constexpr std::int64_t select_block = std::int64_t{1} << 16;
+// Sequences up to this long are selected by nth_element over a copy of their
+// keys: cheaper than clearing the histograms.
+constexpr std::int64_t select_small = std::int64_t{1} << 14;
+constexpr std::size_t high_bins = std::size_t{1} << 15;  // keys are < 2^31: their high 16 bits
+constexpr std::size_t low_bins = std::size_t{1} << 16;
 
-// Adds the histogram of bin(key) over entries passing want(key). Counts are
-// integers, so per-thread histograms summed in any order give the same result.
-template <class Want, class Bin>
-void add_histogram(std::span<const float> v, std::vector<std::int64_t>& hist, Want want, Bin bin) {
+// hist[b] += the number of entries of v whose key has high bits b. Each
+// thread counts into 4 interleaved copies (entry i into copy i mod 4), so
+// runs of entries in one bin do not wait on each other's increments. Counts
+// are integers: the sum is the same for any thread count.
+inline void add_high_histogram(std::span<const float> v, std::vector<std::int64_t>& hist) {
+  constexpr std::size_t copies = 4, B = high_bins;
   const std::size_t threads = static_cast<std::size_t>(num_threads());
-  std::vector<std::int64_t> local(threads * hist.size(), 0);
+  std::vector<std::uint32_t> local(threads * copies * B, 0);
+  const float* x = v.data();
   parallel_blocks(static_cast<std::int64_t>(v.size()), 4 * select_block, [&](std::int64_t lo, std::int64_t hi) {
-    std::int64_t* h = local.data() + static_cast<std::size_t>(thread_index()) * hist.size();
-    for (std::int64_t i = lo; i < hi; ++i) {
-      const std::uint32_t k = magnitude_key(v[static_cast<std::size_t>(i)]);
-      if (want(k)) ++h[bin(k)];
+    std::uint32_t* h = local.data() + static_cast<std::size_t>(thread_index()) * copies * B;
+    std::int64_t i = lo;
+    for (; i + 4 <= hi; i += 4) {
+      ++h[magnitude_key(x[i]) >> 16];
+      ++h[B + (magnitude_key(x[i + 1]) >> 16)];
+      ++h[2 * B + (magnitude_key(x[i + 2]) >> 16)];
+      ++h[3 * B + (magnitude_key(x[i + 3]) >> 16)];
     }
+    for (; i < hi; ++i) ++h[magnitude_key(x[i]) >> 16];
+  });
+  for (std::size_t c = 0; c < threads * copies; ++c)
+    for (std::size_t b = 0; b < B; ++b) hist[b] += local[c * B + b];
+}
+
+// hist[s·2^16 + l] += the number of entries of v whose key is
+// (bins[s] << 16) | l, for each of the (few) high bins given. Entries are
+// screened 16 at a time, a vectorized test; only groups holding a match are
+// counted one by one.
+inline void add_low_histograms(std::span<const float> v, std::span<const std::uint32_t> bins,
+                               std::vector<std::int64_t>& hist) {
+  const std::size_t m = bins.size(), threads = static_cast<std::size_t>(num_threads());
+  std::vector<std::uint32_t> local(threads * m * low_bins, 0);
+  const float* x = v.data();
+  parallel_blocks(static_cast<std::int64_t>(v.size()), 4 * select_block, [&](std::int64_t lo, std::int64_t hi) {
+    std::uint32_t* h = local.data() + static_cast<std::size_t>(thread_index()) * m * low_bins;
+    auto count = [&](std::int64_t i) {
+      const std::uint32_t k = magnitude_key(x[i]);
+      for (std::size_t s = 0; s < m; ++s)
+        if ((k >> 16) == bins[s]) ++h[s * low_bins + (k & 0xffffu)];
+    };
+    constexpr std::int64_t G = 16;
+    using u32x16 = std::uint32_t __attribute__((vector_size(G * sizeof(std::uint32_t))));
+    std::int64_t i = lo;
+    for (; i + G <= hi; i += G) {
+      u32x16 k;
+      std::memcpy(&k, x + i, sizeof k);
+      k = (k >> 16) & 0x7fffu;
+      u32x16 hit = k == bins[0];
+      for (std::size_t s = 1; s < m; ++s) hit |= k == bins[s];
+      std::uint32_t any = 0;
+      for (std::int64_t q = 0; q < G; ++q) any |= hit[q];
+      if (any)
+        for (std::int64_t q = 0; q < G; ++q) count(i + q);
+    }
+    for (; i < hi; ++i) count(i);
   });
   for (std::size_t t = 0; t < threads; ++t)
-    for (std::size_t b = 0; b < hist.size(); ++b) hist[b] += local[t * hist.size() + b];
+    for (std::size_t b = 0; b < m * low_bins; ++b) hist[b] += local[t * m * low_bins + b];
 }
-}  // namespace detail
 
-// Finds the cut keeping the k largest magnitudes of a sequence of `total`
-// values. `visit(sink)` must call sink(std::span<const float>) on the
-// segments of the sequence in order (one segment for one tensor; one per
-// tensor for a global selection). visit is called twice.
-template <class Visit>
-MagnitudeCut select_top_k(Visit&& visit, std::int64_t total, std::int64_t k) {
-  if (k <= 0) return MagnitudeCut::keep_none();
-  if (k >= total) return MagnitudeCut::keep_all();
-  // Pass 1: high 16 bits of the key (keys are < 2^31, so 32768 bins).
-  std::vector<std::int64_t> hi(1u << 15, 0);
-  visit([&](std::span<const float> seg) {
-    detail::add_histogram(
-        seg, hi, [](std::uint32_t) { return true; }, [](std::uint32_t key) { return key >> 16; });
-  });
+// The high bin holding the k-th largest key of a high-bits histogram, and
+// how many keys lie above that bin.
+inline std::pair<std::uint32_t, std::int64_t> high_bin_of(const std::int64_t* hist, std::int64_t k) {
   std::int64_t above = 0;
-  std::uint32_t bin = 0;
-  for (std::int64_t b = static_cast<std::int64_t>(hi.size()) - 1; b >= 0; --b) {
-    if (above + hi[static_cast<std::size_t>(b)] >= k) {
-      bin = static_cast<std::uint32_t>(b);
-      break;
-    }
-    above += hi[static_cast<std::size_t>(b)];
+  for (std::int64_t x = static_cast<std::int64_t>(high_bins) - 1; x >= 0; --x) {
+    if (above + hist[x] >= k) return {static_cast<std::uint32_t>(x), above};
+    above += hist[x];
   }
-  // Pass 2: low 16 bits inside the chosen high bin.
-  std::vector<std::int64_t> lo(1u << 16, 0);
-  visit([&](std::span<const float> seg) {
-    detail::add_histogram(
-        seg, lo, [bin](std::uint32_t key) { return (key >> 16) == bin; },
-        [](std::uint32_t key) { return key & 0xffffu; });
-  });
-  for (std::int64_t b = static_cast<std::int64_t>(lo.size()) - 1; b >= 0; --b) {
-    const std::int64_t c = lo[static_cast<std::size_t>(b)];
+  return {0u, above};
+}
+
+// The cut keeping the k largest keys, from the low-bits histogram of the
+// keys in high bin `bin`, above of which lie above it.
+inline MagnitudeCut cut_in_bin(const std::int64_t* low, std::uint32_t bin, std::int64_t above, std::int64_t k) {
+  for (std::int64_t b = static_cast<std::int64_t>(low_bins) - 1; b >= 0; --b) {
+    const std::int64_t c = low[b];
     if (above + c >= k) {
       const std::int64_t quota = k - above;
       return {(bin << 16) | static_cast<std::uint32_t>(b), quota == c ? MagnitudeCut::all_ties : quota};
@@ -97,6 +133,75 @@ MagnitudeCut select_top_k(Visit&& visit, std::int64_t total, std::int64_t k) {
     above += c;
   }
   return MagnitudeCut::keep_all();  // unreachable when counts add up
+}
+
+// The cut keeping the k largest of `keys` (0 < k < keys.size()); reorders keys.
+inline MagnitudeCut small_cut(std::vector<std::uint32_t>& keys, std::int64_t k) {
+  std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end(), std::greater<>());
+  const std::uint32_t t = keys[static_cast<std::size_t>(k - 1)];
+  std::int64_t above = 0, ties = 0;
+  for (std::uint32_t x : keys) above += x > t, ties += x == t;
+  const std::int64_t quota = k - above;
+  return {t, quota == ties ? MagnitudeCut::all_ties : quota};
+}
+}  // namespace detail
+
+// Finds, for each k in ks, the cut keeping the k largest magnitudes of a
+// sequence of `total` values. `visit(sink)` must call
+// sink(std::span<const float>) on the segments of the sequence in order (one
+// segment for one tensor; one per tensor for a global selection). visit is
+// called at most twice, whatever the number of ks: one pass counts the high
+// 16 bits of every key, one the low 16 bits inside the high bins the ks fall
+// in.
+template <class Visit>
+std::vector<MagnitudeCut> select_top_ks(Visit&& visit, std::int64_t total, std::span<const std::int64_t> ks) {
+  std::vector<MagnitudeCut> out(ks.size());
+  std::vector<std::size_t> todo;
+  for (std::size_t s = 0; s < ks.size(); ++s) {
+    if (ks[s] <= 0) out[s] = MagnitudeCut::keep_none();
+    else if (ks[s] >= total) out[s] = MagnitudeCut::keep_all();
+    else todo.push_back(s);
+  }
+  if (todo.empty()) return out;
+  if (total <= detail::select_small) {
+    std::vector<std::uint32_t> keys;
+    keys.reserve(static_cast<std::size_t>(total));
+    visit([&](std::span<const float> seg) {
+      for (float x : seg) keys.push_back(magnitude_key(x));
+    });
+    for (std::size_t s : todo) out[s] = detail::small_cut(keys, ks[s]);
+    return out;
+  }
+  std::vector<std::int64_t> hi(detail::high_bins, 0);
+  // Pieces of at most 2^31 entries keep the 32-bit per-thread counts exact.
+  constexpr std::size_t piece = std::size_t{1} << 31;
+  visit([&](std::span<const float> seg) {
+    for (std::size_t p = 0; p < seg.size(); p += piece)
+      detail::add_high_histogram(seg.subspan(p, std::min(piece, seg.size() - p)), hi);
+  });
+  // Per k: the high bin holding the k-th largest key, and the count above it.
+  std::vector<std::uint32_t> bin(ks.size()), bins;
+  std::vector<std::int64_t> above(ks.size(), 0);
+  for (std::size_t s : todo) {
+    std::tie(bin[s], above[s]) = detail::high_bin_of(hi.data(), ks[s]);
+    if (std::find(bins.begin(), bins.end(), bin[s]) == bins.end()) bins.push_back(bin[s]);
+  }
+  std::vector<std::int64_t> lo(bins.size() * detail::low_bins, 0);
+  visit([&](std::span<const float> seg) {
+    for (std::size_t p = 0; p < seg.size(); p += piece)
+      detail::add_low_histograms(seg.subspan(p, std::min(piece, seg.size() - p)), bins, lo);
+  });
+  for (std::size_t s : todo) {
+    const auto slot = static_cast<std::size_t>(std::find(bins.begin(), bins.end(), bin[s]) - bins.begin());
+    out[s] = detail::cut_in_bin(lo.data() + slot * detail::low_bins, bin[s], above[s], ks[s]);
+  }
+  return out;
+}
+
+template <class Visit>
+MagnitudeCut select_top_k(Visit&& visit, std::int64_t total, std::int64_t k) {
+  const std::int64_t ks[1] = {k};
+  return select_top_ks(std::forward<Visit>(visit), total, ks).front();
 }
 
 inline MagnitudeCut select_top_k(std::span<const float> v, std::int64_t k) {
@@ -158,18 +263,52 @@ MagnitudeCut select_kthvalue(Visit&& visit, std::int64_t total, double density) 
   return cut;
 }
 
+// Zeroes, in place, every entry of v that `keep` does not select or `drop`
+// does: one pass for a band of magnitudes (breadcrumbs). Blocks where each
+// cut keeps all of its ties or none run a branch-free loop that vectorizes;
+// the rest follow the tie order entry by entry.
+inline void apply_band(std::span<float> v, const MagnitudeCut& keep, const MagnitudeCut& drop) {
+  const std::int64_t n = static_cast<std::int64_t>(v.size());
+  const std::int64_t block = detail::select_block;
+  const MagnitudeCut cuts[2] = {keep, drop};
+  std::vector<std::int64_t> prefix[2];
+  for (int c = 0; c < 2; ++c)
+    if (cuts[c].needs_tie_order()) prefix[c] = ties_before_blocks(v, cuts[c].threshold, block);
+  parallel_blocks(n, block, [&](std::int64_t lo, std::int64_t hi) {
+    const auto b = static_cast<std::size_t>(lo / block);
+    std::int64_t seen[2];
+    bool uniform = true, keep_ties[2];
+    for (int c = 0; c < 2; ++c) {
+      const std::vector<std::int64_t>& p = prefix[c];
+      seen[c] = p.empty() ? 0 : p[b];
+      const std::int64_t after = p.empty() ? 0 : p[b + 1];
+      keep_ties[c] = p.empty() ? cuts[c].quota != 0 : after <= cuts[c].quota;
+      uniform = uniform && (p.empty() || after <= cuts[c].quota || seen[c] >= cuts[c].quota);
+    }
+    float* TWIN_RESTRICT x = v.data();
+    if (uniform) {
+      const std::uint32_t t0 = keep.threshold, t1 = drop.threshold;
+      const bool k0 = keep_ties[0], k1 = keep_ties[1];
+      for (std::int64_t i = lo; i < hi; ++i) {
+        const std::uint32_t k = magnitude_key(x[i]);
+        const bool kept = ((k > t0) | (k0 & (k == t0))) & !((k > t1) | (k1 & (k == t1)));
+        x[i] = kept ? x[i] : 0.0f;
+      }
+      return;
+    }
+    CutCursor c0{keep, seen[0]}, c1{drop, seen[1]};
+    for (std::int64_t i = lo; i < hi; ++i) {
+      const bool a = c0.keep(x[i]), d = c1.keep(x[i]);  // both cursors see every entry
+      if (!a || d) x[i] = 0.0f;
+    }
+  });
+}
+
 // Zeroes, in place, every entry of v the cut does not keep (or, with
 // zero_selected, every entry it does keep).
 inline void apply_cut(std::span<float> v, const MagnitudeCut& cut, bool zero_selected = false) {
-  const std::int64_t n = static_cast<std::int64_t>(v.size());
-  const std::int64_t block = detail::select_block;
-  std::vector<std::int64_t> prefix;
-  if (cut.needs_tie_order()) prefix = ties_before_blocks(v, cut.threshold, block);
-  parallel_blocks(n, block, [&](std::int64_t lo, std::int64_t hi) {
-    CutCursor c{cut, prefix.empty() ? 0 : prefix[static_cast<std::size_t>(lo / block)]};
-    for (std::int64_t i = lo; i < hi; ++i)
-      if (c.keep(v[static_cast<std::size_t>(i)]) == zero_selected) v[static_cast<std::size_t>(i)] = 0.0f;
-  });
+  if (zero_selected) apply_band(v, MagnitudeCut::keep_all(), cut);
+  else apply_band(v, cut, MagnitudeCut::keep_none());
 }
 
 // Per-segment cuts of a global cut: the ties a global cut keeps are the
