@@ -117,6 +117,40 @@ float* scratch_floats(std::size_t n) {
   return v.data();
 }
 
+// Asks for the cache lines of elements [lo, lo + n) of a contiguous view
+// (a strided one is left to the hardware).
+inline void prefetch_chunk(const ConstTensorView& v, std::int64_t lo, std::int64_t n) noexcept {
+  if (!v.is_contiguous()) return;
+  const auto es = static_cast<std::int64_t>(v.element_size());
+  const char* p = static_cast<const char*>(v.data()) + lo * es;
+  for (std::int64_t off = 0; off < n * es; off += 64) __builtin_prefetch(p + off);
+}
+
+// Calls f(lo, c, base, ex, spare) on consecutive chunks of at most C
+// elements of [b0, b1), where base/ex[i] point at the base's and the
+// experts' values over [lo, lo + c) as f32 and spare at C floats of this
+// thread's scratch (slot 0: not for drivers nested in one another).
+template <class F>
+void for_input_chunks(const TensorMergeArgs& a, std::int64_t b0, std::int64_t b1, F&& f) {
+  constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
+  const std::size_t T = a.experts.size();
+  float* buf = scratch_floats<0>(static_cast<std::size_t>(C) * (T + 2));
+  std::vector<const float*> ex(T);
+  for (std::int64_t lo = b0; lo < b1; lo += C) {
+    const std::int64_t c = std::min(C, b1 - lo);
+    // The next chunk of every input is requested now: the hardware
+    // prefetchers follow few streams and stop at page boundaries, and a
+    // merge reads T + 1 streams a chunk at a time.
+    if (lo + C < b1) {
+      prefetch_chunk(a.base, lo + C, std::min(C, b1 - lo - C));
+      for (const ConstTensorView& e : a.experts) prefetch_chunk(e, lo + C, std::min(C, b1 - lo - C));
+    }
+    const float* base = chunk_f32(a.base, lo, c, buf);
+    for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], lo, c, buf + C * (i + 1));
+    f(lo, c, base, static_cast<const float* const*>(ex.data()), buf + C * (T + 1));
+  }
+}
+
 // Elementwise driver. For each parallel block of `block` elements it calls
 // make(block_lo) once, then the returned callable g(lo, n, base, ex, out) on
 // consecutive chunks, where base/ex[i] point at f32 input values and out at
@@ -124,22 +158,15 @@ float* scratch_floats(std::size_t n) {
 // thread count.
 template <class Make>
 void merge_chunks(const TensorMergeArgs& a, std::int64_t block, Make&& make) {
-  const std::int64_t n = a.base.numel();
-  const std::size_t T = a.experts.size();
   const bool direct_out = a.out.dtype() == dtype::f32 && a.out.is_contiguous();
-  parallel_blocks(n, block, [&](std::int64_t b0, std::int64_t b1) {
-    constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
-    float* buf = scratch_floats<0>(static_cast<std::size_t>(C) * (T + 2));
-    std::vector<const float*> ex(T);
+  parallel_blocks(a.base.numel(), block, [&](std::int64_t b0, std::int64_t b1) {
     auto g = make(b0);
-    for (std::int64_t lo = b0; lo < b1; lo += C) {
-      const std::int64_t c = std::min(C, b1 - lo);
-      const float* base = chunk_f32(a.base, lo, c, buf);
-      for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], lo, c, buf + C * (i + 1));
-      float* out = direct_out ? static_cast<float*>(a.out.data()) + lo : buf + C * (T + 1);
-      g(lo, c, base, ex.data(), out);
-      if (!direct_out) write_f32(out, lo, c, a.out);
-    }
+    for_input_chunks(a, b0, b1,
+                     [&](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex, float* spare) {
+                       float* out = direct_out ? static_cast<float*>(a.out.data()) + lo : spare;
+                       g(lo, c, base, ex, out);
+                       if (!direct_out) write_f32(out, lo, c, a.out);
+                     });
   });
 }
 

@@ -135,14 +135,56 @@ inline MagnitudeCut cut_in_bin(const std::int64_t* low, std::uint32_t bin, std::
   return MagnitudeCut::keep_all();  // unreachable when counts add up
 }
 
-// The cut keeping the k largest of `keys` (0 < k < keys.size()); reorders keys.
-inline MagnitudeCut small_cut(std::vector<std::uint32_t>& keys, std::int64_t k) {
-  std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end(), std::greater<>());
-  const std::uint32_t t = keys[static_cast<std::size_t>(k - 1)];
+// The rank-th largest of `keys` (0-based, rank < keys.size()), with how
+// many keys lie above it and how many equal it. A radix select on 11, 11 and
+// 10 bits: each round counts the keys' digits (into two interleaved tables)
+// and keeps those in the digit holding the rank, without branches, so it
+// runs at a few cycles per key whatever the data. Reorders and shrinks keys.
+struct KthKey {
+  std::uint32_t key = 0;
   std::int64_t above = 0, ties = 0;
-  for (std::uint32_t x : keys) above += x > t, ties += x == t;
-  const std::int64_t quota = k - above;
-  return {t, quota == ties ? MagnitudeCut::all_ties : quota};
+};
+inline KthKey kth_largest(std::vector<std::uint32_t>& keys, std::int64_t rank) {
+  KthKey r;
+  std::size_t n = keys.size();
+  std::uint32_t* k = keys.data();
+  constexpr int shifts[3] = {21, 10, 0};
+  constexpr std::uint32_t masks[3] = {2047u, 2047u, 1023u};
+  std::vector<std::int64_t> count(2 * 2048);
+  for (int level = 0; level < 3; ++level) {
+    const int sh = shifts[level];
+    const std::uint32_t mask = masks[level];
+    std::fill(count.begin(), count.end(), 0);
+    std::size_t j = 0;
+    for (; j + 2 <= n; j += 2) ++count[(k[j] >> sh) & mask], ++count[2048 + ((k[j + 1] >> sh) & mask)];
+    if (j < n) ++count[(k[j] >> sh) & mask];
+    std::uint32_t digit = 0;
+    for (std::int64_t d = mask; d >= 0; --d) {
+      const std::int64_t c = count[static_cast<std::size_t>(d)] + count[2048 + static_cast<std::size_t>(d)];
+      if (r.above + c > rank) {
+        digit = static_cast<std::uint32_t>(d);
+        r.ties = c;
+        break;
+      }
+      r.above += c;
+    }
+    r.key |= digit << sh;
+    std::size_t m = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      k[m] = k[i];
+      m += ((k[i] >> sh) & mask) == digit;
+    }
+    n = m;
+  }
+  keys.resize(n);
+  return r;
+}
+
+// The cut keeping the k largest of `keys` (0 < k <= keys.size()); consumes keys.
+inline MagnitudeCut small_cut(std::vector<std::uint32_t>& keys, std::int64_t k) {
+  const KthKey r = kth_largest(keys, k - 1);
+  const std::int64_t quota = k - r.above;
+  return {r.key, quota == r.ties ? MagnitudeCut::all_ties : quota};
 }
 }  // namespace detail
 
@@ -169,7 +211,10 @@ std::vector<MagnitudeCut> select_top_ks(Visit&& visit, std::int64_t total, std::
     visit([&](std::span<const float> seg) {
       for (float x : seg) keys.push_back(magnitude_key(x));
     });
-    for (std::size_t s : todo) out[s] = detail::small_cut(keys, ks[s]);
+    for (std::size_t s : todo) {
+      std::vector<std::uint32_t> copy = keys;  // small_cut consumes its keys
+      out[s] = detail::small_cut(copy, ks[s]);
+    }
     return out;
   }
   std::vector<std::int64_t> hi(detail::high_bins, 0);
@@ -263,6 +308,29 @@ MagnitudeCut select_kthvalue(Visit&& visit, std::int64_t total, double density) 
   return cut;
 }
 
+// A cut within one block of select_block entries, given the number of ties
+// before each block (ties_before_blocks; empty when the cut keeps all of
+// its ties or none). Uniform where the block's ties are all kept or all
+// dropped: selects(key) then decides each entry alone (a loop that
+// vectorizes); otherwise the cursor follows the tie order entry by entry.
+struct BlockCut {
+  std::uint32_t threshold = 0;
+  bool keep_ties = false, uniform = true;
+  CutCursor cursor;
+
+  static BlockCut at(const MagnitudeCut& cut, const std::vector<std::int64_t>& ties_before, std::size_t block) {
+    const std::int64_t seen = ties_before.empty() ? 0 : ties_before[block];
+    const std::int64_t after = ties_before.empty() ? 0 : ties_before[block + 1];
+    BlockCut b;
+    b.threshold = cut.threshold;
+    b.keep_ties = ties_before.empty() ? cut.quota != 0 : after <= cut.quota;
+    b.uniform = ties_before.empty() || after <= cut.quota || seen >= cut.quota;
+    b.cursor = CutCursor{cut, seen};
+    return b;
+  }
+  bool selects(std::uint32_t key) const noexcept { return (key > threshold) | (keep_ties & (key == threshold)); }
+};
+
 // Zeroes, in place, every entry of v that `keep` does not select or `drop`
 // does: one pass for a band of magnitudes (breadcrumbs). Blocks where each
 // cut keeps all of its ties or none run a branch-free loop that vectorizes;
@@ -270,35 +338,22 @@ MagnitudeCut select_kthvalue(Visit&& visit, std::int64_t total, double density) 
 inline void apply_band(std::span<float> v, const MagnitudeCut& keep, const MagnitudeCut& drop) {
   const std::int64_t n = static_cast<std::int64_t>(v.size());
   const std::int64_t block = detail::select_block;
-  const MagnitudeCut cuts[2] = {keep, drop};
   std::vector<std::int64_t> prefix[2];
-  for (int c = 0; c < 2; ++c)
-    if (cuts[c].needs_tie_order()) prefix[c] = ties_before_blocks(v, cuts[c].threshold, block);
+  if (keep.needs_tie_order()) prefix[0] = ties_before_blocks(v, keep.threshold, block);
+  if (drop.needs_tie_order()) prefix[1] = ties_before_blocks(v, drop.threshold, block);
   parallel_blocks(n, block, [&](std::int64_t lo, std::int64_t hi) {
     const auto b = static_cast<std::size_t>(lo / block);
-    std::int64_t seen[2];
-    bool uniform = true, keep_ties[2];
-    for (int c = 0; c < 2; ++c) {
-      const std::vector<std::int64_t>& p = prefix[c];
-      seen[c] = p.empty() ? 0 : p[b];
-      const std::int64_t after = p.empty() ? 0 : p[b + 1];
-      keep_ties[c] = p.empty() ? cuts[c].quota != 0 : after <= cuts[c].quota;
-      uniform = uniform && (p.empty() || after <= cuts[c].quota || seen[c] >= cuts[c].quota);
-    }
+    BlockCut k0 = BlockCut::at(keep, prefix[0], b), k1 = BlockCut::at(drop, prefix[1], b);
     float* TWIN_RESTRICT x = v.data();
-    if (uniform) {
-      const std::uint32_t t0 = keep.threshold, t1 = drop.threshold;
-      const bool k0 = keep_ties[0], k1 = keep_ties[1];
+    if (k0.uniform && k1.uniform) {
       for (std::int64_t i = lo; i < hi; ++i) {
         const std::uint32_t k = magnitude_key(x[i]);
-        const bool kept = ((k > t0) | (k0 & (k == t0))) & !((k > t1) | (k1 & (k == t1)));
-        x[i] = kept ? x[i] : 0.0f;
+        x[i] = k0.selects(k) & !k1.selects(k) ? x[i] : 0.0f;
       }
       return;
     }
-    CutCursor c0{keep, seen[0]}, c1{drop, seen[1]};
     for (std::int64_t i = lo; i < hi; ++i) {
-      const bool a = c0.keep(x[i]), d = c1.keep(x[i]);  // both cursors see every entry
+      const bool a = k0.cursor.keep(x[i]), d = k1.cursor.keep(x[i]);  // both cursors see every entry
       if (!a || d) x[i] = 0.0f;
     }
   });

@@ -18,6 +18,13 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
+#if defined(__AVX512F__)
+#  include <immintrin.h>
+#endif
+#include <cmath>
+#include <cstring>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -73,17 +80,268 @@ inline std::int64_t sign_votes(const std::vector<float>& tau, const std::vector<
 
 inline float sign_of(std::int64_t v) noexcept { return static_cast<float>((v > 0) - (v < 0)); }
 
-// θ0 + λ · disjoint_mean(τ') over trimmed task vectors held as T rows of n.
-inline void ties_combine(const TensorMergeArgs& a, const std::vector<float>& tau, const std::vector<float>& w,
-                         float lambda, float zero_sign) {
-  const std::size_t T = w.size();
+// Each expert's trim cut for one tensor, and, for a cut that keeps only
+// some of the ties at its threshold, the number of ties before each merge
+// block (in index order).
+struct TensorCuts {
+  std::vector<MagnitudeCut> cut;
+  std::vector<std::vector<std::int64_t>> ties_before;
+
+  std::vector<BlockCut> at_block(std::size_t b) const {
+    std::vector<BlockCut> out;
+    for (std::size_t i = 0; i < cut.size(); ++i) out.push_back(BlockCut::at(cut[i], ties_before[i], b));
+    return out;
+  }
+};
+
+// Fills ties_before for the cuts that need the tie order: one pass over τ
+// counting, per merge block, the entries at each such cut's threshold.
+inline void count_ties(const TensorMergeArgs& a, TensorCuts& tc) {
+  const std::size_t T = tc.cut.size();
+  tc.ties_before.assign(T, {});
+  std::vector<std::size_t> need;
+  for (std::size_t i = 0; i < T; ++i)
+    if (tc.cut[i].needs_tie_order()) need.push_back(i);
+  if (need.empty()) return;
+  const std::int64_t n = a.base.numel(), blocks = (n + merge_block - 1) / merge_block;
+  for (std::size_t i : need) tc.ties_before[i].assign(static_cast<std::size_t>(blocks) + 1, 0);
+  parallel_blocks(n, merge_block, [&](std::int64_t b0, std::int64_t b1) {
+    const auto b = static_cast<std::size_t>(b0 / merge_block);
+    for_input_chunks(a, b0, b1, [&](std::int64_t, std::int64_t c, const float* base, const float* const* ex, float*) {
+      for (std::size_t i : need) {
+        const std::uint32_t t = tc.cut[i].threshold;
+        std::int64_t k = 0;
+        for (std::int64_t j = 0; j < c; ++j) k += magnitude_key(ex[i][j] - base[j]) == t;
+        tc.ties_before[i][b + 1] += k;
+      }
+    });
+  });
+  for (std::size_t i : need)
+    for (std::size_t b = 1; b < tc.ties_before[i].size(); ++b) tc.ties_before[i][b] += tc.ties_before[i][b - 1];
+}
+
+// rows[i][0..c) = τ_i = ex[i] − base (as task_vectors_f32 forms it) where
+// expert i's cut keeps it, else 0, over one chunk of the current block.
+inline void trimmed_rows(std::int64_t c, const float* TWIN_RESTRICT base, const float* const* ex,
+                         std::vector<BlockCut>& cuts, float* const* rows) noexcept {
+  for (std::size_t i = 0; i < cuts.size(); ++i) {
+    const float* TWIN_RESTRICT e = ex[i];
+    float* TWIN_RESTRICT r = rows[i];
+    if (cuts[i].uniform) {
+      const std::uint32_t t = cuts[i].threshold;
+      const bool ties = cuts[i].keep_ties;
+      for (std::int64_t j = 0; j < c; ++j) {
+        const float x = e[j] - base[j];
+        const std::uint32_t k = magnitude_key(x);
+        r[j] = (k > t) | (ties & (k == t)) ? x : 0.0f;
+      }
+    } else {
+      CutCursor& cur = cuts[i].cursor;
+      for (std::int64_t j = 0; j < c; ++j) {
+        const float x = e[j] - base[j];
+        r[j] = cur.keep(x) ? x : 0.0f;
+      }
+    }
+  }
+}
+
+// The cut keeping the k largest |τ_i| of expert i alone, τ_i held (the
+// fallback of task_vector_cuts).
+inline MagnitudeCut held_task_vector_cut(const TensorMergeArgs& a, std::size_t i, std::int64_t k) {
+  const ConstTensorView one[1] = {a.experts[i]};
+  const TensorMergeArgs ai{a.name, a.base, one, TensorView{}};
+  std::vector<float> tau;
+  task_vectors_f32(ai, tau);
+  return select_top_k(std::span<const float>(tau.data(), static_cast<std::size_t>(a.base.numel())), k);
+}
+
+// Over c entries of τ = e − base (as task_vectors_f32 forms it): appends
+// to `in` the keys inside [lo, hi] and returns how many keys lie above hi.
+// With AVX-512 the keys inside are written by a compress-store, 16 at a time.
+// Keys collected without clearing the space they are written into.
+struct KeyBuffer {
+  std::unique_ptr<std::uint32_t[]> keys;
+  std::size_t size = 0, capacity = 0;
+  // Room for n more keys after the first `size`.
+  std::uint32_t* tail(std::size_t n) {
+    if (size + n > capacity) {
+      const std::size_t cap = std::max(2 * capacity, size + n);
+      std::unique_ptr<std::uint32_t[]> grown(new std::uint32_t[cap]);  // left uninitialized
+      std::copy(keys.get(), keys.get() + size, grown.get());
+      keys = std::move(grown), capacity = cap;
+    }
+    return keys.get() + size;
+  }
+  std::span<const std::uint32_t> view() const noexcept { return {keys.get(), size}; }
+};
+
+inline std::int64_t scan_window(const float* TWIN_RESTRICT e, const float* TWIN_RESTRICT base, std::int64_t c,
+                                std::uint32_t lo, std::uint32_t hi, KeyBuffer& in) {
+  std::int64_t above = 0, j = 0;
+  std::uint32_t* const first = in.tail(static_cast<std::size_t>(c));
+  std::uint32_t* out = first;
+#if defined(__AVX512F__)
+  const __m512i vlo = _mm512_set1_epi32(static_cast<int>(lo)), vhi = _mm512_set1_epi32(static_cast<int>(hi));
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  for (; j + 16 <= c; j += 16) {
+    const __m512 x = _mm512_sub_ps(_mm512_loadu_ps(e + j), _mm512_loadu_ps(base + j));
+    const __m512i key = _mm512_and_si512(_mm512_castps_si512(x), abs_mask);
+    const __mmask16 up = _mm512_cmpgt_epu32_mask(key, vhi);
+    const __mmask16 inside = _mm512_mask_cmpge_epu32_mask(_mm512_cmple_epu32_mask(key, vhi), key, vlo);
+    above += std::popcount(static_cast<unsigned>(up));
+    _mm512_mask_compressstoreu_epi32(out, inside, key);
+    out += std::popcount(static_cast<unsigned>(inside));
+  }
+#endif
+  for (; j < c; ++j) {
+    const std::uint32_t key = magnitude_key(e[j] - base[j]);
+    above += key > hi;
+    *out = key;
+    out += key >= lo && key <= hi;
+  }
+  in.size += static_cast<std::size_t>(out - first);
+  return above;
+}
+
+// Exact top-k[i] cuts of each τ_i = expert_i − base of one tensor, with τ
+// recomputed from the inputs and never held:
+//   1. a sample (runs of 1024 entries spread over the tensor, about 32K
+//      entries) brackets each expert's k-th largest key in a window of
+//      ranks k·m/n ± (4σ + 16);
+//   2. one pass counts, per expert, the keys above the window (a vectorized
+//      compare) and collects the keys inside it;
+//   3. where the k-th largest key lies in the window (nearly always), the
+//      cut is found among the collected keys; otherwise that expert's τ is
+//      held and selected exactly (select_top_k).
+// Exact either way: the sample only decides how much work step 3 does.
+// Short tensors hold τ and select row by row.
+inline std::vector<MagnitudeCut> task_vector_cuts(const TensorMergeArgs& a, const std::vector<std::int64_t>& k) {
   const std::int64_t n = a.base.numel();
-  merge_chunks(a, merge_block, [&](std::int64_t) {
-    return [&, rows = std::vector<const float*>(T), scratch = std::vector<float>(std::size_t{2} * TWIN_CHUNK_ELEMENTS)](
-               std::int64_t lo, std::int64_t c, const float* base, const float* const*, float* out) mutable {
-      for (std::size_t i = 0; i < T; ++i) rows[i] = tau.data() + static_cast<std::int64_t>(i) * n + lo;
-      disjoint_mean(c, T, rows.data(), w.data(), out, scratch.data(), scratch.data() + TWIN_CHUNK_ELEMENTS, zero_sign);
-      for (std::int64_t j = 0; j < c; ++j) out[j] = base[j] + lambda * out[j];
+  const std::size_t T = a.experts.size();
+  std::vector<MagnitudeCut> cut(T);
+  std::vector<std::size_t> todo;
+  for (std::size_t i = 0; i < T; ++i) {
+    if (k[i] <= 0) cut[i] = MagnitudeCut::keep_none();
+    else if (k[i] >= n) cut[i] = MagnitudeCut::keep_all();
+    else todo.push_back(i);
+  }
+  if (todo.empty()) return cut;
+  if (n <= select_small) {
+    std::vector<float> tau;
+    task_vectors_f32(a, tau);
+    for (std::size_t i : todo)
+      cut[i] = select_top_k(
+          std::span<const float>(tau.data() + static_cast<std::int64_t>(i) * n, static_cast<std::size_t>(n)), k[i]);
+    return cut;
+  }
+  // 1. The sample: run r covers [r·stride, r·stride + run).
+  constexpr std::int64_t run = 1024, target = std::int64_t{1} << 15;
+  const std::int64_t stride = std::max<std::int64_t>(run, n / target * run);
+  const std::int64_t runs = (n + stride - 1) / stride;
+  std::vector<std::vector<std::uint32_t>> sample(T);
+  for (std::size_t i : todo) sample[i].assign(static_cast<std::size_t>(runs * run), 0xffffffffu);
+  parallel_blocks(runs, 8, [&](std::int64_t r0, std::int64_t r1) {
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const std::int64_t lo = r * stride, hi = std::min(n, lo + run);
+      for_input_chunks(
+          a, lo, hi, [&](std::int64_t at, std::int64_t c, const float* base, const float* const* ex, float*) {
+            for (std::size_t i : todo)
+              for (std::int64_t j = 0; j < c; ++j)
+                sample[i][static_cast<std::size_t>(r * run + (at - lo) + j)] = magnitude_key(ex[i][j] - base[j]);
+          });
+    }
+  });
+  std::vector<std::uint32_t> wlo(T, 0), whi(T, 0xffffffffu);  // window [wlo, whi] of keys
+  // Per expert, in parallel (each expert's window depends on its sample alone).
+  parallel_blocks(static_cast<std::int64_t>(todo.size()), 1, [&](std::int64_t x0, std::int64_t x1) {
+    for (std::int64_t x = x0; x < x1; ++x) {
+      const std::size_t i = todo[static_cast<std::size_t>(x)];
+      std::vector<std::uint32_t>& sm = sample[i];
+      std::erase(sm, 0xffffffffu);  // past the tensor's end (no key is 0xffffffff)
+      const auto m = static_cast<double>(sm.size());
+      const double q = static_cast<double>(k[i]) / static_cast<double>(n), r = q * m;
+      const double d = 4.0 * std::sqrt(m * q * (1.0 - q)) + 16.0;
+      const auto top = static_cast<std::int64_t>(std::floor(r - d)),
+                 bottom = static_cast<std::int64_t>(std::ceil(r + d));
+      if (bottom < static_cast<std::int64_t>(sm.size())) {
+        std::vector<std::uint32_t> copy = sm;
+        wlo[i] = kth_largest(copy, bottom).key;
+      }
+      if (top >= 0) whi[i] = kth_largest(sm, top).key;
+      sm = {};
+    }
+  });
+  // 2. Counts above each window, and the keys inside it, per thread and expert.
+  const auto threads = static_cast<std::size_t>(num_threads());
+  std::vector<std::int64_t> above_n(threads * T, 0);
+  std::vector<KeyBuffer> inside(threads * T);
+  parallel_blocks(n, merge_block, [&](std::int64_t b0, std::int64_t b1) {
+    const auto t = static_cast<std::size_t>(thread_index());
+    for_input_chunks(a, b0, b1, [&](std::int64_t, std::int64_t c, const float* base, const float* const* ex, float*) {
+      for (std::size_t i : todo) {
+        const std::int64_t above = scan_window(ex[i], base, c, wlo[i], whi[i], inside[t * T + i]);
+        above_n[t * T + i] += above;
+      }
+    });
+  });
+  // 3. The cut inside each window, or the exact fallback; experts in parallel.
+  parallel_blocks(static_cast<std::int64_t>(todo.size()), 1, [&](std::int64_t x0, std::int64_t x1) {
+    for (std::int64_t x = x0; x < x1; ++x) {
+      const std::size_t i = todo[static_cast<std::size_t>(x)];
+      std::int64_t above = 0;
+      std::vector<std::uint32_t> keys;
+      for (std::size_t t = 0; t < threads; ++t) {
+        above += above_n[t * T + i];
+        const std::span<const std::uint32_t> got = inside[t * T + i].view();
+        keys.insert(keys.end(), got.begin(), got.end());
+      }
+      const bool bracketed = above < k[i] && k[i] <= above + static_cast<std::int64_t>(keys.size());
+      cut[i] = bracketed ? small_cut(keys, k[i] - above) : held_task_vector_cut(a, i, k[i]);
+    }
+  });
+  return cut;
+}
+
+// Σ_j sign(Σ_i w_i τ'_ij) over one tensor's trimmed task values (as
+// disjoint_mean forms the sums). An integer: the same for any blocking.
+inline std::int64_t trimmed_sign_votes(const TensorMergeArgs& a, const TensorCuts& tc, const std::vector<float>& w) {
+  const std::size_t T = w.size();
+  return parallel_sum<std::int64_t>(a.base.numel(), merge_block, [&](std::int64_t b0, std::int64_t b1) {
+    std::vector<BlockCut> cuts = tc.at_block(static_cast<std::size_t>(b0 / merge_block));
+    float* buf = scratch_floats<5>(static_cast<std::size_t>(TWIN_CHUNK_ELEMENTS) * T);
+    std::vector<float*> rows(T);
+    for (std::size_t i = 0; i < T; ++i) rows[i] = buf + i * static_cast<std::size_t>(TWIN_CHUNK_ELEMENTS);
+    std::int64_t votes = 0;
+    for_input_chunks(a, b0, b1,
+                     [&](std::int64_t, std::int64_t c, const float* base, const float* const* ex, float* sum) {
+                       trimmed_rows(c, base, ex, cuts, rows.data());
+                       weighted_sum(c, T, rows.data(), w.data(), sum);
+                       for (std::int64_t j = 0; j < c; ++j) votes += (sum[j] > 0.0f) - (sum[j] < 0.0f);
+                     });
+    return votes;
+  });
+}
+
+// θ0 + λ · disjoint_mean(τ'), the trimmed task values formed chunk by chunk.
+inline void ties_combine(const TensorMergeArgs& a, const TensorCuts& tc, const std::vector<float>& w, float lambda,
+                         float zero_sign) {
+  const std::size_t T = w.size();
+  constexpr std::size_t S = 512;
+  merge_chunks(a, merge_block, [&](std::int64_t b0) {
+    return [&, cuts = tc.at_block(static_cast<std::size_t>(b0 / merge_block)), rows = std::vector<float*>(T),
+            at = std::vector<const float*>(T)](std::int64_t, std::int64_t c, const float* base, const float* const* ex,
+                                               float* out) mutable {
+      float* buf = scratch_floats<5>(S * (T + 2));
+      for (std::size_t i = 0; i < T; ++i) rows[i] = buf + (i + 2) * S;
+      // Sub-chunks of S elements keep the T trimmed rows in L1.
+      for (std::int64_t s0 = 0; s0 < c; s0 += static_cast<std::int64_t>(S)) {
+        const std::int64_t m = std::min(c - s0, static_cast<std::int64_t>(S));
+        for (std::size_t i = 0; i < T; ++i) at[i] = ex[i] + s0;
+        trimmed_rows(m, base + s0, at.data(), cuts, rows.data());
+        float* o = out + s0;
+        disjoint_mean(m, T, rows.data(), w.data(), o, buf, buf + S, zero_sign);
+        for (std::int64_t j = 0; j < m; ++j) o[j] = base[s0 + j] + lambda * o[j];
+      }
     };
   });
 }
@@ -171,13 +429,29 @@ struct Ties {
     if (detail::merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s, p); })) return;
     validate();
     const std::vector<float> w = resolve_weights(weights, a.experts.size(), name());
-    std::vector<float>& tau = detail::tau_scratch();
-    detail::task_vectors_f32(a, tau);
-    trim(a, tau, p);
+    // τ is never held: the cuts come from two counting passes over the
+    // inputs (or the plan), the combination from a third.
+    detail::TensorCuts tc;
+    if (scope == TopKScope::global) {
+      auto it = p.cuts.find(std::string(a.name));
+      if (it == p.cuts.end()) throw name_error("ties plan has no tensor '" + std::string(a.name) + "'");
+      tc.cut = it->second;
+    } else {
+      const std::int64_t n = a.base.numel();
+      std::vector<std::int64_t> k(a.experts.size());
+      for (std::int64_t& x : k)
+        x = selection == TopKSelection::kthvalue
+                ? std::clamp<std::int64_t>(static_cast<std::int64_t>(static_cast<double>(n) * density), 0, n) + 1
+                : keep_count(density, n);
+      tc.cut = detail::task_vector_cuts(a, k);
+      if (selection == TopKSelection::kthvalue)
+        for (MagnitudeCut& c : tc.cut) c.quota = MagnitudeCut::all_ties;  // select_kthvalue's rule
+    }
+    detail::count_ties(a, tc);
     float zero = 1.0f;
     if (zero_sign == ZeroSign::majority)
-      zero = scope == TopKScope::global ? p.majority : detail::sign_of(detail::sign_votes(tau, w, a.base.numel()));
-    detail::ties_combine(a, tau, w, static_cast<float>(scaling), zero);
+      zero = scope == TopKScope::global ? p.majority : detail::sign_of(detail::trimmed_sign_votes(a, tc, w));
+    detail::ties_combine(a, tc, w, static_cast<float>(scaling), zero);
   }
 
  private:
