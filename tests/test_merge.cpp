@@ -241,6 +241,101 @@ TEST_CASE("a global cut over several segments equals the top-k of their concaten
   CHECK(mismatches == 0);
 }
 
+TEST_CASE("the radix select of the rank-th largest key counts the keys above and equal, as a sort does") {
+  std::mt19937_64 rng(21);
+  for (std::uint32_t spread : {7u, 1000u, 0x7fffffffu}) {  // heavy ties, some, almost none
+    std::uniform_int_distribution<std::uint32_t> pick(0, spread);
+    std::vector<std::uint32_t> keys(20000);
+    for (auto& k : keys) k = pick(rng) * (0x7fffffffu / std::max(spread, 1u));
+    std::vector<std::uint32_t> sorted = keys;
+    std::sort(sorted.begin(), sorted.end(), std::greater<>());
+    for (std::int64_t rank : {std::int64_t{0}, std::int64_t{1}, std::int64_t{4999}, std::int64_t{19999}}) {
+      CAPTURE(spread);
+      CAPTURE(rank);
+      std::vector<std::uint32_t> work = keys;
+      const detail::KthKey r = detail::kth_largest(work, rank);
+      const std::uint32_t want = sorted[static_cast<std::size_t>(rank)];
+      CHECK(r.key == want);
+      CHECK(r.above == std::count_if(keys.begin(), keys.end(), [&](std::uint32_t k) { return k > want; }));
+      CHECK(r.ties == std::count(keys.begin(), keys.end(), want));
+    }
+  }
+}
+
+TEST_CASE("sampled top-k: a sample that misses the k-th magnitude falls back, exact either way") {
+  // The sample reads runs of 1024 entries every max(1024, n / 32768 · 1024)
+  // (selection.hpp). Here those runs hold tiny magnitudes and the rest large
+  // ones, so every window the sample suggests misses; a second case has
+  // ties everywhere (9 magnitudes) and a third plain random values.
+  const std::int64_t n = 200003, stride = std::max<std::int64_t>(1024, n / 32768 * 1024);
+  std::mt19937_64 rng(5);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> pick(-4, 4);
+  for (int layout = 0; layout < 3; ++layout) {
+    std::vector<float> v(static_cast<std::size_t>(n));
+    for (std::int64_t j = 0; j < n; ++j) {
+      const float x = u(rng);
+      v[static_cast<std::size_t>(j)] = layout == 0   ? (j % stride < 1024 ? 1e-6f * x : 1.0f + x)
+                                       : layout == 1 ? static_cast<float>(pick(rng)) * 0.25f
+                                                     : x;
+    }
+    const Vec vd(v.begin(), v.end());
+    const std::span<const float> cv(v);
+    auto visit = [&](auto&& sink) {  // two segments, the seam inside a sampled run
+      sink(cv.first(50001));
+      sink(cv.subspan(50001));
+    };
+    const std::vector<std::int64_t> ks = {1, 9000, 100000, n - 1};
+    const std::vector<MagnitudeCut> fast = select_top_ks(visit, n, ks);
+    const std::vector<MagnitudeCut> radix = detail::select_top_ks_radix(visit, n, ks);
+    for (std::size_t s = 0; s < ks.size(); ++s) {
+      CAPTURE(layout);
+      CAPTURE(ks[s]);
+      CHECK(fast[s].threshold == radix[s].threshold);
+      CHECK(fast[s].quota == radix[s].quota);
+      std::vector<float> w = v;
+      apply_cut(w, fast[s]);
+      const auto keep = ref_top_k(vd, ks[s]);
+      std::int64_t mismatches = 0;
+      for (std::size_t j = 0; j < v.size(); ++j) mismatches += (keep[j] ? v[j] : 0.0f) != w[j];
+      CHECK(mismatches == 0);
+    }
+  }
+}
+
+TEST_CASE("ties trims exactly on tensors large enough for the sampled selection, adversarial layouts included") {
+  // Per-tensor TIES recomputes τ in each pass and selects through a sampled
+  // window (ties.hpp); a layout whose sampled runs hold tiny task values
+  // makes every window miss (the held-τ fallback), bf16 storage makes ties
+  // at the threshold (kept in index order across merge blocks).
+  const std::vector<double> w = {1.0, 0.5, 2.0};
+  for (dtype t : {dtype::f32, dtype::bf16}) {
+    for (bool adversarial : {false, true}) {
+      CAPTURE(std::string(dtype_name(t)));
+      CAPTURE(adversarial);
+      Fixture f = make_fixture(31, t, {300, 700}, 3);
+      const std::int64_t n = f.base.numel(), stride = std::max<std::int64_t>(1024, n / 32768 * 1024);
+      if (adversarial) {
+        // The sampled runs move by a thousandth of the rest: values from f32.
+        const Vec b = f.basev();
+        for (Tensor& e : f.experts) {
+          const Vec ev = to_f64_vector(e.view());
+          std::vector<float> v(ev.size());
+          for (std::int64_t j = 0; j < n; ++j) {
+            const auto q = static_cast<std::size_t>(j);
+            v[q] = static_cast<float>(j % stride < 1024 ? b[q] + 1e-3 * (ev[q] - b[q]) : ev[q]);
+          }
+          e = Tensor::from_f32(v, e.shape(), t);
+        }
+      }
+      const Ties ties{0.3, 0.7, TopKScope::per_tensor, w};
+      const Tensor out = twin::merge_tensor(ties, "layer.weight", f.base.view(), f.views());
+      check_close(out.view(), reference("ties", f, w, 0.7, 0.3, 0, 0, "layer.weight"), unit_roundoff(t) + 1e-6, 1e-5,
+                  "ties");
+    }
+  }
+}
+
 TEST_CASE("every strategy equals its double-precision reference on f32, f16 and bf16 storage") {
   const std::vector<double> w = {1.0, 0.5, 2.0};
   for (dtype t : {dtype::f32, dtype::f16, dtype::bf16}) {

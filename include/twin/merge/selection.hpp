@@ -17,10 +17,16 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <memory>
+#include <optional>
 #include <span>
 #include <tuple>
 #include <utility>
 #include <vector>
+
+#if defined(__AVX512F__)
+#  include <immintrin.h>
+#endif
 
 #include "twin/config.hpp"
 #include "twin/parallel.hpp"
@@ -186,17 +192,90 @@ inline MagnitudeCut small_cut(std::vector<std::uint32_t>& keys, std::int64_t k) 
   const std::int64_t quota = k - r.above;
   return {r.key, quota == r.ties ? MagnitudeCut::all_ties : quota};
 }
+// Keys collected without clearing the space they are written into.
+struct KeyBuffer {
+  std::unique_ptr<std::uint32_t[]> keys;
+  std::size_t size = 0, capacity = 0;
+  // Room for n more keys after the first `size`.
+  std::uint32_t* tail(std::size_t n) {
+    if (size + n > capacity) {
+      const std::size_t cap = std::max(2 * capacity, size + n);
+      std::unique_ptr<std::uint32_t[]> grown(new std::uint32_t[cap]);  // left uninitialized
+      std::copy(keys.get(), keys.get() + size, grown.get());
+      keys = std::move(grown), capacity = cap;
+    }
+    return keys.get() + size;
+  }
+  std::span<const std::uint32_t> view() const noexcept { return {keys.get(), size}; }
+};
+
+// Over c entries x = e − base (as task_vectors_f32 forms τ; x = e where
+// base is null): appends to `in` the keys inside [lo, hi] and returns how
+// many keys lie above hi. With AVX-512 the keys inside are written by a
+// compress-store, 16 at a time.
+inline std::int64_t scan_window(const float* TWIN_RESTRICT e, const float* TWIN_RESTRICT base, std::int64_t c,
+                                std::uint32_t lo, std::uint32_t hi, KeyBuffer& in) {
+  std::int64_t above = 0, j = 0;
+  std::uint32_t* const first = in.tail(static_cast<std::size_t>(c));
+  std::uint32_t* out = first;
+#if defined(__AVX512F__)
+  const __m512i vlo = _mm512_set1_epi32(static_cast<int>(lo)), vhi = _mm512_set1_epi32(static_cast<int>(hi));
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  for (; j + 16 <= c; j += 16) {
+    const __m512 v = _mm512_loadu_ps(e + j);
+    const __m512 x = base ? _mm512_sub_ps(v, _mm512_loadu_ps(base + j)) : v;
+    const __m512i key = _mm512_and_si512(_mm512_castps_si512(x), abs_mask);
+    const __mmask16 up = _mm512_cmpgt_epu32_mask(key, vhi);
+    const __mmask16 inside = _mm512_mask_cmpge_epu32_mask(_mm512_cmple_epu32_mask(key, vhi), key, vlo);
+    above += std::popcount(static_cast<unsigned>(up));
+    _mm512_mask_compressstoreu_epi32(out, inside, key);
+    out += std::popcount(static_cast<unsigned>(inside));
+  }
+#endif
+  for (; j < c; ++j) {
+    const std::uint32_t key = magnitude_key(base ? e[j] - base[j] : e[j]);
+    above += key > hi;
+    *out = key;
+    out += key >= lo && key <= hi;
+  }
+  in.size += static_cast<std::size_t>(out - first);
+  return above;
+}
+
+// The window of keys [lo, hi] that brackets the k-th largest of n keys,
+// k = q·n, with high probability, from a uniform sample of them: sampled
+// ranks q·m ± (4σ + 16) of the m sampled keys (σ the binomial deviation).
+// Consumes the sample.
+inline std::pair<std::uint32_t, std::uint32_t> sample_window(std::vector<std::uint32_t>& sample, double q) {
+  const auto m = static_cast<double>(sample.size());
+  const double r = q * m, d = 4.0 * std::sqrt(m * q * (1.0 - q)) + 16.0;
+  const auto top = static_cast<std::int64_t>(std::floor(r - d)), bottom = static_cast<std::int64_t>(std::ceil(r + d));
+  std::pair<std::uint32_t, std::uint32_t> w{0u, 0xffffffffu};
+  if (bottom < static_cast<std::int64_t>(sample.size())) {
+    std::vector<std::uint32_t> copy = sample;
+    w.first = kth_largest(copy, bottom).key;
+  }
+  if (top >= 0) w.second = kth_largest(sample, top).key;
+  return w;
+}
+
+// The cut keeping the k largest keys, given how many lie above a window and
+// the keys inside it, or nullopt where the k-th largest is not inside.
+// Consumes the keys.
+inline std::optional<MagnitudeCut> cut_in_window(std::vector<std::uint32_t>& inside, std::int64_t above,
+                                                 std::int64_t k) {
+  if (!(above < k && k <= above + static_cast<std::int64_t>(inside.size()))) return std::nullopt;
+  return small_cut(inside, k - above);
+}
+
 }  // namespace detail
 
-// Finds, for each k in ks, the cut keeping the k largest magnitudes of a
-// sequence of `total` values. `visit(sink)` must call
-// sink(std::span<const float>) on the segments of the sequence in order (one
-// segment for one tensor; one per tensor for a global selection). visit is
-// called at most twice, whatever the number of ks: one pass counts the high
+namespace detail {
+// select_top_ks by a radix select over every key: one pass counts the high
 // 16 bits of every key, one the low 16 bits inside the high bins the ks fall
-// in.
+// in (visit called twice, whatever the number of ks).
 template <class Visit>
-std::vector<MagnitudeCut> select_top_ks(Visit&& visit, std::int64_t total, std::span<const std::int64_t> ks) {
+std::vector<MagnitudeCut> select_top_ks_radix(Visit&& visit, std::int64_t total, std::span<const std::int64_t> ks) {
   std::vector<MagnitudeCut> out(ks.size());
   std::vector<std::size_t> todo;
   for (std::size_t s = 0; s < ks.size(); ++s) {
@@ -239,6 +318,98 @@ std::vector<MagnitudeCut> select_top_ks(Visit&& visit, std::int64_t total, std::
   for (std::size_t s : todo) {
     const auto slot = static_cast<std::size_t>(std::find(bins.begin(), bins.end(), bin[s]) - bins.begin());
     out[s] = detail::cut_in_bin(lo.data() + slot * detail::low_bins, bin[s], above[s], ks[s]);
+  }
+  return out;
+}
+}  // namespace detail
+
+// Finds, for each k in ks, the cut keeping the k largest magnitudes of a
+// sequence of `total` values. `visit(sink)` must call
+// sink(std::span<const float>) on the segments of the sequence in order (one
+// segment for one tensor; one per tensor for a global selection). Short
+// sequences: nth-key radix select over a copy of their keys. Longer ones:
+// visit is called twice, whatever the number of ks: a sample (runs of 1024
+// keys spread over the sequence, about 32K keys) brackets each k-th largest
+// key in a window (sample_window), then one vectorized pass counts the keys
+// above each window and collects those inside, among which the cut is
+// found. Where a window misses (rare; exactness never depends on the
+// sample), the radix select over every key decides (two more visits).
+template <class Visit>
+std::vector<MagnitudeCut> select_top_ks(Visit&& visit, std::int64_t total, std::span<const std::int64_t> ks) {
+  std::vector<MagnitudeCut> out(ks.size());
+  std::vector<std::size_t> todo;
+  for (std::size_t s = 0; s < ks.size(); ++s) {
+    if (ks[s] <= 0) out[s] = MagnitudeCut::keep_none();
+    else if (ks[s] >= total) out[s] = MagnitudeCut::keep_all();
+    else todo.push_back(s);
+  }
+  if (todo.empty()) return out;
+  if (total <= detail::select_small) {
+    std::vector<std::uint32_t> keys;
+    keys.reserve(static_cast<std::size_t>(total));
+    visit([&](std::span<const float> seg) {
+      for (float x : seg) keys.push_back(magnitude_key(x));
+    });
+    for (std::size_t s : todo) {
+      std::vector<std::uint32_t> copy = keys;  // small_cut consumes its keys
+      out[s] = detail::small_cut(copy, ks[s]);
+    }
+    return out;
+  }
+  // The sample: run r covers sequence entries [r·stride, r·stride + run).
+  constexpr std::int64_t run = 1024, target = std::int64_t{1} << 15;
+  const std::int64_t stride = std::max<std::int64_t>(run, total / target * run);
+  std::vector<std::uint32_t> sample;
+  std::int64_t pos = 0;
+  visit([&](std::span<const float> seg) {
+    const auto len = static_cast<std::int64_t>(seg.size());
+    for (std::int64_t r = pos / stride; len > 0 && r <= (pos + len - 1) / stride; ++r) {
+      const std::int64_t lo = std::max(pos, r * stride), hi = std::min(pos + len, r * stride + run);
+      for (std::int64_t j = lo; j < hi; ++j) sample.push_back(magnitude_key(seg[static_cast<std::size_t>(j - pos)]));
+    }
+    pos += len;
+  });
+  const std::size_t m = todo.size();
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> window(m);
+  for (std::size_t x = 0; x < m; ++x) {
+    std::vector<std::uint32_t> copy = sample;
+    window[x] = detail::sample_window(copy, static_cast<double>(ks[todo[x]]) / static_cast<double>(total));
+  }
+  // Counts above each window and the keys inside it, per thread.
+  const auto threads = static_cast<std::size_t>(num_threads());
+  std::vector<std::int64_t> above(threads * m, 0);
+  std::vector<detail::KeyBuffer> inside(threads * m);
+  visit([&](std::span<const float> seg) {
+    parallel_blocks(static_cast<std::int64_t>(seg.size()), detail::select_block, [&](std::int64_t lo, std::int64_t hi) {
+      const auto t = static_cast<std::size_t>(thread_index());
+      constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;  // each window scans a chunk while it is in L1
+      for (std::int64_t c0 = lo; c0 < hi; c0 += C)
+        for (std::size_t x = 0; x < m; ++x)
+          above[t * m + x] += detail::scan_window(seg.data() + c0, nullptr, std::min(C, hi - c0), window[x].first,
+                                                  window[x].second, inside[t * m + x]);
+    });
+  });
+  std::vector<std::int64_t> missed;
+  std::vector<std::size_t> missed_at;
+  for (std::size_t x = 0; x < m; ++x) {
+    std::int64_t a = 0;
+    std::vector<std::uint32_t> keys;
+    for (std::size_t t = 0; t < threads; ++t) {
+      a += above[t * m + x];
+      const std::span<const std::uint32_t> got = inside[t * m + x].view();
+      keys.insert(keys.end(), got.begin(), got.end());
+      inside[t * m + x] = {};
+    }
+    if (const std::optional<MagnitudeCut> c = detail::cut_in_window(keys, a, ks[todo[x]])) {
+      out[todo[x]] = *c;
+    } else {
+      missed.push_back(ks[todo[x]]);
+      missed_at.push_back(todo[x]);
+    }
+  }
+  if (!missed.empty()) {
+    const std::vector<MagnitudeCut> exact = detail::select_top_ks_radix(visit, total, missed);
+    for (std::size_t x = 0; x < missed.size(); ++x) out[missed_at[x]] = exact[x];
   }
   return out;
 }

@@ -19,12 +19,10 @@
 
 #include <algorithm>
 #include <bit>
-#if defined(__AVX512F__)
-#  include <immintrin.h>
-#endif
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -155,54 +153,6 @@ inline MagnitudeCut held_task_vector_cut(const TensorMergeArgs& a, std::size_t i
   return select_top_k(std::span<const float>(tau.data(), static_cast<std::size_t>(a.base.numel())), k);
 }
 
-// Over c entries of τ = e − base (as task_vectors_f32 forms it): appends
-// to `in` the keys inside [lo, hi] and returns how many keys lie above hi.
-// With AVX-512 the keys inside are written by a compress-store, 16 at a time.
-// Keys collected without clearing the space they are written into.
-struct KeyBuffer {
-  std::unique_ptr<std::uint32_t[]> keys;
-  std::size_t size = 0, capacity = 0;
-  // Room for n more keys after the first `size`.
-  std::uint32_t* tail(std::size_t n) {
-    if (size + n > capacity) {
-      const std::size_t cap = std::max(2 * capacity, size + n);
-      std::unique_ptr<std::uint32_t[]> grown(new std::uint32_t[cap]);  // left uninitialized
-      std::copy(keys.get(), keys.get() + size, grown.get());
-      keys = std::move(grown), capacity = cap;
-    }
-    return keys.get() + size;
-  }
-  std::span<const std::uint32_t> view() const noexcept { return {keys.get(), size}; }
-};
-
-inline std::int64_t scan_window(const float* TWIN_RESTRICT e, const float* TWIN_RESTRICT base, std::int64_t c,
-                                std::uint32_t lo, std::uint32_t hi, KeyBuffer& in) {
-  std::int64_t above = 0, j = 0;
-  std::uint32_t* const first = in.tail(static_cast<std::size_t>(c));
-  std::uint32_t* out = first;
-#if defined(__AVX512F__)
-  const __m512i vlo = _mm512_set1_epi32(static_cast<int>(lo)), vhi = _mm512_set1_epi32(static_cast<int>(hi));
-  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
-  for (; j + 16 <= c; j += 16) {
-    const __m512 x = _mm512_sub_ps(_mm512_loadu_ps(e + j), _mm512_loadu_ps(base + j));
-    const __m512i key = _mm512_and_si512(_mm512_castps_si512(x), abs_mask);
-    const __mmask16 up = _mm512_cmpgt_epu32_mask(key, vhi);
-    const __mmask16 inside = _mm512_mask_cmpge_epu32_mask(_mm512_cmple_epu32_mask(key, vhi), key, vlo);
-    above += std::popcount(static_cast<unsigned>(up));
-    _mm512_mask_compressstoreu_epi32(out, inside, key);
-    out += std::popcount(static_cast<unsigned>(inside));
-  }
-#endif
-  for (; j < c; ++j) {
-    const std::uint32_t key = magnitude_key(e[j] - base[j]);
-    above += key > hi;
-    *out = key;
-    out += key >= lo && key <= hi;
-  }
-  in.size += static_cast<std::size_t>(out - first);
-  return above;
-}
-
 // Exact top-k[i] cuts of each τ_i = expert_i − base of one tensor, with τ
 // recomputed from the inputs and never held:
 //   1. a sample (runs of 1024 entries spread over the tensor, about 32K
@@ -258,16 +208,7 @@ inline std::vector<MagnitudeCut> task_vector_cuts(const TensorMergeArgs& a, cons
       const std::size_t i = todo[static_cast<std::size_t>(x)];
       std::vector<std::uint32_t>& sm = sample[i];
       std::erase(sm, 0xffffffffu);  // past the tensor's end (no key is 0xffffffff)
-      const auto m = static_cast<double>(sm.size());
-      const double q = static_cast<double>(k[i]) / static_cast<double>(n), r = q * m;
-      const double d = 4.0 * std::sqrt(m * q * (1.0 - q)) + 16.0;
-      const auto top = static_cast<std::int64_t>(std::floor(r - d)),
-                 bottom = static_cast<std::int64_t>(std::ceil(r + d));
-      if (bottom < static_cast<std::int64_t>(sm.size())) {
-        std::vector<std::uint32_t> copy = sm;
-        wlo[i] = kth_largest(copy, bottom).key;
-      }
-      if (top >= 0) whi[i] = kth_largest(sm, top).key;
+      std::tie(wlo[i], whi[i]) = sample_window(sm, static_cast<double>(k[i]) / static_cast<double>(n));
       sm = {};
     }
   });
@@ -295,8 +236,8 @@ inline std::vector<MagnitudeCut> task_vector_cuts(const TensorMergeArgs& a, cons
         const std::span<const std::uint32_t> got = inside[t * T + i].view();
         keys.insert(keys.end(), got.begin(), got.end());
       }
-      const bool bracketed = above < k[i] && k[i] <= above + static_cast<std::int64_t>(keys.size());
-      cut[i] = bracketed ? small_cut(keys, k[i] - above) : held_task_vector_cut(a, i, k[i]);
+      const std::optional<MagnitudeCut> c = cut_in_window(keys, above, k[i]);
+      cut[i] = c ? *c : held_task_vector_cut(a, i, k[i]);
     }
   });
   return cut;
@@ -322,6 +263,52 @@ inline std::int64_t trimmed_sign_votes(const TensorMergeArgs& a, const TensorCut
   });
 }
 
+// out = base + λ · disjoint_mean(rows) over m elements, as disjoint_mean
+// and the θ0 + λ· step compute them element by element, with the elements
+// outer, 16 to a register, so the sums never leave registers.
+inline void ties_elect_and_mean(std::int64_t m, std::size_t T, const float* const* rows, const float* w,
+                                const float* TWIN_RESTRICT base, float lambda, float zero_sign,
+                                float* TWIN_RESTRICT out) noexcept {
+  constexpr std::int64_t L = 16;
+  using f32x16 = float __attribute__((vector_size(L * sizeof(float))));
+  auto load = [](const float* p) noexcept {
+    f32x16 x;
+    std::memcpy(&x, p, sizeof x);
+    return x;
+  };
+  const bool zero_positive = zero_sign > 0.0f;
+  std::int64_t j = 0;
+  for (; j + L <= m; j += L) {
+    f32x16 sum = {};
+    for (std::size_t i = 0; i < T; ++i) sum += w[i] * load(rows[i] + j);
+    const auto positive = (sum > 0.0f) | ((sum == 0.0f) & (zero_positive ? -1 : 0));
+    f32x16 merged = {}, den = {};
+    const f32x16 zero = {};
+    for (std::size_t i = 0; i < T; ++i) {
+      const f32x16 t = load(rows[i] + j);
+      const auto agree = (positive & (t > 0.0f)) | (~positive & (t < 0.0f));
+      merged += agree ? w[i] * t : zero;
+      den += agree ? f32x16{} + w[i] : zero;
+    }
+    const f32x16 mean = den != 0.0f ? merged / den : zero;
+    const f32x16 r = load(base + j) + lambda * mean;
+    std::memcpy(out + j, &r, sizeof r);
+  }
+  for (; j < m; ++j) {
+    float sum = 0.0f;
+    for (std::size_t i = 0; i < T; ++i) sum += w[i] * rows[i][j];
+    const bool positive = sum > 0.0f || (sum == 0.0f && zero_positive);
+    float merged = 0.0f, den = 0.0f;
+    for (std::size_t i = 0; i < T; ++i) {
+      const float t = rows[i][j];
+      const bool agree = positive ? t > 0.0f : t < 0.0f;
+      merged += agree ? w[i] * t : 0.0f;
+      den += agree ? w[i] : 0.0f;
+    }
+    out[j] = base[j] + lambda * (den != 0.0f ? merged / den : 0.0f);
+  }
+}
+
 // θ0 + λ · disjoint_mean(τ'), the trimmed task values formed chunk by chunk.
 inline void ties_combine(const TensorMergeArgs& a, const TensorCuts& tc, const std::vector<float>& w, float lambda,
                          float zero_sign) {
@@ -331,16 +318,14 @@ inline void ties_combine(const TensorMergeArgs& a, const TensorCuts& tc, const s
     return [&, cuts = tc.at_block(static_cast<std::size_t>(b0 / merge_block)), rows = std::vector<float*>(T),
             at = std::vector<const float*>(T)](std::int64_t, std::int64_t c, const float* base, const float* const* ex,
                                                float* out) mutable {
-      float* buf = scratch_floats<5>(S * (T + 2));
-      for (std::size_t i = 0; i < T; ++i) rows[i] = buf + (i + 2) * S;
+      float* buf = scratch_floats<5>(S * T);
+      for (std::size_t i = 0; i < T; ++i) rows[i] = buf + i * S;
       // Sub-chunks of S elements keep the T trimmed rows in L1.
       for (std::int64_t s0 = 0; s0 < c; s0 += static_cast<std::int64_t>(S)) {
         const std::int64_t m = std::min(c - s0, static_cast<std::int64_t>(S));
         for (std::size_t i = 0; i < T; ++i) at[i] = ex[i] + s0;
         trimmed_rows(m, base + s0, at.data(), cuts, rows.data());
-        float* o = out + s0;
-        disjoint_mean(m, T, rows.data(), w.data(), o, buf, buf + S, zero_sign);
-        for (std::int64_t j = 0; j < m; ++j) o[j] = base[s0 + j] + lambda * o[j];
+        ties_elect_and_mean(m, T, rows.data(), w.data(), base + s0, lambda, zero_sign, out + s0);
       }
     };
   });
