@@ -15,8 +15,6 @@
 #pragma once
 
 #include <algorithm>
-#include <bit>
-#include <cstdint>
 
 #include "twin/merge/merger.hpp"
 
@@ -86,38 +84,17 @@ struct RamBase {
     // Expert-outer loops over each chunk (they vectorize): the counts, then
     // each expert's term in order, Z/c as mergekit divides it.
     merge_chunks(a, merge_block, [&](std::int64_t) {
-      return [&, cnt = std::vector<float>(TWIN_CHUNK_ELEMENTS), inv = std::vector<float>(TWIN_CHUNK_ELEMENTS)](
-                 std::int64_t, std::int64_t n, const float* base, const float* const* ex, float* out) mutable {
+      return [&, cnt = std::vector<float>(TWIN_CHUNK_ELEMENTS)](std::int64_t, std::int64_t n, const float* base,
+                                                                const float* const* ex, float* out) mutable {
         for (std::int64_t j = 0; j < n; ++j) cnt[j] = 0.0f, out[j] = 0.0f;
         for (std::size_t i = 0; i < T; ++i)
           for (std::int64_t j = 0; j < n; ++j) cnt[j] += std::abs(ex[i][j] - base[j]) > eps ? 1.0f : 0.0f;
-        // Dividing by a power of two equals multiplying by its inverse (one
-        // rounding of the same value either way): where every count of the
-        // chunk is 0 or a power of two — every expert moving every entry
-        // with T = 2, 4, 8, the common case — the loop multiplies.
-        std::uint32_t mantissa = 0;
-        for (std::int64_t j = 0; j < n; ++j) {
-          inv[j] = std::max(cnt[j], 1.0f);
-          mantissa |= std::bit_cast<std::uint32_t>(inv[j]) & 0x7fffffu;
-        }
-        const bool pow2 = mantissa == 0;
-        if (pow2)
-          for (std::int64_t j = 0; j < n; ++j) inv[j] = 1.0f / inv[j];
         for (std::size_t i = 0; i < T; ++i) {
           const float li = lambda[i];
-          const float* TWIN_RESTRICT e = ex[i];
-          if (pow2) {
-            for (std::int64_t j = 0; j < n; ++j) {
-              const float t = e[j] - base[j];
-              const float z = std::abs(t) > eps ? t : 0.0f;
-              out[j] += cnt[j] == 1.0f ? z * li : z * inv[j];
-            }
-          } else {
-            for (std::int64_t j = 0; j < n; ++j) {
-              const float t = e[j] - base[j];
-              const float z = std::abs(t) > eps ? t : 0.0f;
-              out[j] += cnt[j] == 1.0f ? z * li : z / inv[j];
-            }
+          for (std::int64_t j = 0; j < n; ++j) {
+            const float t = ex[i][j] - base[j];
+            const float z = std::abs(t) > eps ? t : 0.0f;
+            out[j] += cnt[j] == 1.0f ? z * li : z / std::max(cnt[j], 1.0f);
           }
         }
         for (std::int64_t j = 0; j < n; ++j) out[j] += base[j];
