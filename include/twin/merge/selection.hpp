@@ -18,6 +18,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <span>
 #include <tuple>
@@ -259,43 +260,36 @@ inline std::pair<std::uint32_t, std::uint32_t> sample_window(std::vector<std::ui
   return w;
 }
 
-// The cut keeping the k largest keys, given how many lie above a window and
-// the keys inside it, or nullopt where the k-th largest is not inside.
-// Consumes the keys.
-inline std::optional<MagnitudeCut> cut_in_window(std::vector<std::uint32_t>& inside, std::int64_t above,
-                                                 std::int64_t k) {
-  if (!(above < k && k <= above + static_cast<std::int64_t>(inside.size()))) return std::nullopt;
-  return small_cut(inside, k - above);
+// The cut keeping the k largest keys of window x, from the per-thread
+// counts above it and keys inside it (entry t·per + x of each), or nullopt
+// where the k-th largest is not inside. Releases the window's keys.
+inline std::optional<MagnitudeCut> cut_in_window(const std::vector<std::int64_t>& above_n,
+                                                 std::vector<KeyBuffer>& inside_n, std::size_t threads, std::size_t per,
+                                                 std::size_t x, std::int64_t k) {
+  std::int64_t above = 0;
+  std::vector<std::uint32_t> keys;
+  for (std::size_t t = 0; t < threads; ++t) {
+    above += above_n[t * per + x];
+    const std::span<const std::uint32_t> got = inside_n[t * per + x].view();
+    keys.insert(keys.end(), got.begin(), got.end());
+    inside_n[t * per + x] = {};
+  }
+  if (!(above < k && k <= above + static_cast<std::int64_t>(keys.size()))) return std::nullopt;
+  return small_cut(keys, k - above);
 }
 
 }  // namespace detail
 
 namespace detail {
-// select_top_ks by a radix select over every key: one pass counts the high
+// select_top_ks by a radix select over every key, for ks strictly between 0
+// and total and sequences longer than select_small: one pass counts the high
 // 16 bits of every key, one the low 16 bits inside the high bins the ks fall
 // in (visit called twice, whatever the number of ks).
 template <class Visit>
 std::vector<MagnitudeCut> select_top_ks_radix(Visit&& visit, std::int64_t total, std::span<const std::int64_t> ks) {
   std::vector<MagnitudeCut> out(ks.size());
-  std::vector<std::size_t> todo;
-  for (std::size_t s = 0; s < ks.size(); ++s) {
-    if (ks[s] <= 0) out[s] = MagnitudeCut::keep_none();
-    else if (ks[s] >= total) out[s] = MagnitudeCut::keep_all();
-    else todo.push_back(s);
-  }
-  if (todo.empty()) return out;
-  if (total <= detail::select_small) {
-    std::vector<std::uint32_t> keys;
-    keys.reserve(static_cast<std::size_t>(total));
-    visit([&](std::span<const float> seg) {
-      for (float x : seg) keys.push_back(magnitude_key(x));
-    });
-    for (std::size_t s : todo) {
-      std::vector<std::uint32_t> copy = keys;  // small_cut consumes its keys
-      out[s] = detail::small_cut(copy, ks[s]);
-    }
-    return out;
-  }
+  std::vector<std::size_t> todo(ks.size());
+  std::iota(todo.begin(), todo.end(), std::size_t{0});
   std::vector<std::int64_t> hi(detail::high_bins, 0);
   // Pieces of at most 2^31 entries keep the 32-bit per-thread counts exact.
   constexpr std::size_t piece = std::size_t{1} << 31;
@@ -392,15 +386,7 @@ std::vector<MagnitudeCut> select_top_ks(Visit&& visit, std::int64_t total, std::
   std::vector<std::int64_t> missed;
   std::vector<std::size_t> missed_at;
   for (std::size_t x = 0; x < m; ++x) {
-    std::int64_t a = 0;
-    std::vector<std::uint32_t> keys;
-    for (std::size_t t = 0; t < threads; ++t) {
-      a += above[t * m + x];
-      const std::span<const std::uint32_t> got = inside[t * m + x].view();
-      keys.insert(keys.end(), got.begin(), got.end());
-      inside[t * m + x] = {};
-    }
-    if (const std::optional<MagnitudeCut> c = detail::cut_in_window(keys, a, ks[todo[x]])) {
+    if (const std::optional<MagnitudeCut> c = detail::cut_in_window(above, inside, threads, m, x, ks[todo[x]])) {
       out[todo[x]] = *c;
     } else {
       missed.push_back(ks[todo[x]]);

@@ -229,14 +229,7 @@ inline std::vector<MagnitudeCut> task_vector_cuts(const TensorMergeArgs& a, cons
   parallel_blocks(static_cast<std::int64_t>(todo.size()), 1, [&](std::int64_t x0, std::int64_t x1) {
     for (std::int64_t x = x0; x < x1; ++x) {
       const std::size_t i = todo[static_cast<std::size_t>(x)];
-      std::int64_t above = 0;
-      std::vector<std::uint32_t> keys;
-      for (std::size_t t = 0; t < threads; ++t) {
-        above += above_n[t * T + i];
-        const std::span<const std::uint32_t> got = inside[t * T + i].view();
-        keys.insert(keys.end(), got.begin(), got.end());
-      }
-      const std::optional<MagnitudeCut> c = cut_in_window(keys, above, k[i]);
+      const std::optional<MagnitudeCut> c = cut_in_window(above_n, inside, threads, T, i, k[i]);
       cut[i] = c ? *c : held_task_vector_cut(a, i, k[i]);
     }
   });
