@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "twin/merge/merger.hpp"
@@ -64,7 +65,8 @@ inline void gram_lane_sums(float* const* v, std::size_t K, const std::vector<std
 
 // Σ_j v_k[j] v_l[j] over the elements [lo, hi) (row-major order), where
 // fill(c, base, ex, v) writes the K vectors' values for c consecutive
-// elements into v[k][0..c) from the base's and the experts' f32 values.
+// elements into v[k][0..c) from the base's and the experts' f32 values
+// (fill(lo, c, base, ex, v) where it needs the chunk's first element index).
 template <class Fill>
 Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::int64_t hi, Fill&& fill) {
   constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
@@ -83,7 +85,10 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
     const std::int64_t c = std::min(C, hi - p);
     const float* base = chunk_f32(a.base, p, c, buf);
     for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], p, c, buf + C * (i + 1));
-    fill(c, base, ex.data(), v.data());
+    if constexpr (std::is_invocable_v<Fill&, std::int64_t, std::int64_t, const float*, const float* const*,
+                                      float* const*>)
+      fill(p, c, base, static_cast<const float* const*>(ex.data()), static_cast<float* const*>(v.data()));
+    else fill(c, base, static_cast<const float* const*>(ex.data()), static_cast<float* const*>(v.data()));
     // The next chunk's inputs are fetched while this one is summed (the
     // products are compute-bound, the fill memory-bound).
     if (p + C < hi) {

@@ -48,9 +48,24 @@ struct ModelStock {
       throw argument_error("model_stock needs at least 2 experts; tensor '" + std::string(a.name) + "' has " +
                            std::to_string(N));
     if (detail::merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s); })) return;
-    auto offsets = [N](std::int64_t c, const float* b, const float* const* ex, float* const* v) {
+    // With a contiguous f32 output the Gram pass also writes the experts'
+    // mean into it, and the second pass reads the base and that mean only
+    // (2 streams instead of N + 1); the values are those of the mean formed
+    // in the second pass.
+    const float inv_n = 1.0f / static_cast<float>(N);
+    float* const mean_out = a.out.dtype() == dtype::f32 && a.out.is_contiguous() ? static_cast<float*>(a.out.data())
+                                                                                 : nullptr;
+    auto mean_into = [N, inv_n](std::int64_t c, const float* const* ex, float* m) {
+      for (std::int64_t j = 0; j < c; ++j) m[j] = 0.0f;
+      for (std::size_t i = 0; i < N; ++i)
+        for (std::int64_t j = 0; j < c; ++j) m[j] += ex[i][j];
+      for (std::int64_t j = 0; j < c; ++j) m[j] *= inv_n;
+    };
+    auto offsets = [N, mean_out, &mean_into](std::int64_t lo, std::int64_t c, const float* b, const float* const* ex,
+                                             float* const* v) {
       for (std::size_t i = 0; i < N; ++i)
         for (std::int64_t j = 0; j < c; ++j) v[i][j] = ex[i][j] - b[j];
+      if (mean_out) mean_into(c, ex, mean_out + lo);
     };
     // t per element: one value, or one per row of `cols` elements.
     std::vector<float> t;
@@ -62,16 +77,27 @@ struct ModelStock {
     } else {
       t.push_back(static_cast<float>(ratio(detail::gram_tensor(a, N, offsets), N, a.name)));
     }
-    const float inv_n = 1.0f / static_cast<float>(N);
+    auto mix = [&](std::int64_t lo, std::int64_t n, const float* base, float* out) {
+      detail::for_row_segments(lo, n, cols, [&](std::int64_t row, std::int64_t j0, std::int64_t j1) {
+        const float tj = t[static_cast<std::size_t>(row)];
+        for (std::int64_t j = j0; j < j1; ++j) out[j] = tj * out[j] + (1.0f - tj) * base[j];
+      });
+    };
+    if (mean_out) {
+      parallel_blocks(a.base.numel(), detail::merge_block, [&](std::int64_t b0, std::int64_t b1) {
+        constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
+        float* buf = detail::scratch_floats<0>(static_cast<std::size_t>(C));
+        for (std::int64_t lo = b0; lo < b1; lo += C) {
+          const std::int64_t c = std::min(C, b1 - lo);
+          mix(lo, c, detail::chunk_f32(a.base, lo, c, buf), mean_out + lo);
+        }
+      });
+      return;
+    }
     detail::merge_chunks(a, detail::merge_block, [&](std::int64_t) {
       return [&](std::int64_t lo, std::int64_t n, const float* base, const float* const* ex, float* out) {
-        for (std::int64_t j = 0; j < n; ++j) out[j] = 0.0f;
-        for (std::size_t i = 0; i < N; ++i)
-          for (std::int64_t j = 0; j < n; ++j) out[j] += ex[i][j];
-        detail::for_row_segments(lo, n, cols, [&](std::int64_t row, std::int64_t j0, std::int64_t j1) {
-          const float tj = t[static_cast<std::size_t>(row)];
-          for (std::int64_t j = j0; j < j1; ++j) out[j] = tj * (out[j] * inv_n) + (1.0f - tj) * base[j];
-        });
+        mean_into(n, ex, out);
+        mix(lo, n, base, out);
       };
     });
   }
