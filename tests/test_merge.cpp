@@ -263,11 +263,12 @@ TEST_CASE("the radix select of the rank-th largest key counts the keys above and
 }
 
 TEST_CASE("sampled top-k: a sample that misses the k-th magnitude falls back, exact either way") {
-  // The sample reads runs of 1024 entries every max(1024, n / 32768 · 1024)
-  // (selection.hpp). Here those runs hold tiny magnitudes and the rest large
-  // ones, so every window the sample suggests misses; a second case has
-  // ties everywhere (9 magnitudes) and a third plain random values.
-  const std::int64_t n = 200003, stride = std::max<std::int64_t>(1024, n / 32768 * 1024);
+  // The sample reads runs of detail::sample_run entries every
+  // detail::sample_stride(n) (selection.hpp). Here those runs hold tiny
+  // magnitudes and the rest large ones, so every window the sample suggests
+  // misses; a second case has ties everywhere (9 magnitudes) and a third
+  // plain random values.
+  const std::int64_t n = 200003, stride = detail::sample_stride(n), run = detail::sample_run;
   std::mt19937_64 rng(5);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   std::uniform_int_distribution<int> pick(-4, 4);
@@ -275,7 +276,7 @@ TEST_CASE("sampled top-k: a sample that misses the k-th magnitude falls back, ex
     std::vector<float> v(static_cast<std::size_t>(n));
     for (std::int64_t j = 0; j < n; ++j) {
       const float x = u(rng);
-      v[static_cast<std::size_t>(j)] = layout == 0   ? (j % stride < 1024 ? 1e-6f * x : 1.0f + x)
+      v[static_cast<std::size_t>(j)] = layout == 0   ? (j % stride < run ? 1e-6f * x : 1.0f + x)
                                        : layout == 1 ? static_cast<float>(pick(rng)) * 0.25f
                                                      : x;
     }
@@ -314,7 +315,7 @@ TEST_CASE("ties trims exactly on tensors large enough for the sampled selection,
       CAPTURE(std::string(dtype_name(t)));
       CAPTURE(adversarial);
       Fixture f = make_fixture(31, t, {300, 700}, 3);
-      const std::int64_t n = f.base.numel(), stride = std::max<std::int64_t>(1024, n / 32768 * 1024);
+      const std::int64_t n = f.base.numel(), stride = detail::sample_stride(n), run = detail::sample_run;
       if (adversarial) {
         // The sampled runs move by a thousandth of the rest: values from f32.
         const Vec b = f.basev();
@@ -323,7 +324,7 @@ TEST_CASE("ties trims exactly on tensors large enough for the sampled selection,
           std::vector<float> v(ev.size());
           for (std::int64_t j = 0; j < n; ++j) {
             const auto q = static_cast<std::size_t>(j);
-            v[q] = static_cast<float>(j % stride < 1024 ? b[q] + 1e-3 * (ev[q] - b[q]) : ev[q]);
+            v[q] = static_cast<float>(j % stride < run ? b[q] + 1e-3 * (ev[q] - b[q]) : ev[q]);
           }
           e = Tensor::from_f32(v, e.shape(), t);
         }

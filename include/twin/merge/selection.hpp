@@ -4,10 +4,11 @@
 // (so bf16 tensors full of repeated values still keep exactly k, and the
 // choice does not depend on the thread count).
 //
-// The k-th largest magnitude is found by a two-pass radix select on the bit
-// pattern of |x| (which orders like the value for non-negative floats):
-// memory-speed, no sort, no copy of the data (short sequences: nth_element
-// over a copy of their keys).
+// The k-th largest magnitude is found on the bit pattern of |x| (which
+// orders like the value for non-negative floats), without sorting or copying
+// the data: a sample brackets it in a window, one pass collects the keys
+// inside the window, and a radix select among them decides (select_top_ks;
+// a two-pass radix select over every key where the window misses).
 #pragma once
 
 #include <algorithm>
@@ -51,9 +52,15 @@ struct MagnitudeCut {
 
 namespace detail {
 constexpr std::int64_t select_block = std::int64_t{1} << 16;
-// Sequences up to this long are selected by nth_element over a copy of their
-// keys: cheaper than clearing the histograms.
+// Sequences up to this long are selected by a radix select over a copy of
+// their keys (kth_largest): cheaper than sampling and scanning.
 constexpr std::int64_t select_small = std::int64_t{1} << 14;
+// The sample of a longer sequence: runs of sample_run entries, one starting
+// every sample_stride(n) entries, about 32K keys in all.
+constexpr std::int64_t sample_run = 1024;
+constexpr std::int64_t sample_stride(std::int64_t n) noexcept {
+  return std::max<std::int64_t>(sample_run, n / (std::int64_t{1} << 15) * sample_run);
+}
 constexpr std::size_t high_bins = std::size_t{1} << 15;  // keys are < 2^31: their high 16 bits
 constexpr std::size_t low_bins = std::size_t{1} << 16;
 
@@ -193,6 +200,7 @@ inline MagnitudeCut small_cut(std::vector<std::uint32_t>& keys, std::int64_t k) 
   const std::int64_t quota = k - r.above;
   return {r.key, quota == r.ties ? MagnitudeCut::all_ties : quota};
 }
+
 // Keys collected without clearing the space they are written into.
 struct KeyBuffer {
   std::unique_ptr<std::uint32_t[]> keys;
@@ -351,8 +359,8 @@ std::vector<MagnitudeCut> select_top_ks(Visit&& visit, std::int64_t total, std::
     return out;
   }
   // The sample: run r covers sequence entries [r·stride, r·stride + run).
-  constexpr std::int64_t run = 1024, target = std::int64_t{1} << 15;
-  const std::int64_t stride = std::max<std::int64_t>(run, total / target * run);
+  constexpr std::int64_t run = detail::sample_run;
+  const std::int64_t stride = detail::sample_stride(total);
   std::vector<std::uint32_t> sample;
   std::int64_t pos = 0;
   visit([&](std::span<const float> seg) {
@@ -450,6 +458,13 @@ inline std::int64_t keep_count(double density, std::int64_t n) noexcept {
   return std::clamp<std::int64_t>(static_cast<std::int64_t>(k), 0, n);
 }
 
+// The official code's k + 1, k = int(n · density) truncated as Python does
+// (clamped to [0, n]): how many entries select_kthvalue selects before it
+// adds every tie; above n it keeps everything.
+inline std::int64_t kthvalue_count(double density, std::int64_t n) noexcept {
+  return std::clamp<std::int64_t>(static_cast<std::int64_t>(static_cast<double>(n) * density), 0, n) + 1;
+}
+
 // The official TIES-Merging / Twin-Merging code's trim (topk_values_mask):
 // keep every entry whose magnitude is at least the (n − k)-th smallest,
 // k = int(n · density) truncated as Python does (no nudge): the k + 1
@@ -458,9 +473,9 @@ inline std::int64_t keep_count(double density, std::int64_t n) noexcept {
 // `visit` as for select_top_k.
 template <class Visit>
 MagnitudeCut select_kthvalue(Visit&& visit, std::int64_t total, double density) {
-  const auto k = std::clamp<std::int64_t>(static_cast<std::int64_t>(static_cast<double>(total) * density), 0, total);
-  if (k >= total) return MagnitudeCut::keep_all();
-  MagnitudeCut cut = select_top_k(std::forward<Visit>(visit), total, k + 1);
+  const std::int64_t k = kthvalue_count(density, total);
+  if (k > total) return MagnitudeCut::keep_all();
+  MagnitudeCut cut = select_top_k(std::forward<Visit>(visit), total, k);
   cut.quota = MagnitudeCut::all_ties;
   return cut;
 }

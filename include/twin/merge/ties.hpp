@@ -185,8 +185,8 @@ inline std::vector<MagnitudeCut> task_vector_cuts(const TensorMergeArgs& a, cons
     return cut;
   }
   // 1. The sample: run r covers [r·stride, r·stride + run).
-  constexpr std::int64_t run = 1024, target = std::int64_t{1} << 15;
-  const std::int64_t stride = std::max<std::int64_t>(run, n / target * run);
+  constexpr std::int64_t run = sample_run;
+  const std::int64_t stride = sample_stride(n);
   const std::int64_t runs = (n + stride - 1) / stride;
   std::vector<std::vector<std::uint32_t>> sample(T);
   for (std::size_t i : todo) sample[i].assign(static_cast<std::size_t>(runs * run), 0xffffffffu);
@@ -407,8 +407,8 @@ struct Ties {
     if (detail::merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s, p); })) return;
     validate();
     const std::vector<float> w = resolve_weights(weights, a.experts.size(), name());
-    // τ is never held: the cuts come from two counting passes over the
-    // inputs (or the plan), the combination from a third.
+    // τ is never held: the cuts come from a sample and one counting pass
+    // over the inputs (or from the plan), the combination from another.
     detail::TensorCuts tc;
     if (scope == TopKScope::global) {
       auto it = p.cuts.find(std::string(a.name));
@@ -418,9 +418,7 @@ struct Ties {
       const std::int64_t n = a.base.numel();
       std::vector<std::int64_t> k(a.experts.size());
       for (std::int64_t& x : k)
-        x = selection == TopKSelection::kthvalue
-                ? std::clamp<std::int64_t>(static_cast<std::int64_t>(static_cast<double>(n) * density), 0, n) + 1
-                : keep_count(density, n);
+        x = selection == TopKSelection::kthvalue ? kthvalue_count(density, n) : keep_count(density, n);
       tc.cut = detail::task_vector_cuts(a, k);
       if (selection == TopKSelection::kthvalue)
         for (MagnitudeCut& c : tc.cut) c.quota = MagnitudeCut::all_ties;  // select_kthvalue's rule
