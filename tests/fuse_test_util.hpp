@@ -48,22 +48,65 @@ inline MatD to_mat(const twin::ConstTensorView& v, std::int64_t rows, std::int64
   return m;
 }
 
+// A quantized factor M [n×r] in double, decoded from its codes and scales
+// as packed.hpp documents them (column-major codes, groups of rows).
+inline MatD dequantized_ref(const twin::QuantizedFactor& f, std::int64_t n, std::int64_t r, const twin::QuantSpec& q) {
+  const auto* codes = static_cast<const std::uint8_t*>(f.codes.data());
+  const std::vector<double> scales = twin::to_f64_vector(f.scales.view());
+  const std::int64_t ng = (n + q.group - 1) / q.group, cb = q.bits == 8 ? n : (n + 1) / 2;
+  MatD m(n, r);
+  for (std::int64_t j = 0; j < r; ++j)
+    for (std::int64_t i = 0; i < n; ++i) {
+      int c;
+      if (q.bits == 8) {
+        c = codes[j * cb + i];
+        if (c >= 128) c -= 256;
+      } else {
+        c = (codes[j * cb + i / 2] >> (i % 2 == 0 ? 0 : 4)) & 0xf;
+        if (c >= 8) c -= 16;
+      }
+      m(i, j) = c * scales[static_cast<std::size_t>(j * ng + i / q.group)];
+    }
+  return m;
+}
+
 // v̂ in double from the module's stored parts (independent of the library's
 // reconstruction code).
 inline std::vector<double> module_dense(const twin::ExclusiveModule& m) {
   const std::int64_t n = twin::checked_numel(m.shape());
   std::vector<double> out(static_cast<std::size_t>(n), 0.0);
-  if (m.kind() == twin::ModuleKind::dense) return twin::to_f64_vector(m.values().view());
-  if (m.kind() == twin::ModuleKind::sparse) {
-    const auto idx = twin::to_f64_vector(m.indices().view());
-    const auto val = twin::to_f64_vector(m.values().view());
-    for (std::size_t k = 0; k < idx.size(); ++k) out[static_cast<std::size_t>(idx[k])] = val[k];
+  using twin::ModuleKind;
+  if (m.kind() == ModuleKind::dense) return twin::to_f64_vector(m.values().view());
+  if (m.kind() == ModuleKind::sign) {
+    const auto* s = static_cast<const std::uint8_t*>(m.signs().data());
+    const auto* mk = m.mask().numel() > 0 ? static_cast<const std::uint8_t*>(m.mask().data()) : nullptr;
+    const std::vector<double> alpha = twin::to_f64_vector(m.alpha().view());
+    const std::int64_t cols = m.matrix().cols;
+    for (std::int64_t i = 0; i < n; ++i) {
+      if (mk && !((mk[i / 8] >> (i % 8)) & 1)) continue;
+      const double a = alpha.size() == 1 ? alpha[0] : alpha[static_cast<std::size_t>(i / cols)];
+      out[static_cast<std::size_t>(i)] = ((s[i / 8] >> (i % 8)) & 1) ? -a : a;
+    }
     return out;
   }
-  const std::int64_t rows = m.a().dim(0), cols = m.b().dim(0), r = m.rank();
-  const MatD A = to_mat(m.a().view(), rows, r), B = to_mat(m.b().view(), cols, r);
-  const MatD P = A * B.transpose();
-  for (std::int64_t i = 0; i < n; ++i) out[static_cast<std::size_t>(i)] = P.data()[i];
+  if (m.has_factors()) {
+    const std::int64_t rows = m.matrix().rows, cols = m.matrix().cols, r = m.rank();
+    MatD A, B;
+    if (m.quantized()) {
+      A = dequantized_ref(m.quantized_a(), rows, r, m.quant());
+      B = dequantized_ref(m.quantized_b(), cols, r, m.quant());
+    } else {
+      A = to_mat(m.a().view(), rows, r);
+      B = to_mat(m.b().view(), cols, r);
+    }
+    const MatD P = A * B.transpose();
+    for (std::int64_t i = 0; i < n; ++i) out[static_cast<std::size_t>(i)] = P.data()[i];
+  }
+  if (m.kind() == ModuleKind::sparse || m.kind() == ModuleKind::low_rank_sparse) {
+    const auto idx = twin::to_f64_vector(m.indices().view());
+    const auto val = twin::to_f64_vector(m.values().view());
+    for (std::size_t k = 0; k < idx.size(); ++k) out[static_cast<std::size_t>(idx[k])] += val[k];
+  }
   return out;
 }
 

@@ -2,7 +2,11 @@
 // double-precision references (Jacobi SVD, eigen-decompositions, sorting).
 #include "fuse_test_util.hpp"
 
+#include <numeric>
+#include <set>
+
 #include "twin/compress/magnitude_sparsifier.hpp"
+#include "twin/compress/sign_compressor.hpp"
 #include "twin/compress/svd_compressor.hpp"
 #include "twin/merge/any_merger.hpp"
 
@@ -200,6 +204,173 @@ TEST_CASE("the magnitude sparsifier keeps exactly the floor(density*n) largest |
   }
 }
 
+TEST_CASE("quantized factors: each value within half its group's scale, scales the smallest f16 >= max|x|/qmax") {
+  std::mt19937_64 rng(23);
+  const MatD a = with_spectrum(rng, 53, 37, decaying(12, 0.3));
+  const ExclusiveModule plain = SvdCompressor::with_rank(5).compress("w", to_tensor(a).view());
+  const std::int64_t dims[2] = {53, 37};
+  for (const int bits : {8, 4})
+    for (const std::int64_t group : {1, 16, 64}) {
+      CAPTURE(bits);
+      CAPTURE(group);
+      SvdCompressor c = SvdCompressor::with_rank(5);
+      c.quant = QuantSpec{bits, group};
+      const ExclusiveModule m = c.compress("w", to_tensor(a).view());
+      REQUIRE(m.kind() == ModuleKind::low_rank_q);
+      CHECK(m.rank() == 5);
+      const double qmax = bits == 8 ? 127 : 7;
+      for (int side = 0; side < 2; ++side) {
+        const std::int64_t n = dims[side];
+        const MatD ref = to_mat((side == 0 ? plain.a() : plain.b()).view(), n, 5);
+        const QuantizedFactor& qf = side == 0 ? m.quantized_a() : m.quantized_b();
+        const MatD got = dequantized_ref(qf, n, 5, m.quant());
+        const std::int64_t ng = (n + group - 1) / group;
+        REQUIRE(qf.scales.numel() == 5 * ng);
+        CHECK(qf.codes.numel() == 5 * (bits == 8 ? n : (n + 1) / 2));
+        const auto* sc = static_cast<const std::uint16_t*>(qf.scales.data());
+        bool within = true, tight = true;
+        for (std::int64_t j = 0; j < 5; ++j)
+          for (std::int64_t g = 0; g < ng; ++g) {
+            double amax = 0;
+            for (std::int64_t i = g * group; i < std::min(n, (g + 1) * group); ++i)
+              amax = std::max(amax, std::abs(ref(i, j)));
+            const double s = f16_to_f32(sc[j * ng + g]);
+            // s ≥ amax/qmax, and the f16 just below it is not.
+            tight = tight && s * qmax >= amax && (sc[j * ng + g] == 0 || f16_to_f32(sc[j * ng + g] - 1) * qmax < amax);
+            for (std::int64_t i = g * group; i < std::min(n, (g + 1) * group); ++i)
+              within = within && std::abs(got(i, j) - ref(i, j)) <= s / 2 * (1 + 1e-6);
+          }
+        CHECK(within);
+        CHECK(tight);
+      }
+      // 4-bit codes take half the bytes of 8-bit ones, f16 scales 2 bytes per group.
+      const std::size_t want = static_cast<std::size_t>(
+          5 * ((bits == 8 ? 53 + 37 : 27 + 19) + 2 * ((53 + group - 1) / group + (37 + group - 1) / group)) + 8);
+      CHECK(m.nbytes() == want);
+    }
+}
+
+TEST_CASE("TwinModel::build records the quantization error in ‖v − v̂‖² (double reference from the stored codes)") {
+  const SmallModel sm = small_model(29, 3);
+  SvdCompressor c = SvdCompressor::with_rank(3);
+  c.quant = QuantSpec{4, 8};
+  const TwinModel m = TwinModel::build(sm.base, std::span<const StateDict>(sm.experts), TaskArithmetic{0.3, {}}, c);
+  const TwinModel plain = TwinModel::build(sm.base, std::span<const StateDict>(sm.experts), TaskArithmetic{0.3, {}},
+                                           SvdCompressor::with_rank(3));
+  const auto& e = m.at("layer.0.attn.w");
+  const auto star = to_f64_vector(m.shared().at("layer.0.attn.w").view());
+  for (std::size_t t = 0; t < 3; ++t) {
+    const auto theta = to_f64_vector(sm.experts[t].at("layer.0.attn.w").view());
+    const auto rec = module_dense(e.modules[t]);
+    double err = 0;
+    for (std::size_t i = 0; i < rec.size(); ++i) err += std::pow(theta[i] - star[i] - rec[i], 2);
+    CHECK(e.error_sq[t] == doctest::Approx(err).epsilon(1e-4));
+    // 4 bits cost accuracy: more error than the f32 factors of the same rank.
+    CHECK(e.error_sq[t] > plain.at("layer.0.attn.w").error_sq[t]);
+  }
+}
+
+TEST_CASE("low-rank + sparse keeps the top-k of the factors' residual (sort reference) and lowers the error") {
+  std::mt19937_64 rng(24);
+  const MatD a = with_spectrum(rng, 41, 33, decaying(20, 0.15));
+  const ExclusiveModule plain = SvdCompressor::with_rank(4).compress("w", to_tensor(a).view());
+  for (const bool quantized : {false, true}) {
+    CAPTURE(quantized);
+    SvdCompressor c = SvdCompressor::with_rank(4);
+    c.residual_density = 0.07;
+    if (quantized) c.quant = QuantSpec{8, 32};
+    const ExclusiveModule m = c.compress("w", to_tensor(a).view());
+    REQUIRE(m.kind() == ModuleKind::low_rank_sparse);
+    CHECK(m.quantized() == quantized);
+    // Residual of the stored factors, in double.
+    ExclusiveModule factors_only = quantized ? [&] {
+      SvdCompressor q = SvdCompressor::with_rank(4);
+      q.quant = c.quant;
+      return q.compress("w", to_tensor(a).view());
+    }()
+                                             : SvdCompressor::with_rank(4).compress("w", to_tensor(a).view());
+    const auto fac = module_dense(factors_only);
+    std::vector<double> res(fac.size());
+    const std::vector<float> af = [&] {
+      std::vector<float> v(static_cast<std::size_t>(a.size()));
+      for (Eigen::Index i = 0; i < a.size(); ++i) v[static_cast<std::size_t>(i)] = static_cast<float>(a.data()[i]);
+      return v;
+    }();
+    for (std::size_t i = 0; i < res.size(); ++i) res[i] = af[i] - fac[i];
+    const std::size_t k = static_cast<std::size_t>(std::floor(0.07 * static_cast<double>(res.size()) + 1e-9));
+    // The kept entries are the k largest |residual| (up to the f32 rounding
+    // of the library's residual against this double one), in index order.
+    const auto idx = to_f64_vector(m.indices().view()), val = to_f64_vector(m.values().view());
+    REQUIRE(idx.size() == k);
+    std::vector<bool> kept(res.size(), false);
+    double min_kept = INFINITY, max_other = 0, big = 0;
+    for (std::size_t i = 0; i < k; ++i) {
+      const auto j = static_cast<std::size_t>(idx[i]);
+      if (i > 0) CHECK(idx[i] > idx[i - 1]);
+      kept[j] = true;
+      CHECK(val[i] == doctest::Approx(res[j]).epsilon(1e-4).scale(1e-6));
+      min_kept = std::min(min_kept, std::abs(res[j]));
+    }
+    for (std::size_t j = 0; j < res.size(); ++j) {
+      big = std::max(big, std::abs(res[j]));
+      if (!kept[j]) max_other = std::max(max_other, std::abs(res[j]));
+    }
+    CHECK(min_kept >= max_other - 1e-5 * big);
+    CHECK(min_kept > 0);
+    CHECK(truncation_error_sq(a, m) < truncation_error_sq(a, factors_only));
+    if (!quantized) CHECK(truncation_error_sq(a, m) < truncation_error_sq(a, plain));
+  }
+}
+
+TEST_CASE("sign modules: the mask keeps the top-k |v| (sort reference) and α is the mean kept |v| per row") {
+  std::mt19937_64 rng(25);
+  const Tensor v = random_tensor(rng, dtype::f32, {13, 29});
+  const auto vals = to_f64_vector(v.view());
+  for (const double d : {1.0, 0.25})
+    for (const bool per_row : {true, false}) {
+      CAPTURE(d);
+      CAPTURE(per_row);
+      const ExclusiveModule m = SignCompressor{d, per_row}.compress("w", v.view());
+      REQUIRE(m.kind() == ModuleKind::sign);
+      const std::size_t n = vals.size(), k = static_cast<std::size_t>(std::floor(d * static_cast<double>(n) + 1e-9));
+      std::vector<std::size_t> order(n);
+      std::iota(order.begin(), order.end(), std::size_t{0});
+      std::stable_sort(order.begin(), order.end(),
+                       [&](auto x, auto y) { return std::abs(vals[x]) > std::abs(vals[y]); });
+      std::vector<bool> kept(n, false);
+      for (std::size_t i = 0; i < k; ++i) kept[order[i]] = true;
+      // α in closed form: the mean |v| over each row's (or the tensor's) kept entries.
+      const std::size_t rows = per_row ? 13 : 1, per = n / rows;
+      std::vector<double> alpha(rows);
+      for (std::size_t r = 0; r < rows; ++r) {
+        double sum = 0;
+        std::size_t c = 0;
+        for (std::size_t i = r * per; i < (r + 1) * per; ++i)
+          if (kept[i]) sum += std::abs(vals[i]), ++c;
+        alpha[r] = c ? sum / static_cast<double>(c) : 0.0;
+      }
+      const auto got_alpha = to_f64_vector(m.alpha().view());
+      REQUIRE(got_alpha.size() == rows);
+      for (std::size_t r = 0; r < rows; ++r) CHECK(got_alpha[r] == doctest::Approx(alpha[r]).epsilon(1e-6));
+      const auto rec = module_dense(m);
+      bool ok = true;
+      for (std::size_t i = 0; i < n; ++i) {
+        const double want = kept[i] ? std::copysign(alpha[per_row ? i / per : 0], vals[i]) : 0.0;
+        ok = ok && std::abs(rec[i] - want) <= 1e-6 * std::abs(want);
+      }
+      CHECK(ok);
+      // The closed form is the minimizer: nudging α either way raises the error.
+      auto err = [&](double scale) {
+        double e = 0;
+        for (std::size_t i = 0; i < n; ++i) e += std::pow(vals[i] - scale * rec[i], 2);
+        return e;
+      };
+      CHECK(err(1.0) < err(1.01));
+      CHECK(err(1.0) < err(0.99));
+      CHECK(m.nbytes() == (d < 1.0 ? 2u : 1u) * ((n + 7) / 8) + 4 * rows);
+    }
+}
+
 TEST_CASE("non-finite deltas and bad settings throw typed errors naming the tensor") {
   std::vector<float> v(12, 1.0f);
   v[5] = NAN;
@@ -215,6 +386,15 @@ TEST_CASE("non-finite deltas and bad settings throw typed errors naming the tens
   CHECK_THROWS_AS(SvdCompressor::with_rank(0).compress("w", bad), argument_error);
   CHECK_THROWS_AS(SvdCompressor::with_energy(1.5).compress("w", bad), argument_error);
   CHECK_THROWS_AS(MagnitudeSparsifier{-0.1}.compress("w", bad), argument_error);
+  SvdCompressor q = SvdCompressor::with_rank(2);
+  q.quant = QuantSpec{3, 64};
+  CHECK_THROWS_AS(q.compress("w", bad), argument_error);
+  q.quant = QuantSpec{4, 0};
+  CHECK_THROWS_AS(q.compress("w", bad), argument_error);
+  q.quant = {};
+  q.residual_density = 1.5;
+  CHECK_THROWS_AS(q.compress("w", bad), argument_error);
+  CHECK_THROWS_AS((SignCompressor{0.0, true}.compress("w", bad)), argument_error);
 }
 
 TEST_CASE("TwinModel::build keeps θ* from the merger and v_t = θ_t − θ* relative to θ*, not θ0") {

@@ -11,6 +11,7 @@
 #include <unordered_map>
 
 #include "twin/compress/magnitude_sparsifier.hpp"
+#include "twin/compress/sign_compressor.hpp"
 #include "twin/compress/svd_compressor.hpp"
 #include "twin/fuse/dynamic_fuser.hpp"
 #include "twin/fuse/mixed_batch.hpp"
@@ -162,12 +163,37 @@ TEST_CASE("fusion into strided host views (padded rows, transposed layout) equal
   }
 }
 
-TEST_CASE("sparse and dense exclusive modules fuse to θ* + Σ w_t v̂_t, and skipped tasks are not read") {
+// SVD factors quantized to `bits` in groups of `group` rows, optionally
+// with a sparse residual.
+SvdCompressor packed_svd(std::int64_t rank, int bits, std::int64_t group, double residual = 0.0) {
+  SvdCompressor c = SvdCompressor::with_rank(rank);
+  c.quant = QuantSpec{bits, group};
+  c.residual_density = residual;
+  return c;
+}
+
+TEST_CASE("sparse, dense, quantized low-rank, low-rank + sparse and sign modules fuse to θ* + Σ w_t v̂_t") {
   const SmallModel sm = small_model(35, kTasks);
   std::mt19937_64 rng(4);
   const TwinModel sparse = build_with(sm, MagnitudeSparsifier{0.2}, dtype::bf16);
   const TwinModel dense = build_with(sm, DenseCompressor{dtype::f16});
-  for (const TwinModel* m : {&sparse, &dense}) {
+  const TwinModel q8 = build_with(sm, packed_svd(3, 8, 16));
+  const TwinModel q4 = build_with(sm, packed_svd(3, 4, 7), dtype::bf16);  // odd group: ragged last group
+  SvdCompressor lrs = SvdCompressor::with_rank(2, dtype::bf16);
+  lrs.residual_density = 0.05;
+  const TwinModel lr_sparse = build_with(sm, lrs);
+  const TwinModel q4_sparse = build_with(sm, packed_svd(2, 4, 32, 0.1));
+  const TwinModel sign_row = build_with(sm, SignCompressor{0.3, true});
+  const TwinModel sign_all = build_with(sm, SignCompressor{1.0, false});
+  const auto kind = [](const TwinModel& m) { return m.at("layer.0.attn.w").modules[0].kind(); };
+  CHECK(kind(q8) == ModuleKind::low_rank_q);
+  CHECK(kind(q4) == ModuleKind::low_rank_q);
+  CHECK(kind(lr_sparse) == ModuleKind::low_rank_sparse);
+  CHECK(kind(q4_sparse) == ModuleKind::low_rank_sparse);
+  CHECK(q4_sparse.at("layer.0.attn.w").modules[0].quantized());
+  CHECK(kind(sign_row) == ModuleKind::sign);
+  CHECK(sign_all.at("layer.0.attn.w").modules[0].mask().numel() == 0);
+  for (const TwinModel* m : {&sparse, &dense, &q8, &q4, &lr_sparse, &q4_sparse, &sign_row, &sign_all}) {
     FuseOptions fo;
     fo.routing.top_k = 2;
     const DynamicFuser f(*m, fo);
@@ -176,7 +202,9 @@ TEST_CASE("sparse and dense exclusive modules fuse to θ* + Σ w_t v̂_t, and sk
     for (const dtype t : {dtype::f32, dtype::bf16}) {
       auto out = outputs(*m, t);
       f.fuse(out, logits);
-      check_model_outputs(*m, out, w, unit_roundoff(t) + 1e-5, "compressor " + m->metadata().at("compressor"));
+      check_model_outputs(*m, out, w, unit_roundoff(t) + 1e-5,
+                          "compressor " + m->metadata().at("compressor") + " " +
+                              std::string(module_kind_name(m->at("layer.0.attn.w").modules[0].kind())));
     }
   }
 }
@@ -339,7 +367,9 @@ TEST_CASE("mixed-batch apply equals per-row materialized fusion (Y = X W*ᵀ + (
   const TwinModel lowrank = build(sm, SvdCompressor::with_rank(3), dtype::bf16);
   const TwinModel sparse = build_with(sm, MagnitudeSparsifier{0.3});
   const TwinModel dense = build_with(sm, DenseCompressor{});
-  for (const TwinModel* m : {&lowrank, &sparse, &dense}) {
+  const TwinModel q4_sparse = build_with(sm, packed_svd(2, 4, 16, 0.1));
+  const TwinModel sign = build_with(sm, SignCompressor{0.5, true});
+  for (const TwinModel* m : {&lowrank, &sparse, &dense, &q4_sparse, &sign}) {
     FuseOptions fo;
     fo.routing.top_k = 2;  // rows skip different tasks
     const DynamicFuser f(*m, fo);

@@ -44,6 +44,8 @@
 
 #include "twin/compress/exclusive_module.hpp"
 #include "twin/compress/magnitude_sparsifier.hpp"
+#include "twin/compress/packed.hpp"
+#include "twin/compress/sign_compressor.hpp"
 #include "twin/compress/svd_compressor.hpp"
 
 #include "twin/model/twin_model.hpp"

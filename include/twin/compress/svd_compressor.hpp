@@ -2,14 +2,18 @@
 // compression), stored as A = UΣ [m×r] and B = V [n×r]. The rank is fixed,
 // the smallest keeping a fraction of ‖v‖_F², or a ratio of min(m, n); the
 // engine is exact (BDCSVD) or randomized (HMT), picked by size and rank.
-// Vectors (rank < 2) stay dense.
+// Optionally the factors are quantized to int8 / int4 with f16 scales per
+// group (packed.hpp), and the top entries of what the factors leave are kept
+// as a sparse residual. Vectors (rank < 2) stay dense.
 #pragma once
 
 #include <cmath>
 #include <sstream>
 
+#include "twin/backend/cpu/gemm.hpp"
 #include "twin/backend/cpu/svd.hpp"
 #include "twin/compress/exclusive_module.hpp"
+#include "twin/compress/magnitude_sparsifier.hpp"
 #include "twin/random.hpp"
 
 namespace twin {
@@ -23,10 +27,12 @@ struct SvdCompressor {
   double energy = 0.9;      // mode energy: fraction of ‖v‖_F² kept, in (0, 1]
   double rank_ratio = 0.1;  // mode rank_ratio: r = ceil(ratio · min(m, n)), at least 1
   SvdEngine engine = SvdEngine::automatic;
-  int oversample = 10;         // randomized: p extra test vectors
-  int power_iters = 2;         // randomized: q power iterations
-  std::uint64_t seed = 0;      // randomized: test matrices are Philox(seed, tensor, task)
-  dtype storage = dtype::f32;  // dtype of A and B
+  int oversample = 10;            // randomized: p extra test vectors
+  int power_iters = 2;            // randomized: q power iterations
+  std::uint64_t seed = 0;         // randomized: test matrices are Philox(seed, tensor, task)
+  dtype storage = dtype::f32;     // dtype of A and B (and of the residual's values)
+  QuantSpec quant;                // bits 8 or 4: A and B quantized; 0: stored in `storage`
+  double residual_density = 0.0;  // > 0: also keep this fraction of v − A·Bᵀ's entries, largest |·|
 
   static SvdCompressor with_rank(std::int64_t r, dtype storage = dtype::f32) {
     SvdCompressor c;
@@ -60,6 +66,9 @@ struct SvdCompressor {
       throw argument_error("svd rank ratio must be in (0, 1], found " + std::to_string(rank_ratio));
     if (oversample < 0 || power_iters < 0) throw argument_error("svd oversampling and power iterations must be >= 0");
     require_float(storage, "svd factor storage");
+    if (quant.enabled()) quant.validate("svd factors");
+    if (!(residual_density >= 0.0 && residual_density <= 1.0))
+      throw argument_error("svd residual density must be in [0, 1], found " + std::to_string(residual_density));
   }
 
   Metadata metadata() const {
@@ -79,6 +88,8 @@ struct SvdCompressor {
     if (mode == RankMode::rank) m["rank"] = std::to_string(rank);
     if (mode == RankMode::energy) m["energy"] = num(energy);
     if (mode == RankMode::rank_ratio) m["rank_ratio"] = num(rank_ratio);
+    if (quant.enabled()) m["quant_bits"] = std::to_string(quant.bits), m["quant_group"] = std::to_string(quant.group);
+    if (residual_density > 0.0) m["residual_density"] = num(residual_density);
     return m;
   }
 
@@ -165,7 +176,23 @@ struct SvdCompressor {
         a[static_cast<std::size_t>(i * f.k + j)] = static_cast<float>(
             static_cast<double>(f.u[static_cast<std::size_t>(i * f.k + j)]) * f.s[static_cast<std::size_t>(j)]);
     const std::int64_t sa[2] = {f.m, f.k}, sb[2] = {f.n, f.k};
-    return ExclusiveModule::low_rank(Tensor::from_f32(a, sa, storage), Tensor::from_f32(f.v, sb, storage), v.shape());
+    ExclusiveModule mod =
+        quant.enabled()
+            ? ExclusiveModule::low_rank_quantized(
+                  quantize_factor(a.data(), f.m, f.k, quant, "factor A of tensor '" + std::string(name) + "'"),
+                  quantize_factor(f.v.data(), f.n, f.k, quant, "factor B of tensor '" + std::string(name) + "'"), quant,
+                  v.shape())
+            : ExclusiveModule::low_rank(Tensor::from_f32(a, sa, storage), Tensor::from_f32(f.v, sb, storage),
+                                        v.shape());
+    if (residual_density <= 0.0) return mod;
+    // Residual of the factors as stored (rounded or quantized): d − A·Bᵀ.
+    if (f.k > 0) {
+      std::vector<float> fa, fb;
+      mod.factors_f32(fa, fb);
+      backend::cpu::gemm(false, true, f.m, f.n, f.k, -1.0f, fa.data(), f.k, fb.data(), f.k, true, d.data(), f.n);
+    }
+    auto [idx, vals] = top_k_entries(d, keep_count(residual_density, static_cast<std::int64_t>(d.size())), storage);
+    return ExclusiveModule::with_residual(std::move(mod), std::move(idx), std::move(vals));
   }
 };
 

@@ -1,9 +1,10 @@
 // DynamicFuser: the online stage of Twin-Merging (docs/design.md §1 step 6, §4).
 // For router logits it writes θ* + Σ_t w_t · v̂_t into the host's own tensors,
 // out of place. Low-rank modules of a matrix are concatenated once, at
-// construction, into A_cat [m×K] and B_cat [n×K] (K = Σ r_t), so a fusion is
-// ONE GEMM per matrix with θ* as the addend; sparse and dense modules are
-// added by scatter and axpy. Row-range and column-range shards of a matrix
+// construction (quantized factors dequantized there), into A_cat [m×K] and
+// B_cat [n×K] (K = Σ r_t), so a fusion is ONE GEMM per matrix with θ* as the
+// addend; sparse parts are added by scatter, dense ones by axpy, sign
+// modules by a bit-unpacking axpy. Row-range and column-range shards of a matrix
 // (tensor-parallel layers) are fused the same way.
 #pragma once
 
@@ -38,7 +39,7 @@ struct FusePlan {
   std::int64_t K = 0;                // Σ ranks of the low-rank modules
   std::vector<std::int64_t> offset;  // T+1 column offsets into A_cat / B_cat
   std::vector<float> a_cat, b_cat;   // [rows×K], [cols×K] row-major, f32
-  bool has_other = false;            // some task has a sparse or dense module
+  bool has_other = false;            // some task has a sparse, dense or sign part
 
   std::int64_t rank_of(std::size_t t) const noexcept { return offset[t + 1] - offset[t]; }
 };
@@ -206,27 +207,27 @@ class DynamicFuser {
     for (std::size_t t = 0; t < T; ++t) {
       const ExclusiveModule& m = e.modules[t];
       p.offset[t + 1] = p.offset[t] + m.rank();
-      p.has_other = p.has_other || m.kind() != ModuleKind::low_rank;
+      p.has_other = p.has_other || m.has_rest();
     }
     p.K = p.offset[T];
     if (p.K == 0) return;
     const std::int64_t rows = p.ms.rows, cols = p.ms.cols, K = p.K;
     p.a_cat.assign(static_cast<std::size_t>(rows * K), 0.0f);
     p.b_cat.assign(static_cast<std::size_t>(cols * K), 0.0f);
-    std::vector<float> tmp;
+    std::vector<float> a, b;
     for (std::size_t t = 0; t < T; ++t) {
       const ExclusiveModule& m = e.modules[t];
       const std::int64_t r = m.rank();
       if (r == 0) continue;
-      auto copy = [&](const Tensor& src, std::int64_t n, std::vector<float>& dst) {
-        tmp.resize(static_cast<std::size_t>(n * r));
-        read_f32(src.view(), 0, n * r, tmp.data());
+      // Quantized factors are dequantized here, once: a fusion costs the same.
+      m.factors_f32(a, b);
+      auto place = [&](const std::vector<float>& src, std::int64_t n, std::vector<float>& dst) {
         for (std::int64_t i = 0; i < n; ++i)
-          std::memcpy(dst.data() + i * K + p.offset[t], tmp.data() + i * r,
+          std::memcpy(dst.data() + i * K + p.offset[t], src.data() + i * r,
                       static_cast<std::size_t>(r) * sizeof(float));
       };
-      copy(m.a(), rows, p.a_cat);
-      copy(m.b(), cols, p.b_cat);
+      place(a, rows, p.a_cat);
+      place(b, cols, p.b_cat);
     }
   }
 
@@ -345,47 +346,12 @@ class DynamicFuser {
     });
   }
 
-  // Sparse and dense modules: dst (rows [ra, rb) × cols [c0, c1), leading
-  // dimension ld) += Σ w_t v̂_t.
+  // Sparse, dense and sign parts: dst (rows [ra, rb) × cols [c0, c1),
+  // leading dimension ld) += Σ w_t v̂_t.
   void add_other(const FusePlan& p, std::span<const float> w, std::int64_t ra, std::int64_t rb, std::int64_t c0,
                  std::int64_t c1, float* dst, std::int64_t ld) const {
-    const std::int64_t cols = p.ms.cols, cw = c1 - c0;
-    for (std::size_t t = 0; t < w.size(); ++t) {
-      const float wt = w[t];
-      const ExclusiveModule& m = p.entry->modules[t];
-      if (wt == 0.0f || m.kind() == ModuleKind::low_rank) continue;
-      if (m.kind() == ModuleKind::dense) {
-        const ConstTensorView v = m.values().view();
-        thread_local std::vector<float> row;
-        row.resize(static_cast<std::size_t>(cw));
-        for (std::int64_t i = ra; i < rb; ++i) {
-          read_f32(v, i * cols + c0, cw, row.data());
-          float* d = dst + (i - ra) * ld;
-          for (std::int64_t j = 0; j < cw; ++j) d[j] += wt * row[static_cast<std::size_t>(j)];
-        }
-        continue;
-      }
-      const Tensor& idx = m.indices();
-      const Tensor& val = m.values();
-      auto scatter = [&](const auto* ix) {
-        const std::int64_t nnz = idx.numel();
-        const std::int64_t first = ra * cols + c0, last = (rb - 1) * cols + c1;
-        std::int64_t k = std::lower_bound(ix, ix + nnz, first,
-                                          [](auto a, std::int64_t b) { return static_cast<std::int64_t>(a) < b; }) -
-                         ix;
-        const float* vf = val.dtype() == dtype::f32 ? static_cast<const float*>(val.data()) : nullptr;
-        for (; k < nnz; ++k) {
-          const std::int64_t li = static_cast<std::int64_t>(ix[k]);
-          if (li >= last) break;
-          const std::int64_t i = li / cols, j = li % cols;
-          if (j < c0 || j >= c1) continue;
-          const float x = vf ? vf[k] : static_cast<float>(load_as_f64(val.data(), val.dtype(), k));
-          dst[(i - ra) * ld + (j - c0)] += wt * x;
-        }
-      };
-      if (idx.dtype() == dtype::i32) scatter(static_cast<const std::int32_t*>(idx.data()));
-      else scatter(static_cast<const std::int64_t*>(idx.data()));
-    }
+    for (std::size_t t = 0; t < w.size(); ++t)
+      if (p.entry->modules[t].has_rest()) p.entry->modules[t].add_rest_to(dst, ld, w[t], ra, rb, c0, c1);
   }
 
   const TwinModel* model_;

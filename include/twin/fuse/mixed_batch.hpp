@@ -3,8 +3,9 @@
 // weight. With W = θ* + Σ_t w_t A_t B_tᵀ per row,
 //   Y = X W*ᵀ + ((X B_cat) ⊙ Ŵ) A_catᵀ
 // where Ŵ [tokens×K] repeats each row's w_t over task t's r_t columns: two
-// skinny GEMMs on top of the plain layer. Sparse and dense modules are added
-// per row the same way; excluded weights use each row's top task's copy.
+// skinny GEMMs on top of the plain layer (quantized factors were dequantized
+// into A_cat / B_cat by the fuser). Dense and sign modules cost one product
+// per task, sparse parts are added entry by entry; excluded weights use each row's top task's copy.
 #pragma once
 
 #include "twin/fuse/dynamic_fuser.hpp"
@@ -147,13 +148,20 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
       }
       backend::cpu::gemm_parallel(false, true, tokens, m, Ka, 1.0f, Z.data(), Ka, A, Ka, true, Y, ldy);
     }
-    // Sparse and dense modules, task by task.
+    // Sparse, dense and sign parts, task by task.
     for (std::size_t t = 0; t < T; ++t) {
       const ExclusiveModule& mod = p.entry->modules[t];
-      if (mod.kind() == ModuleKind::low_rank) continue;
-      if (mod.kind() == ModuleKind::dense) {
+      if (!mod.has_rest()) continue;
+      if (mod.kind() == ModuleKind::dense || mod.kind() == ModuleKind::sign) {
         std::vector<float> vb, Zt(static_cast<std::size_t>(tokens * m));
-        const float* V = detail::f32_matrix(mod.values().view(), vb);
+        const float* V;
+        if (mod.kind() == ModuleKind::dense) {
+          V = detail::f32_matrix(mod.values().view(), vb);
+        } else {
+          vb.assign(static_cast<std::size_t>(m * n), 0.0f);
+          mod.add_rest_to(vb.data(), n, 1.0f, 0, m, 0, n);
+          V = vb.data();
+        }
         backend::cpu::gemm_parallel(false, true, tokens, m, n, 1.0f, X, n, V, n, false, Zt.data(), m);
         for (std::int64_t i = 0; i < tokens; ++i) {
           const float w = wt(i, t);

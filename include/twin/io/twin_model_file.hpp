@@ -3,9 +3,10 @@
 // the excluded tensors, the build settings, and optionally the router.
 //
 //   tensors   shared.<tensor>                        θ* of a merged tensor
-//             exclusive.<task>.<tensor>.A / .B        low-rank factors
-//             exclusive.<task>.<tensor>.indices/.values   sparse module
-//             exclusive.<task>.<tensor>.dense         dense module (vectors)
+//             exclusive.<task>.<tensor>.<part>        the module's parts
+//                 (exclusive_module.hpp): .A/.B; .A.codes/.A.scales/
+//                 .B.codes/.B.scales/.quant; either of those + .indices/
+//                 .values; .indices/.values; .dense; .signs/[.mask]/.alpha
 //             excluded.<task>.<tensor>                a task's own copy
 //             stats.<tensor>                          F64 [2, T]: ‖v_t‖², ‖v_t − v̂_t‖²
 //             router.*                                the router (optional)
@@ -34,7 +35,9 @@
 
 namespace twin {
 
-inline constexpr int twin_format_version = 1;
+// Version 2 added the quantized, low-rank + sparse and sign modules; files
+// of version 1 load unchanged.
+inline constexpr int twin_format_version = 2;
 
 struct TwinModelFile {
   TwinModel model;
@@ -48,6 +51,50 @@ inline void check_task_name(const std::string& t, const std::string& source) {
     return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
   });
   if (!ok) throw io_error(source + ": task name '" + t + "' must be 1 to 64 letters, digits, '_' or '-'");
+}
+
+// The module of one task for one tensor from its parts, named by `prefix`
+// ("exclusive.<task>.<tensor>."); marks the names it takes in `used`. The
+// caller turns its errors into io_errors naming the file, task and tensor.
+inline ExclusiveModule module_from_parts(StateDict& tensors, const std::string& prefix,
+                                         std::span<const std::int64_t> shape, std::set<std::string>& used) {
+  auto has = [&](const char* s) { return tensors.contains(prefix + s); };
+  auto take = [&](const char* s) -> Tensor {
+    Tensor* t = tensors.find(prefix + s);
+    if (!t) throw shape_error("tensor '" + prefix + s + "' is missing");
+    used.insert(prefix + s);
+    return std::move(*t);
+  };
+  std::optional<ExclusiveModule> lr;
+  if (has("A.codes") || has("quant")) {
+    const Tensor info = take("quant");
+    if (info.dtype() != dtype::i32 || info.rank() != 1 || info.numel() != 2)
+      throw shape_error("tensor '" + prefix + "quant' must be I32 [2] (bits, group size), found " +
+                        std::string(dtype_name(info.dtype())) + " " + info.shape_str());
+    const auto* q = static_cast<const std::int32_t*>(info.data());
+    const QuantSpec spec{q[0], q[1]};
+    QuantizedFactor a{take("A.codes"), take("A.scales")};
+    QuantizedFactor b{take("B.codes"), take("B.scales")};
+    lr = ExclusiveModule::low_rank_quantized(std::move(a), std::move(b), spec, shape);
+  } else if (has("A")) {
+    Tensor a = take("A");
+    lr = ExclusiveModule::low_rank(std::move(a), take("B"), shape);
+  }
+  if (lr) {
+    if (!has("indices")) return std::move(*lr);
+    Tensor idx = take("indices");
+    return ExclusiveModule::with_residual(std::move(*lr), std::move(idx), take("values"));
+  }
+  if (has("indices")) {
+    Tensor idx = take("indices");
+    return ExclusiveModule::sparse(std::move(idx), take("values"), shape);
+  }
+  if (has("signs")) {
+    Tensor signs = take("signs");
+    Tensor mask = has("mask") ? take("mask") : Tensor();
+    return ExclusiveModule::sign(std::move(signs), std::move(mask), take("alpha"), shape);
+  }
+  return ExclusiveModule::dense(take("dense"));
 }
 }  // namespace detail
 
@@ -126,16 +173,7 @@ inline TwinModelFile twin_model_from_checkpoint(LoadedCheckpoint&& ck, const std
       for (const auto& task : tasks) {
         const std::string p = "exclusive." + task + "." + tn + ".";
         try {
-          if (ck.tensors.contains(p + "A")) {
-            modules.push_back(ExclusiveModule::low_rank(take(p + "A"), take(p + "B"), shared.shape()));
-            used.insert(p + "A"), used.insert(p + "B");
-          } else if (ck.tensors.contains(p + "indices")) {
-            modules.push_back(ExclusiveModule::sparse(take(p + "indices"), take(p + "values"), shared.shape()));
-            used.insert(p + "indices"), used.insert(p + "values");
-          } else {
-            modules.push_back(ExclusiveModule::dense(take(p + "dense")));
-            used.insert(p + "dense");
-          }
+          modules.push_back(detail::module_from_parts(ck.tensors, p, shared.shape(), used));
         } catch (const io_error&) {
           throw;
         } catch (const error& e) {

@@ -192,16 +192,14 @@ namespace detail {
 // ‖v − v̂‖² for a module against its f32 delta, by dense reconstruction.
 inline double module_error_sq(const ExclusiveModule& m, const std::vector<float>& v) {
   std::vector<float> rec(v.size(), 0.0f);
-  if (m.kind() == ModuleKind::low_rank) {
-    const MatrixShape ms = m.matrix();
+  const MatrixShape ms = m.matrix();
+  if (m.has_factors() && m.rank() > 0) {
     const std::int64_t r = m.rank();
-    std::vector<float> a(static_cast<std::size_t>(ms.rows * r)), b(static_cast<std::size_t>(ms.cols * r));
-    read_f32(m.a().view(), 0, ms.rows * r, a.data());
-    read_f32(m.b().view(), 0, ms.cols * r, b.data());
+    std::vector<float> a, b;
+    m.factors_f32(a, b);
     backend::cpu::gemm(false, true, ms.rows, ms.cols, r, 1.0f, a.data(), r, b.data(), r, false, rec.data(), ms.cols);
-  } else {
-    m.add_to(rec, 1.0f);
   }
+  m.add_rest_to(rec.data(), ms.cols, 1.0f, 0, ms.rows, 0, ms.cols);
   double e = 0.0;
   for (std::size_t i = 0; i < v.size(); ++i) {
     const double d = static_cast<double>(v[i]) - rec[i];
