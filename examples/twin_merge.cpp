@@ -6,6 +6,7 @@
 // no output file behind (outputs are written atomically, after all checks).
 #include <CLI/CLI.hpp>
 
+#include <bit>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -16,6 +17,7 @@
 #include "common/mergekit_yaml.hpp"
 #include "common/progress.hpp"
 #include "twin/compress/magnitude_sparsifier.hpp"
+#include "twin/compress/sign_compressor.hpp"
 #include "twin/compress/svd_compressor.hpp"
 #include "twin/fuse/dynamic_fuser.hpp"
 #include "twin/io/safetensors.hpp"
@@ -281,7 +283,11 @@ struct BuildCommand {
   std::string base, out, router, factor_dtype = "f32";
   std::vector<std::string> experts;
   std::optional<std::int64_t> rank;
-  std::optional<double> energy, sparsify;
+  std::optional<double> energy, sparsify, sign_density;
+  std::optional<int> quant_bits;
+  std::int64_t quant_group = 64;
+  double residual_density = 0.0;
+  std::string sign_alpha = "row";
   std::optional<std::uint64_t> svd_seed;
   std::string config;
   std::uint64_t config_seed = 0;
@@ -293,7 +299,8 @@ struct BuildCommand {
     m.add_to(*c);
     c->add_option("--config", config,
                   "a mergekit YAML merge config (models: form) instead of --base/--expert and the method options; its "
-                  "optional `twin:` block may set rank, energy, sparsify_density, factor_dtype, svd_seed, router");
+                  "optional `twin:` block may set rank, energy, sparsify_density, sign_density, quant_bits, "
+                  "quant_group, residual_density, factor_dtype, svd_seed, router");
     c->add_option("--base", base, "the pretrained checkpoint");
     c->add_option("--expert", experts, "NAME=PATH of a fine-tuned checkpoint (repeat per task)");
     c->add_option("--random-seed", config_seed, "with --config: seed of the randomized methods")->capture_default_str();
@@ -301,8 +308,24 @@ struct BuildCommand {
     auto* e = c->add_option("--energy", energy, "smallest SVD rank keeping this fraction of ||v||^2, in (0, 1]");
     auto* d =
         c->add_option("--sparsify-density", sparsify, "keep this fraction of entries by magnitude instead of SVD");
-    r->excludes(e)->excludes(d);
-    e->excludes(d);
+    auto* sg = c->add_option("--sign-density", sign_density,
+                             "keep sign bits of this fraction of entries (largest |v|) with one scale per row "
+                             "(BitDelta at 1) instead of SVD");
+    r->excludes(e)->excludes(d)->excludes(sg);
+    e->excludes(d)->excludes(sg);
+    d->excludes(sg);
+    c->add_option("--sign-alpha", sign_alpha, "with --sign-density: one scale per row or per tensor (row|tensor)")
+        ->check(CLI::IsMember({"row", "tensor"}))
+        ->capture_default_str();
+    c->add_option("--quant-bits", quant_bits, "quantize the SVD factors to 8 or 4 bits (f16 scale per group)")
+        ->check(CLI::IsMember({8, 4}));
+    c->add_option("--quant-group", quant_group, "with --quant-bits: rows of a factor column per scale")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+    c->add_option("--residual-density", residual_density,
+                  "with --rank/--energy: also keep this fraction of v - A*B^T's entries (largest |.|)")
+        ->check(CLI::Range(0.0, 1.0))
+        ->capture_default_str();
     c->add_option("--factor-dtype", factor_dtype, "dtype of stored factors f32|f16|bf16")->capture_default_str();
     c->add_option("--svd-seed", svd_seed, "seed of the randomized SVD (default 0)");
     c->add_option("--router", router, "a router (from train-router) to store in the model file");
@@ -328,7 +351,10 @@ struct BuildCommand {
     std::optional<twin::LoadedCheckpoint> b;
     // Compressor options: the command line, else a config's twin block.
     std::optional<std::int64_t> rank_ = rank;
-    std::optional<double> energy_ = energy, sparsify_ = sparsify;
+    std::optional<double> energy_ = energy, sparsify_ = sparsify, sign_ = sign_density;
+    std::optional<int> quant_bits_ = quant_bits;
+    std::int64_t quant_group_ = quant_group;
+    double residual_ = residual_density;
     std::string factor_dtype_ = factor_dtype, router_ = router;
     std::uint64_t svd_seed_ = svd_seed.value_or(0);
     if (!config.empty()) {
@@ -360,13 +386,20 @@ struct BuildCommand {
           throw twin::argument_error(config + ": twin." + k + " '" + *opt(k) + "' is not a number");
         }
       };
-      if (!rank_ && !energy_ && !sparsify_) {
+      if (!rank_ && !energy_ && !sparsify_ && !sign_) {
         if (opt("rank")) rank_ = static_cast<std::int64_t>(num("rank"));
         if (opt("energy")) energy_ = num("energy");
         if (opt("sparsify_density")) sparsify_ = num("sparsify_density");
-        if ((rank_ ? 1 : 0) + (energy_ ? 1 : 0) + (sparsify_ ? 1 : 0) > 1)
-          throw twin::argument_error(config + ": the twin block sets more than one of rank, energy, sparsify_density");
+        if (opt("sign_density")) sign_ = num("sign_density");
+        if ((rank_ ? 1 : 0) + (energy_ ? 1 : 0) + (sparsify_ ? 1 : 0) + (sign_ ? 1 : 0) > 1)
+          throw twin::argument_error(config +
+                                     ": the twin block sets more than one of rank, energy, sparsify_density, "
+                                     "sign_density");
       }
+      if (!quant_bits_ && opt("quant_bits")) quant_bits_ = static_cast<int>(num("quant_bits"));
+      if (app->count("--quant-group") == 0 && opt("quant_group"))
+        quant_group_ = static_cast<std::int64_t>(num("quant_group"));
+      if (app->count("--residual-density") == 0 && opt("residual_density")) residual_ = num("residual_density");
       if (app->count("--factor-dtype") == 0 && opt("factor_dtype")) factor_dtype_ = *opt("factor_dtype");
       if (!svd_seed && opt("svd_seed")) svd_seed_ = static_cast<std::uint64_t>(num("svd_seed"));
       if (router_.empty() && opt("router")) router_ = *opt("router");
@@ -402,8 +435,12 @@ struct BuildCommand {
         ex.push_back(load_checked(spec.substr(eq + 1)));
       }
     }
-    if (!rank_ && !energy_ && !sparsify_)
-      throw twin::argument_error("build needs one of --rank, --energy or --sparsify-density");
+    if (!rank_ && !energy_ && !sparsify_ && !sign_)
+      throw twin::argument_error("build needs one of --rank, --energy, --sparsify-density or --sign-density");
+    if ((sparsify_ || sign_) && (quant_bits_ || residual_ > 0.0))
+      throw twin::argument_error(
+          "--quant-bits and --residual-density apply to SVD factors (--rank or --energy), not to "
+          "--sparsify-density or --sign-density");
     const twin::dtype fd = *parse_out_dtype(factor_dtype_);
     std::optional<twin::Router> r;
     if (!router_.empty()) r = twin::load_router(router_);
@@ -431,10 +468,17 @@ struct BuildCommand {
     if (sparsify_) {
       twin::check_unit_interval(*sparsify_, "--sparsify-density");
       model = build_with(twin::MagnitudeSparsifier{*sparsify_, fd});
+    } else if (sign_) {
+      const twin::SignCompressor c{*sign_, sign_alpha == "row"};
+      c.validate();
+      model = build_with(c);
     } else {
       twin::SvdCompressor c = rank_ ? twin::SvdCompressor::with_rank(*rank_, fd)
                                     : twin::SvdCompressor::with_energy(*energy_, fd);
       c.seed = svd_seed_;
+      if (quant_bits_) c.quant = twin::QuantSpec{*quant_bits_, quant_group_};
+      c.residual_density = residual_;
+      c.validate();
       model = build_with(c);
     }
     bar.finish();
@@ -792,6 +836,26 @@ struct InspectCommand {
     if (c.metadata.count("format") && c.metadata.at("format") == "twin") describe_model();
   }
 
+  // What a module keeps, in a few characters: rank and bits, kept entries.
+  static std::string module_summary(const twin::ExclusiveModule& mod) {
+    std::string s;
+    if (mod.has_factors()) {
+      s = "r=" + std::to_string(mod.rank());
+      if (mod.quantized()) s += " q" + std::to_string(mod.quant().bits) + "/" + std::to_string(mod.quant().group);
+    }
+    if (mod.kind() == twin::ModuleKind::sign) {
+      std::int64_t kept = twin::checked_numel(mod.shape());
+      if (mod.mask().numel() > 0) {
+        kept = 0;
+        const auto* mk = static_cast<const std::uint8_t*>(mod.mask().data());
+        for (std::int64_t i = 0; i < mod.mask().numel(); ++i) kept += std::popcount(mk[i]);
+      }
+      s = "signs=" + std::to_string(kept);
+    }
+    if (mod.nnz() > 0) s += (s.empty() ? "nnz=" : " nnz=") + std::to_string(mod.nnz());
+    return s;
+  }
+
   // Tasks, ranks, storage and compression error of a Twin model file.
   void describe_model() const {
     const twin::TwinModelFile f = twin::load_twin_model(file);
@@ -806,23 +870,21 @@ struct InspectCommand {
         m.num_tasks(), static_cast<double>(st.dense_experts_bytes) / 1e6);
     std::printf("relative compression error (all tensors and tasks): %.5f\n", m.relative_error());
     std::printf("router: %s\n", f.router ? ("d=" + std::to_string(f.router->input_dim())).c_str() : "none");
-    std::printf("%-50s %-9s", "tensor", "kind");
-    for (const auto& t : m.task_names()) std::printf(" %14s", t.c_str());
+    std::printf("%-50s %-15s", "tensor", "kind");
+    for (const auto& t : m.task_names()) std::printf(" %24s", t.c_str());
     std::printf("\n");
     for (const auto& e : m.entries()) {
-      std::printf("%-50s %-9s", e.name.c_str(),
+      std::printf("%-50s %-15s", e.name.c_str(),
                   e.excluded ? "excluded" : std::string(twin::module_kind_name(e.modules[0].kind())).c_str());
       for (std::size_t t = 0; t < m.num_tasks(); ++t) {
         if (e.excluded) {
-          std::printf(" %14s", "-");
+          std::printf(" %24s", "-");
           continue;
         }
-        const auto& mod = e.modules[t];
-        const std::string what = mod.kind() == twin::ModuleKind::low_rank ? "r=" + std::to_string(mod.rank())
-                                                                          : "nnz=" + std::to_string(mod.nnz());
-        char buf[64];
-        std::snprintf(buf, sizeof buf, "%s err=%.3f", what.c_str(), m.relative_error(e.name, t));
-        std::printf(" %14s", buf);
+        char buf[96];
+        std::snprintf(buf, sizeof buf, "%s err=%.3f", module_summary(e.modules[t]).c_str(),
+                      m.relative_error(e.name, t));
+        std::printf(" %24s", buf);
       }
       std::printf("\n");
     }

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "test_support.hpp"
+#include "twin/compress/sign_compressor.hpp"
 #include "twin/compress/svd_compressor.hpp"
 #include "twin/fuse/dynamic_fuser.hpp"
 #include "twin/io/safetensors.hpp"
@@ -274,6 +275,53 @@ TEST_CASE("cli build + fuse equal TwinModel::build + DynamicFuser, and route equ
   CHECK(ins.out.find("r=3") != std::string::npos);
 }
 
+TEST_CASE("cli build with quantized factors + residual, and with sign modules, equals the library's build") {
+  Workspace w;
+  const std::string experts = " --expert x=" + w.p("e0.safetensors") + " --expert y=" + w.p("e1.safetensors");
+  TwinBuildOptions o;
+  o.task_names = {"x", "y"};
+  o.exclude = {"classifier.*"};
+  const std::vector<StateDict> ex = [&] {
+    std::vector<StateDict> v;
+    for (int i = 0; i < 2; ++i) v.push_back(w.experts[static_cast<std::size_t>(i)].clone());
+    return v;
+  }();
+  SvdCompressor q = SvdCompressor::with_rank(2);
+  q.quant = QuantSpec{4, 8};
+  q.residual_density = 0.05;
+  struct Variant {
+    std::string flags;
+    TwinModel model;
+    std::string summary;
+  };
+  Variant vs[] = {
+      {" --rank 2 --quant-bits 4 --quant-group 8 --residual-density 0.05",
+       TwinModel::build(w.base, std::span<const StateDict>(ex), TaskArithmetic{0.3, {}}, q, o), "r=2 q4/8 nnz="},
+      {" --sign-density 0.5 --sign-alpha tensor",
+       TwinModel::build(w.base, std::span<const StateDict>(ex), TaskArithmetic{0.3, {}}, SignCompressor{0.5, false}, o),
+       "signs="}};
+  for (Variant& v : vs) {
+    CAPTURE(v.flags);
+    const Run r = twin_merge("build --base " + w.p("base.safetensors") + experts +
+                             " --method task_arithmetic --scaling 0.3 --exclude 'classifier.*'" + v.flags + " -o " +
+                             w.p("packed.safetensors"));
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    const TwinModelFile f = load_twin_model(w.p("packed.safetensors"));
+    CHECK(f.model.metadata() == v.model.metadata());
+    for (const auto& e : v.model.entries()) {
+      if (e.excluded) continue;
+      for (std::size_t t = 0; t < 2; ++t) {
+        const auto pa = e.modules[t].parts(), pb = f.model.at(e.name).modules[t].parts();
+        REQUIRE(pa.size() == pb.size());
+        for (std::size_t i = 0; i < pa.size(); ++i) CHECK(twin_test::same_bits(*pa[i].second, *pb[i].second));
+      }
+    }
+    const Run ins = twin_merge("inspect " + w.p("packed.safetensors"));
+    CHECK(ins.out.find(v.summary) != std::string::npos);
+  }
+}
+
 TEST_CASE("cli build, fuse, train-router and route refuse bad input with one error line and no output") {
   Workspace w;
   write_router_data(w.dir / "emb.safetensors", 20, 12);
@@ -290,7 +338,11 @@ TEST_CASE("cli build, fuse, train-router and route refuse bad input with one err
   };
   const Case cases[] = {
       {"build --base " + w.p("base.safetensors") + experts + " -o " + out,
-       "one of --rank, --energy or --sparsify-density"},
+       "one of --rank, --energy, --sparsify-density or --sign-density"},
+      {"build --base " + w.p("base.safetensors") + experts + " --sign-density 0.5 --quant-bits 4 -o " + out,
+       "apply to SVD factors"},
+      {"build --base " + w.p("base.safetensors") + experts + " --rank 2 --quant-bits 3 -o " + out, "--quant-bits"},
+      {"build --base " + w.p("base.safetensors") + experts + " --sign-density 0 -o " + out, "must be in (0, 1]"},
       {"build --base " + w.p("base.safetensors") + " --expert " + w.p("e0.safetensors") + " --rank 2 -o " + out,
        "expected NAME=PATH"},
       {"build --base " + w.p("base.safetensors") + experts + " --rank 0 -o " + out, "rank must be at least 1"},

@@ -3,6 +3,7 @@
 // router); malformed and newer-version files are refused with io_error.
 #include "test_support.hpp"
 #include "twin/compress/magnitude_sparsifier.hpp"
+#include "twin/compress/sign_compressor.hpp"
 #include "twin/compress/svd_compressor.hpp"
 #include "twin/fuse/dynamic_fuser.hpp"
 #include "twin/io/twin_model_file.hpp"
@@ -108,8 +109,11 @@ TEST_CASE("a model file from a newer format version, or one missing parts, is re
     save_safetensors(q, sd, meta);
   };
   auto none = [](auto&) {};
-  rewrite(none, [](Metadata& md) { md["twin.format_version"] = "2"; });
-  CHECK_THROWS_WITH_AS(load_twin_model(q), doctest::Contains("newer twin (format version 2)"), io_error);
+  rewrite(none, [](Metadata& md) { md["twin.format_version"] = "3"; });
+  CHECK_THROWS_WITH_AS(load_twin_model(q), doctest::Contains("newer twin (format version 3)"), io_error);
+  // Files written before the packed modules (version 1) load unchanged.
+  rewrite(none, [](Metadata& md) { md["twin.format_version"] = "1"; });
+  CHECK(load_twin_model(q).model.names() == m.names());
   rewrite([](StateDict& sd) { sd.erase("exclusive.task1.layer.weight.B"); }, none);
   CHECK_THROWS_WITH_AS(load_twin_model(q), doctest::Contains("exclusive.task1.layer.weight.B"), io_error);
   rewrite([](StateDict& sd) { sd.insert("stray.tensor", Tensor(dtype::f32, {2})); }, none);
@@ -120,6 +124,103 @@ TEST_CASE("a model file from a newer format version, or one missing parts, is re
   CHECK_THROWS_WITH_AS(load_twin_model(q), doctest::Contains("not a twin model file"), io_error);
   rewrite(none, [](Metadata& md) { md["twin.tasks"] = "[\"a.b\", \"c\", \"d\"]"; });
   CHECK_THROWS_WITH_AS(load_twin_model(q), doctest::Contains("task name 'a.b'"), io_error);
+  fs::remove(p);
+  fs::remove(q);
+}
+
+TEST_CASE("quantized, low-rank + sparse and sign modules round-trip bit-exactly through the model file") {
+  const Experts x = make_experts(64);
+  TwinBuildOptions opts;
+  opts.exclude = {"head\\..*"};
+  SvdCompressor q8 = SvdCompressor::with_rank(3), q4s = SvdCompressor::with_rank(2, dtype::bf16);
+  q8.quant = QuantSpec{8, 16};
+  q4s.quant = QuantSpec{4, 5};
+  q4s.residual_density = 0.1;
+  SvdCompressor lrs = SvdCompressor::with_rank(2);
+  lrs.residual_density = 0.05;
+  const auto ta = TaskArithmetic{0.3, {}};
+  std::vector<TwinModel> models;
+  models.push_back(TwinModel::build(x.base, std::span<const StateDict>(x.experts), ta, q8, opts));
+  models.push_back(TwinModel::build(x.base, std::span<const StateDict>(x.experts), ta, q4s, opts));
+  models.push_back(TwinModel::build(x.base, std::span<const StateDict>(x.experts), ta, lrs, opts));
+  models.push_back(
+      TwinModel::build(x.base, std::span<const StateDict>(x.experts), ta, SignCompressor{0.4, true}, opts));
+  models.push_back(
+      TwinModel::build(x.base, std::span<const StateDict>(x.experts), ta, SignCompressor{1.0, false}, opts));
+  const fs::path p = scratch("packed.safetensors");
+  for (const TwinModel& m : models) {
+    const ModuleKind kind = m.at("layer.weight").modules[0].kind();
+    CAPTURE(module_kind_name(kind));
+    save_twin_model(p, m);
+    const TwinModelFile f = load_twin_model(p);
+    CHECK(f.model.at("layer.weight").modules[0].kind() == kind);
+    CHECK(f.model.storage().exclusive_bytes == m.storage().exclusive_bytes);
+    CHECK(f.model.metadata() == m.metadata());
+    for (const auto& e : m.entries()) {
+      if (e.excluded) continue;
+      for (std::size_t t = 0; t < m.num_tasks(); ++t) {
+        const auto pa = e.modules[t].parts(), pb = f.model.at(e.name).modules[t].parts();
+        REQUIRE(pa.size() == pb.size());
+        for (std::size_t i = 0; i < pa.size(); ++i) {
+          CHECK(pa[i].first == pb[i].first);
+          CHECK(twin_test::same_bits(*pa[i].second, *pb[i].second));
+        }
+      }
+    }
+    const float logits[] = {1.1f, 0.2f, -0.7f};
+    const StateDict a = fuse_all(m, logits), b = fuse_all(f.model, logits);
+    for (const auto& [name, t] : a) CHECK(twin_test::same_bits(t, b.at(name)));
+  }
+  fs::remove(p);
+}
+
+TEST_CASE("a corrupted packed module (bit count, scale count, group size, bit vector length) is refused naming it") {
+  const Experts x = make_experts(65);
+  SvdCompressor q4 = SvdCompressor::with_rank(2);
+  q4.quant = QuantSpec{4, 8};
+  const auto ta = TaskArithmetic{0.3, {}};
+  const TwinModel mq = TwinModel::build(x.base, std::span<const StateDict>(x.experts), ta, q4);
+  const TwinModel ms = TwinModel::build(x.base, std::span<const StateDict>(x.experts), ta, SignCompressor{0.5, true});
+  const fs::path p = scratch("packed_ok.safetensors"), q = scratch("packed_bad.safetensors");
+  auto corrupt = [&](const TwinModel& m, auto&& edit) {
+    save_twin_model(p, m);
+    const LoadedCheckpoint ck = load_safetensors(p);
+    StateDict sd = ck.tensors.clone();
+    edit(sd);
+    save_safetensors(q, sd, ck.metadata);
+  };
+  auto quant = [](std::int32_t bits, std::int32_t group) {
+    Tensor t(dtype::i32, {2});
+    t.values<std::int32_t>()[0] = bits, t.values<std::int32_t>()[1] = group;
+    return t;
+  };
+  const std::string w = "exclusive.task1.layer.weight.";
+  // 8 bits claimed over 4-bit codes.
+  corrupt(mq, [&](StateDict& sd) { sd.assign(w + "quant", quant(8, 8)); });
+  CHECK_THROWS_WITH_AS(load_twin_model(q), doctest::Contains("tensor 'layer.weight'"), io_error);
+  CHECK_THROWS_WITH_AS(load_twin_model(q), doctest::Contains("8-bit codes"), io_error);
+  // 5 bits: no such format.
+  corrupt(mq, [&](StateDict& sd) { sd.assign(w + "quant", quant(5, 8)); });
+  CHECK_THROWS_WITH_AS(load_twin_model(q), doctest::Contains("bits must be 8 or 4"), io_error);
+  // A group size the scales do not match, and a group size of 0.
+  corrupt(mq, [&](StateDict& sd) { sd.assign(w + "quant", quant(4, 4)); });
+  CHECK_THROWS_WITH_AS(load_twin_model(q), doctest::Contains("scales"), io_error);
+  corrupt(mq, [&](StateDict& sd) { sd.assign(w + "quant", quant(4, 0)); });
+  CHECK_THROWS_WITH_AS(load_twin_model(q), doctest::Contains("group size"), io_error);
+  // One scale short.
+  corrupt(mq, [&](StateDict& sd) {
+    const Tensor& s = sd.at(w + "A.scales");
+    sd.assign(w + "A.scales", Tensor(dtype::f16, {s.dim(0), s.dim(1) - 1}));
+  });
+  CHECK_THROWS_WITH_AS(load_twin_model(q), doctest::Contains("task 'task1'"), io_error);
+  // A missing quant record.
+  corrupt(mq, [&](StateDict& sd) { sd.erase(w + "quant"); });
+  CHECK_THROWS_WITH_AS(load_twin_model(q), doctest::Contains("quant"), io_error);
+  // Sign bits one byte short, a mask with padding bits set, α of the wrong length.
+  corrupt(ms, [&](StateDict& sd) { sd.assign(w + "signs", Tensor(dtype::u8, {sd.at(w + "signs").numel() - 1})); });
+  CHECK_THROWS_WITH_AS(load_twin_model(q), doctest::Contains("signs"), io_error);
+  corrupt(ms, [&](StateDict& sd) { sd.assign(w + "alpha", Tensor(dtype::f32, {3})); });
+  CHECK_THROWS_WITH_AS(load_twin_model(q), doctest::Contains("alpha"), io_error);
   fs::remove(p);
   fs::remove(q);
 }

@@ -149,8 +149,9 @@ class ExclusiveModule {
     if (alpha.dtype() != dtype::f32 || alpha.rank() != 1 || (alpha.numel() != 1 && alpha.numel() != ms.rows))
       throw shape_error("sign module: alpha " + std::string(dtype_name(alpha.dtype())) + " " + alpha.shape_str() +
                         " is not F32 [1] or F32 [" + std::to_string(ms.rows) + "] (one per row)");
-    for (float x : alpha.values<float>())
-      if (!(x >= 0.0f) || !std::isfinite(x)) throw shape_error("sign module: alpha must be finite and >= 0");
+    const float* av = static_cast<const float*>(alpha.data());
+    for (std::int64_t i = 0; i < alpha.numel(); ++i)
+      if (!(av[i] >= 0.0f) || !std::isfinite(av[i])) throw shape_error("sign module: alpha must be finite and >= 0");
     ExclusiveModule m;
     m.kind_ = ModuleKind::sign;
     m.shape_.assign(shape);
