@@ -23,6 +23,7 @@
 #include "twin/io/safetensors.hpp"
 #include "twin/io/twin_model_file.hpp"
 #include "twin/merge/merge_config.hpp"
+#include "twin/model/budget.hpp"
 #include "twin/route/router.hpp"
 #include "twin/twin.hpp"
 
@@ -283,7 +284,8 @@ struct BuildCommand {
   std::string base, out, router, factor_dtype = "f32";
   std::vector<std::string> experts;
   std::optional<std::int64_t> rank;
-  std::optional<double> energy, sparsify, sign_density;
+  std::optional<double> energy, sparsify, sign_density, budget;
+  std::int64_t max_rank = 0;
   std::optional<int> quant_bits;
   std::int64_t quant_group = 64;
   double residual_density = 0.0;
@@ -299,7 +301,7 @@ struct BuildCommand {
     m.add_to(*c);
     c->add_option("--config", config,
                   "a mergekit YAML merge config (models: form) instead of --base/--expert and the method options; its "
-                  "optional `twin:` block may set rank, energy, sparsify_density, sign_density, quant_bits, "
+                  "optional `twin:` block may set rank, energy, sparsify_density, sign_density, budget, quant_bits, "
                   "quant_group, residual_density, factor_dtype, svd_seed, router");
     c->add_option("--base", base, "the pretrained checkpoint");
     c->add_option("--expert", experts, "NAME=PATH of a fine-tuned checkpoint (repeat per task)");
@@ -311,15 +313,22 @@ struct BuildCommand {
     auto* sg = c->add_option("--sign-density", sign_density,
                              "keep sign bits of this fraction of entries (largest |v|) with one scale per row "
                              "(BitDelta at 1) instead of SVD");
-    r->excludes(e)->excludes(d)->excludes(sg);
-    e->excludes(d)->excludes(sg);
-    d->excludes(sg);
+    auto* bu = c->add_option("--budget", budget,
+                             "choose each tensor's and task's module kind and rank for the least error within "
+                             "this fraction of the experts' bytes (f32, int8 and int4 factors, sign bits)");
+    r->excludes(e)->excludes(d)->excludes(sg)->excludes(bu);
+    e->excludes(d)->excludes(sg)->excludes(bu);
+    d->excludes(sg)->excludes(bu);
+    sg->excludes(bu);
+    c->add_option("--max-rank", max_rank, "with --budget: the largest rank considered (0: min(m, n))")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
     c->add_option("--sign-alpha", sign_alpha, "with --sign-density: one scale per row or per tensor (row|tensor)")
         ->check(CLI::IsMember({"row", "tensor"}))
         ->capture_default_str();
     c->add_option("--quant-bits", quant_bits, "quantize the SVD factors to 8 or 4 bits (f16 scale per group)")
         ->check(CLI::IsMember({8, 4}));
-    c->add_option("--quant-group", quant_group, "with --quant-bits: rows of a factor column per scale")
+    c->add_option("--quant-group", quant_group, "with --quant-bits or --budget: rows of a factor column per f16 scale")
         ->check(CLI::PositiveNumber)
         ->capture_default_str();
     c->add_option("--residual-density", residual_density,
@@ -351,7 +360,7 @@ struct BuildCommand {
     std::optional<twin::LoadedCheckpoint> b;
     // Compressor options: the command line, else a config's twin block.
     std::optional<std::int64_t> rank_ = rank;
-    std::optional<double> energy_ = energy, sparsify_ = sparsify, sign_ = sign_density;
+    std::optional<double> energy_ = energy, sparsify_ = sparsify, sign_ = sign_density, budget_ = budget;
     std::optional<int> quant_bits_ = quant_bits;
     std::int64_t quant_group_ = quant_group;
     double residual_ = residual_density;
@@ -386,15 +395,16 @@ struct BuildCommand {
           throw twin::argument_error(config + ": twin." + k + " '" + *opt(k) + "' is not a number");
         }
       };
-      if (!rank_ && !energy_ && !sparsify_ && !sign_) {
+      if (!rank_ && !energy_ && !sparsify_ && !sign_ && !budget_) {
         if (opt("rank")) rank_ = static_cast<std::int64_t>(num("rank"));
         if (opt("energy")) energy_ = num("energy");
         if (opt("sparsify_density")) sparsify_ = num("sparsify_density");
         if (opt("sign_density")) sign_ = num("sign_density");
-        if ((rank_ ? 1 : 0) + (energy_ ? 1 : 0) + (sparsify_ ? 1 : 0) + (sign_ ? 1 : 0) > 1)
+        if (opt("budget")) budget_ = num("budget");
+        if ((rank_ ? 1 : 0) + (energy_ ? 1 : 0) + (sparsify_ ? 1 : 0) + (sign_ ? 1 : 0) + (budget_ ? 1 : 0) > 1)
           throw twin::argument_error(config +
                                      ": the twin block sets more than one of rank, energy, sparsify_density, "
-                                     "sign_density");
+                                     "sign_density, budget");
       }
       if (!quant_bits_ && opt("quant_bits")) quant_bits_ = static_cast<int>(num("quant_bits"));
       if (app->count("--quant-group") == 0 && opt("quant_group"))
@@ -435,12 +445,12 @@ struct BuildCommand {
         ex.push_back(load_checked(spec.substr(eq + 1)));
       }
     }
-    if (!rank_ && !energy_ && !sparsify_ && !sign_)
-      throw twin::argument_error("build needs one of --rank, --energy, --sparsify-density or --sign-density");
-    if ((sparsify_ || sign_) && (quant_bits_ || residual_ > 0.0))
+    if (!rank_ && !energy_ && !sparsify_ && !sign_ && !budget_)
+      throw twin::argument_error("build needs one of --rank, --energy, --sparsify-density, --sign-density or --budget");
+    if ((sparsify_ || sign_ || budget_) && (quant_bits_ || residual_ > 0.0))
       throw twin::argument_error(
           "--quant-bits and --residual-density apply to SVD factors (--rank or --energy), not to "
-          "--sparsify-density or --sign-density");
+          "--sparsify-density, --sign-density or --budget");
     const twin::dtype fd = *parse_out_dtype(factor_dtype_);
     std::optional<twin::Router> r;
     if (!router_.empty()) r = twin::load_router(router_);
@@ -465,7 +475,17 @@ struct BuildCommand {
       return twin::TwinModel::build(b->tensors, ptrs, *merger, compressor, o);
     };
     twin::TwinModel model;
-    if (sparsify_) {
+    twin::BudgetReport budget_report;
+    if (budget_) {
+      twin::BudgetOptions bo;
+      bo.fraction = *budget_;
+      bo.max_rank = max_rank;
+      for (twin::QuantSpec& q : bo.formats)
+        if (q.enabled()) q.group = quant_group_;
+      bo.validate();
+      model = config_merger ? twin::build_within_budget(b->tensors, ptrs, *config_merger, bo, o, &budget_report)
+                            : twin::build_within_budget(b->tensors, ptrs, *merger, bo, o, &budget_report);
+    } else if (sparsify_) {
       twin::check_unit_interval(*sparsify_, "--sparsify-density");
       model = build_with(twin::MagnitudeSparsifier{*sparsify_, fd});
     } else if (sign_) {
@@ -482,6 +502,9 @@ struct BuildCommand {
       model = build_with(c);
     }
     bar.finish();
+    if (budget_)
+      std::fprintf(stderr, "budget: %.0f of %.0f bytes for the exclusive modules\n", budget_report.used,
+                   budget_report.limit);
     twin::save_twin_model(out, model, r ? &*r : nullptr);
     const twin::StorageReport st = model.storage();
     std::fprintf(stderr,
@@ -874,8 +897,10 @@ struct InspectCommand {
     for (const auto& t : m.task_names()) std::printf(" %24s", t.c_str());
     std::printf("\n");
     for (const auto& e : m.entries()) {
-      std::printf("%-50s %-15s", e.name.c_str(),
-                  e.excluded ? "excluded" : std::string(twin::module_kind_name(e.modules[0].kind())).c_str());
+      std::string kind = e.excluded ? "excluded" : std::string(twin::module_kind_name(e.modules[0].kind()));
+      for (const auto& mod : e.modules)
+        if (mod.kind() != e.modules[0].kind()) kind = "mixed";
+      std::printf("%-50s %-15s", e.name.c_str(), kind.c_str());
       for (std::size_t t = 0; t < m.num_tasks(); ++t) {
         if (e.excluded) {
           std::printf(" %24s", "-");

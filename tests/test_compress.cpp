@@ -1,5 +1,7 @@
-// SvdCompressor, MagnitudeSparsifier and TwinModel::build against dense
-// double-precision references (Jacobi SVD, eigen-decompositions, sorting).
+// SvdCompressor (plain, quantized, with a sparse residual), SignCompressor,
+// MagnitudeSparsifier, TwinModel::build and build_within_budget against
+// dense double-precision references (Jacobi SVD, eigen-decompositions,
+// sorting, codes decoded by hand).
 #include "fuse_test_util.hpp"
 
 #include <numeric>
@@ -9,6 +11,7 @@
 #include "twin/compress/sign_compressor.hpp"
 #include "twin/compress/svd_compressor.hpp"
 #include "twin/merge/any_merger.hpp"
+#include "twin/model/budget.hpp"
 
 using namespace twin;
 using namespace twin_test;
@@ -369,6 +372,79 @@ TEST_CASE("sign modules: the mask keeps the top-k |v| (sort reference) and α is
       CHECK(err(1.0) < err(0.99));
       CHECK(m.nbytes() == (d < 1.0 ? 2u : 1u) * ((n + 7) / 8) + 4 * rows);
     }
+}
+
+TEST_CASE("a storage budget: bytes within the budget, kinds and ranks chosen per tensor and task, errors measured") {
+  const SmallModel sm = small_model(31, 3);
+  TwinBuildOptions o;
+  o.exclude = {"head\\..*"};
+  const auto ta = TaskArithmetic{0.3, {}};
+  const std::span<const StateDict> ex(sm.experts);
+  double prev_err = INFINITY;
+  for (const double fraction : {0.01, 0.03, 0.1, 0.3}) {
+    CAPTURE(fraction);
+    BudgetOptions b;
+    b.fraction = fraction;
+    BudgetReport rep;
+    const TwinModel m = build_within_budget(sm.base, ex, ta, b, o, &rep);
+    const StorageReport st = m.storage();
+    const double limit = fraction * static_cast<double>(st.dense_experts_bytes);
+    CHECK(rep.limit == doctest::Approx(limit));
+    // The file's bytes are the allocation's, within the budget, and short of
+    // it by less than the smallest step left untaken.
+    CHECK(static_cast<double>(st.exclusive_bytes) == rep.used);
+    CHECK(rep.used <= limit);
+    if (rep.smallest_skipped > 0) CHECK(limit - rep.used < rep.smallest_skipped);
+    CHECK(m.metadata().at("compressor") == "budget");
+    // Recorded errors are the modules' own, against v = θ_t − θ* in double.
+    double err = 0;
+    for (const auto& e : m.entries()) {
+      if (e.excluded) continue;
+      const auto star = to_f64_vector(m.shared().at(e.name).view());
+      for (std::size_t t = 0; t < 3; ++t) {
+        const auto theta = to_f64_vector(sm.experts[t].at(e.name).view());
+        const auto rec = module_dense(e.modules[t]);
+        double ref = 0;
+        for (std::size_t i = 0; i < rec.size(); ++i) ref += std::pow(theta[i] - star[i] - rec[i], 2);
+        CHECK(e.error_sq[t] == doctest::Approx(ref).epsilon(1e-3).scale(1e-9));
+        err += e.error_sq[t];
+      }
+    }
+    // A larger budget never leaves more error.
+    CHECK(err <= prev_err * (1 + 1e-9));
+    prev_err = err;
+    // Against the best uniform choice that fits the same bytes (every matrix
+    // at one f32 rank, vectors dense): the budget does at least as well.
+    double best_uniform = INFINITY;
+    for (std::int64_t r = 1; r <= 32; ++r) {
+      const TwinModel u = TwinModel::build(sm.base, ex, ta, SvdCompressor::with_rank(r), o);
+      if (static_cast<double>(u.storage().exclusive_bytes) > limit) break;
+      double eu = 0;
+      for (const auto& e : u.entries())
+        for (double x : e.error_sq) eu += x;
+      best_uniform = std::min(best_uniform, eu);
+    }
+    if (std::isfinite(best_uniform)) CHECK(err <= best_uniform);
+  }
+  // A tight budget picks int4 factors for the matrices (≈ 8× cheaper per
+  // rank than f32), and the choice survives the model file.
+  BudgetOptions tight;
+  tight.fraction = 0.02;
+  const TwinModel m = build_within_budget(sm.base, ex, ta, tight, o);
+  bool any_q4 = false;
+  for (const auto& e : m.entries())
+    for (const auto& mod : e.modules) any_q4 = any_q4 || (mod.quantized() && mod.quant().bits == 4);
+  CHECK(any_q4);
+  // Only f32 factors offered: only low_rank (or nothing) for matrices.
+  BudgetOptions f32only;
+  f32only.formats = {QuantSpec{0, 64}};
+  f32only.sign = false;
+  const TwinModel mf = build_within_budget(sm.base, ex, ta, f32only, o);
+  for (const auto& e : mf.entries())
+    for (const auto& mod : e.modules) CHECK((mod.kind() == ModuleKind::low_rank || mod.kind() == ModuleKind::dense));
+  BudgetOptions bad;
+  bad.fraction = 0;
+  CHECK_THROWS_AS(build_within_budget(sm.base, ex, ta, bad, o), argument_error);
 }
 
 TEST_CASE("non-finite deltas and bad settings throw typed errors naming the tensor") {

@@ -14,6 +14,7 @@
 #include "twin/fuse/dynamic_fuser.hpp"
 #include "twin/io/safetensors.hpp"
 #include "twin/io/twin_model_file.hpp"
+#include "twin/model/budget.hpp"
 
 namespace fs = std::filesystem;
 using namespace twin;
@@ -275,7 +276,7 @@ TEST_CASE("cli build + fuse equal TwinModel::build + DynamicFuser, and route equ
   CHECK(ins.out.find("r=3") != std::string::npos);
 }
 
-TEST_CASE("cli build with quantized factors + residual, and with sign modules, equals the library's build") {
+TEST_CASE("cli build with quantized factors + residual, sign modules, a budget: equal to the library's build") {
   Workspace w;
   const std::string experts = " --expert x=" + w.p("e0.safetensors") + " --expert y=" + w.p("e1.safetensors");
   TwinBuildOptions o;
@@ -289,6 +290,10 @@ TEST_CASE("cli build with quantized factors + residual, and with sign modules, e
   SvdCompressor q = SvdCompressor::with_rank(2);
   q.quant = QuantSpec{4, 8};
   q.residual_density = 0.05;
+  BudgetOptions budget;
+  budget.fraction = 0.05;
+  for (QuantSpec& f : budget.formats)
+    if (f.enabled()) f.group = 32;
   struct Variant {
     std::string flags;
     TwinModel model;
@@ -299,7 +304,9 @@ TEST_CASE("cli build with quantized factors + residual, and with sign modules, e
        TwinModel::build(w.base, std::span<const StateDict>(ex), TaskArithmetic{0.3, {}}, q, o), "r=2 q4/8 nnz="},
       {" --sign-density 0.5 --sign-alpha tensor",
        TwinModel::build(w.base, std::span<const StateDict>(ex), TaskArithmetic{0.3, {}}, SignCompressor{0.5, false}, o),
-       "signs="}};
+       "signs="},
+      {" --budget 0.05 --quant-group 32",
+       build_within_budget(w.base, std::span<const StateDict>(ex), TaskArithmetic{0.3, {}}, budget, o), "r="}};
   for (Variant& v : vs) {
     CAPTURE(v.flags);
     const Run r = twin_merge("build --base " + w.p("base.safetensors") + experts +
@@ -338,7 +345,8 @@ TEST_CASE("cli build, fuse, train-router and route refuse bad input with one err
   };
   const Case cases[] = {
       {"build --base " + w.p("base.safetensors") + experts + " -o " + out,
-       "one of --rank, --energy, --sparsify-density or --sign-density"},
+       "one of --rank, --energy, --sparsify-density, --sign-density or --budget"},
+      {"build --base " + w.p("base.safetensors") + experts + " --budget 0 -o " + out, "budget fraction"},
       {"build --base " + w.p("base.safetensors") + experts + " --sign-density 0.5 --quant-bits 4 -o " + out,
        "apply to SVD factors"},
       {"build --base " + w.p("base.safetensors") + experts + " --rank 2 --quant-bits 3 -o " + out, "--quant-bits"},

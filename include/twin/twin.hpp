@@ -48,6 +48,7 @@
 #include "twin/compress/sign_compressor.hpp"
 #include "twin/compress/svd_compressor.hpp"
 
+#include "twin/model/budget.hpp"
 #include "twin/model/twin_model.hpp"
 
 #include "twin/route/grouping.hpp"

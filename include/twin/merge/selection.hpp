@@ -294,7 +294,8 @@ namespace detail {
 // 16 bits of every key, one the low 16 bits inside the high bins the ks fall
 // in (visit called twice, whatever the number of ks).
 template <class Visit>
-std::vector<MagnitudeCut> select_top_ks_radix(Visit&& visit, std::int64_t total, std::span<const std::int64_t> ks) {
+std::vector<MagnitudeCut> select_top_ks_radix(Visit&& visit, [[maybe_unused]] std::int64_t total,
+                                              std::span<const std::int64_t> ks) {
   std::vector<MagnitudeCut> out(ks.size());
   std::vector<std::size_t> todo(ks.size());
   std::iota(todo.begin(), todo.end(), std::size_t{0});

@@ -98,6 +98,24 @@ class TwinModel {
     Entry e{name, Extents(copies[0].shape()), true, {}, std::move(copies), {}, {}};
     push(std::move(e));
   }
+  // Replaces a merged tensor's modules (one per task, of its shape) and
+  // their recorded errors ‖v_t − v̂_t‖² (empty: not measured).
+  void set_modules(const std::string& name, std::vector<ExclusiveModule> modules, std::vector<double> error_sq = {}) {
+    auto it = index_.find(name);
+    if (it == index_.end()) throw name_error("the twin model has no tensor named '" + name + "'");
+    Entry& e = entries_[it->second];
+    if (e.excluded) throw argument_error("tensor '" + name + "' is excluded: it has no exclusive modules");
+    if (modules.size() != tasks_.size())
+      throw argument_error("tensor '" + name + "': " + std::to_string(modules.size()) + " exclusive modules for " +
+                           std::to_string(tasks_.size()) + " tasks");
+    for (std::size_t t = 0; t < modules.size(); ++t)
+      check_same_shape(name, e.shape.span(), modules[t].shape(),
+                       "exclusive module of task '" + tasks_[t] + "' for tensor");
+    if (error_sq.empty()) error_sq.assign(tasks_.size(), std::numeric_limits<double>::quiet_NaN());
+    if (error_sq.size() != tasks_.size()) throw argument_error("tensor '" + name + "': one error per task expected");
+    e.modules = std::move(modules);
+    e.error_sq = std::move(error_sq);
+  }
   Metadata& metadata() noexcept { return metadata_; }
   const Metadata& metadata() const noexcept { return metadata_; }
 
