@@ -47,7 +47,8 @@ int main(int argc, char** argv) try {
   res.table5 = table5(cx, res.table2);
   res.table7 = table7(cx, res.table2.groupwise);
   res.figures = figures(cx);
-  res.claims = paper_vs_ours(cx, res.table2, res.table4, res.table5, res.figures);
+  res.storage = storage_study(cx, res.table2);
+  res.claims = paper_vs_ours(cx, res.table2, res.table4, res.table5, res.figures, res.storage);
   write_outputs(cx, res);
   return 0;
 } catch (const std::exception& e) {

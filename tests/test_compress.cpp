@@ -407,6 +407,8 @@ TEST_CASE("a storage budget: bytes within the budget, kinds and ranks chosen per
         double ref = 0;
         for (std::size_t i = 0; i < rec.size(); ++i) ref += std::pow(theta[i] - star[i] - rec[i], 2);
         CHECK(e.error_sq[t] == doctest::Approx(ref).epsilon(1e-3).scale(1e-9));
+        // The library's own reconstruction (rank-0 "nothing" modules included).
+        check_close(e.modules[t].to_dense().view(), rec, 1e-5, 1e-6, e.name);
         err += e.error_sq[t];
       }
     }

@@ -3,7 +3,8 @@
 // summary.json it writes, the properties Twin-Merging guarantees whatever the
 // absolute numbers: experts beat the pretrained model on their own task,
 // fusing with one-hot weights gives each expert back up to the compression
-// error, and Twin-Merging's average beats Task Arithmetic's.
+// error, Twin-Merging's average beats Task Arithmetic's, and a storage budget
+// is kept.
 #include <doctest/doctest.h>
 
 #include <string>
@@ -26,7 +27,8 @@ TEST_CASE("paper_tables --smoke reproduces the method's guaranteed properties on
   }
   const paper_smoke::Run run(PAPER_TABLES_EXE, "twin_paper_smoke");
   const auto& out = run.out;
-  for (const char* f : {"tables.md", "summary.json", "fig3_exclusive_share.svg", "fig4_num_tasks.svg", "fig4_rank.svg"})
+  for (const char* f : {"tables.md", "summary.json", "fig3_exclusive_share.svg", "fig4_num_tasks.svg", "fig4_rank.svg",
+                        "fig_storage_accuracy.svg"})
     CHECK_MESSAGE(fs::exists(out / f), f);
   const json& s = run.summary;
   const json& t2 = s.at("table2");
@@ -80,5 +82,30 @@ TEST_CASE("paper_tables --smoke reproduces the method's guaranteed properties on
       CHECK(!s.at(k).empty());
     }
     CHECK(s.at("table7").at("mixed_batch").at("max_abs_diff_vs_per_input_fusion").get<double>() < 1e-3);
+  }
+
+  {  // exclusive knowledge in fewer bytes: a Table 2 row per packed kind, the
+     // budget within its fraction, int4 factors smaller than int8 ones, and
+     // every packed row scored
+    const double budget = s.at("config").at("budget").get<double>();
+    const std::string svd = "Twin-Merging (SVD rank " + std::to_string(s.at("config").at("rank").get<int>());
+    const json* b = find_row(t2, "Twin-Merging (budget");
+    const json* q8 = find_row(t2, svd + ", int8 factors)");
+    const json* q4 = find_row(t2, svd + ", int4 factors)");
+    REQUIRE(b);
+    REQUIRE(q8);
+    REQUIRE(q4);
+    CHECK(find_row(t2, "Twin-Merging (sign bits"));
+    CHECK(find_row(t2, svd + ", int4 + "));
+    CHECK(q4->at("storage_bytes").get<double>() < q8->at("storage_bytes").get<double>());
+    for (const json& r : s.at("table2_packed")) {
+      INFO(r.at("method").get<std::string>());
+      CHECK(r.at("avg_normalized").get<double>() > 0.0);
+      CHECK(r.at("exclusive_ratio").get<double>() > 0.0);
+      if (r.at("method").get<std::string>().find("budget") != std::string::npos)
+        CHECK(r.at("exclusive_ratio").get<double>() <= budget);
+    }
+    CHECK(s.at("headline").at("twin_budget_exclusive_ratio").get<double>() <= budget);
+    CHECK(!s.at("storage_accuracy").empty());
   }
 }

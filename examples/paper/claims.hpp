@@ -11,6 +11,7 @@
 #include "paper/context.hpp"
 #include "paper/figures.hpp"
 #include "paper/report.hpp"
+#include "paper/storage.hpp"
 #include "paper/table2.hpp"
 #include "paper/table4.hpp"
 #include "paper/table5.hpp"
@@ -18,7 +19,7 @@
 namespace paper {
 
 inline std::vector<Claim> paper_vs_ours(const Context& cx, const Table2& t2, const Table4& t4, const Table5& t5,
-                                        const Figures& fig) {
+                                        const Figures& fig, const StorageStudy& st) {
   const Headline h = headline(cx, t2);
   std::vector<Claim> claims;
   claims.push_back(
@@ -60,6 +61,17 @@ inline std::vector<Claim> paper_vs_ours(const Context& cx, const Table2& t2, con
                         : "Task Arithmetic " + fmt(s_ta_n.y.front(), 1) + " → " + fmt(s_ta_n.y.back(), 1) +
                               ", Twin-Merging " + fmt(s_tw_n.y.front(), 1) + " → " + fmt(s_tw_n.y.back(), 1),
                     gap_grows});
+  claims.push_back(
+      {"Successors keep task knowledge in ~2% of the experts' bytes at the experts' accuracy "
+       "(T-Switch, Auto-FlexSwitch); our goal: >= 98 avg. normalized with exclusive knowledge <= 2%",
+       "budget " + fmt(100 * cx.cfg.budget, 1) + "%: " + fmt(st.budget_avg) + " with exclusive knowledge " +
+           fmt(100 * st.budget_exclusive_ratio, 2) + "% of the experts' bytes (f32 SVD rank " +
+           std::to_string(cx.cfg.rank) + ": " + fmt(h.tw_avg) + " at " +
+           fmt(100 * static_cast<double>(cx.models.twin_svd.storage().exclusive_bytes) /
+                   static_cast<double>(cx.models.twin_svd.storage().dense_experts_bytes),
+               1) +
+           "%)",
+       st.budget_avg >= 98.0 && st.budget_exclusive_ratio <= 0.02});
   return claims;
 }
 

@@ -44,6 +44,12 @@ struct Config {
   std::vector<std::int64_t> rank_sweep{1, 2, 4, 8, 16, 32, 64};
   std::vector<double> density_sweep{0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0};
   std::vector<std::size_t> count_sweep{2, 4, 6, 8};
+  // Exclusive knowledge in fewer bytes (storage.hpp): the budget and residual
+  // of the Table 2 rows, and the sweeps of the storage-accuracy figure.
+  double budget = 0.02, residual_density = 0.005;
+  std::vector<std::int64_t> storage_ranks{1, 2, 4, 8, 16, 32, 64};
+  std::vector<double> sign_sweep{0.1, 0.25, 0.5, 1.0};
+  std::vector<double> budget_sweep{0.005, 0.01, 0.02, 0.05, 0.1};
   std::int64_t timing_inputs = 256;
 };
 
@@ -58,6 +64,9 @@ inline void set_mode(Config& c, const std::string& m) {
     c.rank_sweep = {1, 4, 16, 64};
     c.density_sweep = {0.0, 0.05, 0.2, 1.0};
     c.count_sweep = {2, 4, 8};
+    c.storage_ranks = {2, 8, 32};
+    c.sign_sweep = {0.25, 1.0};
+    c.budget_sweep = {0.01, 0.02, 0.05};
     c.timing_inputs = 128;
   } else if (m == "smoke") {
     c.hidden = 128, c.pretrain_images = 6000, c.pretrain_epochs = 1, c.train_per_task = 1500, c.router_per_task = 200,
@@ -69,6 +78,9 @@ inline void set_mode(Config& c, const std::string& m) {
     c.rank_sweep = {2, 16};
     c.density_sweep = {0.0, 0.1, 1.0};
     c.count_sweep = {2, 8};
+    c.storage_ranks = {4};
+    c.sign_sweep = {1.0};
+    c.budget_sweep = {0.02};
     c.timing_inputs = 32;
   }
 }

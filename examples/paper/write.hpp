@@ -17,6 +17,7 @@
 #include "paper/context.hpp"
 #include "paper/figures.hpp"
 #include "paper/report.hpp"
+#include "paper/storage.hpp"
 #include "paper/table2.hpp"
 #include "paper/table4.hpp"
 #include "paper/table5.hpp"
@@ -29,6 +30,7 @@ struct Results {
   Table5 table5;
   json table7;  // cost per input
   Figures figures;
+  StorageStudy storage;
   std::vector<Claim> claims;
 };
 
@@ -76,6 +78,15 @@ inline std::string tables_markdown(const Context& cx, const Results& res) {
      << " test accuracy; with SVD rank " << cfg.rank
      << " the body differs from the expert by exactly the compression error the "
      << "library recorded (worst gap " << fmt(onehot["svd_worst_gap"].get<double>(), 6) << ").\n\n";
+
+  md << "### Table 2 (cont.): exclusive knowledge in fewer bytes\n\nThe same shared model and router; each task's "
+        "exclusive knowledge stored as int8 / int4 SVD factors (f16 scale per 64 rows of a factor column), int4 "
+        "factors plus the largest entries of what they leave, sign bits with one scale per row (BitDelta), or "
+        "chosen per tensor and task under a byte budget (kind and rank by error removed per byte).\n\n"
+     << markdown_table(names, res.storage.rows, cx.experts_bytes)
+     << "\nAt equal bytes (full test, avg. normalized):\n\n";
+  for (const std::string& l : res.storage.equal_bytes) md << "- " << l << "\n";
+  md << "\n";
 
   // ---- Tables 4 and 5 --------------------------------------------------------------------
   md << "## Table 4 analog: Twin-Merging on top of each shared merger (SVD rank " << cfg.rank << ")\n\n"
@@ -132,6 +143,10 @@ inline std::string tables_markdown(const Context& cx, const Results& res) {
   md << "\n- `fig4_rank.svg`: score and storage vs SVD rank:";
   for (std::size_t i = 0; i < s_rank.x.size(); ++i)
     md << " r=" << s_rank.x[i] << ": " << fmt(s_rank.y[i], 1) << " (" << fmt(s_rank_b.y[i], 3) << "x)";
+  md << "\n- `fig_storage_accuracy.svg`: score vs total bytes, one curve per way of storing the exclusive "
+        "knowledge (SVD f32 / int8 / int4 over ranks";
+  for (std::int64_t k : cfg.storage_ranks) md << " " << k;
+  md << "; sign bits over densities; the budget over fractions), the experts and static merges as points.";
   md << "\n\n";
 
   // ---- paper vs ours ---------------------------------------------------------------------
@@ -166,6 +181,8 @@ inline json summary_json(const Context& cx, const Results& res) {
         {"epochs", cfg.recipe.epochs},
         {"pretrain_epochs", cfg.pretrain_epochs},
         {"sparsify_density", cfg.sparse_density},
+        {"budget", cfg.budget},
+        {"residual_density", cfg.residual_density},
         {"probe_epochs", cfg.probe.epochs},
         {"probe_lr", cfg.probe.lr},
         {"threads", twin::num_threads()}}},
@@ -175,6 +192,8 @@ inline json summary_json(const Context& cx, const Results& res) {
       {"figure3", fig.share_json},
       {"figure4_tasks", fig.tasks_json},
       {"figure4_rank", fig.rank_json},
+      {"storage_accuracy", res.storage.points},
+      {"table2_packed", res.storage.rows_json},
       {"router",
        {{"heldout_accuracy", cx.models.router_heldout},
         {"test_accuracy_per_task", t2.router_test_acc},
@@ -190,7 +209,9 @@ inline json summary_json(const Context& cx, const Results& res) {
         {"twin_svd_avg_normalized", h.tw_avg},
         {"twin_sparse_avg_normalized", h.tws_avg},
         {"twin_groupwise_avg_normalized", h.twg_avg},
-        {"twin_storage_ratio", h.storage_ratio}}},
+        {"twin_storage_ratio", h.storage_ratio},
+        {"twin_budget_avg_normalized", res.storage.budget_avg},
+        {"twin_budget_exclusive_ratio", res.storage.budget_exclusive_ratio}}},
       {"paper_vs_ours", claims_json(res.claims)},
       {"timing",
        {{"total_s", cx.seconds()},
@@ -200,7 +221,9 @@ inline json summary_json(const Context& cx, const Results& res) {
         {"build_svd_s", cx.time.build_svd},
         {"checkpoints_cached", cx.all_cached}}},
   };
-  put_tables(summary, cx.names, cx.held_names, t2.rows(), res.table4.rows, res.table5.rows, res.table5.probe_rows);
+  std::vector<MethodRow> t2_rows = t2.rows();
+  t2_rows.insert(t2_rows.end(), res.storage.rows.begin(), res.storage.rows.end());
+  put_tables(summary, cx.names, cx.held_names, t2_rows, res.table4.rows, res.table5.rows, res.table5.probe_rows);
   return summary;
 }
 
@@ -214,6 +237,7 @@ inline void write_outputs(const Context& cx, const Results& res) {
     std::ofstream(out / "fig3_exclusive_share.svg") << render_svg(res.figures.share);
     std::ofstream(out / "fig4_num_tasks.svg") << render_svg(res.figures.tasks);
     std::ofstream(out / "fig4_rank.svg") << render_svg(res.figures.rank);
+    std::ofstream(out / "fig_storage_accuracy.svg") << render_svg(res.storage.chart);
   }
   const json summary = summary_json(cx, res);
   {

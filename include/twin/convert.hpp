@@ -22,9 +22,12 @@ namespace twin {
 namespace detail {
 template <class V, class F>
 void for_each_offset(const BasicTensorView<V>& v, std::int64_t start, std::int64_t n, F&& f) {
+  // Nothing to visit (also keeps an empty view's zero extents out of the
+  // index arithmetic below).
+  if (n <= 0) return;
   const int r = v.rank();
   if (r == 0) {
-    if (n) f(std::int64_t{0}, std::int64_t{0});
+    f(std::int64_t{0}, std::int64_t{0});
     return;
   }
   std::array<std::int64_t, TWIN_MAX_RANK> idx{};
