@@ -29,26 +29,38 @@ struct Figures {
   const Series& rank_storage() const { return rank.series[1]; }
 };
 
+// The sweeps build many models, so they score on the first
+// sweep_test_per_task test items of each task, normalized by the experts on
+// the same items.
+struct SweepSet {
+  std::vector<TaskData> test;
+  std::vector<double> expert_acc;
+  // Valid while the set lives.
+  Eval eval(const Context& cx) const { return Eval{&test, &cx.heads, &expert_acc, &cx.names}; }
+};
+inline SweepSet sweep_set(const Context& cx) {
+  SweepSet s;
+  for (std::size_t t = 0; t < cx.T; ++t) {
+    const Eigen::Index n = std::min<Eigen::Index>(cx.cfg.sweep_test_per_task, cx.test_sets[t].size());
+    TaskData d;
+    d.x = cx.test_sets[t].x.topRows(n);
+    d.y.assign(cx.test_sets[t].y.begin(), cx.test_sets[t].y.begin() + n);
+    s.expert_acc.push_back(head_accuracy(embed(cx.expert_bodies[t], d.x), cx.heads[t], d.y));
+    s.test.push_back(std::move(d));
+  }
+  return s;
+}
+
 inline Figures figures(const Context& cx) {
   const Config& cfg = cx.cfg;
   const SharedModels& m = cx.models;
   const std::size_t T = cx.T;
   Figures fig;
-  // The sweeps build many models, so they score on the first
-  // sweep_test_per_task test items of each task (normalized by the experts
-  // on the same items).
-  std::vector<TaskData> sweep_test;
-  std::vector<double> sweep_acc;
-  for (std::size_t t = 0; t < T; ++t) {
-    const Eigen::Index n = std::min<Eigen::Index>(cfg.sweep_test_per_task, cx.test_sets[t].size());
-    TaskData d;
-    d.x = cx.test_sets[t].x.topRows(n);
-    d.y.assign(cx.test_sets[t].y.begin(), cx.test_sets[t].y.begin() + n);
-    sweep_acc.push_back(head_accuracy(embed(cx.expert_bodies[t], d.x), cx.heads[t], d.y));
-    sweep_test.push_back(std::move(d));
-  }
+  const SweepSet sweep = sweep_set(cx);
+  const std::vector<TaskData>& sweep_test = sweep.test;
+  const std::vector<double>& sweep_acc = sweep.expert_acc;
   fig.sweep_items = sweep_test.front().size();
-  const Eval sev{&sweep_test, &cx.heads, &sweep_acc, &cx.names};
+  const Eval sev = sweep.eval(cx);
 
   // ---- Figure 3: score vs share of exclusive knowledge kept -----------------------------------
   fig.share = {"Figure 3 analog: score vs share of exclusive knowledge kept (sparsified)",

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "paper/context.hpp"
+#include "paper/figures.hpp"
 #include "paper/report.hpp"
 #include "paper/table2.hpp"
 #include "paper/twin_eval.hpp"
@@ -114,17 +115,8 @@ inline StorageStudy storage_study(const Context& cx, const Table2& t2) {
   progress("  packed exclusive knowledge evaluated (Table 2 rows) [%.1fs]\n", cx.seconds());
 
   // ---- storage-accuracy curves (sweep items) ---------------------------------------------
-  std::vector<TaskData> sweep_test;
-  std::vector<double> sweep_acc;
-  for (std::size_t t = 0; t < T; ++t) {
-    const Eigen::Index n = std::min<Eigen::Index>(cfg.sweep_test_per_task, cx.test_sets[t].size());
-    TaskData d;
-    d.x = cx.test_sets[t].x.topRows(n);
-    d.y.assign(cx.test_sets[t].y.begin(), cx.test_sets[t].y.begin() + n);
-    sweep_acc.push_back(head_accuracy(embed(cx.expert_bodies[t], d.x), cx.heads[t], d.y));
-    sweep_test.push_back(std::move(d));
-  }
-  const Eval sev{&sweep_test, &cx.heads, &sweep_acc, &cx.names};
+  const SweepSet sweep = sweep_set(cx);
+  const Eval sev = sweep.eval(cx);
   st.chart = {"Storage vs score: exclusive knowledge in fewer bytes",
               "total bytes held / the individual experts' bytes (log scale)",
               "avg. normalized score",
