@@ -10,8 +10,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <initializer_list>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -162,7 +164,7 @@ class DynamicFuser {
   }
 
   const FusePlan& plan(std::string_view name) const {
-    auto it = index_.find(std::string(name));
+    auto it = index_.find(name);
     if (it == index_.end()) throw name_error("the twin model has no tensor named '" + std::string(name) + "'");
     return plans_[it->second];
   }
@@ -277,7 +279,11 @@ class DynamicFuser {
     }
 
     // Active low-rank columns, scaled by w on the B side: Bs [cw×Ka].
-    std::vector<std::size_t> act;
+    // Kept between calls (no allocation per fusion); the lambdas below run on
+    // other threads and reach it through this reference, not their own copy.
+    thread_local std::vector<std::size_t> act_storage;
+    std::vector<std::size_t>& act = act_storage;
+    act.clear();
     std::int64_t Ka = 0;
     for (std::size_t t = 0; t < T; ++t)
       if (w[t] != 0.0f && p.rank_of(t) > 0) act.push_back(t), Ka += p.rank_of(t);
@@ -357,7 +363,12 @@ class DynamicFuser {
   const TwinModel* model_;
   FuseOptions opts_;
   std::vector<FusePlan> plans_;
-  std::unordered_map<std::string, std::size_t> index_;
+  // Looked up by string_view without building a string (no allocation per fusion).
+  struct NameHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, std::size_t, NameHash, std::equal_to<>> index_;
 };
 
 }  // namespace twin
