@@ -469,6 +469,21 @@ TEST_CASE("non-finite deltas and bad settings throw typed errors naming the tens
   CHECK_THROWS_AS(q.compress("w", bad), argument_error);
   q.quant = QuantSpec{4, 0};
   CHECK_THROWS_AS(q.compress("w", bad), argument_error);
+  q.quant = QuantSpec{8, std::int64_t{1} << 40};  // the file stores the group size as I32
+  CHECK_THROWS_AS(q.compress("w", bad), argument_error);
+  // A NaN among finite values of a column is caught, not rounded to a code.
+  std::vector<float> f(8, 0.5f);
+  f[3] = NAN;
+  CHECK_THROWS_AS(quantize_factor(f.data(), 8, 1, QuantSpec{4, 4}, "A"), numeric_error);
+  // A rank above both dimensions is refused (on an empty tensor it would take no bytes).
+  const std::int64_t empty_rows[2] = {0, 5};  // its matrix view is [0 x 0]
+  const std::int64_t huge = std::int64_t{1} << 40;
+  CHECK_THROWS_AS(ExclusiveModule::low_rank(Tensor(dtype::f32, {0, huge}), Tensor(dtype::f32, {0, huge}), empty_rows),
+                  shape_error);
+  CHECK(ExclusiveModule::low_rank(Tensor(dtype::f32, {0, 1}), Tensor(dtype::f32, {0, 1}), empty_rows).rank() == 1);
+  const std::int64_t w[2] = {3, 5};
+  CHECK_THROWS_AS(ExclusiveModule::low_rank(Tensor(dtype::f32, {3, 6}), Tensor(dtype::f32, {5, 6}), w), shape_error);
+  CHECK(ExclusiveModule::low_rank(Tensor(dtype::f32, {3, 5}), Tensor(dtype::f32, {5, 5}), w).rank() == 5);
   q.quant = {};
   q.residual_density = 1.5;
   CHECK_THROWS_AS(q.compress("w", bad), argument_error);

@@ -111,7 +111,9 @@ TEST_CASE("a model file from a newer format version, or one missing parts, is re
   auto none = [](auto&) {};
   rewrite(none, [](Metadata& md) { md["twin.format_version"] = "3"; });
   CHECK_THROWS_WITH_AS(load_twin_model(q), doctest::Contains("newer twin (format version 3)"), io_error);
-  // Files written before the packed modules (version 1) load unchanged.
+  // Without packed kinds a model is still written as version 1; files
+  // written before the packed modules load unchanged.
+  CHECK(ck.metadata.at("twin.format_version") == "1");
   rewrite(none, [](Metadata& md) { md["twin.format_version"] = "1"; });
   CHECK(load_twin_model(q).model.names() == m.names());
   rewrite([](StateDict& sd) { sd.erase("exclusive.task1.layer.weight.B"); }, none);
@@ -152,6 +154,8 @@ TEST_CASE("quantized, low-rank + sparse and sign modules round-trip bit-exactly 
     const ModuleKind kind = m.at("layer.weight").modules[0].kind();
     CAPTURE(module_kind_name(kind));
     save_twin_model(p, m);
+    // The packed kinds need format version 2.
+    CHECK(load_safetensors(p).metadata.at("twin.format_version") == "2");
     const TwinModelFile f = load_twin_model(p);
     CHECK(f.model.at("layer.weight").modules[0].kind() == kind);
     CHECK(f.model.storage().exclusive_bytes == m.storage().exclusive_bytes);

@@ -78,7 +78,7 @@ inline void set_mode(Config& c, const std::string& m) {
     c.rank_sweep = {2, 16};
     c.density_sweep = {0.0, 0.1, 1.0};
     c.count_sweep = {2, 8};
-    c.storage_ranks = {4};
+    c.storage_ranks = {16};
     c.sign_sweep = {1.0};
     c.budget_sweep = {0.02};
     c.timing_inputs = 32;

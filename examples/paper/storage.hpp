@@ -45,13 +45,32 @@ inline StorageStudy storage_study(const Context& cx, const Table2& t2) {
   const std::size_t T = cx.T;
   const std::span<const twin::StateDict> experts(cx.experts);
   StorageStudy st;
-  auto build = [&](const auto& compressor) {
-    return twin::TwinModel::build(m.base, experts, *m.ta_merger, compressor, m.build_options);
+  // Models by their settings: the rows, the equal-bytes comparisons and the
+  // sweep share the ones they have in common (the smoke run's sweep builds
+  // nothing new).
+  std::map<std::string, twin::TwinModel> built;
+  auto memo = [&](const std::string& key, auto&& make) -> const twin::TwinModel& {
+    auto it = built.find(key);
+    if (it == built.end()) it = built.emplace(key, make()).first;
+    return it->second;
   };
-  auto build_budget = [&](double fraction) {
-    twin::BudgetOptions b;
-    b.fraction = fraction;
-    return twin::build_within_budget(m.base, experts, *m.ta_merger, b, m.build_options);
+  auto svd = [&](std::int64_t k, int bits, double residual = 0.0) -> const twin::TwinModel& {
+    return memo("svd " + std::to_string(k) + " " + std::to_string(bits) + " " + fmt(residual, 6), [&] {
+      return twin::TwinModel::build(m.base, experts, *m.ta_merger, detail::packed_svd(k, bits, residual),
+                                    m.build_options);
+    });
+  };
+  auto sign = [&](double d) -> const twin::TwinModel& {
+    return memo("sign " + fmt(d, 6), [&] {
+      return twin::TwinModel::build(m.base, experts, *m.ta_merger, twin::SignCompressor{d, true}, m.build_options);
+    });
+  };
+  auto build_budget = [&](double fraction) -> const twin::TwinModel& {
+    return memo("budget " + fmt(fraction, 6), [&] {
+      twin::BudgetOptions b;
+      b.fraction = fraction;
+      return twin::build_within_budget(m.base, experts, *m.ta_merger, b, m.build_options);
+    });
   };
   auto exclusive_ratio = [&](const twin::TwinModel& tm) {
     const twin::StorageReport s = tm.storage();
@@ -76,7 +95,7 @@ inline StorageStudy storage_study(const Context& cx, const Table2& t2) {
   auto f32_at = [&](double bytes) {
     const std::int64_t k = std::max<std::int64_t>(0, static_cast<std::int64_t>((bytes - fixed) / per_rank));
     if (!f32_score.contains(k)) {
-      const twin::TwinModel tm = build(detail::packed_svd(std::max<std::int64_t>(k, 1), 0));
+      const twin::TwinModel& tm = svd(std::max<std::int64_t>(k, 1), 0);
       const twin::DynamicFuser f(tm);
       f32_score[k] = k == 0 ? NAN : ev.twin_row("", f, m.router, m.shared_ta, 0).avg_normalized();
     }
@@ -103,12 +122,12 @@ inline StorageStudy storage_study(const Context& cx, const Table2& t2) {
     st.rows.push_back(std::move(r));
   };
   const std::string r = std::to_string(cfg.rank);
-  row("Twin-Merging (SVD rank " + r + ", int8 factors)", build(detail::packed_svd(cfg.rank, 8)));
-  row("Twin-Merging (SVD rank " + r + ", int4 factors)", build(detail::packed_svd(cfg.rank, 4)));
+  row("Twin-Merging (SVD rank " + r + ", int8 factors)", svd(cfg.rank, 8));
+  row("Twin-Merging (SVD rank " + r + ", int4 factors)", svd(cfg.rank, 4));
   row("Twin-Merging (SVD rank " + r + ", int4 + " + fmt(100 * cfg.residual_density, 1) + "% sparse residual)",
-      build(detail::packed_svd(cfg.rank, 4, cfg.residual_density)));
-  row("Twin-Merging (sign bits, α per row)", build(twin::SignCompressor{1.0, true}));
-  const twin::TwinModel budget = build_budget(cfg.budget);
+      svd(cfg.rank, 4, cfg.residual_density));
+  row("Twin-Merging (sign bits, α per row)", sign(1.0));
+  const twin::TwinModel& budget = build_budget(cfg.budget);
   row("Twin-Merging (budget " + fmt(100 * cfg.budget, 1) + "% of the experts' bytes)", budget);
   st.budget_avg = st.rows.back().avg_normalized();
   st.budget_exclusive_ratio = exclusive_ratio(budget);
@@ -138,13 +157,12 @@ inline StorageStudy storage_study(const Context& cx, const Table2& t2) {
       {"SVD, f32 factors", 0}, {"SVD, int8 factors", 8}, {"SVD, int4 factors", 4}};
   for (const auto& [label, bits] : formats) {
     Series s{label, {}, {}, false};
-    for (std::int64_t k : cfg.storage_ranks)
-      point(s, label, static_cast<double>(k), build(detail::packed_svd(k, bits)));
+    for (std::int64_t k : cfg.storage_ranks) point(s, label, static_cast<double>(k), svd(k, bits));
     st.chart.series.push_back(std::move(s));
   }
   {
     Series s{"sign bits (density)", {}, {}, false};
-    for (double d : cfg.sign_sweep) point(s, s.label, d, build(twin::SignCompressor{d, true}));
+    for (double d : cfg.sign_sweep) point(s, s.label, d, sign(d));
     st.chart.series.push_back(std::move(s));
   }
   {

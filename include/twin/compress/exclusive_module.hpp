@@ -65,6 +65,7 @@ class ExclusiveModule {
                         " do not factor a tensor of shape " + shape_string(shape));
     require_float(a.dtype(), "low-rank factor A");
     require_float(b.dtype(), "low-rank factor B");
+    check_rank(a.dim(1), ms, shape);
     ExclusiveModule m;
     m.kind_ = ModuleKind::low_rank;
     m.shape_.assign(shape);
@@ -80,6 +81,7 @@ class ExclusiveModule {
                                             std::span<const std::int64_t> shape) {
     const MatrixShape ms = matrix_shape(shape);
     const std::int64_t r = a.codes.rank() == 2 ? a.codes.dim(0) : -1;
+    if (r >= 0) check_rank(r, ms, shape);
     check_quantized_factor(a, ms.rows, r, q, "quantized factor A of a tensor of shape " + shape_string(shape));
     check_quantized_factor(b, ms.cols, r, q, "quantized factor B of a tensor of shape " + shape_string(shape));
     ExclusiveModule m;
@@ -320,6 +322,14 @@ class ExclusiveModule {
   }
 
  private:
+  // A rank above both dimensions adds nothing (and, on an empty tensor, would
+  // take no bytes however large): refused, so an untrusted file cannot make
+  // the fuser's column offsets overflow.
+  static void check_rank(std::int64_t r, const MatrixShape& ms, std::span<const std::int64_t> shape) {
+    if (r > std::max<std::int64_t>({ms.rows, ms.cols, 1}))
+      throw shape_error("low-rank factors of rank " + std::to_string(r) + " for a tensor of shape " +
+                        shape_string(shape) + ": the rank exceeds both of its dimensions");
+  }
   void set_sparse(Tensor indices, Tensor values) {
     if (indices.dtype() != dtype::i32 && indices.dtype() != dtype::i64)
       throw dtype_error("sparse indices must be I32 or I64, found " + std::string(dtype_name(indices.dtype())));

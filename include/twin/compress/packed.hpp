@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -38,12 +39,13 @@ struct QuantSpec {
   void validate(const std::string& what) const {
     if (bits != 8 && bits != 4)
       throw argument_error(what + ": quantization bits must be 8 or 4, found " + std::to_string(bits));
-    if (group < 1)
-      throw argument_error(what + ": quantization group size must be at least 1, found " + std::to_string(group));
+    // The group size is stored as I32 in a model file.
+    if (group < 1 || group > std::numeric_limits<std::int32_t>::max())
+      throw argument_error(what + ": quantization group size must be in [1, 2^31 - 1], found " + std::to_string(group));
   }
   // Bytes of the codes of one column of n values, and its scale count.
   std::int64_t code_bytes(std::int64_t n) const noexcept { return bits == 8 ? n : (n + 1) / 2; }
-  std::int64_t groups(std::int64_t n) const noexcept { return (n + group - 1) / group; }
+  std::int64_t groups(std::int64_t n) const noexcept { return n <= 0 ? 0 : (n - 1) / group + 1; }
 };
 
 // One quantized factor: codes and scales as above.
@@ -75,8 +77,13 @@ inline QuantizedFactor quantize_factor(const float* m, std::int64_t n, std::int6
     for (std::int64_t g = 0; g < ng; ++g) {
       const std::int64_t i0 = g * q.group, i1 = std::min(n, i0 + q.group);
       float amax = 0.0f;
-      for (std::int64_t i = i0; i < i1; ++i) amax = std::max(amax, std::abs(m[i * r + j]));
-      if (!std::isfinite(amax)) throw numeric_error(name + ": cannot quantize a non-finite factor");
+      bool finite = true;
+      for (std::int64_t i = i0; i < i1; ++i) {
+        const float x = m[i * r + j];
+        finite = finite && std::isfinite(x);
+        amax = std::max(amax, std::abs(x));
+      }
+      if (!finite) throw numeric_error(name + ": cannot quantize a non-finite factor");
       const std::uint16_t sh = detail::f16_at_least(amax / qmax);
       const float s = f16_to_f32(sh);
       if (!std::isfinite(s))

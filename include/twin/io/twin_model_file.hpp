@@ -36,7 +36,8 @@
 namespace twin {
 
 // Version 2 added the quantized, low-rank + sparse and sign modules; files
-// of version 1 load unchanged.
+// of version 1 load unchanged, and a model without those kinds is still
+// written as version 1, so older readers keep reading it.
 inline constexpr int twin_format_version = 2;
 
 struct TwinModelFile {
@@ -126,8 +127,13 @@ inline void save_twin_model(const std::filesystem::path& path, const TwinModel& 
     views.emplace_back("stats." + e.name, owned.back().view());
   }
   StateDict router_state;
+  int version = 1;
+  for (const TwinModel::Entry& e : model.entries())
+    for (const ExclusiveModule& m : e.modules)
+      if (m.kind() == ModuleKind::low_rank_q || m.kind() == ModuleKind::low_rank_sparse || m.kind() == ModuleKind::sign)
+        version = 2;
   Metadata meta = {{"format", "twin"},
-                   {"twin.format_version", std::to_string(twin_format_version)},
+                   {"twin.format_version", std::to_string(version)},
                    {"twin.tasks", detail::json_value(tasks).dump()}};
   for (const auto& [k, v] : model.metadata()) meta["twin.build." + k] = v;
   if (router) {

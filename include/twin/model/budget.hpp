@@ -173,7 +173,7 @@ struct BudgetRecorder {
     if (opts->sign) add_whole(SignCompressor{1.0, true}.compress(name, v, stream));
     if (v.rank() < 2) {
       add_whole(ExclusiveModule::dense(Tensor::from_f32(d, v.shape(), dtype::f32)));
-    } else if (!opts->formats.empty()) {
+    } else if (!opts->formats.empty() && std::min(matrix_shape(v.shape()).rows, matrix_shape(v.shape()).cols) > 0) {
       const MatrixShape ms = matrix_shape(v.shape());
       SvdCompressor svd;
       svd.engine = SvdEngine::exact;
@@ -196,8 +196,14 @@ struct BudgetRecorder {
         std::vector<double> qerr(static_cast<std::size_t>(k), 0.0);
         double per_rank, fixed = 0;
         if (q.enabled()) {
-          QuantizedFactor qa = quantize_factor(a.data(), m, k, q, "factor A of tensor '" + std::string(name) + "'");
-          QuantizedFactor qb = quantize_factor(f.v.data(), n, k, q, "factor B of tensor '" + std::string(name) + "'");
+          // Factors too large for f16 scales leave this format out for this item.
+          QuantizedFactor qa, qb;
+          try {
+            qa = quantize_factor(a.data(), m, k, q, "factor A of tensor '" + std::string(name) + "'");
+            qb = quantize_factor(f.v.data(), n, k, q, "factor B of tensor '" + std::string(name) + "'");
+          } catch (const numeric_error&) {
+            continue;
+          }
           std::vector<float> aq(a.size()), bq(f.v.size());
           dequantize_factor(qa, m, k, q, aq.data());
           dequantize_factor(qb, n, k, q, bq.data());
