@@ -408,6 +408,40 @@ TEST_CASE("mixed-batch apply equals per-row materialized fusion (Y = X W*ᵀ + (
   }
 }
 
+TEST_CASE("mixed-batch apply skips a sign or dense task no row weighs and still equals the per-row fusion") {
+  const SmallModel sm = small_model(43, kTasks);
+  std::mt19937_64 rng(10);
+  const TwinModel sign = build_with(sm, SignCompressor{0.5, true});
+  const TwinModel dense = build_with(sm, DenseCompressor{});
+  for (const TwinModel* m : {&sign, &dense}) {
+    const DynamicFuser f(*m);
+    const std::int64_t tokens = 6, n = 32, rows = 48;
+    const Tensor x = random_tensor(rng, dtype::f32, {tokens, n});
+    std::vector<float> rw;
+    for (std::int64_t i = 0; i < tokens; ++i) {
+      auto wi = f.weights(random_logits(rng, kTasks));
+      wi[2] = 0.0f;  // no row weighs task 2
+      rw.insert(rw.end(), wi.begin(), wi.end());
+    }
+    Tensor y(dtype::f32, {tokens, rows});
+    apply_mixed(f, "layer.0.attn.w", x, rw, y);
+    std::vector<double> ref;
+    const auto xv = to_f64_vector(x.view());
+    for (std::int64_t i = 0; i < tokens; ++i) {
+      const std::vector<double> wi(rw.begin() + i * static_cast<std::int64_t>(kTasks),
+                                   rw.begin() + (i + 1) * static_cast<std::int64_t>(kTasks));
+      const auto W = reference_fusion(*m, "layer.0.attn.w", wi);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        double acc = 0;
+        for (std::int64_t c = 0; c < n; ++c)
+          acc += W[static_cast<std::size_t>(r * n + c)] * xv[static_cast<std::size_t>(i * n + c)];
+        ref.push_back(acc);
+      }
+    }
+    check_close(y.view(), ref, 1e-5, 2e-5, m->metadata().at("compressor"));
+  }
+}
+
 TEST_CASE("wrong logits length, unknown names, shape and dtype mismatches throw typed errors naming the tensor") {
   const SmallModel sm = small_model(42, kTasks);
   const TwinModel model = build(sm, SvdCompressor::with_rank(2));

@@ -152,6 +152,9 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
     for (std::size_t t = 0; t < T; ++t) {
       const ExclusiveModule& mod = p.entry->modules[t];
       if (!mod.has_rest()) continue;
+      bool used = false;  // a task no row weighs is neither expanded nor multiplied
+      for (std::int64_t i = 0; i < tokens && !used; ++i) used = wt(i, t) != 0.0f;
+      if (!used) continue;
       if (mod.kind() == ModuleKind::dense || mod.kind() == ModuleKind::sign) {
         std::vector<float> vb, Zt(static_cast<std::size_t>(tokens * m));
         const float* V;
