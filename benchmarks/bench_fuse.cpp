@@ -153,11 +153,7 @@ std::vector<float> delta_like(std::int64_t m, std::int64_t n, std::uint64_t seed
 }
 
 double rel_error(const std::vector<float>& a, const backend::cpu::SvdFactors& f) {
-  std::vector<float> us(f.u.size());
-  for (std::int64_t i = 0; i < f.m; ++i)
-    for (std::int64_t j = 0; j < f.k; ++j)
-      us[static_cast<std::size_t>(i * f.k + j)] =
-          static_cast<float>(f.u[static_cast<std::size_t>(i * f.k + j)] * f.s[static_cast<std::size_t>(j)]);
+  const std::vector<float> us = f.u_times_s();
   std::vector<float> rec(a.size());
   backend::cpu::gemm(false, true, f.m, f.n, f.k, 1.0f, us.data(), f.k, f.v.data(), f.k, false, rec.data(), f.n);
   double e = 0, n = 0;

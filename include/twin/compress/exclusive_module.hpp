@@ -114,7 +114,6 @@ class ExclusiveModule {
       throw argument_error("a sparse residual needs a low-rank module, found " +
                            std::string(module_kind_name(factors.kind_)));
     factors.set_sparse(std::move(indices), std::move(values));
-    factors.quantized_factors_ = factors.kind_ == ModuleKind::low_rank_q;
     factors.kind_ = ModuleKind::low_rank_sparse;
     return factors;
   }
@@ -172,9 +171,8 @@ class ExclusiveModule {
   bool has_factors() const noexcept {
     return kind_ == ModuleKind::low_rank || kind_ == ModuleKind::low_rank_q || kind_ == ModuleKind::low_rank_sparse;
   }
-  bool quantized() const noexcept {
-    return kind_ == ModuleKind::low_rank_q || (kind_ == ModuleKind::low_rank_sparse && quantized_factors_);
-  }
+  // Only quantized factors carry a quantization spec.
+  bool quantized() const noexcept { return quant_.enabled(); }
   const QuantSpec& quant() const noexcept { return quant_; }
   // Parts a fuser adds besides the factors (sparse, dense, sign).
   bool has_rest() const noexcept { return kind_ != ModuleKind::low_rank && kind_ != ModuleKind::low_rank_q; }
@@ -374,9 +372,8 @@ class ExclusiveModule {
   std::int64_t rank_ = 0;
   Tensor a_, b_;             // plain factors
   QuantizedFactor qa_, qb_;  // quantized factors
-  QuantSpec quant_;          // their spec
+  QuantSpec quant_;          // their spec (bits 0: the factors are not quantized)
   Tensor quant_info_;        // I32 [2] {bits, group}, as stored
-  bool quantized_factors_ = false;
   Tensor indices_, values_;  // sparse module or residual
   Tensor dense_;
   Tensor signs_, mask_, alpha_;

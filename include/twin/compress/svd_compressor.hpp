@@ -170,11 +170,7 @@ struct SvdCompressor {
     const MatrixShape ms = matrix_shape(v.shape());
     const backend::cpu::SvdFactors f = factorize(name, d.data(), ms.rows, ms.cols, stream);
     // A = U Σ (Σ folded into the left factor, as the paper stores it).
-    std::vector<float> a(f.u.size());
-    for (std::int64_t i = 0; i < f.m; ++i)
-      for (std::int64_t j = 0; j < f.k; ++j)
-        a[static_cast<std::size_t>(i * f.k + j)] = static_cast<float>(
-            static_cast<double>(f.u[static_cast<std::size_t>(i * f.k + j)]) * f.s[static_cast<std::size_t>(j)]);
+    const std::vector<float> a = f.u_times_s();
     const std::int64_t sa[2] = {f.m, f.k}, sb[2] = {f.n, f.k};
     ExclusiveModule mod =
         quant.enabled()

@@ -73,6 +73,12 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
     ldy = m;
   }
   auto wt = [&](std::int64_t i, std::size_t t) { return row_weights[static_cast<std::size_t>(i) * T + t]; };
+  // Whether any row weighs task t: tasks no row weighs are left out.
+  auto weighed = [&](std::size_t t) {
+    for (std::int64_t i = 0; i < tokens; ++i)
+      if (wt(i, t) != 0.0f) return true;
+    return false;
+  };
 
   if (p.entry->excluded) {
     // Rows grouped by their top task, one GEMM per task copy.
@@ -115,10 +121,7 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
     std::vector<std::size_t> act;
     std::int64_t Ka = 0;
     for (std::size_t t = 0; t < T; ++t) {
-      if (p.rank_of(t) == 0) continue;
-      bool used = false;
-      for (std::int64_t i = 0; i < tokens && !used; ++i) used = wt(i, t) != 0.0f;
-      if (used) act.push_back(t), Ka += p.rank_of(t);
+      if (p.rank_of(t) > 0 && weighed(t)) act.push_back(t), Ka += p.rank_of(t);
     }
     if (Ka > 0) {
       const float *A = p.a_cat.data(), *B = p.b_cat.data();
@@ -151,10 +154,7 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
     // Sparse, dense and sign parts, task by task.
     for (std::size_t t = 0; t < T; ++t) {
       const ExclusiveModule& mod = p.entry->modules[t];
-      if (!mod.has_rest()) continue;
-      bool used = false;  // a task no row weighs is neither expanded nor multiplied
-      for (std::int64_t i = 0; i < tokens && !used; ++i) used = wt(i, t) != 0.0f;
-      if (!used) continue;
+      if (!mod.has_rest() || !weighed(t)) continue;
       if (mod.kind() == ModuleKind::dense || mod.kind() == ModuleKind::sign) {
         std::vector<float> vb, Zt(static_cast<std::size_t>(tokens * m));
         const float* V;

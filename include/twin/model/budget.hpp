@@ -147,6 +147,13 @@ inline Tensor leading_rows(const Tensor& t, std::int64_t r) {
   return out;
 }
 
+// v̂ = 0 in no bytes: rank-0 factors.
+inline ExclusiveModule nothing_module(std::span<const std::int64_t> shape) {
+  const MatrixShape ms = matrix_shape(shape);
+  const std::int64_t za[2] = {ms.rows, 0}, zb[2] = {ms.cols, 0};
+  return ExclusiveModule::low_rank(Tensor(dtype::f32, za), Tensor(dtype::f32, zb), shape);
+}
+
 // The compressor TwinModel::build runs in the first pass: it records each
 // (tensor, task)'s candidates and returns an empty module.
 struct BudgetRecorder {
@@ -181,11 +188,7 @@ struct BudgetRecorder {
       svd.rank = std::max<std::int64_t>(1, opts->max_rank > 0 ? std::min(opts->max_rank, p) : p);
       const backend::cpu::SvdFactors f = svd.factorize(name, d.data(), ms.rows, ms.cols, stream);
       const std::int64_t k = f.k, m = f.m, n = f.n;
-      std::vector<float> a(f.u.size());
-      for (std::int64_t i = 0; i < m; ++i)
-        for (std::int64_t j = 0; j < k; ++j)
-          a[static_cast<std::size_t>(i * k + j)] = static_cast<float>(
-              static_cast<double>(f.u[static_cast<std::size_t>(i * k + j)]) * f.s[static_cast<std::size_t>(j)]);
+      const std::vector<float> a = f.u_times_s();
       std::vector<double> kept(static_cast<std::size_t>(k + 1), 0.0);  // Σ_{j<r} σ_j²
       for (std::int64_t j = 0; j < k; ++j)
         kept[static_cast<std::size_t>(j + 1)] =
@@ -225,23 +228,17 @@ struct BudgetRecorder {
       }
     }
     it.hull = budget_hull(std::move(pts), dsq);
-    const MatrixShape ms = matrix_shape(v.shape());
-    const std::int64_t za[2] = {ms.rows, 0}, zb[2] = {ms.cols, 0};
     {
       std::lock_guard<std::mutex> lock(*mu);
       (*items)[{std::string(name), stream}] = std::move(it);
     }
-    return ExclusiveModule::low_rank(Tensor(dtype::f32, za), Tensor(dtype::f32, zb), v.shape());
+    return nothing_module(v.shape());
   }
 };
 
 // The module of hull point `p` of an item (options are consumed).
 inline ExclusiveModule budget_module(BudgetItem& it, const BudgetPoint& p) {
-  const MatrixShape ms = matrix_shape(it.shape);
-  if (p.option < 0) {
-    const std::int64_t za[2] = {ms.rows, 0}, zb[2] = {ms.cols, 0};
-    return ExclusiveModule::low_rank(Tensor(dtype::f32, za), Tensor(dtype::f32, zb), it.shape);
-  }
+  if (p.option < 0) return nothing_module(it.shape);
   ExclusiveModule& m = it.options[static_cast<std::size_t>(p.option)];
   if (m.kind() == ModuleKind::low_rank)
     return ExclusiveModule::low_rank(leading_columns(m.a(), p.rank), leading_columns(m.b(), p.rank), it.shape);

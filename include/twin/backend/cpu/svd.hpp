@@ -28,6 +28,17 @@ struct SvdFactors {
   std::vector<double> s;         // the k kept values
   std::vector<double> spectrum;  // every singular value the engine computed
   bool used_double = false;      // the exact engine fell back to f64
+
+  // U Σ [m×k] row-major f32 (products in double): the left factor with the
+  // singular values folded in, as twin stores A.
+  std::vector<float> u_times_s() const {
+    std::vector<float> a(u.size());
+    for (std::int64_t i = 0; i < m; ++i)
+      for (std::int64_t j = 0; j < k; ++j)
+        a[static_cast<std::size_t>(i * k + j)] = static_cast<float>(
+            static_cast<double>(u[static_cast<std::size_t>(i * k + j)]) * s[static_cast<std::size_t>(j)]);
+    return a;
+  }
 };
 
 namespace detail {
