@@ -1,7 +1,8 @@
 // Benchmarks of Twin-Merging's online and offline hot paths on the CPU, each
 // printed as a ratio against a floor or baseline measured in the same run:
 //   1. fuse of a RoBERTa-base-shaped model (T=8, r=16), f32 and bf16, over
-//      max(copy of the same bytes, Eigen GEMM of the same shapes);
+//      max(copy of the same bytes, the fastest GEMM of the same shapes: f32,
+//      or bf16 dot products for the bf16 model where the CPU has them);
 //   2. mixed-batch apply vs the plain X W*ᵀ, against K(m+n)/(mn);
 //   3. rank-16 SVD compression: randomized vs exact engine;
 //   4. group-wise vs per-input fusion of 1000 inputs;
@@ -87,6 +88,13 @@ std::vector<std::pair<std::string, Tensor>> host_tensors(const std::vector<Shape
   return out;
 }
 
+// The library's fastest f32 product (oneDNN's sgemm when built with it, else
+// Eigen spread over the threads): the GEMM floor of every section.
+void fastest_gemm(bool ta, bool tb, std::int64_t M, std::int64_t N, std::int64_t K, float alpha, const float* A,
+                  std::int64_t lda, const float* B, std::int64_t ldb, bool accumulate, float* C, std::int64_t ldc) {
+  backend::cpu::gemm(backend::cpu::GemmMode::fastest, ta, tb, M, N, K, alpha, A, lda, B, ldb, accumulate, C, ldc);
+}
+
 struct FuseTiming {
   double fuse, copy, gemm;
 };
@@ -112,8 +120,9 @@ FuseTiming bench_model_fuse(dtype t, int reps) {
       });
     }
   });
-  // Floor 2: the GEMMs alone, C[m×n] += A[m×K]·B[n×K]ᵀ in f32 (Eigen spreads
-  // each over the threads itself).
+  // Floor 2: the GEMMs alone, C[m×n] += A[m×K]·B[n×K]ᵀ in f32, and for bf16
+  // models also in bf16 (operands and C) when the CPU has bf16 dot products:
+  // the faster of the two.
   std::vector<std::vector<float>> cs;
   std::mt19937_64 rng(2);
   std::vector<float> a(3072 * K), b(3072 * K);
@@ -121,7 +130,6 @@ FuseTiming bench_model_fuse(dtype t, int reps) {
   for (float& x : b) x = std::normal_distribution<float>(0, 1)(rng);
   for (const Shape& s : shapes)
     if (s.shape.size() == 2) cs.emplace_back(static_cast<std::size_t>(s.shape[0] * s.shape[1]), 0.0f);
-  // The floor is the faster of Eigen's own threading and twin's split.
   auto all_gemms = [&](auto&& product) {
     return time_best(reps, [&] {
       std::size_t j = 0;
@@ -131,7 +139,23 @@ FuseTiming bench_model_fuse(dtype t, int reps) {
                   s.shape[1]);
     });
   };
-  ft.gemm = std::min(all_gemms(backend::cpu::gemm), all_gemms(backend::cpu::gemm_parallel));
+  ft.gemm = all_gemms(fastest_gemm);
+  if (t == dtype::bf16 && backend::cpu::bf16_dot_products()) {
+    std::vector<std::uint16_t> a16(a.size()), b16(b.size());
+    convert_from_f32(a.data(), static_cast<std::int64_t>(a.size()), a16.data(), dtype::bf16);
+    convert_from_f32(b.data(), static_cast<std::int64_t>(b.size()), b16.data(), dtype::bf16);
+    std::vector<std::vector<std::uint16_t>> c16;
+    for (const auto& c : cs) c16.emplace_back(c.size(), std::uint16_t{0});
+    ft.gemm = std::min(ft.gemm, time_best(reps, [&] {
+                         std::size_t j = 0;
+                         for (const Shape& s : shapes)
+                           if (s.shape.size() == 2) {
+                             backend::cpu::gemm_bf16(false, true, s.shape[0], s.shape[1], K, a16.data(), K, b16.data(),
+                                                     K, true, c16[j].data(), s.shape[1]);
+                             ++j;
+                           }
+                       }));
+  }
   return ft;
 }
 
@@ -146,8 +170,8 @@ std::vector<float> delta_like(std::int64_t m, std::int64_t n, std::uint64_t seed
   for (std::int64_t i = 0; i < m; ++i)
     for (std::int64_t k = 0; k < p; ++k) g[static_cast<std::size_t>(i * p + k)] = nd(rng) / static_cast<float>(k + 1);
   for (float& x : h) x = nd(rng);
-  backend::cpu::gemm(false, true, m, n, p, 1.0f / std::sqrt(static_cast<float>(n)), g.data(), p, h.data(), p, false,
-                     out.data(), n);
+  fastest_gemm(false, true, m, n, p, 1.0f / std::sqrt(static_cast<float>(n)), g.data(), p, h.data(), p, false,
+               out.data(), n);
   for (float& x : out) x += 0.01f * nd(rng);
   return out;
 }
@@ -155,7 +179,7 @@ std::vector<float> delta_like(std::int64_t m, std::int64_t n, std::uint64_t seed
 double rel_error(const std::vector<float>& a, const backend::cpu::SvdFactors& f) {
   const std::vector<float> us = f.u_times_s();
   std::vector<float> rec(a.size());
-  backend::cpu::gemm(false, true, f.m, f.n, f.k, 1.0f, us.data(), f.k, f.v.data(), f.k, false, rec.data(), f.n);
+  fastest_gemm(false, true, f.m, f.n, f.k, 1.0f, us.data(), f.k, f.v.data(), f.k, false, rec.data(), f.n);
   double e = 0, n = 0;
   for (std::size_t i = 0; i < a.size(); ++i)
     e += std::pow(static_cast<double>(a[i]) - rec[i], 2), n += static_cast<double>(a[i]) * a[i];
@@ -193,7 +217,9 @@ int main(int argc, char** argv) {
       if (argv[i][0] == section) return true;
     return false;
   };
-  std::printf("threads: %d\n\n", num_threads());
+  std::printf("threads: %d; f32 products: %s; bf16 products: %s\n\n", num_threads(),
+              TWIN_HAVE_ONEDNN ? "oneDNN sgemm" : "Eigen",
+              backend::cpu::bf16_dot_products() ? "bf16 dot products (oneDNN)" : "widened to f32");
 
   if (run('1')) {
     std::printf("1. fuse, RoBERTa-base shape (12 x (4x[768,768] + [3072,768] + [768,3072]) + vectors), T=8, r=16\n");
@@ -234,7 +260,7 @@ int main(int argc, char** argv) {
                       static_cast<float*>(y.mutable_data()), m);
             });
           };
-          const double plain = std::min(plain_with(backend::cpu::gemm), plain_with(backend::cpu::gemm_parallel));
+          const double plain = plain_with(fastest_gemm);
           const double mixed = time_best(15, [&] { apply_mixed(fuser, s.name, x, rw, y); });
           const double predicted = static_cast<double>(K * (m + n)) / static_cast<double>(m * n);
           if (std::getenv("TWIN_BENCH_ABS"))
@@ -345,7 +371,7 @@ int main(int argc, char** argv) {
                        }) /
              calls;
     };
-    const double gemm = std::min(gemms(backend::cpu::gemm), gemms(backend::cpu::gemm_parallel));
+    const double gemm = gemms(fastest_gemm);
     const double floor = std::max(copy, gemm);
     std::printf("   fuse %.1f us, copy %.1f us, gemm %.1f us: fuse/floor %.2f (floor is %s)\n", fuse * 1e6, copy * 1e6,
                 gemm * 1e6, fuse / floor, gemm > copy ? "gemm" : "copy");

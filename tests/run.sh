@@ -11,7 +11,8 @@ start=$SECONDS
 stage() { printf '== %s (%ds)\n' "$1" $((SECONDS - start)); }
 
 packages=(cmake ninja-build g++ clang clang-format libclang-rt-14-dev libeigen3-dev xtensor-dev xtl-dev doctest-dev
-          nlohmann-json3-dev libcli11-dev libyaml-cpp-dev libdlpack-dev zlib1g-dev dataset-fashion-mnist)
+          nlohmann-json3-dev libcli11-dev libyaml-cpp-dev libdlpack-dev libdnnl-dev zlib1g-dev
+          dataset-fashion-mnist)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -123,7 +123,9 @@ TEST_CASE("fusion writes f16 and bf16 outputs rounded from f32 accumulation, fro
   std::mt19937_64 rng(2);
   for (const auto shared : {std::optional<dtype>{}, std::optional<dtype>{dtype::bf16}}) {
     const TwinModel model = build(sm, SvdCompressor::with_rank(3, dtype::f16), shared);
-    const DynamicFuser f(model);
+    FuseOptions fo;
+    fo.factors = FactorPrecision::f32;  // bf16 products: the test below
+    const DynamicFuser f(model, fo);
     const std::vector<float> logits = random_logits(rng, kTasks);
     const std::vector<double> w = reference_weights(logits);
     for (const dtype t : {dtype::f32, dtype::f16, dtype::bf16}) {
@@ -163,6 +165,71 @@ TEST_CASE("fusion into strided host views (padded rows, transposed layout) equal
   }
 }
 
+TEST_CASE(
+    "bf16 factor products (bf16 dot products, and widened to f32) equal θ* + Σ_t bf16(a_t) · bf16(w_t b_t)ᵀ "
+    "summed in f32 and rounded once; automatic precision picks them for bf16 θ* only") {
+  const SmallModel sm = small_model(35, kTasks);
+  std::mt19937_64 rng(4);
+  const TwinModel model16 = build(sm, SvdCompressor::with_rank(3), dtype::bf16);
+  const TwinModel model32 = build(sm, SvdCompressor::with_rank(3));
+  const TwinModel with_sparse = build_with(sm, MagnitudeSparsifier{0.2}, dtype::bf16);
+  const bool native = backend::cpu::bf16_dot_products();
+  const DynamicFuser auto16(model16), auto32(model32);
+  for (const auto& p : auto16.plans()) CHECK(p.bf16_product() == (native && !p.entry->excluded && p.K > 0));
+  for (const auto& p : auto32.plans()) CHECK(!p.bf16_product());
+  FuseOptions forced;
+  forced.factors = FactorPrecision::bf16;
+  for (const bool dots : {true, false}) {
+    if (dots && !native) {
+      MESSAGE("SKIPPED: the bf16 dot-product path (no oneDNN bf16 kernel on this machine)");
+      continue;
+    }
+    backend::cpu::set_bf16_dot_products(dots);
+    for (const TwinModel* model : {&model16, &model32}) {
+      const DynamicFuser f(*model, forced);
+      const std::vector<float> logits = random_logits(rng, kTasks);
+      const std::vector<float> fw = f.weights(logits);
+      for (const dtype t : {dtype::f32, dtype::bf16}) {
+        auto out = outputs(*model, t);
+        f.fuse_with_weights(out, fw);
+        for (const auto& e : model->entries()) {
+          if (e.excluded) continue;
+          CAPTURE(dots);
+          CAPTURE(e.name);
+          CAPTURE(dtype_name(t));
+          const MatrixShape ms = matrix_shape(e.shape.span());
+          std::vector<double> ref = to_f64_vector(model->shared().at(e.name).view());
+          std::vector<float> a, b;
+          for (std::size_t task = 0; task < kTasks; ++task) {
+            const std::int64_t r = e.modules[task].rank();
+            if (e.modules[task].has_rest()) {  // vectors stay dense, added in f32
+              const std::vector<double> v = module_dense(e.modules[task]);
+              for (std::size_t i = 0; i < ref.size(); ++i) ref[i] += static_cast<double>(fw[task]) * v[i];
+            }
+            if (r == 0) continue;
+            e.modules[task].factors_f32(a, b);
+            for (std::int64_t i = 0; i < ms.rows; ++i)
+              for (std::int64_t j = 0; j < ms.cols; ++j)
+                for (std::int64_t q = 0; q < r; ++q)
+                  ref[static_cast<std::size_t>(i * ms.cols + j)] +=
+                      static_cast<double>(bf16_to_f32(f32_to_bf16(a[static_cast<std::size_t>(i * r + q)]))) *
+                      static_cast<double>(bf16_to_f32(f32_to_bf16(fw[task] * b[static_cast<std::size_t>(j * r + q)])));
+          }
+          // bf16 products are exact in f32: only the f32 sums and the output's rounding remain.
+          check_close(out.at(e.name).view(), ref, unit_roundoff(t) + 1e-6, 1e-6, "bf16 product");
+        }
+      }
+    }
+    // With sparse parts the product is staged in f32, the parts added there.
+    const DynamicFuser fs(with_sparse, forced);
+    const std::vector<float> logits = random_logits(rng, kTasks);
+    auto out = outputs(with_sparse, dtype::bf16);
+    fs.fuse(out, logits);
+    check_model_outputs(with_sparse, out, reference_weights(logits), unit_roundoff(dtype::bf16) + 1e-5, "sparse");
+  }
+  backend::cpu::set_bf16_dot_products(true);
+}
+
 // SVD factors quantized to `bits` in groups of `group` rows, optionally
 // with a sparse residual.
 SvdCompressor packed_svd(std::int64_t rank, int bits, std::int64_t group, double residual = 0.0) {
@@ -196,6 +263,7 @@ TEST_CASE("sparse, dense, quantized low-rank, low-rank + sparse and sign modules
   for (const TwinModel* m : {&sparse, &dense, &q8, &q4, &lr_sparse, &q4_sparse, &sign_row, &sign_all}) {
     FuseOptions fo;
     fo.routing.top_k = 2;
+    fo.factors = FactorPrecision::f32;  // f32 sums of the decoded parts; bf16 products: the test above
     const DynamicFuser f(*m, fo);
     const std::vector<float> logits = random_logits(rng, kTasks);
     const std::vector<double> w = reference_weights(logits, 1.0, 2);

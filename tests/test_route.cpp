@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <random>
@@ -266,6 +267,106 @@ TEST_CASE(
   l0.backward(x, g2, nullptr);
   const MatD dW = l0.weight.grad;
   CHECK(max_rel_err(dW, numeric_grad(l0.weight.value, loss), 1e-4) < 1e-6);
+}
+
+TEST_CASE(
+    "gemm, both modes, every transpose, alpha, accumulate and row_init, equals a double product; "
+    "invariant mode gives the same bits on 1 and 2 threads") {
+  namespace cpu = backend::cpu;
+  std::mt19937_64 rng(311);
+  // 300 × 270 spans two invariant tiles each way; ld > width checks the strides.
+  const Eigen::Index M = 300, N = 270, K = 45, pad = 3;
+  for (const cpu::GemmMode mode : {cpu::GemmMode::invariant, cpu::GemmMode::fastest})
+    for (int tr = 0; tr < 4; ++tr) {
+      const bool ta = tr & 1, tb = tr & 2;
+      CAPTURE(static_cast<int>(mode));
+      CAPTURE(tr);
+      const MatD a = random_matrix(rng, ta ? K : M, (ta ? M : K) + pad),
+                 b = random_matrix(rng, tb ? N : K, (tb ? K : N) + pad);
+      const MatD c0 = random_matrix(rng, M, N + pad), bias = random_matrix(rng, 1, N);
+      const MatF af = a.cast<float>(), bf = b.cast<float>(), biasf = bias.cast<float>();
+      const float alpha = -0.75f;
+      for (int variant = 0; variant < 3; ++variant) {  // overwrite, accumulate, row_init
+        MatF c = c0.cast<float>();
+        cpu::gemm<float>(mode, ta, tb, M, N, K, alpha, af.data(), af.cols(), bf.data(), bf.cols(), variant == 1,
+                         c.data(), c.cols(), variant == 2 ? biasf.data() : nullptr);
+        MatD ref(M, N);
+        double worst = 0.0;
+        for (Eigen::Index i = 0; i < M; ++i)
+          for (Eigen::Index j = 0; j < N; ++j) {
+            double s = 0.0;
+            for (Eigen::Index k = 0; k < K; ++k)
+              s += static_cast<double>(ta ? af(k, i) : af(i, k)) * static_cast<double>(tb ? bf(j, k) : bf(k, j));
+            const double init = variant == 1   ? static_cast<double>(static_cast<float>(c0(i, j)))
+                                : variant == 2 ? static_cast<double>(biasf(0, j))
+                                               : 0.0;
+            ref(i, j) = init + alpha * s;
+            worst = std::max(worst, std::abs(static_cast<double>(c(i, j)) - ref(i, j)));
+          }
+        // f32 sums of K products of N(0, 1) values: errors ~ sqrt(K) units of roundoff of sqrt(K).
+        CHECK(worst < 64.0 * K * 0x1p-24 * 4.0);
+        // The pad columns of C are never written.
+        for (Eigen::Index i = 0; i < M; ++i)
+          for (Eigen::Index j = N; j < N + pad; ++j) REQUIRE(c(i, j) == static_cast<float>(c0(i, j)));
+      }
+      if (mode == cpu::GemmMode::invariant) {
+        MatF c1 = MatF::Zero(M, N), c2 = MatF::Zero(M, N);
+        set_num_threads(1);
+        cpu::gemm<float>(mode, ta, tb, M, N, K, 1.0f, af.data(), af.cols(), bf.data(), bf.cols(), false, c1.data(), N);
+        set_num_threads(2);
+        cpu::gemm<float>(mode, ta, tb, M, N, K, 1.0f, af.data(), af.cols(), bf.data(), bf.cols(), false, c2.data(), N);
+        set_num_threads(0);
+        CHECK(std::memcmp(c1.data(), c2.data(), sizeof(float) * static_cast<std::size_t>(M * N)) == 0);
+      }
+    }
+}
+
+TEST_CASE("gemm_bf16 equals the double product of its bf16 operands, with bf16 dot products and widened to f32") {
+  namespace cpu = backend::cpu;
+  std::mt19937_64 rng(312);
+  const Eigen::Index M = 70, N = 260, K = 128;
+  auto bf16_matrix = [&](Eigen::Index r, Eigen::Index c) {
+    const MatD d = random_matrix(rng, r, c);
+    std::vector<std::uint16_t> h(static_cast<std::size_t>(r * c));
+    for (std::size_t i = 0; i < h.size(); ++i) h[i] = f32_to_bf16(static_cast<float>(d.data()[i]));
+    return h;
+  };
+  const std::vector<std::uint16_t> a = bf16_matrix(M, K), b = bf16_matrix(N, K), c16 = bf16_matrix(M, N);
+  const bool native = cpu::bf16_dot_products();
+  MESSAGE("bf16 dot products on this machine: " << (native ? "yes (oneDNN)" : "no (f32 path only)"));
+  for (const bool dots : {true, false}) {
+    if (dots && !native) {
+      MESSAGE("SKIPPED: the bf16 dot-product path (no oneDNN bf16 kernel here)");
+      continue;
+    }
+    cpu::set_bf16_dot_products(dots);
+    CHECK(cpu::bf16_dot_products() == dots);
+    for (const bool acc : {false, true}) {
+      CAPTURE(dots);
+      CAPTURE(acc);
+      std::vector<float> cf(static_cast<std::size_t>(M * N));
+      std::vector<std::uint16_t> cb = c16;
+      for (std::size_t i = 0; i < cf.size(); ++i) cf[i] = bf16_to_f32(c16[i]);
+      cpu::gemm_bf16(false, true, M, N, K, a.data(), K, b.data(), K, acc, cf.data(), N);
+      cpu::gemm_bf16(false, true, M, N, K, a.data(), K, b.data(), K, acc, cb.data(), N);
+      double worst_f = 0.0, worst_b = 0.0;
+      for (Eigen::Index i = 0; i < M; ++i)
+        for (Eigen::Index j = 0; j < N; ++j) {
+          double s = acc ? static_cast<double>(bf16_to_f32(c16[static_cast<std::size_t>(i * N + j)])) : 0.0;
+          for (Eigen::Index k = 0; k < K; ++k)
+            s += static_cast<double>(bf16_to_f32(a[static_cast<std::size_t>(i * K + k)])) *
+                 static_cast<double>(bf16_to_f32(b[static_cast<std::size_t>(j * K + k)]));
+          const std::size_t ij = static_cast<std::size_t>(i * N + j);
+          worst_f = std::max(worst_f, std::abs(cf[ij] - s));
+          // A bf16 result is the f32 sum rounded once: within 2^-8 of it, relatively.
+          worst_b = std::max(worst_b, std::abs(bf16_to_f32(cb[ij]) - s) - std::abs(s) * 0x1p-8);
+        }
+      // Products of bf16 values are exact in f32; only the f32 sums round.
+      CHECK(worst_f < 64.0 * K * 0x1p-24 * 4.0);
+      CHECK(worst_b < 64.0 * K * 0x1p-24 * 4.0);
+    }
+  }
+  cpu::set_bf16_dot_products(true);
 }
 
 TEST_CASE("float Linear forward and backward agree with double loops across several GEMM tiles") {

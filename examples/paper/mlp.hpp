@@ -43,8 +43,8 @@ inline float leaky(float x) { return x > 0.0f ? x : 0.01f * x; }
 // y = leaky(x Wᵀ + b) (or without the activation).
 inline void dense(const Matrix& x, const Layer& l, Matrix& y, bool act) {
   y.resize(x.rows(), l.w.rows());
-  cpu::gemm<float>(false, true, x.rows(), l.w.rows(), l.w.cols(), x.data(), x.cols(), l.w.data(), l.w.cols(), y.data(),
-                   y.cols(), false, l.b.data());
+  cpu::gemm<float>(cpu::GemmMode::invariant, false, true, x.rows(), l.w.rows(), l.w.cols(), 1.0f, x.data(), x.cols(),
+                   l.w.data(), l.w.cols(), false, y.data(), y.cols(), l.b.data());
   if (act)
     for (Eigen::Index i = 0; i < y.size(); ++i) y.data()[i] = leaky(y.data()[i]);
 }

@@ -49,6 +49,13 @@
 #  define TWIN_NN_PARALLEL_MIN_ELEMENTS 1048576
 #endif
 
+// oneDNN (libdnnl) behind backend/cpu/gemm.hpp's fastest products: 1 when
+// the program links -ldnnl (twin's CMake target sets it when it finds
+// oneDNN); 0 leaves every product to Eigen.
+#ifndef TWIN_HAVE_ONEDNN
+#  define TWIN_HAVE_ONEDNN 0
+#endif
+
 // With TWIN_EXTERN_TEMPLATES defined to 1, the heavy Eigen engines of
 // backend/cpu (the SVDs, the thread-count-invariant GEMM) are declared
 // `extern template`, so including them costs parsing only; the program then

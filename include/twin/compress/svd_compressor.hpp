@@ -185,7 +185,8 @@ struct SvdCompressor {
     if (f.k > 0) {
       std::vector<float> fa, fb;
       mod.factors_f32(fa, fb);
-      backend::cpu::gemm(false, true, f.m, f.n, f.k, -1.0f, fa.data(), f.k, fb.data(), f.k, true, d.data(), f.n);
+      backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, true, f.m, f.n, f.k, -1.0f, fa.data(), f.k, fb.data(),
+                         f.k, true, d.data(), f.n);
     }
     auto [idx, vals] = top_k_entries(d, keep_count(residual_density, static_cast<std::int64_t>(d.size())), storage);
     return ExclusiveModule::with_residual(std::move(mod), std::move(idx), std::move(vals));

@@ -27,10 +27,19 @@
 
 namespace twin {
 
+// Precision of the low-rank product (docs/design.md §4). bf16: A_cat is
+// rounded to bf16 once at construction and the mixture-scaled B_cat once per
+// fusion, products summed in f32 by the CPU's bf16 dot products
+// (backend/cpu/gemm.hpp gemm_bf16; widened to f32 where it has none).
+// automatic: bf16 for tensors whose θ* is bf16 when this CPU has bf16 dot
+// products, f32 otherwise.
+enum class FactorPrecision { automatic, f32, bf16 };
+
 struct FuseOptions {
   RoutingOptions routing;
   // Rows of a matrix per parallel work item (0: chosen from the shape).
   std::int64_t row_block = 0;
+  FactorPrecision factors = FactorPrecision::automatic;
 };
 
 // What the fuser precomputes for one tensor of the model.
@@ -38,11 +47,13 @@ struct FusePlan {
   const TwinModel::Entry* entry = nullptr;
   const Tensor* shared = nullptr;  // θ* (null for excluded tensors)
   MatrixShape ms;
-  std::int64_t K = 0;                // Σ ranks of the low-rank modules
-  std::vector<std::int64_t> offset;  // T+1 column offsets into A_cat / B_cat
-  std::vector<float> a_cat, b_cat;   // [rows×K], [cols×K] row-major, f32
-  bool has_other = false;            // some task has a sparse, dense or sign part
+  std::int64_t K = 0;                 // Σ ranks of the low-rank modules
+  std::vector<std::int64_t> offset;   // T+1 column offsets into A_cat / B_cat
+  std::vector<float> a_cat, b_cat;    // [rows×K], [cols×K] row-major, f32
+  std::vector<std::uint16_t> a_bf16;  // A_cat in bf16 when the product runs in bf16, else empty
+  bool has_other = false;             // some task has a sparse, dense or sign part
 
+  bool bf16_product() const noexcept { return !a_bf16.empty(); }
   std::int64_t rank_of(std::size_t t) const noexcept { return offset[t + 1] - offset[t]; }
 };
 
@@ -54,9 +65,15 @@ class DynamicFuser {
     opts_.routing.validate();
     const std::size_t T = model.num_tasks();
     plans_.resize(model.entries().size());
+    const bool bf16_dots = backend::cpu::bf16_dot_products();
     parallel_blocks(static_cast<std::int64_t>(plans_.size()), 1, [&](std::int64_t i0, std::int64_t i1) {
-      for (std::int64_t i = i0; i < i1; ++i)
-        prepare(plans_[static_cast<std::size_t>(i)], model.entries()[static_cast<std::size_t>(i)], T);
+      for (std::int64_t i = i0; i < i1; ++i) {
+        const TwinModel::Entry& e = model.entries()[static_cast<std::size_t>(i)];
+        const bool bf16 = opts_.factors == FactorPrecision::bf16 ||
+                          (opts_.factors == FactorPrecision::automatic && bf16_dots && !e.excluded &&
+                           model.shared().at(e.name).dtype() == dtype::bf16);
+        prepare(plans_[static_cast<std::size_t>(i)], e, T, bf16);
+      }
     });
     for (std::size_t i = 0; i < plans_.size(); ++i) {
       FusePlan& p = plans_[i];
@@ -201,7 +218,7 @@ class DynamicFuser {
     check_output_layout(out, name);
   }
 
-  static void prepare(FusePlan& p, const TwinModel::Entry& e, std::size_t T) {
+  static void prepare(FusePlan& p, const TwinModel::Entry& e, std::size_t T, bool bf16) {
     p.entry = &e;
     p.ms = matrix_shape(e.shape.span());
     p.offset.assign(T + 1, 0);
@@ -231,6 +248,10 @@ class DynamicFuser {
       place(a, rows, p.a_cat);
       place(b, cols, p.b_cat);
     }
+    if (bf16) {
+      p.a_bf16.resize(p.a_cat.size());
+      convert_from_f32(p.a_cat.data(), static_cast<std::int64_t>(p.a_cat.size()), p.a_bf16.data(), dtype::bf16);
+    }
   }
 
   std::int64_t row_block_for(std::int64_t rows, std::int64_t cols, bool buffered) const {
@@ -251,6 +272,12 @@ class DynamicFuser {
   static std::vector<float>& scratch(int slot, std::size_t n) {
     thread_local std::vector<float> bufs[3];
     std::vector<float>& b = bufs[slot];
+    if (b.size() < n) b.resize(n);
+    return b;
+  }
+  static std::vector<std::uint16_t>& scratch_bf16(int slot, std::size_t n) {
+    thread_local std::vector<std::uint16_t> bufs[2];
+    std::vector<std::uint16_t>& b = bufs[slot];
     if (b.size() < n) b.resize(n);
     return b;
   }
@@ -287,8 +314,12 @@ class DynamicFuser {
     std::int64_t Ka = 0;
     for (std::size_t t = 0; t < T; ++t)
       if (w[t] != 0.0f && p.rank_of(t) > 0) act.push_back(t), Ka += p.rank_of(t);
+    // In a bf16 product, Bs is rounded to bf16 after the scaling (one rounding).
+    const bool bf16 = p.bf16_product();
     std::vector<float>& bs = scratch(1, static_cast<std::size_t>(cw * Ka));
+    std::vector<std::uint16_t>& bs16 = scratch_bf16(0, bf16 ? static_cast<std::size_t>(cw * Ka) : 0);
     const float* a_ptr = nullptr;
+    const std::uint16_t* a16_ptr = nullptr;
     std::int64_t lda = Ka;
     if (Ka > 0) {
       parallel_blocks(cw, 1024, [&](std::int64_t lo, std::int64_t hi) {
@@ -299,20 +330,27 @@ class DynamicFuser {
             const float wt = w[t];
             for (std::int64_t q = p.offset[t]; q < p.offset[t + 1]; ++q) *dst++ = wt * src[q];
           }
+          if (bf16) convert_from_f32(bs.data() + j * Ka, Ka, bs16.data() + j * Ka, dtype::bf16);
         }
       });
-      if (Ka == p.K) {
-        a_ptr = p.a_cat.data() + r0 * p.K;
-        lda = p.K;
-      } else {
-        std::vector<float>& ag = scratch(2, static_cast<std::size_t>(rows * Ka));
+      // A_cat's rows of the region, only the active tasks' columns.
+      auto gather = [&](const auto& cat, auto& ag) {
         for (std::int64_t i = 0; i < rows; ++i) {
-          const float* src = p.a_cat.data() + (r0 + i) * p.K;
-          float* dst = ag.data() + i * Ka;
+          const auto* src = cat.data() + (r0 + i) * p.K;
+          auto* dst = ag.data() + i * Ka;
           for (std::size_t t : act)
             for (std::int64_t q = p.offset[t]; q < p.offset[t + 1]; ++q) *dst++ = src[q];
         }
-        a_ptr = ag.data();
+        return ag.data();
+      };
+      if (Ka == p.K) {
+        a_ptr = p.a_cat.data() + r0 * p.K;
+        if (bf16) a16_ptr = p.a_bf16.data() + r0 * p.K;
+        lda = p.K;
+      } else if (bf16) {
+        a16_ptr = gather(p.a_bf16, scratch_bf16(1, static_cast<std::size_t>(rows * Ka)));
+      } else {
+        a_ptr = gather(p.a_cat, scratch(2, static_cast<std::size_t>(rows * Ka)));
       }
     }
 
@@ -326,6 +364,26 @@ class DynamicFuser {
     const bool direct = ldo > 0;
     const Tensor& star = *p.shared;
     const bool star_f32 = star.dtype() == dtype::f32;
+
+    // bf16 θ* into a bf16 output with unit column stride, nothing but
+    // low-rank modules: θ* rows copied into the output, the product added
+    // there (rounded once), no f32 staging.
+    std::int64_t ld16 = 0;
+    if (bf16 && Ka > 0 && !p.has_other && star.dtype() == dtype::bf16 && out.dtype() == dtype::bf16) {
+      if (out.rank() == 2 && out.stride(1) == 1) ld16 = out.stride(0);
+      else if (out.is_contiguous()) ld16 = cw;
+    }
+    if (ld16 > 0) {
+      parallel_blocks(rows, row_block_for(rows, cw, false), [&](std::int64_t lo, std::int64_t hi) {
+        auto* dst = static_cast<std::uint16_t*>(out.data()) + lo * ld16;
+        const auto* src = static_cast<const std::uint16_t*>(star.data());
+        for (std::int64_t i = 0; i < hi - lo; ++i)
+          std::memcpy(dst + i * ld16, src + (r0 + lo + i) * cols + c0, static_cast<std::size_t>(cw) * 2);
+        backend::cpu::gemm_bf16(false, true, hi - lo, cw, Ka, a16_ptr + lo * lda, lda, bs16.data(), Ka, true, dst,
+                                ld16);
+      });
+      return;
+    }
 
     parallel_blocks(rows, row_block_for(rows, cw, !direct), [&](std::int64_t lo, std::int64_t hi) {
       const std::int64_t nr = hi - lo;
@@ -345,8 +403,11 @@ class DynamicFuser {
                       static_cast<std::size_t>(cw) * sizeof(float));
         else read_f32(star.view(), src, cw, dst + i * ld);
       }
-      if (Ka > 0)
-        backend::cpu::gemm(false, true, nr, cw, Ka, 1.0f, a_ptr + lo * lda, lda, bs.data(), Ka, true, dst, ld);
+      if (Ka > 0 && bf16)
+        backend::cpu::gemm_bf16(false, true, nr, cw, Ka, a16_ptr + lo * lda, lda, bs16.data(), Ka, true, dst, ld);
+      else if (Ka > 0)
+        backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, true, nr, cw, Ka, 1.0f, a_ptr + lo * lda, lda,
+                           bs.data(), Ka, true, dst, ld);
       if (p.has_other) add_other(p, w, r0 + lo, r0 + hi, c0, c1, dst, ld);
       if (!direct) write_f32(dst, lo * cw, nr * cw, out);
     });

@@ -97,7 +97,8 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
       for (std::int64_t k = 0; k < rows; ++k)
         std::memcpy(xs.data() + k * n, X + by_task[t][static_cast<std::size_t>(k)] * n,
                     static_cast<std::size_t>(n) * sizeof(float));
-      backend::cpu::gemm_parallel(false, true, rows, m, n, 1.0f, xs.data(), n, Wt, n, false, ys.data(), m);
+      backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, true, rows, m, n, 1.0f, xs.data(), n, Wt, n, false,
+                         ys.data(), m);
       for (std::int64_t k = 0; k < rows; ++k)
         std::memcpy(Y + by_task[t][static_cast<std::size_t>(k)] * ldy, ys.data() + k * m,
                     static_cast<std::size_t>(m) * sizeof(float));
@@ -106,15 +107,16 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
     // Plain layer: Y = X W*ᵀ.
     const Tensor& star = *p.shared;
     if (star.dtype() == dtype::f32) {
-      backend::cpu::gemm_parallel(false, true, tokens, m, n, 1.0f, X, n, static_cast<const float*>(star.data()), n,
-                                  false, Y, ldy);
+      backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, true, tokens, m, n, 1.0f, X, n,
+                         static_cast<const float*>(star.data()), n, false, Y, ldy);
     } else {
       // Converted block by block so a 16-bit θ* is never held in f32 whole.
       parallel_blocks(m, 256, [&](std::int64_t lo, std::int64_t hi) {
         thread_local std::vector<float> wblk;
         wblk.resize(static_cast<std::size_t>((hi - lo) * n));
         read_f32(star.view(), lo * n, (hi - lo) * n, wblk.data());
-        backend::cpu::gemm(false, true, tokens, hi - lo, n, 1.0f, X, n, wblk.data(), n, false, Y + lo, ldy);
+        backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, true, tokens, hi - lo, n, 1.0f, X, n, wblk.data(), n,
+                           false, Y + lo, ldy);
       });
     }
     // Low-rank modules: Z = X B_act, Z ⊙ Ŵ, Y += Z A_actᵀ.
@@ -141,7 +143,8 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
         A = ag.data(), B = bg.data();
       }
       std::vector<float> Z(static_cast<std::size_t>(tokens * Ka));
-      backend::cpu::gemm_parallel(false, false, tokens, Ka, n, 1.0f, X, n, B, Ka, false, Z.data(), Ka);
+      backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, false, tokens, Ka, n, 1.0f, X, n, B, Ka, false,
+                         Z.data(), Ka);
       for (std::int64_t i = 0; i < tokens; ++i) {
         float* z = Z.data() + i * Ka;
         for (std::size_t t : act) {
@@ -149,7 +152,8 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
           for (std::int64_t q = p.offset[t]; q < p.offset[t + 1]; ++q) *z++ *= w;
         }
       }
-      backend::cpu::gemm_parallel(false, true, tokens, m, Ka, 1.0f, Z.data(), Ka, A, Ka, true, Y, ldy);
+      backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, true, tokens, m, Ka, 1.0f, Z.data(), Ka, A, Ka, true,
+                         Y, ldy);
     }
     // Sparse, dense and sign parts, task by task.
     for (std::size_t t = 0; t < T; ++t) {
@@ -165,7 +169,8 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
           mod.add_rest_to(vb.data(), n, 1.0f, 0, m, 0, n);
           V = vb.data();
         }
-        backend::cpu::gemm_parallel(false, true, tokens, m, n, 1.0f, X, n, V, n, false, Zt.data(), m);
+        backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, true, tokens, m, n, 1.0f, X, n, V, n, false,
+                           Zt.data(), m);
         for (std::int64_t i = 0; i < tokens; ++i) {
           const float w = wt(i, t);
           if (w == 0.0f) continue;

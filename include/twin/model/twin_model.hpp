@@ -215,7 +215,8 @@ inline double module_error_sq(const ExclusiveModule& m, const std::vector<float>
     const std::int64_t r = m.rank();
     std::vector<float> a, b;
     m.factors_f32(a, b);
-    backend::cpu::gemm(false, true, ms.rows, ms.cols, r, 1.0f, a.data(), r, b.data(), r, false, rec.data(), ms.cols);
+    backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, true, ms.rows, ms.cols, r, 1.0f, a.data(), r, b.data(),
+                       r, false, rec.data(), ms.cols);
   }
   m.add_rest_to(rec.data(), ms.cols, 1.0f, 0, ms.rows, 0, ms.cols);
   double e = 0.0;

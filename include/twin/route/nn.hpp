@@ -25,6 +25,9 @@
 namespace twin::nn {
 
 using backend::cpu::Index;
+// Every product of the networks is thread-count-invariant: a seed gives the
+// same router on any machine size.
+inline constexpr backend::cpu::GemmMode product_mode = backend::cpu::GemmMode::invariant;
 template <class S>
 using Matrix = backend::cpu::RowMatrix<S>;
 // Inputs may be any row-major block with unit inner stride (rows of a larger
@@ -86,8 +89,9 @@ class Linear {
   void forward(const ConstRef<S>& x, Matrix<S>& y) const {
     detail::check_batch(x.rows(), x.cols(), in_features(), "Linear");
     y.resize(x.rows(), out_features());
-    backend::cpu::gemm<S>(false, true, x.rows(), out_features(), in_features(), x.data(), x.outerStride(),
-                          weight.value.data(), in_features(), y.data(), out_features(), false, bias.value.data());
+    backend::cpu::gemm<S>(product_mode, false, true, x.rows(), out_features(), in_features(), S(1), x.data(),
+                          x.outerStride(), weight.value.data(), in_features(), false, y.data(), out_features(),
+                          bias.value.data());
   }
 
   // Given the forward input x and dL/dy: sets dL/dW, dL/db and, when dx is
@@ -96,13 +100,13 @@ class Linear {
     const Index B = x.rows(), in = in_features(), out = out_features();
     detail::check_batch(dy.rows(), dy.cols(), out, "Linear backward");
     // dW = dyᵀ x
-    backend::cpu::gemm<S>(true, false, out, in, B, dy.data(), dy.outerStride(), x.data(), x.outerStride(),
-                          weight.grad.data(), in);
+    backend::cpu::gemm<S>(product_mode, true, false, out, in, B, S(1), dy.data(), dy.outerStride(), x.data(),
+                          x.outerStride(), false, weight.grad.data(), in);
     backend::cpu::column_sums<S>(dy.data(), B, out, dy.outerStride(), bias.grad.data());
     if (dx) {
       dx->resize(B, in);
-      backend::cpu::gemm<S>(false, false, B, in, out, dy.data(), dy.outerStride(), weight.value.data(), in, dx->data(),
-                            in);
+      backend::cpu::gemm<S>(product_mode, false, false, B, in, out, S(1), dy.data(), dy.outerStride(),
+                            weight.value.data(), in, false, dx->data(), in);
     }
   }
 
