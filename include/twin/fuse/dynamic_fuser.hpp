@@ -374,7 +374,14 @@ class DynamicFuser {
       else if (out.is_contiguous()) ld16 = cw;
     }
     if (ld16 > 0) {
-      parallel_blocks(rows, row_block_for(rows, cw, false), [&](std::int64_t lo, std::int64_t hi) {
+      // Blocks of ~256 KiB of output: the rows just copied are still in L2
+      // when the product's sum reads them back.
+      const std::int64_t rb =
+          opts_.row_block > 0
+              ? opts_.row_block
+              : std::min(row_block_for(rows, cw, false),
+                         std::max<std::int64_t>(32, (std::int64_t{1} << 17) / std::max<std::int64_t>(cw, 1)));
+      parallel_blocks(rows, rb, [&](std::int64_t lo, std::int64_t hi) {
         auto* dst = static_cast<std::uint16_t*>(out.data()) + lo * ld16;
         const auto* src = static_cast<const std::uint16_t*>(star.data());
         for (std::int64_t i = 0; i < hi - lo; ++i)
