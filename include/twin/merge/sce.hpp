@@ -24,36 +24,37 @@ struct Sce {
 
   std::string_view name() const noexcept { return "sce"; }
 
+  // Three streaming passes over the inputs, τ formed per chunk and never
+  // held whole: the variances (only with select_topk < 1), the experts'
+  // mean squares over the kept positions, the combination.
   void merge_tensor(const TensorMergeArgs& a) const {
     detail::check_merge_args(a);
     if (!std::isfinite(select_topk)) throw argument_error("sce: select_topk must be finite");
     if (detail::merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s); })) return;
+    constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
     const std::size_t N = a.experts.size();
     const std::int64_t n = a.base.numel();
-    const auto un = static_cast<std::size_t>(n);
-    std::vector<float>& tau = detail::tau_scratch();
-    detail::task_vectors_f32(a, tau);
-    if (select_topk < 1.0) {
-      std::vector<float> var(un, 0.0f);
+    const bool select = select_topk < 1.0;
+    // After the cut, var[j] != 0 exactly where position j is kept.
+    std::vector<float> var;
+    if (select) {
+      var.assign(static_cast<std::size_t>(n), 0.0f);
       if (select_topk > 0.0)
         parallel_blocks(n, detail::merge_block, [&](std::int64_t lo, std::int64_t hi) {
-          constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
           std::vector<double> m(C), v(C);
-          for (std::int64_t p = lo; p < hi; p += C) {
-            const std::int64_t c = std::min(C, hi - p);
-            for (std::int64_t j = 0; j < c; ++j) m[j] = 0.0, v[j] = 0.0;
-            for (std::size_t i = 0; i < N; ++i) {
-              const float* t = tau.data() + i * un + static_cast<std::size_t>(p);
-              for (std::int64_t j = 0; j < c; ++j) m[j] += t[j];
-            }
-            for (std::int64_t j = 0; j < c; ++j) m[j] /= static_cast<double>(N);
-            for (std::size_t i = 0; i < N; ++i) {
-              const float* t = tau.data() + i * un + static_cast<std::size_t>(p);
-              for (std::int64_t j = 0; j < c; ++j) v[j] += (t[j] - m[j]) * (t[j] - m[j]);
-            }
-            for (std::int64_t j = 0; j < c; ++j)
-              var[static_cast<std::size_t>(p + j)] = static_cast<float>(v[j] / static_cast<double>(N));
-          }
+          detail::for_input_chunks(
+              a, lo, hi, [&](std::int64_t p, std::int64_t c, const float* base, const float* const* ex, float* t) {
+                for (std::int64_t j = 0; j < c; ++j) m[j] = 0.0, v[j] = 0.0;
+                for (std::size_t i = 0; i < N; ++i)
+                  for (std::int64_t j = 0; j < c; ++j) m[j] += ex[i][j] - base[j];
+                for (std::int64_t j = 0; j < c; ++j) m[j] /= static_cast<double>(N);
+                for (std::size_t i = 0; i < N; ++i) {
+                  for (std::int64_t j = 0; j < c; ++j) t[j] = ex[i][j] - base[j];
+                  for (std::int64_t j = 0; j < c; ++j) v[j] += (t[j] - m[j]) * (t[j] - m[j]);
+                }
+                for (std::int64_t j = 0; j < c; ++j)
+                  var[static_cast<std::size_t>(p + j)] = static_cast<float>(v[j] / static_cast<double>(N));
+              });
         });
       const auto nonzero = parallel_sum<std::int64_t>(n, detail::merge_block, [&](std::int64_t lo, std::int64_t hi) {
         std::int64_t c = 0;
@@ -62,44 +63,74 @@ struct Sce {
       });
       const std::int64_t k = select_topk > 0.0 ? keep_count(select_topk, nonzero) : 0;
       apply_cut(var, select_top_k(std::span<const float>(var), k));
-      parallel_blocks(n, detail::merge_block, [&](std::int64_t lo, std::int64_t hi) {
-        for (std::int64_t j = lo; j < hi; ++j)
-          if (var[static_cast<std::size_t>(j)] == 0.0f)
-            for (std::size_t i = 0; i < N; ++i) tau[i * un + static_cast<std::size_t>(j)] = 0.0f;
-      });
     }
-    std::vector<float> s(N);
+    // Mean squares of every kept τ_i in one pass: per chunk and expert, 8
+    // independent double lanes (lane q takes the entries ≡ q mod 8), then
+    // the lanes in order; per block in chunk order, then the blocks in order.
+    const std::int64_t nblocks = (n + detail::merge_block - 1) / detail::merge_block;
+    std::vector<double> part(static_cast<std::size_t>(nblocks) * N, 0.0);
+    parallel_blocks(nblocks, 1, [&](std::int64_t b0, std::int64_t b1) {
+      std::vector<unsigned char> keep(C, 1);
+      for (std::int64_t blk = b0; blk < b1; ++blk) {
+        double* q = part.data() + static_cast<std::size_t>(blk) * N;
+        const std::int64_t lo = blk * detail::merge_block, hi = std::min(n, lo + detail::merge_block);
+        detail::for_input_chunks(
+            a, lo, hi, [&](std::int64_t p, std::int64_t c, const float* base, const float* const* ex, float*) {
+              if (select)
+                for (std::int64_t j = 0; j < c; ++j) keep[j] = var[static_cast<std::size_t>(p + j)] != 0.0f;
+              for (std::size_t i = 0; i < N; ++i) {
+                double lane[8] = {};
+                const float* e = ex[i];
+                std::int64_t j = 0;
+                for (; j + 8 <= c; j += 8)
+                  for (int l = 0; l < 8; ++l) {
+                    const double x = keep[j + l] ? e[j + l] - base[j + l] : 0.0f;
+                    lane[l] += x * x;
+                  }
+                double sq = 0.0;
+                for (int l = 0; l < 8; ++l) sq += lane[l];
+                for (; j < c; ++j) {
+                  const double x = keep[j] ? e[j] - base[j] : 0.0f;
+                  sq += x * x;
+                }
+                q[i] += sq;
+              }
+            });
+      }
+    });
+    std::vector<double> ms(N, 0.0);
+    for (std::int64_t blk = 0; blk < nblocks; ++blk)
+      for (std::size_t i = 0; i < N; ++i) ms[i] += part[static_cast<std::size_t>(blk) * N + i];
     double ssum = 0.0;
-    std::vector<double> ms(N);
     for (std::size_t i = 0; i < N; ++i) {
-      ms[i] = parallel_sum<double>(n, detail::merge_block,
-                                   [&](std::int64_t lo, std::int64_t hi) {
-                                     double q = 0.0;
-                                     for (std::int64_t j = lo; j < hi; ++j) {
-                                       const double x = tau[i * un + static_cast<std::size_t>(j)];
-                                       q += x * x;
-                                     }
-                                     return q;
-                                   }) /
-              static_cast<double>(std::max<std::int64_t>(n, 1));
+      ms[i] /= static_cast<double>(std::max<std::int64_t>(n, 1));
       ssum += ms[i];
     }
+    std::vector<float> s(N);
     for (std::size_t i = 0; i < N; ++i)
       s[i] = static_cast<float>(std::abs(ssum) < 1e-6 ? 1.0 / static_cast<double>(N) : ms[i] / ssum);
-    // Expert-outer loops over each chunk (they vectorize).
+    // The kept τ of a chunk in N rows of C, then expert-outer loops (they vectorize).
     detail::merge_chunks(a, detail::merge_block, [&](std::int64_t) {
-      return [&, sum = std::vector<float>(TWIN_CHUNK_ELEMENTS), den = std::vector<float>(TWIN_CHUNK_ELEMENTS)](
-                 std::int64_t lo, std::int64_t c, const float* base, const float* const*, float* out) mutable {
+      return [&, tau = std::vector<float>(static_cast<std::size_t>(C) * N), sum = std::vector<float>(C),
+              den = std::vector<float>(C)](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex,
+                                           float* out) mutable {
+        for (std::size_t i = 0; i < N; ++i) {
+          float* t = tau.data() + i * C;
+          for (std::int64_t j = 0; j < c; ++j) t[j] = ex[i][j] - base[j];
+          if (select)
+            for (std::int64_t j = 0; j < c; ++j)
+              if (var[static_cast<std::size_t>(lo + j)] == 0.0f) t[j] = 0.0f;
+        }
         for (std::int64_t j = 0; j < c; ++j) sum[j] = 0.0f, den[j] = 0.0f, out[j] = 0.0f;
         for (std::size_t i = 0; i < N; ++i) {
-          const float* t = tau.data() + i * un + static_cast<std::size_t>(lo);
+          const float* t = tau.data() + i * C;
           for (std::int64_t j = 0; j < c; ++j) sum[j] += t[j];
         }
         float* __restrict o = out;
         float* __restrict dn = den.data();
         const float* __restrict sm = sum.data();
         for (std::size_t i = 0; i < N; ++i) {
-          const float* __restrict t = tau.data() + i * un + static_cast<std::size_t>(lo);
+          const float* __restrict t = tau.data() + i * C;
           const float si = s[i];
           for (std::int64_t j = 0; j < c; ++j) {
             const bool keep = (sm[j] >= 0.0f ? t[j] : -t[j]) > 0.0f;  // the sign the sum elects
