@@ -63,15 +63,20 @@ struct ArceeFusion {
     std::vector<float> imp(static_cast<std::size_t>(n));
     parallel_blocks(rows, std::max<std::int64_t>(1, detail::merge_block / cols), [&](std::int64_t r0, std::int64_t r1) {
       std::vector<float> x(static_cast<std::size_t>(cols)), b(static_cast<std::size_t>(cols));
+      std::vector<double> ex(static_cast<std::size_t>(cols)), eb(static_cast<std::size_t>(cols));
       for (std::int64_t r = r0; r < r1; ++r) {
         read_f32(a.experts[0], r * cols, cols, x.data());
         read_f32(a.base, r * cols, cols, b.data());
         const double mx = *std::max_element(x.begin(), x.end()), mb = *std::max_element(b.begin(), b.end());
+        // Each exponential once, kept for the KL sum.
         double zx = 0.0, zb = 0.0;
-        for (std::int64_t j = 0; j < cols; ++j) zx += std::exp(x[j] - mx), zb += std::exp(b[j] - mb);
+        for (std::int64_t j = 0; j < cols; ++j) {
+          ex[j] = std::exp(x[j] - mx), eb[j] = std::exp(b[j] - mb);
+          zx += ex[j], zb += eb[j];
+        }
         double kl = 0.0;
         for (std::int64_t j = 0; j < cols; ++j) {
-          const double p = std::exp(x[j] - mx) / zx + 1e-8, q = std::exp(b[j] - mb) / zb + 1e-8;
+          const double p = ex[j] / zx + 1e-8, q = eb[j] / zb + 1e-8;
           kl += p * std::log(p / q);
         }
         const auto klf = static_cast<float>(kl);
@@ -82,12 +87,22 @@ struct ArceeFusion {
     return imp;
   }
 
-  // The values at quantiles qs of v (consumed: reordered), as mergekit indexes them.
+  // The values at quantiles qs of v (consumed: reordered), as mergekit
+  // indexes them. Each selection runs only over the part of v the previous
+  // ones left unordered around its index (a partition narrows the next).
   static std::vector<float> quantiles(std::vector<float>& v, std::initializer_list<float> qs) {
     std::vector<float> out;
+    std::vector<std::ptrdiff_t> done;  // indices already in their sorted place
     for (float q : qs) {
       const auto k = static_cast<std::ptrdiff_t>(q * static_cast<float>(v.size() - 1));
-      std::nth_element(v.begin(), v.begin() + k, v.end());
+      std::ptrdiff_t lo = 0, hi = static_cast<std::ptrdiff_t>(v.size());
+      for (std::ptrdiff_t d : done) {
+        if (d < k) lo = std::max(lo, d + 1);
+        else if (d > k) hi = std::min(hi, d);
+        else lo = d, hi = d + 1;
+      }
+      if (hi - lo > 1) std::nth_element(v.begin() + lo, v.begin() + k, v.begin() + hi);
+      done.push_back(k);
       out.push_back(v[static_cast<std::size_t>(k)]);
     }
     return out;
