@@ -1,5 +1,6 @@
 // Merging 8 experts of a RoBERTa-base-shaped model (85M parameters per model)
-// with TaskArithmetic and Ties in f32 and bf16, and mergekit's other methods:
+// with TaskArithmetic and Ties (per-tensor and global scope, the row
+// ties_global) in f32 and bf16, and mergekit's other methods:
 // linear, breadcrumbs_ties, della_linear, sce, ram, ramplus_tl, model_stock,
 // multislerp, karcher (8 experts), nuslerp (2), slerp, nearswap, arcee_fusion,
 // passthrough (the base and one expert), into preallocated outputs. Prints,
@@ -14,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <sstream>
+#include <string>
 
 #include "bench_common.hpp"
 
@@ -67,11 +69,13 @@ int main(int argc, char** argv) {
 
     struct Method {
       twin::AnyMerger merger;
-      int experts;  // how many of the experts it merges
+      int experts;        // how many of the experts it merges
+      std::string label;  // the row's name when not the merger's (a variant)
     };
     const Method methods[] = {
         {twin::TaskArithmetic{scaling, {}}, T},
         {twin::Ties{density, scaling, twin::TopKScope::per_tensor, {}}, T},
+        {twin::Ties{density, scaling, twin::TopKScope::global, {}}, T, "ties_global"},
         {twin::Linear{}, T},
         {twin::BreadcrumbsTies{{0.9, 0.01, scaling, {}, {}, {}, false}}, T},
         {twin::DellaLinear{{0.5, 0.15, scaling, 0, {}, {}, {}, false, true, twin::RngKind::philox}}, T},
@@ -86,8 +90,9 @@ int main(int argc, char** argv) {
         {twin::Nearswap{0.001}, 1},
         {twin::ArceeFusion{}, 1},
         {twin::Passthrough{0.5}, 1}};
-    for (const auto& [m, E] : methods) {
-      if (!only.empty() && only.find("," + std::string(m.name()) + ",") == std::string::npos) continue;
+    for (const auto& [m, E, variant] : methods) {
+      const std::string label = variant.empty() ? std::string(m.name()) : variant;
+      if (!only.empty() && only.find("," + label + ",") == std::string::npos) continue;
       const std::size_t moved = model_bytes * static_cast<std::size_t>(E + 2);  // read E+1, write 1
       // A memcpy of moved/2 bytes reads and writes `moved` bytes in total.
       const double copy = bench::copy_seconds(moved / 2);
@@ -105,9 +110,9 @@ int main(int argc, char** argv) {
         std::istringstream ls(line);
         std::string name;
         double s, c;
-        if (ls >> name >> s >> c && name == m.name()) torch_s = s, torch_cs = c;
+        if (ls >> name >> s >> c && name == label) torch_s = s, torch_cs = c;
       }
-      std::printf("%-16s %-5s %9.1f %9.2f %11.1f %8.2fx %10.1f %8.2fx %9.1e\n", std::string(m.name()).c_str(),
+      std::printf("%-16s %-5s %9.1f %9.2f %11.1f %8.2fx %10.1f %8.2fx %9.1e\n", label.c_str(),
                   std::string(twin::dtype_name(dt)).c_str(), t * 1e3, static_cast<double>(moved) / 1e9, copy * 1e3,
                   t / copy, torch_s * 1e3, torch_s / t, std::abs(cs - torch_cs) / std::max(1e-12, std::abs(torch_cs)));
       std::fflush(stdout);
