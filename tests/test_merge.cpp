@@ -790,6 +790,56 @@ TEST_CASE("ties zero_sign majority: a zero sum elects the sign of all elected si
         std::vector<double>{-1.0, 1.0, -1.0});
 }
 
+TEST_CASE(
+    "global ties scope over a model past the small-selection size (sampled windows, one counting pass) equals "
+    "the top-k over the concatenated τ, ties across tensors kept in model order") {
+  std::mt19937_64 rng(23);
+  StateDict base;
+  base.insert("a.weight", random_tensor(rng, dtype::f32, {150, 120}));
+  base.insert("b.weight", random_tensor(rng, dtype::f32, {90, 100}));
+  base.insert("c.bias", random_tensor(rng, dtype::f32, {300}));
+  // Base values and deltas on a grid of 1/64: many τ entries share a magnitude, so the k-th largest
+  // key has ties that the cut splits across tensors by their order in the model.
+  for (auto& [name, t] : base)
+    for (std::int64_t j = 0; j < t.numel(); ++j)
+      static_cast<float*>(t.mutable_data())[j] = std::round(static_cast<float*>(t.mutable_data())[j] * 8.0f) / 8.0f;
+  std::vector<StateDict> experts(3);
+  for (int i = 0; i < 3; ++i)
+    for (const auto& [name, t] : base) {
+      Tensor e = t.clone();
+      std::uniform_int_distribution<int> step(-6, 6);
+      for (std::int64_t j = 0; j < e.numel(); ++j)
+        static_cast<float*>(e.mutable_data())[j] += static_cast<float>(step(rng) * (i + 1)) / 64.0f;
+      experts[static_cast<std::size_t>(i)].insert(name, std::move(e));
+    }
+  const std::vector<std::string> merged = base.names();
+  for (const double density : {0.2, 0.5}) {
+    CAPTURE(density);
+    const StateDict out =
+        merge_state(Ties{density, 1.0, TopKScope::global, {}}, base, std::span<const StateDict>(experts));
+    std::vector<Vec> cat(3);
+    for (int i = 0; i < 3; ++i)
+      for (const auto& n : merged) {
+        const Vec t = tau_of(experts[static_cast<std::size_t>(i)].at(n), base.at(n));
+        cat[static_cast<std::size_t>(i)].insert(cat[static_cast<std::size_t>(i)].end(), t.begin(), t.end());
+      }
+    REQUIRE(cat[0].size() > 16384);  // past detail::select_small
+    for (auto& t : cat) {
+      const auto keep = ref_top_k(t, floor_count(density, t.size()));
+      for (std::size_t j = 0; j < t.size(); ++j) t[j] = keep[j] ? t[j] : 0.0;
+    }
+    const Vec merged_cat = ref_disjoint(cat, {1, 1, 1});
+    std::size_t off = 0;
+    for (const auto& n : merged) {
+      const Vec b = to_f64_vector(base.at(n).view());
+      Vec ref(b.size());
+      for (std::size_t j = 0; j < b.size(); ++j) ref[j] = b[j] + merged_cat[off + j];
+      off += b.size();
+      check_close(out.at(n).view(), ref, 1e-6, 1e-6, n);
+    }
+  }
+}
+
 TEST_CASE("ties zero_sign majority with global scope votes over the whole model, per-tensor over each tensor") {
   // Tensor a: sums [0, +2] (its own vote +1); tensor b: sums [−2, −2]. The
   // model's vote is 1 − 2 < 0, so with global scope a's zero sum elects −.

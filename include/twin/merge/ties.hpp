@@ -355,6 +355,13 @@ struct Ties {
       total += sizes.back();
     }
     for (const auto& name : c.names) p.cuts[name].resize(static_cast<std::size_t>(c.num_experts));
+    // Every expert's cut from one sample and one counting pass over the
+    // model (all experts at once); an expert whose window missed, and the
+    // kthvalue selection, take the per-expert path below.
+    std::vector<std::optional<MagnitudeCut>> found(static_cast<std::size_t>(c.num_experts));
+    const std::int64_t k = keep_count(density, total);
+    if (selection == TopKSelection::exact && total > detail::select_small && k > 0 && k < total)
+      found = window_cuts(c, sizes, total, k);
     for (int m = 0; m < c.num_experts; ++m) {
       // Visits τ_m tensor by tensor, never holding more than one of them.
       auto visit = [&](auto&& sink) {
@@ -366,7 +373,8 @@ struct Ties {
           sink(std::span<const float>(tau.data(), static_cast<std::size_t>(a.base.numel())));
         }
       };
-      const MagnitudeCut cut = trim_cut(visit, total);
+      const auto& f = found[static_cast<std::size_t>(m)];
+      const MagnitudeCut cut = f ? *f : trim_cut(visit, total);
       std::vector<std::int64_t> ties(c.names.size(), 0);
       if (cut.needs_tie_order()) {
         std::size_t t = 0;
@@ -431,6 +439,63 @@ struct Ties {
   }
 
  private:
+  // The top-k cut of each expert's τ over the whole model (tensors in
+  // catalog order), τ formed per chunk and never held: a sample (runs of
+  // 1024 entries, about 32K in all) brackets each expert's k-th largest key
+  // in a window, then one pass over the model counts, for every expert at
+  // once, the keys above its window and collects those inside. nullopt for
+  // an expert whose k-th key fell outside its window (rare; exact either way).
+  static std::vector<std::optional<MagnitudeCut>> window_cuts(const MergeCatalog& c,
+                                                              const std::vector<std::int64_t>& sizes,
+                                                              std::int64_t total, std::int64_t k) {
+    const auto T = static_cast<std::size_t>(c.num_experts);
+    std::vector<ConstTensorView> ex;
+    auto args = [&](std::size_t t) {
+      ex.clear();
+      for (int m = 0; m < c.num_experts; ++m) ex.push_back(c.view(t, m));
+      return TensorMergeArgs{c.names[t], c.view(t, -1), ex, TensorView{}};
+    };
+    constexpr std::int64_t run = detail::sample_run;
+    const std::int64_t stride = detail::sample_stride(total);
+    std::vector<std::vector<std::uint32_t>> sample(T);
+    std::int64_t pos = 0;
+    for (std::size_t t = 0; t < c.names.size(); ++t) {
+      const std::int64_t len = sizes[t];
+      const TensorMergeArgs a = args(t);
+      for (std::int64_t r = pos / stride; len > 0 && r <= (pos + len - 1) / stride; ++r) {
+        const std::int64_t lo = std::max(pos, r * stride), hi = std::min(pos + len, r * stride + run);
+        detail::for_input_chunks(a, lo - pos, hi - pos,
+                                 [&](std::int64_t, std::int64_t n, const float* base, const float* const* e, float*) {
+                                   for (std::size_t i = 0; i < T; ++i)
+                                     for (std::int64_t j = 0; j < n; ++j)
+                                       sample[i].push_back(magnitude_key(e[i][j] - base[j]));
+                                 });
+      }
+      pos += len;
+    }
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> window(T);
+    for (std::size_t i = 0; i < T; ++i)
+      window[i] = detail::sample_window(sample[i], static_cast<double>(k) / static_cast<double>(total));
+    const auto threads = static_cast<std::size_t>(num_threads());
+    std::vector<std::int64_t> above(threads * T, 0);
+    std::vector<detail::KeyBuffer> inside(threads * T);
+    for (std::size_t t = 0; t < c.names.size(); ++t) {
+      const TensorMergeArgs a = args(t);
+      parallel_blocks(sizes[t], detail::merge_block, [&](std::int64_t b0, std::int64_t b1) {
+        const auto th = static_cast<std::size_t>(thread_index());
+        detail::for_input_chunks(
+            a, b0, b1, [&](std::int64_t, std::int64_t n, const float* base, const float* const* e, float*) {
+              for (std::size_t i = 0; i < T; ++i)
+                above[th * T + i] +=
+                    detail::scan_window(e[i], base, n, window[i].first, window[i].second, inside[th * T + i]);
+            });
+      });
+    }
+    std::vector<std::optional<MagnitudeCut>> out(T);
+    for (std::size_t i = 0; i < T; ++i) out[i] = detail::cut_in_window(above, inside, threads, T, i, k);
+    return out;
+  }
+
   template <class Visit>
   MagnitudeCut trim_cut(Visit&& visit, std::int64_t total) const {
     if (selection == TopKSelection::kthvalue) return select_kthvalue(std::forward<Visit>(visit), total, density);
