@@ -526,6 +526,34 @@ TEST_CASE("dare keeps each entry with probability density (counter-based mask)")
   CHECK_FALSE(same_bits(out, other));
 }
 
+// Checks a global-scope TIES merge (unit weights) of `merged` against the
+// reference: each model's τ concatenated over those tensors in order, its
+// top-k kept (ties: lower index first), then the disjoint mean. Returns the
+// concatenated length.
+std::size_t check_global_ties(const StateDict& out, const StateDict& base, const std::vector<StateDict>& experts,
+                              const std::vector<std::string>& merged, double density) {
+  std::vector<Vec> cat(experts.size());
+  for (std::size_t i = 0; i < experts.size(); ++i)
+    for (const auto& n : merged) {
+      const Vec t = tau_of(experts[i].at(n), base.at(n));
+      cat[i].insert(cat[i].end(), t.begin(), t.end());
+    }
+  for (auto& t : cat) {
+    const auto keep = ref_top_k(t, floor_count(density, t.size()));
+    for (std::size_t j = 0; j < t.size(); ++j) t[j] = keep[j] ? t[j] : 0.0;
+  }
+  const Vec merged_cat = ref_disjoint(cat, Vec(experts.size(), 1.0));
+  std::size_t off = 0;
+  for (const auto& n : merged) {
+    const Vec b = to_f64_vector(base.at(n).view());
+    Vec ref(b.size());
+    for (std::size_t j = 0; j < b.size(); ++j) ref[j] = b[j] + merged_cat[off + j];
+    off += b.size();
+    check_close(out.at(n).view(), ref, 1e-6, 1e-6, n);
+  }
+  return off;
+}
+
 TEST_CASE("merge_state: global ties scope equals the top-k over all merged tensors of each model") {
   std::mt19937_64 rng(19);
   StateDict base;
@@ -547,27 +575,7 @@ TEST_CASE("merge_state: global ties scope equals the top-k over all merged tenso
   CHECK(seen == base.names());
   // Excluded tensors are the base's.
   check_close(out.at("head.weight").view(), to_f64_vector(base.at("head.weight").view()), 0, 0);
-  // Reference: concatenate each model's τ over the merged tensors in order.
-  const std::vector<std::string> merged = {"a.weight", "a.bias", "b.weight"};
-  std::vector<Vec> cat(3);
-  for (int i = 0; i < 3; ++i)
-    for (const auto& n : merged) {
-      const Vec t = tau_of(experts[static_cast<std::size_t>(i)].at(n), base.at(n));
-      cat[static_cast<std::size_t>(i)].insert(cat[static_cast<std::size_t>(i)].end(), t.begin(), t.end());
-    }
-  for (auto& t : cat) {
-    const auto keep = ref_top_k(t, floor_count(density, t.size()));
-    for (std::size_t j = 0; j < t.size(); ++j) t[j] = keep[j] ? t[j] : 0.0;
-  }
-  const Vec merged_cat = ref_disjoint(cat, {1, 1, 1});
-  std::size_t off = 0;
-  for (const auto& n : merged) {
-    const Vec b = to_f64_vector(base.at(n).view());
-    Vec ref(b.size());
-    for (std::size_t j = 0; j < b.size(); ++j) ref[j] = b[j] + merged_cat[off + j];
-    off += b.size();
-    check_close(out.at(n).view(), ref, 1e-6, 1e-6, n);
-  }
+  check_global_ties(out, base, experts, {"a.weight", "a.bias", "b.weight"}, density);
   // Per-tensor scope trims differently (the experts differ in scale).
   const StateDict per =
       merge_state(Ties{density, 1.0, TopKScope::per_tensor, {}}, base, std::span<const StateDict>(experts), opts);
@@ -817,26 +825,7 @@ TEST_CASE(
     CAPTURE(density);
     const StateDict out =
         merge_state(Ties{density, 1.0, TopKScope::global, {}}, base, std::span<const StateDict>(experts));
-    std::vector<Vec> cat(3);
-    for (int i = 0; i < 3; ++i)
-      for (const auto& n : merged) {
-        const Vec t = tau_of(experts[static_cast<std::size_t>(i)].at(n), base.at(n));
-        cat[static_cast<std::size_t>(i)].insert(cat[static_cast<std::size_t>(i)].end(), t.begin(), t.end());
-      }
-    REQUIRE(cat[0].size() > 16384);  // past detail::select_small
-    for (auto& t : cat) {
-      const auto keep = ref_top_k(t, floor_count(density, t.size()));
-      for (std::size_t j = 0; j < t.size(); ++j) t[j] = keep[j] ? t[j] : 0.0;
-    }
-    const Vec merged_cat = ref_disjoint(cat, {1, 1, 1});
-    std::size_t off = 0;
-    for (const auto& n : merged) {
-      const Vec b = to_f64_vector(base.at(n).view());
-      Vec ref(b.size());
-      for (std::size_t j = 0; j < b.size(); ++j) ref[j] = b[j] + merged_cat[off + j];
-      off += b.size();
-      check_close(out.at(n).view(), ref, 1e-6, 1e-6, n);
-    }
+    REQUIRE(check_global_ties(out, base, experts, merged, density) > 16384);  // past detail::select_small
   }
 }
 
