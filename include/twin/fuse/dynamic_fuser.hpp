@@ -282,6 +282,13 @@ class DynamicFuser {
     return b;
   }
 
+  // The distance between rows of a region `cw` wide written straight into
+  // `out`: its row stride where columns are adjacent, or 0 (staged instead).
+  static std::int64_t row_stride(const TensorView& out, std::int64_t cw) {
+    if (out.rank() == 2 && out.stride(1) == 1) return out.stride(0);
+    return out.is_contiguous() ? cw : 0;
+  }
+
   // Writes rows [r0, r1) × cols [c0, c1) of the fused matrix view into `out`,
   // whose row-major order is that region's.
   void fuse_region(const FusePlan& p, std::span<const float> w, std::int64_t r0, std::int64_t r1, std::int64_t c0,
@@ -356,11 +363,7 @@ class DynamicFuser {
 
     // f32 outputs with unit column stride are written in place; anything
     // else is staged in f32 and converted once.
-    std::int64_t ldo = 0;
-    if (out.dtype() == dtype::f32) {
-      if (out.rank() == 2 && out.stride(1) == 1) ldo = out.stride(0);
-      else if (out.is_contiguous()) ldo = cw;
-    }
+    const std::int64_t ldo = out.dtype() == dtype::f32 ? row_stride(out, cw) : 0;
     const bool direct = ldo > 0;
     const Tensor& star = *p.shared;
     const bool star_f32 = star.dtype() == dtype::f32;
@@ -368,11 +371,10 @@ class DynamicFuser {
     // bf16 θ* into a bf16 output with unit column stride, nothing but
     // low-rank modules: θ* rows copied into the output, the product added
     // there (rounded once), no f32 staging.
-    std::int64_t ld16 = 0;
-    if (bf16 && Ka > 0 && !p.has_other && star.dtype() == dtype::bf16 && out.dtype() == dtype::bf16) {
-      if (out.rank() == 2 && out.stride(1) == 1) ld16 = out.stride(0);
-      else if (out.is_contiguous()) ld16 = cw;
-    }
+    const std::int64_t ld16 = bf16 && Ka > 0 && !p.has_other && star.dtype() == dtype::bf16 &&
+                                      out.dtype() == dtype::bf16
+                                  ? row_stride(out, cw)
+                                  : 0;
     if (ld16 > 0) {
       // Blocks of ~256 KiB of output: the rows just copied are still in L2
       // when the product's sum reads them back.

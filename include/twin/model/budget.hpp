@@ -180,8 +180,8 @@ struct BudgetRecorder {
     if (opts->sign) add_whole(SignCompressor{1.0, true}.compress(name, v, stream));
     if (v.rank() < 2) {
       add_whole(ExclusiveModule::dense(Tensor::from_f32(d, v.shape(), dtype::f32)));
-    } else if (!opts->formats.empty() && std::min(matrix_shape(v.shape()).rows, matrix_shape(v.shape()).cols) > 0) {
-      const MatrixShape ms = matrix_shape(v.shape());
+    } else if (const MatrixShape ms = matrix_shape(v.shape());
+               !opts->formats.empty() && std::min(ms.rows, ms.cols) > 0) {
       SvdCompressor svd;
       svd.engine = SvdEngine::exact;
       const std::int64_t p = std::min(ms.rows, ms.cols);
