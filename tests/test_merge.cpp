@@ -41,12 +41,13 @@ std::int64_t floor_count(double density, std::size_t n) {
   return static_cast<std::int64_t>(std::floor(density * static_cast<double>(n) + 1e-9));
 }
 
-Vec ref_disjoint(const std::vector<Vec>& taus, const Vec& w) {
+// zero_elect: the sign a sum of exactly 0 elects (+1, or −1).
+Vec ref_disjoint(const std::vector<Vec>& taus, const Vec& w, double zero_elect = 1.0) {
   Vec out(taus[0].size(), 0.0);
   for (std::size_t j = 0; j < out.size(); ++j) {
     double s = 0;
     for (std::size_t i = 0; i < taus.size(); ++i) s += w[i] * taus[i][j];
-    const double sign = s >= 0 ? 1.0 : -1.0;
+    const double sign = s > 0 ? 1.0 : s < 0 ? -1.0 : zero_elect;
     double num = 0, den = 0;
     for (std::size_t i = 0; i < taus.size(); ++i)
       if (taus[i][j] * sign > 0) num += w[i] * taus[i][j], den += w[i];
@@ -528,10 +529,12 @@ TEST_CASE("dare keeps each entry with probability density (counter-based mask)")
 
 // Checks a global-scope TIES merge (unit weights) of `merged` against the
 // reference: each model's τ concatenated over those tensors in order, its
-// top-k kept (ties: lower index first), then the disjoint mean. Returns the
-// concatenated length.
+// top-k kept (ties: lower index first), then the disjoint mean; with
+// zero_sign = majority a zero sum elects the sign of Σ_j sign(Σ_i τ'_ij) over
+// the whole model (− where that is 0 too). Returns the concatenated length.
 std::size_t check_global_ties(const StateDict& out, const StateDict& base, const std::vector<StateDict>& experts,
-                              const std::vector<std::string>& merged, double density) {
+                              const std::vector<std::string>& merged, double density,
+                              ZeroSign zero_sign = ZeroSign::plus) {
   std::vector<Vec> cat(experts.size());
   for (std::size_t i = 0; i < experts.size(); ++i)
     for (const auto& n : merged) {
@@ -542,7 +545,17 @@ std::size_t check_global_ties(const StateDict& out, const StateDict& base, const
     const auto keep = ref_top_k(t, floor_count(density, t.size()));
     for (std::size_t j = 0; j < t.size(); ++j) t[j] = keep[j] ? t[j] : 0.0;
   }
-  const Vec merged_cat = ref_disjoint(cat, Vec(experts.size(), 1.0));
+  double zero_elect = 1.0;
+  if (zero_sign == ZeroSign::majority) {
+    std::int64_t votes = 0;
+    for (std::size_t j = 0; j < cat[0].size(); ++j) {
+      double s = 0;
+      for (const Vec& t : cat) s += t[j];
+      votes += (s > 0) - (s < 0);
+    }
+    zero_elect = votes > 0 ? 1.0 : -1.0;
+  }
+  const Vec merged_cat = ref_disjoint(cat, Vec(experts.size(), 1.0), zero_elect);
   std::size_t off = 0;
   for (const auto& n : merged) {
     const Vec b = to_f64_vector(base.at(n).view());
@@ -815,7 +828,7 @@ TEST_CASE(
   for (int i = 0; i < 3; ++i)
     for (const auto& [name, t] : base) {
       Tensor e = t.clone();
-      std::uniform_int_distribution<int> step(-6, 6);
+      std::uniform_int_distribution<int> step(-6, 5);  // leaning negative: the model's vote is −
       for (std::int64_t j = 0; j < e.numel(); ++j)
         static_cast<float*>(e.mutable_data())[j] += static_cast<float>(step(rng) * (i + 1)) / 64.0f;
       experts[static_cast<std::size_t>(i)].insert(name, std::move(e));
@@ -823,9 +836,16 @@ TEST_CASE(
   const std::vector<std::string> merged = base.names();
   for (const double density : {0.2, 0.5}) {
     CAPTURE(density);
-    const StateDict out =
-        merge_state(Ties{density, 1.0, TopKScope::global, {}}, base, std::span<const StateDict>(experts));
-    REQUIRE(check_global_ties(out, base, experts, merged, density) > 16384);  // past detail::select_small
+    std::optional<StateDict> plus;
+    for (const ZeroSign zs : {ZeroSign::plus, ZeroSign::majority}) {
+      CAPTURE(zs == ZeroSign::majority);
+      Ties m{density, 1.0, TopKScope::global, {}};
+      m.zero_sign = zs;
+      StateDict out = merge_state(m, base, std::span<const StateDict>(experts));
+      REQUIRE(check_global_ties(out, base, experts, merged, density, zs) > 16384);  // past detail::select_small
+      if (!plus) plus = std::move(out);
+      else CHECK_FALSE(same_bits(out.at("a.weight"), plus->at("a.weight")));  // the vote decided some zero sums
+    }
   }
 }
 

@@ -142,15 +142,17 @@ TEST_CASE("passthrough: the one model's tensor, times scale when set; two models
   CHECK_THROWS_AS(merged(by_settings("passthrough"), b, {&e, &e}), argument_error);
 }
 
-TEST_CASE("breadcrumbs and breadcrumbs_ties equal mergekit's magnitude_outliers + GTA, per-expert densities") {
-  const Fixture f = fixture(21, {40, 50}, 3);
-  const Vec base = vec(f.base);
-  const std::size_t n = base.size();
-  const Vec dens = {0.5, 0.7, 0.9}, w = {1.0, 0.5, -0.25};
-  const double gamma = 0.05;
+namespace {
+
+// Each expert's δ with breadcrumbs' band applied, by a full sort: ranks
+// [top, top + keep) by decreasing |δ| (lower index first among equals) are
+// kept, keep = floor(d·n), top = min(floor(γ·n), n − keep); γ = 0 is
+// mergekit's magnitude sparsifier.
+std::vector<Vec> banded_taus(const Fixture& f, const Vec& dens, double gamma) {
   std::vector<Vec> d;
-  for (std::size_t i = 0; i < 3; ++i) {
-    Vec t = tau_of(f.experts[i], f.base);
+  for (std::size_t i = 0; i < f.experts.size(); ++i) {
+    const Vec t = tau_of(f.experts[i], f.base);
+    const std::size_t n = t.size();
     const std::int64_t keep = floor_count(dens[i], n);
     const std::int64_t top = std::min<std::int64_t>(floor_count(gamma, n), static_cast<std::int64_t>(n) - keep);
     const auto order = by_magnitude(t);
@@ -159,6 +161,17 @@ TEST_CASE("breadcrumbs and breadcrumbs_ties equal mergekit's magnitude_outliers 
       s[order[static_cast<std::size_t>(r)]] = t[order[static_cast<std::size_t>(r)]];
     d.push_back(s);
   }
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("breadcrumbs and breadcrumbs_ties equal mergekit's magnitude_outliers + GTA, per-expert densities") {
+  const Fixture f = fixture(21, {40, 50}, 3);
+  const Vec base = vec(f.base);
+  const Vec dens = {0.5, 0.7, 0.9}, w = {1.0, 0.5, -0.25};
+  const double gamma = 0.05;
+  const std::vector<Vec> d = banded_taus(f, dens, gamma);
   for (bool consensus : {false, true})
     for (bool normalize : {false, true}) {
       CAPTURE(consensus);
@@ -188,6 +201,55 @@ TEST_CASE("breadcrumbs: density 1 keeps the task vector; density + gamma > 1 dro
   check_close(merged(bc(0.8, 0.3), b, {&e}).view(), {1, 2, 3, 4, 5, 6, 7, 8, 0, 0}, 0, 0);
   // keep 5, top 2: ranks 3..7 by decreasing magnitude → 4..8.
   check_close(merged(bc(0.5, 0.2), b, {&e}).view(), {0, 0, 0, 4, 5, 6, 7, 8, 0, 0}, 0, 0);
+}
+
+TEST_CASE("streamed magnitude bands: past one merge block, ties split across blocks, f32 and bf16 storage") {
+  // Tensors of 75 000 entries take the sampled-window path (past 16 384) over two merge blocks (65 536). On the
+  // 1/64 grid every |δ| is one of 9 values, so each band's edges fall among thousands of equal magnitudes and the
+  // kept ones must be the lowest-indexed, block after block; the random fixture keeps or drops whole blocks' ties.
+  std::mt19937_64 rng(57);
+  std::uniform_int_distribution<int> pick(-64, 64), step(-8, 8);
+  std::vector<float> b(75000);
+  for (float& x : b) x = static_cast<float>(pick(rng)) / 64.0f;
+  Fixture grid{f32_tensor(b, {300, 250}), {}};
+  for (int i = 0; i < 3; ++i) {
+    std::vector<float> e = b;
+    for (float& x : e) x += static_cast<float>(step(rng)) / 64.0f;
+    grid.experts.push_back(f32_tensor(e, {300, 250}));
+  }
+  const Fixture smooth = fixture(58, {300, 250}, 3);
+  const Vec dens = {0.35, 0.6, 0.9}, w = {1.0, 0.5, -0.25};
+  for (dtype t : {dtype::f32, dtype::bf16})
+    for (const Fixture* f0 : std::initializer_list<const Fixture*>{&grid, &smooth}) {
+      CAPTURE(std::string(dtype_name(t)));
+      CAPTURE(f0 == &grid);
+      Fixture f{f0->base.clone_as(t), {}};  // bf16 is exact on the grid; on the random fixture it makes more ties
+      for (const Tensor& e : f0->experts) f.experts.push_back(e.clone_as(t));
+      const double rel = twin_test::unit_roundoff(t) + 1e-6;  // the output is stored in the inputs' dtype
+      const Vec base = vec(f.base);
+      for (double gamma : {0.0, 0.03})
+        for (bool consensus : {false, true}) {
+          CAPTURE(gamma);
+          CAPTURE(consensus);
+          const std::vector<Vec> d = banded_taus(f, dens, gamma);
+          GeneralizedTaskArithmetic g =
+              *GeneralizedTaskArithmetic::mergekit(consensus ? "breadcrumbs_ties" : "breadcrumbs");
+          if (gamma == 0.0) g.sparsifier = GtaSparsifier::magnitude;
+          g.densities = dens, g.gammas = {gamma, gamma, gamma}, g.weights = w, g.scaling = 0.8;
+          const Vec ref = ref_gta(base, d, w, consensus, false, 0.8);
+          // f32 sums of three terms, then the output's rounding.
+          check_close(merged(AnyMerger(g), f.base, f.ptrs()).view(), ref, rel, 1e-6);
+          if (gamma > 0.0) {
+            const AnyMerger bc = by_settings(consensus ? "breadcrumbs_ties" : "breadcrumbs", [&](MergeSettings& s) {
+              s.densities = dens;
+              s.gamma = gamma;
+              s.weights = w;
+              s.scaling = 0.8;
+            });
+            check_close(merged(bc, f.base, f.ptrs()).view(), ref, rel, 1e-6);
+          }
+        }
+    }
 }
 
 TEST_CASE("della --rng torch draws torch.bernoulli's masks (recorded from PyTorch 1.13) expert after expert") {
@@ -684,15 +746,7 @@ TEST_CASE("GeneralizedTaskArithmetic with mergekit's rules: ties per-model densi
   const std::size_t n = base.size();
   const Vec dens = {0.2, 0.5, 0.8}, w = {1.0, 0.7, 0.4};
   // ties: the floor(d·n) largest |δ| per expert, sign consensus, normalized; λ 0.9.
-  std::vector<Vec> d;
-  for (std::size_t i = 0; i < 3; ++i) {
-    const Vec t = tau_of(f.experts[i], f.base);
-    const auto order = by_magnitude(t);
-    Vec s(n, 0.0);
-    for (std::int64_t r = 0; r < floor_count(dens[i], n); ++r)
-      s[order[static_cast<std::size_t>(r)]] = t[order[static_cast<std::size_t>(r)]];
-    d.push_back(s);
-  }
+  const std::vector<Vec> d = banded_taus(f, dens, 0.0);
   GeneralizedTaskArithmetic ties = *GeneralizedTaskArithmetic::mergekit("ties");
   ties.densities = dens;
   ties.weights = w;

@@ -40,8 +40,10 @@ struct BreadcrumbsBase {
       check_unit_interval(d[i], std::string(name()) + " density");
       check_unit_interval(g[i], std::string(name()) + " gamma");
     }
-    gta_merge(a, GtaRule{name(), Consensus, normalize, scaling, &weights},
-              [&](std::size_t i, std::span<float> row) { sparsify_outliers(row, d[i], g[i]); });
+    std::vector<MagnitudeBand> band(T);
+    for (std::size_t i = 0; i < T; ++i) band[i] = outlier_band(d[i], g[i], a.base.numel());
+    // δ never held: the bands' cuts from one counting pass, then the combination.
+    gta_merge_bands(a, GtaRule{name(), Consensus, normalize, scaling, &weights}, band);
   }
 };
 }  // namespace detail

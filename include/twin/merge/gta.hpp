@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <optional>
 #include <span>
 #include <string>
@@ -25,6 +26,7 @@
 
 #include "twin/merge/merger.hpp"
 #include "twin/merge/selection.hpp"
+#include "twin/merge/streamed_cuts.hpp"
 #include "twin/random.hpp"
 
 namespace twin::detail {
@@ -58,19 +60,32 @@ inline void rescale_l1(std::span<float> m, double before) {
   });
 }
 
+// Each expert's kept band of magnitudes: the `keep` largest |δ_i| less the
+// `drop` largest (drop ≤ keep; magnitude: drop 0; breadcrumbs: the outliers).
+struct MagnitudeBand {
+  std::int64_t keep = 0, drop = 0;
+};
+
 // breadcrumbs' magnitude_outliers: keep = floor(density·n) entries, after
 // dropping the top = floor(gamma·n) largest magnitudes (fewer where
 // keep + top > n, so that keep entries remain). density ≥ 1 keeps δ as is.
 // Ties rank the lower index first. mergekit zeroes the whole δ when top = 0
 // (a Python slice [bot:-0]); we keep the band, as its own docstring intends.
+inline MagnitudeBand outlier_band(double density, double gamma, std::int64_t n) noexcept {
+  if (density >= 1.0) return {n, 0};
+  const std::int64_t keep = keep_count(density, n);
+  const std::int64_t top = std::min(keep_count(gamma, n), n - keep);
+  return {top + keep, top};
+}
+
+// The band above applied to a held δ.
 inline void sparsify_outliers(std::span<float> d, double density, double gamma) {
   if (density >= 1.0) return;
   const auto n = static_cast<std::int64_t>(d.size());
-  const std::int64_t keep = keep_count(density, n);
-  const std::int64_t top = std::min(keep_count(gamma, n), n - keep);
+  const MagnitudeBand b = outlier_band(density, gamma, n);
   // Both cuts are taken on the untouched values: the outlier set is a subset
   // of the kept band's upper cut, ties included.
-  const std::int64_t ks[2] = {top, top + keep};
+  const std::int64_t ks[2] = {b.drop, b.keep};
   const std::span<const float> cd(d);
   const std::vector<MagnitudeCut> cut = select_top_ks([&](auto&& sink) { sink(cd); }, n, ks);
   apply_band(d, cut[1], cut[0]);
@@ -151,9 +166,74 @@ struct GtaRule {
   const std::vector<double>* weights = nullptr;  // per expert; empty: all 1
 };
 
+// out[0..m) = base + λ·M by the rule above, rows[i][0..m) the sparsified
+// δ_i, in the order of operations the rule states (experts in model order,
+// f32), the elements outer, 16 to a register. flat_div is Σ w_i (1 where
+// |Σ w_i| < 1e-8), the divisor without consensus.
+inline void gta_combine_rows(std::int64_t m, std::size_t T, const float* const* rows, const float* w, const GtaRule& r,
+                             float flat_div, const float* TWIN_RESTRICT base, float* TWIN_RESTRICT out) noexcept {
+  constexpr std::int64_t L = 16;
+  using f32x16 = float __attribute__((vector_size(L * sizeof(float))));
+  auto load = [](const float* p) noexcept {
+    f32x16 x;
+    std::memcpy(&x, p, sizeof x);
+    return x;
+  };
+  const auto lambda = static_cast<float>(r.scaling);
+  std::int64_t j = 0;
+  const f32x16 zero = {};
+  for (; j + L <= m; j += L) {
+    f32x16 merged = {}, div = {};
+    if (r.consensus) {
+      f32x16 sum = {};
+      for (std::size_t i = 0; i < T; ++i) sum += w[i] * load(rows[i] + j);
+      const auto nonneg = sum >= 0.0f;  // the sign the sum elects: + where S ≥ 0
+      for (std::size_t i = 0; i < T; ++i) {
+        const f32x16 dv = w[i] * load(rows[i] + j);
+        const auto agree = (nonneg & (dv > 0.0f)) | (~nonneg & (dv < 0.0f));
+        merged += agree ? dv : zero;
+        div += agree ? zero + w[i] : zero;
+      }
+      div = div == 0.0f ? zero + 1.0f : div;
+    } else {
+      for (std::size_t i = 0; i < T; ++i) merged += w[i] * load(rows[i] + j);
+      div = zero + flat_div;
+    }
+    if (r.normalize) merged = merged / div;
+    const f32x16 o = load(base + j) + lambda * merged;
+    std::memcpy(out + j, &o, sizeof o);
+  }
+  for (; j < m; ++j) {
+    float merged = 0.0f, div = flat_div;
+    if (r.consensus) {
+      float sum = 0.0f;
+      for (std::size_t i = 0; i < T; ++i) sum += w[i] * rows[i][j];
+      div = 0.0f;
+      for (std::size_t i = 0; i < T; ++i) {
+        const float dv = w[i] * rows[i][j];
+        const bool agree = (sum >= 0.0f ? dv : -dv) > 0.0f;
+        merged += agree ? dv : 0.0f;
+        div += agree ? w[i] : 0.0f;
+      }
+      if (div == 0.0f) div = 1.0f;
+    } else {
+      for (std::size_t i = 0; i < T; ++i) merged += w[i] * rows[i][j];
+    }
+    if (r.normalize) merged /= div;
+    out[j] = base[j] + lambda * merged;
+  }
+}
+
+// Σ w_i, or 1 where it is (nearly) zero: the divisor without consensus.
+inline float gta_flat_div(const std::vector<float>& w) noexcept {
+  float wsum = 0.0f;
+  for (float x : w) wsum += x;
+  return std::abs(wsum) < 1e-8f ? 1.0f : wsum;
+}
+
 // δ_i for every expert into the thread's scratch rows, sparsify(i, row) on
 // each in model order (the order random draws are consumed), then the
-// combination into a.out. Returns nothing; a.out holds base + M.
+// combination into a.out. a.out holds base + M.
 template <class Sparsify>
 void gta_merge(const TensorMergeArgs& a, const GtaRule& r, Sparsify&& sparsify) {
   const std::vector<float> w = resolve_weights(*r.weights, a.experts.size(), r.method);
@@ -163,49 +243,42 @@ void gta_merge(const TensorMergeArgs& a, const GtaRule& r, Sparsify&& sparsify) 
   task_vectors_f32(a, tau);
   for (std::size_t i = 0; i < T; ++i)
     sparsify(i, std::span<float>(tau.data() + static_cast<std::int64_t>(i) * n, static_cast<std::size_t>(n)));
-  float wsum = 0.0f;
-  for (float x : w) wsum += x;
-  const float flat_div = std::abs(wsum) < 1e-8f ? 1.0f : wsum;
-  const auto lambda = static_cast<float>(r.scaling);
-  // Per chunk, expert-outer loops over the elements (they vectorize): S, then
-  // the kept sums and divisors, in the same order of operations per element.
+  const float flat_div = gta_flat_div(w);
   merge_chunks(a, merge_block, [&](std::int64_t) {
-    return [&, sum = std::vector<float>(TWIN_CHUNK_ELEMENTS), div = std::vector<float>(TWIN_CHUNK_ELEMENTS)](
-               std::int64_t lo, std::int64_t c, const float* base, const float* const*, float* out) mutable {
-      float* m = out;
-      for (std::int64_t j = 0; j < c; ++j) m[j] = 0.0f;
-      if (r.consensus) {
-        for (std::int64_t j = 0; j < c; ++j) sum[j] = 0.0f, div[j] = 0.0f;
-        for (std::size_t i = 0; i < T; ++i) {
-          const float* t = tau.data() + i * static_cast<std::size_t>(n) + lo;
-          for (std::int64_t j = 0; j < c; ++j) sum[j] += w[i] * t[j];
-        }
-        float* __restrict mm = m;
-        float* __restrict dv_sum = div.data();
-        const float* __restrict sm = sum.data();
-        for (std::size_t i = 0; i < T; ++i) {
-          const float* __restrict t = tau.data() + i * static_cast<std::size_t>(n) + lo;
-          const float wi = w[i];
-          for (std::int64_t j = 0; j < c; ++j) {
-            const float dv = wi * t[j];
-            const bool agree = (sm[j] >= 0.0f ? dv : -dv) > 0.0f;  // the sign the sum elects
-            mm[j] += agree ? dv : 0.0f;
-            dv_sum[j] += agree ? wi : 0.0f;
-          }
-        }
-        for (std::int64_t j = 0; j < c; ++j)
-          if (div[j] == 0.0f) div[j] = 1.0f;
-      } else {
-        for (std::size_t i = 0; i < T; ++i) {
-          const float* t = tau.data() + i * static_cast<std::size_t>(n) + lo;
-          for (std::int64_t j = 0; j < c; ++j) m[j] += w[i] * t[j];
-        }
-      }
-      if (r.normalize)
-        for (std::int64_t j = 0; j < c; ++j) m[j] /= r.consensus ? div[j] : flat_div;
-      for (std::int64_t j = 0; j < c; ++j) out[j] = base[j] + lambda * m[j];
+    return [&, rows = std::vector<const float*>(T)](std::int64_t lo, std::int64_t c, const float* base,
+                                                    const float* const*, float* out) mutable {
+      for (std::size_t i = 0; i < T; ++i) rows[i] = tau.data() + i * static_cast<std::size_t>(n) + lo;
+      gta_combine_rows(c, T, rows.data(), w.data(), r, flat_div, base, out);
     };
   });
+}
+
+// gta_merge for magnitude bands, δ never held: every expert's cuts from one
+// sample and one counting pass over the inputs (merge/streamed_cuts.hpp),
+// a tie-count pass only where a cut splits its ties, and the combination
+// forming the banded δ chunk by chunk. The same result as gta_merge with the
+// band applied to held rows (exact cuts, same order of operations).
+inline void gta_merge_bands(const TensorMergeArgs& a, const GtaRule& r, const std::vector<MagnitudeBand>& band) {
+  const std::vector<float> w = resolve_weights(*r.weights, a.experts.size(), r.method);
+  const std::size_t T = w.size();
+  std::vector<CutRequest> req;
+  for (std::size_t i = 0; i < T; ++i) {
+    req.push_back({i, band[i].keep});
+    req.push_back({i, band[i].drop});
+  }
+  const std::vector<MagnitudeCut> cuts = task_vector_cuts(a, req);
+  TensorCuts keep, drop;
+  for (std::size_t i = 0; i < T; ++i) {
+    keep.cut.push_back(cuts[2 * i]);
+    drop.cut.push_back(cuts[2 * i + 1]);
+  }
+  TensorCuts* both[2] = {&keep, &drop};
+  count_ties(a, both);
+  const float flat_div = gta_flat_div(w);
+  combine_trimmed(a, keep, &drop,
+                  [&](std::int64_t m, const float* const* rows, const float* base, float* out) noexcept {
+                    gta_combine_rows(m, T, rows, w.data(), r, flat_div, base, out);
+                  });
 }
 
 }  // namespace twin::detail
@@ -257,6 +330,19 @@ struct GeneralizedTaskArithmetic {
           (d[i] + e[i] >= 1.0 || d[i] - e[i] <= 0.0))
         throw argument_error(method + ": density ± epsilon must lie in (0, 1); expert " + std::to_string(i) +
                              " has density " + std::to_string(d[i]) + " and epsilon " + std::to_string(e[i]));
+    }
+    if (!rescale && (sparsifier == GtaSparsifier::none || sparsifier == GtaSparsifier::magnitude ||
+                     sparsifier == GtaSparsifier::magnitude_outliers)) {
+      // Deterministic magnitude bands: streamed, δ never held.
+      const std::int64_t n = a.base.numel();
+      std::vector<detail::MagnitudeBand> band(T);
+      for (std::size_t i = 0; i < T; ++i) {
+        if (sparsifier == GtaSparsifier::none || d[i] >= 1.0) band[i] = {n, 0};
+        else if (sparsifier == GtaSparsifier::magnitude) band[i] = {keep_count(d[i], n), 0};
+        else band[i] = detail::outlier_band(d[i], g[i], n);
+      }
+      detail::gta_merge_bands(a, detail::GtaRule{method, consensus, normalize, scaling, &weights}, band);
+      return;
     }
     std::optional<TorchCpuGenerator> torch_gen;
     if (rng == RngKind::torch) torch_gen.emplace(seed);

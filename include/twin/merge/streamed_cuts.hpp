@@ -1,0 +1,243 @@
+// Magnitude cuts of task vectors τ_i = expert_i − base found and applied
+// without holding τ (Ties' trim, breadcrumbs' band, mergekit's magnitude
+// sparsifier): τ is formed chunk by chunk from the inputs in each pass.
+//   task_vector_cuts: exact top-k cuts, any number per expert, from a sample
+//     and one counting pass over the inputs (docs/design.md §3);
+//   count_ties: where a cut keeps only some of the ties at its threshold,
+//     how many come before each merge block (one more pass, only then);
+//   trimmed_rows: one chunk of each expert's kept τ entries, by a band
+//     (kept by one cut, not by another) or a single cut.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "twin/merge/merger.hpp"
+#include "twin/merge/selection.hpp"
+
+namespace twin::detail {
+
+// One cut per expert for one tensor, and, for a cut that keeps only some
+// of the ties at its threshold, the number of ties before each merge block
+// (in index order).
+struct TensorCuts {
+  std::vector<MagnitudeCut> cut;
+  std::vector<std::vector<std::int64_t>> ties_before;
+
+  std::vector<BlockCut> at_block(std::size_t b) const {
+    std::vector<BlockCut> out;
+    for (std::size_t i = 0; i < cut.size(); ++i) out.push_back(BlockCut::at(cut[i], ties_before[i], b));
+    return out;
+  }
+};
+
+// Fills ties_before for every cut of `all` that needs the tie order: one
+// pass over the inputs (for all of them at once) counting, per merge block,
+// the entries of τ at each such cut's threshold. No pass where none does.
+inline void count_ties(const TensorMergeArgs& a, std::span<TensorCuts* const> all) {
+  std::vector<std::pair<TensorCuts*, std::size_t>> need;
+  for (TensorCuts* tc : all) {
+    tc->ties_before.assign(tc->cut.size(), {});
+    for (std::size_t i = 0; i < tc->cut.size(); ++i)
+      if (tc->cut[i].needs_tie_order()) need.emplace_back(tc, i);
+  }
+  if (need.empty()) return;
+  const std::int64_t n = a.base.numel(), blocks = (n + merge_block - 1) / merge_block;
+  for (auto [tc, i] : need) tc->ties_before[i].assign(static_cast<std::size_t>(blocks) + 1, 0);
+  parallel_blocks(n, merge_block, [&](std::int64_t b0, std::int64_t b1) {
+    const auto b = static_cast<std::size_t>(b0 / merge_block);
+    for_input_chunks(a, b0, b1, [&](std::int64_t, std::int64_t c, const float* base, const float* const* ex, float*) {
+      for (auto [tc, i] : need) {
+        const std::uint32_t t = tc->cut[i].threshold;
+        const float* e = ex[i];
+        std::int64_t k = 0;
+        for (std::int64_t j = 0; j < c; ++j) k += magnitude_key(e[j] - base[j]) == t;
+        tc->ties_before[i][b + 1] += k;
+      }
+    });
+  });
+  for (auto [tc, i] : need)
+    for (std::size_t b = 1; b < tc->ties_before[i].size(); ++b) tc->ties_before[i][b] += tc->ties_before[i][b - 1];
+}
+
+inline void count_ties(const TensorMergeArgs& a, TensorCuts& tc) {
+  TensorCuts* one[1] = {&tc};
+  count_ties(a, one);
+}
+
+// rows[i][0..c) = τ_i = ex[i] − base (as task_vectors_f32 forms it) where
+// expert i's `keep` cut selects it and its `drop` cut (when given) does not,
+// else 0, over one chunk of the current block.
+inline void trimmed_rows(std::int64_t c, const float* TWIN_RESTRICT base, const float* const* ex,
+                         std::vector<BlockCut>& keep, std::vector<BlockCut>* drop, float* const* rows) noexcept {
+  for (std::size_t i = 0; i < keep.size(); ++i) {
+    const float* TWIN_RESTRICT e = ex[i];
+    float* TWIN_RESTRICT r = rows[i];
+    BlockCut* d = drop ? &(*drop)[i] : nullptr;
+    if (d && d->uniform && d->threshold == 0xffffffffu && !d->keep_ties) d = nullptr;  // drops nothing
+    if (keep[i].uniform && (!d || d->uniform)) {
+      const BlockCut k0 = keep[i];
+      if (!d) {
+        for (std::int64_t j = 0; j < c; ++j) {
+          const float x = e[j] - base[j];
+          r[j] = k0.selects(magnitude_key(x)) ? x : 0.0f;
+        }
+      } else {
+        const BlockCut k1 = *d;
+        for (std::int64_t j = 0; j < c; ++j) {
+          const float x = e[j] - base[j];
+          const std::uint32_t k = magnitude_key(x);
+          r[j] = k0.selects(k) & !k1.selects(k) ? x : 0.0f;
+        }
+      }
+    } else {
+      CutCursor& c0 = keep[i].cursor;
+      for (std::int64_t j = 0; j < c; ++j) {
+        const float x = e[j] - base[j];
+        const bool in = c0.keep(x), out = d && d->cursor.keep(x);  // both cursors see every entry
+        r[j] = in && !out ? x : 0.0f;
+      }
+    }
+  }
+}
+
+// out = kernel(τ' rows) over each tensor chunk, the trimmed task values τ'
+// (trimmed_rows by `keep`, less `drop` when given) formed in sub-chunks of
+// 512 elements so the T rows stay in L1: kernel(m, rows, base, out) writes
+// out[0..m) from rows[i][0..m) and base[0..m).
+template <class Kernel>
+void combine_trimmed(const TensorMergeArgs& a, const TensorCuts& keep, const TensorCuts* drop, Kernel&& kernel) {
+  const std::size_t T = a.experts.size();
+  constexpr std::size_t S = 512;
+  merge_chunks(a, merge_block, [&](std::int64_t b0) {
+    const auto b = static_cast<std::size_t>(b0 / merge_block);
+    return [&, kc = keep.at_block(b), dc = drop ? drop->at_block(b) : std::vector<BlockCut>{},
+            rows = std::vector<float*>(T), at = std::vector<const float*>(T)](
+               std::int64_t, std::int64_t c, const float* base, const float* const* ex, float* out) mutable {
+      float* buf = scratch_floats<5>(S * T);
+      for (std::size_t i = 0; i < T; ++i) rows[i] = buf + i * S;
+      for (std::int64_t s0 = 0; s0 < c; s0 += static_cast<std::int64_t>(S)) {
+        const std::int64_t m = std::min(c - s0, static_cast<std::int64_t>(S));
+        for (std::size_t i = 0; i < T; ++i) at[i] = ex[i] + s0;
+        trimmed_rows(m, base + s0, at.data(), kc, drop ? &dc : nullptr, rows.data());
+        kernel(m, static_cast<const float* const*>(rows.data()), base + s0, out + s0);
+      }
+    };
+  });
+}
+
+// The cut keeping the k largest |τ_i| of expert i alone, τ_i held (the
+// fallback of task_vector_cuts).
+inline MagnitudeCut held_task_vector_cut(const TensorMergeArgs& a, std::size_t i, std::int64_t k) {
+  const ConstTensorView one[1] = {a.experts[i]};
+  const TensorMergeArgs ai{a.name, a.base, one, TensorView{}};
+  std::vector<float> tau;
+  task_vectors_f32(ai, tau);
+  return select_top_k(std::span<const float>(tau.data(), static_cast<std::size_t>(a.base.numel())), k);
+}
+
+// One cut asked of task_vector_cuts: the k largest |τ| of one expert.
+struct CutRequest {
+  std::size_t expert = 0;
+  std::int64_t k = 0;
+};
+
+// Exact cuts of one tensor's task vectors τ_i = expert_i − base, one per
+// request (an expert may have several), with τ recomputed from the inputs
+// and never held:
+//   1. a sample (runs of 1024 entries spread over the tensor, about 32K
+//      entries) brackets each request's k-th largest key in a window of
+//      ranks k·m/n ± (4σ + 16);
+//   2. one pass counts, per request, the keys above the window (a
+//      vectorized compare) and collects the keys inside it;
+//   3. where the k-th largest key lies in the window (nearly always), the
+//      cut is found among the collected keys; otherwise that expert's τ is
+//      held and selected exactly (select_top_k).
+// Exact either way: the sample only decides how much work step 3 does.
+// Short tensors hold τ and select row by row.
+inline std::vector<MagnitudeCut> task_vector_cuts(const TensorMergeArgs& a, std::span<const CutRequest> req) {
+  const std::int64_t n = a.base.numel();
+  const std::size_t T = a.experts.size(), R = req.size();
+  std::vector<MagnitudeCut> cut(R);
+  std::vector<std::size_t> todo;
+  std::vector<char> sampled(T, 0);
+  for (std::size_t x = 0; x < R; ++x) {
+    if (req[x].k <= 0) cut[x] = MagnitudeCut::keep_none();
+    else if (req[x].k >= n) cut[x] = MagnitudeCut::keep_all();
+    else todo.push_back(x), sampled[req[x].expert] = 1;
+  }
+  if (todo.empty()) return cut;
+  if (n <= select_small) {
+    std::vector<float> tau;
+    task_vectors_f32(a, tau);
+    for (std::size_t x : todo)
+      cut[x] = select_top_k(std::span<const float>(tau.data() + static_cast<std::int64_t>(req[x].expert) * n,
+                                                   static_cast<std::size_t>(n)),
+                            req[x].k);
+    return cut;
+  }
+  // 1. The sample: run r covers [r·stride, r·stride + run).
+  constexpr std::int64_t run = sample_run;
+  const std::int64_t stride = sample_stride(n);
+  const std::int64_t runs = (n + stride - 1) / stride;
+  std::vector<std::vector<std::uint32_t>> sample(T);
+  for (std::size_t i = 0; i < T; ++i)
+    if (sampled[i]) sample[i].assign(static_cast<std::size_t>(runs * run), 0xffffffffu);
+  parallel_blocks(runs, 8, [&](std::int64_t r0, std::int64_t r1) {
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const std::int64_t lo = r * stride, hi = std::min(n, lo + run);
+      for_input_chunks(
+          a, lo, hi, [&](std::int64_t at, std::int64_t c, const float* base, const float* const* ex, float*) {
+            for (std::size_t i = 0; i < T; ++i)
+              if (sampled[i])
+                for (std::int64_t j = 0; j < c; ++j)
+                  sample[i][static_cast<std::size_t>(r * run + (at - lo) + j)] = magnitude_key(ex[i][j] - base[j]);
+          });
+    }
+  });
+  for (std::size_t i = 0; i < T; ++i) std::erase(sample[i], 0xffffffffu);  // past the end (no key is 0xffffffff)
+  std::vector<std::uint32_t> wlo(R, 0), whi(R, 0xffffffffu);               // window [wlo, whi] of keys
+  // Per request, in parallel (each window depends on its expert's sample alone).
+  parallel_blocks(static_cast<std::int64_t>(todo.size()), 1, [&](std::int64_t x0, std::int64_t x1) {
+    for (std::int64_t y = x0; y < x1; ++y) {
+      const std::size_t x = todo[static_cast<std::size_t>(y)];
+      std::vector<std::uint32_t> sm = sample[req[x].expert];  // sample_window consumes its copy
+      std::tie(wlo[x], whi[x]) = sample_window(sm, static_cast<double>(req[x].k) / static_cast<double>(n));
+    }
+  });
+  sample = {};
+  // 2. Counts above each window, and the keys inside it, per thread and request.
+  const auto threads = static_cast<std::size_t>(num_threads());
+  std::vector<std::int64_t> above_n(threads * R, 0);
+  std::vector<KeyBuffer> inside(threads * R);
+  parallel_blocks(n, merge_block, [&](std::int64_t b0, std::int64_t b1) {
+    const auto t = static_cast<std::size_t>(thread_index());
+    for_input_chunks(a, b0, b1, [&](std::int64_t, std::int64_t c, const float* base, const float* const* ex, float*) {
+      for (std::size_t x : todo)
+        above_n[t * R + x] += scan_window(ex[req[x].expert], base, c, wlo[x], whi[x], inside[t * R + x]);
+    });
+  });
+  // 3. The cut inside each window, or the exact fallback; requests in parallel.
+  parallel_blocks(static_cast<std::int64_t>(todo.size()), 1, [&](std::int64_t x0, std::int64_t x1) {
+    for (std::int64_t y = x0; y < x1; ++y) {
+      const std::size_t x = todo[static_cast<std::size_t>(y)];
+      const std::optional<MagnitudeCut> c = cut_in_window(above_n, inside, threads, R, x, req[x].k);
+      cut[x] = c ? *c : held_task_vector_cut(a, req[x].expert, req[x].k);
+    }
+  });
+  return cut;
+}
+
+// One cut per expert: the k[i] largest |τ_i|.
+inline std::vector<MagnitudeCut> task_vector_cuts(const TensorMergeArgs& a, const std::vector<std::int64_t>& k) {
+  std::vector<CutRequest> req(k.size());
+  for (std::size_t i = 0; i < k.size(); ++i) req[i] = {i, k[i]};
+  return task_vector_cuts(a, req);
+}
+
+}  // namespace twin::detail
