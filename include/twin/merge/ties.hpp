@@ -174,39 +174,45 @@ struct Ties {
     const std::int64_t k = keep_count(density, total);
     if (selection == TopKSelection::exact && total > detail::select_small && k > 0 && k < total)
       found = window_cuts(c, sizes, total, k);
-    for (int m = 0; m < c.num_experts; ++m) {
+    const auto T = static_cast<std::size_t>(c.num_experts);
+    std::vector<MagnitudeCut> cut(T);
+    for (std::size_t m = 0; m < T; ++m) {
       // Visits τ_m tensor by tensor, never holding more than one of them.
       auto visit = [&](auto&& sink) {
         for (std::size_t t = 0; t < c.names.size(); ++t) {
-          const ConstTensorView one[1] = {c.view(t, m)};
+          const ConstTensorView one[1] = {c.view(t, static_cast<int>(m))};
           const TensorMergeArgs a{c.names[t], c.view(t, -1), one, TensorView{}};
           std::vector<float>& tau = detail::tau_scratch();
           detail::task_vectors_f32(a, tau);
           sink(std::span<const float>(tau.data(), static_cast<std::size_t>(a.base.numel())));
         }
       };
-      const auto& f = found[static_cast<std::size_t>(m)];
-      const MagnitudeCut cut = f ? *f : trim_cut(visit, total);
-      std::vector<std::int64_t> ties(c.names.size(), 0);
-      if (cut.needs_tie_order()) {
-        std::size_t t = 0;
-        visit([&](std::span<const float> seg) {
-          ties[t++] = ties_before_blocks(seg, cut.threshold, detail::select_block).back();
-        });
+      cut[m] = found[m] ? *found[m] : trim_cut(visit, total);
+    }
+    // A cut that keeps some of its ties keeps the first in model order: the
+    // ties in each tensor, counted in one pass over the model for all such
+    // experts at once (τ formed per chunk).
+    std::vector<std::vector<std::int64_t>> ties(T, std::vector<std::int64_t>(c.names.size(), 0));
+    std::vector<ConstTensorView> ex;
+    if (std::any_of(cut.begin(), cut.end(), [](const MagnitudeCut& x) { return x.needs_tie_order(); }))
+      for (std::size_t t = 0; t < c.names.size(); ++t) {
+        detail::TensorCuts tc;
+        tc.cut = cut;
+        detail::count_ties(tensor_args(c, t, ex), tc);
+        for (std::size_t m = 0; m < T; ++m)
+          if (cut[m].needs_tie_order()) ties[m][t] = tc.ties_before[m].back();
       }
-      const std::vector<MagnitudeCut> per = split_cut(cut, ties);
-      for (std::size_t t = 0; t < c.names.size(); ++t) p.cuts[c.names[t]][static_cast<std::size_t>(m)] = per[t];
+    for (std::size_t m = 0; m < T; ++m) {
+      const std::vector<MagnitudeCut> per = split_cut(cut[m], ties[m]);
+      for (std::size_t t = 0; t < c.names.size(); ++t) p.cuts[c.names[t]][m] = per[t];
     }
     if (zero_sign == ZeroSign::majority) {
       // The elected signs of the whole model, tensor by tensor, the trimmed
       // τ formed per chunk as the merge forms them (never held).
       const std::vector<float> w = resolve_weights(weights, static_cast<std::size_t>(c.num_experts), name());
       std::int64_t votes = 0;
-      std::vector<ConstTensorView> ex;
       for (std::size_t t = 0; t < c.names.size(); ++t) {
-        ex.clear();
-        for (int m = 0; m < c.num_experts; ++m) ex.push_back(c.view(t, m));
-        const TensorMergeArgs a{c.names[t], c.view(t, -1), ex, TensorView{}};
+        const TensorMergeArgs a = tensor_args(c, t, ex);
         detail::TensorCuts tc;
         tc.cut = p.cuts.at(c.names[t]);
         detail::count_ties(a, tc);
@@ -252,6 +258,13 @@ struct Ties {
   }
 
  private:
+  // Tensor t of the catalog with every expert (their views kept in ex).
+  static TensorMergeArgs tensor_args(const MergeCatalog& c, std::size_t t, std::vector<ConstTensorView>& ex) {
+    ex.clear();
+    for (int m = 0; m < c.num_experts; ++m) ex.push_back(c.view(t, m));
+    return TensorMergeArgs{c.names[t], c.view(t, -1), ex, TensorView{}};
+  }
+
   // The top-k cut of each expert's τ over the whole model (tensors in
   // catalog order), τ formed per chunk and never held: a sample (runs of
   // 1024 entries, about 32K in all) brackets each expert's k-th largest key
@@ -263,18 +276,13 @@ struct Ties {
                                                               std::int64_t total, std::int64_t k) {
     const auto T = static_cast<std::size_t>(c.num_experts);
     std::vector<ConstTensorView> ex;
-    auto args = [&](std::size_t t) {
-      ex.clear();
-      for (int m = 0; m < c.num_experts; ++m) ex.push_back(c.view(t, m));
-      return TensorMergeArgs{c.names[t], c.view(t, -1), ex, TensorView{}};
-    };
     constexpr std::int64_t run = detail::sample_run;
     const std::int64_t stride = detail::sample_stride(total);
     std::vector<std::vector<std::uint32_t>> sample(T);
     std::int64_t pos = 0;
     for (std::size_t t = 0; t < c.names.size(); ++t) {
       const std::int64_t len = sizes[t];
-      const TensorMergeArgs a = args(t);
+      const TensorMergeArgs a = tensor_args(c, t, ex);
       for (std::int64_t r = pos / stride; len > 0 && r <= (pos + len - 1) / stride; ++r) {
         const std::int64_t lo = std::max(pos, r * stride), hi = std::min(pos + len, r * stride + run);
         detail::for_input_chunks(a, lo - pos, hi - pos,
@@ -293,7 +301,7 @@ struct Ties {
     std::vector<std::int64_t> above(threads * T, 0);
     std::vector<detail::KeyBuffer> inside(threads * T);
     for (std::size_t t = 0; t < c.names.size(); ++t) {
-      const TensorMergeArgs a = args(t);
+      const TensorMergeArgs a = tensor_args(c, t, ex);
       parallel_blocks(sizes[t], detail::merge_block, [&](std::int64_t b0, std::int64_t b1) {
         const auto th = static_cast<std::size_t>(thread_index());
         detail::for_input_chunks(
