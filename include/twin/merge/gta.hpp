@@ -173,12 +173,6 @@ struct GtaRule {
 inline void gta_combine_rows(std::int64_t m, std::size_t T, const float* const* rows, const float* w, const GtaRule& r,
                              float flat_div, const float* TWIN_RESTRICT base, float* TWIN_RESTRICT out) noexcept {
   constexpr std::int64_t L = 16;
-  using f32x16 = float __attribute__((vector_size(L * sizeof(float))));
-  auto load = [](const float* p) noexcept {
-    f32x16 x;
-    std::memcpy(&x, p, sizeof x);
-    return x;
-  };
   const auto lambda = static_cast<float>(r.scaling);
   std::int64_t j = 0;
   const f32x16 zero = {};
@@ -186,21 +180,21 @@ inline void gta_combine_rows(std::int64_t m, std::size_t T, const float* const* 
     f32x16 merged = {}, div = {};
     if (r.consensus) {
       f32x16 sum = {};
-      for (std::size_t i = 0; i < T; ++i) sum += w[i] * load(rows[i] + j);
+      for (std::size_t i = 0; i < T; ++i) sum += w[i] * load16(rows[i] + j);
       const auto nonneg = sum >= 0.0f;  // the sign the sum elects: + where S ≥ 0
       for (std::size_t i = 0; i < T; ++i) {
-        const f32x16 dv = w[i] * load(rows[i] + j);
+        const f32x16 dv = w[i] * load16(rows[i] + j);
         const auto agree = (nonneg & (dv > 0.0f)) | (~nonneg & (dv < 0.0f));
         merged += agree ? dv : zero;
         div += agree ? zero + w[i] : zero;
       }
       div = div == 0.0f ? zero + 1.0f : div;
     } else {
-      for (std::size_t i = 0; i < T; ++i) merged += w[i] * load(rows[i] + j);
+      for (std::size_t i = 0; i < T; ++i) merged += w[i] * load16(rows[i] + j);
       div = zero + flat_div;
     }
     if (r.normalize) merged = merged / div;
-    const f32x16 o = load(base + j) + lambda * merged;
+    const f32x16 o = load16(base + j) + lambda * merged;
     std::memcpy(out + j, &o, sizeof o);
   }
   for (; j < m; ++j) {

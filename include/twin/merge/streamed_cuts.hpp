@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <span>
 #include <tuple>
@@ -21,6 +22,15 @@
 #include "twin/merge/selection.hpp"
 
 namespace twin::detail {
+
+// 16 f32 lanes (one AVX-512 register, two AVX ones) for the combinations'
+// element-outer kernels, and an unaligned load of one.
+using f32x16 = float __attribute__((vector_size(16 * sizeof(float))));
+inline f32x16 load16(const float* p) noexcept {
+  f32x16 x;
+  std::memcpy(&x, p, sizeof x);
+  return x;
+}
 
 // One cut per expert for one tensor, and, for a cut that keeps only some
 // of the ties at its threshold, the number of ties before each merge block

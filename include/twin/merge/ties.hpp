@@ -88,28 +88,22 @@ inline void ties_elect_and_mean(std::int64_t m, std::size_t T, const float* cons
                                 const float* TWIN_RESTRICT base, float lambda, float zero_sign,
                                 float* TWIN_RESTRICT out) noexcept {
   constexpr std::int64_t L = 16;
-  using f32x16 = float __attribute__((vector_size(L * sizeof(float))));
-  auto load = [](const float* p) noexcept {
-    f32x16 x;
-    std::memcpy(&x, p, sizeof x);
-    return x;
-  };
   const bool zero_positive = zero_sign > 0.0f;
   std::int64_t j = 0;
   for (; j + L <= m; j += L) {
     f32x16 sum = {};
-    for (std::size_t i = 0; i < T; ++i) sum += w[i] * load(rows[i] + j);
+    for (std::size_t i = 0; i < T; ++i) sum += w[i] * load16(rows[i] + j);
     const auto positive = (sum > 0.0f) | ((sum == 0.0f) & (zero_positive ? -1 : 0));
     f32x16 merged = {}, den = {};
     const f32x16 zero = {};
     for (std::size_t i = 0; i < T; ++i) {
-      const f32x16 t = load(rows[i] + j);
+      const f32x16 t = load16(rows[i] + j);
       const auto agree = (positive & (t > 0.0f)) | (~positive & (t < 0.0f));
       merged += agree ? w[i] * t : zero;
       den += agree ? f32x16{} + w[i] : zero;
     }
     const f32x16 mean = den != 0.0f ? merged / den : zero;
-    const f32x16 r = load(base + j) + lambda * mean;
+    const f32x16 r = load16(base + j) + lambda * mean;
     std::memcpy(out + j, &r, sizeof r);
   }
   for (; j < m; ++j) {
