@@ -3,7 +3,8 @@
 //   1. fuse of a RoBERTa-base-shaped model (T=8, r=16), f32 and bf16, over
 //      max(copy of the same bytes, the fastest GEMM of the same shapes: f32,
 //      or bf16 dot products for the bf16 model where the CPU has them);
-//   2. mixed-batch apply vs the plain X W*ᵀ, against K(m+n)/(mn);
+//   2. mixed-batch apply vs the plain X W*ᵀ, against K(m+n)/(mn); with bf16
+//      activations and θ*, bf16 dot products vs widened to f32;
 //   3. rank-16 SVD compression: randomized vs exact engine;
 //   4. group-wise vs per-input fusion of 1000 inputs;
 //   5. per-input fuse of a small body (the paper reproduction's 784→256→256
@@ -268,6 +269,43 @@ int main(int argc, char** argv) {
           std::printf("   %-12s %7lld %12.3f %14.3f %18.2f\n", s.name.c_str(), static_cast<long long>(tokens),
                       mixed / plain - 1.0, predicted, (mixed / plain - 1.0) / predicted);
         }
+      }
+    }
+  }
+  if (run('2')) {
+    std::printf(
+        "\n2b. mixed-batch apply, bf16 activations and bf16 theta* (T=8, r=16): the plain layer on bf16 dot\n"
+        "    products (%s) vs widened to f32, and vs the plain bf16 GEMM X W*^T\n",
+        backend::cpu::bf16_dot_products() ? "this CPU has them" : "NOT on this CPU: both columns widen");
+    std::printf("   %-12s %7s %12s %12s %14s %16s\n", "W", "tokens", "dots (us)", "widened (us)", "widened/dots",
+                "dots/plain bf16");
+    const std::size_t T = 8;
+    for (const Shape& s : {Shape{"w768x768", {768, 768}}, Shape{"w3072x768", {3072, 768}}}) {
+      const TwinModel model = random_twin({s}, T, 16, dtype::bf16, 3);
+      const DynamicFuser fuser(model);
+      const std::int64_t m = s.shape[0], n = s.shape[1];
+      for (const std::int64_t tokens : {64, 512}) {
+        std::mt19937_64 rng(4);
+        const Tensor x = random_tensor(rng, dtype::bf16, {tokens, n}, 1.0f);
+        std::vector<float> rw;
+        for (std::int64_t i = 0; i < tokens; ++i) {
+          std::vector<float> l(T);
+          for (float& v : l) v = std::normal_distribution<float>(0, 1)(rng);
+          const auto w = routing_weights(l);
+          rw.insert(rw.end(), w.begin(), w.end());
+        }
+        Tensor y(dtype::f32, {tokens, m});
+        const double dots = time_best(15, [&] { apply_mixed(fuser, s.name, x, rw, y); });
+        backend::cpu::set_bf16_dot_products(false);
+        const double widened = time_best(15, [&] { apply_mixed(fuser, s.name, x, rw, y); });
+        backend::cpu::set_bf16_dot_products(true);
+        const double plain = time_best(15, [&] {
+          backend::cpu::gemm_bf16(false, true, tokens, m, n, static_cast<const std::uint16_t*>(x.data()), n,
+                                  static_cast<const std::uint16_t*>(model.shared().at(s.name).data()), n, false,
+                                  static_cast<float*>(y.mutable_data()), m);
+        });
+        std::printf("   %-12s %7lld %12.1f %12.1f %14.2f %16.2f\n", s.name.c_str(), static_cast<long long>(tokens),
+                    dots * 1e6, widened * 1e6, widened / dots, dots / plain);
       }
     }
   }

@@ -429,6 +429,33 @@ TEST_CASE("a shard (row range or column range) equals that slice of the full fus
   }
 }
 
+namespace {
+// Mixed-batch reference: each row's fused weight (and bias) materialized in
+// double, times that row of x (its stored values).
+std::vector<double> mixed_reference(const TwinModel& m, const std::string& name, const std::string& bias,
+                                    const Tensor& x, const std::vector<float>& rw) {
+  const std::int64_t tokens = x.view().dim(0), n = x.view().dim(1);
+  const std::size_t T = m.num_tasks();
+  std::vector<double> ref;
+  const auto xv = to_f64_vector(x.view());
+  for (std::int64_t i = 0; i < tokens; ++i) {
+    const std::vector<double> wi(rw.begin() + i * static_cast<std::int64_t>(T),
+                                 rw.begin() + (i + 1) * static_cast<std::int64_t>(T));
+    const auto W = reference_fusion(m, name, wi);
+    const auto rows = static_cast<std::int64_t>(W.size()) / n;
+    std::vector<double> b(static_cast<std::size_t>(rows), 0.0);
+    if (!bias.empty()) b = reference_fusion(m, bias, wi);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      double s = b[static_cast<std::size_t>(r)];
+      for (std::int64_t c = 0; c < n; ++c)
+        s += W[static_cast<std::size_t>(r * n + c)] * xv[static_cast<std::size_t>(i * n + c)];
+      ref.push_back(s);
+    }
+  }
+  return ref;
+}
+}  // namespace
+
 TEST_CASE("mixed-batch apply equals per-row materialized fusion (Y = X W*ᵀ + ((X B_cat) ⊙ Ŵ) A_catᵀ)") {
   const SmallModel sm = small_model(41, kTasks);
   std::mt19937_64 rng(9);
@@ -454,26 +481,45 @@ TEST_CASE("mixed-batch apply equals per-row materialized fusion (Y = X W*ᵀ + (
       for (const dtype t : {dtype::f32, dtype::bf16}) {
         Tensor y(t, {tokens, rows});
         apply_mixed(f, name, x, rw, y, mo);
-        // reference: materialize each row's fused weight (and bias) in double
-        std::vector<double> ref;
-        const auto xv = to_f64_vector(x.view());
-        for (std::int64_t i = 0; i < tokens; ++i) {
-          std::vector<double> wi(rw.begin() + i * static_cast<std::int64_t>(kTasks),
-                                 rw.begin() + (i + 1) * static_cast<std::int64_t>(kTasks));
-          const auto W = reference_fusion(*m, name, wi);
-          std::vector<double> b(static_cast<std::size_t>(rows), 0.0);
-          if (!mo.bias.empty()) b = reference_fusion(*m, mo.bias, wi);
-          for (std::int64_t r = 0; r < rows; ++r) {
-            double s = b[static_cast<std::size_t>(r)];
-            for (std::int64_t c = 0; c < n; ++c)
-              s += W[static_cast<std::size_t>(r * n + c)] * xv[static_cast<std::size_t>(i * n + c)];
-            ref.push_back(s);
-          }
-        }
-        check_close(y.view(), ref, unit_roundoff(t) + 1e-5, 2e-5, name + " " + m->metadata().at("compressor"));
+        check_close(y.view(), mixed_reference(*m, name, mo.bias, x, rw), unit_roundoff(t) + 1e-5, 2e-5,
+                    name + " " + m->metadata().at("compressor"));
       }
     }
   }
+}
+
+TEST_CASE("mixed-batch apply with bf16 activations and bf16 θ*: bf16 dot products and widened both equal the fusion") {
+  // The plain layer X θ*ᵀ runs on bf16 operands (no widened copy) where the CPU has bf16 dot products: each
+  // product is exact in f32 and the sums are f32, so it equals the per-row fusion of the stored bf16 values within
+  // f32 summation error, as the widened path does.
+  const SmallModel sm = small_model(47, kTasks);
+  std::mt19937_64 rng(12);
+  const TwinModel m = build(sm, SvdCompressor::with_rank(3), dtype::bf16);
+  REQUIRE(m.shared().at("layer.0.attn.w").dtype() == dtype::bf16);
+  const DynamicFuser f(m);
+  const std::int64_t tokens = 37, n = 32;
+  const Tensor x = random_tensor(rng, dtype::bf16, {tokens, n});
+  std::vector<float> rw;
+  for (std::int64_t i = 0; i < tokens; ++i) {
+    const auto wi = f.weights(random_logits(rng, kTasks));
+    rw.insert(rw.end(), wi.begin(), wi.end());
+  }
+  MixedApplyOptions mo;
+  mo.bias = "layer.0.attn.b";
+  const std::vector<double> ref = mixed_reference(m, "layer.0.attn.w", mo.bias, x, rw);
+  const bool dots = backend::cpu::bf16_dot_products();
+  MESSAGE("bf16 dot products on this machine: " << std::string(dots ? "yes" : "no (that half runs widened)"));
+  for (const bool allow : {true, false}) {
+    CAPTURE(allow);
+    backend::cpu::set_bf16_dot_products(allow);
+    for (const dtype t : {dtype::f32, dtype::bf16}) {
+      Tensor y(t, {tokens, 48});
+      apply_mixed(f, "layer.0.attn.w", x, rw, y, mo);
+      check_close(y.view(), ref, unit_roundoff(t) + 1e-5, 2e-5, "bf16 x");
+    }
+  }
+  backend::cpu::set_bf16_dot_products(true);
+  if (!dots) MESSAGE("SKIPPED: the bf16 dot-product half (no bf16 kernel in oneDNN here, or oneDNN not built in)");
 }
 
 TEST_CASE("mixed-batch apply skips a sign or dense task no row weighs and still equals the per-row fusion") {

@@ -109,6 +109,12 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
     if (star.dtype() == dtype::f32) {
       backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, true, tokens, m, n, 1.0f, X, n,
                          static_cast<const float*>(star.data()), n, false, Y, ldy);
+    } else if (star.dtype() == dtype::bf16 && x.dtype() == dtype::bf16 && x.is_contiguous()) {
+      // bf16 activations and θ*: the CPU's bf16 dot products where it has
+      // them (each product exact in f32, sums in f32: only the order of the
+      // sums differs from the widened path), neither operand widened.
+      backend::cpu::gemm_bf16(false, true, tokens, m, n, static_cast<const std::uint16_t*>(x.data()), n,
+                              static_cast<const std::uint16_t*>(star.data()), n, false, Y, ldy);
     } else {
       // Converted block by block so a 16-bit θ* is never held in f32 whole.
       parallel_blocks(m, 256, [&](std::int64_t lo, std::int64_t hi) {
