@@ -489,35 +489,69 @@ TEST_CASE("mixed-batch apply equals per-row materialized fusion (Y = X W*ᵀ + (
 }
 
 TEST_CASE("mixed-batch apply with bf16 activations and bf16 θ*: bf16 dot products and widened both equal the fusion") {
-  // The plain layer X θ*ᵀ runs on bf16 operands (no widened copy) where the CPU has bf16 dot products: each
-  // product is exact in f32 and the sums are f32, so it equals the per-row fusion of the stored bf16 values within
-  // f32 summation error, as the widened path does.
+  // With bf16 X and θ*, the plain layer X θ*ᵀ runs on bf16 operands (no widened copy) where the CPU has bf16 dot
+  // products: each product is exact in f32 and the sums are f32, so with f32 factors it equals the per-row fusion
+  // of the stored values within f32 summation error, as the widened path does. With bf16 factor products (the
+  // fuser's FactorPrecision::bf16, automatic's choice for a bf16 θ* where the CPU has dot products), B, A and
+  // Z = (X B) ⊙ Ŵ are each rounded to bf16 once: within 3·2^-8 of Σ_t,q |w_t z_q a_rq| of it.
   const SmallModel sm = small_model(47, kTasks);
   std::mt19937_64 rng(12);
   const TwinModel m = build(sm, SvdCompressor::with_rank(3), dtype::bf16);
   REQUIRE(m.shared().at("layer.0.attn.w").dtype() == dtype::bf16);
-  const DynamicFuser f(m);
-  const std::int64_t tokens = 37, n = 32;
+  const std::int64_t tokens = 37, n = 32, rows = 48;
   const Tensor x = random_tensor(rng, dtype::bf16, {tokens, n});
   std::vector<float> rw;
   for (std::int64_t i = 0; i < tokens; ++i) {
-    const auto wi = f.weights(random_logits(rng, kTasks));
+    const auto wi = DynamicFuser(m).weights(random_logits(rng, kTasks));
     rw.insert(rw.end(), wi.begin(), wi.end());
   }
   MixedApplyOptions mo;
   mo.bias = "layer.0.attn.b";
-  const std::vector<double> ref = mixed_reference(m, "layer.0.attn.w", mo.bias, x, rw);
+  const std::string name = "layer.0.attn.w";
+  const std::vector<double> ref = mixed_reference(m, name, mo.bias, x, rw);
+  // S[i·rows + r] = Σ_t,q |w_it z_itq a_rq|, z_itq = Σ_c x_ic b_cq (the low-rank terms' magnitudes).
+  std::vector<double> S(static_cast<std::size_t>(tokens * rows), 0.0);
+  const auto xv = to_f64_vector(x.view());
+  for (std::size_t t = 0; t < kTasks; ++t) {
+    const ExclusiveModule& mod = m.at(name).modules[t];
+    const std::int64_t r = mod.rank();
+    std::vector<float> a, b;
+    mod.factors_f32(a, b);
+    for (std::int64_t i = 0; i < tokens; ++i)
+      for (std::int64_t q = 0; q < r; ++q) {
+        double z = 0;
+        for (std::int64_t c = 0; c < n; ++c)
+          z += xv[static_cast<std::size_t>(i * n + c)] * b[static_cast<std::size_t>(c * r + q)];
+        const double wz = std::abs(rw[static_cast<std::size_t>(i) * kTasks + t] * z);
+        for (std::int64_t o = 0; o < rows; ++o)
+          S[static_cast<std::size_t>(i * rows + o)] += wz * std::abs(a[static_cast<std::size_t>(o * r + q)]);
+      }
+  }
   const bool dots = backend::cpu::bf16_dot_products();
   MESSAGE("bf16 dot products on this machine: " << std::string(dots ? "yes" : "no (that half runs widened)"));
-  for (const bool allow : {true, false}) {
-    CAPTURE(allow);
-    backend::cpu::set_bf16_dot_products(allow);
-    for (const dtype t : {dtype::f32, dtype::bf16}) {
-      Tensor y(t, {tokens, 48});
-      apply_mixed(f, "layer.0.attn.w", x, rw, y, mo);
-      check_close(y.view(), ref, unit_roundoff(t) + 1e-5, 2e-5, "bf16 x");
+  for (const FactorPrecision fp : {FactorPrecision::f32, FactorPrecision::bf16})
+    for (const bool allow : {true, false}) {
+      CAPTURE(allow);
+      CAPTURE(fp == FactorPrecision::bf16);
+      backend::cpu::set_bf16_dot_products(allow);
+      FuseOptions fo;
+      fo.factors = fp;
+      const DynamicFuser f(m, fo);
+      for (const dtype t : {dtype::f32, dtype::bf16}) {
+        Tensor y(t, {tokens, rows});
+        apply_mixed(f, name, x, rw, y, mo);
+        if (fp == FactorPrecision::f32) {
+          check_close(y.view(), ref, unit_roundoff(t) + 1e-5, 2e-5, "bf16 x, f32 factors");
+          continue;
+        }
+        std::int64_t bad = 0;
+        for (std::size_t k = 0; k < ref.size(); ++k) {
+          const double tol = 3.0 * std::ldexp(S[k], -8) + (unit_roundoff(t) + 1e-5) * std::abs(ref[k]) + 2e-5;
+          bad += !(std::abs(element_f64(y.view(), static_cast<std::int64_t>(k)) - ref[k]) <= tol);
+        }
+        CHECK(bad == 0);
+      }
     }
-  }
   backend::cpu::set_bf16_dot_products(true);
   if (!dots) MESSAGE("SKIPPED: the bf16 dot-product half (no bf16 kernel in oneDNN here, or oneDNN not built in)");
 }

@@ -8,6 +8,8 @@
 // per task, sparse parts are added entry by entry; excluded weights use each row's top task's copy.
 #pragma once
 
+#include <type_traits>
+
 #include "twin/fuse/dynamic_fuser.hpp"
 
 namespace twin {
@@ -59,7 +61,10 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
   if (tokens == 0 || m == 0) return;
 
   std::vector<float> xbuf;
-  const float* X = detail::f32_matrix(x, xbuf);
+  // X in f32, converted on first use (a bf16 X times a bf16 θ* with bf16
+  // factor products never needs it). Not called inside parallel regions.
+  const float* x32 = nullptr;
+  auto X = [&] { return x32 ? x32 : (x32 = detail::f32_matrix(x, xbuf)); };
   const bool direct = y.dtype() == dtype::f32 && y.stride(1) == 1 && !opts.accumulate;
   std::vector<float> ybuf;
   float* Y;
@@ -95,7 +100,7 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
       xs.resize(static_cast<std::size_t>(rows * n));
       ys.resize(static_cast<std::size_t>(rows * m));
       for (std::int64_t k = 0; k < rows; ++k)
-        std::memcpy(xs.data() + k * n, X + by_task[t][static_cast<std::size_t>(k)] * n,
+        std::memcpy(xs.data() + k * n, X() + by_task[t][static_cast<std::size_t>(k)] * n,
                     static_cast<std::size_t>(n) * sizeof(float));
       backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, true, rows, m, n, 1.0f, xs.data(), n, Wt, n, false,
                          ys.data(), m);
@@ -107,7 +112,7 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
     // Plain layer: Y = X W*ᵀ.
     const Tensor& star = *p.shared;
     if (star.dtype() == dtype::f32) {
-      backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, true, tokens, m, n, 1.0f, X, n,
+      backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, true, tokens, m, n, 1.0f, X(), n,
                          static_cast<const float*>(star.data()), n, false, Y, ldy);
     } else if (star.dtype() == dtype::bf16 && x.dtype() == dtype::bf16 && x.is_contiguous()) {
       // bf16 activations and θ*: the CPU's bf16 dot products where it has
@@ -117,12 +122,13 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
                               static_cast<const std::uint16_t*>(star.data()), n, false, Y, ldy);
     } else {
       // Converted block by block so a 16-bit θ* is never held in f32 whole.
+      const float* xf = X();
       parallel_blocks(m, 256, [&](std::int64_t lo, std::int64_t hi) {
         thread_local std::vector<float> wblk;
         wblk.resize(static_cast<std::size_t>((hi - lo) * n));
         read_f32(star.view(), lo * n, (hi - lo) * n, wblk.data());
-        backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, true, tokens, hi - lo, n, 1.0f, X, n, wblk.data(), n,
-                           false, Y + lo, ldy);
+        backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, true, tokens, hi - lo, n, 1.0f, xf, n, wblk.data(),
+                           n, false, Y + lo, ldy);
       });
     }
     // Low-rank modules: Z = X B_act, Z ⊙ Ŵ, Y += Z A_actᵀ.
@@ -132,25 +138,35 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
       if (p.rank_of(t) > 0 && weighed(t)) act.push_back(t), Ka += p.rank_of(t);
     }
     if (Ka > 0) {
-      const float *A = p.a_cat.data(), *B = p.b_cat.data();
+      // Active tasks' columns of a [rows×K] factor (the whole factor when every task is active).
+      auto active = [&](const auto& cat, std::int64_t rows, auto& dst) {
+        if (Ka == p.K) return cat.data();
+        dst.resize(static_cast<std::size_t>(rows * Ka));
+        for (std::int64_t i = 0; i < rows; ++i) {
+          auto* d = dst.data() + i * Ka;
+          for (std::size_t t : act)
+            for (std::int64_t q = p.offset[t]; q < p.offset[t + 1]; ++q)
+              *d++ = cat[static_cast<std::size_t>(i * p.K + q)];
+        }
+        return static_cast<const std::remove_cvref_t<decltype(*cat.data())>*>(dst.data());
+      };
       std::vector<float> ag, bg;
-      if (Ka != p.K) {
-        auto gather = [&](const std::vector<float>& src, std::int64_t rows, std::vector<float>& dst) {
-          dst.resize(static_cast<std::size_t>(rows * Ka));
-          for (std::int64_t i = 0; i < rows; ++i) {
-            float* d = dst.data() + i * Ka;
-            for (std::size_t t : act)
-              for (std::int64_t q = p.offset[t]; q < p.offset[t + 1]; ++q)
-                *d++ = src[static_cast<std::size_t>(i * p.K + q)];
-          }
-        };
-        gather(p.a_cat, m, ag);
-        gather(p.b_cat, n, bg);
-        A = ag.data(), B = bg.data();
-      }
+      const float* B = active(p.b_cat, n, bg);
       std::vector<float> Z(static_cast<std::size_t>(tokens * Ka));
-      backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, false, tokens, Ka, n, 1.0f, X, n, B, Ka, false,
-                         Z.data(), Ka);
+      // bf16 activations and a plan whose factor products run in bf16 (the
+      // fuser's FactorPrecision): B rounded to bf16 here, Z = X B summed in
+      // f32, Z ⊙ Ŵ rounded to bf16 once, Y += Z A_bf16ᵀ summed in f32.
+      const bool bf16 = x.dtype() == dtype::bf16 && x.is_contiguous() && p.bf16_product();
+      std::vector<std::uint16_t> b16, z16, ag16;
+      if (bf16) {
+        b16.resize(static_cast<std::size_t>(n * Ka));
+        convert_from_f32(B, n * Ka, b16.data(), dtype::bf16);
+        backend::cpu::gemm_bf16(false, false, tokens, Ka, n, static_cast<const std::uint16_t*>(x.data()), n, b16.data(),
+                                Ka, false, Z.data(), Ka);
+      } else {
+        backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, false, tokens, Ka, n, 1.0f, X(), n, B, Ka, false,
+                           Z.data(), Ka);
+      }
       for (std::int64_t i = 0; i < tokens; ++i) {
         float* z = Z.data() + i * Ka;
         for (std::size_t t : act) {
@@ -158,8 +174,15 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
           for (std::int64_t q = p.offset[t]; q < p.offset[t + 1]; ++q) *z++ *= w;
         }
       }
-      backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, true, tokens, m, Ka, 1.0f, Z.data(), Ka, A, Ka, true,
-                         Y, ldy);
+      if (bf16) {
+        z16.resize(Z.size());
+        convert_from_f32(Z.data(), tokens * Ka, z16.data(), dtype::bf16);
+        backend::cpu::gemm_bf16(false, true, tokens, m, Ka, z16.data(), Ka, active(p.a_bf16, m, ag16), Ka, true, Y,
+                                ldy);
+      } else {
+        backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, true, tokens, m, Ka, 1.0f, Z.data(), Ka,
+                           active(p.a_cat, m, ag), Ka, true, Y, ldy);
+      }
     }
     // Sparse, dense and sign parts, task by task.
     for (std::size_t t = 0; t < T; ++t) {
@@ -175,7 +198,7 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
           mod.add_rest_to(vb.data(), n, 1.0f, 0, m, 0, n);
           V = vb.data();
         }
-        backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, true, tokens, m, n, 1.0f, X, n, V, n, false,
+        backend::cpu::gemm(backend::cpu::GemmMode::fastest, false, true, tokens, m, n, 1.0f, X(), n, V, n, false,
                            Zt.data(), m);
         for (std::int64_t i = 0; i < tokens; ++i) {
           const float w = wt(i, t);
@@ -187,12 +210,13 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
       const Tensor& idx = mod.indices();
       std::vector<float> vals(static_cast<std::size_t>(idx.numel()));
       read_f32(mod.values().view(), 0, idx.numel(), vals.data());
+      const float* xf = X();
       parallel_blocks(tokens, 16, [&](std::int64_t lo, std::int64_t hi) {
         for (std::int64_t k = 0; k < idx.numel(); ++k) {
           const auto li = static_cast<std::int64_t>(load_as_f64(idx.data(), idx.dtype(), k));
           const std::int64_t r = li / n, c = li % n;
           const float v = vals[static_cast<std::size_t>(k)];
-          for (std::int64_t i = lo; i < hi; ++i) Y[i * ldy + r] += wt(i, t) * v * X[i * n + c];
+          for (std::int64_t i = lo; i < hi; ++i) Y[i * ldy + r] += wt(i, t) * v * xf[i * n + c];
         }
       });
     }
