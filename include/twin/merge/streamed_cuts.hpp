@@ -116,12 +116,23 @@ inline void trimmed_rows(std::int64_t c, const float* TWIN_RESTRICT base, const 
   }
 }
 
+// A chunk kernel that takes no trimmed rows (see combine_trimmed).
+struct NoDirectKernel {
+  bool operator()(std::int64_t, const float*, const float* const*, const std::vector<BlockCut>&,
+                  float*) const noexcept {
+    return false;
+  }
+};
+
 // out = kernel(τ' rows) over each tensor chunk, the trimmed task values τ'
 // (trimmed_rows by `keep`, less `drop` when given) formed in sub-chunks of
 // 512 elements so the T rows stay in L1: kernel(m, rows, base, out) writes
-// out[0..m) from rows[i][0..m) and base[0..m).
-template <class Kernel>
-void combine_trimmed(const TensorMergeArgs& a, const TensorCuts& keep, const TensorCuts* drop, Kernel&& kernel) {
+// out[0..m) from rows[i][0..m) and base[0..m). direct(c, base, ex, keep
+// cuts, out), tried first on each whole chunk, may do it from the inputs
+// themselves and return true, or return false.
+template <class Kernel, class Direct = NoDirectKernel>
+void combine_trimmed(const TensorMergeArgs& a, const TensorCuts& keep, const TensorCuts* drop, Kernel&& kernel,
+                     Direct&& direct = {}) {
   const std::size_t T = a.experts.size();
   constexpr std::size_t S = 512;
   merge_chunks(a, merge_block, [&](std::int64_t b0) {
@@ -129,6 +140,7 @@ void combine_trimmed(const TensorMergeArgs& a, const TensorCuts& keep, const Ten
     return [&, kc = keep.at_block(b), dc = drop ? drop->at_block(b) : std::vector<BlockCut>{},
             rows = std::vector<float*>(T), at = std::vector<const float*>(T)](
                std::int64_t, std::int64_t c, const float* base, const float* const* ex, float* out) mutable {
+      if (direct(c, base, ex, kc, out)) return;
       float* buf = scratch_floats<5>(S * T);
       for (std::size_t i = 0; i < T; ++i) rows[i] = buf + i * S;
       for (std::int64_t s0 = 0; s0 < c; s0 += static_cast<std::int64_t>(S)) {

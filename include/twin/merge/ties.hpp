@@ -21,6 +21,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
@@ -121,13 +122,96 @@ inline void ties_elect_and_mean(std::int64_t m, std::size_t T, const float* cons
   }
 }
 
-// θ0 + λ · disjoint_mean(τ'), the trimmed task values formed chunk by chunk.
+// ties_combine's kernel with the trim fused in (no trimmed rows stored):
+// every expert's cut keeps all of its ties or none in this block, so each
+// entry is decided alone; the same operations in the same order as
+// trimmed_rows then ties_elect_and_mean, for NT experts.
+template <std::size_t NT>
+void ties_trim_elect_mean(std::int64_t m, const float* TWIN_RESTRICT base, const float* const* ex,
+                          const std::vector<BlockCut>& cuts, const float* w, float lambda, float zero_sign,
+                          float* TWIN_RESTRICT out) noexcept {
+  constexpr std::int64_t L = 16;
+  using u32x16 = std::uint32_t __attribute__((vector_size(L * sizeof(std::uint32_t))));
+  const bool zero_positive = zero_sign > 0.0f;
+  std::uint32_t thr[NT];
+  std::int32_t ties[NT];
+  for (std::size_t i = 0; i < NT; ++i) thr[i] = cuts[i].threshold, ties[i] = cuts[i].keep_ties ? -1 : 0;
+  const f32x16 zero = {};
+  std::int64_t j = 0;
+  for (; j + L <= m; j += L) {
+    const f32x16 b = load16(base + j);
+    f32x16 t[NT];
+    f32x16 sum = {};
+    for (std::size_t i = 0; i < NT; ++i) {
+      const f32x16 x = load16(ex[i] + j) - b;
+      u32x16 key;
+      std::memcpy(&key, &x, sizeof key);
+      key &= 0x7fffffffu;
+      const auto keep = (key > thr[i]) | ((key == thr[i]) & ties[i]);
+      t[i] = keep ? x : zero;
+      sum += w[i] * t[i];
+    }
+    const auto positive = (sum > 0.0f) | ((sum == 0.0f) & (zero_positive ? -1 : 0));
+    f32x16 merged = {}, den = {};
+    for (std::size_t i = 0; i < NT; ++i) {
+      const auto agree = (positive & (t[i] > 0.0f)) | (~positive & (t[i] < 0.0f));
+      merged += agree ? w[i] * t[i] : zero;
+      den += agree ? zero + w[i] : zero;
+    }
+    const f32x16 mean = den != 0.0f ? merged / den : zero;
+    const f32x16 r = b + lambda * mean;
+    std::memcpy(out + j, &r, sizeof r);
+  }
+  for (; j < m; ++j) {
+    float t[NT], sum = 0.0f;
+    for (std::size_t i = 0; i < NT; ++i) {
+      const float x = ex[i][j] - base[j];
+      t[i] = cuts[i].selects(magnitude_key(x)) ? x : 0.0f;
+      sum += w[i] * t[i];
+    }
+    const bool positive = sum > 0.0f || (sum == 0.0f && zero_positive);
+    float merged = 0.0f, den = 0.0f;
+    for (std::size_t i = 0; i < NT; ++i) {
+      const bool agree = positive ? t[i] > 0.0f : t[i] < 0.0f;
+      merged += agree ? w[i] * t[i] : 0.0f;
+      den += agree ? w[i] : 0.0f;
+    }
+    out[j] = base[j] + lambda * (den != 0.0f ? merged / den : 0.0f);
+  }
+}
+
+// ties_trim_elect_mean for T experts, or null past 8 (the generic path).
+using TiesFused = void (*)(std::int64_t, const float*, const float* const*, const std::vector<BlockCut>&, const float*,
+                           float, float, float*) noexcept;
+inline TiesFused ties_fused_for(std::size_t T) noexcept {
+  constexpr TiesFused table[] = {nullptr,
+                                 ties_trim_elect_mean<1>,
+                                 ties_trim_elect_mean<2>,
+                                 ties_trim_elect_mean<3>,
+                                 ties_trim_elect_mean<4>,
+                                 ties_trim_elect_mean<5>,
+                                 ties_trim_elect_mean<6>,
+                                 ties_trim_elect_mean<7>,
+                                 ties_trim_elect_mean<8>};
+  return T < std::size(table) ? table[T] : nullptr;
+}
+
+// θ0 + λ · disjoint_mean(τ'), the trimmed task values formed chunk by chunk
+// (in registers where every cut keeps all of its ties or none in the block).
 inline void ties_combine(const TensorMergeArgs& a, const TensorCuts& tc, const std::vector<float>& w, float lambda,
                          float zero_sign) {
-  combine_trimmed(a, tc, nullptr,
-                  [&](std::int64_t m, const float* const* rows, const float* base, float* out) noexcept {
-                    ties_elect_and_mean(m, w.size(), rows, w.data(), base, lambda, zero_sign, out);
-                  });
+  const TiesFused fused = ties_fused_for(w.size());
+  combine_trimmed(
+      a, tc, nullptr,
+      [&](std::int64_t m, const float* const* rows, const float* base, float* out) noexcept {
+        ties_elect_and_mean(m, w.size(), rows, w.data(), base, lambda, zero_sign, out);
+      },
+      [&](std::int64_t c, const float* base, const float* const* ex, const std::vector<BlockCut>& cuts,
+          float* out) noexcept {
+        if (!fused || !std::all_of(cuts.begin(), cuts.end(), [](const BlockCut& b) { return b.uniform; })) return false;
+        fused(c, base, ex, cuts, w.data(), lambda, zero_sign, out);
+        return true;
+      });
 }
 }  // namespace detail
 
