@@ -62,6 +62,18 @@ using Shape = bench::TensorSpec;
 
 // A Twin model with random θ* and random rank-r factors (the fuse cost does
 // not depend on the values, and building by SVD would dominate the run).
+// `tokens` rows of routing weights (softmax of standard normal logits), row-major [tokens×T].
+std::vector<float> mixture_rows(std::mt19937_64& rng, std::int64_t tokens, std::size_t T) {
+  std::vector<float> rw;
+  for (std::int64_t i = 0; i < tokens; ++i) {
+    std::vector<float> l(T);
+    for (float& v : l) v = std::normal_distribution<float>(0, 1)(rng);
+    const auto w = routing_weights(l);
+    rw.insert(rw.end(), w.begin(), w.end());
+  }
+  return rw;
+}
+
 TwinModel random_twin(const std::vector<Shape>& shapes, std::size_t T, std::int64_t r, dtype t, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::vector<std::string> names;
@@ -232,82 +244,63 @@ int main(int argc, char** argv) {
                   ft.fuse / ft.gemm, ft.fuse / floor, ft.gemm > ft.copy ? "gemm" : "copy");
     }
   }
+  // Each shape at 64 and 512 tokens: a T = 8, rank-16 model whose θ* and factors are in t, X in t (values
+  // ~1), every row its own mixture, Y f32; f(shape, model, fuser, tokens, x, rw, y).
+  auto mixed_cases = [](const std::vector<Shape>& shapes, dtype t, auto&& f) {
+    for (const Shape& s : shapes) {
+      const TwinModel model = random_twin({s}, 8, 16, t, 3);
+      const DynamicFuser fuser(model);
+      for (const std::int64_t tokens : {64, 512}) {
+        std::mt19937_64 rng(4);
+        const Tensor x = random_tensor(rng, t, {tokens, s.shape[1]}, 1.0f);
+        const std::vector<float> rw = mixture_rows(rng, tokens, 8);
+        Tensor y(dtype::f32, {tokens, s.shape[0]});
+        f(s, model, fuser, tokens, x, rw, y);
+      }
+    }
+  };
   if (run('2')) {
     std::printf("\n2. mixed-batch apply vs plain X W*^T (T=8, r=16, K=128, every row its own mixture)\n");
     std::printf("   %-12s %7s %12s %14s %18s\n", "W", "tokens", "overhead", "K(m+n)/(mn)", "overhead/model");
-    {
-      const std::size_t T = 8;
-      const std::int64_t r = 16, K = 128;
-      for (const Shape& s :
-           {Shape{"w768x768", {768, 768}}, Shape{"w3072x768", {3072, 768}}, Shape{"w768x3072", {768, 3072}}}) {
-        const TwinModel model = random_twin({s}, T, r, dtype::f32, 3);
-        const DynamicFuser fuser(model);
-        const std::int64_t m = s.shape[0], n = s.shape[1];
-        for (const std::int64_t tokens : {64, 512}) {
-          std::mt19937_64 rng(4);
-          const Tensor x = random_tensor(rng, dtype::f32, {tokens, n}, 1.0f);
-          std::vector<float> rw;
-          for (std::int64_t i = 0; i < tokens; ++i) {
-            std::vector<float> l(T);
-            for (float& v : l) v = std::normal_distribution<float>(0, 1)(rng);
-            const auto w = routing_weights(l);
-            rw.insert(rw.end(), w.begin(), w.end());
-          }
-          Tensor y(dtype::f32, {tokens, m});
-          const float* W = static_cast<const float*>(model.shared().at(s.name).data());
-          auto plain_with = [&](auto&& product) {
-            return time_best(15, [&] {
-              product(false, true, tokens, m, n, 1.0f, static_cast<const float*>(x.data()), n, W, n, false,
-                      static_cast<float*>(y.mutable_data()), m);
-            });
-          };
-          const double plain = plain_with(fastest_gemm);
-          const double mixed = time_best(15, [&] { apply_mixed(fuser, s.name, x, rw, y); });
-          const double predicted = static_cast<double>(K * (m + n)) / static_cast<double>(m * n);
-          if (std::getenv("TWIN_BENCH_ABS"))
-            std::printf("   [plain %.1f us, mixed %.1f us]\n", plain * 1e6, mixed * 1e6);
-          std::printf("   %-12s %7lld %12.3f %14.3f %18.2f\n", s.name.c_str(), static_cast<long long>(tokens),
-                      mixed / plain - 1.0, predicted, (mixed / plain - 1.0) / predicted);
-        }
-      }
-    }
-  }
-  if (run('2')) {
+    mixed_cases({Shape{"w768x768", {768, 768}}, Shape{"w3072x768", {3072, 768}}, Shape{"w768x3072", {768, 3072}}},
+                dtype::f32,
+                [&](const Shape& s, const TwinModel& model, const DynamicFuser& fuser, std::int64_t tokens,
+                    const Tensor& x, const std::vector<float>& rw, Tensor& y) {
+                  const std::int64_t m = s.shape[0], n = s.shape[1], K = 128;
+                  const float* W = static_cast<const float*>(model.shared().at(s.name).data());
+                  const double plain = time_best(15, [&] {
+                    fastest_gemm(false, true, tokens, m, n, 1.0f, static_cast<const float*>(x.data()), n, W, n, false,
+                                 static_cast<float*>(y.mutable_data()), m);
+                  });
+                  const double mixed = time_best(15, [&] { apply_mixed(fuser, s.name, x, rw, y); });
+                  const double predicted = static_cast<double>(K * (m + n)) / static_cast<double>(m * n);
+                  if (std::getenv("TWIN_BENCH_ABS"))
+                    std::printf("   [plain %.1f us, mixed %.1f us]\n", plain * 1e6, mixed * 1e6);
+                  std::printf("   %-12s %7lld %12.3f %14.3f %18.2f\n", s.name.c_str(), static_cast<long long>(tokens),
+                              mixed / plain - 1.0, predicted, (mixed / plain - 1.0) / predicted);
+                });
     std::printf(
-        "\n2b. mixed-batch apply, bf16 activations and bf16 theta* (T=8, r=16): the plain layer on bf16 dot\n"
-        "    products (%s) vs widened to f32, and vs the plain bf16 GEMM X W*^T\n",
+        "\n2b. mixed-batch apply, bf16 activations and bf16 theta* (T=8, r=16): on bf16 dot products\n"
+        "    (%s) vs widened to f32, and vs the plain bf16 GEMM X W*^T\n",
         backend::cpu::bf16_dot_products() ? "this CPU has them" : "NOT on this CPU: both columns widen");
     std::printf("   %-12s %7s %12s %12s %14s %16s\n", "W", "tokens", "dots (us)", "widened (us)", "widened/dots",
                 "dots/plain bf16");
-    const std::size_t T = 8;
-    for (const Shape& s : {Shape{"w768x768", {768, 768}}, Shape{"w3072x768", {3072, 768}}}) {
-      const TwinModel model = random_twin({s}, T, 16, dtype::bf16, 3);
-      const DynamicFuser fuser(model);
-      const std::int64_t m = s.shape[0], n = s.shape[1];
-      for (const std::int64_t tokens : {64, 512}) {
-        std::mt19937_64 rng(4);
-        const Tensor x = random_tensor(rng, dtype::bf16, {tokens, n}, 1.0f);
-        std::vector<float> rw;
-        for (std::int64_t i = 0; i < tokens; ++i) {
-          std::vector<float> l(T);
-          for (float& v : l) v = std::normal_distribution<float>(0, 1)(rng);
-          const auto w = routing_weights(l);
-          rw.insert(rw.end(), w.begin(), w.end());
-        }
-        Tensor y(dtype::f32, {tokens, m});
-        const double dots = time_best(15, [&] { apply_mixed(fuser, s.name, x, rw, y); });
-        backend::cpu::set_bf16_dot_products(false);
-        const double widened = time_best(15, [&] { apply_mixed(fuser, s.name, x, rw, y); });
-        backend::cpu::set_bf16_dot_products(true);
-        const double plain = time_best(15, [&] {
-          backend::cpu::gemm_bf16(false, true, tokens, m, n, static_cast<const std::uint16_t*>(x.data()), n,
-                                  static_cast<const std::uint16_t*>(model.shared().at(s.name).data()), n, false,
-                                  static_cast<float*>(y.mutable_data()), m);
-        });
-        std::printf("   %-12s %7lld %12.1f %12.1f %14.2f %16.2f\n", s.name.c_str(), static_cast<long long>(tokens),
-                    dots * 1e6, widened * 1e6, widened / dots, dots / plain);
-      }
-    }
+    mixed_cases({Shape{"w768x768", {768, 768}}, Shape{"w3072x768", {3072, 768}}}, dtype::bf16,
+                [&](const Shape& s, const TwinModel& model, const DynamicFuser& fuser, std::int64_t tokens,
+                    const Tensor& x, const std::vector<float>& rw, Tensor& y) {
+                  const std::int64_t m = s.shape[0], n = s.shape[1];
+                  const double dots = time_best(15, [&] { apply_mixed(fuser, s.name, x, rw, y); });
+                  backend::cpu::set_bf16_dot_products(false);
+                  const double widened = time_best(15, [&] { apply_mixed(fuser, s.name, x, rw, y); });
+                  backend::cpu::set_bf16_dot_products(true);
+                  const double plain = time_best(15, [&] {
+                    backend::cpu::gemm_bf16(false, true, tokens, m, n, static_cast<const std::uint16_t*>(x.data()), n,
+                                            static_cast<const std::uint16_t*>(model.shared().at(s.name).data()), n,
+                                            false, static_cast<float*>(y.mutable_data()), m);
+                  });
+                  std::printf("   %-12s %7lld %12.1f %12.1f %14.2f %16.2f\n", s.name.c_str(),
+                              static_cast<long long>(tokens), dots * 1e6, widened * 1e6, widened / dots, dots / plain);
+                });
   }
   if (run('3')) {
     std::printf("\n3. rank-16 SVD compression (decaying spectrum): randomized (p=10, q=2) vs exact BDCSVD\n");
