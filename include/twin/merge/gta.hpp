@@ -166,56 +166,66 @@ struct GtaRule {
   const std::vector<double>* weights = nullptr;  // per expert; empty: all 1
 };
 
-// out[0..m) = base + λ·M by the rule above, rows[i][0..m) the sparsified
-// δ_i, in the order of operations the rule states (experts in model order,
-// f32), the elements outer, 16 to a register. flat_div is Σ w_i (1 where
+// base + λ·M at one position by the rule above, t(i) the sparsified δ_i
+// (16 lanes of it in gta_lanes, one entry in gta_one), n experts in the
+// rule's order of operations (model order, f32). flat_div is Σ w_i (1 where
 // |Σ w_i| < 1e-8), the divisor without consensus.
+template <class Lane>
+f32x16 gta_lanes(std::size_t n, Lane&& t, const float* w, const GtaRule& r, float flat_div, f32x16 base) noexcept {
+  const f32x16 zero = {};
+  f32x16 merged = {}, div = {};
+  if (r.consensus) {
+    f32x16 sum = {};
+    for (std::size_t i = 0; i < n; ++i) sum += w[i] * t(i);
+    const auto nonneg = sum >= 0.0f;  // the sign the sum elects: + where S ≥ 0
+    for (std::size_t i = 0; i < n; ++i) {
+      const f32x16 dv = w[i] * t(i);
+      const auto agree = (nonneg & (dv > 0.0f)) | (~nonneg & (dv < 0.0f));
+      merged += agree ? dv : zero;
+      div += agree ? zero + w[i] : zero;
+    }
+    div = div == 0.0f ? zero + 1.0f : div;
+  } else {
+    for (std::size_t i = 0; i < n; ++i) merged += w[i] * t(i);
+    div = zero + flat_div;
+  }
+  if (r.normalize) merged = merged / div;
+  return base + static_cast<float>(r.scaling) * merged;
+}
+template <class One>
+float gta_one(std::size_t n, One&& t, const float* w, const GtaRule& r, float flat_div, float base) noexcept {
+  float merged = 0.0f, div = flat_div;
+  if (r.consensus) {
+    float sum = 0.0f;
+    for (std::size_t i = 0; i < n; ++i) sum += w[i] * t(i);
+    div = 0.0f;
+    for (std::size_t i = 0; i < n; ++i) {
+      const float dv = w[i] * t(i);
+      const bool agree = (sum >= 0.0f ? dv : -dv) > 0.0f;
+      merged += agree ? dv : 0.0f;
+      div += agree ? w[i] : 0.0f;
+    }
+    if (div == 0.0f) div = 1.0f;
+  } else {
+    for (std::size_t i = 0; i < n; ++i) merged += w[i] * t(i);
+  }
+  if (r.normalize) merged /= div;
+  return base + static_cast<float>(r.scaling) * merged;
+}
+
+// out[0..m) = base + λ·M from rows[i][0..m), the sparsified δ_i, the
+// elements outer, 16 to a register.
 inline void gta_combine_rows(std::int64_t m, std::size_t T, const float* const* rows, const float* w, const GtaRule& r,
                              float flat_div, const float* TWIN_RESTRICT base, float* TWIN_RESTRICT out) noexcept {
-  constexpr std::int64_t L = 16;
-  const auto lambda = static_cast<float>(r.scaling);
   std::int64_t j = 0;
-  const f32x16 zero = {};
-  for (; j + L <= m; j += L) {
-    f32x16 merged = {}, div = {};
-    if (r.consensus) {
-      f32x16 sum = {};
-      for (std::size_t i = 0; i < T; ++i) sum += w[i] * load16(rows[i] + j);
-      const auto nonneg = sum >= 0.0f;  // the sign the sum elects: + where S ≥ 0
-      for (std::size_t i = 0; i < T; ++i) {
-        const f32x16 dv = w[i] * load16(rows[i] + j);
-        const auto agree = (nonneg & (dv > 0.0f)) | (~nonneg & (dv < 0.0f));
-        merged += agree ? dv : zero;
-        div += agree ? zero + w[i] : zero;
-      }
-      div = div == 0.0f ? zero + 1.0f : div;
-    } else {
-      for (std::size_t i = 0; i < T; ++i) merged += w[i] * load16(rows[i] + j);
-      div = zero + flat_div;
-    }
-    if (r.normalize) merged = merged / div;
-    const f32x16 o = load16(base + j) + lambda * merged;
+  for (; j + 16 <= m; j += 16) {
+    const f32x16 o = gta_lanes(
+        T, [&](std::size_t i) { return load16(rows[i] + j); }, w, r, flat_div, load16(base + j));
     std::memcpy(out + j, &o, sizeof o);
   }
-  for (; j < m; ++j) {
-    float merged = 0.0f, div = flat_div;
-    if (r.consensus) {
-      float sum = 0.0f;
-      for (std::size_t i = 0; i < T; ++i) sum += w[i] * rows[i][j];
-      div = 0.0f;
-      for (std::size_t i = 0; i < T; ++i) {
-        const float dv = w[i] * rows[i][j];
-        const bool agree = (sum >= 0.0f ? dv : -dv) > 0.0f;
-        merged += agree ? dv : 0.0f;
-        div += agree ? w[i] : 0.0f;
-      }
-      if (div == 0.0f) div = 1.0f;
-    } else {
-      for (std::size_t i = 0; i < T; ++i) merged += w[i] * rows[i][j];
-    }
-    if (r.normalize) merged /= div;
-    out[j] = base[j] + lambda * merged;
-  }
+  for (; j < m; ++j)
+    out[j] = gta_one(
+        T, [&](std::size_t i) { return rows[i][j]; }, w, r, flat_div, base[j]);
 }
 
 // Σ w_i, or 1 where it is (nearly) zero: the divisor without consensus.
@@ -269,10 +279,30 @@ inline void gta_merge_bands(const TensorMergeArgs& a, const GtaRule& r, const st
   TensorCuts* both[2] = {&keep, &drop};
   count_ties(a, both);
   const float flat_div = gta_flat_div(w);
-  combine_trimmed(a, keep, &drop,
-                  [&](std::int64_t m, const float* const* rows, const float* base, float* out) noexcept {
-                    gta_combine_rows(m, T, rows, w.data(), r, flat_div, base, out);
-                  });
+  const float* wp = w.data();
+  combine_trimmed(
+      a, keep, &drop,
+      [&](std::int64_t m, const float* const* rows, const float* base, float* out) noexcept {
+        gta_combine_rows(m, T, rows, wp, r, flat_div, base, out);
+      },
+      // Up to 8 experts whose band edges keep all of their ties or none in
+      // the block: the banded δ formed in registers, never staged.
+      [&](std::int64_t c, const float* base, const float* const* ex, const std::vector<BlockCut>& kc,
+          const std::vector<BlockCut>* dc, float* out) noexcept {
+        return all_uniform(kc) && all_uniform(*dc) && with_expert_count(T, [&]<std::size_t NT>() {
+                 trimmed_in_registers<NT, true>(
+                     c, base, ex, kc, dc,
+                     [&](const f32x16(&t)[NT], f32x16 b) {
+                       return gta_lanes(
+                           NT, [&](std::size_t i) { return t[i]; }, wp, r, flat_div, b);
+                     },
+                     [&](const float(&t)[NT], float b) {
+                       return gta_one(
+                           NT, [&](std::size_t i) { return t[i]; }, wp, r, flat_div, b);
+                     },
+                     out);
+               });
+      });
 }
 
 }  // namespace twin::detail

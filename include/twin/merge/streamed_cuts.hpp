@@ -10,6 +10,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -116,10 +117,76 @@ inline void trimmed_rows(std::int64_t c, const float* TWIN_RESTRICT base, const 
   }
 }
 
+// Calls f.template operator()<NT>() with NT = T and returns true for
+// 1 ≤ T ≤ 8 (kernels whose experts' values stay in registers); false past 8.
+template <class F>
+bool with_expert_count(std::size_t T, F&& f) {
+  switch (T) {
+    case 1: f.template operator()<1>(); return true;
+    case 2: f.template operator()<2>(); return true;
+    case 3: f.template operator()<3>(); return true;
+    case 4: f.template operator()<4>(); return true;
+    case 5: f.template operator()<5>(); return true;
+    case 6: f.template operator()<6>(); return true;
+    case 7: f.template operator()<7>(); return true;
+    case 8: f.template operator()<8>(); return true;
+    default: return false;
+  }
+}
+
+// Whether every cut keeps all of its ties or none in the block.
+inline bool all_uniform(const std::vector<BlockCut>& cuts) noexcept {
+  return std::all_of(cuts.begin(), cuts.end(), [](const BlockCut& b) { return b.uniform; });
+}
+
+// A combination over trimmed values without staging them: for NT experts
+// whose cuts (keep, and drop when Band) are uniform in the block, each 16
+// entries' t[i] = τ_i where kept, else 0 (as trimmed_rows forms them), are
+// formed in registers and out = lanes(t, base lanes) (t: NT f32x16); the
+// last m mod 16 entries one by one, out = one(t, base) (t: NT floats).
+template <std::size_t NT, bool Band, class Lanes, class One>
+void trimmed_in_registers(std::int64_t m, const float* TWIN_RESTRICT base, const float* const* ex,
+                          const std::vector<BlockCut>& keep, const std::vector<BlockCut>* drop, Lanes&& lanes,
+                          One&& one, float* TWIN_RESTRICT out) noexcept {
+  using u32x16 = std::uint32_t __attribute__((vector_size(16 * sizeof(std::uint32_t))));
+  std::uint32_t kt[NT], dt[NT];
+  std::int32_t kk[NT], dk[NT];
+  for (std::size_t i = 0; i < NT; ++i) {
+    kt[i] = keep[i].threshold, kk[i] = keep[i].keep_ties ? -1 : 0;
+    dt[i] = Band ? (*drop)[i].threshold : 0xffffffffu, dk[i] = Band && (*drop)[i].keep_ties ? -1 : 0;
+  }
+  const f32x16 zero = {};
+  std::int64_t j = 0;
+  for (; j + 16 <= m; j += 16) {
+    const f32x16 b = load16(base + j);
+    f32x16 t[NT];
+    for (std::size_t i = 0; i < NT; ++i) {
+      const f32x16 x = load16(ex[i] + j) - b;
+      u32x16 key;
+      std::memcpy(&key, &x, sizeof key);
+      key &= 0x7fffffffu;
+      auto sel = (key > kt[i]) | ((key == kt[i]) & kk[i]);
+      if constexpr (Band) sel &= ~((key > dt[i]) | ((key == dt[i]) & dk[i]));
+      t[i] = sel ? x : zero;
+    }
+    const f32x16 r = lanes(t, b);
+    std::memcpy(out + j, &r, sizeof r);
+  }
+  for (; j < m; ++j) {
+    float t[NT];
+    for (std::size_t i = 0; i < NT; ++i) {
+      const float x = ex[i][j] - base[j];
+      const std::uint32_t k = magnitude_key(x);
+      t[i] = keep[i].selects(k) && !(Band && (*drop)[i].selects(k)) ? x : 0.0f;
+    }
+    out[j] = one(t, base[j]);
+  }
+}
+
 // A chunk kernel that takes no trimmed rows (see combine_trimmed).
 struct NoDirectKernel {
   bool operator()(std::int64_t, const float*, const float* const*, const std::vector<BlockCut>&,
-                  float*) const noexcept {
+                  const std::vector<BlockCut>*, float*) const noexcept {
     return false;
   }
 };
@@ -127,9 +194,10 @@ struct NoDirectKernel {
 // out = kernel(τ' rows) over each tensor chunk, the trimmed task values τ'
 // (trimmed_rows by `keep`, less `drop` when given) formed in sub-chunks of
 // 512 elements so the T rows stay in L1: kernel(m, rows, base, out) writes
-// out[0..m) from rows[i][0..m) and base[0..m). direct(c, base, ex, keep
-// cuts, out), tried first on each whole chunk, may do it from the inputs
-// themselves and return true, or return false.
+// out[0..m) from rows[i][0..m) and base[0..m). direct(c, base, ex, the
+// block's keep cuts, its drop cuts or null, out), tried first on each whole
+// chunk, may do it from the inputs themselves and return true, or return
+// false.
 template <class Kernel, class Direct = NoDirectKernel>
 void combine_trimmed(const TensorMergeArgs& a, const TensorCuts& keep, const TensorCuts* drop, Kernel&& kernel,
                      Direct&& direct = {}) {
@@ -140,7 +208,7 @@ void combine_trimmed(const TensorMergeArgs& a, const TensorCuts& keep, const Ten
     return [&, kc = keep.at_block(b), dc = drop ? drop->at_block(b) : std::vector<BlockCut>{},
             rows = std::vector<float*>(T), at = std::vector<const float*>(T)](
                std::int64_t, std::int64_t c, const float* base, const float* const* ex, float* out) mutable {
-      if (direct(c, base, ex, kc, out)) return;
+      if (direct(c, base, ex, kc, drop ? &dc : nullptr, out)) return;
       float* buf = scratch_floats<5>(S * T);
       for (std::size_t i = 0; i < T; ++i) rows[i] = buf + i * S;
       for (std::int64_t s0 = 0; s0 < c; s0 += static_cast<std::int64_t>(S)) {

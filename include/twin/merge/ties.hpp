@@ -21,7 +21,6 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
-#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
@@ -82,135 +81,76 @@ inline std::int64_t trimmed_sign_votes(const TensorMergeArgs& a, const TensorCut
   });
 }
 
-// out = base + λ · disjoint_mean(rows) over m elements, as disjoint_mean
-// and the θ0 + λ· step compute them element by element, with the elements
-// outer, 16 to a register, so the sums never leave registers.
-inline void ties_elect_and_mean(std::int64_t m, std::size_t T, const float* const* rows, const float* w,
-                                const float* TWIN_RESTRICT base, float lambda, float zero_sign,
-                                float* TWIN_RESTRICT out) noexcept {
-  constexpr std::int64_t L = 16;
-  const bool zero_positive = zero_sign > 0.0f;
-  std::int64_t j = 0;
-  for (; j + L <= m; j += L) {
-    f32x16 sum = {};
-    for (std::size_t i = 0; i < T; ++i) sum += w[i] * load16(rows[i] + j);
-    const auto positive = (sum > 0.0f) | ((sum == 0.0f) & (zero_positive ? -1 : 0));
-    f32x16 merged = {}, den = {};
-    const f32x16 zero = {};
-    for (std::size_t i = 0; i < T; ++i) {
-      const f32x16 t = load16(rows[i] + j);
-      const auto agree = (positive & (t > 0.0f)) | (~positive & (t < 0.0f));
-      merged += agree ? w[i] * t : zero;
-      den += agree ? f32x16{} + w[i] : zero;
-    }
-    const f32x16 mean = den != 0.0f ? merged / den : zero;
-    const f32x16 r = load16(base + j) + lambda * mean;
-    std::memcpy(out + j, &r, sizeof r);
-  }
-  for (; j < m; ++j) {
-    float sum = 0.0f;
-    for (std::size_t i = 0; i < T; ++i) sum += w[i] * rows[i][j];
-    const bool positive = sum > 0.0f || (sum == 0.0f && zero_positive);
-    float merged = 0.0f, den = 0.0f;
-    for (std::size_t i = 0; i < T; ++i) {
-      const float t = rows[i][j];
-      const bool agree = positive ? t > 0.0f : t < 0.0f;
-      merged += agree ? w[i] * t : 0.0f;
-      den += agree ? w[i] : 0.0f;
-    }
-    out[j] = base[j] + lambda * (den != 0.0f ? merged / den : 0.0f);
-  }
-}
-
-// ties_combine's kernel with the trim fused in (no trimmed rows stored):
-// every expert's cut keeps all of its ties or none in this block, so each
-// entry is decided alone; the same operations in the same order as
-// trimmed_rows then ties_elect_and_mean, for NT experts.
-template <std::size_t NT>
-void ties_trim_elect_mean(std::int64_t m, const float* TWIN_RESTRICT base, const float* const* ex,
-                          const std::vector<BlockCut>& cuts, const float* w, float lambda, float zero_sign,
-                          float* TWIN_RESTRICT out) noexcept {
-  constexpr std::int64_t L = 16;
-  using u32x16 = std::uint32_t __attribute__((vector_size(L * sizeof(std::uint32_t))));
-  const bool zero_positive = zero_sign > 0.0f;
-  std::uint32_t thr[NT];
-  std::int32_t ties[NT];
-  for (std::size_t i = 0; i < NT; ++i) thr[i] = cuts[i].threshold, ties[i] = cuts[i].keep_ties ? -1 : 0;
+// base + λ · disjoint_mean at one position, as disjoint_mean and the
+// θ0 + λ· step compute it: t(i) is expert i's trimmed value (16 lanes of
+// it in ties_lanes, one entry in ties_one), n experts in model order.
+template <class Lane>
+f32x16 ties_lanes(std::size_t n, Lane&& t, const float* w, f32x16 base, float lambda, bool zero_positive) noexcept {
   const f32x16 zero = {};
-  std::int64_t j = 0;
-  for (; j + L <= m; j += L) {
-    const f32x16 b = load16(base + j);
-    f32x16 t[NT];
-    f32x16 sum = {};
-    for (std::size_t i = 0; i < NT; ++i) {
-      const f32x16 x = load16(ex[i] + j) - b;
-      u32x16 key;
-      std::memcpy(&key, &x, sizeof key);
-      key &= 0x7fffffffu;
-      const auto keep = (key > thr[i]) | ((key == thr[i]) & ties[i]);
-      t[i] = keep ? x : zero;
-      sum += w[i] * t[i];
-    }
-    const auto positive = (sum > 0.0f) | ((sum == 0.0f) & (zero_positive ? -1 : 0));
-    f32x16 merged = {}, den = {};
-    for (std::size_t i = 0; i < NT; ++i) {
-      const auto agree = (positive & (t[i] > 0.0f)) | (~positive & (t[i] < 0.0f));
-      merged += agree ? w[i] * t[i] : zero;
-      den += agree ? zero + w[i] : zero;
-    }
-    const f32x16 mean = den != 0.0f ? merged / den : zero;
-    const f32x16 r = b + lambda * mean;
-    std::memcpy(out + j, &r, sizeof r);
+  f32x16 sum = {};
+  for (std::size_t i = 0; i < n; ++i) sum += w[i] * t(i);
+  const auto positive = (sum > 0.0f) | ((sum == 0.0f) & (zero_positive ? -1 : 0));
+  f32x16 merged = {}, den = {};
+  for (std::size_t i = 0; i < n; ++i) {
+    const f32x16 ti = t(i);
+    const auto agree = (positive & (ti > 0.0f)) | (~positive & (ti < 0.0f));
+    merged += agree ? w[i] * ti : zero;
+    den += agree ? zero + w[i] : zero;
   }
-  for (; j < m; ++j) {
-    float t[NT], sum = 0.0f;
-    for (std::size_t i = 0; i < NT; ++i) {
-      const float x = ex[i][j] - base[j];
-      t[i] = cuts[i].selects(magnitude_key(x)) ? x : 0.0f;
-      sum += w[i] * t[i];
-    }
-    const bool positive = sum > 0.0f || (sum == 0.0f && zero_positive);
-    float merged = 0.0f, den = 0.0f;
-    for (std::size_t i = 0; i < NT; ++i) {
-      const bool agree = positive ? t[i] > 0.0f : t[i] < 0.0f;
-      merged += agree ? w[i] * t[i] : 0.0f;
-      den += agree ? w[i] : 0.0f;
-    }
-    out[j] = base[j] + lambda * (den != 0.0f ? merged / den : 0.0f);
+  const f32x16 mean = den != 0.0f ? merged / den : zero;
+  return base + lambda * mean;
+}
+template <class One>
+float ties_one(std::size_t n, One&& t, const float* w, float base, float lambda, bool zero_positive) noexcept {
+  float sum = 0.0f;
+  for (std::size_t i = 0; i < n; ++i) sum += w[i] * t(i);
+  const bool positive = sum > 0.0f || (sum == 0.0f && zero_positive);
+  float merged = 0.0f, den = 0.0f;
+  for (std::size_t i = 0; i < n; ++i) {
+    const float ti = t(i);
+    const bool agree = positive ? ti > 0.0f : ti < 0.0f;
+    merged += agree ? w[i] * ti : 0.0f;
+    den += agree ? w[i] : 0.0f;
   }
+  return base + lambda * (den != 0.0f ? merged / den : 0.0f);
 }
 
-// ties_trim_elect_mean for T experts, or null past 8 (the generic path).
-using TiesFused = void (*)(std::int64_t, const float*, const float* const*, const std::vector<BlockCut>&, const float*,
-                           float, float, float*) noexcept;
-inline TiesFused ties_fused_for(std::size_t T) noexcept {
-  constexpr TiesFused table[] = {nullptr,
-                                 ties_trim_elect_mean<1>,
-                                 ties_trim_elect_mean<2>,
-                                 ties_trim_elect_mean<3>,
-                                 ties_trim_elect_mean<4>,
-                                 ties_trim_elect_mean<5>,
-                                 ties_trim_elect_mean<6>,
-                                 ties_trim_elect_mean<7>,
-                                 ties_trim_elect_mean<8>};
-  return T < std::size(table) ? table[T] : nullptr;
-}
-
-// θ0 + λ · disjoint_mean(τ'), the trimmed task values formed chunk by chunk
-// (in registers where every cut keeps all of its ties or none in the block).
+// θ0 + λ · disjoint_mean(τ'), the trimmed task values formed chunk by chunk:
+// in registers for up to 8 experts where every cut keeps all of its ties
+// or none in the block, else staged in rows (the elements outer, 16 to a
+// register, so the sums never leave registers).
 inline void ties_combine(const TensorMergeArgs& a, const TensorCuts& tc, const std::vector<float>& w, float lambda,
                          float zero_sign) {
-  const TiesFused fused = ties_fused_for(w.size());
+  const std::size_t T = w.size();
+  const bool zp = zero_sign > 0.0f;
   combine_trimmed(
       a, tc, nullptr,
       [&](std::int64_t m, const float* const* rows, const float* base, float* out) noexcept {
-        ties_elect_and_mean(m, w.size(), rows, w.data(), base, lambda, zero_sign, out);
+        std::int64_t j = 0;
+        for (; j + 16 <= m; j += 16) {
+          const f32x16 r = ties_lanes(
+              T, [&](std::size_t i) { return load16(rows[i] + j); }, w.data(), load16(base + j), lambda, zp);
+          std::memcpy(out + j, &r, sizeof r);
+        }
+        for (; j < m; ++j)
+          out[j] = ties_one(
+              T, [&](std::size_t i) { return rows[i][j]; }, w.data(), base[j], lambda, zp);
       },
       [&](std::int64_t c, const float* base, const float* const* ex, const std::vector<BlockCut>& cuts,
-          float* out) noexcept {
-        if (!fused || !std::all_of(cuts.begin(), cuts.end(), [](const BlockCut& b) { return b.uniform; })) return false;
-        fused(c, base, ex, cuts, w.data(), lambda, zero_sign, out);
-        return true;
+          const std::vector<BlockCut>*, float* out) noexcept {
+        return all_uniform(cuts) && with_expert_count(T, [&]<std::size_t NT>() {
+                 trimmed_in_registers<NT, false>(
+                     c, base, ex, cuts, nullptr,
+                     [&](const f32x16(&t)[NT], f32x16 b) {
+                       return ties_lanes(
+                           NT, [&](std::size_t i) { return t[i]; }, w.data(), b, lambda, zp);
+                     },
+                     [&](const float(&t)[NT], float b) {
+                       return ties_one(
+                           NT, [&](std::size_t i) { return t[i]; }, w.data(), b, lambda, zp);
+                     },
+                     out);
+               });
       });
 }
 }  // namespace detail
