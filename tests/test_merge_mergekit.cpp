@@ -743,7 +743,6 @@ TEST_CASE("every mergekit strategy: bit-identical for 1 and 2 threads, and strid
 TEST_CASE("GeneralizedTaskArithmetic with mergekit's rules: ties per-model densities, dare with L1 rescale") {
   const Fixture f = fixture(91, {30, 40}, 3);
   const Vec base = vec(f.base);
-  const std::size_t n = base.size();
   const Vec dens = {0.2, 0.5, 0.8}, w = {1.0, 0.7, 0.4};
   // ties: the floor(d·n) largest |δ| per expert, sign consensus, normalized; λ 0.9.
   const std::vector<Vec> d = banded_taus(f, dens, 0.0);

@@ -167,19 +167,19 @@ struct GtaRule {
 };
 
 // base + λ·M at one position by the rule above, t(i) the sparsified δ_i
-// (16 lanes of it in gta_lanes, one entry in gta_one), n experts in the
+// (a vector of it in gta_lanes, one entry in gta_one), n experts in the
 // rule's order of operations (model order, f32). flat_div is Σ w_i (1 where
 // |Σ w_i| < 1e-8), the divisor without consensus.
 template <class Lane>
-f32x16 gta_lanes(std::size_t n, Lane&& t, const float* w, const GtaRule& r, float flat_div, f32x16 base) noexcept {
-  const f32x16 zero = {};
-  f32x16 merged = {}, div = {};
+f32v gta_lanes(std::size_t n, Lane&& t, const float* w, const GtaRule& r, float flat_div, f32v base) noexcept {
+  const f32v zero = {};
+  f32v merged = {}, div = {};
   if (r.consensus) {
-    f32x16 sum = {};
+    f32v sum = {};
     for (std::size_t i = 0; i < n; ++i) sum += w[i] * t(i);
     const auto nonneg = sum >= 0.0f;  // the sign the sum elects: + where S ≥ 0
     for (std::size_t i = 0; i < n; ++i) {
-      const f32x16 dv = w[i] * t(i);
+      const f32v dv = w[i] * t(i);
       const auto agree = (nonneg & (dv > 0.0f)) | (~nonneg & (dv < 0.0f));
       merged += agree ? dv : zero;
       div += agree ? zero + w[i] : zero;
@@ -214,13 +214,13 @@ float gta_one(std::size_t n, One&& t, const float* w, const GtaRule& r, float fl
 }
 
 // out[0..m) = base + λ·M from rows[i][0..m), the sparsified δ_i, the
-// elements outer, 16 to a register.
+// elements outer, a vector to a register.
 inline void gta_combine_rows(std::int64_t m, std::size_t T, const float* const* rows, const float* w, const GtaRule& r,
                              float flat_div, const float* TWIN_RESTRICT base, float* TWIN_RESTRICT out) noexcept {
   std::int64_t j = 0;
-  for (; j + 16 <= m; j += 16) {
-    const f32x16 o = gta_lanes(
-        T, [&](std::size_t i) { return load16(rows[i] + j); }, w, r, flat_div, load16(base + j));
+  for (; j + simd_lanes <= m; j += simd_lanes) {
+    const f32v o = gta_lanes(
+        T, [&](std::size_t i) { return loadv(rows[i] + j); }, w, r, flat_div, loadv(base + j));
     std::memcpy(out + j, &o, sizeof o);
   }
   for (; j < m; ++j)
@@ -292,7 +292,7 @@ inline void gta_merge_bands(const TensorMergeArgs& a, const GtaRule& r, const st
         return all_uniform(kc) && all_uniform(*dc) && with_expert_count(T, [&]<std::size_t NT>() {
                  trimmed_in_registers<NT, true>(
                      c, base, ex, kc, dc,
-                     [&](const f32x16(&t)[NT], f32x16 b) {
+                     [&](const f32v(&t)[NT], f32v b) {
                        return gta_lanes(
                            NT, [&](std::size_t i) { return t[i]; }, wp, r, flat_div, b);
                      },

@@ -24,11 +24,21 @@
 
 namespace twin::detail {
 
-// 16 f32 lanes (one AVX-512 register, two AVX ones) for the combinations'
-// element-outer kernels, and an unaligned load of one.
-using f32x16 = float __attribute__((vector_size(16 * sizeof(float))));
-inline f32x16 load16(const float* p) noexcept {
-  f32x16 x;
+// The merge kernels' f32 vectors, as wide as the build's widest vector
+// registers (16 lanes with AVX-512, 8 with AVX, 4 otherwise): each lane is
+// an element of its own, so the width changes the speed, never a result,
+// and no vector is wider than the registers the build passes them in.
+#if defined(__AVX512F__)
+inline constexpr std::int64_t simd_lanes = 16;
+#elif defined(__AVX__)
+inline constexpr std::int64_t simd_lanes = 8;
+#else
+inline constexpr std::int64_t simd_lanes = 4;
+#endif
+using f32v = float __attribute__((vector_size(simd_lanes * sizeof(float))));
+using u32v = std::uint32_t __attribute__((vector_size(simd_lanes * sizeof(std::uint32_t))));
+inline f32v loadv(const float* p) noexcept {
+  f32v x;
   std::memcpy(&x, p, sizeof x);
   return x;
 }
@@ -140,36 +150,35 @@ inline bool all_uniform(const std::vector<BlockCut>& cuts) noexcept {
 }
 
 // A combination over trimmed values without staging them: for NT experts
-// whose cuts (keep, and drop when Band) are uniform in the block, each 16
+// whose cuts (keep, and drop when Band) are uniform in the block, each vector of
 // entries' t[i] = τ_i where kept, else 0 (as trimmed_rows forms them), are
-// formed in registers and out = lanes(t, base lanes) (t: NT f32x16); the
-// last m mod 16 entries one by one, out = one(t, base) (t: NT floats).
+// formed in registers and out = lanes(t, base lanes) (t: NT f32v); the
+// last m mod simd_lanes entries one by one, out = one(t, base) (t: NT floats).
 template <std::size_t NT, bool Band, class Lanes, class One>
 void trimmed_in_registers(std::int64_t m, const float* TWIN_RESTRICT base, const float* const* ex,
                           const std::vector<BlockCut>& keep, const std::vector<BlockCut>* drop, Lanes&& lanes,
                           One&& one, float* TWIN_RESTRICT out) noexcept {
-  using u32x16 = std::uint32_t __attribute__((vector_size(16 * sizeof(std::uint32_t))));
   std::uint32_t kt[NT], dt[NT];
   std::int32_t kk[NT], dk[NT];
   for (std::size_t i = 0; i < NT; ++i) {
     kt[i] = keep[i].threshold, kk[i] = keep[i].keep_ties ? -1 : 0;
     dt[i] = Band ? (*drop)[i].threshold : 0xffffffffu, dk[i] = Band && (*drop)[i].keep_ties ? -1 : 0;
   }
-  const f32x16 zero = {};
+  const f32v zero = {};
   std::int64_t j = 0;
-  for (; j + 16 <= m; j += 16) {
-    const f32x16 b = load16(base + j);
-    f32x16 t[NT];
+  for (; j + simd_lanes <= m; j += simd_lanes) {
+    const f32v b = loadv(base + j);
+    f32v t[NT];
     for (std::size_t i = 0; i < NT; ++i) {
-      const f32x16 x = load16(ex[i] + j) - b;
-      u32x16 key;
+      const f32v x = loadv(ex[i] + j) - b;
+      u32v key;
       std::memcpy(&key, &x, sizeof key);
       key &= 0x7fffffffu;
       auto sel = (key > kt[i]) | ((key == kt[i]) & kk[i]);
       if constexpr (Band) sel &= ~((key > dt[i]) | ((key == dt[i]) & dk[i]));
       t[i] = sel ? x : zero;
     }
-    const f32x16 r = lanes(t, b);
+    const f32v r = lanes(t, b);
     std::memcpy(out + j, &r, sizeof r);
   }
   for (; j < m; ++j) {

@@ -82,22 +82,22 @@ inline std::int64_t trimmed_sign_votes(const TensorMergeArgs& a, const TensorCut
 }
 
 // base + λ · disjoint_mean at one position, as disjoint_mean and the
-// θ0 + λ· step compute it: t(i) is expert i's trimmed value (16 lanes of
+// θ0 + λ· step compute it: t(i) is expert i's trimmed value (a vector of
 // it in ties_lanes, one entry in ties_one), n experts in model order.
 template <class Lane>
-f32x16 ties_lanes(std::size_t n, Lane&& t, const float* w, f32x16 base, float lambda, bool zero_positive) noexcept {
-  const f32x16 zero = {};
-  f32x16 sum = {};
+f32v ties_lanes(std::size_t n, Lane&& t, const float* w, f32v base, float lambda, bool zero_positive) noexcept {
+  const f32v zero = {};
+  f32v sum = {};
   for (std::size_t i = 0; i < n; ++i) sum += w[i] * t(i);
   const auto positive = (sum > 0.0f) | ((sum == 0.0f) & (zero_positive ? -1 : 0));
-  f32x16 merged = {}, den = {};
+  f32v merged = {}, den = {};
   for (std::size_t i = 0; i < n; ++i) {
-    const f32x16 ti = t(i);
+    const f32v ti = t(i);
     const auto agree = (positive & (ti > 0.0f)) | (~positive & (ti < 0.0f));
     merged += agree ? w[i] * ti : zero;
     den += agree ? zero + w[i] : zero;
   }
-  const f32x16 mean = den != 0.0f ? merged / den : zero;
+  const f32v mean = den != 0.0f ? merged / den : zero;
   return base + lambda * mean;
 }
 template <class One>
@@ -117,7 +117,7 @@ float ties_one(std::size_t n, One&& t, const float* w, float base, float lambda,
 
 // θ0 + λ · disjoint_mean(τ'), the trimmed task values formed chunk by chunk:
 // in registers for up to 8 experts where every cut keeps all of its ties
-// or none in the block, else staged in rows (the elements outer, 16 to a
+// or none in the block, else staged in rows (the elements outer, a vector to a
 // register, so the sums never leave registers).
 inline void ties_combine(const TensorMergeArgs& a, const TensorCuts& tc, const std::vector<float>& w, float lambda,
                          float zero_sign) {
@@ -127,9 +127,9 @@ inline void ties_combine(const TensorMergeArgs& a, const TensorCuts& tc, const s
       a, tc, nullptr,
       [&](std::int64_t m, const float* const* rows, const float* base, float* out) noexcept {
         std::int64_t j = 0;
-        for (; j + 16 <= m; j += 16) {
-          const f32x16 r = ties_lanes(
-              T, [&](std::size_t i) { return load16(rows[i] + j); }, w.data(), load16(base + j), lambda, zp);
+        for (; j + simd_lanes <= m; j += simd_lanes) {
+          const f32v r = ties_lanes(
+              T, [&](std::size_t i) { return loadv(rows[i] + j); }, w.data(), loadv(base + j), lambda, zp);
           std::memcpy(out + j, &r, sizeof r);
         }
         for (; j < m; ++j)
@@ -141,7 +141,7 @@ inline void ties_combine(const TensorMergeArgs& a, const TensorCuts& tc, const s
         return all_uniform(cuts) && with_expert_count(T, [&]<std::size_t NT>() {
                  trimmed_in_registers<NT, false>(
                      c, base, ex, cuts, nullptr,
-                     [&](const f32x16(&t)[NT], f32x16 b) {
+                     [&](const f32v(&t)[NT], f32v b) {
                        return ties_lanes(
                            NT, [&](std::size_t i) { return t[i]; }, w.data(), b, lambda, zp);
                      },
