@@ -420,7 +420,7 @@ TEST_CASE("density 0 leaves the base and density 1 trims nothing") {
   const Vec base = f.basev();
   for (const AnyMerger& m :
        {AnyMerger(Ties{0.0, 1.0, TopKScope::per_tensor, {}}), AnyMerger(DareLinear{{0.0, 1.0, 5, {}}}),
-        AnyMerger(DareTies{{0.0, 1.0, 5, {}}}), AnyMerger(Breadcrumbs{0.0, 0.0, 1.0, {}})}) {
+        AnyMerger(DareTies{{0.0, 1.0, 5, {}}}), AnyMerger(Breadcrumbs{{0.0, 0.0, 1.0, {}, {}, {}, false}})}) {
     CAPTURE(std::string(m.name()));
     check_close(twin::merge_tensor(m, "w", f.base.view(), ev).view(), base, 0, 0);
   }
@@ -449,7 +449,7 @@ TEST_CASE("breadcrumbs on a tensor smaller than 1/gamma drops no outliers and st
   Tensor base = Tensor::from_f32(std::vector<float>{0, 0, 0, 0, 0}, shape);
   Tensor e = Tensor::from_f32(std::vector<float>{0.1f, -0.5f, 0.3f, 0.05f, -0.2f}, shape);
   const ConstTensorView ev[] = {e.view()};
-  const Tensor out = twin::merge_tensor(Breadcrumbs{0.6, 0.1, 1.0, {}}, "tiny", base.view(), ev);
+  const Tensor out = twin::merge_tensor(Breadcrumbs{{0.6, 0.1, 1.0, {}, {}, {}, false}}, "tiny", base.view(), ev);
   const std::vector<float> expect = {0.0f, -0.5f, 0.3f, 0.0f, -0.2f};
   for (std::size_t j = 0; j < 5; ++j) CHECK(out.values<float>()[j] == expect[j]);
   // With 20 entries γ = 0.1 drops the 2 largest.
@@ -458,7 +458,7 @@ TEST_CASE("breadcrumbs on a tensor smaller than 1/gamma drops no outliers and st
   const std::int64_t s20[] = {20};
   Tensor b20 = Tensor::from_f32(std::vector<float>(20, 0.0f), s20), e20 = Tensor::from_f32(big, s20);
   const ConstTensorView ev20[] = {e20.view()};
-  const Tensor o20 = twin::merge_tensor(Breadcrumbs{0.5, 0.1, 1.0, {}}, "t", b20.view(), ev20);
+  const Tensor o20 = twin::merge_tensor(Breadcrumbs{{0.5, 0.1, 1.0, {}, {}, {}, false}}, "t", b20.view(), ev20);
   for (int j = 0; j < 20; ++j)
     CHECK(o20.values<float>()[static_cast<std::size_t>(j)] == ((j >= 8 && j < 18) ? j + 1.0f : 0.0f));
 }
