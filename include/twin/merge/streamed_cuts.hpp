@@ -6,7 +6,10 @@
 //   count_ties: where a cut keeps only some of the ties at its threshold,
 //     how many come before each merge block (one more pass, only then);
 //   trimmed_rows: one chunk of each expert's kept τ entries, by a band
-//     (kept by one cut, not by another) or a single cut.
+//     (kept by one cut, not by another) or a single cut;
+//   combine_trimmed: the chunk driver of a combination over them (TIES'
+//     disjoint mean, the GTA sums), with trimmed_in_registers for up to 8
+//     experts where no cut splits its ties inside the block (docs/design.md §7).
 #pragma once
 
 #include <algorithm>
