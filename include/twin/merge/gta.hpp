@@ -270,11 +270,14 @@ inline void gta_merge_bands(const TensorMergeArgs& a, const GtaRule& r, const st
     req.push_back({i, band[i].keep});
     req.push_back({i, band[i].drop});
   }
-  const std::vector<MagnitudeCut> cuts = task_vector_cuts(a, req);
+  std::vector<std::vector<std::int64_t>> ties;
+  const std::vector<MagnitudeCut> cuts = task_vector_cuts(a, req, &ties);
   TensorCuts keep, drop;
   for (std::size_t i = 0; i < T; ++i) {
     keep.cut.push_back(cuts[2 * i]);
+    keep.ties_before.push_back(std::move(ties[2 * i]));
     drop.cut.push_back(cuts[2 * i + 1]);
+    drop.ties_before.push_back(std::move(ties[2 * i + 1]));
   }
   TensorCuts* both[2] = {&keep, &drop};
   count_ties(a, both);

@@ -270,17 +270,18 @@ inline std::pair<std::uint32_t, std::uint32_t> sample_window(std::vector<std::ui
 
 // The cut keeping the k largest keys of window x, from the per-thread
 // counts above it and keys inside it (entry t·per + x of each), or nullopt
-// where the k-th largest is not inside. Releases the window's keys.
+// where the k-th largest is not inside. Releases the window's keys unless
+// told to keep them.
 inline std::optional<MagnitudeCut> cut_in_window(const std::vector<std::int64_t>& above_n,
                                                  std::vector<KeyBuffer>& inside_n, std::size_t threads, std::size_t per,
-                                                 std::size_t x, std::int64_t k) {
+                                                 std::size_t x, std::int64_t k, bool release = true) {
   std::int64_t above = 0;
   std::vector<std::uint32_t> keys;
   for (std::size_t t = 0; t < threads; ++t) {
     above += above_n[t * per + x];
     const std::span<const std::uint32_t> got = inside_n[t * per + x].view();
     keys.insert(keys.end(), got.begin(), got.end());
-    inside_n[t * per + x] = {};
+    if (release) inside_n[t * per + x] = {};
   }
   if (!(above < k && k <= above + static_cast<std::int64_t>(keys.size()))) return std::nullopt;
   return small_cut(keys, k - above);

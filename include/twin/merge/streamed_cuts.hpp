@@ -60,15 +60,17 @@ struct TensorCuts {
   }
 };
 
-// Fills ties_before for every cut of `all` that needs the tie order: one
-// pass over the inputs (for all of them at once) counting, per merge block,
-// the entries of τ at each such cut's threshold. No pass where none does.
+// Fills ties_before for every cut of `all` that needs the tie order and
+// has no counts yet (task_vector_cuts counts most from its window keys):
+// one pass over the inputs (for all of them at once) counting, per merge
+// block, the entries of τ at each such cut's threshold. No pass where none
+// needs one.
 inline void count_ties(const TensorMergeArgs& a, std::span<TensorCuts* const> all) {
   std::vector<std::pair<TensorCuts*, std::size_t>> need;
   for (TensorCuts* tc : all) {
-    tc->ties_before.assign(tc->cut.size(), {});
+    tc->ties_before.resize(tc->cut.size());
     for (std::size_t i = 0; i < tc->cut.size(); ++i)
-      if (tc->cut[i].needs_tie_order()) need.emplace_back(tc, i);
+      if (tc->cut[i].needs_tie_order() && tc->ties_before[i].empty()) need.emplace_back(tc, i);
   }
   if (need.empty()) return;
   const std::int64_t n = a.base.numel(), blocks = (n + merge_block - 1) / merge_block;
@@ -261,11 +263,17 @@ struct CutRequest {
 //      cut is found among the collected keys; otherwise that expert's τ is
 //      held and selected exactly (select_top_k).
 // Exact either way: the sample only decides how much work step 3 does.
+// Where a window's cut keeps only some of its tied keys, their count before
+// each merge block is taken from the window's keys (collected in index
+// order per block: every tie is inside the window) into ties_before[x]
+// when given, so count_ties needs no pass for it.
 // Short tensors hold τ and select row by row.
-inline std::vector<MagnitudeCut> task_vector_cuts(const TensorMergeArgs& a, std::span<const CutRequest> req) {
+inline std::vector<MagnitudeCut> task_vector_cuts(const TensorMergeArgs& a, std::span<const CutRequest> req,
+                                                  std::vector<std::vector<std::int64_t>>* ties_before = nullptr) {
   const std::int64_t n = a.base.numel();
   const std::size_t T = a.experts.size(), R = req.size();
   std::vector<MagnitudeCut> cut(R);
+  if (ties_before) ties_before->assign(R, {});
   std::vector<std::size_t> todo;
   std::vector<char> sampled(T, 0);
   for (std::size_t x = 0; x < R; ++x) {
@@ -317,29 +325,50 @@ inline std::vector<MagnitudeCut> task_vector_cuts(const TensorMergeArgs& a, std:
   const auto threads = static_cast<std::size_t>(num_threads());
   std::vector<std::int64_t> above_n(threads * R, 0);
   std::vector<KeyBuffer> inside(threads * R);
+  // Per merge block and request: the thread that scanned it and where its keys lie in that thread's buffer.
+  struct Span {
+    std::size_t thread = 0, begin = 0, end = 0;
+  };
+  const auto blocks = static_cast<std::size_t>((n + merge_block - 1) / merge_block);
+  std::vector<Span> span(ties_before ? blocks * R : 0);
   parallel_blocks(n, merge_block, [&](std::int64_t b0, std::int64_t b1) {
     const auto t = static_cast<std::size_t>(thread_index());
+    const auto b = static_cast<std::size_t>(b0 / merge_block);
+    if (ties_before)
+      for (std::size_t x : todo) span[b * R + x] = {t, inside[t * R + x].size, 0};
     for_input_chunks(a, b0, b1, [&](std::int64_t, std::int64_t c, const float* base, const float* const* ex, float*) {
       for (std::size_t x : todo)
         above_n[t * R + x] += scan_window(ex[req[x].expert], base, c, wlo[x], whi[x], inside[t * R + x]);
     });
+    if (ties_before)
+      for (std::size_t x : todo) span[b * R + x].end = inside[t * R + x].size;
   });
   // 3. The cut inside each window, or the exact fallback; requests in parallel.
   parallel_blocks(static_cast<std::int64_t>(todo.size()), 1, [&](std::int64_t x0, std::int64_t x1) {
     for (std::int64_t y = x0; y < x1; ++y) {
       const std::size_t x = todo[static_cast<std::size_t>(y)];
-      const std::optional<MagnitudeCut> c = cut_in_window(above_n, inside, threads, R, x, req[x].k);
+      const std::optional<MagnitudeCut> c = cut_in_window(above_n, inside, threads, R, x, req[x].k, !ties_before);
       cut[x] = c ? *c : held_task_vector_cut(a, req[x].expert, req[x].k);
+      if (ties_before && c && c->needs_tie_order()) {
+        std::vector<std::int64_t>& tb = (*ties_before)[x];
+        tb.assign(blocks + 1, 0);
+        for (std::size_t b = 0; b < blocks; ++b) {
+          const Span& sp = span[b * R + x];
+          const std::uint32_t* k = inside[sp.thread * R + x].keys.get();
+          tb[b + 1] = tb[b] + std::count(k + sp.begin, k + sp.end, c->threshold);
+        }
+      }
     }
   });
   return cut;
 }
 
 // One cut per expert: the k[i] largest |τ_i|.
-inline std::vector<MagnitudeCut> task_vector_cuts(const TensorMergeArgs& a, const std::vector<std::int64_t>& k) {
+inline std::vector<MagnitudeCut> task_vector_cuts(const TensorMergeArgs& a, const std::vector<std::int64_t>& k,
+                                                  std::vector<std::vector<std::int64_t>>* ties_before = nullptr) {
   std::vector<CutRequest> req(k.size());
   for (std::size_t i = 0; i < k.size(); ++i) req[i] = {i, k[i]};
-  return task_vector_cuts(a, req);
+  return task_vector_cuts(a, req, ties_before);
 }
 
 }  // namespace twin::detail

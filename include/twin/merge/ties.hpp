@@ -264,7 +264,7 @@ struct Ties {
       std::vector<std::int64_t> k(a.experts.size());
       for (std::int64_t& x : k)
         x = selection == TopKSelection::kthvalue ? kthvalue_count(density, n) : keep_count(density, n);
-      tc.cut = detail::task_vector_cuts(a, k);
+      tc.cut = detail::task_vector_cuts(a, k, &tc.ties_before);
       if (selection == TopKSelection::kthvalue)
         for (MagnitudeCut& c : tc.cut) c.quota = MagnitudeCut::all_ties;  // select_kthvalue's rule
     }
