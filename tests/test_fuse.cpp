@@ -500,9 +500,10 @@ TEST_CASE("mixed-batch apply with bf16 activations and bf16 θ*: bf16 dot produc
   REQUIRE(m.shared().at("layer.0.attn.w").dtype() == dtype::bf16);
   const std::int64_t tokens = 37, n = 32, rows = 48;
   const Tensor x = random_tensor(rng, dtype::bf16, {tokens, n});
+  const DynamicFuser router(m);  // only its routing weights are used
   std::vector<float> rw;
   for (std::int64_t i = 0; i < tokens; ++i) {
-    const auto wi = DynamicFuser(m).weights(random_logits(rng, kTasks));
+    const auto wi = router.weights(random_logits(rng, kTasks));
     rw.insert(rw.end(), wi.begin(), wi.end());
   }
   MixedApplyOptions mo;

@@ -213,21 +213,6 @@ float gta_one(std::size_t n, One&& t, const float* w, const GtaRule& r, float fl
   return base + static_cast<float>(r.scaling) * merged;
 }
 
-// out[0..m) = base + λ·M from rows[i][0..m), the sparsified δ_i, the
-// elements outer, a vector to a register.
-inline void gta_combine_rows(std::int64_t m, std::size_t T, const float* const* rows, const float* w, const GtaRule& r,
-                             float flat_div, const float* TWIN_RESTRICT base, float* TWIN_RESTRICT out) noexcept {
-  std::int64_t j = 0;
-  for (; j + simd_lanes <= m; j += simd_lanes) {
-    const f32v o = gta_lanes(
-        T, [&](std::size_t i) { return loadv(rows[i] + j); }, w, r, flat_div, loadv(base + j));
-    std::memcpy(out + j, &o, sizeof o);
-  }
-  for (; j < m; ++j)
-    out[j] = gta_one(
-        T, [&](std::size_t i) { return rows[i][j]; }, w, r, flat_div, base[j]);
-}
-
 // Σ w_i, or 1 where it is (nearly) zero: the divisor without consensus.
 inline float gta_flat_div(const std::vector<float>& w) noexcept {
   float wsum = 0.0f;
@@ -252,7 +237,10 @@ void gta_merge(const TensorMergeArgs& a, const GtaRule& r, Sparsify&& sparsify) 
     return [&, rows = std::vector<const float*>(T)](std::int64_t lo, std::int64_t c, const float* base,
                                                     const float* const*, float* out) mutable {
       for (std::size_t i = 0; i < T; ++i) rows[i] = tau.data() + i * static_cast<std::size_t>(n) + lo;
-      gta_combine_rows(c, T, rows.data(), w.data(), r, flat_div, base, out);
+      combine_rows(
+          c, T, rows.data(), base,
+          [&](std::size_t k, auto&& t, f32v b) { return gta_lanes(k, t, w.data(), r, flat_div, b); },
+          [&](std::size_t k, auto&& t, float b) { return gta_one(k, t, w.data(), r, flat_div, b); }, out);
     };
   });
 }
@@ -282,30 +270,9 @@ inline void gta_merge_bands(const TensorMergeArgs& a, const GtaRule& r, const st
   TensorCuts* both[2] = {&keep, &drop};
   count_ties(a, both);
   const float flat_div = gta_flat_div(w);
-  const float* wp = w.data();
   combine_trimmed(
-      a, keep, &drop,
-      [&](std::int64_t m, const float* const* rows, const float* base, float* out) noexcept {
-        gta_combine_rows(m, T, rows, wp, r, flat_div, base, out);
-      },
-      // Up to 8 experts whose band edges keep all of their ties or none in
-      // the block: the banded δ formed in registers, never staged.
-      [&](std::int64_t c, const float* base, const float* const* ex, const std::vector<BlockCut>& kc,
-          const std::vector<BlockCut>* dc, float* out) noexcept {
-        return all_uniform(kc) && all_uniform(*dc) && with_expert_count(T, [&]<std::size_t NT>() {
-                 trimmed_in_registers<NT, true>(
-                     c, base, ex, kc, dc,
-                     [&](const f32v(&t)[NT], f32v b) {
-                       return gta_lanes(
-                           NT, [&](std::size_t i) { return t[i]; }, wp, r, flat_div, b);
-                     },
-                     [&](const float(&t)[NT], float b) {
-                       return gta_one(
-                           NT, [&](std::size_t i) { return t[i]; }, wp, r, flat_div, b);
-                     },
-                     out);
-               });
-      });
+      a, keep, &drop, [&](std::size_t n, auto&& t, f32v b) { return gta_lanes(n, t, w.data(), r, flat_div, b); },
+      [&](std::size_t n, auto&& t, float b) { return gta_one(n, t, w.data(), r, flat_div, b); });
 }
 
 }  // namespace twin::detail

@@ -8,8 +8,8 @@
 //   trimmed_rows: one chunk of each expert's kept τ entries, by a band
 //     (kept by one cut, not by another) or a single cut;
 //   combine_trimmed: the chunk driver of a combination over them (TIES'
-//     disjoint mean, the GTA sums), with trimmed_in_registers for up to 8
-//     experts where no cut splits its ties inside the block (docs/design.md §7).
+//     disjoint mean, the GTA sums), in registers for up to 8 experts where
+//     no cut splits its ties inside the block (docs/design.md §7).
 #pragma once
 
 #include <algorithm>
@@ -197,24 +197,31 @@ void trimmed_in_registers(std::int64_t m, const float* TWIN_RESTRICT base, const
   }
 }
 
-// A chunk kernel that takes no trimmed rows (see combine_trimmed).
-struct NoDirectKernel {
-  bool operator()(std::int64_t, const float*, const float* const*, const std::vector<BlockCut>&,
-                  const std::vector<BlockCut>*, float*) const noexcept {
-    return false;
+// out[0..m) from rows[i][0..m) (T experts) and base[0..m), the elements
+// outer: out = lanes(T, t, base vector) a vector at a time, t(i) expert i's
+// vector, then one(T, t, base) per remaining entry, t(i) expert i's value.
+template <class Lanes, class One>
+void combine_rows(std::int64_t m, std::size_t T, const float* const* rows, const float* TWIN_RESTRICT base,
+                  Lanes&& lanes, One&& one, float* TWIN_RESTRICT out) noexcept {
+  std::int64_t j = 0;
+  for (; j + simd_lanes <= m; j += simd_lanes) {
+    const f32v r = lanes(
+        T, [&](std::size_t i) { return loadv(rows[i] + j); }, loadv(base + j));
+    std::memcpy(out + j, &r, sizeof r);
   }
-};
+  for (; j < m; ++j)
+    out[j] = one(
+        T, [&](std::size_t i) { return rows[i][j]; }, base[j]);
+}
 
-// out = kernel(τ' rows) over each tensor chunk, the trimmed task values τ'
-// (trimmed_rows by `keep`, less `drop` when given) formed in sub-chunks of
-// 512 elements so the T rows stay in L1: kernel(m, rows, base, out) writes
-// out[0..m) from rows[i][0..m) and base[0..m). direct(c, base, ex, the
-// block's keep cuts, its drop cuts or null, out), tried first on each whole
-// chunk, may do it from the inputs themselves and return true, or return
-// false.
-template <class Kernel, class Direct = NoDirectKernel>
-void combine_trimmed(const TensorMergeArgs& a, const TensorCuts& keep, const TensorCuts* drop, Kernel&& kernel,
-                     Direct&& direct = {}) {
+// out = a combination of the trimmed task values τ' (trimmed_rows by
+// `keep`, less `drop` when given) over each tensor chunk, lanes and one as
+// for combine_rows. For up to 8 experts whose cuts keep all of their ties
+// or none in the block, τ' is formed in registers (trimmed_in_registers);
+// otherwise it is staged in rows of 512 elements, which stay in L1.
+template <class Lanes, class One>
+void combine_trimmed(const TensorMergeArgs& a, const TensorCuts& keep, const TensorCuts* drop, Lanes&& lanes,
+                     One&& one) {
   const std::size_t T = a.experts.size();
   constexpr std::size_t S = 512;
   merge_chunks(a, merge_block, [&](std::int64_t b0) {
@@ -222,14 +229,31 @@ void combine_trimmed(const TensorMergeArgs& a, const TensorCuts& keep, const Ten
     return [&, kc = keep.at_block(b), dc = drop ? drop->at_block(b) : std::vector<BlockCut>{},
             rows = std::vector<float*>(T), at = std::vector<const float*>(T)](
                std::int64_t, std::int64_t c, const float* base, const float* const* ex, float* out) mutable {
-      if (direct(c, base, ex, kc, drop ? &dc : nullptr, out)) return;
+      auto in_registers = [&]<bool Band>() {
+        return with_expert_count(T, [&]<std::size_t NT>() {
+          trimmed_in_registers<NT, Band>(
+              c, base, ex, kc, &dc,
+              [&](const f32v(&t)[NT], f32v bv) {
+                return lanes(
+                    NT, [&](std::size_t i) { return t[i]; }, bv);
+              },
+              [&](const float(&t)[NT], float bv) {
+                return one(
+                    NT, [&](std::size_t i) { return t[i]; }, bv);
+              },
+              out);
+        });
+      };
+      if (all_uniform(kc) && (drop ? all_uniform(dc) && in_registers.template operator()<true>()
+                                   : in_registers.template operator()<false>()))
+        return;
       float* buf = scratch_floats<5>(S * T);
       for (std::size_t i = 0; i < T; ++i) rows[i] = buf + i * S;
       for (std::int64_t s0 = 0; s0 < c; s0 += static_cast<std::int64_t>(S)) {
         const std::int64_t m = std::min(c - s0, static_cast<std::int64_t>(S));
         for (std::size_t i = 0; i < T; ++i) at[i] = ex[i] + s0;
         trimmed_rows(m, base + s0, at.data(), kc, drop ? &dc : nullptr, rows.data());
-        kernel(m, static_cast<const float* const*>(rows.data()), base + s0, out + s0);
+        combine_rows(m, T, static_cast<const float* const*>(rows.data()), base + s0, lanes, one, out + s0);
       }
     };
   });

@@ -121,37 +121,10 @@ float ties_one(std::size_t n, One&& t, const float* w, float base, float lambda,
 // register, so the sums never leave registers).
 inline void ties_combine(const TensorMergeArgs& a, const TensorCuts& tc, const std::vector<float>& w, float lambda,
                          float zero_sign) {
-  const std::size_t T = w.size();
   const bool zp = zero_sign > 0.0f;
   combine_trimmed(
-      a, tc, nullptr,
-      [&](std::int64_t m, const float* const* rows, const float* base, float* out) noexcept {
-        std::int64_t j = 0;
-        for (; j + simd_lanes <= m; j += simd_lanes) {
-          const f32v r = ties_lanes(
-              T, [&](std::size_t i) { return loadv(rows[i] + j); }, w.data(), loadv(base + j), lambda, zp);
-          std::memcpy(out + j, &r, sizeof r);
-        }
-        for (; j < m; ++j)
-          out[j] = ties_one(
-              T, [&](std::size_t i) { return rows[i][j]; }, w.data(), base[j], lambda, zp);
-      },
-      [&](std::int64_t c, const float* base, const float* const* ex, const std::vector<BlockCut>& cuts,
-          const std::vector<BlockCut>*, float* out) noexcept {
-        return all_uniform(cuts) && with_expert_count(T, [&]<std::size_t NT>() {
-                 trimmed_in_registers<NT, false>(
-                     c, base, ex, cuts, nullptr,
-                     [&](const f32v(&t)[NT], f32v b) {
-                       return ties_lanes(
-                           NT, [&](std::size_t i) { return t[i]; }, w.data(), b, lambda, zp);
-                     },
-                     [&](const float(&t)[NT], float b) {
-                       return ties_one(
-                           NT, [&](std::size_t i) { return t[i]; }, w.data(), b, lambda, zp);
-                     },
-                     out);
-               });
-      });
+      a, tc, nullptr, [&](std::size_t n, auto&& t, f32v b) { return ties_lanes(n, t, w.data(), b, lambda, zp); },
+      [&](std::size_t n, auto&& t, float b) { return ties_one(n, t, w.data(), b, lambda, zp); });
 }
 }  // namespace detail
 
