@@ -37,11 +37,9 @@ inline void gram_lane_sums(float* const* v, std::size_t K, const std::vector<std
   using f32x16 = float __attribute__((vector_size(gram_lanes * sizeof(float))));
   constexpr std::size_t G = 6;     // pairs per pass: 12 pointers + 6 accumulators stay in registers
   constexpr std::int64_t S = 512;  // elements per sub-block: the K vectors' slices stay in L1
-  auto load = [](const float* p) noexcept {
-    f32x16 x;
-    std::memcpy(&x, p, sizeof x);
-    return x;
-  };
+  // Loads through a reference: a 64-byte vector returned by value changes
+  // the calling convention between builds with and without AVX-512 (-Wpsabi).
+  auto load = [](f32x16& x, const float* p) noexcept { std::memcpy(&x, p, sizeof x); };
   for (std::int64_t s0 = 0; s0 < n; s0 += S) {
     const std::int64_t s1 = std::min(n, s0 + S);
     for (std::size_t p0 = 0; p0 < pairs.size(); p0 += G) {
@@ -53,10 +51,15 @@ inline void gram_lane_sums(float* const* v, std::size_t K, const std::vector<std
         const std::uint32_t p = pairs[p0 + (p0 + i < pairs.size() ? i : 0)];
         x[i] = v[p / K];
         y[i] = v[p % K];
-        acc[i] = load(lanes + p * gram_lanes);
+        load(acc[i], lanes + p * gram_lanes);
       }
       for (std::int64_t j = s0; j < s1; j += gram_lanes)
-        for (std::size_t i = 0; i < G; ++i) acc[i] += load(x[i] + j) * load(y[i] + j);
+        for (std::size_t i = 0; i < G; ++i) {
+          f32x16 xv, yv;
+          load(xv, x[i] + j);
+          load(yv, y[i] + j);
+          acc[i] += xv * yv;
+        }
       for (std::size_t i = 0; i < G && p0 + i < pairs.size(); ++i)
         std::memcpy(lanes + pairs[p0 + i] * gram_lanes, &acc[i], sizeof acc[i]);
     }

@@ -1,7 +1,8 @@
 // Magnitude cuts of task vectors τ_i = expert_i − base found and applied
 // without holding τ (Ties' trim, breadcrumbs' band, mergekit's magnitude
 // sparsifier): τ is formed chunk by chunk from the inputs in each pass.
-//   task_vector_cuts: exact top-k cuts, any number per expert, from a sample
+//   window_cuts / task_vector_cuts: exact top-k cuts, any number per expert,
+//     over one tensor or a sequence of them (global scope), from a sample
 //     and one counting pass over the inputs (docs/design.md §3);
 //   count_ties: where a cut keeps only some of the ties at its threshold,
 //     how many come before each merge block (one more pass, only then);
@@ -275,35 +276,150 @@ struct CutRequest {
   std::int64_t k = 0;
 };
 
-// Exact cuts of one tensor's task vectors τ_i = expert_i − base, one per
-// request (an expert may have several), with τ recomputed from the inputs
-// and never held:
-//   1. a sample (runs of 1024 entries spread over the tensor, about 32K
+// The cuts found inside their windows by window_cuts: per request, the cut
+// (nullopt where the k-th largest key fell outside the window: rare, the
+// caller then selects exactly another way) and, where the cut keeps only
+// some of its tied keys and tie counts were asked for, per tensor of the
+// sequence the number of ties before each of its merge blocks (blocks + 1
+// prefix sums, as count_ties gives them); empty otherwise.
+struct WindowCuts {
+  std::vector<std::optional<MagnitudeCut>> cut;
+  std::vector<std::vector<std::vector<std::int64_t>>> ties_before;
+};
+
+// Exact top-k cuts of the task vectors τ_i = expert_i − base over a
+// sequence of tensors taken as one (one tensor for a per-tensor cut, the
+// whole model in catalog order for a global one), one per request (an
+// expert may have several; each 0 < k < the sequence's length), τ
+// recomputed from the inputs and never held:
+//   1. a sample (runs of 1024 entries spread over the sequence, about 32K
 //      entries) brackets each request's k-th largest key in a window of
 //      ranks k·m/n ± (4σ + 16);
 //   2. one pass counts, per request, the keys above the window (a
 //      vectorized compare) and collects the keys inside it;
 //   3. where the k-th largest key lies in the window (nearly always), the
-//      cut is found among the collected keys; otherwise that expert's τ is
-//      held and selected exactly (select_top_k).
-// Exact either way: the sample only decides how much work step 3 does.
-// Where a window's cut keeps only some of its tied keys, their count before
-// each merge block is taken from the window's keys (collected in index
-// order per block: every tie is inside the window) into ties_before[x]
-// when given, so count_ties needs no pass for it.
-// Short tensors hold τ and select row by row.
+//      cut is found among the collected keys.
+// Exact where found: the sample only decides how much work step 3 does.
+// The keys inside are collected in index order per merge block and every
+// key tied at a cut's threshold is inside its window, so where a cut keeps
+// only some of its ties their count before each block comes from those
+// keys (when `tie_counts`), not from another pass.
+inline WindowCuts window_cuts(std::span<const TensorMergeArgs> seq, std::span<const CutRequest> req, bool tie_counts) {
+  const std::size_t S = seq.size(), R = req.size();
+  const std::size_t T = S ? seq[0].experts.size() : 0;
+  std::vector<std::int64_t> len(S), first_block(S + 1, 0);
+  std::int64_t total = 0;
+  for (std::size_t s = 0; s < S; ++s) {
+    len[s] = seq[s].base.numel();
+    total += len[s];
+    first_block[s + 1] = first_block[s] + (len[s] + merge_block - 1) / merge_block;
+  }
+  std::vector<char> sampled(T, 0);
+  for (const CutRequest& r : req) sampled[r.expert] = 1;
+  // 1. The sample: run r covers [r·stride, r·stride + run) of the sequence
+  //    (a run may go on into the next tensor).
+  constexpr std::int64_t run = sample_run;
+  const std::int64_t stride = sample_stride(total);
+  const std::int64_t runs = (total + stride - 1) / stride;
+  std::vector<std::vector<std::uint32_t>> sample(T);
+  for (std::size_t i = 0; i < T; ++i)
+    if (sampled[i]) sample[i].assign(static_cast<std::size_t>(runs * run), 0xffffffffu);
+  std::int64_t pos = 0;  // the first entry of tensor s in the sequence
+  for (std::size_t s = 0; s < S; pos += len[s], ++s) {
+    if (len[s] == 0) continue;
+    const std::int64_t r_first = pos / stride, r_last = (pos + len[s] - 1) / stride;
+    parallel_blocks(r_last - r_first + 1, 8, [&](std::int64_t r0, std::int64_t r1) {
+      for (std::int64_t r = r_first + r0; r < r_first + r1; ++r) {
+        const std::int64_t lo = std::max(pos, r * stride), hi = std::min(pos + len[s], r * stride + run);
+        if (lo >= hi) continue;
+        for_input_chunks(seq[s], lo - pos, hi - pos,
+                         [&](std::int64_t at, std::int64_t c, const float* base, const float* const* ex, float*) {
+                           const auto first = static_cast<std::size_t>(r * run + (pos + at - r * stride));
+                           for (std::size_t i = 0; i < T; ++i)
+                             if (sampled[i])
+                               for (std::int64_t j = 0; j < c; ++j)
+                                 sample[i][first + static_cast<std::size_t>(j)] = magnitude_key(ex[i][j] - base[j]);
+                         });
+      }
+    });
+  }
+  for (std::size_t i = 0; i < T; ++i) std::erase(sample[i], 0xffffffffu);  // past the end (no key is 0xffffffff)
+  std::vector<std::uint32_t> wlo(R, 0), whi(R, 0xffffffffu);               // window [wlo, whi] of keys
+  // Per request, in parallel (each window depends on its expert's sample alone).
+  parallel_blocks(static_cast<std::int64_t>(R), 1, [&](std::int64_t x0, std::int64_t x1) {
+    for (auto x = static_cast<std::size_t>(x0); x < static_cast<std::size_t>(x1); ++x) {
+      std::vector<std::uint32_t> sm = sample[req[x].expert];  // sample_window consumes its copy
+      std::tie(wlo[x], whi[x]) = sample_window(sm, static_cast<double>(req[x].k) / static_cast<double>(total));
+    }
+  });
+  sample = {};
+  // 2. Counts above each window, and the keys inside it, per thread and request.
+  const auto threads = static_cast<std::size_t>(num_threads());
+  std::vector<std::int64_t> above_n(threads * R, 0);
+  std::vector<KeyBuffer> inside(threads * R);
+  // Per merge block of the sequence and request: the thread that scanned it
+  // and where its keys lie in that thread's buffer.
+  struct Span {
+    std::size_t thread = 0, begin = 0, end = 0;
+  };
+  std::vector<Span> span(tie_counts ? static_cast<std::size_t>(first_block[S]) * R : 0);
+  for (std::size_t s = 0; s < S; ++s)
+    parallel_blocks(len[s], merge_block, [&](std::int64_t b0, std::int64_t b1) {
+      const auto t = static_cast<std::size_t>(thread_index());
+      const auto b = static_cast<std::size_t>(first_block[s] + b0 / merge_block);
+      if (tie_counts)
+        for (std::size_t x = 0; x < R; ++x) span[b * R + x] = {t, inside[t * R + x].size, 0};
+      for_input_chunks(
+          seq[s], b0, b1, [&](std::int64_t, std::int64_t c, const float* base, const float* const* ex, float*) {
+            for (std::size_t x = 0; x < R; ++x)
+              above_n[t * R + x] += scan_window(ex[req[x].expert], base, c, wlo[x], whi[x], inside[t * R + x]);
+          });
+      if (tie_counts)
+        for (std::size_t x = 0; x < R; ++x) span[b * R + x].end = inside[t * R + x].size;
+    });
+  // 3. The cut inside each window, its ties per block; requests in parallel.
+  WindowCuts out;
+  out.cut.resize(R);
+  out.ties_before.resize(R);
+  parallel_blocks(static_cast<std::int64_t>(R), 1, [&](std::int64_t x0, std::int64_t x1) {
+    for (auto x = static_cast<std::size_t>(x0); x < static_cast<std::size_t>(x1); ++x) {
+      const std::optional<MagnitudeCut> c = cut_in_window(above_n, inside, threads, R, x, req[x].k, !tie_counts);
+      out.cut[x] = c;
+      if (tie_counts && c && c->needs_tie_order()) {
+        out.ties_before[x].resize(S);
+        for (std::size_t s = 0; s < S; ++s) {
+          std::vector<std::int64_t>& tb = out.ties_before[x][s];
+          tb.assign(static_cast<std::size_t>(first_block[s + 1] - first_block[s]) + 1, 0);
+          for (std::size_t b = 0; b + 1 < tb.size(); ++b) {
+            const Span& sp = span[(static_cast<std::size_t>(first_block[s]) + b) * R + x];
+            const std::uint32_t* k = inside[sp.thread * R + x].keys.get();
+            tb[b + 1] = tb[b] + std::count(k + sp.begin, k + sp.end, c->threshold);
+          }
+        }
+      }
+      for (std::size_t t = 0; t < threads; ++t) inside[t * R + x] = {};
+    }
+  });
+  return out;
+}
+
+// Exact cuts of one tensor's task vectors, one per request: window_cuts
+// over the one tensor, an expert whose window missed having its τ held and
+// selected exactly. Short tensors hold τ and select row by row. Where a
+// cut keeps only some of its ties, their counts before each merge block go
+// into ties_before[x] when given, so count_ties needs no pass for it.
 inline std::vector<MagnitudeCut> task_vector_cuts(const TensorMergeArgs& a, std::span<const CutRequest> req,
                                                   std::vector<std::vector<std::int64_t>>* ties_before = nullptr) {
   const std::int64_t n = a.base.numel();
-  const std::size_t T = a.experts.size(), R = req.size();
+  const std::size_t R = req.size();
   std::vector<MagnitudeCut> cut(R);
   if (ties_before) ties_before->assign(R, {});
   std::vector<std::size_t> todo;
-  std::vector<char> sampled(T, 0);
+  std::vector<CutRequest> sub;
   for (std::size_t x = 0; x < R; ++x) {
     if (req[x].k <= 0) cut[x] = MagnitudeCut::keep_none();
     else if (req[x].k >= n) cut[x] = MagnitudeCut::keep_all();
-    else todo.push_back(x), sampled[req[x].expert] = 1;
+    else todo.push_back(x), sub.push_back(req[x]);
   }
   if (todo.empty()) return cut;
   if (n <= select_small) {
@@ -315,75 +431,12 @@ inline std::vector<MagnitudeCut> task_vector_cuts(const TensorMergeArgs& a, std:
                             req[x].k);
     return cut;
   }
-  // 1. The sample: run r covers [r·stride, r·stride + run).
-  constexpr std::int64_t run = sample_run;
-  const std::int64_t stride = sample_stride(n);
-  const std::int64_t runs = (n + stride - 1) / stride;
-  std::vector<std::vector<std::uint32_t>> sample(T);
-  for (std::size_t i = 0; i < T; ++i)
-    if (sampled[i]) sample[i].assign(static_cast<std::size_t>(runs * run), 0xffffffffu);
-  parallel_blocks(runs, 8, [&](std::int64_t r0, std::int64_t r1) {
-    for (std::int64_t r = r0; r < r1; ++r) {
-      const std::int64_t lo = r * stride, hi = std::min(n, lo + run);
-      for_input_chunks(
-          a, lo, hi, [&](std::int64_t at, std::int64_t c, const float* base, const float* const* ex, float*) {
-            for (std::size_t i = 0; i < T; ++i)
-              if (sampled[i])
-                for (std::int64_t j = 0; j < c; ++j)
-                  sample[i][static_cast<std::size_t>(r * run + (at - lo) + j)] = magnitude_key(ex[i][j] - base[j]);
-          });
-    }
-  });
-  for (std::size_t i = 0; i < T; ++i) std::erase(sample[i], 0xffffffffu);  // past the end (no key is 0xffffffff)
-  std::vector<std::uint32_t> wlo(R, 0), whi(R, 0xffffffffu);               // window [wlo, whi] of keys
-  // Per request, in parallel (each window depends on its expert's sample alone).
-  parallel_blocks(static_cast<std::int64_t>(todo.size()), 1, [&](std::int64_t x0, std::int64_t x1) {
-    for (std::int64_t y = x0; y < x1; ++y) {
-      const std::size_t x = todo[static_cast<std::size_t>(y)];
-      std::vector<std::uint32_t> sm = sample[req[x].expert];  // sample_window consumes its copy
-      std::tie(wlo[x], whi[x]) = sample_window(sm, static_cast<double>(req[x].k) / static_cast<double>(n));
-    }
-  });
-  sample = {};
-  // 2. Counts above each window, and the keys inside it, per thread and request.
-  const auto threads = static_cast<std::size_t>(num_threads());
-  std::vector<std::int64_t> above_n(threads * R, 0);
-  std::vector<KeyBuffer> inside(threads * R);
-  // Per merge block and request: the thread that scanned it and where its keys lie in that thread's buffer.
-  struct Span {
-    std::size_t thread = 0, begin = 0, end = 0;
-  };
-  const auto blocks = static_cast<std::size_t>((n + merge_block - 1) / merge_block);
-  std::vector<Span> span(ties_before ? blocks * R : 0);
-  parallel_blocks(n, merge_block, [&](std::int64_t b0, std::int64_t b1) {
-    const auto t = static_cast<std::size_t>(thread_index());
-    const auto b = static_cast<std::size_t>(b0 / merge_block);
-    if (ties_before)
-      for (std::size_t x : todo) span[b * R + x] = {t, inside[t * R + x].size, 0};
-    for_input_chunks(a, b0, b1, [&](std::int64_t, std::int64_t c, const float* base, const float* const* ex, float*) {
-      for (std::size_t x : todo)
-        above_n[t * R + x] += scan_window(ex[req[x].expert], base, c, wlo[x], whi[x], inside[t * R + x]);
-    });
-    if (ties_before)
-      for (std::size_t x : todo) span[b * R + x].end = inside[t * R + x].size;
-  });
-  // 3. The cut inside each window, or the exact fallback; requests in parallel.
-  parallel_blocks(static_cast<std::int64_t>(todo.size()), 1, [&](std::int64_t x0, std::int64_t x1) {
-    for (std::int64_t y = x0; y < x1; ++y) {
-      const std::size_t x = todo[static_cast<std::size_t>(y)];
-      const std::optional<MagnitudeCut> c = cut_in_window(above_n, inside, threads, R, x, req[x].k, !ties_before);
-      cut[x] = c ? *c : held_task_vector_cut(a, req[x].expert, req[x].k);
-      if (ties_before && c && c->needs_tie_order()) {
-        std::vector<std::int64_t>& tb = (*ties_before)[x];
-        tb.assign(blocks + 1, 0);
-        for (std::size_t b = 0; b < blocks; ++b) {
-          const Span& sp = span[b * R + x];
-          const std::uint32_t* k = inside[sp.thread * R + x].keys.get();
-          tb[b + 1] = tb[b] + std::count(k + sp.begin, k + sp.end, c->threshold);
-        }
-      }
-    }
-  });
+  WindowCuts w = window_cuts(std::span<const TensorMergeArgs>(&a, 1), sub, ties_before != nullptr);
+  for (std::size_t y = 0; y < todo.size(); ++y) {
+    const std::size_t x = todo[y];
+    cut[x] = w.cut[y] ? *w.cut[y] : held_task_vector_cut(a, req[x].expert, req[x].k);
+    if (ties_before && !w.ties_before[y].empty()) (*ties_before)[x] = std::move(w.ties_before[y][0]);
+  }
   return cut;
 }
 

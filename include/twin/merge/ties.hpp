@@ -136,11 +136,24 @@ struct Ties {
   TopKSelection selection = TopKSelection::exact;
   ZeroSign zero_sign = ZeroSign::plus;
 
-  // Global scope: the cut of each expert for each tensor, and the model's
-  // majority sign (zero_sign = majority).
+  // Global scope: the cut of each expert for each tensor, for a cut that
+  // keeps only some of its ties in a tensor the number of ties before each
+  // merge block of it (as count_ties gives them; absent where the merge
+  // counts them), and the model's majority sign (zero_sign = majority).
   struct Plan {
     std::unordered_map<std::string, std::vector<MagnitudeCut>> cuts;
+    std::unordered_map<std::string, std::vector<std::vector<std::int64_t>>> ties_before;
     float majority = 1.0f;
+
+    // Tensor `name`'s cuts and known tie counts.
+    detail::TensorCuts tensor(std::string_view name) const {
+      auto it = cuts.find(std::string(name));
+      if (it == cuts.end()) throw name_error("ties plan has no tensor '" + std::string(name) + "'");
+      detail::TensorCuts tc;
+      tc.cut = it->second;
+      if (auto tb = ties_before.find(it->first); tb != ties_before.end()) tc.ties_before = tb->second;
+      return tc;
+    }
   };
 
   std::string_view name() const noexcept { return "ties"; }
@@ -151,63 +164,80 @@ struct Ties {
     validate();
     Plan p;
     if (scope != TopKScope::global) return p;
-    std::int64_t total = 0;
-    std::vector<std::int64_t> sizes;
-    for (std::size_t t = 0; t < c.names.size(); ++t) {
-      sizes.push_back(c.view(t, -1).numel());
-      total += sizes.back();
-    }
-    for (const auto& name : c.names) p.cuts[name].resize(static_cast<std::size_t>(c.num_experts));
-    // Every expert's cut from one sample and one counting pass over the
-    // model (all experts at once); an expert whose window missed, and the
-    // kthvalue selection, take the per-expert path below.
-    std::vector<std::optional<MagnitudeCut>> found(static_cast<std::size_t>(c.num_experts));
-    const std::int64_t k = keep_count(density, total);
-    if (selection == TopKSelection::exact && total > detail::select_small && k > 0 && k < total)
-      found = window_cuts(c, sizes, total, k);
     const auto T = static_cast<std::size_t>(c.num_experts);
+    const std::size_t S = c.names.size();
+    // The model as one sequence of tensors, each with every expert.
+    std::vector<std::vector<ConstTensorView>> views(S);
+    std::vector<TensorMergeArgs> seq;
+    std::int64_t total = 0;
+    for (std::size_t t = 0; t < S; ++t) {
+      seq.push_back(tensor_args(c, t, views[t]));
+      total += seq.back().base.numel();
+    }
+    for (const auto& name : c.names) p.cuts[name].resize(T);
+    // Every expert's cut from one sample and one counting pass over the
+    // model (all experts at once), with the ties of a cut that keeps only
+    // some counted per tensor and merge block from its window's keys; an
+    // expert whose window missed, and the kthvalue selection, take the
+    // per-expert path below.
+    detail::WindowCuts found;
+    found.cut.resize(T);
+    found.ties_before.resize(T);
+    const std::int64_t k = keep_count(density, total);
+    if (selection == TopKSelection::exact && total > detail::select_small && k > 0 && k < total) {
+      std::vector<detail::CutRequest> req(T);
+      for (std::size_t m = 0; m < T; ++m) req[m] = {m, k};
+      found = detail::window_cuts(seq, req, true);
+    }
     std::vector<MagnitudeCut> cut(T);
     for (std::size_t m = 0; m < T; ++m) {
       // Visits τ_m tensor by tensor, never holding more than one of them.
       auto visit = [&](auto&& sink) {
-        for (std::size_t t = 0; t < c.names.size(); ++t) {
-          const ConstTensorView one[1] = {c.view(t, static_cast<int>(m))};
-          const TensorMergeArgs a{c.names[t], c.view(t, -1), one, TensorView{}};
+        for (std::size_t t = 0; t < S; ++t) {
+          const ConstTensorView one[1] = {seq[t].experts[m]};
+          const TensorMergeArgs a{c.names[t], seq[t].base, one, TensorView{}};
           std::vector<float>& tau = detail::tau_scratch();
           detail::task_vectors_f32(a, tau);
           sink(std::span<const float>(tau.data(), static_cast<std::size_t>(a.base.numel())));
         }
       };
-      cut[m] = found[m] ? *found[m] : trim_cut(visit, total);
+      cut[m] = found.cut[m] ? *found.cut[m] : trim_cut(visit, total);
     }
-    // A cut that keeps some of its ties keeps the first in model order: the
-    // ties in each tensor, counted in one pass over the model for all such
-    // experts at once (τ formed per chunk).
-    std::vector<std::vector<std::int64_t>> ties(T, std::vector<std::int64_t>(c.names.size(), 0));
-    std::vector<ConstTensorView> ex;
-    if (std::any_of(cut.begin(), cut.end(), [](const MagnitudeCut& x) { return x.needs_tie_order(); }))
-      for (std::size_t t = 0; t < c.names.size(); ++t) {
-        detail::TensorCuts tc;
-        tc.cut = cut;
-        detail::count_ties(tensor_args(c, t, ex), tc);
-        for (std::size_t m = 0; m < T; ++m)
-          if (cut[m].needs_tie_order()) ties[m][t] = tc.ties_before[m].back();
-      }
+    // A cut that keeps some of its ties keeps the first in model order. Per
+    // tensor, the ties of every such cut before each merge block: from the
+    // window's keys, or (an expert without them) counted in one pass over
+    // the model for all such experts at once (τ formed per chunk).
+    std::vector<detail::TensorCuts> per(S);
+    for (std::size_t t = 0; t < S; ++t) {
+      per[t].cut = cut;
+      per[t].ties_before.resize(T);
+      for (std::size_t m = 0; m < T; ++m)
+        if (!found.ties_before[m].empty()) per[t].ties_before[m] = std::move(found.ties_before[m][t]);
+      detail::count_ties(seq[t], per[t]);
+    }
     for (std::size_t m = 0; m < T; ++m) {
-      const std::vector<MagnitudeCut> per = split_cut(cut[m], ties[m]);
-      for (std::size_t t = 0; t < c.names.size(); ++t) p.cuts[c.names[t]][m] = per[t];
+      std::vector<std::int64_t> ties(S, 0);
+      if (cut[m].needs_tie_order())
+        for (std::size_t t = 0; t < S; ++t) ties[t] = per[t].ties_before[m].back();
+      const std::vector<MagnitudeCut> split = split_cut(cut[m], ties);
+      for (std::size_t t = 0; t < S; ++t) {
+        p.cuts[c.names[t]][m] = split[t];
+        if (split[t].needs_tie_order()) {  // the one tensor where its quota ends
+          auto& tb = p.ties_before[c.names[t]];
+          tb.resize(T);
+          tb[m] = std::move(per[t].ties_before[m]);
+        }
+      }
     }
     if (zero_sign == ZeroSign::majority) {
       // The elected signs of the whole model, tensor by tensor, the trimmed
       // τ formed per chunk as the merge forms them (never held).
       const std::vector<float> w = resolve_weights(weights, static_cast<std::size_t>(c.num_experts), name());
       std::int64_t votes = 0;
-      for (std::size_t t = 0; t < c.names.size(); ++t) {
-        const TensorMergeArgs a = tensor_args(c, t, ex);
-        detail::TensorCuts tc;
-        tc.cut = p.cuts.at(c.names[t]);
-        detail::count_ties(a, tc);
-        votes += detail::trimmed_sign_votes(a, tc, w);
+      for (std::size_t t = 0; t < S; ++t) {
+        detail::TensorCuts tc = p.tensor(c.names[t]);
+        detail::count_ties(seq[t], tc);
+        votes += detail::trimmed_sign_votes(seq[t], tc, w);
       }
       p.majority = detail::sign_of(votes);
     }
@@ -229,9 +259,7 @@ struct Ties {
     // over the inputs (or from the plan), the combination from another.
     detail::TensorCuts tc;
     if (scope == TopKScope::global) {
-      auto it = p.cuts.find(std::string(a.name));
-      if (it == p.cuts.end()) throw name_error("ties plan has no tensor '" + std::string(a.name) + "'");
-      tc.cut = it->second;
+      tc = p.tensor(a.name);
     } else {
       const std::int64_t n = a.base.numel();
       std::vector<std::int64_t> k(a.experts.size());
@@ -254,58 +282,6 @@ struct Ties {
     ex.clear();
     for (int m = 0; m < c.num_experts; ++m) ex.push_back(c.view(t, m));
     return TensorMergeArgs{c.names[t], c.view(t, -1), ex, TensorView{}};
-  }
-
-  // The top-k cut of each expert's τ over the whole model (tensors in
-  // catalog order), τ formed per chunk and never held: a sample (runs of
-  // 1024 entries, about 32K in all) brackets each expert's k-th largest key
-  // in a window, then one pass over the model counts, for every expert at
-  // once, the keys above its window and collects those inside. nullopt for
-  // an expert whose k-th key fell outside its window (rare; exact either way).
-  static std::vector<std::optional<MagnitudeCut>> window_cuts(const MergeCatalog& c,
-                                                              const std::vector<std::int64_t>& sizes,
-                                                              std::int64_t total, std::int64_t k) {
-    const auto T = static_cast<std::size_t>(c.num_experts);
-    std::vector<ConstTensorView> ex;
-    constexpr std::int64_t run = detail::sample_run;
-    const std::int64_t stride = detail::sample_stride(total);
-    std::vector<std::vector<std::uint32_t>> sample(T);
-    std::int64_t pos = 0;
-    for (std::size_t t = 0; t < c.names.size(); ++t) {
-      const std::int64_t len = sizes[t];
-      const TensorMergeArgs a = tensor_args(c, t, ex);
-      for (std::int64_t r = pos / stride; len > 0 && r <= (pos + len - 1) / stride; ++r) {
-        const std::int64_t lo = std::max(pos, r * stride), hi = std::min(pos + len, r * stride + run);
-        detail::for_input_chunks(a, lo - pos, hi - pos,
-                                 [&](std::int64_t, std::int64_t n, const float* base, const float* const* e, float*) {
-                                   for (std::size_t i = 0; i < T; ++i)
-                                     for (std::int64_t j = 0; j < n; ++j)
-                                       sample[i].push_back(magnitude_key(e[i][j] - base[j]));
-                                 });
-      }
-      pos += len;
-    }
-    std::vector<std::pair<std::uint32_t, std::uint32_t>> window(T);
-    for (std::size_t i = 0; i < T; ++i)
-      window[i] = detail::sample_window(sample[i], static_cast<double>(k) / static_cast<double>(total));
-    const auto threads = static_cast<std::size_t>(num_threads());
-    std::vector<std::int64_t> above(threads * T, 0);
-    std::vector<detail::KeyBuffer> inside(threads * T);
-    for (std::size_t t = 0; t < c.names.size(); ++t) {
-      const TensorMergeArgs a = tensor_args(c, t, ex);
-      parallel_blocks(sizes[t], detail::merge_block, [&](std::int64_t b0, std::int64_t b1) {
-        const auto th = static_cast<std::size_t>(thread_index());
-        detail::for_input_chunks(
-            a, b0, b1, [&](std::int64_t, std::int64_t n, const float* base, const float* const* e, float*) {
-              for (std::size_t i = 0; i < T; ++i)
-                above[th * T + i] +=
-                    detail::scan_window(e[i], base, n, window[i].first, window[i].second, inside[th * T + i]);
-            });
-      });
-    }
-    std::vector<std::optional<MagnitudeCut>> out(T);
-    for (std::size_t i = 0; i < T; ++i) out[i] = detail::cut_in_window(above, inside, threads, T, i, k);
-    return out;
   }
 
   template <class Visit>
