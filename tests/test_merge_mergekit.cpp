@@ -692,17 +692,63 @@ Vec ref_arcee(const Vec& b, const Vec& x, std::size_t cols) {
 }  // namespace
 
 TEST_CASE("arcee_fusion keeps the expert where importance ≥ median + 1.5·IQR, as a literal reference") {
-  const Fixture f = fixture(71, {20, 30}, 1, 0.3);
-  const Vec got = vec(merged(by_settings("arcee_fusion"), f.base, f.ptrs()));
-  check_close(twin::Tensor::from_f32(std::vector<float>(got.begin(), got.end()), std::vector<std::int64_t>{600}).view(),
-              ref_arcee(vec(f.base), vec(f.experts[0]), 30), 1e-6, 1e-6);
-  // Some but not all entries are taken.
-  const Vec bv = vec(f.base);
-  std::size_t taken = 0;
-  for (std::size_t j = 0; j < 600; ++j) taken += got[j] != bv[j];
-  CHECK(taken > 0);
-  CHECK(taken < 600);
+  // Short tensors (quantiles by partial sorts) and ones past the selection's
+  // small size (quantiles from k-th largest magnitudes: a sample and one
+  // pass), the latter also with many equal importances: the expert equals
+  // the base on every third row (importance 0) and differs by multiples of
+  // 1/64 elsewhere, so each quantile falls among hundreds of equal values.
+  const Fixture small = fixture(71, {20, 30}, 1, 0.3), large = fixture(72, {150, 400}, 1, 0.3);
+  Fixture tied = fixture(73, {150, 400}, 1, 0.3);
+  {
+    const Vec b = vec(tied.base), x = vec(tied.experts[0]);
+    std::vector<float> bq(b.size()), xq(b.size());
+    for (std::size_t j = 0; j < b.size(); ++j) {
+      bq[j] = static_cast<float>(std::round(b[j] * 64.0) / 64.0);
+      xq[j] = (j / 400) % 3 == 0 ? bq[j] : bq[j] + static_cast<float>(std::round((x[j] - b[j]) * 64.0) / 64.0);
+    }
+    tied.base = f32_tensor(bq, {150, 400});
+    tied.experts[0] = f32_tensor(xq, {150, 400});
+  }
+  for (const Fixture* f : {&small, &large, static_cast<const Fixture*>(&tied)}) {
+    const std::int64_t cols = f->base.view().dim(1), n = f->base.view().numel();
+    CAPTURE(n);
+    const Vec got = vec(merged(by_settings("arcee_fusion"), f->base, f->ptrs()));
+    check_close(twin::Tensor::from_f32(std::vector<float>(got.begin(), got.end()), std::vector<std::int64_t>{n}).view(),
+                ref_arcee(vec(f->base), vec(f->experts[0]), static_cast<std::size_t>(cols)), 1e-6, 1e-6);
+    // Some but not all entries are taken.
+    const Vec bv = vec(f->base);
+    std::size_t taken = 0;
+    for (std::size_t j = 0; j < bv.size(); ++j) taken += got[j] != bv[j];
+    CHECK(taken > 0);
+    CHECK(taken < bv.size());
+  }
+  const Fixture& f = small;
   CHECK_THROWS_AS(merged(by_settings("arcee_fusion"), f.base, {&f.experts[0], &f.experts[0]}), argument_error);
+}
+
+TEST_CASE("arcee_fusion's threshold from k-th largest magnitudes equals median + 1.5·IQR of the sorted importances") {
+  // Non-negative importances (the fast path's condition), random or drawn
+  // from 300 values (each quantile among hundreds of equal ones), with a
+  // fifth of them 0; lengths past the selection's small size, sampled
+  // windows included.
+  std::mt19937_64 rng(74);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  for (std::size_t n : {std::size_t{20000}, std::size_t{200001}})
+    for (bool repeated : {false, true}) {
+      CAPTURE(n);
+      CAPTURE(repeated);
+      std::vector<float> imp(n);
+      for (float& v : imp) {
+        const float x = u(rng);
+        v = u(rng) < 0.2f ? 0.0f : repeated ? std::floor(x * 300.0f) / 300.0f : x * x;
+      }
+      std::vector<float> s = imp;
+      std::sort(s.begin(), s.end());
+      auto at = [&](float q) { return s[static_cast<std::size_t>(q * static_cast<float>(n - 1))]; };
+      const float want = at(0.5f) + 1.5f * (at(0.75f) - at(0.25f));
+      CHECK(twin::ArceeFusion{}.threshold(imp, true) == want);
+      CHECK(twin::ArceeFusion{}.threshold(imp, false) == want);
+    }
 }
 
 TEST_CASE("every mergekit strategy: bit-identical for 1 and 2 threads, and strided views merge like copies") {

@@ -16,10 +16,13 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
+#include <bit>
 #include <cmath>
 #include <unordered_map>
 
 #include "twin/merge/merger.hpp"
+#include "twin/merge/selection.hpp"
 #include "twin/random.hpp"
 
 namespace twin {
@@ -55,12 +58,15 @@ struct ArceeFusion {
 
   std::string_view name() const noexcept { return "arcee_fusion"; }
 
-  // The importances of the expert's entries, row-major.
-  static std::vector<float> importance(const TensorMergeArgs& a) {
+  // The importances of the expert's entries, row-major; *ordered tells
+  // whether every one is ≥ 0 (none negative from rounding, none NaN), so
+  // that their magnitudes order them.
+  static std::vector<float> importance(const TensorMergeArgs& a, bool* ordered = nullptr) {
     const std::int64_t n = a.base.numel();
     const std::int64_t cols = a.base.rank() >= 1 ? std::max<std::int64_t>(a.base.dim(a.base.rank() - 1), 1) : 1;
     const std::int64_t rows = n / cols;
     std::vector<float> imp(static_cast<std::size_t>(n));
+    std::atomic<bool> all_ordered{true};
     parallel_blocks(rows, std::max<std::int64_t>(1, detail::merge_block / cols), [&](std::int64_t r0, std::int64_t r1) {
       std::vector<float> x(static_cast<std::size_t>(cols)), b(static_cast<std::size_t>(cols));
       std::vector<double> ex(static_cast<std::size_t>(cols)), eb(static_cast<std::size_t>(cols));
@@ -80,10 +86,16 @@ struct ArceeFusion {
           kl += p * std::log(p / q);
         }
         const auto klf = static_cast<float>(kl);
-        for (std::int64_t j = 0; j < cols; ++j)
-          imp[static_cast<std::size_t>(r * cols + j)] = std::abs(x[j] - b[j]) * klf;
+        bool row_ordered = true;
+        for (std::int64_t j = 0; j < cols; ++j) {
+          const float v = std::abs(x[j] - b[j]) * klf;
+          imp[static_cast<std::size_t>(r * cols + j)] = v;
+          row_ordered &= v >= 0.0f;
+        }
+        if (!row_ordered) all_ordered.store(false, std::memory_order_relaxed);
       }
     });
+    if (ordered) *ordered = all_ordered.load();
     return imp;
   }
 
@@ -108,8 +120,21 @@ struct ArceeFusion {
     return out;
   }
 
+  // The values at quantiles qs of v, exactly as quantiles() finds them,
+  // from the k-th largest magnitudes (index k ascending is the (n − k)-th
+  // largest): a sample and one parallel pass over v, not a sort (every v ≥ 0).
+  static std::vector<float> ordered_quantiles(std::span<const float> v, std::initializer_list<float> qs) {
+    const auto n = static_cast<std::int64_t>(v.size());
+    std::vector<std::int64_t> ks;
+    for (float q : qs) ks.push_back(n - static_cast<std::int64_t>(q * static_cast<float>(n - 1)));
+    const std::vector<MagnitudeCut> cut = select_top_ks([&](auto&& sink) { sink(v); }, n, ks);
+    std::vector<float> out;
+    for (const MagnitudeCut& c : cut) out.push_back(std::bit_cast<float>(c.threshold));
+    return out;
+  }
+
   // thr = median + 1.5·(q3 − q1).
-  float threshold(const std::vector<float>& imp) const {
+  float threshold(const std::vector<float>& imp, bool ordered = false) const {
     if (imp.empty()) return 0.0f;
     const auto n = static_cast<std::int64_t>(imp.size());
     float median = 0.0f, q1 = 0.0f, q3 = 0.0f;
@@ -130,8 +155,13 @@ struct ArceeFusion {
       const auto q = quantiles(s2, {0.25f, 0.75f});
       q1 = q[0], q3 = q[1];
     } else {
-      std::vector<float> s = imp;
-      const auto q = quantiles(s, {0.5f, 0.25f, 0.75f});
+      std::vector<float> q;
+      if (ordered) {
+        q = ordered_quantiles(imp, {0.5f, 0.25f, 0.75f});
+      } else {
+        std::vector<float> s = imp;
+        q = quantiles(s, {0.5f, 0.25f, 0.75f});
+      }
       median = q[0], q1 = q[1], q3 = q[2];
     }
     return median + 1.5f * (q3 - q1);
@@ -143,8 +173,9 @@ struct ArceeFusion {
       throw argument_error("arcee_fusion fuses the base and exactly one expert; tensor '" + std::string(a.name) +
                            "' has " + std::to_string(a.experts.size()) + " experts");
     if (detail::merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s); })) return;
-    const std::vector<float> imp = importance(a);
-    const float thr = threshold(imp);
+    bool ordered = false;
+    const std::vector<float> imp = importance(a, &ordered);
+    const float thr = threshold(imp, ordered);
     detail::merge_chunks(a, detail::merge_block, [&](std::int64_t) {
       return [&](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex, float* out) {
         for (std::int64_t j = 0; j < c; ++j)
