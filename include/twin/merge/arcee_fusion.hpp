@@ -12,7 +12,8 @@
 // rng = torch draws mergekit's two samples from torch.manual_seed(seed), so
 // the result is mergekit's for that tensor when it is seeded right before.
 // (Where most importances are 0, thr ≤ 0 and the whole expert is taken, as
-// in mergekit.) Softmax and KL in double, importances in f32.
+// in mergekit.) Softmax and KL in double (exp and log by vectorizable
+// kernels within 2 ulp, backend/cpu/elementary.hpp), importances in f32.
 #pragma once
 
 #include <algorithm>
@@ -21,6 +22,7 @@
 #include <cmath>
 #include <unordered_map>
 
+#include "twin/backend/cpu/elementary.hpp"
 #include "twin/merge/merger.hpp"
 #include "twin/merge/selection.hpp"
 #include "twin/random.hpp"
@@ -58,14 +60,41 @@ struct ArceeFusion {
 
   std::string_view name() const noexcept { return "arcee_fusion"; }
 
-  // The importances of the expert's entries, row-major; *ordered tells
-  // whether every one is ≥ 0 (none negative from rounding, none NaN), so
-  // that their magnitudes order them.
-  static std::vector<float> importance(const TensorMergeArgs& a, bool* ordered = nullptr) {
+  // max_j v[j] (n ≥ 1) in 16 lanes (vectorizes; a maximum does not depend
+  // on the order, NaN aside, which poisons the row's softmax either way).
+  static float row_max(const float* v, std::int64_t n) {
+    float lane[16];
+    for (float& l : lane) l = v[0];
+    std::int64_t j = 0;
+    for (; j + 16 <= n; j += 16)
+      for (int l = 0; l < 16; ++l) lane[l] = lane[l] < v[j + l] ? v[j + l] : lane[l];
+    for (; j < n; ++j) lane[0] = lane[0] < v[j] ? v[j] : lane[0];
+    float m = lane[0];
+    for (float l : lane) m = m < l ? l : m;
+    return m;
+  }
+
+  // Σ_j f(j) over j < n: 8 partial sums (j into lane j mod 8), then the
+  // lanes in order; the same order for any vector width.
+  template <class F>
+  static double lane_sum(std::int64_t n, F&& f) {
+    double lane[8] = {};
+    std::int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+      for (int l = 0; l < 8; ++l) lane[l] += f(j + l);
+    for (; j < n; ++j) lane[j % 8] += f(j);
+    double s = 0.0;
+    for (double v : lane) s += v;
+    return s;
+  }
+
+  // The importances of the expert's entries, row-major, into imp[0..n);
+  // returns whether every one is ≥ 0 (none negative from rounding, none
+  // NaN), so that their magnitudes order them.
+  static bool importance(const TensorMergeArgs& a, float* imp) {
     const std::int64_t n = a.base.numel();
     const std::int64_t cols = a.base.rank() >= 1 ? std::max<std::int64_t>(a.base.dim(a.base.rank() - 1), 1) : 1;
     const std::int64_t rows = n / cols;
-    std::vector<float> imp(static_cast<std::size_t>(n));
     std::atomic<bool> all_ordered{true};
     parallel_blocks(rows, std::max<std::int64_t>(1, detail::merge_block / cols), [&](std::int64_t r0, std::int64_t r1) {
       std::vector<float> x(static_cast<std::size_t>(cols)), b(static_cast<std::size_t>(cols));
@@ -73,30 +102,32 @@ struct ArceeFusion {
       for (std::int64_t r = r0; r < r1; ++r) {
         read_f32(a.experts[0], r * cols, cols, x.data());
         read_f32(a.base, r * cols, cols, b.data());
-        const double mx = *std::max_element(x.begin(), x.end()), mb = *std::max_element(b.begin(), b.end());
-        // Each exponential once, kept for the KL sum.
-        double zx = 0.0, zb = 0.0;
-        for (std::int64_t j = 0; j < cols; ++j) {
-          ex[j] = std::exp(x[j] - mx), eb[j] = std::exp(b[j] - mb);
-          zx += ex[j], zb += eb[j];
-        }
-        double kl = 0.0;
-        for (std::int64_t j = 0; j < cols; ++j) {
-          const double p = ex[j] / zx + 1e-8, q = eb[j] / zb + 1e-8;
-          kl += p * std::log(p / q);
-        }
+        const double mx = row_max(x.data(), cols), mb = row_max(b.data(), cols);
+        // Each exponential once, kept for the KL sum; the loops vectorize
+        // (cpu::exp_nonpositive and log_positive), the sums run in 8 lanes
+        // (entry j into lane j mod 8), then the lanes in order.
+        double* __restrict px = ex.data();
+        double* __restrict pb = eb.data();
+        for (std::int64_t j = 0; j < cols; ++j)
+          px[j] = cpu::exp_nonpositive(x[j] - mx), pb[j] = cpu::exp_nonpositive(b[j] - mb);
+        const double zx = lane_sum(cols, [&](std::int64_t j) { return px[j]; });
+        const double zb = lane_sum(cols, [&](std::int64_t j) { return pb[j]; });
+        const double kl = lane_sum(cols, [&](std::int64_t j) {
+          const double p = px[j] / zx + 1e-8, q = pb[j] / zb + 1e-8;
+          return p * cpu::log_positive(p / q);
+        });
         const auto klf = static_cast<float>(kl);
-        bool row_ordered = true;
+        float* __restrict out = imp + r * cols;
+        unsigned unordered = 0;
         for (std::int64_t j = 0; j < cols; ++j) {
           const float v = std::abs(x[j] - b[j]) * klf;
-          imp[static_cast<std::size_t>(r * cols + j)] = v;
-          row_ordered &= v >= 0.0f;
+          out[j] = v;
+          unordered |= !(v >= 0.0f);
         }
-        if (!row_ordered) all_ordered.store(false, std::memory_order_relaxed);
+        if (unordered) all_ordered.store(false, std::memory_order_relaxed);
       }
     });
-    if (ordered) *ordered = all_ordered.load();
-    return imp;
+    return all_ordered.load();
   }
 
   // The values at quantiles qs of v (consumed: reordered), as mergekit
@@ -134,7 +165,7 @@ struct ArceeFusion {
   }
 
   // thr = median + 1.5·(q3 − q1).
-  float threshold(const std::vector<float>& imp, bool ordered = false) const {
+  float threshold(std::span<const float> imp, bool ordered = false) const {
     if (imp.empty()) return 0.0f;
     const auto n = static_cast<std::int64_t>(imp.size());
     float median = 0.0f, q1 = 0.0f, q3 = 0.0f;
@@ -159,7 +190,7 @@ struct ArceeFusion {
       if (ordered) {
         q = ordered_quantiles(imp, {0.5f, 0.25f, 0.75f});
       } else {
-        std::vector<float> s = imp;
+        std::vector<float> s(imp.begin(), imp.end());
         q = quantiles(s, {0.5f, 0.25f, 0.75f});
       }
       median = q[0], q1 = q[1], q3 = q[2];
@@ -173,8 +204,9 @@ struct ArceeFusion {
       throw argument_error("arcee_fusion fuses the base and exactly one expert; tensor '" + std::string(a.name) +
                            "' has " + std::to_string(a.experts.size()) + " experts");
     if (detail::merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s); })) return;
-    bool ordered = false;
-    const std::vector<float> imp = importance(a, &ordered);
+    std::vector<float> buf(static_cast<std::size_t>(a.base.numel()));
+    const bool ordered = importance(a, buf.data());
+    const std::span<const float> imp(buf);
     const float thr = threshold(imp, ordered);
     detail::merge_chunks(a, detail::merge_block, [&](std::int64_t) {
       return [&](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex, float* out) {
