@@ -14,6 +14,8 @@
 // Variances and mean squares in double, the rest in f32.
 #pragma once
 
+#include <cstring>
+
 #include "twin/merge/merger.hpp"
 #include "twin/merge/selection.hpp"
 
@@ -69,30 +71,39 @@ struct Sce {
     // the lanes in order; per block in chunk order, then the blocks in order.
     const std::int64_t nblocks = (n + detail::merge_block - 1) / detail::merge_block;
     std::vector<double> part(static_cast<std::size_t>(nblocks) * N, 0.0);
+    // The kept τ of a chunk in f32 (an elementwise loop that vectorizes),
+    // then its squares in double summed in an 8-lane vector.
+    using f32x8 = float __attribute__((vector_size(8 * sizeof(float))));
+    using f64x8 = double __attribute__((vector_size(8 * sizeof(double))));
     parallel_blocks(nblocks, 1, [&](std::int64_t b0, std::int64_t b1) {
-      std::vector<unsigned char> keep(C, 1);
       for (std::int64_t blk = b0; blk < b1; ++blk) {
         double* q = part.data() + static_cast<std::size_t>(blk) * N;
         const std::int64_t lo = blk * detail::merge_block, hi = std::min(n, lo + detail::merge_block);
         detail::for_input_chunks(
-            a, lo, hi, [&](std::int64_t p, std::int64_t c, const float* base, const float* const* ex, float*) {
-              if (select)
-                for (std::int64_t j = 0; j < c; ++j) keep[j] = var[static_cast<std::size_t>(p + j)] != 0.0f;
+            a, lo, hi, [&](std::int64_t p, std::int64_t c, const float* base, const float* const* ex, float* tau) {
               for (std::size_t i = 0; i < N; ++i) {
-                double lane[8] = {};
-                const float* e = ex[i];
-                std::int64_t j = 0;
-                for (; j + 8 <= c; j += 8)
-                  for (int l = 0; l < 8; ++l) {
-                    const double x = keep[j + l] ? e[j + l] - base[j + l] : 0.0f;
-                    lane[l] += x * x;
+                const float* __restrict e = ex[i];
+                float* __restrict t = tau;
+                if (select) {
+                  const float* __restrict v = var.data() + p;
+                  for (std::int64_t j = 0; j < c; ++j) {
+                    const float d = e[j] - base[j];  // loaded whatever the mask, so the select vectorizes
+                    t[j] = v[j] != 0.0f ? d : 0.0f;
                   }
+                } else {
+                  for (std::int64_t j = 0; j < c; ++j) t[j] = e[j] - base[j];
+                }
+                f64x8 lane = {};
+                std::int64_t j = 0;
+                for (; j + 8 <= c; j += 8) {
+                  f32x8 x;
+                  std::memcpy(&x, t + j, sizeof x);
+                  const f64x8 w = __builtin_convertvector(x, f64x8);
+                  lane += w * w;
+                }
                 double sq = 0.0;
                 for (int l = 0; l < 8; ++l) sq += lane[l];
-                for (; j < c; ++j) {
-                  const double x = keep[j] ? e[j] - base[j] : 0.0f;
-                  sq += x * x;
-                }
+                for (; j < c; ++j) sq += static_cast<double>(t[j]) * static_cast<double>(t[j]);
                 q[i] += sq;
               }
             });
