@@ -1,7 +1,8 @@
 // Merging 8 experts of a RoBERTa-base-shaped model (85M parameters per model)
 // with TaskArithmetic and Ties (per-tensor and global scope, the row
-// ties_global) in f32 and bf16, and mergekit's other methods:
-// linear, breadcrumbs, breadcrumbs_ties, della_linear, sce, ram, ramplus_tl, model_stock,
+// ties_global) in f32 and bf16, DARE (dare_linear, dare_ties: density as
+// Ties', Philox masks) and mergekit's other methods: linear, breadcrumbs,
+// breadcrumbs_ties, della_linear, della, sce, ram, ramplus_tl, model_stock,
 // multislerp, karcher (8 experts), nuslerp (2), slerp, nearswap, arcee_fusion,
 // passthrough (the base and one expert), into preallocated outputs. Prints,
 // per run:
@@ -79,7 +80,10 @@ int main(int argc, char** argv) {
         {twin::Linear{}, T},
         {twin::Breadcrumbs{{0.9, 0.01, scaling, {}, {}, {}, false}}, T},
         {twin::BreadcrumbsTies{{0.9, 0.01, scaling, {}, {}, {}, false}}, T},
+        {twin::DareLinear{{density, scaling, 0, {}, twin::RngKind::philox}}, T},
+        {twin::DareTies{{density, scaling, 0, {}, twin::RngKind::philox}}, T},
         {twin::DellaLinear{{0.5, 0.15, scaling, 0, {}, {}, {}, false, true, twin::RngKind::philox}}, T},
+        {twin::Della{{0.5, 0.15, scaling, 0, {}, {}, {}, true, true, twin::RngKind::philox}}, T},
         {twin::Sce{0.5}, T},
         {twin::Ram{}, T},
         {twin::RamPlusTl{}, T},

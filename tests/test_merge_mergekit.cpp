@@ -345,6 +345,26 @@ TEST_CASE("della keeps each entry with its rank's probability (Philox draws), an
     CAPTURE(k);
     CHECK(std::abs(kept[static_cast<std::size_t>(k)] - n * p) < 5 * sd);
   }
+  // And they are the documented draws: entry j of expert i kept iff
+  // Philox(random_key(seed, tensor name, i)).uniform(j) < p_j, p_j formed in
+  // f32 from its rank as mergekit forms it.
+  std::size_t mismatched = 0;
+  for (std::size_t i = 0; i < 3; ++i) {
+    const twin::Philox draws(twin::random_key(9, "w", i));
+    const Vec t = tau_of(ex[i], b);
+    for (std::int64_t r = 0; r < R; ++r) {
+      Vec row(t.begin() + r * C, t.begin() + (r + 1) * C);
+      auto order = by_magnitude(row);
+      std::reverse(order.begin(), order.end());  // ascending
+      for (std::int64_t k = 0; k < C; ++k) {
+        const std::size_t j = static_cast<std::size_t>(r * C) + order[static_cast<std::size_t>(k)];
+        const float rn = std::clamp(static_cast<float>(k) / static_cast<float>(C - 1), 0.0f, 1.0f);
+        const float p = static_cast<float>(d - eps) + rn * 2.0f * static_cast<float>(eps);
+        mismatched += (draws.uniform(j) < p) != (masks[i][j] == 1.0);
+      }
+    }
+  }
+  CHECK(mismatched == 0);
   // The full della (consensus, normalize, L1 rescale) on all three experts equals GTA on those masks.
   const Vec w = {1.0, 2.0, 0.5};
   std::vector<Vec> sp;
