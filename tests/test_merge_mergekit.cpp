@@ -301,6 +301,34 @@ TEST_CASE("torch.randperm's prefix (recorded from PyTorch 1.13) and the generato
   CHECK(g.randperm_step(1000003) == h.randperm_step(1000003));
 }
 
+TEST_CASE("della's rank sort (stable LSD radix) orders like std::stable_sort, ties by index") {
+  // Keys differing only in their low byte, keys from a handful of values
+  // (long runs of ties, where the order must stay the index order), keys
+  // sharing every byte but one, and random keys; lengths 2 to 3072.
+  std::mt19937_64 rng(76);
+  for (const std::size_t n : {std::size_t{2}, std::size_t{50}, std::size_t{768}, std::size_t{3072}})
+    for (int kind = 0; kind < 4; ++kind) {
+      CAPTURE(n);
+      CAPTURE(kind);
+      std::vector<std::uint32_t> key(n), val(n), k2(n), v2(n);
+      for (std::size_t i = 0; i < n; ++i) {
+        const auto r = static_cast<std::uint32_t>(rng());
+        key[i] = kind == 0   ? 0x3c000000u | (r & 0xffu)
+                 : kind == 1 ? (r % 5u) << 20
+                 : kind == 2 ? 0x3c00u | (r & 0xff0000u)
+                             : r;
+        val[i] = static_cast<std::uint32_t>(i);
+      }
+      std::vector<std::pair<std::uint32_t, std::uint32_t>> want(n);
+      for (std::size_t i = 0; i < n; ++i) want[i] = {key[i], val[i]};
+      std::stable_sort(want.begin(), want.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+      twin::detail::stable_radix_sort(key, val, k2, v2);
+      std::size_t wrong = 0;
+      for (std::size_t i = 0; i < n; ++i) wrong += key[i] != want[i].first || val[i] != want[i].second;
+      CHECK(wrong == 0);
+    }
+}
+
 TEST_CASE("della keeps each entry with its rank's probability (Philox draws), and merges as GTA on those masks") {
   // One expert moved, the others equal to the base: della_linear without rescale returns τ·mask, so the
   // mask of expert i is read off the output. 400 rows of 50: per rank, 400 draws.

@@ -42,9 +42,17 @@ inline double expert_param(const std::vector<double>& per, double all, std::size
 }
 
 inline double l1_norm(std::span<const float> v) {
+  // Per block, 8 partial sums (entry j into lane j mod 8: they vectorize),
+  // then the lanes in order; the blocks in order.
   return parallel_sum<double>(static_cast<std::int64_t>(v.size()), merge_block, [&](std::int64_t lo, std::int64_t hi) {
+    const float* __restrict x = v.data();
+    double lane[8] = {};
+    std::int64_t j = lo;
+    for (; j + 8 <= hi; j += 8)
+      for (int l = 0; l < 8; ++l) lane[l] += std::abs(static_cast<double>(x[j + l]));
+    for (; j < hi; ++j) lane[(j - lo) % 8] += std::abs(static_cast<double>(x[j]));
     double s = 0.0;
-    for (std::int64_t j = lo; j < hi; ++j) s += std::abs(static_cast<double>(v[static_cast<std::size_t>(j)]));
+    for (double y : lane) s += y;
     return s;
   });
 }
@@ -108,6 +116,38 @@ struct AxisOneVectors {
   }
 };
 
+// Sorts key ascending, carrying val, stably (equal keys keep their order):
+// an LSD radix sort on 8-bit digits, the four digits' counts taken in one
+// pass, a digit that every key shares skipped. k2 and v2 are scratch of the
+// same size.
+inline void stable_radix_sort(std::vector<std::uint32_t>& key, std::vector<std::uint32_t>& val,
+                              std::vector<std::uint32_t>& k2, std::vector<std::uint32_t>& v2) {
+  const std::size_t n = key.size();
+  std::uint32_t count[4][256] = {};
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint32_t k = key[i];
+    ++count[0][k & 0xffu], ++count[1][(k >> 8) & 0xffu], ++count[2][(k >> 16) & 0xffu], ++count[3][k >> 24];
+  }
+  for (int d = 0; d < 4; ++d) {
+    const int shift = 8 * d;
+    std::uint32_t* c = count[d];
+    if (c[(key[0] >> shift) & 0xffu] == n) continue;  // one digit for all: already in order
+    std::uint32_t start = 0;
+    for (int x = 0; x < 256; ++x) {
+      const std::uint32_t here = c[x];
+      c[x] = start;
+      start += here;
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint32_t to = c[(key[i] >> shift) & 0xffu]++;
+      k2[to] = key[i];
+      v2[to] = val[i];
+    }
+    key.swap(k2);
+    val.swap(v2);
+  }
+}
+
 // DELLA's magnitude-ranked keep probabilities (della_magprune): within each
 // vector along axis 1, the entry of ascending-magnitude rank r (0-based,
 // ties by index) of len gets p = (density − ε) + (r/(len − 1))·2·ε, in f32 as
@@ -117,27 +157,32 @@ inline void della_probabilities(std::span<const float> d, std::span<const std::i
                                 double epsilon, std::span<float> p) {
   const AxisOneVectors v(shape);
   const auto lo_p = static_cast<float>(density - epsilon), eps = static_cast<float>(epsilon);
-  parallel_blocks(v.count(), std::max<std::int64_t>(1, merge_block / std::max<std::int64_t>(v.len, 1)),
-                  [&](std::int64_t v0, std::int64_t v1) {
-                    std::vector<std::uint64_t> keys(static_cast<std::size_t>(v.len));
-                    for (std::int64_t vec = v0; vec < v1; ++vec) {
-                      if (v.len == 1) {
-                        p[static_cast<std::size_t>(v.at(vec, 0))] = static_cast<float>(density);
-                        continue;
-                      }
-                      for (std::int64_t b = 0; b < v.len; ++b)
-                        keys[static_cast<std::size_t>(b)] =
-                            (std::uint64_t{magnitude_key(d[static_cast<std::size_t>(v.at(vec, b))])} << 32) |
-                            static_cast<std::uint64_t>(b);
-                      std::sort(keys.begin(), keys.end());
-                      const auto den = static_cast<float>(v.len - 1);
-                      for (std::int64_t r = 0; r < v.len; ++r) {
-                        const auto b = static_cast<std::int64_t>(keys[static_cast<std::size_t>(r)] & 0xffffffffu);
-                        const float rn = std::clamp(static_cast<float>(r) / den, 0.0f, 1.0f);
-                        p[static_cast<std::size_t>(v.at(vec, b))] = lo_p + rn * 2.0f * eps;
-                      }
-                    }
-                  });
+  parallel_blocks(
+      v.count(), std::max<std::int64_t>(1, merge_block / std::max<std::int64_t>(v.len, 1)),
+      [&](std::int64_t v0, std::int64_t v1) {
+        const auto len = static_cast<std::size_t>(v.len);
+        std::vector<std::uint32_t> key(len), key2(len), at(len), at2(len);
+        for (std::int64_t vec = v0; vec < v1; ++vec) {
+          // Entry b of the vector lies at first + b·inner.
+          const std::int64_t first = v.at(vec, 0);
+          if (v.len == 1) {
+            p[static_cast<std::size_t>(first)] = static_cast<float>(density);
+            continue;
+          }
+          for (std::size_t b = 0; b < len; ++b) {
+            key[b] = magnitude_key(d[static_cast<std::size_t>(first + static_cast<std::int64_t>(b) * v.inner)]);
+            at[b] = static_cast<std::uint32_t>(b);
+          }
+          // Ascending magnitude, ties by index: a stable LSD radix
+          // sort on the keys (entries start in index order).
+          stable_radix_sort(key, at, key2, at2);
+          const auto den = static_cast<float>(v.len - 1);
+          for (std::size_t r = 0; r < len; ++r) {
+            const float rn = std::clamp(static_cast<float>(r) / den, 0.0f, 1.0f);
+            p[static_cast<std::size_t>(first + static_cast<std::int64_t>(at[r]) * v.inner)] = lo_p + rn * 2.0f * eps;
+          }
+        }
+      });
 }
 
 // Keeps entry j of d iff keep(j) per the probabilities p (drawn by `rng`),
