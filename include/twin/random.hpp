@@ -60,6 +60,20 @@ class Philox {
     return to_unit(block(i >> 2, stream)[i & 3u]);
   }
 
+  // f(k, c, u) for consecutive pieces [k, k + c) of [0, n), up to 256
+  // long, u[0..c) = uniform(first + k + ·, stream): draws through uniforms
+  // without a buffer the size of n.
+  template <class F>
+  void uniform_pieces(std::uint64_t first, std::int64_t n, std::uint64_t stream, F&& f) const {
+    constexpr std::int64_t piece = 256;
+    float u[piece];
+    for (std::int64_t k = 0; k < n; k += piece) {
+      const std::int64_t c = std::min(piece, n - k);
+      uniforms(first + static_cast<std::uint64_t>(k), static_cast<std::size_t>(c), stream, u);
+      f(k, c, static_cast<const float*>(u));
+    }
+  }
+
   static constexpr float to_unit(std::uint32_t bits) noexcept { return static_cast<float>(bits >> 8) * 0x1.0p-24f; }
 
   // uniform(first + k, stream) for k < n, written to out. Runs the rounds of

@@ -74,20 +74,6 @@ struct ArceeFusion {
     return m;
   }
 
-  // Σ_j f(j) over j < n: 8 partial sums (j into lane j mod 8), then the
-  // lanes in order; the same order for any vector width.
-  template <class F>
-  static double lane_sum(std::int64_t n, F&& f) {
-    double lane[8] = {};
-    std::int64_t j = 0;
-    for (; j + 8 <= n; j += 8)
-      for (int l = 0; l < 8; ++l) lane[l] += f(j + l);
-    for (; j < n; ++j) lane[j % 8] += f(j);
-    double s = 0.0;
-    for (double v : lane) s += v;
-    return s;
-  }
-
   // The importances of the expert's entries, row-major, into imp[0..n);
   // returns whether every one is ≥ 0 (none negative from rounding, none
   // NaN), so that their magnitudes order them.
@@ -110,9 +96,9 @@ struct ArceeFusion {
         double* __restrict pb = eb.data();
         for (std::int64_t j = 0; j < cols; ++j)
           px[j] = cpu::exp_nonpositive(x[j] - mx), pb[j] = cpu::exp_nonpositive(b[j] - mb);
-        const double zx = lane_sum(cols, [&](std::int64_t j) { return px[j]; });
-        const double zb = lane_sum(cols, [&](std::int64_t j) { return pb[j]; });
-        const double kl = lane_sum(cols, [&](std::int64_t j) {
+        const double zx = detail::lane_sum(cols, [&](std::int64_t j) { return px[j]; });
+        const double zb = detail::lane_sum(cols, [&](std::int64_t j) { return pb[j]; });
+        const double kl = detail::lane_sum(cols, [&](std::int64_t j) {
           const double p = px[j] / zx + 1e-8, q = pb[j] / zb + 1e-8;
           return p * cpu::log_positive(p / q);
         });

@@ -19,25 +19,21 @@
 namespace twin {
 
 namespace detail {
-// τ̃ for n entries starting at linear index lo: the uniforms drawn 64 at a
-// time by Philox::uniforms (16 blocks' rounds side by side, vectorized;
+// τ̃ for n entries starting at linear index lo: the uniforms drawn in
+// pieces by Philox::uniforms (16 blocks' rounds side by side, vectorized;
 // the same values as uniform(j)), then an elementwise select.
 inline void dare_drop(const Philox& rng, float density, std::int64_t lo, std::int64_t n, const float* base,
                       const float* expert, float* out) noexcept {
   const float scale = density > 0.0f ? 1.0f / density : 0.0f;
-  constexpr std::int64_t U = 256;
-  float u[U];
-  for (std::int64_t j0 = 0; j0 < n; j0 += U) {
-    const std::int64_t c = std::min(U, n - j0);
-    rng.uniforms(static_cast<std::uint64_t>(lo + j0), static_cast<std::size_t>(c), 0, u);
-    const float* __restrict e = expert + j0;
-    const float* __restrict b = base + j0;
-    float* __restrict o = out + j0;
+  rng.uniform_pieces(static_cast<std::uint64_t>(lo), n, 0, [&](std::int64_t k, std::int64_t c, const float* u) {
+    const float* __restrict e = expert + k;
+    const float* __restrict b = base + k;
+    float* __restrict o = out + k;
     for (std::int64_t j = 0; j < c; ++j) {
       const float t = (e[j] - b[j]) * scale;
       o[j] = u[j] < density ? t : 0.0f;
     }
-  }
+  });
 }
 
 template <bool Ties>

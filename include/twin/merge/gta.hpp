@@ -42,18 +42,10 @@ inline double expert_param(const std::vector<double>& per, double all, std::size
 }
 
 inline double l1_norm(std::span<const float> v) {
-  // Per block, 8 partial sums (entry j into lane j mod 8: they vectorize),
-  // then the lanes in order; the blocks in order.
+  // Per block in 8 lanes (lane_sum), the blocks in order.
   return parallel_sum<double>(static_cast<std::int64_t>(v.size()), merge_block, [&](std::int64_t lo, std::int64_t hi) {
-    const float* __restrict x = v.data();
-    double lane[8] = {};
-    std::int64_t j = lo;
-    for (; j + 8 <= hi; j += 8)
-      for (int l = 0; l < 8; ++l) lane[l] += std::abs(static_cast<double>(x[j + l]));
-    for (; j < hi; ++j) lane[(j - lo) % 8] += std::abs(static_cast<double>(x[j]));
-    double s = 0.0;
-    for (double y : lane) s += y;
-    return s;
+    const float* __restrict x = v.data() + lo;
+    return lane_sum(hi - lo, [&](std::int64_t j) { return std::abs(static_cast<double>(x[j])); });
   });
 }
 
@@ -195,18 +187,15 @@ inline void bernoulli_mask(std::span<float> d, std::span<const float> p, RngKind
       if (!torch_gen->bernoulli(p[static_cast<std::size_t>(j)])) d[static_cast<std::size_t>(j)] = 0.0f;
     return;
   }
-  // The uniforms drawn 256 at a time by Philox::uniforms (vectorized; the
-  // same values as uniform(j)).
+  // The uniforms drawn in pieces by Philox::uniforms (vectorized; the same
+  // values as uniform(j)).
   parallel_blocks(n, merge_block, [&](std::int64_t lo, std::int64_t hi) {
-    constexpr std::int64_t U = 256;
-    float u[U];
-    for (std::int64_t j0 = lo; j0 < hi; j0 += U) {
-      const std::int64_t c = std::min(U, hi - j0);
-      philox.uniforms(static_cast<std::uint64_t>(j0), static_cast<std::size_t>(c), 0, u);
-      float* __restrict dv = d.data() + j0;
-      const float* __restrict pv = p.data() + j0;
-      for (std::int64_t j = 0; j < c; ++j) dv[j] = u[j] < pv[j] ? dv[j] : 0.0f;
-    }
+    philox.uniform_pieces(static_cast<std::uint64_t>(lo), hi - lo, 0,
+                          [&](std::int64_t k, std::int64_t c, const float* u) {
+                            float* __restrict dv = d.data() + lo + k;
+                            const float* __restrict pv = p.data() + lo + k;
+                            for (std::int64_t j = 0; j < c; ++j) dv[j] = u[j] < pv[j] ? dv[j] : 0.0f;
+                          });
   });
 }
 

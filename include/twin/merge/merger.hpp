@@ -172,6 +172,21 @@ void merge_chunks(const TensorMergeArgs& a, std::int64_t block, Make&& make) {
 
 constexpr std::int64_t merge_block = std::int64_t{1} << 16;
 
+// Σ_j f(j) over j < n in double: 8 partial sums (entry j into lane j mod 8,
+// which vectorize), then the lanes in order; the same order for any vector
+// width.
+template <class F>
+double lane_sum(std::int64_t n, F&& f) {
+  double lane[8] = {};
+  std::int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) lane[l] += f(j + l);
+  for (; j < n; ++j) lane[j % 8] += f(j);
+  double s = 0.0;
+  for (double v : lane) s += v;
+  return s;
+}
+
 // Scratch memory for τ, reused across tensors and calls on the same thread:
 // a fresh multi-megabyte allocation per tensor costs more in page faults
 // than the merge itself. It only grows (to T × the largest tensor merged).

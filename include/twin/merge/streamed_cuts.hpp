@@ -383,7 +383,8 @@ inline WindowCuts window_cuts(std::span<const TensorMergeArgs> seq, std::span<co
   out.ties_before.resize(R);
   parallel_blocks(static_cast<std::int64_t>(R), 1, [&](std::int64_t x0, std::int64_t x1) {
     for (auto x = static_cast<std::size_t>(x0); x < static_cast<std::size_t>(x1); ++x) {
-      const std::optional<MagnitudeCut> c = cut_in_window(above_n, inside, threads, R, x, req[x].k, !tie_counts);
+      // The window's keys stay until its ties are counted, then go.
+      const std::optional<MagnitudeCut> c = cut_in_window(above_n, inside, threads, R, x, req[x].k, false);
       out.cut[x] = c;
       if (tie_counts && c && c->needs_tie_order()) {
         out.ties_before[x].resize(S);
