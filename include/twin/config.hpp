@@ -23,10 +23,11 @@
 
 // Elements a worker handles per chunk in elementwise kernels: large enough
 // to amortize the per-chunk work, small enough that a merge's T + 2 f32
-// chunk buffers stay in a 48 KB L1 for up to 10 experts (bf16 inputs are
-// converted into them; 4096 left them in L2 and cost bf16 merges ~20%).
+// chunk buffers, the inputs' lines being read and the next chunk's being
+// prefetched all stay in L1 together (benchmarks/RESULTS.md, "Chunks of 256":
+// 1024 cost f32 merges 5-25% and bf16 ones 15-30% against 256; 4096 more).
 #ifndef TWIN_CHUNK_ELEMENTS
-#  define TWIN_CHUNK_ELEMENTS 1024
+#  define TWIN_CHUNK_ELEMENTS 256
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)

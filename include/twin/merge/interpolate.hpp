@@ -1,7 +1,7 @@
 // Whole-tensor and per-row reductions shared by the interpolating strategies
 // (slerp, model_stock): Gram matrices of per-element vectors. Within a chunk
 // of TWIN_CHUNK_ELEMENTS the products are summed in 16 f32 lanes (vectorized;
-// at most 64 terms per lane), the lanes and chunks in double, over blocks
+// at most 16 terms per lane), the lanes and chunks in double, over blocks
 // whose bounds do not depend on the thread count.
 #pragma once
 
