@@ -27,41 +27,55 @@ struct Gram {
 
 constexpr std::int64_t gram_lanes = 16;
 
-// lanes[p·16 + q] += Σ v_k[j]·v_l[j] over j < n, j ≡ q (mod 16), in order of
-// j, for each pair p = k·K + l listed in `pairs` (n a multiple of 16). The
-// pairs run six at a time, each with its own accumulator register, so the
-// sums are bound by the loads rather than by the latency of one chain of
-// additions; each pair's sum is formed in the same order as one pair alone.
-inline void gram_lane_sums(float* const* v, std::size_t K, const std::vector<std::uint32_t>& pairs, std::int64_t n,
-                           float* lanes) noexcept {
+// The G pairs pairs[0..G) over elements [s0, s1) of gram_lane_sums, each
+// with its own accumulator register.
+template <std::size_t G>
+void gram_lane_group(float* const* v, std::size_t K, const std::uint32_t* pairs, std::int64_t s0, std::int64_t s1,
+                     float* lanes) noexcept {
   using f32x16 = float __attribute__((vector_size(gram_lanes * sizeof(float))));
-  constexpr std::size_t G = 6;     // pairs per pass: 12 pointers + 6 accumulators stay in registers
-  constexpr std::int64_t S = 512;  // elements per sub-block: the K vectors' slices stay in L1
   // Loads through a reference: a 64-byte vector returned by value changes
   // the calling convention between builds with and without AVX-512 (-Wpsabi).
   auto load = [](f32x16& x, const float* p) noexcept { std::memcpy(&x, p, sizeof x); };
+  const float* x[G];
+  const float* y[G];
+  f32x16 acc[G];
+  for (std::size_t i = 0; i < G; ++i) {
+    x[i] = v[pairs[i] / K];
+    y[i] = v[pairs[i] % K];
+    load(acc[i], lanes + pairs[i] * gram_lanes);
+  }
+  for (std::int64_t j = s0; j < s1; j += gram_lanes)
+    for (std::size_t i = 0; i < G; ++i) {
+      f32x16 xv, yv;
+      load(xv, x[i] + j);
+      load(yv, y[i] + j);
+      acc[i] += xv * yv;
+    }
+  for (std::size_t i = 0; i < G; ++i) std::memcpy(lanes + pairs[i] * gram_lanes, &acc[i], sizeof acc[i]);
+}
+
+// lanes[p·16 + q] += Σ v_k[j]·v_l[j] over j < n, j ≡ q (mod 16), in order of
+// j, for each pair p = k·K + l listed in `pairs` (n a multiple of 16). The
+// pairs run up to six at a time (12 pointers and 6 accumulators stay in
+// registers), each with its own accumulator, so the sums are bound by the
+// loads rather than by the latency of one chain of additions; a last group
+// of fewer pairs runs as such (slerp's 3 pairs once ran as 6, half of them
+// dropped). Each pair's sum is formed in the same order as one pair alone.
+inline void gram_lane_sums(float* const* v, std::size_t K, const std::vector<std::uint32_t>& pairs, std::int64_t n,
+                           float* lanes) noexcept {
+  constexpr std::int64_t S = 512;  // elements per sub-block: the K vectors' slices stay in L1
   for (std::int64_t s0 = 0; s0 < n; s0 += S) {
     const std::int64_t s1 = std::min(n, s0 + S);
-    for (std::size_t p0 = 0; p0 < pairs.size(); p0 += G) {
-      const float* x[G];
-      const float* y[G];
-      f32x16 acc[G];
-      for (std::size_t i = 0; i < G; ++i) {
-        // A short last group repeats its first pair; those sums are dropped.
-        const std::uint32_t p = pairs[p0 + (p0 + i < pairs.size() ? i : 0)];
-        x[i] = v[p / K];
-        y[i] = v[p % K];
-        load(acc[i], lanes + p * gram_lanes);
+    for (std::size_t p0 = 0; p0 < pairs.size(); p0 += 6) {
+      const std::uint32_t* p = pairs.data() + p0;
+      switch (std::min<std::size_t>(6, pairs.size() - p0)) {
+        case 1: gram_lane_group<1>(v, K, p, s0, s1, lanes); break;
+        case 2: gram_lane_group<2>(v, K, p, s0, s1, lanes); break;
+        case 3: gram_lane_group<3>(v, K, p, s0, s1, lanes); break;
+        case 4: gram_lane_group<4>(v, K, p, s0, s1, lanes); break;
+        case 5: gram_lane_group<5>(v, K, p, s0, s1, lanes); break;
+        default: gram_lane_group<6>(v, K, p, s0, s1, lanes); break;
       }
-      for (std::int64_t j = s0; j < s1; j += gram_lanes)
-        for (std::size_t i = 0; i < G; ++i) {
-          f32x16 xv, yv;
-          load(xv, x[i] + j);
-          load(yv, y[i] + j);
-          acc[i] += xv * yv;
-        }
-      for (std::size_t i = 0; i < G && p0 + i < pairs.size(); ++i)
-        std::memcpy(lanes + pairs[p0 + i] * gram_lanes, &acc[i], sizeof acc[i]);
     }
   }
 }
