@@ -30,7 +30,7 @@ constexpr std::int64_t gram_lanes = 16;
 // The G pairs pairs[0..G) over elements [s0, s1) of gram_lane_sums, each
 // with its own accumulator register.
 template <std::size_t G>
-void gram_lane_group(float* const* v, std::size_t K, const std::uint32_t* pairs, std::int64_t s0, std::int64_t s1,
+void gram_lane_group(const float* const* v, std::size_t K, const std::uint32_t* pairs, std::int64_t s0, std::int64_t s1,
                      float* lanes) noexcept {
   using f32x16 = float __attribute__((vector_size(gram_lanes * sizeof(float))));
   // Loads through a reference: a 64-byte vector returned by value changes
@@ -61,8 +61,8 @@ void gram_lane_group(float* const* v, std::size_t K, const std::uint32_t* pairs,
 // loads rather than by the latency of one chain of additions; a last group
 // of fewer pairs runs as such (slerp's 3 pairs once ran as 6, half of them
 // dropped). Each pair's sum is formed in the same order as one pair alone.
-inline void gram_lane_sums(float* const* v, std::size_t K, const std::vector<std::uint32_t>& pairs, std::int64_t n,
-                           float* lanes) noexcept {
+inline void gram_lane_sums(const float* const* v, std::size_t K, const std::vector<std::uint32_t>& pairs,
+                           std::int64_t n, float* lanes) noexcept {
   constexpr std::int64_t S = 512;  // elements per sub-block: the K vectors' slices stay in L1
   for (std::int64_t s0 = 0; s0 < n; s0 += S) {
     const std::int64_t s1 = std::min(n, s0 + S);
@@ -83,7 +83,15 @@ inline void gram_lane_sums(float* const* v, std::size_t K, const std::vector<std
 // Σ_j v_k[j] v_l[j] over the elements [lo, hi) (row-major order), where
 // fill(c, base, ex, v) writes the K vectors' values for c consecutive
 // elements into v[k][0..c) from the base's and the experts' f32 values
-// (fill(lo, c, base, ex, v) where it needs the chunk's first element index).
+// (fill(lo, c, base, ex, v) where it needs the chunk's first element index),
+// or, with fill an InputVectors, the inputs themselves.
+// A fill for gram_range whose vectors are the inputs themselves, read where
+// they are (no copy): the experts in order, with the base before them,
+// after them, or not at all.
+struct InputVectors {
+  enum Base { first, last, none } base;
+};
+
 template <class Fill>
 Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::int64_t hi, Fill&& fill) {
   constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
@@ -92,6 +100,7 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
   std::vector<const float*> ex(T);
   std::vector<float*> v(K);
   for (std::size_t k = 0; k < K; ++k) v[k] = buf + C * static_cast<std::int64_t>(T + 1 + k);
+  std::vector<const float*> vin(v.begin(), v.end());  // the vectors read: v, or the inputs
   Gram out;
   out.g.assign(K * K, 0.0);
   std::vector<float> lanes(K * K * gram_lanes);
@@ -102,8 +111,13 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
     const std::int64_t c = std::min(C, hi - p);
     const float* base = chunk_f32(a.base, p, c, buf);
     for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], p, c, buf + C * (i + 1));
-    if constexpr (std::is_invocable_v<Fill&, std::int64_t, std::int64_t, const float*, const float* const*,
-                                      float* const*>)
+    if constexpr (std::is_same_v<std::decay_t<Fill>, InputVectors>) {
+      const std::size_t e0 = fill.base == InputVectors::first ? 1 : 0;
+      for (std::size_t i = 0; i < T; ++i) vin[e0 + i] = ex[i];
+      if (fill.base == InputVectors::first) vin[0] = base;
+      if (fill.base == InputVectors::last) vin[T] = base;
+    } else if constexpr (std::is_invocable_v<Fill&, std::int64_t, std::int64_t, const float*, const float* const*,
+                                             float* const*>)
       fill(p, c, base, static_cast<const float* const*>(ex.data()), static_cast<float* const*>(v.data()));
     else fill(c, base, static_cast<const float* const*>(ex.data()), static_cast<float* const*>(v.data()));
     // The next chunk's inputs are fetched while this one is summed (the
@@ -124,13 +138,13 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
     // the pairs; then the lanes in order and the tail in double.
     std::fill(lanes.begin(), lanes.end(), 0.0f);
     const std::int64_t full = c - c % gram_lanes;
-    gram_lane_sums(v.data(), K, pairs, full, lanes.data());
+    gram_lane_sums(vin.data(), K, pairs, full, lanes.data());
     for (std::size_t k = 0; k < K; ++k)
       for (std::size_t l = k; l < K; ++l) {
         const float* ln = lanes.data() + (k * K + l) * gram_lanes;
         double s = 0.0;
         for (std::int64_t q = 0; q < gram_lanes; ++q) s += static_cast<double>(ln[q]);
-        for (std::int64_t j = full; j < c; ++j) s += static_cast<double>(v[k][j]) * static_cast<double>(v[l][j]);
+        for (std::int64_t j = full; j < c; ++j) s += static_cast<double>(vin[k][j]) * static_cast<double>(vin[l][j]);
         out.g[k * K + l] += s;
       }
   }

@@ -34,13 +34,8 @@ struct Karcher {
   // The result as a combination of the base and the experts.
   detail::Combination coefficients(const TensorMergeArgs& a) const {
     const std::size_t E = a.experts.size(), K = E + (use_base ? 1 : 0);
-    const detail::Gram g =
-        detail::gram_tensor(a, K, [&](std::int64_t c, const float* b, const float* const* ex, float* const* v) {
-          for (std::size_t i = 0; i < E; ++i)
-            for (std::int64_t j = 0; j < c; ++j) v[i][j] = ex[i][j];
-          if (use_base)
-            for (std::int64_t j = 0; j < c; ++j) v[E][j] = b[j];
-        });
+    const detail::Gram g = detail::gram_tensor(
+        a, K, detail::InputVectors{use_base ? detail::InputVectors::last : detail::InputVectors::none});
     std::vector<double> norm(K);
     for (std::size_t k = 0; k < K; ++k) norm[k] = std::sqrt(g.g[k * K + k]);
     std::vector<double> coef(K, 0.0);  // over the raw inputs x_k

@@ -25,10 +25,7 @@ struct Slerp {
 
   // (s0, s1): the coefficients of base and expert for this tensor.
   std::pair<double, double> coefficients(const TensorMergeArgs& a) const {
-    const detail::Gram g =
-        detail::gram_tensor(a, 2, [](std::int64_t c, const float* b, const float* const* ex, float* const* v) {
-          for (std::int64_t j = 0; j < c; ++j) v[0][j] = b[j], v[1][j] = ex[0][j];
-        });
+    const detail::Gram g = detail::gram_tensor(a, 2, detail::InputVectors{detail::InputVectors::first});
     const double n0 = std::sqrt(g.g[0]), n1 = std::sqrt(g.g[3]);
     const double dot = g.g[1] / ((n0 > 1e-8 ? n0 : 1.0) * (n1 > 1e-8 ? n1 : 1.0));
     if (std::abs(dot) > 0.9995) return {1.0 - t, t};
