@@ -80,18 +80,18 @@ inline void gram_lane_sums(const float* const* v, std::size_t K, const std::vect
   }
 }
 
+// A fill for gram_range whose vectors are the inputs themselves, read where
+// they are (no copy): the experts in order, with the base before them,
+// after them, or not at all (K is then the number of those inputs).
+struct InputVectors {
+  enum Base { first, last, none } base;
+};
+
 // Σ_j v_k[j] v_l[j] over the elements [lo, hi) (row-major order), where
 // fill(c, base, ex, v) writes the K vectors' values for c consecutive
 // elements into v[k][0..c) from the base's and the experts' f32 values
 // (fill(lo, c, base, ex, v) where it needs the chunk's first element index),
 // or, with fill an InputVectors, the inputs themselves.
-// A fill for gram_range whose vectors are the inputs themselves, read where
-// they are (no copy): the experts in order, with the base before them,
-// after them, or not at all.
-struct InputVectors {
-  enum Base { first, last, none } base;
-};
-
 template <class Fill>
 Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::int64_t hi, Fill&& fill) {
   constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
@@ -101,6 +101,8 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
   std::vector<float*> v(K);
   for (std::size_t k = 0; k < K; ++k) v[k] = buf + C * static_cast<std::int64_t>(T + 1 + k);
   std::vector<const float*> vin(v.begin(), v.end());  // the vectors read: v, or the inputs
+  if constexpr (std::is_same_v<std::decay_t<Fill>, InputVectors>)
+    TWIN_ASSERT(K == T + (fill.base == InputVectors::none ? 0 : 1));
   Gram out;
   out.g.assign(K * K, 0.0);
   std::vector<float> lanes(K * K * gram_lanes);
@@ -112,10 +114,10 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
     const float* base = chunk_f32(a.base, p, c, buf);
     for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], p, c, buf + C * (i + 1));
     if constexpr (std::is_same_v<std::decay_t<Fill>, InputVectors>) {
-      const std::size_t e0 = fill.base == InputVectors::first ? 1 : 0;
-      for (std::size_t i = 0; i < T; ++i) vin[e0 + i] = ex[i];
-      if (fill.base == InputVectors::first) vin[0] = base;
-      if (fill.base == InputVectors::last) vin[T] = base;
+      std::size_t k = 0;
+      if (fill.base == InputVectors::first) vin[k++] = base;
+      for (std::size_t i = 0; i < T; ++i) vin[k++] = ex[i];
+      if (fill.base == InputVectors::last) vin[k++] = base;
     } else if constexpr (std::is_invocable_v<Fill&, std::int64_t, std::int64_t, const float*, const float* const*,
                                              float* const*>)
       fill(p, c, base, static_cast<const float* const*>(ex.data()), static_cast<float* const*>(v.data()));
