@@ -8,8 +8,11 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
-#if defined(__AVX2__)
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#  define TWIN_PHILOX_X86 1
 #  include <immintrin.h>
+#else
+#  define TWIN_PHILOX_X86 0
 #endif
 #include <random>
 #include <string>
@@ -76,76 +79,56 @@ class Philox {
 
   static constexpr float to_unit(std::uint32_t bits) noexcept { return static_cast<float>(bits >> 8) * 0x1.0p-24f; }
 
-  // uniform(first + k, stream) for k < n, written to out. Runs the rounds of
-  // 16 blocks side by side so the compiler can vectorize them (dropout masks
-  // draw one value per activation).
+  // Which vector kernel runs the rounds of many blocks side by side: chosen
+  // at run time from what this CPU has (AVX-512F, AVX2), so that a build for
+  // the x86-64 baseline uses them too; every level gives the same values.
+  enum class Kernel { portable, avx2, avx512 };
+
+  // Whether this CPU runs `k` (portable always).
+  static bool cpu_has(Kernel k) noexcept {
+#if TWIN_PHILOX_X86
+    if (k == Kernel::avx512) return __builtin_cpu_supports("avx512f");
+    if (k == Kernel::avx2) return __builtin_cpu_supports("avx2");
+#endif
+    return k == Kernel::portable;
+  }
+
+  // The widest kernel this CPU has, found once.
+  static Kernel best_kernel() noexcept {
+    static const Kernel k = cpu_has(Kernel::avx512) ? Kernel::avx512
+                            : cpu_has(Kernel::avx2) ? Kernel::avx2
+                                                    : Kernel::portable;
+    return k;
+  }
+
+  // uniform(first + k, stream) for k < n, written to out, by the widest
+  // kernel this CPU has (dropout and DARE masks draw one value per entry).
   void uniforms(std::uint64_t first, std::size_t n, std::uint64_t stream, float* out) const noexcept {
-    constexpr std::size_t W = 16;
+    uniforms(best_kernel(), first, n, stream, out);
+  }
+
+  // The same with the kernel named (cpu_has(kernel) must hold); the tests
+  // compare each level with uniform().
+  void uniforms(Kernel kernel, std::uint64_t first, std::size_t n, std::uint64_t stream, float* out) const noexcept {
     std::size_t done = 0;
     std::uint64_t i = first;
     for (; done < n && (i & 3u) != 0; ++done, ++i) out[done] = uniform(i, stream);
-    // 32-bit words held in 64-bit lanes: the 32x32 -> 64 products then
-    // vectorize (there is no SIMD "high half of a 32-bit product").
-    std::uint64_t c0[W], c1[W], c2[W], c3[W];
-    while (n - done >= 4) {
-      const std::size_t nb = std::min<std::size_t>(W, (n - done) / 4);
+    // Whole batches of `batch` blocks straight into out, then a last partial
+    // batch through a buffer, then the last elements of a partial block.
+    constexpr std::size_t batch = 32;  // blocks per kernel call (4 per element group of 4)
+    float tmp[4 * batch];
+    while ((n - done) / 4 > 0) {
+      const std::size_t nb = std::min(batch, (n - done) / 4);
+      float* dst = nb == batch ? out + done : tmp;
       const std::uint64_t b0 = i >> 2;
-      for (std::size_t j = 0; j < W; ++j) {
-        c0[j] = (b0 + j) & 0xffffffffu;
-        c1[j] = (b0 + j) >> 32;
-        c2[j] = stream & 0xffffffffu;
-        c3[j] = stream >> 32;
-      }
-#if defined(__AVX2__)
-      // The same rounds with the 32x32 -> 64 vector multiply (vpmuludq)
-      // spelled out: compilers emit a full 64-bit multiply for the portable
-      // loop below (3 uops on x86), though every word is below 2^32.
-      {
-        const __m256i lo = _mm256_set1_epi64x(0xffffffff);
-        const __m256i m0 = _mm256_set1_epi64x(0xD2511F53), m1 = _mm256_set1_epi64x(0xCD9E8D57);
-        const __m256i w0 = _mm256_set1_epi64x(0x9E3779B9), w1 = _mm256_set1_epi64x(0xBB67AE85);
-        for (std::size_t j = 0; j < W; j += 4) {
-          auto load = [&](const std::uint64_t* p) {
-            return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + j));
-          };
-          __m256i x0 = load(c0), x1 = load(c1), x2 = load(c2), x3 = load(c3);
-          __m256i k0 = _mm256_set1_epi64x(k0_), k1 = _mm256_set1_epi64x(k1_);
-          for (int round = 0; round < 10; ++round) {
-            const __m256i p0 = _mm256_mul_epu32(x0, m0), p1 = _mm256_mul_epu32(x2, m1);
-            x0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), x1), k0);
-            x1 = _mm256_and_si256(p1, lo);
-            x2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), x3), k1);
-            x3 = _mm256_and_si256(p0, lo);
-            k0 = _mm256_and_si256(_mm256_add_epi64(k0, w0), lo);
-            k1 = _mm256_and_si256(_mm256_add_epi64(k1, w1), lo);
-          }
-          auto store = [&](std::uint64_t* p, __m256i v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), v); };
-          store(c0, x0), store(c1, x1), store(c2, x2), store(c3, x3);
-        }
-      }
-#else
-      for (std::size_t j = 0; j < W; ++j) {
-        std::uint64_t x0 = c0[j], x1 = c1[j], x2 = c2[j], x3 = c3[j];
-        std::uint64_t k0 = k0_, k1 = k1_;
-        for (int round = 0; round < 10; ++round) {
-          const std::uint64_t p0 = 0xD2511F53ull * x0;
-          const std::uint64_t p1 = 0xCD9E8D57ull * x2;
-          x0 = (p1 >> 32) ^ x1 ^ k0;
-          x1 = p1 & 0xffffffffu;
-          x2 = (p0 >> 32) ^ x3 ^ k1;
-          x3 = p0 & 0xffffffffu;
-          k0 = (k0 + 0x9E3779B9u) & 0xffffffffu;
-          k1 = (k1 + 0xBB67AE85u) & 0xffffffffu;
-        }
-        c0[j] = x0, c1[j] = x1, c2[j] = x2, c3[j] = x3;
-      }
+      switch (kernel) {
+#if TWIN_PHILOX_X86
+        case Kernel::avx512: blocks_avx512(b0, stream, dst); break;
+        case Kernel::avx2: blocks_avx2(b0, stream, dst); break;
 #endif
-      for (std::size_t j = 0; j < nb; ++j) {
-        out[done + 4 * j + 0] = to_unit(static_cast<std::uint32_t>(c0[j]));
-        out[done + 4 * j + 1] = to_unit(static_cast<std::uint32_t>(c1[j]));
-        out[done + 4 * j + 2] = to_unit(static_cast<std::uint32_t>(c2[j]));
-        out[done + 4 * j + 3] = to_unit(static_cast<std::uint32_t>(c3[j]));
+        default: blocks_portable(b0, stream, dst); break;
       }
+      if (dst == tmp) std::copy(tmp, tmp + 4 * nb, out + done);
       done += 4 * nb;
       i += 4 * nb;
     }
@@ -153,6 +136,118 @@ class Philox {
   }
 
  private:
+  // Round r's keys: k0 + r·0x9E3779B9 and k1 + r·0xBB67AE85 (mod 2³²).
+  struct RoundKeys {
+    std::uint64_t k0[10], k1[10];
+  };
+  RoundKeys round_keys() const noexcept {
+    RoundKeys rk{};
+    std::uint32_t k0 = k0_, k1 = k1_;
+    for (int r = 0; r < 10; ++r, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) rk.k0[r] = k0, rk.k1[r] = k1;
+    return rk;
+  }
+
+  // blocks_*(b0, stream, out): the 32 blocks b0 .. b0 + 31 of `stream` as
+  // 128 uniforms in order.
+  void blocks_portable(std::uint64_t b0, std::uint64_t stream, float* out) const noexcept {
+    for (std::uint64_t j = 0; j < 32; ++j) {
+      const std::array<std::uint32_t, 4> w = block(b0 + j, stream);
+      for (int q = 0; q < 4; ++q) out[4 * j + static_cast<std::uint64_t>(q)] = to_unit(w[static_cast<std::size_t>(q)]);
+    }
+  }
+
+#if TWIN_PHILOX_X86
+  // The vector kernels hold each 32-bit word in a 64-bit lane whose high
+  // half is ignored: the 32x32 -> 64 multiply (vpmuludq) reads only the low
+  // halves and XOR keeps the low halves apart from the high ones, so the
+  // rounds need no masking; the round keys are computed once per call.
+  __attribute__((target("avx2"))) void blocks_avx2(std::uint64_t b0, std::uint64_t stream, float* out) const noexcept {
+    const RoundKeys rk = round_keys();
+    const __m256i m0 = _mm256_set1_epi64x(0xD2511F53), m1 = _mm256_set1_epi64x(0xCD9E8D57);
+    const __m256i s_lo = _mm256_set1_epi64x(static_cast<long long>(stream));
+    const __m256i s_hi = _mm256_set1_epi64x(static_cast<long long>(stream >> 32));
+    const __m256 scale = _mm256_set1_ps(0x1.0p-24f);
+    constexpr int V = 8;  // vectors of 4 blocks side by side
+    __m256i x0[V], x1[V], x2[V], x3[V];
+    for (int v = 0; v < V; ++v) {
+      const std::uint64_t b = b0 + 4 * static_cast<std::uint64_t>(v);
+      x0[v] = _mm256_add_epi64(_mm256_set1_epi64x(static_cast<long long>(b)), _mm256_set_epi64x(3, 2, 1, 0));
+      x1[v] = _mm256_srli_epi64(x0[v], 32);
+      x2[v] = s_lo;
+      x3[v] = s_hi;
+    }
+    for (int r = 0; r < 10; ++r) {
+      const __m256i k0 = _mm256_set1_epi64x(static_cast<long long>(rk.k0[r]));
+      const __m256i k1 = _mm256_set1_epi64x(static_cast<long long>(rk.k1[r]));
+      for (int v = 0; v < V; ++v) {
+        const __m256i p0 = _mm256_mul_epu32(x0[v], m0), p1 = _mm256_mul_epu32(x2[v], m1);
+        x0[v] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), x1[v]), k0);
+        x1[v] = p1;
+        x2[v] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), x3[v]), k1);
+        x3[v] = p0;
+      }
+    }
+    for (int v = 0; v < V; ++v) {
+      // Lane j holds words (w0, w1) in a and (w2, w3) in b; interleave the
+      // 64-bit pairs block by block and turn the words into uniforms.
+      const __m256i a = _mm256_blend_epi32(x0[v], _mm256_slli_epi64(x1[v], 32), 0xAA);
+      const __m256i b = _mm256_blend_epi32(x2[v], _mm256_slli_epi64(x3[v], 32), 0xAA);
+      const __m256i lo = _mm256_unpacklo_epi64(a, b), hi = _mm256_unpackhi_epi64(a, b);
+      const __m256i w[2] = {_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31)};
+      for (int h = 0; h < 2; ++h) {
+        const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(w[h], 8)), scale);
+        _mm256_storeu_ps(out + 16 * v + 8 * h, u);
+      }
+    }
+  }
+
+  // Written with the zero-masking forms (mask all ones: the same
+  // instructions): GCC 12 warns of an uninitialized variable inside the
+  // plain forms' _mm512_undefined_* (GCC bug 105593), and a diagnostic
+  // pragma does not survive a precompiled header.
+  __attribute__((target("avx512f"))) void blocks_avx512(std::uint64_t b0, std::uint64_t stream,
+                                                        float* out) const noexcept {
+    const RoundKeys rk = round_keys();
+    const __mmask8 all = 0xFF;
+    const __m512i m0 = _mm512_set1_epi64(0xD2511F53), m1 = _mm512_set1_epi64(0xCD9E8D57);
+    const __m512i s_lo = _mm512_set1_epi64(static_cast<long long>(stream));
+    const __m512i s_hi = _mm512_set1_epi64(static_cast<long long>(stream >> 32));
+    constexpr int V = 4;  // vectors of 8 blocks side by side
+    __m512i x0[V], x1[V], x2[V], x3[V];
+    for (int v = 0; v < V; ++v) {
+      const std::uint64_t b = b0 + 8 * static_cast<std::uint64_t>(v);
+      x0[v] = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(b)), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+      x1[v] = _mm512_maskz_srli_epi64(all, x0[v], 32);
+      x2[v] = s_lo;
+      x3[v] = s_hi;
+    }
+    for (int r = 0; r < 10; ++r) {
+      const __m512i k0 = _mm512_set1_epi64(static_cast<long long>(rk.k0[r]));
+      const __m512i k1 = _mm512_set1_epi64(static_cast<long long>(rk.k1[r]));
+      for (int v = 0; v < V; ++v) {
+        const __m512i p0 = _mm512_maskz_mul_epu32(all, x0[v], m0), p1 = _mm512_maskz_mul_epu32(all, x2[v], m1);
+        x0[v] = _mm512_ternarylogic_epi64(_mm512_maskz_srli_epi64(all, p1, 32), x1[v], k0, 0x96);  // a ^ b ^ c
+        x1[v] = p1;
+        x2[v] = _mm512_ternarylogic_epi64(_mm512_maskz_srli_epi64(all, p0, 32), x3[v], k1, 0x96);
+        x3[v] = p0;
+      }
+    }
+    const __m512i first = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
+    const __m512i second = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
+    for (int v = 0; v < V; ++v) {
+      // As in blocks_avx2: (w0, w1) and (w2, w3) per lane, interleaved.
+      const __m512i a = _mm512_mask_blend_epi32(0xAAAA, x0[v], _mm512_maskz_slli_epi64(all, x1[v], 32));
+      const __m512i b = _mm512_mask_blend_epi32(0xAAAA, x2[v], _mm512_maskz_slli_epi64(all, x3[v], 32));
+      const __m512i w[2] = {_mm512_permutex2var_epi64(a, first, b), _mm512_permutex2var_epi64(a, second, b)};
+      for (int h = 0; h < 2; ++h) {
+        const __m512 u = _mm512_mul_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, _mm512_maskz_srli_epi32(0xFFFF, w[h], 8)),
+                                       _mm512_set1_ps(0x1.0p-24f));
+        _mm512_storeu_ps(out + 32 * v + 16 * h, u);
+      }
+    }
+  }
+#endif
+
   std::uint32_t k0_, k1_;
 };
 
