@@ -12,6 +12,9 @@
 // survivors are still rescaled by 1/density (mergekit: L1-norm matching).
 #pragma once
 
+#include <bit>
+#include <cstdint>
+
 #include "twin/merge/merger.hpp"
 #include "twin/merge/ties.hpp"
 #include "twin/random.hpp"
@@ -19,9 +22,15 @@
 namespace twin {
 
 namespace detail {
+// keep ? t : +0, as a bit mask: the select vectorizes without AVX-512's
+// masked moves too (GCC leaves the conditional form scalar on SSE2).
+inline float masked(float t, bool keep) noexcept {
+  return std::bit_cast<float>(std::bit_cast<std::uint32_t>(t) & (0u - static_cast<std::uint32_t>(keep)));
+}
+
 // τ̃ for n entries starting at linear index lo: the uniforms drawn in
-// pieces by Philox::uniforms (16 blocks' rounds side by side, vectorized;
-// the same values as uniform(j)), then an elementwise select.
+// pieces by Philox::uniforms (the CPU's widest vector kernel; the same
+// values as uniform(j)), then an elementwise select.
 inline void dare_drop(const Philox& rng, float density, std::int64_t lo, std::int64_t n, const float* base,
                       const float* expert, float* out) noexcept {
   const float scale = density > 0.0f ? 1.0f / density : 0.0f;
@@ -29,9 +38,28 @@ inline void dare_drop(const Philox& rng, float density, std::int64_t lo, std::in
     const float* __restrict e = expert + k;
     const float* __restrict b = base + k;
     float* __restrict o = out + k;
+    const float s = scale, d = density;  // local: see dare_drop_add
     for (std::int64_t j = 0; j < c; ++j) {
-      const float t = (e[j] - b[j]) * scale;
-      o[j] = u[j] < density ? t : 0.0f;
+      const float t = (e[j] - b[j]) * s;
+      o[j] = masked(t, u[j] < d);
+    }
+  });
+}
+
+// out[j] += w·τ̃[j] for the same τ̃ as dare_drop.
+inline void dare_drop_add(const Philox& rng, float density, float w, std::int64_t lo, std::int64_t n, const float* base,
+                          const float* expert, float* out) noexcept {
+  const float scale = density > 0.0f ? 1.0f / density : 0.0f;
+  // The parameters are copied into the piece's loop: read through the
+  // lambda's captures they could alias out, and the loop stayed scalar.
+  rng.uniform_pieces(static_cast<std::uint64_t>(lo), n, 0, [&](std::int64_t k, std::int64_t c, const float* u) {
+    const float* __restrict e = expert + k;
+    const float* __restrict b = base + k;
+    float* __restrict o = out + k;
+    const float s = scale, d = density, wt = w;
+    for (std::int64_t j = 0; j < c; ++j) {
+      const float t = (e[j] - b[j]) * s;
+      o[j] += wt * masked(t, u[j] < d);
     }
   });
 }
@@ -68,6 +96,14 @@ struct DareBase {
       return [&, drop = std::vector<float>(T * TWIN_CHUNK_ELEMENTS), rows = std::vector<const float*>(T),
               scratch = std::vector<float>(std::size_t{2} * TWIN_CHUNK_ELEMENTS)](
                  std::int64_t lo, std::int64_t n, const float* base, const float* const* ex, float* out) mutable {
+        if (!Ties && torch_mask.empty()) {
+          // Σ w_i τ̃_i with each τ̃_i formed and added as it is drawn (the
+          // same operations as below, without the T masked buffers).
+          for (std::int64_t j = 0; j < n; ++j) out[j] = 0.0f;
+          for (std::size_t i = 0; i < T; ++i) dare_drop_add(philox[i], d, w[i], lo, n, base, ex[i], out);
+          for (std::int64_t j = 0; j < n; ++j) out[j] = base[j] + lambda * out[j];
+          return;
+        }
         for (std::size_t i = 0; i < T; ++i) {
           float* t = drop.data() + i * TWIN_CHUNK_ELEMENTS;
           if (torch_mask.empty()) {
