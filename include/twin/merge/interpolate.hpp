@@ -27,55 +27,85 @@ struct Gram {
 
 constexpr std::int64_t gram_lanes = 16;
 
-// The G pairs pairs[0..G) over elements [s0, s1) of gram_lane_sums, each
-// with its own accumulator register.
-template <std::size_t G>
-void gram_lane_group(const float* const* v, std::size_t K, const std::uint32_t* pairs, std::int64_t s0, std::int64_t s1,
-                     float* lanes) noexcept {
+// Vectors per side of a tile of gram_lane_sums: a 4×4 tile keeps 16
+// accumulators and 8 vectors in zmm registers; without AVX-512 a 16-float
+// vector takes 2 (AVX2) or 4 registers, so the tiles are 2×2.
+#if defined(__AVX512F__)
+constexpr std::size_t gram_tile = 4;
+#else
+constexpr std::size_t gram_tile = 2;
+#endif
+
+// The products of vectors k0 + a (a < A) with l0 + b (b < B) over elements
+// [s0, s1) of gram_lane_sums; on the diagonal (Diag: k0 = l0, A = B) only
+// b ≥ a. Each pair has its own accumulator and each of the A + B vectors is
+// loaded once per 16 elements (6 pairs at a time loaded 12).
+template <std::size_t A, std::size_t B, bool Diag>
+void gram_tile_sums(const float* const* v, std::size_t K, std::size_t k0, std::size_t l0, std::int64_t s0,
+                    std::int64_t s1, float* lanes) noexcept {
   using f32x16 = float __attribute__((vector_size(gram_lanes * sizeof(float))));
-  // Loads through a reference: a 64-byte vector returned by value changes
-  // the calling convention between builds with and without AVX-512 (-Wpsabi).
-  auto load = [](f32x16& x, const float* p) noexcept { std::memcpy(&x, p, sizeof x); };
-  const float* x[G];
-  const float* y[G];
-  f32x16 acc[G];
-  for (std::size_t i = 0; i < G; ++i) {
-    x[i] = v[pairs[i] / K];
-    y[i] = v[pairs[i] % K];
-    load(acc[i], lanes + pairs[i] * gram_lanes);
+  // Loads and stores through a local copy: a 64-byte vector returned by
+  // value changes the calling convention between builds with and without
+  // AVX-512 (-Wpsabi), and an accumulator whose address is taken stays in
+  // memory instead of a register.
+  auto load = [](const float* p) noexcept {
+    f32x16 t;
+    std::memcpy(&t, p, sizeof t);
+    return t;
+  };
+  auto lane = [&](std::size_t a, std::size_t b) { return lanes + ((k0 + a) * K + l0 + b) * gram_lanes; };
+  f32x16 acc[A][B] = {};
+#pragma GCC unroll 4
+  for (std::size_t a = 0; a < A; ++a)
+#pragma GCC unroll 4
+    for (std::size_t b = Diag ? a : 0; b < B; ++b) acc[a][b] = load(lane(a, b));
+  for (std::int64_t j = s0; j < s1; j += gram_lanes) {
+    f32x16 x[A], y[B];
+#pragma GCC unroll 4
+    for (std::size_t a = 0; a < A; ++a) x[a] = load(v[k0 + a] + j);
+#pragma GCC unroll 4
+    for (std::size_t b = 0; b < B; ++b) y[b] = Diag ? x[b < A ? b : 0] : load(v[l0 + b] + j);
+#pragma GCC unroll 4
+    for (std::size_t a = 0; a < A; ++a)
+#pragma GCC unroll 4
+      for (std::size_t b = Diag ? a : 0; b < B; ++b) acc[a][b] += x[a] * y[b];
   }
-  for (std::int64_t j = s0; j < s1; j += gram_lanes)
-    for (std::size_t i = 0; i < G; ++i) {
-      f32x16 xv, yv;
-      load(xv, x[i] + j);
-      load(yv, y[i] + j);
-      acc[i] += xv * yv;
+#pragma GCC unroll 4
+  for (std::size_t a = 0; a < A; ++a)
+#pragma GCC unroll 4
+    for (std::size_t b = Diag ? a : 0; b < B; ++b) {
+      const f32x16 t = acc[a][b];
+      std::memcpy(lane(a, b), &t, sizeof t);
     }
-  for (std::size_t i = 0; i < G; ++i) std::memcpy(lanes + pairs[i] * gram_lanes, &acc[i], sizeof acc[i]);
 }
 
-// lanes[p·16 + q] += Σ v_k[j]·v_l[j] over j < n, j ≡ q (mod 16), in order of
-// j, for each pair p = k·K + l listed in `pairs` (n a multiple of 16). The
-// pairs run up to six at a time (12 pointers and 6 accumulators stay in
-// registers), each with its own accumulator, so the sums are bound by the
-// loads rather than by the latency of one chain of additions; a last group
-// of fewer pairs runs as such (slerp's 3 pairs once ran as 6, half of them
-// dropped). Each pair's sum is formed in the same order as one pair alone.
-inline void gram_lane_sums(const float* const* v, std::size_t K, const std::vector<std::uint32_t>& pairs,
-                           std::int64_t n, float* lanes) noexcept {
+// lanes[(k·K + l)·16 + q] += Σ v_k[j]·v_l[j] over j < n, j ≡ q (mod 16), in
+// order of j, for every pair k ≤ l of the K vectors (n a multiple of 16).
+// The pairs run in tiles of gram_tile × gram_tile vectors (a triangle on
+// the diagonal), so the sums are bound by the multiply-adds rather than by
+// the loads; each pair's sum is formed in the same order as one pair alone,
+// whatever the tile size R (the tests run R = 2 and 4 in any build).
+template <std::size_t R = gram_tile>
+void gram_lane_sums(const float* const* v, std::size_t K, std::int64_t n, float* lanes) noexcept {
+  static_assert(R >= 1 && R <= 4);
   constexpr std::int64_t S = 512;  // elements per sub-block: the K vectors' slices stay in L1
   for (std::int64_t s0 = 0; s0 < n; s0 += S) {
     const std::int64_t s1 = std::min(n, s0 + S);
-    for (std::size_t p0 = 0; p0 < pairs.size(); p0 += 6) {
-      const std::uint32_t* p = pairs.data() + p0;
-      switch (std::min<std::size_t>(6, pairs.size() - p0)) {
-        case 1: gram_lane_group<1>(v, K, p, s0, s1, lanes); break;
-        case 2: gram_lane_group<2>(v, K, p, s0, s1, lanes); break;
-        case 3: gram_lane_group<3>(v, K, p, s0, s1, lanes); break;
-        case 4: gram_lane_group<4>(v, K, p, s0, s1, lanes); break;
-        case 5: gram_lane_group<5>(v, K, p, s0, s1, lanes); break;
-        default: gram_lane_group<6>(v, K, p, s0, s1, lanes); break;
+    for (std::size_t k0 = 0; k0 < K; k0 += R) {
+      // Only the last group of vectors can be short, so an off-diagonal
+      // tile has R rows and 1 .. R columns.
+      switch (std::min(R, K - k0)) {
+        case 1: gram_tile_sums<1, 1, true>(v, K, k0, k0, s0, s1, lanes); break;
+        case 2: gram_tile_sums<2, 2, true>(v, K, k0, k0, s0, s1, lanes); break;
+        case 3: gram_tile_sums<3, 3, true>(v, K, k0, k0, s0, s1, lanes); break;
+        default: gram_tile_sums<R, R, true>(v, K, k0, k0, s0, s1, lanes); break;
       }
+      for (std::size_t l0 = k0 + R; l0 < K; l0 += R) switch (std::min(R, K - l0)) {
+          case 1: gram_tile_sums<R, 1, false>(v, K, k0, l0, s0, s1, lanes); break;
+          case 2: gram_tile_sums<R, 2, false>(v, K, k0, l0, s0, s1, lanes); break;
+          case 3: gram_tile_sums<R, 3, false>(v, K, k0, l0, s0, s1, lanes); break;
+          default: gram_tile_sums<R, R, false>(v, K, k0, l0, s0, s1, lanes); break;
+        }
     }
   }
 }
@@ -106,9 +136,6 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
   Gram out;
   out.g.assign(K * K, 0.0);
   std::vector<float> lanes(K * K * gram_lanes);
-  std::vector<std::uint32_t> pairs;  // k·K + l for k <= l, in the order k, then l
-  for (std::size_t k = 0; k < K; ++k)
-    for (std::size_t l = k; l < K; ++l) pairs.push_back(static_cast<std::uint32_t>(k * K + l));
   for (std::int64_t p = lo; p < hi; p += C) {
     const std::int64_t c = std::min(C, hi - p);
     const float* base = chunk_f32(a.base, p, c, buf);
@@ -140,7 +167,7 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
     // the pairs; then the lanes in order and the tail in double.
     std::fill(lanes.begin(), lanes.end(), 0.0f);
     const std::int64_t full = c - c % gram_lanes;
-    gram_lane_sums(vin.data(), K, pairs, full, lanes.data());
+    gram_lane_sums(vin.data(), K, full, lanes.data());
     for (std::size_t k = 0; k < K; ++k)
       for (std::size_t l = k; l < K; ++l) {
         const float* ln = lanes.data() + (k * K + l) * gram_lanes;
