@@ -46,19 +46,20 @@ inline void dare_drop(const Philox& rng, float density, std::int64_t lo, std::in
   });
 }
 
-// out[j] += w·τ̃[j] for the same τ̃ as dare_drop.
-inline void dare_drop_add(const Philox& rng, float density, float w, std::int64_t lo, std::int64_t n, const float* base,
-                          const float* expert, float* out) noexcept {
+// out[j] += w·τ̃[j] for the same τ̃ as dare_drop, the expert's values x(j)
+// read through an ExpertChunks accessor.
+template <class X>
+void dare_drop_add(const Philox& rng, float density, float w, std::int64_t lo, std::int64_t n, const float* base,
+                   X expert, float* out) noexcept {
   const float scale = density > 0.0f ? 1.0f / density : 0.0f;
   // The parameters are copied into the piece's loop: read through the
   // lambda's captures they could alias out, and the loop stayed scalar.
   rng.uniform_pieces(static_cast<std::uint64_t>(lo), n, 0, [&](std::int64_t k, std::int64_t c, const float* u) {
-    const float* __restrict e = expert + k;
     const float* __restrict b = base + k;
     float* __restrict o = out + k;
     const float s = scale, d = density, wt = w;
     for (std::int64_t j = 0; j < c; ++j) {
-      const float t = (e[j] - b[j]) * s;
+      const float t = (expert(k + j) - b[j]) * s;
       o[j] += wt * masked(t, u[j] < d);
     }
   });
@@ -92,18 +93,24 @@ struct DareBase {
       if (density < 1.0)
         for (std::size_t k = 0; k < T * n_all; ++k) torch_mask[k] = g.bernoulli(d) ? 1 : 0;
     }
+    if (!Ties && torch_mask.empty()) {
+      // Σ w_i τ̃_i with each τ̃_i formed and added as it is drawn, the
+      // experts read one at a time where they are (the same operations as
+      // below, without the T masked buffers).
+      merge_chunks_by_expert(a, merge_block, [&](std::int64_t) {
+        return [&](std::int64_t lo, std::int64_t n, const float* base, const ExpertChunks& ex, float* out) {
+          for (std::int64_t j = 0; j < n; ++j) out[j] = 0.0f;
+          for (std::size_t i = 0; i < T; ++i)
+            ex.with(i, [&](auto x) { dare_drop_add(philox[i], d, w[i], lo, n, base, x, out); });
+          for (std::int64_t j = 0; j < n; ++j) out[j] = base[j] + lambda * out[j];
+        };
+      });
+      return;
+    }
     merge_chunks(a, merge_block, [&](std::int64_t) {
       return [&, drop = std::vector<float>(T * TWIN_CHUNK_ELEMENTS), rows = std::vector<const float*>(T),
               scratch = std::vector<float>(std::size_t{2} * TWIN_CHUNK_ELEMENTS)](
                  std::int64_t lo, std::int64_t n, const float* base, const float* const* ex, float* out) mutable {
-        if (!Ties && torch_mask.empty()) {
-          // Σ w_i τ̃_i with each τ̃_i formed and added as it is drawn (the
-          // same operations as below, without the T masked buffers).
-          for (std::int64_t j = 0; j < n; ++j) out[j] = 0.0f;
-          for (std::size_t i = 0; i < T; ++i) dare_drop_add(philox[i], d, w[i], lo, n, base, ex[i], out);
-          for (std::int64_t j = 0; j < n; ++j) out[j] = base[j] + lambda * out[j];
-          return;
-        }
         for (std::size_t i = 0; i < T; ++i) {
           float* t = drop.data() + i * TWIN_CHUNK_ELEMENTS;
           if (torch_mask.empty()) {

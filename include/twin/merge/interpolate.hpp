@@ -236,18 +236,22 @@ struct Combination {
 inline void combine_tensor(const TensorMergeArgs& a, const Combination& k) {
   const auto cb = static_cast<float>(k.c_base);
   const std::vector<float> cf(k.c.begin(), k.c.end());
-  merge_chunks(a, merge_block, [&](std::int64_t) {
-    return [&](std::int64_t, std::int64_t n, const float* base, const float* const* ex, float* out) {
+  merge_chunks_by_expert(a, merge_block, [&](std::int64_t) {
+    return [&](std::int64_t, std::int64_t n, const float* base, const ExpertChunks& ex, float* out) {
       if (k.relative) {
         for (std::int64_t j = 0; j < n; ++j) out[j] = 0.0f;
         for (std::size_t i = 0; i < cf.size(); ++i)
-          for (std::int64_t j = 0; j < n; ++j) out[j] += cf[i] * (ex[i][j] - base[j]);
+          ex.with(i, [&, ci = cf[i]](auto x) {
+            for (std::int64_t j = 0; j < n; ++j) out[j] += ci * (x(j) - base[j]);
+          });
         for (std::int64_t j = 0; j < n; ++j) out[j] += base[j];
         return;
       }
       for (std::int64_t j = 0; j < n; ++j) out[j] = cb * base[j];
       for (std::size_t i = 0; i < cf.size(); ++i)
-        for (std::int64_t j = 0; j < n; ++j) out[j] += cf[i] * ex[i][j];
+        ex.with(i, [&, ci = cf[i]](auto x) {
+          for (std::int64_t j = 0; j < n; ++j) out[j] += ci * x(j);
+        });
     };
   });
 }

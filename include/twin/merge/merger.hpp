@@ -126,6 +126,16 @@ inline void prefetch_chunk(const ConstTensorView& v, std::int64_t lo, std::int64
   for (std::int64_t off = 0; off < n * es; off += 64) __builtin_prefetch(p + off);
 }
 
+// Asks for the chunk after [lo, lo + C) of every input, up to b1: the
+// hardware prefetchers follow few streams and stop at page boundaries, and
+// a merge reads T + 1 streams a chunk at a time.
+inline void prefetch_next_chunk(const TensorMergeArgs& a, std::int64_t lo, std::int64_t b1) noexcept {
+  constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
+  if (lo + C >= b1) return;
+  prefetch_chunk(a.base, lo + C, std::min(C, b1 - lo - C));
+  for (const ConstTensorView& e : a.experts) prefetch_chunk(e, lo + C, std::min(C, b1 - lo - C));
+}
+
 // Calls f(lo, c, base, ex, spare) on consecutive chunks of at most C
 // elements of [b0, b1), where base/ex[i] point at the base's and the
 // experts' values over [lo, lo + c) as f32 and spare at C floats of this
@@ -138,13 +148,7 @@ void for_input_chunks(const TensorMergeArgs& a, std::int64_t b0, std::int64_t b1
   std::vector<const float*> ex(T);
   for (std::int64_t lo = b0; lo < b1; lo += C) {
     const std::int64_t c = std::min(C, b1 - lo);
-    // The next chunk of every input is requested now: the hardware
-    // prefetchers follow few streams and stop at page boundaries, and a
-    // merge reads T + 1 streams a chunk at a time.
-    if (lo + C < b1) {
-      prefetch_chunk(a.base, lo + C, std::min(C, b1 - lo - C));
-      for (const ConstTensorView& e : a.experts) prefetch_chunk(e, lo + C, std::min(C, b1 - lo - C));
-    }
+    prefetch_next_chunk(a, lo, b1);
     const float* base = chunk_f32(a.base, lo, c, buf);
     for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], lo, c, buf + C * (i + 1));
     f(lo, c, base, static_cast<const float* const*>(ex.data()), buf + C * (T + 1));
@@ -167,6 +171,51 @@ void merge_chunks(const TensorMergeArgs& a, std::int64_t block, Make&& make) {
                        g(lo, c, base, ex, out);
                        if (!direct_out) write_f32(out, lo, c, a.out);
                      });
+  });
+}
+
+// One expert's values over one chunk, for loops that take the experts one
+// at a time: with(i, f) calls f(x) where x(j) is expert i's value j of the
+// chunk as f32, read in place from a contiguous f32 or bf16 tensor (the
+// conversion then happens in the loop's registers) and converted into a
+// scratch buffer otherwise.
+struct ExpertChunks {
+  const TensorMergeArgs* a;
+  std::int64_t lo, n;
+  float* buf;  // n floats
+
+  template <class F>
+  void with(std::size_t i, F&& f) const {
+    const ConstTensorView& v = a->experts[i];
+    if (v.dtype() == dtype::bf16 && v.is_contiguous()) {
+      const std::uint16_t* p = static_cast<const std::uint16_t*>(v.data()) + lo;
+      f([p](std::int64_t j) { return bf16_to_f32(p[j]); });
+      return;
+    }
+    const float* p = chunk_f32(v, lo, n, buf);
+    f([p](std::int64_t j) { return p[j]; });
+  }
+};
+
+// merge_chunks for loops that take the experts one at a time: g(lo, n,
+// base, ex, out) with ex an ExpertChunks over the chunk instead of f32
+// copies of every expert. Staging T bf16 chunks into f32 buffers and
+// reading them back cost a bf16 merge as much time as its memory traffic.
+template <class Make>
+void merge_chunks_by_expert(const TensorMergeArgs& a, std::int64_t block, Make&& make) {
+  const bool direct_out = a.out.dtype() == dtype::f32 && a.out.is_contiguous();
+  parallel_blocks(a.base.numel(), block, [&](std::int64_t b0, std::int64_t b1) {
+    auto g = make(b0);
+    constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
+    float* buf = scratch_floats<0>(static_cast<std::size_t>(3 * C));  // base, one expert, out
+    for (std::int64_t lo = b0; lo < b1; lo += C) {
+      const std::int64_t c = std::min(C, b1 - lo);
+      prefetch_next_chunk(a, lo, b1);
+      const float* base = chunk_f32(a.base, lo, c, buf);
+      float* out = direct_out ? static_cast<float*>(a.out.data()) + lo : buf + 2 * C;
+      g(lo, c, base, ExpertChunks{&a, lo, c, buf + C}, out);
+      if (!direct_out) write_f32(out, lo, c, a.out);
+    }
   });
 }
 

@@ -18,11 +18,13 @@ struct TaskArithmetic {
     const std::vector<float> w = resolve_weights(weights, a.experts.size(), name());
     const float lambda = static_cast<float>(scaling);
     const std::size_t T = w.size();
-    detail::merge_chunks(a, detail::merge_block, [&](std::int64_t) {
-      return [&](std::int64_t, std::int64_t n, const float* base, const float* const* ex, float* out) {
+    detail::merge_chunks_by_expert(a, detail::merge_block, [&](std::int64_t) {
+      return [&](std::int64_t, std::int64_t n, const float* base, const detail::ExpertChunks& ex, float* out) {
         for (std::int64_t j = 0; j < n; ++j) out[j] = 0.0f;
         for (std::size_t i = 0; i < T; ++i)
-          for (std::int64_t j = 0; j < n; ++j) out[j] += w[i] * (ex[i][j] - base[j]);
+          ex.with(i, [&, wi = w[i]](auto x) {
+            for (std::int64_t j = 0; j < n; ++j) out[j] += wi * (x(j) - base[j]);
+          });
         for (std::int64_t j = 0; j < n; ++j) out[j] = base[j] + lambda * out[j];
       };
     });

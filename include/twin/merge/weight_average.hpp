@@ -33,11 +33,13 @@ struct LinearBase {
     const float div = normalize ? wsum : 1.0f;
     const std::size_t T = w.size();
     const bool with_base = base_weight.has_value();
-    merge_chunks(a, merge_block, [&](std::int64_t) {
-      return [&](std::int64_t, std::int64_t n, const float* base, const float* const* ex, float* out) {
+    merge_chunks_by_expert(a, merge_block, [&](std::int64_t) {
+      return [&](std::int64_t, std::int64_t n, const float* base, const ExpertChunks& ex, float* out) {
         for (std::int64_t j = 0; j < n; ++j) out[j] = 0.0f;
         for (std::size_t i = 0; i < T; ++i)
-          for (std::int64_t j = 0; j < n; ++j) out[j] += w[i] * ex[i][j];
+          ex.with(i, [&, wi = w[i]](auto x) {
+            for (std::int64_t j = 0; j < n; ++j) out[j] += wi * x(j);
+          });
         if (with_base)
           for (std::int64_t j = 0; j < n; ++j) out[j] += wb * base[j];
         for (std::int64_t j = 0; j < n; ++j) out[j] /= div;
