@@ -115,7 +115,7 @@ class Philox {
     for (; done < n && (i & 3u) != 0; ++done, ++i) out[done] = uniform(i, stream);
     // Whole batches of `batch` blocks straight into out, then a last partial
     // batch through a buffer, then the last elements of a partial block.
-    constexpr std::size_t batch = 32;  // blocks per kernel call (4 per element group of 4)
+    constexpr std::size_t batch = 32;  // blocks per vector kernel call: 128 values
     float tmp[4 * batch];
     while ((n - done) / 4 > 0) {
       const std::size_t nb = std::min(batch, (n - done) / 4);
@@ -126,7 +126,7 @@ class Philox {
         case Kernel::avx512: blocks_avx512(b0, stream, dst); break;
         case Kernel::avx2: blocks_avx2(b0, stream, dst); break;
 #endif
-        default: blocks_portable(b0, stream, dst); break;
+        default: blocks_portable(b0, nb, stream, dst); break;
       }
       if (dst == tmp) std::copy(tmp, tmp + 4 * nb, out + done);
       done += 4 * nb;
@@ -148,9 +148,9 @@ class Philox {
   }
 
   // blocks_*(b0, stream, out): the 32 blocks b0 .. b0 + 31 of `stream` as
-  // 128 uniforms in order.
-  void blocks_portable(std::uint64_t b0, std::uint64_t stream, float* out) const noexcept {
-    for (std::uint64_t j = 0; j < 32; ++j) {
+  // 128 uniforms in order (the portable one: the first nb of them).
+  void blocks_portable(std::uint64_t b0, std::size_t nb, std::uint64_t stream, float* out) const noexcept {
+    for (std::uint64_t j = 0; j < nb; ++j) {
       const std::array<std::uint32_t, 4> w = block(b0 + j, stream);
       for (int q = 0; q < 4; ++q) out[4 * j + static_cast<std::uint64_t>(q)] = to_unit(w[static_cast<std::size_t>(q)]);
     }
