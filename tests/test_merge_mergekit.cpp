@@ -479,44 +479,54 @@ TEST_CASE("ram and ramplus_tl: hand-worked counts, unique values kept (scaled by
               0, 0);
 }
 
-TEST_CASE("ram and ramplus_tl equal a literal reference on random tensors with sparse task vectors") {
+TEST_CASE("ram and ramplus_tl equal a literal reference on random tensors with sparse task vectors, f32 and bf16") {
+  // bf16 storage runs the experts' in-place reads (merge_chunks_by_expert);
+  // the reference takes the stored values, and the output is rounded once.
   std::mt19937_64 rng(4);
-  const Tensor b = random_tensor(rng, dtype::f32, {2000});
-  std::vector<Tensor> ex;
+  const Tensor b32 = random_tensor(rng, dtype::f32, {2000});
+  std::vector<Tensor> ex32;
   std::bernoulli_distribution moved(0.4);
   std::normal_distribution<float> nd(0.0f, 0.01f);
-  const Vec bv = vec(b);
   for (int i = 0; i < 3; ++i) {
     std::vector<float> v;
-    for (double x : bv) v.push_back(static_cast<float>(x) + (moved(rng) ? nd(rng) : 0.0f));
-    ex.push_back(f32_tensor(v, {2000}));
+    for (double x : vec(b32)) v.push_back(static_cast<float>(x) + (moved(rng) ? nd(rng) : 0.0f));
+    ex32.push_back(f32_tensor(v, {2000}));
   }
-  const double eps = 1e-3, r = 0.3, alpha = 0.5;
-  std::vector<Vec> T;
-  for (const Tensor& e : ex) T.push_back(tau_of(e, b));
-  std::vector<int> c(2000, 0);
-  for (const Vec& t : T)
-    for (std::size_t j = 0; j < 2000; ++j) c[j] += std::abs(t[j]) > eps;
-  Vec lambda(3);
-  for (std::size_t i = 0; i < 3; ++i) {
-    double sh = 0, un = 0;
-    for (std::size_t j = 0; j < 2000; ++j)
-      if (std::abs(T[i][j]) > eps) (c[j] > 1 ? sh : un) += 1;
-    lambda[i] = 1 + r * std::clamp(sh / std::max(un, eps), 0.0, alpha);
-  }
-  for (bool plus : {false, true}) {
-    Vec ref(2000);
-    for (std::size_t j = 0; j < 2000; ++j) {
-      double m = 0;
-      for (std::size_t i = 0; i < 3; ++i)
-        if (std::abs(T[i][j]) > eps) m += c[j] == 1 ? T[i][j] * (plus ? lambda[i] : 1.0) : T[i][j] / c[j];
-      ref[j] = bv[j] + m;
+  for (dtype dt : {dtype::f32, dtype::bf16}) {
+    CAPTURE(std::string(dtype_name(dt)));
+    const Tensor b = b32.clone_as(dt);
+    std::vector<Tensor> ex;
+    for (const Tensor& e : ex32) ex.push_back(e.clone_as(dt));
+    const Vec bv = vec(b);
+    const double eps = 1e-3, r = 0.3, alpha = 0.5;
+    std::vector<Vec> T;
+    for (const Tensor& e : ex) T.push_back(tau_of(e, b));
+    std::vector<int> c(2000, 0);
+    for (const Vec& t : T)
+      for (std::size_t j = 0; j < 2000; ++j) c[j] += std::abs(t[j]) > eps;
+    Vec lambda(3);
+    for (std::size_t i = 0; i < 3; ++i) {
+      double sh = 0, un = 0;
+      for (std::size_t j = 0; j < 2000; ++j)
+        if (std::abs(T[i][j]) > eps) (c[j] > 1 ? sh : un) += 1;
+      lambda[i] = 1 + r * std::clamp(sh / std::max(un, eps), 0.0, alpha);
     }
-    const AnyMerger m = by_settings(plus ? "ramplus_tl" : "ram", [&](MergeSettings& s) {
-      s.epsilon = eps;
-      if (plus) s.r = r, s.alpha = alpha;
-    });
-    check_close(merged(m, b, {&ex[0], &ex[1], &ex[2]}).view(), ref, 1e-6, 1e-6);
+    for (bool plus : {false, true}) {
+      Vec ref(2000);
+      for (std::size_t j = 0; j < 2000; ++j) {
+        double m = 0;
+        for (std::size_t i = 0; i < 3; ++i)
+          if (std::abs(T[i][j]) > eps) m += c[j] == 1 ? T[i][j] * (plus ? lambda[i] : 1.0) : T[i][j] / c[j];
+        ref[j] = bv[j] + m;
+      }
+      const AnyMerger m = by_settings(plus ? "ramplus_tl" : "ram", [&](MergeSettings& s) {
+        s.epsilon = eps;
+        if (plus) s.r = r, s.alpha = alpha;
+      });
+      const Tensor out = merged(m, b, {&ex[0], &ex[1], &ex[2]});
+      CHECK(out.dtype() == dt);
+      check_close(out.view(), ref, dt == dtype::bf16 ? 0x1.0p-8 : 1e-6, 1e-6);
+    }
   }
 }
 

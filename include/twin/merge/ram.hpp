@@ -51,27 +51,29 @@ struct RamBase {
       RamCounts c = parallel_sum<RamCounts>(a.base.numel(), merge_block, [&](std::int64_t lo, std::int64_t hi) {
         RamCounts k{std::vector<std::int64_t>(T, 0), std::vector<std::int64_t>(T, 0)};
         constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
-        float* buf = scratch_floats<3>(static_cast<std::size_t>(C) * (T + 1));
+        float* buf = scratch_floats<3>(static_cast<std::size_t>(2 * C));  // base, one expert
         std::vector<std::int32_t> cnt(static_cast<std::size_t>(C));
-        std::vector<const float*> ex(T);
         for (std::int64_t p = lo; p < hi; p += C) {
           const std::int64_t n = std::min(C, hi - p);
+          prefetch_next_chunk(a, p, hi);
           const float* base = chunk_f32(a.base, p, n, buf);
-          for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], p, n, buf + C * (i + 1));
+          const ExpertChunks ex{&a, p, n, buf + C};  // each expert read in place, twice
           for (std::int64_t j = 0; j < n; ++j) cnt[j] = 0;
           for (std::size_t i = 0; i < T; ++i)
-            for (std::int64_t j = 0; j < n; ++j) cnt[j] += std::abs(ex[i][j] - base[j]) > eps ? 1 : 0;
-          for (std::size_t i = 0; i < T; ++i) {
-            std::int32_t sh = 0, un = 0;  // at most a chunk's count
-            const float* __restrict e = ex[i];
-            const std::int32_t* __restrict cn = cnt.data();
-            for (std::int64_t j = 0; j < n; ++j) {
-              const std::int32_t nz = std::abs(e[j] - base[j]) > eps ? 1 : 0;
-              sh += cn[j] > 1 ? nz : 0;
-              un += cn[j] == 1 ? nz : 0;
-            }
-            k.shared[i] += sh, k.unique[i] += un;
-          }
+            ex.with(i, [&, eps](auto x) {
+              for (std::int64_t j = 0; j < n; ++j) cnt[j] += std::abs(x(j) - base[j]) > eps ? 1 : 0;
+            });
+          for (std::size_t i = 0; i < T; ++i)
+            ex.with(i, [&, eps](auto x) {
+              std::int32_t sh = 0, un = 0;  // at most a chunk's count
+              const std::int32_t* __restrict cn = cnt.data();
+              for (std::int64_t j = 0; j < n; ++j) {
+                const std::int32_t nz = std::abs(x(j) - base[j]) > eps ? 1 : 0;
+                sh += cn[j] > 1 ? nz : 0;
+                un += cn[j] == 1 ? nz : 0;
+              }
+              k.shared[i] += sh, k.unique[i] += un;
+            });
         }
         return k;
       });
@@ -83,20 +85,22 @@ struct RamBase {
     }
     // Expert-outer loops over each chunk (they vectorize): the counts, then
     // each expert's term in order, Z/c as mergekit divides it.
-    merge_chunks(a, merge_block, [&](std::int64_t) {
+    merge_chunks_by_expert(a, merge_block, [&](std::int64_t) {
       return [&, cnt = std::vector<float>(TWIN_CHUNK_ELEMENTS)](std::int64_t, std::int64_t n, const float* base,
-                                                                const float* const* ex, float* out) mutable {
+                                                                const ExpertChunks& ex, float* out) mutable {
         for (std::int64_t j = 0; j < n; ++j) cnt[j] = 0.0f, out[j] = 0.0f;
         for (std::size_t i = 0; i < T; ++i)
-          for (std::int64_t j = 0; j < n; ++j) cnt[j] += std::abs(ex[i][j] - base[j]) > eps ? 1.0f : 0.0f;
-        for (std::size_t i = 0; i < T; ++i) {
-          const float li = lambda[i];
-          for (std::int64_t j = 0; j < n; ++j) {
-            const float t = ex[i][j] - base[j];
-            const float z = std::abs(t) > eps ? t : 0.0f;
-            out[j] += cnt[j] == 1.0f ? z * li : z / std::max(cnt[j], 1.0f);
-          }
-        }
+          ex.with(i, [&, eps](auto x) {
+            for (std::int64_t j = 0; j < n; ++j) cnt[j] += std::abs(x(j) - base[j]) > eps ? 1.0f : 0.0f;
+          });
+        for (std::size_t i = 0; i < T; ++i)
+          ex.with(i, [&, eps, li = lambda[i]](auto x) {
+            for (std::int64_t j = 0; j < n; ++j) {
+              const float t = x(j) - base[j];
+              const float z = std::abs(t) > eps ? t : 0.0f;
+              out[j] += cnt[j] == 1.0f ? z * li : z / std::max(cnt[j], 1.0f);
+            }
+          });
         for (std::int64_t j = 0; j < n; ++j) out[j] += base[j];
       };
     });
