@@ -30,24 +30,24 @@ inline float masked(float t, bool keep) noexcept {
 
 // τ̃ for n entries starting at linear index lo: the uniforms drawn in
 // pieces by Philox::uniforms (the CPU's widest vector kernel; the same
-// values as uniform(j)), then an elementwise select.
-inline void dare_drop(const Philox& rng, float density, std::int64_t lo, std::int64_t n, const float* base,
-                      const float* expert, float* out) noexcept {
+// values as uniform(j)), then an elementwise select; the expert's values
+// x(j) read through an ExpertChunks accessor.
+template <class X>
+void dare_drop(const Philox& rng, float density, std::int64_t lo, std::int64_t n, const float* base, X expert,
+               float* out) noexcept {
   const float scale = density > 0.0f ? 1.0f / density : 0.0f;
   rng.uniform_pieces(static_cast<std::uint64_t>(lo), n, 0, [&](std::int64_t k, std::int64_t c, const float* u) {
-    const float* __restrict e = expert + k;
     const float* __restrict b = base + k;
     float* __restrict o = out + k;
     const float s = scale, d = density;  // local: see dare_drop_add
     for (std::int64_t j = 0; j < c; ++j) {
-      const float t = (e[j] - b[j]) * s;
+      const float t = (expert(k + j) - b[j]) * s;
       o[j] = masked(t, u[j] < d);
     }
   });
 }
 
-// out[j] += w·τ̃[j] for the same τ̃ as dare_drop, the expert's values x(j)
-// read through an ExpertChunks accessor.
+// out[j] += w·τ̃[j] for the same τ̃ as dare_drop.
 template <class X>
 void dare_drop_add(const Philox& rng, float density, float w, std::int64_t lo, std::int64_t n, const float* base,
                    X expert, float* out) noexcept {
@@ -107,19 +107,22 @@ struct DareBase {
       });
       return;
     }
-    merge_chunks(a, merge_block, [&](std::int64_t) {
+    // Each expert's τ̃ into its row of `drop`, the experts read where they are.
+    merge_chunks_by_expert(a, merge_block, [&](std::int64_t) {
       return [&, drop = std::vector<float>(T * TWIN_CHUNK_ELEMENTS), rows = std::vector<const float*>(T),
               scratch = std::vector<float>(std::size_t{2} * TWIN_CHUNK_ELEMENTS)](
-                 std::int64_t lo, std::int64_t n, const float* base, const float* const* ex, float* out) mutable {
+                 std::int64_t lo, std::int64_t n, const float* base, const ExpertChunks& ex, float* out) mutable {
         for (std::size_t i = 0; i < T; ++i) {
           float* t = drop.data() + i * TWIN_CHUNK_ELEMENTS;
-          if (torch_mask.empty()) {
-            dare_drop(philox[i], d, lo, n, base, ex[i], t);
-          } else {
+          ex.with(i, [&](auto x) {
+            if (torch_mask.empty()) {
+              dare_drop(philox[i], d, lo, n, base, x, t);
+              return;
+            }
             const std::uint8_t* mk = torch_mask.data() + i * n_all + static_cast<std::size_t>(lo);
             const float scale = d > 0.0f ? 1.0f / d : 0.0f;
-            for (std::int64_t j = 0; j < n; ++j) t[j] = mk[j] ? (ex[i][j] - base[j]) * scale : 0.0f;
-          }
+            for (std::int64_t j = 0; j < n; ++j) t[j] = mk[j] ? (x(j) - base[j]) * scale : 0.0f;
+          });
           rows[i] = t;
         }
         if constexpr (Ties) {
