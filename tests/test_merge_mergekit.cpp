@@ -752,8 +752,9 @@ Vec ref_arcee(const Vec& b, const Vec& x, std::size_t cols) {
 }  // namespace
 
 TEST_CASE("gram_lane_sums: every pair k <= l, the same bits for tiles of 1, 2 and 4 vectors, near the dot products") {
-  // Property: the tiled Gram kernel adds v_k[j]·v_l[j] into lane j mod 16 of
-  // pair (k, l) for every k <= l and leaves k > l alone; a tile of 1 (each
+  // Property: the tiled Gram kernel adds x_k[j]·x_l[j] into lane j mod 16 of
+  // pair (k, l) for every k <= l and leaves k > l alone, where x_k = v_k, or
+  // v_k − sub formed in f32 when a `sub` vector is given; a tile of 1 (each
   // pair alone) is the reference for the order of the sums, so tiles of 2
   // and 4 give the same bits, and all are within float rounding of the
   // lane sums in double. n = 1056 spans three sub-blocks of 512 elements.
@@ -761,42 +762,51 @@ TEST_CASE("gram_lane_sums: every pair k <= l, the same bits for tiles of 1, 2 an
   constexpr std::int64_t n = 66 * L;
   std::mt19937 gen(5);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  for (std::size_t K = 1; K <= 9; ++K) {
-    CAPTURE(K);
-    std::vector<std::vector<float>> v(K, std::vector<float>(n));
-    for (auto& x : v)
-      for (float& e : x) e = dist(gen);
-    std::vector<const float*> vp;
-    for (const auto& x : v) vp.push_back(x.data());
-    const float start = 0.25f;  // the kernel adds to the lanes
-    auto run = [&](auto tile) {
-      std::vector<float> lanes(K * K * L, start);
-      detail::gram_lane_sums<decltype(tile)::value>(vp.data(), K, n, lanes.data());
-      return lanes;
-    };
-    const std::vector<float> one = run(std::integral_constant<std::size_t, 1>{});
-    CHECK(run(std::integral_constant<std::size_t, 2>{}) == one);
-    CHECK(run(std::integral_constant<std::size_t, 4>{}) == one);
-    std::size_t bad = 0;
-    for (std::size_t k = 0; k < K; ++k)
-      for (std::size_t l = 0; l < K; ++l)
-        for (std::int64_t q = 0; q < L; ++q) {
-          const float got = one[(k * K + l) * L + static_cast<std::size_t>(q)];
-          if (k > l) {
-            bad += got != start;
-            continue;
+  for (bool with_sub : {false, true})
+    for (std::size_t K = 1; K <= 9; ++K) {
+      CAPTURE(with_sub);
+      CAPTURE(K);
+      std::vector<std::vector<float>> v(K, std::vector<float>(n));
+      for (auto& x : v)
+        for (float& e : x) e = dist(gen);
+      std::vector<float> sub(n);
+      for (float& e : sub) e = dist(gen);
+      const float* sp = with_sub ? sub.data() : nullptr;
+      std::vector<const float*> vp;
+      for (const auto& x : v) vp.push_back(x.data());
+      const float start = 0.25f;  // the kernel adds to the lanes
+      auto run = [&](auto tile) {
+        std::vector<float> lanes(K * K * L, start);
+        detail::gram_lane_sums<decltype(tile)::value>(vp.data(), K, n, lanes.data(), sp);
+        return lanes;
+      };
+      const std::vector<float> one = run(std::integral_constant<std::size_t, 1>{});
+      CHECK(run(std::integral_constant<std::size_t, 2>{}) == one);
+      CHECK(run(std::integral_constant<std::size_t, 4>{}) == one);
+      auto x = [&](std::size_t k, std::int64_t j) {
+        const auto u = static_cast<std::size_t>(j);
+        return static_cast<double>(with_sub ? v[k][u] - sub[u] : v[k][u]);
+      };
+      std::size_t bad = 0;
+      for (std::size_t k = 0; k < K; ++k)
+        for (std::size_t l = 0; l < K; ++l)
+          for (std::int64_t q = 0; q < L; ++q) {
+            const float got = one[(k * K + l) * L + static_cast<std::size_t>(q)];
+            if (k > l) {
+              bad += got != start;
+              continue;
+            }
+            double ref = start, mag = start;
+            for (std::int64_t j = q; j < n; j += L) {
+              const double p = x(k, j) * x(l, j);
+              ref += p;
+              mag += std::abs(p);
+            }
+            // 66 float additions, each within half an ulp of its partial sum.
+            bad += std::abs(got - ref) > 70 * 0x1.0p-24 * mag;
           }
-          double ref = start, mag = start;
-          for (std::int64_t j = q; j < n; j += L) {
-            const double p = static_cast<double>(v[k][static_cast<std::size_t>(j)]) * v[l][static_cast<std::size_t>(j)];
-            ref += p;
-            mag += std::abs(p);
-          }
-          // 66 float additions, each within half an ulp of its partial sum.
-          bad += std::abs(got - ref) > 70 * 0x1.0p-24 * mag;
-        }
-    CHECK(bad == 0);
-  }
+      CHECK(bad == 0);
+    }
 }
 
 TEST_CASE("arcee_fusion keeps the expert where importance ≥ median + 1.5·IQR, as a literal reference") {

@@ -40,9 +40,9 @@ constexpr std::size_t gram_tile = 2;
 // [s0, s1) of gram_lane_sums; on the diagonal (Diag: k0 = l0, A = B) only
 // b ≥ a. Each pair has its own accumulator and each of the A + B vectors is
 // loaded once per 16 elements (6 pairs at a time loaded 12).
-template <std::size_t A, std::size_t B, bool Diag>
-void gram_tile_sums(const float* const* v, std::size_t K, std::size_t k0, std::size_t l0, std::int64_t s0,
-                    std::int64_t s1, float* lanes) noexcept {
+template <std::size_t A, std::size_t B, bool Diag, bool Sub>
+void gram_tile_sums(const float* const* v, const float* sub, std::size_t K, std::size_t k0, std::size_t l0,
+                    std::int64_t s0, std::int64_t s1, float* lanes) noexcept {
   using f32x16 = float __attribute__((vector_size(gram_lanes * sizeof(float))));
   // Loads and stores through a local copy: a 64-byte vector returned by
   // value changes the calling convention between builds with and without
@@ -61,10 +61,12 @@ void gram_tile_sums(const float* const* v, std::size_t K, std::size_t k0, std::s
     for (std::size_t b = Diag ? a : 0; b < B; ++b) acc[a][b] = load(lane(a, b));
   for (std::int64_t j = s0; j < s1; j += gram_lanes) {
     f32x16 x[A], y[B];
+    const f32x16 s = Sub ? load(sub + j) : f32x16{};
 #pragma GCC unroll 4
-    for (std::size_t a = 0; a < A; ++a) x[a] = load(v[k0 + a] + j);
+    for (std::size_t a = 0; a < A; ++a) x[a] = Sub ? load(v[k0 + a] + j) - s : load(v[k0 + a] + j);
 #pragma GCC unroll 4
-    for (std::size_t b = 0; b < B; ++b) y[b] = Diag ? x[b < A ? b : 0] : load(v[l0 + b] + j);
+    for (std::size_t b = 0; b < B; ++b)
+      y[b] = Diag ? x[b < A ? b : 0] : Sub ? load(v[l0 + b] + j) - s : load(v[l0 + b] + j);
 #pragma GCC unroll 4
     for (std::size_t a = 0; a < A; ++a)
 #pragma GCC unroll 4
@@ -79,14 +81,9 @@ void gram_tile_sums(const float* const* v, std::size_t K, std::size_t k0, std::s
     }
 }
 
-// lanes[(k·K + l)·16 + q] += Σ v_k[j]·v_l[j] over j < n, j ≡ q (mod 16), in
-// order of j, for every pair k ≤ l of the K vectors (n a multiple of 16).
-// The pairs run in tiles of gram_tile × gram_tile vectors (a triangle on
-// the diagonal), so the sums are bound by the multiply-adds rather than by
-// the loads; each pair's sum is formed in the same order as one pair alone,
-// whatever the tile size R (the tests run R = 2 and 4 in any build).
-template <std::size_t R = gram_tile>
-void gram_lane_sums(const float* const* v, std::size_t K, std::int64_t n, float* lanes) noexcept {
+// gram_lane_sums' tiles, with or without `sub`.
+template <std::size_t R, bool Sub>
+void gram_lane_tiles(const float* const* v, const float* sub, std::size_t K, std::int64_t n, float* lanes) noexcept {
   static_assert(R >= 1 && R <= 4);
   constexpr std::int64_t S = 512;  // elements per sub-block: the K vectors' slices stay in L1
   for (std::int64_t s0 = 0; s0 < n; s0 += S) {
@@ -95,26 +92,42 @@ void gram_lane_sums(const float* const* v, std::size_t K, std::int64_t n, float*
       // Only the last group of vectors can be short, so an off-diagonal
       // tile has R rows and 1 .. R columns.
       switch (std::min(R, K - k0)) {
-        case 1: gram_tile_sums<1, 1, true>(v, K, k0, k0, s0, s1, lanes); break;
-        case 2: gram_tile_sums<2, 2, true>(v, K, k0, k0, s0, s1, lanes); break;
-        case 3: gram_tile_sums<3, 3, true>(v, K, k0, k0, s0, s1, lanes); break;
-        default: gram_tile_sums<R, R, true>(v, K, k0, k0, s0, s1, lanes); break;
+        case 1: gram_tile_sums<1, 1, true, Sub>(v, sub, K, k0, k0, s0, s1, lanes); break;
+        case 2: gram_tile_sums<2, 2, true, Sub>(v, sub, K, k0, k0, s0, s1, lanes); break;
+        case 3: gram_tile_sums<3, 3, true, Sub>(v, sub, K, k0, k0, s0, s1, lanes); break;
+        default: gram_tile_sums<R, R, true, Sub>(v, sub, K, k0, k0, s0, s1, lanes); break;
       }
       for (std::size_t l0 = k0 + R; l0 < K; l0 += R) switch (std::min(R, K - l0)) {
-          case 1: gram_tile_sums<R, 1, false>(v, K, k0, l0, s0, s1, lanes); break;
-          case 2: gram_tile_sums<R, 2, false>(v, K, k0, l0, s0, s1, lanes); break;
-          case 3: gram_tile_sums<R, 3, false>(v, K, k0, l0, s0, s1, lanes); break;
-          default: gram_tile_sums<R, R, false>(v, K, k0, l0, s0, s1, lanes); break;
+          case 1: gram_tile_sums<R, 1, false, Sub>(v, sub, K, k0, l0, s0, s1, lanes); break;
+          case 2: gram_tile_sums<R, 2, false, Sub>(v, sub, K, k0, l0, s0, s1, lanes); break;
+          case 3: gram_tile_sums<R, 3, false, Sub>(v, sub, K, k0, l0, s0, s1, lanes); break;
+          default: gram_tile_sums<R, R, false, Sub>(v, sub, K, k0, l0, s0, s1, lanes); break;
         }
     }
   }
 }
 
+// lanes[(k·K + l)·16 + q] += Σ v_k[j]·v_l[j] over j < n, j ≡ q (mod 16), in
+// order of j, for every pair k ≤ l of the K vectors (n a multiple of 16);
+// with `sub`, the vectors are v_k − sub, formed in registers.
+// The pairs run in tiles of gram_tile × gram_tile vectors (a triangle on
+// the diagonal), so the sums are bound by the multiply-adds rather than by
+// the loads; each pair's sum is formed in the same order as one pair alone,
+// whatever the tile size R (the tests run R = 2 and 4 in any build).
+template <std::size_t R = gram_tile>
+void gram_lane_sums(const float* const* v, std::size_t K, std::int64_t n, float* lanes,
+                    const float* sub = nullptr) noexcept {
+  if (sub) gram_lane_tiles<R, true>(v, sub, K, n, lanes);
+  else gram_lane_tiles<R, false>(v, nullptr, K, n, lanes);
+}
+
 // A fill for gram_range whose vectors are the inputs themselves, read where
 // they are (no copy): the experts in order, with the base before them,
-// after them, or not at all (K is then the number of those inputs).
+// after them, or not at all (K is then the number of those inputs); or,
+// with `offsets`, the experts' task vectors expert_i − base, formed in
+// registers (the values a fill writing ex[i][j] − b[j] would give).
 struct InputVectors {
-  enum Base { first, last, none } base;
+  enum Base { first, last, none, offsets } base;
 };
 
 // Σ_j v_k[j] v_l[j] over the elements [lo, hi) (row-major order), where
@@ -132,7 +145,7 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
   for (std::size_t k = 0; k < K; ++k) v[k] = buf + C * static_cast<std::int64_t>(T + 1 + k);
   std::vector<const float*> vin(v.begin(), v.end());  // the vectors read: v, or the inputs
   if constexpr (std::is_same_v<std::decay_t<Fill>, InputVectors>)
-    TWIN_ASSERT(K == T + (fill.base == InputVectors::none ? 0 : 1));
+    TWIN_ASSERT(K == T + (fill.base == InputVectors::first || fill.base == InputVectors::last ? 1 : 0));
   Gram out;
   out.g.assign(K * K, 0.0);
   std::vector<float> lanes(K * K * gram_lanes);
@@ -140,7 +153,9 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
     const std::int64_t c = std::min(C, hi - p);
     const float* base = chunk_f32(a.base, p, c, buf);
     for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], p, c, buf + C * (i + 1));
+    const float* sub = nullptr;  // with InputVectors::offsets, the vectors are vin[k] − sub
     if constexpr (std::is_same_v<std::decay_t<Fill>, InputVectors>) {
+      if (fill.base == InputVectors::offsets) sub = base;
       std::size_t k = 0;
       if (fill.base == InputVectors::first) vin[k++] = base;
       for (std::size_t i = 0; i < T; ++i) vin[k++] = ex[i];
@@ -151,29 +166,20 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
     else fill(c, base, static_cast<const float* const*>(ex.data()), static_cast<float* const*>(v.data()));
     // The next chunk's inputs are fetched while this one is summed (the
     // products are compute-bound, the fill memory-bound).
-    if (p + C < hi) {
-      const std::int64_t nc = std::min(C, hi - p - C);
-      auto prefetch = [&](const ConstTensorView& t) {
-        if (!t.is_contiguous()) return;
-        const char* b = static_cast<const char*>(t.data()) + (p + C) * static_cast<std::int64_t>(t.element_size());
-        for (std::int64_t off = 0; off < nc * static_cast<std::int64_t>(t.element_size()); off += 64)
-          __builtin_prefetch(b + off);
-      };
-      prefetch(a.base);
-      for (const ConstTensorView& e : a.experts) prefetch(e);
-    }
+    prefetch_next_chunk(a, p, hi);
     // Σ v_k v_l for every pair in 16 independent f32 lanes (lane q takes the
     // elements ≡ q mod 16, in order), over sub-blocks that stay in L1 across
     // the pairs; then the lanes in order and the tail in double.
     std::fill(lanes.begin(), lanes.end(), 0.0f);
     const std::int64_t full = c - c % gram_lanes;
-    gram_lane_sums(vin.data(), K, full, lanes.data());
+    gram_lane_sums(vin.data(), K, full, lanes.data(), sub);
+    auto at = [&](std::size_t k, std::int64_t j) { return static_cast<double>(sub ? vin[k][j] - sub[j] : vin[k][j]); };
     for (std::size_t k = 0; k < K; ++k)
       for (std::size_t l = k; l < K; ++l) {
         const float* ln = lanes.data() + (k * K + l) * gram_lanes;
         double s = 0.0;
         for (std::int64_t q = 0; q < gram_lanes; ++q) s += static_cast<double>(ln[q]);
-        for (std::int64_t j = full; j < c; ++j) s += static_cast<double>(vin[k][j]) * static_cast<double>(vin[l][j]);
+        for (std::int64_t j = full; j < c; ++j) s += at(k, j) * at(l, j);
         out.g[k * K + l] += s;
       }
   }

@@ -45,12 +45,9 @@ struct MultiSlerp {
       if (s == 0.0) throw argument_error("multislerp: the weights sum to 0 and normalize_weights is set");
       for (double& x : w) x /= s;
     }
-    const bool ub = use_base;
-    const detail::Gram g =
-        detail::gram_tensor(a, N, [ub, N](std::int64_t c, const float* b, const float* const* ex, float* const* v) {
-          for (std::size_t i = 0; i < N; ++i)
-            for (std::int64_t j = 0; j < c; ++j) v[i][j] = ub ? ex[i][j] - b[j] : ex[i][j];
-        });
+    // The vectors y_i (task vectors or the experts) read in place.
+    const detail::Gram g = detail::gram_tensor(
+        a, N, detail::InputVectors{use_base ? detail::InputVectors::offsets : detail::InputVectors::none});
     std::vector<double> n(N), scale(N);  // scale: u_i = y_i · scale_i
     for (std::size_t i = 0; i < N; ++i) n[i] = std::sqrt(g.g[i * N + i]), scale[i] = 1.0 / (n[i] + eps);
     detail::Gram gu;

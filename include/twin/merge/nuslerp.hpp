@@ -100,11 +100,13 @@ struct NuSlerp {
       const auto [c0, c1] = pair_coefficients(g, tt);
       k.emplace_back(static_cast<float>(c0), static_cast<float>(c1));
     };
+    // The pair's vectors read in place where they are whole rows or the tensor.
+    const detail::InputVectors in{ub ? detail::InputVectors::offsets : detail::InputVectors::none};
     if (flatten || rank <= 1) {
-      add(detail::gram_tensor(a, 2, pair));
+      add(detail::gram_tensor(a, 2, in));
       div = std::max<std::int64_t>(n, 1);
     } else if (!row_wise) {
-      for (const detail::Gram& g : detail::gram_rows(a, 2, pair)) add(g);
+      for (const detail::Gram& g : detail::gram_rows(a, 2, in)) add(g);
       div = std::max<std::int64_t>(a.base.dim(rank - 1), 1);
     } else {
       for (const detail::Gram& g : detail::gram_columns(a, 2, pair)) add(g);
