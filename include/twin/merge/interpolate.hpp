@@ -134,7 +134,8 @@ struct InputVectors {
 // fill(c, base, ex, v) writes the K vectors' values for c consecutive
 // elements into v[k][0..c) from the base's and the experts' f32 values
 // (fill(lo, c, base, ex, v) where it needs the chunk's first element index),
-// or, with fill an InputVectors, the inputs themselves.
+// or, with fill an InputVectors, the inputs themselves (or the experts'
+// task vectors) read in place.
 template <class Fill>
 Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::int64_t hi, Fill&& fill) {
   constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
