@@ -28,29 +28,14 @@ inline float masked(float t, bool keep) noexcept {
   return std::bit_cast<float>(std::bit_cast<std::uint32_t>(t) & (0u - static_cast<std::uint32_t>(keep)));
 }
 
-// τ̃ for n entries starting at linear index lo: the uniforms drawn in
-// pieces by Philox::uniforms (the CPU's widest vector kernel; the same
-// values as uniform(j)), then an elementwise select; the expert's values
-// x(j) read through an ExpertChunks accessor.
-template <class X>
-void dare_drop(const Philox& rng, float density, std::int64_t lo, std::int64_t n, const float* base, X expert,
+// τ̃ for n entries starting at linear index lo, written to out (Add =
+// false) or added to it as out[j] += w·τ̃[j] (Add = true): the uniforms
+// drawn in pieces by Philox::uniforms (the CPU's widest vector kernel; the
+// same values as uniform(j)), then an elementwise select; the expert's
+// values x(j) read through an ExpertChunks accessor.
+template <bool Add, class X>
+void dare_drop(const Philox& rng, float density, float w, std::int64_t lo, std::int64_t n, const float* base, X expert,
                float* out) noexcept {
-  const float scale = density > 0.0f ? 1.0f / density : 0.0f;
-  rng.uniform_pieces(static_cast<std::uint64_t>(lo), n, 0, [&](std::int64_t k, std::int64_t c, const float* u) {
-    const float* __restrict b = base + k;
-    float* __restrict o = out + k;
-    const float s = scale, d = density;  // local: see dare_drop_add
-    for (std::int64_t j = 0; j < c; ++j) {
-      const float t = (expert(k + j) - b[j]) * s;
-      o[j] = masked(t, u[j] < d);
-    }
-  });
-}
-
-// out[j] += w·τ̃[j] for the same τ̃ as dare_drop.
-template <class X>
-void dare_drop_add(const Philox& rng, float density, float w, std::int64_t lo, std::int64_t n, const float* base,
-                   X expert, float* out) noexcept {
   const float scale = density > 0.0f ? 1.0f / density : 0.0f;
   // The parameters are copied into the piece's loop: read through the
   // lambda's captures they could alias out, and the loop stayed scalar.
@@ -59,8 +44,9 @@ void dare_drop_add(const Philox& rng, float density, float w, std::int64_t lo, s
     float* __restrict o = out + k;
     const float s = scale, d = density, wt = w;
     for (std::int64_t j = 0; j < c; ++j) {
-      const float t = (expert(k + j) - b[j]) * s;
-      o[j] += wt * masked(t, u[j] < d);
+      const float t = masked((expert(k + j) - b[j]) * s, u[j] < d);
+      if constexpr (Add) o[j] += wt * t;
+      else o[j] = t;
     }
   });
 }
@@ -101,7 +87,7 @@ struct DareBase {
         return [&](std::int64_t lo, std::int64_t n, const float* base, const ExpertChunks& ex, float* out) {
           for (std::int64_t j = 0; j < n; ++j) out[j] = 0.0f;
           for (std::size_t i = 0; i < T; ++i)
-            ex.with(i, [&](auto x) { dare_drop_add(philox[i], d, w[i], lo, n, base, x, out); });
+            ex.with(i, [&](auto x) { dare_drop<true>(philox[i], d, w[i], lo, n, base, x, out); });
           for (std::int64_t j = 0; j < n; ++j) out[j] = base[j] + lambda * out[j];
         };
       });
@@ -116,7 +102,7 @@ struct DareBase {
           float* t = drop.data() + i * TWIN_CHUNK_ELEMENTS;
           ex.with(i, [&](auto x) {
             if (torch_mask.empty()) {
-              dare_drop(philox[i], d, lo, n, base, x, t);
+              dare_drop<false>(philox[i], d, 1.0f, lo, n, base, x, t);
               return;
             }
             const std::uint8_t* mk = torch_mask.data() + i * n_all + static_cast<std::size_t>(lo);

@@ -31,6 +31,18 @@ struct RamCounts {
   }
 };
 
+// cnt[j] = the number of experts whose |τ_j| > eps over the chunk of ex
+// (as an integer count or its float value).
+template <class Count>
+void count_contributors(const ExpertChunks& ex, std::size_t T, const float* base, float eps, Count* cnt) {
+  const std::int64_t n = ex.n;
+  for (std::int64_t j = 0; j < n; ++j) cnt[j] = Count(0);
+  for (std::size_t i = 0; i < T; ++i)
+    ex.with(i, [&, eps](auto x) {
+      for (std::int64_t j = 0; j < n; ++j) cnt[j] += std::abs(x(j) - base[j]) > eps ? Count(1) : Count(0);
+    });
+}
+
 template <bool Plus>
 struct RamBase {
   double epsilon = 1e-5;  // an entry contributes where |τ| > epsilon
@@ -58,11 +70,7 @@ struct RamBase {
           prefetch_next_chunk(a, p, hi);
           const float* base = chunk_f32(a.base, p, n, buf);
           const ExpertChunks ex{&a, p, n, buf + C};  // each expert read in place, twice
-          for (std::int64_t j = 0; j < n; ++j) cnt[j] = 0;
-          for (std::size_t i = 0; i < T; ++i)
-            ex.with(i, [&, eps](auto x) {
-              for (std::int64_t j = 0; j < n; ++j) cnt[j] += std::abs(x(j) - base[j]) > eps ? 1 : 0;
-            });
+          count_contributors(ex, T, base, eps, cnt.data());
           for (std::size_t i = 0; i < T; ++i)
             ex.with(i, [&, eps](auto x) {
               std::int32_t sh = 0, un = 0;  // at most a chunk's count
@@ -88,11 +96,8 @@ struct RamBase {
     merge_chunks_by_expert(a, merge_block, [&](std::int64_t) {
       return [&, cnt = std::vector<float>(TWIN_CHUNK_ELEMENTS)](std::int64_t, std::int64_t n, const float* base,
                                                                 const ExpertChunks& ex, float* out) mutable {
-        for (std::int64_t j = 0; j < n; ++j) cnt[j] = 0.0f, out[j] = 0.0f;
-        for (std::size_t i = 0; i < T; ++i)
-          ex.with(i, [&, eps](auto x) {
-            for (std::int64_t j = 0; j < n; ++j) cnt[j] += std::abs(x(j) - base[j]) > eps ? 1.0f : 0.0f;
-          });
+        for (std::int64_t j = 0; j < n; ++j) out[j] = 0.0f;
+        count_contributors(ex, T, base, eps, cnt.data());
         for (std::size_t i = 0; i < T; ++i)
           ex.with(i, [&, eps, li = lambda[i]](auto x) {
             for (std::int64_t j = 0; j < n; ++j) {
