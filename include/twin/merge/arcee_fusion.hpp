@@ -20,6 +20,7 @@
 #include <atomic>
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <unordered_map>
 
 #include "twin/backend/cpu/elementary.hpp"
@@ -60,18 +61,65 @@ struct ArceeFusion {
 
   std::string_view name() const noexcept { return "arcee_fusion"; }
 
-  // max_j v[j] (n ≥ 1) in 16 lanes (vectorizes; a maximum does not depend
+  // max_j v[j] (n ≥ 1) in 16 lanes, written on a vector type: GCC keeps a
+  // 16-float lane array in 16 scalar registers (a maximum does not depend
   // on the order, NaN aside, which poisons the row's softmax either way).
   static float row_max(const float* v, std::int64_t n) {
-    float lane[16];
-    for (float& l : lane) l = v[0];
+    using f32x16 = float __attribute__((vector_size(16 * sizeof(float))));
+    f32x16 lane = f32x16{} + v[0];
     std::int64_t j = 0;
-    for (; j + 16 <= n; j += 16)
-      for (int l = 0; l < 16; ++l) lane[l] = lane[l] < v[j + l] ? v[j + l] : lane[l];
-    for (; j < n; ++j) lane[0] = lane[0] < v[j] ? v[j] : lane[0];
-    float m = lane[0];
-    for (float l : lane) m = m < l ? l : m;
+    for (; j + 16 <= n; j += 16) {
+      f32x16 x;
+      std::memcpy(&x, v + j, sizeof x);
+      lane = lane < x ? x : lane;
+    }
+    float m = v[0];
+    for (; j < n; ++j) m = m < v[j] ? v[j] : m;
+    for (int l = 0; l < 16; ++l) m = m < lane[l] ? lane[l] : m;
     return m;
+  }
+
+  // The importances of rows [r0, r1) (of `cols` entries) into imp, row-major;
+  // clears `ordered` where one is negative (from rounding) or NaN.
+  TWIN_WIDE_VECTORS static void importance_rows(const TensorMergeArgs& a, std::int64_t r0, std::int64_t r1,
+                                                std::int64_t cols, float* imp, std::atomic<bool>& ordered) {
+    // Rows are read in place where contiguous f32, else converted here.
+    float* xb = detail::scratch_floats<0>(static_cast<std::size_t>(2 * cols));
+    float* bb = xb + cols;
+    std::vector<double> ex(static_cast<std::size_t>(cols)), eb(static_cast<std::size_t>(cols));
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const float* x = detail::chunk_f32(a.experts[0], r * cols, cols, xb);
+      const float* b = detail::chunk_f32(a.base, r * cols, cols, bb);
+      const double mx = row_max(x, cols), mb = row_max(b, cols);
+      // Each exponential once, kept for the KL sum; the loops vectorize
+      // (cpu::exp_nonpositive and log_positive), the sums run in 8 lanes
+      // (entry j into lane j mod 8), then the lanes in order. The
+      // normalizations multiply by 1/z: divisions cost more than the
+      // exponentials on this path.
+      double* __restrict px = ex.data();
+      double* __restrict pb = eb.data();
+      for (std::int64_t j = 0; j < cols; ++j)
+        px[j] = cpu::exp_nonpositive(x[j] - mx), pb[j] = cpu::exp_nonpositive(b[j] - mb);
+      const double rx = 1.0 / detail::lane_sum(cols, [&](std::int64_t j) { return px[j]; });
+      const double rb = 1.0 / detail::lane_sum(cols, [&](std::int64_t j) { return pb[j]; });
+      // The KL terms in place of px, in this function's (wide) loop, then
+      // their sum: a template called with the term as a lambda is compiled
+      // apart from it, at the default width.
+      for (std::int64_t j = 0; j < cols; ++j) {
+        const double p = px[j] * rx + 1e-8, q = pb[j] * rb + 1e-8;
+        px[j] = p * cpu::log_positive(p / q);
+      }
+      const double kl = detail::lane_sum(cols, [&](std::int64_t j) { return px[j]; });
+      const auto klf = static_cast<float>(kl);
+      float* __restrict out = imp + r * cols;
+      unsigned unordered = 0;
+      for (std::int64_t j = 0; j < cols; ++j) {
+        const float v = std::abs(x[j] - b[j]) * klf;
+        out[j] = v;
+        unordered |= !(v >= 0.0f);
+      }
+      if (unordered) ordered.store(false, std::memory_order_relaxed);
+    }
   }
 
   // The importances of the expert's entries, row-major, into imp[0..n);
@@ -82,37 +130,8 @@ struct ArceeFusion {
     const std::int64_t cols = a.base.rank() >= 1 ? std::max<std::int64_t>(a.base.dim(a.base.rank() - 1), 1) : 1;
     const std::int64_t rows = n / cols;
     std::atomic<bool> all_ordered{true};
-    parallel_blocks(rows, std::max<std::int64_t>(1, detail::merge_block / cols), [&](std::int64_t r0, std::int64_t r1) {
-      std::vector<float> x(static_cast<std::size_t>(cols)), b(static_cast<std::size_t>(cols));
-      std::vector<double> ex(static_cast<std::size_t>(cols)), eb(static_cast<std::size_t>(cols));
-      for (std::int64_t r = r0; r < r1; ++r) {
-        read_f32(a.experts[0], r * cols, cols, x.data());
-        read_f32(a.base, r * cols, cols, b.data());
-        const double mx = row_max(x.data(), cols), mb = row_max(b.data(), cols);
-        // Each exponential once, kept for the KL sum; the loops vectorize
-        // (cpu::exp_nonpositive and log_positive), the sums run in 8 lanes
-        // (entry j into lane j mod 8), then the lanes in order.
-        double* __restrict px = ex.data();
-        double* __restrict pb = eb.data();
-        for (std::int64_t j = 0; j < cols; ++j)
-          px[j] = cpu::exp_nonpositive(x[j] - mx), pb[j] = cpu::exp_nonpositive(b[j] - mb);
-        const double zx = detail::lane_sum(cols, [&](std::int64_t j) { return px[j]; });
-        const double zb = detail::lane_sum(cols, [&](std::int64_t j) { return pb[j]; });
-        const double kl = detail::lane_sum(cols, [&](std::int64_t j) {
-          const double p = px[j] / zx + 1e-8, q = pb[j] / zb + 1e-8;
-          return p * cpu::log_positive(p / q);
-        });
-        const auto klf = static_cast<float>(kl);
-        float* __restrict out = imp + r * cols;
-        unsigned unordered = 0;
-        for (std::int64_t j = 0; j < cols; ++j) {
-          const float v = std::abs(x[j] - b[j]) * klf;
-          out[j] = v;
-          unordered |= !(v >= 0.0f);
-        }
-        if (unordered) all_ordered.store(false, std::memory_order_relaxed);
-      }
-    });
+    parallel_blocks(rows, std::max<std::int64_t>(1, detail::merge_block / cols),
+                    [&](std::int64_t r0, std::int64_t r1) { importance_rows(a, r0, r1, cols, imp, all_ordered); });
     return all_ordered.load();
   }
 
@@ -190,9 +209,13 @@ struct ArceeFusion {
       throw argument_error("arcee_fusion fuses the base and exactly one expert; tensor '" + std::string(a.name) +
                            "' has " + std::to_string(a.experts.size()) + " experts");
     if (detail::merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s); })) return;
-    std::vector<float> buf(static_cast<std::size_t>(a.base.numel()));
+    // The importances in reused scratch: a fresh buffer per tensor cost
+    // more in page faults than the combination pass.
+    std::vector<float>& buf = detail::tau_scratch();
+    const auto n = static_cast<std::size_t>(a.base.numel());
+    if (buf.size() < n) buf.resize(n);
     const bool ordered = importance(a, buf.data());
-    const std::span<const float> imp(buf);
+    const std::span<const float> imp(buf.data(), n);
     const float thr = threshold(imp, ordered);
     detail::merge_chunks(a, detail::merge_block, [&](std::int64_t) {
       return [&](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex, float* out) {
