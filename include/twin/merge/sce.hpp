@@ -14,6 +14,7 @@
 // Variances and mean squares in double, the rest in f32.
 #pragma once
 
+#include <atomic>
 #include <cstring>
 
 #include "twin/merge/merger.hpp"
@@ -26,6 +27,131 @@ struct Sce {
 
   std::string_view name() const noexcept { return "sce"; }
 
+  // The kernels below work on 8 or 16 positions at a time with every
+  // expert's values in registers (GCC vector types), each position's sums
+  // in the order of the experts: the same operations, in the same order, as
+  // the elementwise loops they replace, without staging τ in memory.
+  using f32x8 = float __attribute__((vector_size(8 * sizeof(float))));
+  using f32x16 = float __attribute__((vector_size(16 * sizeof(float))));
+  using f64x8 = double __attribute__((vector_size(8 * sizeof(double))));
+  using u32x8 = std::uint32_t __attribute__((vector_size(8 * sizeof(std::uint32_t))));
+  using u32x16 = std::uint32_t __attribute__((vector_size(16 * sizeof(std::uint32_t))));
+
+  // var[j] = (1/N) Σ_i (t_ij − m_j)², m_j = (1/N) Σ_i t_ij, t_ij = e_i[j] −
+  // base[j] in f32, the sums in double; returns how many are nonzero.
+  static std::int64_t variances(const float* base, const float* const* ex, std::size_t N, std::int64_t c,
+                                float* var) noexcept {
+    const auto dn = static_cast<double>(N);
+    std::int64_t nonzero = 0, j = 0;
+    for (; j + 8 <= c; j += 8) {
+      f32x8 b, x;
+      std::memcpy(&b, base + j, sizeof b);
+      f64x8 m = {};
+      for (std::size_t i = 0; i < N; ++i) {
+        std::memcpy(&x, ex[i] + j, sizeof x);
+        m += __builtin_convertvector(x - b, f64x8);
+      }
+      m /= dn;
+      f64x8 v = {};
+      for (std::size_t i = 0; i < N; ++i) {
+        std::memcpy(&x, ex[i] + j, sizeof x);
+        const f64x8 d = __builtin_convertvector(x - b, f64x8) - m;
+        v += d * d;
+      }
+      const f32x8 out = __builtin_convertvector(v / dn, f32x8);
+      std::memcpy(var + j, &out, sizeof out);
+      for (int l = 0; l < 8; ++l) nonzero += out[l] != 0.0f;
+    }
+    for (; j < c; ++j) {
+      double m = 0.0, v = 0.0;
+      for (std::size_t i = 0; i < N; ++i) m += ex[i][j] - base[j];
+      m /= dn;
+      for (std::size_t i = 0; i < N; ++i) {
+        const double d = (ex[i][j] - base[j]) - m;
+        v += d * d;
+      }
+      var[j] = static_cast<float>(v / dn);
+      nonzero += var[j] != 0.0f;
+    }
+    return nonzero;
+  }
+
+  // Σ_j t_j² in double of t = e − base where kept (magnitude_key(var[j]) ≥
+  // min_key; all without var): 8 lanes (lane q takes the entries ≡ q mod 8), then the lanes in
+  // order, then the tail.
+  static double sum_squares(const float* base, const float* e, const float* var, std::uint32_t min_key,
+                            std::int64_t c) noexcept {
+    f64x8 lane = {};
+    std::int64_t j = 0;
+    for (; j + 8 <= c; j += 8) {
+      f32x8 b, x;
+      std::memcpy(&b, base + j, sizeof b);
+      std::memcpy(&x, e + j, sizeof x);
+      x -= b;
+      if (var) {
+        u32x8 v;
+        std::memcpy(&v, var + j, sizeof v);
+        x = (v & 0x7fffffffu) >= min_key ? x : f32x8{};
+      }
+      const f64x8 w = __builtin_convertvector(x, f64x8);
+      lane += w * w;
+    }
+    double sq = 0.0;
+    for (int l = 0; l < 8; ++l) sq += lane[l];
+    for (; j < c; ++j) {
+      const float t = var && magnitude_key(var[j]) < min_key ? 0.0f : e[j] - base[j];
+      sq += static_cast<double>(t) * static_cast<double>(t);
+    }
+    return sq;
+  }
+
+  // out[j] = base[j] + Σ_i s_i·t_ij·[sign elected] / max(Σ_i s_i·[sign
+  // elected], 1e-6), t_ij = e_i[j] − base[j] where kept (as in sum_squares),
+  // else 0; the elected sign is that of Σ_i t_ij (+ where ≥ 0).
+  static void combine(const float* base, const float* const* ex, const float* s, std::size_t N, const float* var,
+                      std::uint32_t min_key, std::int64_t c, float* out) noexcept {
+    std::int64_t j = 0;
+    for (; j + 16 <= c; j += 16) {
+      f32x16 b, x, keep_pos = f32x16{} + 1.0f;
+      std::memcpy(&b, base + j, sizeof b);
+      if (var) {
+        u32x16 v;
+        std::memcpy(&v, var + j, sizeof v);
+        keep_pos = (v & 0x7fffffffu) >= min_key ? keep_pos : f32x16{};
+      }
+      f32x16 sum = {};
+      for (std::size_t i = 0; i < N; ++i) {
+        std::memcpy(&x, ex[i] + j, sizeof x);
+        x -= b;
+        sum += keep_pos != 0.0f ? x : f32x16{};
+      }
+      f32x16 o = {}, den = {};
+      for (std::size_t i = 0; i < N; ++i) {
+        std::memcpy(&x, ex[i] + j, sizeof x);
+        x -= b;
+        const f32x16 t = keep_pos != 0.0f ? x : f32x16{};
+        const auto keep = (sum >= 0.0f ? t : -t) > 0.0f;
+        o += keep ? s[i] * t : f32x16{};
+        den += keep ? f32x16{} + s[i] : f32x16{};
+      }
+      den = den < 1e-6f ? f32x16{} + 1e-6f : den;
+      const f32x16 r = b + o / den;
+      std::memcpy(out + j, &r, sizeof r);
+    }
+    for (; j < c; ++j) {
+      const bool kept = !var || magnitude_key(var[j]) >= min_key;
+      float sum = 0.0f, o = 0.0f, den = 0.0f;
+      for (std::size_t i = 0; i < N; ++i) sum += kept ? ex[i][j] - base[j] : 0.0f;
+      for (std::size_t i = 0; i < N; ++i) {
+        const float t = kept ? ex[i][j] - base[j] : 0.0f;
+        const bool keep = (sum >= 0.0f ? t : -t) > 0.0f;
+        o += keep ? s[i] * t : 0.0f;
+        den += keep ? s[i] : 0.0f;
+      }
+      out[j] = base[j] + o / std::max(den, 1e-6f);
+    }
+  }
+
   // Three streaming passes over the inputs, τ formed per chunk and never
   // held whole: the variances (only with select_topk < 1), the experts'
   // mean squares over the kept positions, the combination.
@@ -33,79 +159,52 @@ struct Sce {
     detail::check_merge_args(a);
     if (!std::isfinite(select_topk)) throw argument_error("sce: select_topk must be finite");
     if (detail::merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s); })) return;
-    constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
     const std::size_t N = a.experts.size();
     const std::int64_t n = a.base.numel();
     const bool select = select_topk < 1.0;
-    // After the cut, var[j] != 0 exactly where position j is kept.
-    std::vector<float> var;
+    // Position j is kept where magnitude_key(var[j]) ≥ min_key: the cut's
+    // key, or where its ties must be taken in index order, 1 after the cut
+    // is applied (var[j] ≠ 0 exactly where kept). var is in reused scratch:
+    // a fresh n-float buffer per tensor page-faults.
+    std::vector<float>& var_buf = detail::tau_scratch();
+    std::span<float> var;
+    std::uint32_t min_key = 0;
     if (select) {
-      var.assign(static_cast<std::size_t>(n), 0.0f);
+      if (var_buf.size() < static_cast<std::size_t>(n)) var_buf.resize(static_cast<std::size_t>(n));
+      var = std::span<float>(var_buf.data(), static_cast<std::size_t>(n));
+      std::atomic<std::int64_t> nonzero{0};  // an integer sum: the same for any thread count
       if (select_topk > 0.0)
         parallel_blocks(n, detail::merge_block, [&](std::int64_t lo, std::int64_t hi) {
-          std::vector<double> m(C), v(C);
+          std::int64_t nz = 0;
           detail::for_input_chunks(
-              a, lo, hi, [&](std::int64_t p, std::int64_t c, const float* base, const float* const* ex, float* t) {
-                for (std::int64_t j = 0; j < c; ++j) m[j] = 0.0, v[j] = 0.0;
-                for (std::size_t i = 0; i < N; ++i)
-                  for (std::int64_t j = 0; j < c; ++j) m[j] += ex[i][j] - base[j];
-                for (std::int64_t j = 0; j < c; ++j) m[j] /= static_cast<double>(N);
-                for (std::size_t i = 0; i < N; ++i) {
-                  for (std::int64_t j = 0; j < c; ++j) t[j] = ex[i][j] - base[j];
-                  for (std::int64_t j = 0; j < c; ++j) v[j] += (t[j] - m[j]) * (t[j] - m[j]);
-                }
-                for (std::int64_t j = 0; j < c; ++j)
-                  var[static_cast<std::size_t>(p + j)] = static_cast<float>(v[j] / static_cast<double>(N));
+              a, lo, hi, [&](std::int64_t p, std::int64_t c, const float* base, const float* const* ex, float*) {
+                nz += variances(base, ex, N, c, var.data() + p);
               });
+          nonzero.fetch_add(nz, std::memory_order_relaxed);
         });
-      const auto nonzero = parallel_sum<std::int64_t>(n, detail::merge_block, [&](std::int64_t lo, std::int64_t hi) {
-        std::int64_t c = 0;
-        for (std::int64_t j = lo; j < hi; ++j) c += var[static_cast<std::size_t>(j)] != 0.0f;
-        return c;
-      });
-      const std::int64_t k = select_topk > 0.0 ? keep_count(select_topk, nonzero) : 0;
-      apply_cut(var, select_top_k(std::span<const float>(var), k));
+      const std::int64_t k = select_topk > 0.0 ? keep_count(select_topk, nonzero.load()) : 0;
+      const MagnitudeCut cut = k == 0 ? MagnitudeCut::keep_none()
+                                      : select_top_k(std::span<const float>(var.data(), var.size()), k);
+      if (const std::optional<std::uint32_t> key = cut.min_key()) {
+        min_key = *key;
+      } else {
+        apply_cut(var, cut);
+        min_key = 1;
+      }
     }
-    // Mean squares of every kept τ_i in one pass: per chunk and expert, 8
-    // independent double lanes (lane q takes the entries ≡ q mod 8), then
-    // the lanes in order; per block in chunk order, then the blocks in order.
+    const float* kept = select ? var.data() : nullptr;
+    // Mean squares of every kept τ_i in one pass: per chunk and expert
+    // (sum_squares), per block in chunk order, then the blocks in order.
     const std::int64_t nblocks = (n + detail::merge_block - 1) / detail::merge_block;
     std::vector<double> part(static_cast<std::size_t>(nblocks) * N, 0.0);
-    // The kept τ of a chunk in f32 (an elementwise loop that vectorizes),
-    // then its squares in double summed in an 8-lane vector.
-    using f32x8 = float __attribute__((vector_size(8 * sizeof(float))));
-    using f64x8 = double __attribute__((vector_size(8 * sizeof(double))));
     parallel_blocks(nblocks, 1, [&](std::int64_t b0, std::int64_t b1) {
       for (std::int64_t blk = b0; blk < b1; ++blk) {
         double* q = part.data() + static_cast<std::size_t>(blk) * N;
         const std::int64_t lo = blk * detail::merge_block, hi = std::min(n, lo + detail::merge_block);
         detail::for_input_chunks(
-            a, lo, hi, [&](std::int64_t p, std::int64_t c, const float* base, const float* const* ex, float* tau) {
-              for (std::size_t i = 0; i < N; ++i) {
-                const float* __restrict e = ex[i];
-                float* __restrict t = tau;
-                if (select) {
-                  const float* __restrict v = var.data() + p;
-                  for (std::int64_t j = 0; j < c; ++j) {
-                    const float d = e[j] - base[j];  // loaded whatever the mask, so the select vectorizes
-                    t[j] = v[j] != 0.0f ? d : 0.0f;
-                  }
-                } else {
-                  for (std::int64_t j = 0; j < c; ++j) t[j] = e[j] - base[j];
-                }
-                f64x8 lane = {};
-                std::int64_t j = 0;
-                for (; j + 8 <= c; j += 8) {
-                  f32x8 x;
-                  std::memcpy(&x, t + j, sizeof x);
-                  const f64x8 w = __builtin_convertvector(x, f64x8);
-                  lane += w * w;
-                }
-                double sq = 0.0;
-                for (int l = 0; l < 8; ++l) sq += lane[l];
-                for (; j < c; ++j) sq += static_cast<double>(t[j]) * static_cast<double>(t[j]);
-                q[i] += sq;
-              }
+            a, lo, hi, [&](std::int64_t p, std::int64_t c, const float* base, const float* const* ex, float*) {
+              for (std::size_t i = 0; i < N; ++i)
+                q[i] += sum_squares(base, ex[i], kept ? kept + p : nullptr, min_key, c);
             });
       }
     });
@@ -120,36 +219,9 @@ struct Sce {
     std::vector<float> s(N);
     for (std::size_t i = 0; i < N; ++i)
       s[i] = static_cast<float>(std::abs(ssum) < 1e-6 ? 1.0 / static_cast<double>(N) : ms[i] / ssum);
-    // The kept τ of a chunk in N rows of C, then expert-outer loops (they vectorize).
     detail::merge_chunks(a, detail::merge_block, [&](std::int64_t) {
-      return [&, tau = std::vector<float>(static_cast<std::size_t>(C) * N), sum = std::vector<float>(C),
-              den = std::vector<float>(C)](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex,
-                                           float* out) mutable {
-        for (std::size_t i = 0; i < N; ++i) {
-          float* t = tau.data() + i * C;
-          for (std::int64_t j = 0; j < c; ++j) t[j] = ex[i][j] - base[j];
-          if (select)
-            for (std::int64_t j = 0; j < c; ++j)
-              if (var[static_cast<std::size_t>(lo + j)] == 0.0f) t[j] = 0.0f;
-        }
-        for (std::int64_t j = 0; j < c; ++j) sum[j] = 0.0f, den[j] = 0.0f, out[j] = 0.0f;
-        for (std::size_t i = 0; i < N; ++i) {
-          const float* t = tau.data() + i * C;
-          for (std::int64_t j = 0; j < c; ++j) sum[j] += t[j];
-        }
-        float* __restrict o = out;
-        float* __restrict dn = den.data();
-        const float* __restrict sm = sum.data();
-        for (std::size_t i = 0; i < N; ++i) {
-          const float* __restrict t = tau.data() + i * C;
-          const float si = s[i];
-          for (std::int64_t j = 0; j < c; ++j) {
-            const bool keep = (sm[j] >= 0.0f ? t[j] : -t[j]) > 0.0f;  // the sign the sum elects
-            o[j] += keep ? si * t[j] : 0.0f;
-            dn[j] += keep ? si : 0.0f;
-          }
-        }
-        for (std::int64_t j = 0; j < c; ++j) out[j] = base[j] + out[j] / std::max(den[j], 1e-6f);
+      return [&](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex, float* out) {
+        combine(base, ex, s.data(), N, kept ? kept + lo : nullptr, min_key, c, out);
       };
     });
   }

@@ -48,6 +48,14 @@ struct MagnitudeCut {
   static MagnitudeCut keep_all() noexcept { return {0u, all_ties}; }
   bool keeps_nothing() const noexcept { return threshold == 0xffffffffu && quota == 0; }
   bool needs_tie_order() const noexcept { return quota != all_ties && quota > 0; }
+  // Where the cut keeps exactly the keys ≥ some key (no quota of ties to
+  // take in index order): that key, 0x80000000 (above every key) where it
+  // keeps nothing.
+  std::optional<std::uint32_t> min_key() const noexcept {
+    if (needs_tie_order()) return std::nullopt;
+    if (quota == all_ties) return threshold;
+    return threshold >= 0x7fffffffu ? 0x80000000u : threshold + 1;
+  }
 };
 
 namespace detail {
