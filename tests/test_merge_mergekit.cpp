@@ -426,13 +426,35 @@ TEST_CASE("della keeps each entry with its rank's probability (Philox draws), an
 
 TEST_CASE("sce: variance top-k, sign erase, mean-square weights, as a literal double-precision reference") {
   // 1200 entries: whole vectors of 8 and 16 positions; 1189: the last chunk
-  // (165 entries) ends in a partial vector (the kernels' scalar tails).
-  for (const auto& [seed, shape] :
-       {std::pair{31u, std::vector<std::int64_t>{30, 40}}, std::pair{32u, std::vector<std::int64_t>{29, 41}}})
+  // (165 entries) ends in a partial vector (the kernels' scalar tails). The
+  // third case has 4 experts whose values are multiples of 1/8 around a
+  // base of multiples of 1/8: every variance is exact and takes few values,
+  // so the top-k cut falls among many equal variances and keeps the
+  // lowest-indexed of them (the cut applied in index order).
+  struct Case {
+    std::uint64_t seed;
+    std::vector<std::int64_t> shape;
+    int experts;
+    bool quantized;
+  };
+  for (const Case& cs : {Case{31, {30, 40}, 3, false}, Case{32, {29, 41}, 3, false}, Case{33, {29, 41}, 4, true}})
     for (double topk : {1.0, 0.3}) {
-      const Fixture f = fixture(seed, shape, 3);
+      Fixture f = fixture(cs.seed, cs.shape, cs.experts);
+      if (cs.quantized) {
+        const Vec b = vec(f.base);
+        std::vector<float> bq(b.size());
+        for (std::size_t j = 0; j < b.size(); ++j) bq[j] = static_cast<float>(std::round(b[j] * 8.0) / 8.0);
+        for (Tensor& e : f.experts) {
+          const Vec x = vec(e);
+          std::vector<float> xq(b.size());
+          for (std::size_t j = 0; j < b.size(); ++j)
+            xq[j] = bq[j] + static_cast<float>(std::round((x[j] - b[j]) / 0.05) / 8.0);
+          e = f32_tensor(xq, cs.shape);
+        }
+        f.base = f32_tensor(bq, cs.shape);
+      }
       const Vec base = vec(f.base);
-      const std::size_t n = base.size(), N = 3;
+      const std::size_t n = base.size(), N = static_cast<std::size_t>(cs.experts);
       CAPTURE(n);
       CAPTURE(topk);
       std::vector<Vec> T;
@@ -449,7 +471,10 @@ TEST_CASE("sce: variance top-k, sign erase, mean-square weights, as a literal do
         }
         const auto order = by_magnitude(var);
         std::vector<char> keep(n, 0);
-        for (std::int64_t r = 0; r < floor_count(topk, nz); ++r) keep[order[static_cast<std::size_t>(r)]] = 1;
+        const std::int64_t k = floor_count(topk, nz);
+        for (std::int64_t r = 0; r < k; ++r) keep[order[static_cast<std::size_t>(r)]] = 1;
+        if (cs.quantized)  // the case is what it says: the cut splits a run of equal variances
+          CHECK(var[order[static_cast<std::size_t>(k)]] == var[order[static_cast<std::size_t>(k - 1)]]);
         for (auto& t : T)
           for (std::size_t j = 0; j < n; ++j)
             if (!keep[j]) t[j] = 0;
