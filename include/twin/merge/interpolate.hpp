@@ -140,12 +140,14 @@ template <class Fill>
 Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::int64_t hi, Fill&& fill) {
   constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
   const std::size_t T = a.experts.size();
-  float* buf = scratch_floats<1>(static_cast<std::size_t>(C) * (T + 1 + K));
+  constexpr bool in_place = std::is_same_v<std::decay_t<Fill>, InputVectors>;
+  const std::size_t filled = in_place ? 0 : K;  // vectors written by a fill, after the inputs' buffers
+  float* buf = scratch_floats<1>(static_cast<std::size_t>(C) * (T + 1 + filled));
   std::vector<const float*> ex(T);
-  std::vector<float*> v(K);
-  for (std::size_t k = 0; k < K; ++k) v[k] = buf + C * static_cast<std::int64_t>(T + 1 + k);
+  std::vector<float*> v(K, nullptr);
+  for (std::size_t k = 0; k < filled; ++k) v[k] = buf + C * static_cast<std::int64_t>(T + 1 + k);
   std::vector<const float*> vin(v.begin(), v.end());  // the vectors read: v, or the inputs
-  if constexpr (std::is_same_v<std::decay_t<Fill>, InputVectors>)
+  if constexpr (in_place)
     TWIN_ASSERT(K == T + (fill.base == InputVectors::first || fill.base == InputVectors::last ? 1 : 0));
   Gram out;
   out.g.assign(K * K, 0.0);
@@ -155,7 +157,7 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
     const float* base = chunk_f32(a.base, p, c, buf);
     for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], p, c, buf + C * (i + 1));
     const float* sub = nullptr;  // with InputVectors::offsets, the vectors are vin[k] − sub
-    if constexpr (std::is_same_v<std::decay_t<Fill>, InputVectors>) {
+    if constexpr (in_place) {
       if (fill.base == InputVectors::offsets) sub = base;
       std::size_t k = 0;
       if (fill.base == InputVectors::first) vin[k++] = base;
