@@ -36,6 +36,7 @@ struct Sce {
   using f64x8 = double __attribute__((vector_size(8 * sizeof(double))));
   using u32x8 = std::uint32_t __attribute__((vector_size(8 * sizeof(std::uint32_t))));
   using u32x16 = std::uint32_t __attribute__((vector_size(16 * sizeof(std::uint32_t))));
+  using i32x16 = std::int32_t __attribute__((vector_size(16 * sizeof(std::int32_t))));  // a comparison's mask
 
   // var[j] = (1/N) Σ_i (t_ij − m_j)², m_j = (1/N) Σ_i t_ij, t_ij = e_i[j] −
   // base[j] in f32, the sums in double; returns how many are nonzero.
@@ -112,24 +113,25 @@ struct Sce {
                       std::uint32_t min_key, std::int64_t c, float* out) noexcept {
     std::int64_t j = 0;
     for (; j + 16 <= c; j += 16) {
-      f32x16 b, x, keep_pos = f32x16{} + 1.0f;
+      f32x16 b, x;
       std::memcpy(&b, base + j, sizeof b);
+      i32x16 kept = i32x16{} - 1;  // every lane true
       if (var) {
         u32x16 v;
         std::memcpy(&v, var + j, sizeof v);
-        keep_pos = (v & 0x7fffffffu) >= min_key ? keep_pos : f32x16{};
+        kept = (v & 0x7fffffffu) >= min_key;
       }
       f32x16 sum = {};
       for (std::size_t i = 0; i < N; ++i) {
         std::memcpy(&x, ex[i] + j, sizeof x);
         x -= b;
-        sum += keep_pos != 0.0f ? x : f32x16{};
+        sum += kept ? x : f32x16{};
       }
       f32x16 o = {}, den = {};
       for (std::size_t i = 0; i < N; ++i) {
         std::memcpy(&x, ex[i] + j, sizeof x);
         x -= b;
-        const f32x16 t = keep_pos != 0.0f ? x : f32x16{};
+        const f32x16 t = kept ? x : f32x16{};
         const auto keep = (sum >= 0.0f ? t : -t) > 0.0f;
         o += keep ? s[i] * t : f32x16{};
         den += keep ? f32x16{} + s[i] : f32x16{};
