@@ -135,6 +135,50 @@ class Philox {
     for (; done < n; ++done, ++i) out[done] = uniform(i, stream);
   }
 
+  // For each generator g[e], e < count: uniform(first + k, stream) for k < n
+  // into out + e·stride + k. With AVX-512F the generators' blocks run side
+  // by side, four vectors of 8 blocks (32 values) per kernel call, so that a
+  // few dozen values per generator keep the vector units as busy as
+  // uniforms() does with hundreds (a loop that draws a short piece for every
+  // expert, then uses it, overlaps its arithmetic with its memory reads
+  // better than one drawing long pieces). Starts inside a block, values
+  // past the last whole vector, and other kernels take uniforms() per
+  // generator.
+  static void uniforms_side_by_side(Kernel kernel, const Philox* g, std::size_t count, std::uint64_t first,
+                                    std::size_t n, std::uint64_t stream, float* out, std::size_t stride) noexcept {
+    std::size_t whole = 0;
+#if TWIN_PHILOX_X86
+    if (kernel == Kernel::avx512 && (first & 3u) == 0) {
+      whole = n / 32 * 32;
+      // The vectors (generator e, piece q) in order, four per call.
+      RoundKeys rk[4];
+      const RoundKeys* keys[4];
+      std::uint64_t blk[4];
+      float* dst[4];
+      int v = 0;
+      for (std::size_t e = 0; e < count; ++e)
+        for (std::size_t q = 0; q < whole / 32; ++q) {
+          if (q == 0 || v == 0) rk[v] = g[e].round_keys();
+          keys[v] = q == 0 || v == 0 ? &rk[v] : keys[v - 1];
+          blk[v] = (first >> 2) + 8 * q;
+          dst[v] = out + e * stride + 32 * q;
+          if (++v == 4) vectors_avx512<4>(keys, blk, stream, dst), v = 0;
+        }
+      if (v == 1) vectors_avx512<1>(keys, blk, stream, dst);
+      if (v == 2) vectors_avx512<2>(keys, blk, stream, dst);
+      if (v == 3) vectors_avx512<3>(keys, blk, stream, dst);
+    }
+#endif
+    if (whole < n)
+      for (std::size_t e = 0; e < count; ++e)
+        g[e].uniforms(kernel, first + whole, n - whole, stream, out + e * stride + whole);
+  }
+
+  static void uniforms_side_by_side(const Philox* g, std::size_t count, std::uint64_t first, std::size_t n,
+                                    std::uint64_t stream, float* out, std::size_t stride) noexcept {
+    uniforms_side_by_side(best_kernel(), g, count, first, n, stream, out, stride);
+  }
+
  private:
   // Round r's keys: k0 + r·0x9E3779B9 and k1 + r·0xBB67AE85 (mod 2³²).
   struct RoundKeys {
@@ -201,30 +245,40 @@ class Philox {
     }
   }
 
-  // Written with the zero-masking forms (mask all ones: the same
-  // instructions): GCC 12 warns of an uninitialized variable inside the
-  // plain forms' _mm512_undefined_* (GCC bug 105593), and a diagnostic
-  // pragma does not survive a precompiled header.
   __attribute__((target("avx512f"))) void blocks_avx512(std::uint64_t b0, std::uint64_t stream,
                                                         float* out) const noexcept {
     const RoundKeys rk = round_keys();
+    const RoundKeys* keys[4] = {&rk, &rk, &rk, &rk};
+    const std::uint64_t blk[4] = {b0, b0 + 8, b0 + 16, b0 + 24};
+    float* dst[4] = {out, out + 32, out + 64, out + 96};
+    vectors_avx512<4>(keys, blk, stream, dst);
+  }
+
+  // V vectors side by side, vector v: the 8 blocks blk[v] .. blk[v] + 7 of
+  // `stream` under the round keys rk[v], as 32 uniforms in order at
+  // dst[v]. Written with the zero-masking forms (mask all ones: the same
+  // instructions): GCC 12 warns of an uninitialized variable inside the
+  // plain forms' _mm512_undefined_* (GCC bug 105593), and a diagnostic
+  // pragma does not survive a precompiled header.
+  template <int V>
+  __attribute__((target("avx512f"))) static void vectors_avx512(const RoundKeys* const* rk, const std::uint64_t* blk,
+                                                                std::uint64_t stream, float* const* dst) noexcept {
     const __mmask8 all = 0xFF;
     const __m512i m0 = _mm512_set1_epi64(0xD2511F53), m1 = _mm512_set1_epi64(0xCD9E8D57);
     const __m512i s_lo = _mm512_set1_epi64(static_cast<long long>(stream));
     const __m512i s_hi = _mm512_set1_epi64(static_cast<long long>(stream >> 32));
-    constexpr int V = 4;  // vectors of 8 blocks side by side
     __m512i x0[V], x1[V], x2[V], x3[V];
     for (int v = 0; v < V; ++v) {
-      const std::uint64_t b = b0 + 8 * static_cast<std::uint64_t>(v);
-      x0[v] = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(b)), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+      x0[v] =
+          _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(blk[v])), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
       x1[v] = _mm512_maskz_srli_epi64(all, x0[v], 32);
       x2[v] = s_lo;
       x3[v] = s_hi;
     }
     for (int r = 0; r < 10; ++r) {
-      const __m512i k0 = _mm512_set1_epi64(static_cast<long long>(rk.k0[r]));
-      const __m512i k1 = _mm512_set1_epi64(static_cast<long long>(rk.k1[r]));
       for (int v = 0; v < V; ++v) {
+        const __m512i k0 = _mm512_set1_epi64(static_cast<long long>(rk[v]->k0[r]));
+        const __m512i k1 = _mm512_set1_epi64(static_cast<long long>(rk[v]->k1[r]));
         const __m512i p0 = _mm512_maskz_mul_epu32(all, x0[v], m0), p1 = _mm512_maskz_mul_epu32(all, x2[v], m1);
         x0[v] = _mm512_ternarylogic_epi64(_mm512_maskz_srli_epi64(all, p1, 32), x1[v], k0, 0x96);  // a ^ b ^ c
         x1[v] = p1;
@@ -242,7 +296,7 @@ class Philox {
       for (int h = 0; h < 2; ++h) {
         const __m512 u = _mm512_mul_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, _mm512_maskz_srli_epi32(0xFFFF, w[h], 8)),
                                        _mm512_set1_ps(0x1.0p-24f));
-        _mm512_storeu_ps(out + 32 * v + 16 * h, u);
+        _mm512_storeu_ps(dst[v] + 16 * h, u);
       }
     }
   }

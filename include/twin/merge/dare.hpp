@@ -12,9 +12,9 @@
 // survivors are still rescaled by 1/density (mergekit: L1-norm matching).
 #pragma once
 
-#include <bit>
 #include <cstdint>
 
+#include "twin/merge/lanes.hpp"
 #include "twin/merge/merger.hpp"
 #include "twin/merge/ties.hpp"
 #include "twin/random.hpp"
@@ -22,33 +22,76 @@
 namespace twin {
 
 namespace detail {
-// keep ? t : +0, as a bit mask: the select vectorizes without AVX-512's
-// masked moves too (GCC leaves the conditional form scalar on SSE2).
-inline float masked(float t, bool keep) noexcept {
-  return std::bit_cast<float>(std::bit_cast<std::uint32_t>(t) & (0u - static_cast<std::uint32_t>(keep)));
-}
+// Positions per piece of dare_combine: each expert's uniforms for a piece
+// are drawn right before the piece is combined, so the draws' arithmetic
+// and the reads of the inputs overlap (benchmarks/RESULTS.md, "DARE":
+// 64-position pieces against whole 256-position chunks, 84 vs 94 ms).
+constexpr std::int64_t dare_piece = 64;
 
-// τ̃ for n entries starting at linear index lo, written to out (Add =
-// false) or added to it as out[j] += w·τ̃[j] (Add = true): the uniforms
-// drawn in pieces by Philox::uniforms (the CPU's widest vector kernel; the
-// same values as uniform(j)), then an elementwise select; the expert's
-// values x(j) read through an ExpertChunks accessor.
-template <bool Add, class X>
-void dare_drop(const Philox& rng, float density, float w, std::int64_t lo, std::int64_t n, const float* base, X expert,
-               float* out) noexcept {
+// One chunk of DARE: τ̃_i = (x_i − base)·(1/density) where u_i < density,
+// else +0, from each expert's values x_i (E: f32, or bf16 bits read in
+// place) and its uniforms u_i; then
+//   Ties = false: out = base + λ Σ_i w_i τ̃_i;
+//   Ties = true:  out = base + λ·disjoint_mean(τ̃, w) (merger.hpp: the sign
+//                 of Σ w_i τ̃_i, + where ≥ 0; 0 where no τ̃_i has it).
+// Per piece [p, p + m) of dare_piece positions, draw(p, m, u) writes
+// expert i's uniforms at positions p .. p + m − 1 to u + i·dare_piece;
+// then 16 positions at a time with their sums in registers across the
+// experts, each position's operations in the order of the experts: the
+// same as disjoint_mean's and an expert-by-expert loop's.
+template <bool Ties, class E, class Draw>
+void dare_combine(const float* base, const E* const* ex, const float* w, std::size_t T, float density, float lambda,
+                  std::int64_t c, float* out, float* u, Draw&& draw) {
   const float scale = density > 0.0f ? 1.0f / density : 0.0f;
-  // The parameters are copied into the piece's loop: read through the
-  // lambda's captures they could alias out, and the loop stayed scalar.
-  rng.uniform_pieces(static_cast<std::uint64_t>(lo), n, 0, [&](std::int64_t k, std::int64_t c, const float* u) {
-    const float* __restrict b = base + k;
-    float* __restrict o = out + k;
-    const float s = scale, d = density, wt = w;
-    for (std::int64_t j = 0; j < c; ++j) {
-      const float t = masked((expert(k + j) - b[j]) * s, u[j] < d);
-      if constexpr (Add) o[j] += wt * t;
-      else o[j] = t;
+  constexpr std::int64_t P = dare_piece;
+  for (std::int64_t p = 0; p < c; p += P) {
+    const std::int64_t m = std::min(P, c - p);
+    draw(p, m, u);
+    std::int64_t k = 0;
+    for (; k + 16 <= m; k += 16) {
+      const std::int64_t j = p + k;
+      const f32x16 b = load16(base + j);
+      const auto tau = [&](std::size_t i) {
+        const f32x16 t = (load16(ex[i] + j) - b) * scale;
+        return load16(u + static_cast<std::int64_t>(i) * P + k) < density ? t : f32x16{};
+      };
+      f32x16 sum = {};
+      for (std::size_t i = 0; i < T; ++i) sum += w[i] * tau(i);
+      if constexpr (Ties) {
+        const i32x16 positive = sum >= 0.0f;
+        f32x16 mean = {}, den = {};
+        for (std::size_t i = 0; i < T; ++i) {
+          const f32x16 t = tau(i);
+          const i32x16 agree = (positive & (t > 0.0f)) | (~positive & (t < 0.0f));
+          mean += agree ? w[i] * t : f32x16{};
+          den += agree ? f32x16{} + w[i] : f32x16{};
+        }
+        sum = den != 0.0f ? mean / den : f32x16{};
+      }
+      store16(out + j, b + lambda * sum);
     }
-  });
+    for (; k < m; ++k) {
+      const std::int64_t j = p + k;
+      const auto tau = [&](std::size_t i) {
+        const float t = (load1(ex[i] + j) - base[j]) * scale;
+        return u[static_cast<std::int64_t>(i) * P + k] < density ? t : 0.0f;
+      };
+      float sum = 0.0f;
+      for (std::size_t i = 0; i < T; ++i) sum += w[i] * tau(i);
+      if constexpr (Ties) {
+        const bool positive = sum >= 0.0f;
+        float mean = 0.0f, den = 0.0f;
+        for (std::size_t i = 0; i < T; ++i) {
+          const float t = tau(i);
+          const bool agree = positive ? t > 0.0f : t < 0.0f;
+          mean += agree ? w[i] * t : 0.0f;
+          den += agree ? w[i] : 0.0f;
+        }
+        sum = den != 0.0f ? mean / den : 0.0f;
+      }
+      out[j] = base[j] + lambda * sum;
+    }
+  }
 }
 
 template <bool Ties>
@@ -79,46 +122,23 @@ struct DareBase {
       if (density < 1.0)
         for (std::size_t k = 0; k < T * n_all; ++k) torch_mask[k] = g.bernoulli(d) ? 1 : 0;
     }
-    if (!Ties && torch_mask.empty()) {
-      // Σ w_i τ̃_i with each τ̃_i formed and added as it is drawn, the
-      // experts read one at a time where they are (the same operations as
-      // below, without the T masked buffers).
-      merge_chunks_by_expert(a, merge_block, [&](std::int64_t) {
-        return [&](std::int64_t lo, std::int64_t n, const float* base, const ExpertChunks& ex, float* out) {
-          for (std::int64_t j = 0; j < n; ++j) out[j] = 0.0f;
+    // Per piece: every expert's uniforms (Philox, drawn side by side), or
+    // with rng = torch u = 0 where its mask keeps and 1 where it drops
+    // (u < density then holds exactly where it keeps: density ≤ 1, and a
+    // mask keeps nothing at density 0); the experts read where they are.
+    merge_chunks_stored(a, merge_block, [&](std::int64_t) {
+      return [&, u = scratch_floats<4>(T * static_cast<std::size_t>(dare_piece))](
+                 std::int64_t lo, std::int64_t c, const float* base, auto ex, float* out) {
+        dare_combine<Ties>(base, ex, w.data(), T, d, lambda, c, out, u, [&](std::int64_t p, std::int64_t m, float* ui) {
+          const std::uint64_t first = static_cast<std::uint64_t>(lo + p);
+          if (torch_mask.empty()) {
+            Philox::uniforms_side_by_side(philox.data(), T, first, static_cast<std::size_t>(m), 0, ui, dare_piece);
+            return;
+          }
           for (std::size_t i = 0; i < T; ++i)
-            ex.with(i, [&](auto x) { dare_drop<true>(philox[i], d, w[i], lo, n, base, x, out); });
-          for (std::int64_t j = 0; j < n; ++j) out[j] = base[j] + lambda * out[j];
-        };
-      });
-      return;
-    }
-    // Each expert's τ̃ into its row of `drop`, the experts read where they are.
-    merge_chunks_by_expert(a, merge_block, [&](std::int64_t) {
-      return [&, drop = std::vector<float>(T * TWIN_CHUNK_ELEMENTS), rows = std::vector<const float*>(T),
-              scratch = std::vector<float>(std::size_t{2} * TWIN_CHUNK_ELEMENTS)](
-                 std::int64_t lo, std::int64_t n, const float* base, const ExpertChunks& ex, float* out) mutable {
-        for (std::size_t i = 0; i < T; ++i) {
-          float* t = drop.data() + i * TWIN_CHUNK_ELEMENTS;
-          ex.with(i, [&](auto x) {
-            if (torch_mask.empty()) {
-              dare_drop<false>(philox[i], d, 1.0f, lo, n, base, x, t);
-              return;
-            }
-            const std::uint8_t* mk = torch_mask.data() + i * n_all + static_cast<std::size_t>(lo);
-            const float scale = d > 0.0f ? 1.0f / d : 0.0f;
-            for (std::int64_t j = 0; j < n; ++j) t[j] = mk[j] ? (x(j) - base[j]) * scale : 0.0f;
-          });
-          rows[i] = t;
-        }
-        if constexpr (Ties) {
-          disjoint_mean(n, T, rows.data(), w.data(), out, scratch.data(), scratch.data() + TWIN_CHUNK_ELEMENTS);
-        } else {
-          for (std::int64_t j = 0; j < n; ++j) out[j] = 0.0f;
-          for (std::size_t i = 0; i < T; ++i)
-            for (std::int64_t j = 0; j < n; ++j) out[j] += w[i] * rows[i][j];
-        }
-        for (std::int64_t j = 0; j < n; ++j) out[j] = base[j] + lambda * out[j];
+            for (std::int64_t k = 0; k < m; ++k)
+              ui[static_cast<std::int64_t>(i) * dare_piece + k] = torch_mask[i * n_all + first + k] ? 0.0f : 1.0f;
+        });
       };
     });
   }

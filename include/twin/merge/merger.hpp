@@ -155,6 +155,17 @@ void for_input_chunks(const TensorMergeArgs& a, std::int64_t b0, std::int64_t b1
   }
 }
 
+// Runs g(o) for the chunk [lo, lo + c) of a merge's output, o pointing
+// into `out` where it is contiguous f32, else at `spare` (c floats), whose
+// values are then stored into `out`: the frame of every chunk driver below.
+template <class G>
+void with_chunk_out(const TensorView& out, std::int64_t lo, std::int64_t c, float* spare, G&& g) {
+  const bool direct = out.dtype() == dtype::f32 && out.is_contiguous();
+  float* o = direct ? static_cast<float*>(out.data()) + lo : spare;
+  g(o);
+  if (!direct) write_f32(o, lo, c, out);
+}
+
 // Elementwise driver. For each parallel block of `block` elements it calls
 // make(block_lo) once, then the returned callable g(lo, n, base, ex, out) on
 // consecutive chunks, where base/ex[i] point at f32 input values and out at
@@ -162,15 +173,41 @@ void for_input_chunks(const TensorMergeArgs& a, std::int64_t b0, std::int64_t b1
 // thread count.
 template <class Make>
 void merge_chunks(const TensorMergeArgs& a, std::int64_t block, Make&& make) {
-  const bool direct_out = a.out.dtype() == dtype::f32 && a.out.is_contiguous();
   parallel_blocks(a.base.numel(), block, [&](std::int64_t b0, std::int64_t b1) {
     auto g = make(b0);
     for_input_chunks(a, b0, b1,
                      [&](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex, float* spare) {
-                       float* out = direct_out ? static_cast<float*>(a.out.data()) + lo : spare;
-                       g(lo, c, base, ex, out);
-                       if (!direct_out) write_f32(out, lo, c, a.out);
+                       with_chunk_out(a.out, lo, c, spare, [&](float* out) { g(lo, c, base, ex, out); });
                      });
+  });
+}
+
+// merge_chunks for kernels written for either stored type: where every
+// expert is contiguous bf16, g gets ex as `const std::uint16_t* const*`
+// (their bf16 bits, read in place, widened in the kernel's registers);
+// otherwise as merge_chunks gives it (f32, in place or converted). g is
+// generic over both.
+template <class Make>
+void merge_chunks_stored(const TensorMergeArgs& a, std::int64_t block, Make&& make) {
+  bool bf16 = true;
+  for (const ConstTensorView& e : a.experts) bf16 = bf16 && e.dtype() == dtype::bf16 && e.is_contiguous();
+  if (!bf16) {
+    merge_chunks(a, block, make);
+    return;
+  }
+  parallel_blocks(a.base.numel(), block, [&](std::int64_t b0, std::int64_t b1) {
+    auto g = make(b0);
+    constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
+    float* buf = scratch_floats<0>(static_cast<std::size_t>(2 * C));  // base, out
+    std::vector<const std::uint16_t*> ex(a.experts.size());
+    for (std::int64_t lo = b0; lo < b1; lo += C) {
+      const std::int64_t c = std::min(C, b1 - lo);
+      prefetch_next_chunk(a, lo, b1);
+      const float* base = chunk_f32(a.base, lo, c, buf);
+      for (std::size_t i = 0; i < ex.size(); ++i) ex[i] = static_cast<const std::uint16_t*>(a.experts[i].data()) + lo;
+      with_chunk_out(a.out, lo, c, buf + C,
+                     [&](float* out) { g(lo, c, base, static_cast<const std::uint16_t* const*>(ex.data()), out); });
+    }
   });
 }
 
@@ -203,7 +240,6 @@ struct ExpertChunks {
 // reading them back cost a bf16 merge as much time as its memory traffic.
 template <class Make>
 void merge_chunks_by_expert(const TensorMergeArgs& a, std::int64_t block, Make&& make) {
-  const bool direct_out = a.out.dtype() == dtype::f32 && a.out.is_contiguous();
   parallel_blocks(a.base.numel(), block, [&](std::int64_t b0, std::int64_t b1) {
     auto g = make(b0);
     constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
@@ -212,9 +248,9 @@ void merge_chunks_by_expert(const TensorMergeArgs& a, std::int64_t block, Make&&
       const std::int64_t c = std::min(C, b1 - lo);
       prefetch_next_chunk(a, lo, b1);
       const float* base = chunk_f32(a.base, lo, c, buf);
-      float* out = direct_out ? static_cast<float*>(a.out.data()) + lo : buf + 2 * C;
-      g(lo, c, base, ExpertChunks{&a, lo, c, buf + C}, out);
-      if (!direct_out) write_f32(out, lo, c, a.out);
+      with_chunk_out(a.out, lo, c, buf + 2 * C, [&](float* out) {
+        g(lo, c, base, ExpertChunks{&a, lo, c, buf + C}, out);
+      });
     }
   });
 }
