@@ -24,6 +24,7 @@
 #include <unordered_map>
 
 #include "twin/backend/cpu/elementary.hpp"
+#include "twin/merge/lanes.hpp"
 #include "twin/merge/merger.hpp"
 #include "twin/merge/selection.hpp"
 #include "twin/random.hpp"
@@ -65,7 +66,7 @@ struct ArceeFusion {
   // 16-float lane array in 16 scalar registers (a maximum does not depend
   // on the order, NaN aside, which poisons the row's softmax either way).
   static float row_max(const float* v, std::int64_t n) {
-    using f32x16 = float __attribute__((vector_size(16 * sizeof(float))));
+    using detail::f32x16;
     f32x16 lane = f32x16{} + v[0];
     std::int64_t j = 0;
     for (; j + 16 <= n; j += 16) {

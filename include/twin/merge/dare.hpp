@@ -36,7 +36,7 @@ constexpr std::int64_t dare_piece = 64;
 //                 of Σ w_i τ̃_i, + where ≥ 0; 0 where no τ̃_i has it).
 // Per piece [p, p + m) of dare_piece positions, draw(p, m, u) writes
 // expert i's uniforms at positions p .. p + m − 1 to u + i·dare_piece;
-// then 16 positions at a time with their sums in registers across the
+// then simd_lanes positions at a time with their sums in registers across the
 // experts, each position's operations in the order of the experts: the
 // same as disjoint_mean's and an expert-by-expert loop's.
 template <bool Ties, class E, class Draw>
@@ -48,27 +48,27 @@ void dare_combine(const float* base, const E* const* ex, const float* w, std::si
     const std::int64_t m = std::min(P, c - p);
     draw(p, m, u);
     std::int64_t k = 0;
-    for (; k + 16 <= m; k += 16) {
+    for (; k + simd_lanes <= m; k += simd_lanes) {
       const std::int64_t j = p + k;
-      const f32x16 b = load16(base + j);
+      const f32v b = loadv(base + j);
       const auto tau = [&](std::size_t i) {
-        const f32x16 t = (load16(ex[i] + j) - b) * scale;
-        return load16(u + static_cast<std::int64_t>(i) * P + k) < density ? t : f32x16{};
+        const f32v t = (loadv(ex[i] + j) - b) * scale;
+        return loadv(u + static_cast<std::int64_t>(i) * P + k) < density ? t : f32v{};
       };
-      f32x16 sum = {};
+      f32v sum = {};
       for (std::size_t i = 0; i < T; ++i) sum += w[i] * tau(i);
       if constexpr (Ties) {
-        const i32x16 positive = sum >= 0.0f;
-        f32x16 mean = {}, den = {};
+        const i32v positive = sum >= 0.0f;
+        f32v mean = {}, den = {};
         for (std::size_t i = 0; i < T; ++i) {
-          const f32x16 t = tau(i);
-          const i32x16 agree = (positive & (t > 0.0f)) | (~positive & (t < 0.0f));
-          mean += agree ? w[i] * t : f32x16{};
-          den += agree ? f32x16{} + w[i] : f32x16{};
+          const f32v t = tau(i);
+          const i32v agree = (positive & (t > 0.0f)) | (~positive & (t < 0.0f));
+          mean += agree ? w[i] * t : f32v{};
+          den += agree ? f32v{} + w[i] : f32v{};
         }
-        sum = den != 0.0f ? mean / den : f32x16{};
+        sum = den != 0.0f ? mean / den : f32v{};
       }
-      store16(out + j, b + lambda * sum);
+      storev(out + j, b + lambda * sum);
     }
     for (; k < m; ++k) {
       const std::int64_t j = p + k;

@@ -1,6 +1,6 @@
-// GCC / Clang vector types for the merge kernels that take 8 or 16
+// GCC / Clang vector types for the merge kernels that take several
 // positions at a time with each position's sums in registers across the
-// experts, and loads of 16 stored values (f32, or bf16 bits) as f32.
+// experts.
 #pragma once
 
 #include <cstdint>
@@ -10,33 +10,53 @@
 
 namespace twin::detail {
 
+// The kernels' f32 vectors, as wide as the build's widest vector registers
+// (16 lanes with AVX-512, 8 with AVX, 4 otherwise): each lane is an element
+// of its own, so the width changes the speed, never a result, and no vector
+// is wider than the registers the build passes them in.
+#if defined(__AVX512F__)
+inline constexpr std::int64_t simd_lanes = 16;
+#elif defined(__AVX__)
+inline constexpr std::int64_t simd_lanes = 8;
+#else
+inline constexpr std::int64_t simd_lanes = 4;
+#endif
+using f32v = float __attribute__((vector_size(simd_lanes * sizeof(float))));
+using u32v = std::uint32_t __attribute__((vector_size(simd_lanes * sizeof(std::uint32_t))));
+using i32v = std::int32_t __attribute__((vector_size(simd_lanes * sizeof(std::int32_t))));  // a comparison's mask
+using u16v = std::uint16_t __attribute__((vector_size(simd_lanes * sizeof(std::uint16_t))));
+
+inline f32v loadv(const float* p) noexcept {
+  f32v x;
+  std::memcpy(&x, p, sizeof x);
+  return x;
+}
+
+// simd_lanes bf16 values (their bits) widened to f32: exact.
+inline f32v loadv(const std::uint16_t* p) noexcept {
+  u16v h;
+  std::memcpy(&h, p, sizeof h);
+  const u32v w = __builtin_convertvector(h, u32v) << 16;
+  f32v x;
+  std::memcpy(&x, &w, sizeof x);
+  return x;
+}
+
+inline void storev(float* p, f32v x) noexcept { std::memcpy(p, &x, sizeof x); }
+
+// One stored value as f32 (the kernels' scalar tails).
+inline float load1(const float* p) noexcept { return *p; }
+inline float load1(const std::uint16_t* p) noexcept { return bf16_to_f32(*p); }
+
+// Vectors of a fixed width, for kernels written for AVX-512's 16 f32 lanes
+// (or 8 f64) whatever the build: kept in locals, loaded and stored through
+// memcpy, never passed or returned by value (the ABI of a 64-byte vector
+// differs between builds with and without AVX-512).
 using f32x8 = float __attribute__((vector_size(8 * sizeof(float))));
 using f32x16 = float __attribute__((vector_size(16 * sizeof(float))));
 using f64x8 = double __attribute__((vector_size(8 * sizeof(double))));
-using u16x16 = std::uint16_t __attribute__((vector_size(16 * sizeof(std::uint16_t))));
 using u32x8 = std::uint32_t __attribute__((vector_size(8 * sizeof(std::uint32_t))));
 using u32x16 = std::uint32_t __attribute__((vector_size(16 * sizeof(std::uint32_t))));
 using i32x16 = std::int32_t __attribute__((vector_size(16 * sizeof(std::int32_t))));  // a comparison's mask
-
-inline f32x16 load16(const float* p) noexcept {
-  f32x16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-// 16 bf16 values (their bits) widened to f32: exact.
-inline f32x16 load16(const std::uint16_t* p) noexcept {
-  u16x16 h;
-  std::memcpy(&h, p, sizeof h);
-  const u32x16 w = __builtin_convertvector(h, u32x16) << 16;
-  f32x16 v;
-  std::memcpy(&v, &w, sizeof v);
-  return v;
-}
-
-inline void store16(float* p, const f32x16& v) noexcept { std::memcpy(p, &v, sizeof v); }
-
-inline float load1(const float* p) noexcept { return *p; }
-inline float load1(const std::uint16_t* p) noexcept { return bf16_to_f32(*p); }
 
 }  // namespace twin::detail

@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstring>
 
+#include "twin/merge/lanes.hpp"
 #include "twin/merge/merger.hpp"
 #include "twin/merge/selection.hpp"
 
@@ -31,12 +32,12 @@ struct Sce {
   // expert's values in registers (GCC vector types), each position's sums
   // in the order of the experts: the same operations, in the same order, as
   // the elementwise loops they replace, without staging τ in memory.
-  using f32x8 = float __attribute__((vector_size(8 * sizeof(float))));
-  using f32x16 = float __attribute__((vector_size(16 * sizeof(float))));
-  using f64x8 = double __attribute__((vector_size(8 * sizeof(double))));
-  using u32x8 = std::uint32_t __attribute__((vector_size(8 * sizeof(std::uint32_t))));
-  using u32x16 = std::uint32_t __attribute__((vector_size(16 * sizeof(std::uint32_t))));
-  using i32x16 = std::int32_t __attribute__((vector_size(16 * sizeof(std::int32_t))));  // a comparison's mask
+  using f32x8 = detail::f32x8;
+  using f32x16 = detail::f32x16;
+  using f64x8 = detail::f64x8;
+  using u32x8 = detail::u32x8;
+  using u32x16 = detail::u32x16;
+  using i32x16 = detail::i32x16;
 
   // var[j] = (1/N) Σ_i (t_ij − m_j)², m_j = (1/N) Σ_i t_ij, t_ij = e_i[j] −
   // base[j] in f32, the sums in double; returns how many are nonzero.

@@ -23,29 +23,11 @@
 #include <utility>
 #include <vector>
 
+#include "twin/merge/lanes.hpp"
 #include "twin/merge/merger.hpp"
 #include "twin/merge/selection.hpp"
 
 namespace twin::detail {
-
-// The merge kernels' f32 vectors, as wide as the build's widest vector
-// registers (16 lanes with AVX-512, 8 with AVX, 4 otherwise): each lane is
-// an element of its own, so the width changes the speed, never a result,
-// and no vector is wider than the registers the build passes them in.
-#if defined(__AVX512F__)
-inline constexpr std::int64_t simd_lanes = 16;
-#elif defined(__AVX__)
-inline constexpr std::int64_t simd_lanes = 8;
-#else
-inline constexpr std::int64_t simd_lanes = 4;
-#endif
-using f32v = float __attribute__((vector_size(simd_lanes * sizeof(float))));
-using u32v = std::uint32_t __attribute__((vector_size(simd_lanes * sizeof(std::uint32_t))));
-inline f32v loadv(const float* p) noexcept {
-  f32v x;
-  std::memcpy(&x, p, sizeof x);
-  return x;
-}
 
 // One cut per expert for one tensor, and, for a cut that keeps only some
 // of the ties at its threshold, the number of ties before each merge block
