@@ -511,52 +511,62 @@ TEST_CASE("ram and ramplus_tl: hand-worked counts, unique values kept (scaled by
 }
 
 TEST_CASE("ram and ramplus_tl equal a literal reference on random tensors with sparse task vectors, f32 and bf16") {
-  // bf16 storage runs the experts' in-place reads (merge_chunks_by_expert);
-  // the reference takes the stored values, and the output is rounded once.
-  std::mt19937_64 rng(4);
-  const Tensor b32 = random_tensor(rng, dtype::f32, {2000});
-  std::vector<Tensor> ex32;
-  std::bernoulli_distribution moved(0.4);
-  std::normal_distribution<float> nd(0.0f, 0.01f);
-  for (int i = 0; i < 3; ++i) {
-    std::vector<float> v;
-    for (double x : vec(b32)) v.push_back(static_cast<float>(x) + (moved(rng) ? nd(rng) : 0.0f));
-    ex32.push_back(f32_tensor(v, {2000}));
-  }
-  for (dtype dt : {dtype::f32, dtype::bf16}) {
-    CAPTURE(std::string(dtype_name(dt)));
-    const Tensor b = b32.clone_as(dt);
-    std::vector<Tensor> ex;
-    for (const Tensor& e : ex32) ex.push_back(e.clone_as(dt));
-    const Vec bv = vec(b);
-    const double eps = 1e-3, r = 0.3, alpha = 0.5;
-    std::vector<Vec> T;
-    for (const Tensor& e : ex) T.push_back(tau_of(e, b));
-    std::vector<int> c(2000, 0);
-    for (const Vec& t : T)
-      for (std::size_t j = 0; j < 2000; ++j) c[j] += std::abs(t[j]) > eps;
-    Vec lambda(3);
-    for (std::size_t i = 0; i < 3; ++i) {
-      double sh = 0, un = 0;
-      for (std::size_t j = 0; j < 2000; ++j)
-        if (std::abs(T[i][j]) > eps) (c[j] > 1 ? sh : un) += 1;
-      lambda[i] = 1 + r * std::clamp(sh / std::max(un, eps), 0.0, alpha);
+  // bf16 storage runs the experts' in-place reads (merge_chunks_by_expert)
+  // and, for ramplus_tl, an output stored from f32 scratch; the reference
+  // takes the stored values, and the output is rounded once. The second
+  // shape spans two merge blocks and moves every entry of its first 40000
+  // in all experts: chunks where no expert moves an entry alone, which
+  // ramplus_tl's second pass skips (f32) or only stores (bf16).
+  for (const auto& [N, dense] : {std::pair<std::size_t, std::size_t>{2000, 0}, {66000, 40000}}) {
+    CAPTURE(N);
+    std::mt19937_64 rng(4);
+    const Tensor b32 = random_tensor(rng, dtype::f32, {static_cast<std::int64_t>(N)});
+    std::vector<Tensor> ex32;
+    std::bernoulli_distribution moved(0.4);
+    std::normal_distribution<float> nd(0.0f, 0.01f);
+    for (int i = 0; i < 3; ++i) {
+      std::vector<float> v;
+      for (double x : vec(b32))
+        v.push_back(static_cast<float>(x) + (v.size() < dense ? 0.01f + std::abs(nd(rng))
+                                             : moved(rng)     ? nd(rng)
+                                                              : 0.0f));
+      ex32.push_back(f32_tensor(v, {static_cast<std::int64_t>(N)}));
     }
-    for (bool plus : {false, true}) {
-      Vec ref(2000);
-      for (std::size_t j = 0; j < 2000; ++j) {
-        double m = 0;
-        for (std::size_t i = 0; i < 3; ++i)
-          if (std::abs(T[i][j]) > eps) m += c[j] == 1 ? T[i][j] * (plus ? lambda[i] : 1.0) : T[i][j] / c[j];
-        ref[j] = bv[j] + m;
+    for (dtype dt : {dtype::f32, dtype::bf16}) {
+      CAPTURE(std::string(dtype_name(dt)));
+      const Tensor b = b32.clone_as(dt);
+      std::vector<Tensor> ex;
+      for (const Tensor& e : ex32) ex.push_back(e.clone_as(dt));
+      const Vec bv = vec(b);
+      const double eps = 1e-3, r = 0.3, alpha = 0.5;
+      std::vector<Vec> T;
+      for (const Tensor& e : ex) T.push_back(tau_of(e, b));
+      std::vector<int> c(N, 0);
+      for (const Vec& t : T)
+        for (std::size_t j = 0; j < N; ++j) c[j] += std::abs(t[j]) > eps;
+      Vec lambda(3);
+      for (std::size_t i = 0; i < 3; ++i) {
+        double sh = 0, un = 0;
+        for (std::size_t j = 0; j < N; ++j)
+          if (std::abs(T[i][j]) > eps) (c[j] > 1 ? sh : un) += 1;
+        lambda[i] = 1 + r * std::clamp(sh / std::max(un, eps), 0.0, alpha);
       }
-      const AnyMerger m = by_settings(plus ? "ramplus_tl" : "ram", [&](MergeSettings& s) {
-        s.epsilon = eps;
-        if (plus) s.r = r, s.alpha = alpha;
-      });
-      const Tensor out = merged(m, b, {&ex[0], &ex[1], &ex[2]});
-      CHECK(out.dtype() == dt);
-      check_close(out.view(), ref, dt == dtype::bf16 ? 0x1.0p-8 : 1e-6, 1e-6);
+      for (bool plus : {false, true}) {
+        Vec ref(N);
+        for (std::size_t j = 0; j < N; ++j) {
+          double m = 0;
+          for (std::size_t i = 0; i < 3; ++i)
+            if (std::abs(T[i][j]) > eps) m += c[j] == 1 ? T[i][j] * (plus ? lambda[i] : 1.0) : T[i][j] / c[j];
+          ref[j] = bv[j] + m;
+        }
+        const AnyMerger m = by_settings(plus ? "ramplus_tl" : "ram", [&](MergeSettings& s) {
+          s.epsilon = eps;
+          if (plus) s.r = r, s.alpha = alpha;
+        });
+        const Tensor out = merged(m, b, {&ex[0], &ex[1], &ex[2]});
+        CHECK(out.dtype() == dt);
+        check_close(out.view(), ref, dt == dtype::bf16 ? 0x1.0p-8 : 1e-6, 1e-6);
+      }
     }
   }
 }

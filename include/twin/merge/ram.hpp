@@ -43,6 +43,14 @@ void count_contributors(const ExpertChunks& ex, std::size_t T, const float* base
     });
 }
 
+// Which expert alone moves each entry of a RamPlusTl merge (ram_none where
+// none or several do), reused across tensors on the calling thread.
+constexpr std::uint16_t ram_none = 0xFFFF;
+inline std::vector<std::uint16_t>& ram_alone_scratch() {
+  thread_local std::vector<std::uint16_t> v;
+  return v;
+}
+
 template <bool Plus>
 struct RamBase {
   double epsilon = 1e-5;  // an entry contributes where |τ| > epsilon
@@ -58,56 +66,119 @@ struct RamBase {
     if (merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s); })) return;
     const std::size_t T = a.experts.size();
     const auto eps = static_cast<float>(epsilon);
-    std::vector<float> lambda(T, 1.0f);
     if constexpr (Plus) {
-      RamCounts c = parallel_sum<RamCounts>(a.base.numel(), merge_block, [&](std::int64_t lo, std::int64_t hi) {
-        RamCounts k{std::vector<std::int64_t>(T, 0), std::vector<std::int64_t>(T, 0)};
-        constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
-        float* buf = scratch_floats<3>(static_cast<std::size_t>(2 * C));  // base, one expert
-        std::vector<std::int32_t> cnt(static_cast<std::size_t>(C));
-        for (std::int64_t p = lo; p < hi; p += C) {
-          const std::int64_t n = std::min(C, hi - p);
-          prefetch_next_chunk(a, p, hi);
-          const float* base = chunk_f32(a.base, p, n, buf);
-          const ExpertChunks ex{&a, p, n, buf + C};  // each expert read in place, twice
+      merge_plus(a, eps);
+    } else {
+      // Expert-outer loops over each chunk (they vectorize): the counts,
+      // then each expert's term in order, Z/c as mergekit divides it.
+      merge_chunks_by_expert(a, merge_block, [&](std::int64_t) {
+        return [&, cnt = std::vector<float>(TWIN_CHUNK_ELEMENTS)](std::int64_t, std::int64_t n, const float* base,
+                                                                  const ExpertChunks& ex, float* out) mutable {
+          for (std::int64_t j = 0; j < n; ++j) out[j] = 0.0f;
           count_contributors(ex, T, base, eps, cnt.data());
           for (std::size_t i = 0; i < T; ++i)
             ex.with(i, [&, eps](auto x) {
-              std::int32_t sh = 0, un = 0;  // at most a chunk's count
-              const std::int32_t* __restrict cn = cnt.data();
               for (std::int64_t j = 0; j < n; ++j) {
-                const std::int32_t nz = std::abs(x(j) - base[j]) > eps ? 1 : 0;
-                sh += cn[j] > 1 ? nz : 0;
-                un += cn[j] == 1 ? nz : 0;
+                const float t = x(j) - base[j];
+                const float z = std::abs(t) > eps ? t : 0.0f;
+                out[j] += cnt[j] == 1.0f ? z : z / std::max(cnt[j], 1.0f);
               }
-              k.shared[i] += sh, k.unique[i] += un;
             });
-        }
-        return k;
+          for (std::int64_t j = 0; j < n; ++j) out[j] += base[j];
+        };
       });
-      if (c.shared.empty()) c.shared.assign(T, 0), c.unique.assign(T, 0);
-      for (std::size_t i = 0; i < T; ++i) {
-        const float rho = static_cast<float>(c.shared[i]) / std::max(static_cast<float>(c.unique[i]), eps);
-        lambda[i] = 1.0f + static_cast<float>(r) * std::clamp(rho, 0.0f, static_cast<float>(alpha));
-      }
     }
-    // Expert-outer loops over each chunk (they vectorize): the counts, then
-    // each expert's term in order, Z/c as mergekit divides it.
-    merge_chunks_by_expert(a, merge_block, [&](std::int64_t) {
-      return [&, cnt = std::vector<float>(TWIN_CHUNK_ELEMENTS)](std::int64_t, std::int64_t n, const float* base,
-                                                                const ExpertChunks& ex, float* out) mutable {
-        for (std::int64_t j = 0; j < n; ++j) out[j] = 0.0f;
+  }
+
+  // RamPlusTl's λ_i need the whole tensor's counts, but they scale only the
+  // entries one expert moves alone. One pass reads the inputs once: the
+  // counts, every other entry's final value (RAM's), and where expert i
+  // alone moves an entry, its z and i; a second pass sets those entries to
+  // base + λ_i·z, only in the chunks that have any (then, where the output
+  // is not contiguous f32, stores every value). The same operations per
+  // entry as forming Σ_i λ-scaled terms in expert order: the one nonzero
+  // term plus zeros.
+  void merge_plus(const TensorMergeArgs& a, float eps) const {
+    const std::size_t T = a.experts.size();
+    if (T >= ram_none) throw argument_error("ramplus_tl: at most 65534 experts");
+    constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
+    const std::int64_t n = a.base.numel();
+    const bool direct = a.out.dtype() == dtype::f32 && a.out.is_contiguous();
+    std::vector<float>& spare = tau_scratch();
+    if (!direct && spare.size() < static_cast<std::size_t>(n)) spare.resize(static_cast<std::size_t>(n));
+    float* y = direct ? static_cast<float*>(a.out.data()) : spare.data();  // f32 values of the output
+    std::vector<std::uint16_t>& alone = ram_alone_scratch();
+    if (alone.size() < static_cast<std::size_t>(n)) alone.resize(static_cast<std::size_t>(n));
+    std::vector<std::uint8_t> has_alone(static_cast<std::size_t>((n + C - 1) / C), 0);  // per chunk
+    RamCounts c = parallel_sum<RamCounts>(n, merge_block, [&](std::int64_t lo, std::int64_t hi) {
+      RamCounts k{std::vector<std::int64_t>(T, 0), std::vector<std::int64_t>(T, 0)};
+      float* buf = scratch_floats<3>(static_cast<std::size_t>(2 * C));  // base, one expert
+      std::vector<float> cnt(static_cast<std::size_t>(C));
+      std::vector<std::int32_t> who(static_cast<std::size_t>(C));  // 32-bit, as the float masks: it vectorizes
+      for (std::int64_t p = lo; p < hi; p += C) {
+        const std::int64_t m = std::min(C, hi - p);
+        prefetch_next_chunk(a, p, hi);
+        const float* base = chunk_f32(a.base, p, m, buf);
+        const ExpertChunks ex{&a, p, m, buf + C};  // each expert read in place, twice
         count_contributors(ex, T, base, eps, cnt.data());
+        float* TWIN_RESTRICT o = y + p;
+        std::int32_t* TWIN_RESTRICT wh = who.data();
+        for (std::int64_t j = 0; j < m; ++j) o[j] = 0.0f, wh[j] = ram_none;
+        std::int64_t alone_here = 0;
         for (std::size_t i = 0; i < T; ++i)
-          ex.with(i, [&, eps, li = lambda[i]](auto x) {
-            for (std::int64_t j = 0; j < n; ++j) {
+          ex.with(i, [&, eps, id = static_cast<std::int32_t>(i)](auto x) {
+            std::int32_t sh = 0, un = 0;  // at most a chunk's count
+            const float* TWIN_RESTRICT cn = cnt.data();
+            // Separate loops over the chunk (each vectorizes; together GCC
+            // leaves them scalar): the terms, the counts, and where the
+            // expert moves entries alone, which.
+            for (std::int64_t j = 0; j < m; ++j) {
               const float t = x(j) - base[j];
               const float z = std::abs(t) > eps ? t : 0.0f;
-              out[j] += cnt[j] == 1.0f ? z * li : z / std::max(cnt[j], 1.0f);
+              o[j] += cn[j] == 1.0f ? z : z / std::max(cn[j], 1.0f);
             }
+            for (std::int64_t j = 0; j < m; ++j) {
+              const std::int32_t nz = std::abs(x(j) - base[j]) > eps ? 1 : 0;
+              sh += cn[j] > 1.0f ? nz : 0;
+              un += cn[j] == 1.0f ? nz : 0;
+            }
+            if (un > 0)
+              for (std::int64_t j = 0; j < m; ++j) wh[j] = cn[j] == 1.0f && std::abs(x(j) - base[j]) > eps ? id : wh[j];
+            k.shared[i] += sh, k.unique[i] += un;
+            alone_here += un;
           });
-        for (std::int64_t j = 0; j < n; ++j) out[j] += base[j];
-      };
+        for (std::int64_t j = 0; j < m; ++j) o[j] = cnt[j] == 1.0f ? o[j] : o[j] + base[j];
+        if (alone_here > 0) {
+          has_alone[static_cast<std::size_t>(p / C)] = 1;
+          for (std::int64_t j = 0; j < m; ++j)
+            alone[static_cast<std::size_t>(p + j)] = static_cast<std::uint16_t>(wh[j]);
+        }
+      }
+      return k;
+    });
+    if (c.shared.empty()) c.shared.assign(T, 0), c.unique.assign(T, 0);
+    std::vector<float> lambda(T);
+    for (std::size_t i = 0; i < T; ++i) {
+      const float rho = static_cast<float>(c.shared[i]) / std::max(static_cast<float>(c.unique[i]), eps);
+      lambda[i] = 1.0f + static_cast<float>(r) * std::clamp(rho, 0.0f, static_cast<float>(alpha));
+    }
+    parallel_blocks(n, merge_block, [&](std::int64_t lo, std::int64_t hi) {
+      float* buf = scratch_floats<3>(static_cast<std::size_t>(C));
+      for (std::int64_t p = lo; p < hi; p += C) {
+        const std::int64_t m = std::min(C, hi - p);
+        float* TWIN_RESTRICT o = y + p;
+        if (has_alone[static_cast<std::size_t>(p / C)]) {
+          const float* base = chunk_f32(a.base, p, m, buf);
+          const std::uint16_t* wh = alone.data() + p;
+          // λ·z rounded, then the base added: two loops, so that the
+          // product and the sum are not contracted into one rounding.
+          for (std::int64_t j = 0; j < m; ++j)
+            if (wh[j] != ram_none) o[j] = o[j] * lambda[wh[j]];
+          for (std::int64_t j = 0; j < m; ++j)
+            if (wh[j] != ram_none) o[j] = o[j] + base[j];
+        }
+        if (!direct) write_f32(o, p, m, a.out);
+      }
     });
   }
 };
