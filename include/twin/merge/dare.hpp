@@ -24,20 +24,20 @@ namespace twin {
 namespace detail {
 // Positions per piece of dare_combine: each expert's uniforms for a piece
 // are drawn right before the piece is combined, so the draws' arithmetic
-// and the reads of the inputs overlap (benchmarks/RESULTS.md, "DARE":
-// 64-position pieces against whole 256-position chunks, 84 vs 94 ms).
+// and the reads of the inputs overlap (benchmarks/RESULTS.md, "DARE drawn
+// in short pieces": 81 ms per merge against 94 drawing whole chunks).
 constexpr std::int64_t dare_piece = 64;
 
 // One chunk of DARE: τ̃_i = (x_i − base)·(1/density) where u_i < density,
 // else +0, from each expert's values x_i (E: f32, or bf16 bits read in
 // place) and its uniforms u_i; then
 //   Ties = false: out = base + λ Σ_i w_i τ̃_i;
-//   Ties = true:  out = base + λ·disjoint_mean(τ̃, w) (merger.hpp: the sign
+//   Ties = true:  out = base + λ·disjoint_mean(τ̃, w) (ties_lanes: the sign
 //                 of Σ w_i τ̃_i, + where ≥ 0; 0 where no τ̃_i has it).
 // Per piece [p, p + m) of dare_piece positions, draw(p, m, u) writes
 // expert i's uniforms at positions p .. p + m − 1 to u + i·dare_piece;
-// then simd_lanes positions at a time with their sums in registers across the
-// experts, each position's operations in the order of the experts: the
+// then simd_lanes positions at a time with their sums in registers across
+// the experts, each position's operations in the order of the experts: the
 // same as disjoint_mean's and an expert-by-expert loop's.
 template <bool Ties, class E, class Draw>
 void dare_combine(const float* base, const E* const* ex, const float* w, std::size_t T, float density, float lambda,
@@ -55,20 +55,13 @@ void dare_combine(const float* base, const E* const* ex, const float* w, std::si
         const f32v t = (loadv(ex[i] + j) - b) * scale;
         return loadv(u + static_cast<std::int64_t>(i) * P + k) < density ? t : f32v{};
       };
-      f32v sum = {};
-      for (std::size_t i = 0; i < T; ++i) sum += w[i] * tau(i);
       if constexpr (Ties) {
-        const i32v positive = sum >= 0.0f;
-        f32v mean = {}, den = {};
-        for (std::size_t i = 0; i < T; ++i) {
-          const f32v t = tau(i);
-          const i32v agree = (positive & (t > 0.0f)) | (~positive & (t < 0.0f));
-          mean += agree ? w[i] * t : f32v{};
-          den += agree ? f32v{} + w[i] : f32v{};
-        }
-        sum = den != 0.0f ? mean / den : f32v{};
+        storev(out + j, ties_lanes(T, tau, w, b, lambda, true));
+      } else {
+        f32v sum = {};
+        for (std::size_t i = 0; i < T; ++i) sum += w[i] * tau(i);
+        storev(out + j, b + lambda * sum);
       }
-      storev(out + j, b + lambda * sum);
     }
     for (; k < m; ++k) {
       const std::int64_t j = p + k;
@@ -76,20 +69,13 @@ void dare_combine(const float* base, const E* const* ex, const float* w, std::si
         const float t = (load1(ex[i] + j) - base[j]) * scale;
         return u[static_cast<std::int64_t>(i) * P + k] < density ? t : 0.0f;
       };
-      float sum = 0.0f;
-      for (std::size_t i = 0; i < T; ++i) sum += w[i] * tau(i);
       if constexpr (Ties) {
-        const bool positive = sum >= 0.0f;
-        float mean = 0.0f, den = 0.0f;
-        for (std::size_t i = 0; i < T; ++i) {
-          const float t = tau(i);
-          const bool agree = positive ? t > 0.0f : t < 0.0f;
-          mean += agree ? w[i] * t : 0.0f;
-          den += agree ? w[i] : 0.0f;
-        }
-        sum = den != 0.0f ? mean / den : 0.0f;
+        out[j] = ties_one(T, tau, w, base[j], lambda, true);
+      } else {
+        float sum = 0.0f;
+        for (std::size_t i = 0; i < T; ++i) sum += w[i] * tau(i);
+        out[j] = base[j] + lambda * sum;
       }
-      out[j] = base[j] + lambda * sum;
     }
   }
 }
