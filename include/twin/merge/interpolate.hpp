@@ -44,29 +44,38 @@ template <std::size_t A, std::size_t B, bool Diag, bool Sub>
 void gram_tile_sums(const float* const* v, const float* sub, std::size_t K, std::size_t k0, std::size_t l0,
                     std::int64_t s0, std::int64_t s1, float* lanes) noexcept {
   using f32x16 = float __attribute__((vector_size(gram_lanes * sizeof(float))));
-  // Loads and stores through a local copy: a 64-byte vector returned by
-  // value changes the calling convention between builds with and without
-  // AVX-512 (-Wpsabi), and an accumulator whose address is taken stays in
-  // memory instead of a register.
-  auto load = [](const float* p) noexcept {
+  // Loads and stores through a local copy, never a vector returned by
+  // value: a 64-byte vector's calling convention differs between builds
+  // with and without AVX-512 (-Wpsabi), and an accumulator whose address
+  // is taken stays in memory instead of a register.
+  auto load = [](f32x16& to, const float* p) noexcept {
     f32x16 t;
     std::memcpy(&t, p, sizeof t);
-    return t;
+    to = t;
   };
   auto lane = [&](std::size_t a, std::size_t b) { return lanes + ((k0 + a) * K + l0 + b) * gram_lanes; };
   f32x16 acc[A][B] = {};
 #pragma GCC unroll 4
   for (std::size_t a = 0; a < A; ++a)
 #pragma GCC unroll 4
-    for (std::size_t b = Diag ? a : 0; b < B; ++b) acc[a][b] = load(lane(a, b));
+    for (std::size_t b = Diag ? a : 0; b < B; ++b) load(acc[a][b], lane(a, b));
   for (std::int64_t j = s0; j < s1; j += gram_lanes) {
-    f32x16 x[A], y[B];
-    const f32x16 s = Sub ? load(sub + j) : f32x16{};
+    f32x16 x[A], y[B], s = {};
+    if constexpr (Sub) load(s, sub + j);
 #pragma GCC unroll 4
-    for (std::size_t a = 0; a < A; ++a) x[a] = Sub ? load(v[k0 + a] + j) - s : load(v[k0 + a] + j);
+    for (std::size_t a = 0; a < A; ++a) {
+      load(x[a], v[k0 + a] + j);
+      if constexpr (Sub) x[a] -= s;
+    }
 #pragma GCC unroll 4
-    for (std::size_t b = 0; b < B; ++b)
-      y[b] = Diag ? x[b < A ? b : 0] : Sub ? load(v[l0 + b] + j) - s : load(v[l0 + b] + j);
+    for (std::size_t b = 0; b < B; ++b) {
+      if constexpr (Diag) {
+        y[b] = x[b < A ? b : 0];
+      } else {
+        load(y[b], v[l0 + b] + j);
+        if constexpr (Sub) y[b] -= s;
+      }
+    }
 #pragma GCC unroll 4
     for (std::size_t a = 0; a < A; ++a)
 #pragma GCC unroll 4
