@@ -113,18 +113,22 @@ class Philox {
     std::size_t done = 0;
     std::uint64_t i = first;
     for (; done < n && (i & 3u) != 0; ++done, ++i) out[done] = uniform(i, stream);
-    // Whole batches of `batch` blocks straight into out, then a last partial
-    // batch through a buffer, then the last elements of a partial block.
+    // Whole batches of `batch` blocks, then of half a batch, straight into
+    // out, then a last partial half batch through a buffer, then the last
+    // elements of a partial block (a 64-value piece, as DARE draws, takes a
+    // half batch: no draws thrown away).
     constexpr std::size_t batch = 32;  // blocks per vector kernel call: 128 values
     float tmp[4 * batch];
     while ((n - done) / 4 > 0) {
-      const std::size_t nb = std::min(batch, (n - done) / 4);
-      float* dst = nb == batch ? out + done : tmp;
+      const std::size_t left = (n - done) / 4;
+      const std::size_t nb = std::min(left >= batch ? batch : batch / 2, left);
+      const bool big = nb == batch;
+      float* dst = big || nb == batch / 2 ? out + done : tmp;
       const std::uint64_t b0 = i >> 2;
       switch (kernel) {
 #if TWIN_PHILOX_X86
-        case Kernel::avx512: blocks_avx512(b0, stream, dst); break;
-        case Kernel::avx2: blocks_avx2(b0, stream, dst); break;
+        case Kernel::avx512: big ? blocks_avx512<4>(b0, stream, dst) : blocks_avx512<2>(b0, stream, dst); break;
+        case Kernel::avx2: big ? blocks_avx2<8>(b0, stream, dst) : blocks_avx2<4>(b0, stream, dst); break;
 #endif
         default: blocks_portable(b0, nb, stream, dst); break;
       }
@@ -191,8 +195,9 @@ class Philox {
     return rk;
   }
 
-  // blocks_*(b0, stream, out): the 32 blocks b0 .. b0 + 31 of `stream` as
-  // 128 uniforms in order (the portable one: the first nb of them).
+  // blocks_*(b0, stream, out): the blocks b0, b0 + 1, ... of `stream` as
+  // uniforms in order: 32 blocks (128 values), or 16 for half a batch (the
+  // portable one: nb blocks).
   void blocks_portable(std::uint64_t b0, std::size_t nb, std::uint64_t stream, float* out) const noexcept {
     for (std::uint64_t j = 0; j < nb; ++j) {
       const std::array<std::uint32_t, 4> w = block(b0 + j, stream);
@@ -205,13 +210,13 @@ class Philox {
   // half is ignored: the 32x32 -> 64 multiply (vpmuludq) reads only the low
   // halves and XOR keeps the low halves apart from the high ones, so the
   // rounds need no masking; the round keys are computed once per call.
+  template <int V>  // vectors of 4 blocks side by side
   __attribute__((target("avx2"))) void blocks_avx2(std::uint64_t b0, std::uint64_t stream, float* out) const noexcept {
     const RoundKeys rk = round_keys();
     const __m256i m0 = _mm256_set1_epi64x(0xD2511F53), m1 = _mm256_set1_epi64x(0xCD9E8D57);
     const __m256i s_lo = _mm256_set1_epi64x(static_cast<long long>(stream));
     const __m256i s_hi = _mm256_set1_epi64x(static_cast<long long>(stream >> 32));
     const __m256 scale = _mm256_set1_ps(0x1.0p-24f);
-    constexpr int V = 8;  // vectors of 4 blocks side by side
     __m256i x0[V], x1[V], x2[V], x3[V];
     for (int v = 0; v < V; ++v) {
       const std::uint64_t b = b0 + 4 * static_cast<std::uint64_t>(v);
@@ -245,13 +250,15 @@ class Philox {
     }
   }
 
+  template <int V>  // vectors of 8 blocks side by side
   __attribute__((target("avx512f"))) void blocks_avx512(std::uint64_t b0, std::uint64_t stream,
                                                         float* out) const noexcept {
     const RoundKeys rk = round_keys();
-    const RoundKeys* keys[4] = {&rk, &rk, &rk, &rk};
-    const std::uint64_t blk[4] = {b0, b0 + 8, b0 + 16, b0 + 24};
-    float* dst[4] = {out, out + 32, out + 64, out + 96};
-    vectors_avx512<4>(keys, blk, stream, dst);
+    const RoundKeys* keys[V];
+    std::uint64_t blk[V];
+    float* dst[V];
+    for (int v = 0; v < V; ++v) keys[v] = &rk, blk[v] = b0 + 8 * static_cast<std::uint64_t>(v), dst[v] = out + 32 * v;
+    vectors_avx512<V>(keys, blk, stream, dst);
   }
 
   // V vectors side by side, vector v: the 8 blocks blk[v] .. blk[v] + 7 of
