@@ -51,6 +51,23 @@ inline std::vector<std::uint16_t>& ram_alone_scratch() {
   return v;
 }
 
+// out[j] = Σ_i (c_j = 1 ? Z_ij : Z_ij / max(c_j, 1)) over the experts in
+// order: RAM's terms with every λ 1 (Z as mergekit divides it), before the
+// base is added; expert-outer loops, which vectorize.
+inline void ram_terms(const ExpertChunks& ex, std::size_t T, const float* base, float eps, const float* cnt,
+                      float* out) {
+  const std::int64_t n = ex.n;
+  for (std::int64_t j = 0; j < n; ++j) out[j] = 0.0f;
+  for (std::size_t i = 0; i < T; ++i)
+    ex.with(i, [&, eps](auto x) {
+      for (std::int64_t j = 0; j < n; ++j) {
+        const float t = x(j) - base[j];
+        const float z = std::abs(t) > eps ? t : 0.0f;
+        out[j] += cnt[j] == 1.0f ? z : z / std::max(cnt[j], 1.0f);
+      }
+    });
+}
+
 template <bool Plus>
 struct RamBase {
   double epsilon = 1e-5;  // an entry contributes where |τ| > epsilon
@@ -69,21 +86,12 @@ struct RamBase {
     if constexpr (Plus) {
       merge_plus(a, eps);
     } else {
-      // Expert-outer loops over each chunk (they vectorize): the counts,
-      // then each expert's term in order, Z/c as mergekit divides it.
+      // Per chunk: the counts, then each expert's term in order.
       merge_chunks_by_expert(a, merge_block, [&](std::int64_t) {
         return [&, cnt = std::vector<float>(TWIN_CHUNK_ELEMENTS)](std::int64_t, std::int64_t n, const float* base,
                                                                   const ExpertChunks& ex, float* out) mutable {
-          for (std::int64_t j = 0; j < n; ++j) out[j] = 0.0f;
           count_contributors(ex, T, base, eps, cnt.data());
-          for (std::size_t i = 0; i < T; ++i)
-            ex.with(i, [&, eps](auto x) {
-              for (std::int64_t j = 0; j < n; ++j) {
-                const float t = x(j) - base[j];
-                const float z = std::abs(t) > eps ? t : 0.0f;
-                out[j] += cnt[j] == 1.0f ? z : z / std::max(cnt[j], 1.0f);
-              }
-            });
+          ram_terms(ex, T, base, eps, cnt.data(), out);
           for (std::int64_t j = 0; j < n; ++j) out[j] += base[j];
         };
       });
@@ -123,20 +131,15 @@ struct RamBase {
         count_contributors(ex, T, base, eps, cnt.data());
         float* TWIN_RESTRICT o = y + p;
         std::int32_t* TWIN_RESTRICT wh = who.data();
-        for (std::int64_t j = 0; j < m; ++j) o[j] = 0.0f, wh[j] = ram_none;
+        ram_terms(ex, T, base, eps, cnt.data(), o);
+        for (std::int64_t j = 0; j < m; ++j) wh[j] = ram_none;
         std::int64_t alone_here = 0;
         for (std::size_t i = 0; i < T; ++i)
           ex.with(i, [&, eps, id = static_cast<std::int32_t>(i)](auto x) {
             std::int32_t sh = 0, un = 0;  // at most a chunk's count
             const float* TWIN_RESTRICT cn = cnt.data();
-            // Separate loops over the chunk (each vectorizes; together GCC
-            // leaves them scalar): the terms, the counts, and where the
-            // expert moves entries alone, which.
-            for (std::int64_t j = 0; j < m; ++j) {
-              const float t = x(j) - base[j];
-              const float z = std::abs(t) > eps ? t : 0.0f;
-              o[j] += cn[j] == 1.0f ? z : z / std::max(cn[j], 1.0f);
-            }
+            // The counts, and where the expert moves entries alone, which:
+            // loops apart (each vectorizes; together GCC leaves them scalar).
             for (std::int64_t j = 0; j < m; ++j) {
               const std::int32_t nz = std::abs(x(j) - base[j]) > eps ? 1 : 0;
               sh += cn[j] > 1.0f ? nz : 0;
