@@ -642,46 +642,51 @@ TEST_CASE("nuslerp: colinear and antipodal pairs take the lerp branch; t = 0 is 
 }
 
 TEST_CASE("multislerp equals its literal definition on full vectors; two unit vectors at 90° by hand") {
-  const Fixture f = fixture(51, {5, 7}, 3, 0.2);
-  const Vec base = vec(f.base);
-  const Vec w = {0.5, 1.0, 1.5};
-  for (bool use_base : {true, false}) {
-    CAPTURE(use_base);
-    std::vector<Vec> y;
-    for (const Tensor& e : f.experts) y.push_back(use_base ? tau_of(e, f.base) : vec(e));
-    Vec wn = w;
-    for (double& x : wn) x /= 3.0;
-    const double eps = 1e-8;
-    std::vector<Vec> u;
-    Vec nrm;
-    for (const Vec& v : y) {
-      nrm.push_back(norm(v));
-      Vec q(v.size());
-      for (std::size_t j = 0; j < v.size(); ++j) q[j] = v[j] / (nrm.back() + eps);
-      u.push_back(q);
+  // 35 elements: one short chunk; 4181: 17 chunks of 256 in spans of four
+  // (the Gram sums' prefetch spans) and 5 elements past the last 16.
+  for (const std::vector<std::int64_t>& shape : {std::vector<std::int64_t>{5, 7}, {37, 113}})
+    for (bool use_base : {true, false}) {
+      const Fixture f = fixture(51, shape, 3, 0.2);
+      const Vec base = vec(f.base);
+      const Vec w = {0.5, 1.0, 1.5};
+      const std::size_t n = base.size();
+      CAPTURE(n);
+      CAPTURE(use_base);
+      std::vector<Vec> y;
+      for (const Tensor& e : f.experts) y.push_back(use_base ? tau_of(e, f.base) : vec(e));
+      Vec wn = w;
+      for (double& x : wn) x /= 3.0;
+      const double eps = 1e-8;
+      std::vector<Vec> u;
+      Vec nrm;
+      for (const Vec& v : y) {
+        nrm.push_back(norm(v));
+        Vec q(v.size());
+        for (std::size_t j = 0; j < v.size(); ++j) q[j] = v[j] / (nrm.back() + eps);
+        u.push_back(q);
+      }
+      Vec m(n, 0.0);
+      for (std::size_t i = 0; i < 3; ++i)
+        for (std::size_t j = 0; j < n; ++j) m[j] += wn[i] * u[i][j];
+      const double mn = norm(m);
+      for (double& x : m) x /= mn;
+      Vec tau(n, 0.0);
+      for (std::size_t i = 0; i < 3; ++i) {
+        const double di = dot(u[i], m);
+        for (std::size_t j = 0; j < n; ++j) tau[j] += wn[i] * (u[i][j] - di * m[j]);
+      }
+      const double nu = norm(tau) + eps;
+      double avg = 0;
+      for (std::size_t i = 0; i < 3; ++i) avg += nrm[i] * wn[i];
+      Vec ref(n);
+      for (std::size_t j = 0; j < n; ++j)
+        ref[j] = (m[j] * std::cos(nu) + tau[j] * std::sin(nu) / nu) * avg + (use_base ? base[j] : 0.0);
+      const AnyMerger ms = by_settings("multislerp", [&](MergeSettings& s) {
+        s.weights = w;
+        s.use_base = use_base;
+      });
+      check_close(merged(ms, f.base, f.ptrs()).view(), ref, 1e-5, 1e-5);
     }
-    Vec m(35, 0.0);
-    for (std::size_t i = 0; i < 3; ++i)
-      for (std::size_t j = 0; j < 35; ++j) m[j] += wn[i] * u[i][j];
-    const double mn = norm(m);
-    for (double& x : m) x /= mn;
-    Vec tau(35, 0.0);
-    for (std::size_t i = 0; i < 3; ++i) {
-      const double di = dot(u[i], m);
-      for (std::size_t j = 0; j < 35; ++j) tau[j] += wn[i] * (u[i][j] - di * m[j]);
-    }
-    const double nu = norm(tau) + eps;
-    double avg = 0;
-    for (std::size_t i = 0; i < 3; ++i) avg += nrm[i] * wn[i];
-    Vec ref(35);
-    for (std::size_t j = 0; j < 35; ++j)
-      ref[j] = (m[j] * std::cos(nu) + tau[j] * std::sin(nu) / nu) * avg + (use_base ? base[j] : 0.0);
-    const AnyMerger ms = by_settings("multislerp", [&](MergeSettings& s) {
-      s.weights = w;
-      s.use_base = use_base;
-    });
-    check_close(merged(ms, f.base, f.ptrs()).view(), ref, 1e-5, 1e-5);
-  }
   // [1,0] and [0,1], equal weights: m̂ = [1,1]/√2, τ = 0, so r = m̂ · 1 = [0.7071, 0.7071].
   const Tensor z = f32_tensor({0, 0}, {2}), x = f32_tensor({1, 0}, {2}), yv = f32_tensor({0, 1}, {2});
   check_close(merged(by_settings("multislerp"), z, {&x, &yv}).view(), {std::sqrt(0.5), std::sqrt(0.5)}, 1e-6, 0);
@@ -745,20 +750,23 @@ Vec ref_karcher(const std::vector<Vec>& xs, int max_iter, double tol) {
 }  // namespace
 
 TEST_CASE("karcher equals mergekit's iteration on full vectors, with and without the base among the inputs") {
-  const Fixture f = fixture(61, {9, 11}, 3, 0.5);
-  for (bool use_base : {true, false})
-    for (int iters : {1, 3, 10}) {
-      CAPTURE(use_base);
-      CAPTURE(iters);
-      std::vector<Vec> xs;
-      for (const Tensor& e : f.experts) xs.push_back(vec(e));
-      if (use_base) xs.push_back(vec(f.base));
-      const AnyMerger k = by_settings("karcher", [&](MergeSettings& s) {
-        s.max_iter = iters;
-        s.use_base = use_base;
-      });
-      check_close(merged(k, f.base, f.ptrs()).view(), ref_karcher(xs, iters, 1e-5), 1e-5, 1e-5);
-    }
+  // 99 elements: one short chunk; 4181: 17 chunks in spans of four and a tail.
+  for (const std::vector<std::int64_t>& shape : {std::vector<std::int64_t>{9, 11}, {37, 113}})
+    for (bool use_base : {true, false})
+      for (int iters : {1, 3, 10}) {
+        const Fixture f = fixture(61, shape, 3, 0.5);
+        CAPTURE(shape[0]);
+        CAPTURE(use_base);
+        CAPTURE(iters);
+        std::vector<Vec> xs;
+        for (const Tensor& e : f.experts) xs.push_back(vec(e));
+        if (use_base) xs.push_back(vec(f.base));
+        const AnyMerger k = by_settings("karcher", [&](MergeSettings& s) {
+          s.max_iter = iters;
+          s.use_base = use_base;
+        });
+        check_close(merged(k, f.base, f.ptrs()).view(), ref_karcher(xs, iters, 1e-5), 1e-5, 1e-5);
+      }
   // Inputs along one direction: the direction times the mean norm ([1,1]·(1 + 3 + 0)/3 with a zero base).
   const Tensor z = f32_tensor({0, 0}, {2}), a = f32_tensor({1, 1}, {2}), c = f32_tensor({3, 3}, {2});
   check_close(merged(by_settings("karcher"), z, {&a, &c}).view(), {4.0 / 3.0, 4.0 / 3.0}, 1e-6, 0);
@@ -798,7 +806,10 @@ TEST_CASE("gram_lane_sums: every pair k <= l, the same bits for tiles of 1, 2 an
   // v_k − sub formed in f32 when a `sub` vector is given; a tile of 1 (each
   // pair alone) is the reference for the order of the sums, so tiles of 2
   // and 4 give the same bits, and all are within float rounding of the
-  // lane sums in double. n = 1056 spans three sub-blocks of 512 elements.
+  // lane sums in double (each run of 256 elements, 16 terms per lane, is
+  // summed in f32, the runs in double). n = 1056 spans five runs, the last
+  // of 32 elements; the prefetch list (here every input's lines) changes
+  // nothing.
   constexpr std::int64_t L = detail::gram_lanes;
   constexpr std::int64_t n = 66 * L;
   std::mt19937 gen(5);
@@ -816,14 +827,17 @@ TEST_CASE("gram_lane_sums: every pair k <= l, the same bits for tiles of 1, 2 an
       std::vector<const float*> vp;
       for (const auto& x : v) vp.push_back(x.data());
       const float start = 0.25f;  // the kernel adds to the lanes
-      auto run = [&](auto tile) {
-        std::vector<float> lanes(K * K * L, start);
-        detail::gram_lane_sums<decltype(tile)::value>(vp.data(), K, n, lanes.data(), sp);
+      std::vector<const char*> ahead;
+      for (const auto& x : v)
+        for (std::size_t j = 0; j < x.size(); j += 16) ahead.push_back(reinterpret_cast<const char*>(x.data() + j));
+      auto run = [&](auto tile, std::span<const char* const> pf) {
+        std::vector<double> lanes(K * K * L, start);
+        detail::gram_lane_sums<decltype(tile)::value>(vp.data(), K, n, lanes.data(), sp, pf);
         return lanes;
       };
-      const std::vector<float> one = run(std::integral_constant<std::size_t, 1>{});
-      CHECK(run(std::integral_constant<std::size_t, 2>{}) == one);
-      CHECK(run(std::integral_constant<std::size_t, 4>{}) == one);
+      const std::vector<double> one = run(std::integral_constant<std::size_t, 1>{}, {});
+      CHECK(run(std::integral_constant<std::size_t, 2>{}, ahead) == one);
+      CHECK(run(std::integral_constant<std::size_t, 4>{}, ahead) == one);
       auto x = [&](std::size_t k, std::int64_t j) {
         const auto u = static_cast<std::size_t>(j);
         return static_cast<double>(with_sub ? v[k][u] - sub[u] : v[k][u]);
@@ -832,7 +846,7 @@ TEST_CASE("gram_lane_sums: every pair k <= l, the same bits for tiles of 1, 2 an
       for (std::size_t k = 0; k < K; ++k)
         for (std::size_t l = 0; l < K; ++l)
           for (std::int64_t q = 0; q < L; ++q) {
-            const float got = one[(k * K + l) * L + static_cast<std::size_t>(q)];
+            const double got = one[(k * K + l) * L + static_cast<std::size_t>(q)];
             if (k > l) {
               bad += got != start;
               continue;
@@ -843,8 +857,9 @@ TEST_CASE("gram_lane_sums: every pair k <= l, the same bits for tiles of 1, 2 an
               ref += p;
               mag += std::abs(p);
             }
-            // 66 float additions, each within half an ulp of its partial sum.
-            bad += std::abs(got - ref) > 70 * 0x1.0p-24 * mag;
+            // At most 16 float additions per run, each within half an ulp
+            // of its partial sum; the double additions are exact enough.
+            bad += std::abs(got - ref) > 17 * 0x1.0p-24 * mag;
           }
       CHECK(bad == 0);
     }

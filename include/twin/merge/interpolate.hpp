@@ -1,13 +1,15 @@
 // Whole-tensor and per-row reductions shared by the interpolating strategies
-// (slerp, model_stock): Gram matrices of per-element vectors. Within a chunk
-// of TWIN_CHUNK_ELEMENTS the products are summed in 16 f32 lanes (vectorized;
-// at most 16 terms per lane), the lanes and chunks in double, over blocks
-// whose bounds do not depend on the thread count.
+// (slerp, model_stock): Gram matrices of per-element vectors. Within each run
+// of gram_run elements the products are summed in 16 f32 lanes (vectorized;
+// at most 16 terms per lane), added into 16 double lanes per pair; the
+// double lanes are summed in order at the end of a block, over blocks whose
+// bounds do not depend on the thread count.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <span>
 #include <type_traits>
 #include <vector>
 
@@ -26,6 +28,8 @@ struct Gram {
 };
 
 constexpr std::int64_t gram_lanes = 16;
+// Elements whose products a pair's f32 lanes sum before they go to double.
+constexpr std::int64_t gram_run = 256;
 
 // Vectors per side of a tile of gram_lane_sums: a 4×4 tile keeps 16
 // accumulators and 8 vectors in zmm registers; without AVX-512 a 16-float
@@ -37,13 +41,16 @@ constexpr std::size_t gram_tile = 2;
 #endif
 
 // The products of vectors k0 + a (a < A) with l0 + b (b < B) over elements
-// [s0, s1) of gram_lane_sums; on the diagonal (Diag: k0 = l0, A = B) only
-// b ≥ a. Each pair has its own accumulator and each of the A + B vectors is
-// loaded once per 16 elements (6 pairs at a time loaded 12).
+// [s0, s1) of gram_lane_sums (at most gram_run), summed in f32 lanes from
+// zero and then added to the pairs' double lanes; on the diagonal (Diag:
+// k0 = l0, A = B) only b ≥ a. Each pair has its own accumulator and each of
+// the A + B vectors is loaded once per 16 elements (6 pairs at a time
+// loaded 12).
 template <std::size_t A, std::size_t B, bool Diag, bool Sub>
 void gram_tile_sums(const float* const* v, const float* sub, std::size_t K, std::size_t k0, std::size_t l0,
-                    std::int64_t s0, std::int64_t s1, float* lanes) noexcept {
+                    std::int64_t s0, std::int64_t s1, double* lanes) noexcept {
   using f32x16 = float __attribute__((vector_size(gram_lanes * sizeof(float))));
+  using f64x16 = double __attribute__((vector_size(gram_lanes * sizeof(double))));
   // Loads and stores through a local copy, never a vector returned by
   // value: a 64-byte vector's calling convention differs between builds
   // with and without AVX-512 (-Wpsabi), and an accumulator whose address
@@ -55,10 +62,6 @@ void gram_tile_sums(const float* const* v, const float* sub, std::size_t K, std:
   };
   auto lane = [&](std::size_t a, std::size_t b) { return lanes + ((k0 + a) * K + l0 + b) * gram_lanes; };
   f32x16 acc[A][B] = {};
-#pragma GCC unroll 4
-  for (std::size_t a = 0; a < A; ++a)
-#pragma GCC unroll 4
-    for (std::size_t b = Diag ? a : 0; b < B; ++b) load(acc[a][b], lane(a, b));
   for (std::int64_t j = s0; j < s1; j += gram_lanes) {
     f32x16 x[A], y[B], s = {};
     if constexpr (Sub) load(s, sub + j);
@@ -85,18 +88,30 @@ void gram_tile_sums(const float* const* v, const float* sub, std::size_t K, std:
   for (std::size_t a = 0; a < A; ++a)
 #pragma GCC unroll 4
     for (std::size_t b = Diag ? a : 0; b < B; ++b) {
-      const f32x16 t = acc[a][b];
-      std::memcpy(lane(a, b), &t, sizeof t);
+      f64x16 d;
+      std::memcpy(&d, lane(a, b), sizeof d);
+      d += __builtin_convertvector(acc[a][b], f64x16);
+      std::memcpy(lane(a, b), &d, sizeof d);
     }
 }
 
 // gram_lane_sums' tiles, with or without `sub`.
 template <std::size_t R, bool Sub>
-void gram_lane_tiles(const float* const* v, const float* sub, std::size_t K, std::int64_t n, float* lanes) noexcept {
+void gram_lane_tiles(const float* const* v, const float* sub, std::size_t K, std::int64_t n, double* lanes,
+                     std::span<const char* const> ahead) noexcept {
   static_assert(R >= 1 && R <= 4);
-  constexpr std::int64_t S = 512;  // elements per sub-block: the K vectors' slices stay in L1
-  for (std::int64_t s0 = 0; s0 < n; s0 += S) {
-    const std::int64_t s1 = std::min(n, s0 + S);
+  // `ahead` is asked for a share at a time, after each tile: a burst of
+  // prefetches fills the core's miss buffers and stalls the products.
+  const std::size_t groups = (K + R - 1) / R,
+                    tiles = groups * (groups + 1) / 2 * static_cast<std::size_t>((n + gram_run - 1) / gram_run);
+  const std::size_t share = tiles ? (ahead.size() + tiles - 1) / tiles : 0;
+  std::size_t next = 0;
+  auto ask = [&](std::size_t count) {
+    for (const std::size_t e = std::min(ahead.size(), next + count); next < e; ++next) __builtin_prefetch(ahead[next]);
+  };
+  // One run at a time: the K vectors' slices stay in L1 across the pairs.
+  for (std::int64_t s0 = 0; s0 < n; s0 += gram_run) {
+    const std::int64_t s1 = std::min(n, s0 + gram_run);
     for (std::size_t k0 = 0; k0 < K; k0 += R) {
       // Only the last group of vectors can be short, so an off-diagonal
       // tile has R rows and 1 .. R columns.
@@ -106,28 +121,35 @@ void gram_lane_tiles(const float* const* v, const float* sub, std::size_t K, std
         case 3: gram_tile_sums<3, 3, true, Sub>(v, sub, K, k0, k0, s0, s1, lanes); break;
         default: gram_tile_sums<R, R, true, Sub>(v, sub, K, k0, k0, s0, s1, lanes); break;
       }
-      for (std::size_t l0 = k0 + R; l0 < K; l0 += R) switch (std::min(R, K - l0)) {
+      ask(share);
+      for (std::size_t l0 = k0 + R; l0 < K; l0 += R) {
+        switch (std::min(R, K - l0)) {
           case 1: gram_tile_sums<R, 1, false, Sub>(v, sub, K, k0, l0, s0, s1, lanes); break;
           case 2: gram_tile_sums<R, 2, false, Sub>(v, sub, K, k0, l0, s0, s1, lanes); break;
           case 3: gram_tile_sums<R, 3, false, Sub>(v, sub, K, k0, l0, s0, s1, lanes); break;
           default: gram_tile_sums<R, R, false, Sub>(v, sub, K, k0, l0, s0, s1, lanes); break;
         }
+        ask(share);
+      }
     }
   }
+  ask(ahead.size());
 }
 
-// lanes[(k·K + l)·16 + q] += Σ v_k[j]·v_l[j] over j < n, j ≡ q (mod 16), in
-// order of j, for every pair k ≤ l of the K vectors (n a multiple of 16);
-// with `sub`, the vectors are v_k − sub, formed in registers.
+// lanes[(k·K + l)·16 + q] += Σ v_k[j]·v_l[j] over j < n, j ≡ q (mod 16), for
+// every pair k ≤ l of the K vectors (n a multiple of 16): each run of
+// gram_run elements summed in f32 in order of j, the runs added in double in
+// order; with `sub`, the vectors are v_k − sub, formed in registers. The
+// cache lines in `ahead` are prefetched along the way.
 // The pairs run in tiles of gram_tile × gram_tile vectors (a triangle on
 // the diagonal), so the sums are bound by the multiply-adds rather than by
 // the loads; each pair's sum is formed in the same order as one pair alone,
 // whatever the tile size R (the tests run R = 2 and 4 in any build).
 template <std::size_t R = gram_tile>
-void gram_lane_sums(const float* const* v, std::size_t K, std::int64_t n, float* lanes,
-                    const float* sub = nullptr) noexcept {
-  if (sub) gram_lane_tiles<R, true>(v, sub, K, n, lanes);
-  else gram_lane_tiles<R, false>(v, nullptr, K, n, lanes);
+void gram_lane_sums(const float* const* v, std::size_t K, std::int64_t n, double* lanes, const float* sub = nullptr,
+                    std::span<const char* const> ahead = {}) noexcept {
+  if (sub) gram_lane_tiles<R, true>(v, sub, K, n, lanes, ahead);
+  else gram_lane_tiles<R, false>(v, nullptr, K, n, lanes, ahead);
 }
 
 // A fill for gram_range whose vectors are the inputs themselves, read where
@@ -139,15 +161,35 @@ struct InputVectors {
   enum Base { first, last, none, offsets } base;
 };
 
+// Elements per span of gram_range's prefetches (a whole number of chunks).
+constexpr std::int64_t gram_span = std::max<std::int64_t>(1024 / TWIN_CHUNK_ELEMENTS, 1) * TWIN_CHUNK_ELEMENTS;
+
+// The cache lines of elements [s0, s1) of every contiguous input, the base
+// first, each input's lines in order (a strided one is left to the hardware).
+inline void input_lines(const TensorMergeArgs& a, std::int64_t s0, std::int64_t s1, std::vector<const char*>& out) {
+  out.clear();
+  auto add = [&](const ConstTensorView& v) {
+    if (!v.is_contiguous()) return;
+    const auto es = static_cast<std::int64_t>(v.element_size());
+    const char* p = static_cast<const char*>(v.data()) + s0 * es;
+    for (std::int64_t off = 0; off < (s1 - s0) * es; off += 64) out.push_back(p + off);
+  };
+  add(a.base);
+  for (const ConstTensorView& e : a.experts) add(e);
+}
+
 // Σ_j v_k[j] v_l[j] over the elements [lo, hi) (row-major order), where
 // fill(c, base, ex, v) writes the K vectors' values for c consecutive
 // elements into v[k][0..c) from the base's and the experts' f32 values
 // (fill(lo, c, base, ex, v) where it needs the chunk's first element index),
 // or, with fill an InputVectors, the inputs themselves (or the experts'
-// task vectors) read in place.
+// task vectors) read in place. The inputs are prefetched up to fetch_end
+// (where the caller goes on reading; hi when smaller).
 template <class Fill>
-Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::int64_t hi, Fill&& fill) {
-  constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
+Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::int64_t hi, Fill&& fill,
+                std::int64_t fetch_end = 0) {
+  constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS, S = gram_span / C;
+  fetch_end = std::max(fetch_end, hi);
   const std::size_t T = a.experts.size();
   constexpr bool in_place = std::is_same_v<std::decay_t<Fill>, InputVectors>;
   const std::size_t filled = in_place ? 0 : K;  // vectors written by a fill, after the inputs' buffers
@@ -160,7 +202,8 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
     TWIN_ASSERT(K == T + (fill.base == InputVectors::first || fill.base == InputVectors::last ? 1 : 0));
   Gram out;
   out.g.assign(K * K, 0.0);
-  std::vector<float> lanes(K * K * gram_lanes);
+  std::vector<double> lanes(K * K * gram_lanes, 0.0), tail(K * K, 0.0);
+  std::vector<const char*> ahead;
   for (std::int64_t p = lo; p < hi; p += C) {
     const std::int64_t c = std::min(C, hi - p);
     const float* base = chunk_f32(a.base, p, c, buf);
@@ -176,27 +219,32 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
                                              float* const*>)
       fill(p, c, base, static_cast<const float* const*>(ex.data()), static_cast<float* const*>(v.data()));
     else fill(c, base, static_cast<const float* const*>(ex.data()), static_cast<float* const*>(v.data()));
-    // The next chunk's inputs are fetched while this one is summed (the
-    // products are compute-bound, the fill memory-bound).
-    prefetch_next_chunk(a, p, hi);
-    // Σ v_k v_l for every pair in 16 independent f32 lanes (lane q takes the
-    // elements ≡ q mod 16, in order), over sub-blocks that stay in L1 across
-    // the pairs; then the lanes in order and the tail in double.
-    std::fill(lanes.begin(), lanes.end(), 0.0f);
+    // The span after this one is asked for while this one is summed, every
+    // input's lines in turn, a share per chunk: the memory serves long runs
+    // of one stream faster than T + 1 streams a chunk at a time (the chunk
+    // after this one of every input; benchmarks/RESULTS.md, "Gram sums").
+    const std::int64_t ci = (p - lo) / C % S;
+    if (ci == 0) input_lines(a, std::min(p + gram_span, fetch_end), std::min(p + 2 * gram_span, fetch_end), ahead);
+    const std::size_t share = (ahead.size() + S - 1) / S,
+                      from = std::min(ahead.size(), static_cast<std::size_t>(ci) * share);
+    // Σ v_k v_l for every pair in 16 independent lanes (lane q takes the
+    // elements ≡ q mod 16, in order), the elements past the last whole 16
+    // (only a range's last chunk has them) in double apart.
     const std::int64_t full = c - c % gram_lanes;
-    gram_lane_sums(vin.data(), K, full, lanes.data(), sub);
+    gram_lane_sums(vin.data(), K, full, lanes.data(), sub,
+                   std::span<const char* const>(ahead).subspan(from, std::min(share, ahead.size() - from)));
     auto at = [&](std::size_t k, std::int64_t j) { return static_cast<double>(sub ? vin[k][j] - sub[j] : vin[k][j]); };
-    for (std::size_t k = 0; k < K; ++k)
-      for (std::size_t l = k; l < K; ++l) {
-        const float* ln = lanes.data() + (k * K + l) * gram_lanes;
-        double s = 0.0;
-        for (std::int64_t q = 0; q < gram_lanes; ++q) s += static_cast<double>(ln[q]);
-        for (std::int64_t j = full; j < c; ++j) s += at(k, j) * at(l, j);
-        out.g[k * K + l] += s;
-      }
+    for (std::int64_t j = full; j < c; ++j)
+      for (std::size_t k = 0; k < K; ++k)
+        for (std::size_t l = k; l < K; ++l) tail[k * K + l] += at(k, j) * at(l, j);
   }
   for (std::size_t k = 0; k < K; ++k)
-    for (std::size_t l = 0; l < k; ++l) out.g[k * K + l] = out.g[l * K + k];
+    for (std::size_t l = k; l < K; ++l) {
+      const double* ln = lanes.data() + (k * K + l) * gram_lanes;
+      double s = 0.0;
+      for (std::int64_t q = 0; q < gram_lanes; ++q) s += ln[q];
+      out.g[k * K + l] = out.g[l * K + k] = s + tail[k * K + l];
+    }
   return out;
 }
 
@@ -233,7 +281,7 @@ std::vector<Gram> gram_rows(const TensorMergeArgs& a, std::size_t K, Fill&& fill
   const std::int64_t rows_per_block = std::max<std::int64_t>(1, merge_block / std::max<std::int64_t>(cols, 1));
   parallel_blocks(rows, rows_per_block, [&](std::int64_t r0, std::int64_t r1) {
     for (std::int64_t r = r0; r < r1; ++r)
-      g[static_cast<std::size_t>(r)] = gram_range(a, K, r * cols, (r + 1) * cols, fill);
+      g[static_cast<std::size_t>(r)] = gram_range(a, K, r * cols, (r + 1) * cols, fill, r1 * cols);
   });
   return g;
 }
