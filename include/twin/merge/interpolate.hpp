@@ -161,22 +161,47 @@ struct InputVectors {
   enum Base { first, last, none, offsets } base;
 };
 
-// Elements per span of gram_range's prefetches (a whole number of chunks).
-constexpr std::int64_t gram_span = std::max<std::int64_t>(1024 / TWIN_CHUNK_ELEMENTS, 1) * TWIN_CHUNK_ELEMENTS;
+// The inputs' cache lines one span ahead of the chunk being summed, input by
+// input: share(lo) at chunk [lo, lo + C) of a run of chunks from b0 gives
+// that chunk's share of the lines of every contiguous input over the span
+// after the current one (spans of span_prefetch elements from b0, up to
+// `end`; a strided input is left to the hardware). The memory serves long
+// runs of one stream faster than T + 1 streams a chunk at a time, and the
+// Gram tiles ask for a share a little at a time (Gram of 9 inputs 37 → 30
+// ms; benchmarks/RESULTS.md, "Gram sums"). The drivers of merger.hpp keep
+// prefetch_next_chunk: a share asked for at once at each chunk made DARE
+// and sce slower.
+constexpr std::int64_t span_prefetch = std::max<std::int64_t>(1024 / TWIN_CHUNK_ELEMENTS, 1) * TWIN_CHUNK_ELEMENTS;
 
-// The cache lines of elements [s0, s1) of every contiguous input, the base
-// first, each input's lines in order (a strided one is left to the hardware).
-inline void input_lines(const TensorMergeArgs& a, std::int64_t s0, std::int64_t s1, std::vector<const char*>& out) {
-  out.clear();
-  auto add = [&](const ConstTensorView& v) {
-    if (!v.is_contiguous()) return;
-    const auto es = static_cast<std::int64_t>(v.element_size());
-    const char* p = static_cast<const char*>(v.data()) + s0 * es;
-    for (std::int64_t off = 0; off < (s1 - s0) * es; off += 64) out.push_back(p + off);
-  };
-  add(a.base);
-  for (const ConstTensorView& e : a.experts) add(e);
-}
+class SpanPrefetch {
+ public:
+  SpanPrefetch(const TensorMergeArgs& a, std::int64_t b0, std::int64_t end) : a_(&a), b0_(b0), end_(end) {}
+
+  std::span<const char* const> share(std::int64_t lo) {
+    constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS, S = span_prefetch / C;
+    const std::int64_t ci = (lo - b0_) / C % S;
+    if (ci == 0) lines(std::min(lo + span_prefetch, end_), std::min(lo + 2 * span_prefetch, end_));
+    const std::size_t n = (lines_.size() + S - 1) / S, from = std::min(lines_.size(), static_cast<std::size_t>(ci) * n);
+    return std::span<const char* const>(lines_).subspan(from, std::min(n, lines_.size() - from));
+  }
+
+ private:
+  void lines(std::int64_t s0, std::int64_t s1) {
+    lines_.clear();
+    auto add = [&](const ConstTensorView& v) {
+      if (!v.is_contiguous()) return;
+      const auto es = static_cast<std::int64_t>(v.element_size());
+      const char* p = static_cast<const char*>(v.data()) + s0 * es;
+      for (std::int64_t off = 0; off < (s1 - s0) * es; off += 64) lines_.push_back(p + off);
+    };
+    add(a_->base);
+    for (const ConstTensorView& e : a_->experts) add(e);
+  }
+
+  const TensorMergeArgs* a_;
+  std::int64_t b0_, end_;
+  std::vector<const char*> lines_;
+};
 
 // Σ_j v_k[j] v_l[j] over the elements [lo, hi) (row-major order), where
 // fill(c, base, ex, v) writes the K vectors' values for c consecutive
@@ -188,8 +213,7 @@ inline void input_lines(const TensorMergeArgs& a, std::int64_t s0, std::int64_t 
 template <class Fill>
 Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::int64_t hi, Fill&& fill,
                 std::int64_t fetch_end = 0) {
-  constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS, S = gram_span / C;
-  fetch_end = std::max(fetch_end, hi);
+  constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
   const std::size_t T = a.experts.size();
   constexpr bool in_place = std::is_same_v<std::decay_t<Fill>, InputVectors>;
   const std::size_t filled = in_place ? 0 : K;  // vectors written by a fill, after the inputs' buffers
@@ -203,7 +227,7 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
   Gram out;
   out.g.assign(K * K, 0.0);
   std::vector<double> lanes(K * K * gram_lanes, 0.0), tail(K * K, 0.0);
-  std::vector<const char*> ahead;
+  SpanPrefetch ahead(a, lo, std::max(fetch_end, hi));
   for (std::int64_t p = lo; p < hi; p += C) {
     const std::int64_t c = std::min(C, hi - p);
     const float* base = chunk_f32(a.base, p, c, buf);
@@ -219,20 +243,13 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
                                              float* const*>)
       fill(p, c, base, static_cast<const float* const*>(ex.data()), static_cast<float* const*>(v.data()));
     else fill(c, base, static_cast<const float* const*>(ex.data()), static_cast<float* const*>(v.data()));
-    // The span after this one is asked for while this one is summed, every
-    // input's lines in turn, a share per chunk: the memory serves long runs
-    // of one stream faster than T + 1 streams a chunk at a time (the chunk
-    // after this one of every input; benchmarks/RESULTS.md, "Gram sums").
-    const std::int64_t ci = (p - lo) / C % S;
-    if (ci == 0) input_lines(a, std::min(p + gram_span, fetch_end), std::min(p + 2 * gram_span, fetch_end), ahead);
-    const std::size_t share = (ahead.size() + S - 1) / S,
-                      from = std::min(ahead.size(), static_cast<std::size_t>(ci) * share);
+    // The span after this one is asked for while this one is summed (a share
+    // per chunk, spread between the tiles).
     // Σ v_k v_l for every pair in 16 independent lanes (lane q takes the
     // elements ≡ q mod 16, in order), the elements past the last whole 16
     // (only a range's last chunk has them) in double apart.
     const std::int64_t full = c - c % gram_lanes;
-    gram_lane_sums(vin.data(), K, full, lanes.data(), sub,
-                   std::span<const char* const>(ahead).subspan(from, std::min(share, ahead.size() - from)));
+    gram_lane_sums(vin.data(), K, full, lanes.data(), sub, ahead.share(p));
     auto at = [&](std::size_t k, std::int64_t j) { return static_cast<double>(sub ? vin[k][j] - sub[j] : vin[k][j]); };
     for (std::int64_t j = full; j < c; ++j)
       for (std::size_t k = 0; k < K; ++k)
