@@ -161,6 +161,16 @@ struct InputVectors {
   enum Base { first, last, none, offsets } base;
 };
 
+// InputVectors that also calls then(lo, c, base, ex) on each chunk, with the
+// base's and the experts' f32 values as a fill gets them (model_stock forms
+// the experts' mean there, in the same pass).
+template <class Then>
+struct InputVectorsThen : InputVectors {
+  Then then;
+};
+template <class Then>
+InputVectorsThen(InputVectors, Then) -> InputVectorsThen<Then>;
+
 // The inputs' cache lines one span ahead of the chunk being summed, input by
 // input: share(lo) at chunk [lo, lo + C) of a run of chunks from b0 gives
 // that chunk's share of the lines of every contiguous input over the span
@@ -215,7 +225,7 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
                 std::int64_t fetch_end = 0) {
   constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
   const std::size_t T = a.experts.size();
-  constexpr bool in_place = std::is_same_v<std::decay_t<Fill>, InputVectors>;
+  constexpr bool in_place = std::is_base_of_v<InputVectors, std::decay_t<Fill>>;
   const std::size_t filled = in_place ? 0 : K;  // vectors written by a fill, after the inputs' buffers
   float* buf = scratch_floats<1>(static_cast<std::size_t>(C) * (T + 1 + filled));
   std::vector<const float*> ex(T);
@@ -239,6 +249,8 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
       if (fill.base == InputVectors::first) vin[k++] = base;
       for (std::size_t i = 0; i < T; ++i) vin[k++] = ex[i];
       if (fill.base == InputVectors::last) vin[k++] = base;
+      if constexpr (!std::is_same_v<std::decay_t<Fill>, InputVectors>)
+        fill.then(p, c, base, static_cast<const float* const*>(ex.data()));
     } else if constexpr (std::is_invocable_v<Fill&, std::int64_t, std::int64_t, const float*, const float* const*,
                                              float* const*>)
       fill(p, c, base, static_cast<const float* const*>(ex.data()), static_cast<float* const*>(v.data()));

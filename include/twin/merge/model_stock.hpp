@@ -61,12 +61,12 @@ struct ModelStock {
         for (std::int64_t j = 0; j < c; ++j) m[j] += ex[i][j];
       for (std::int64_t j = 0; j < c; ++j) m[j] *= inv_n;
     };
-    auto offsets = [N, mean_out, &mean_into](std::int64_t lo, std::int64_t c, const float* b, const float* const* ex,
-                                             float* const* v) {
-      for (std::size_t i = 0; i < N; ++i)
-        for (std::int64_t j = 0; j < c; ++j) v[i][j] = ex[i][j] - b[j];
-      if (mean_out) mean_into(c, ex, mean_out + lo);
-    };
+    // The offsets are formed in the Gram kernel's registers.
+    const detail::InputVectorsThen offsets{
+        {detail::InputVectors::offsets},
+        [mean_out, &mean_into](std::int64_t lo, std::int64_t c, const float*, const float* const* ex) {
+          if (mean_out) mean_into(c, ex, mean_out + lo);
+        }};
     // t per element: one value, or one per row of `cols` elements.
     std::vector<float> t;
     std::int64_t cols = a.base.numel();
