@@ -177,7 +177,7 @@ InputVectorsThen(InputVectors, Then) -> InputVectorsThen<Then>;
 // after the current one (spans of span_prefetch elements from b0, up to
 // `end`; a strided input is left to the hardware). The memory serves long
 // runs of one stream faster than T + 1 streams a chunk at a time, and the
-// Gram tiles ask for a share a little at a time (Gram of 9 inputs 37 → 30
+// Gram tiles ask for a share a little at a time (Gram of 9 inputs 39 → 30
 // ms; benchmarks/RESULTS.md, "Gram sums"). The drivers of merger.hpp keep
 // prefetch_next_chunk: a share asked for at once at each chunk made DARE
 // and sce slower.
@@ -255,11 +255,10 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
                                              float* const*>)
       fill(p, c, base, static_cast<const float* const*>(ex.data()), static_cast<float* const*>(v.data()));
     else fill(c, base, static_cast<const float* const*>(ex.data()), static_cast<float* const*>(v.data()));
-    // The span after this one is asked for while this one is summed (a share
-    // per chunk, spread between the tiles).
     // Σ v_k v_l for every pair in 16 independent lanes (lane q takes the
     // elements ≡ q mod 16, in order), the elements past the last whole 16
-    // (only a range's last chunk has them) in double apart.
+    // (only a range's last chunk has them) in double apart; the span after
+    // this one is asked for meanwhile, a share per chunk.
     const std::int64_t full = c - c % gram_lanes;
     gram_lane_sums(vin.data(), K, full, lanes.data(), sub, ahead.share(p));
     auto at = [&](std::size_t k, std::int64_t j) { return static_cast<double>(sub ? vin[k][j] - sub[j] : vin[k][j]); };
