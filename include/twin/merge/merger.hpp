@@ -4,6 +4,7 @@
 // plan(), which the driver calls once before the per-tensor pass.
 #pragma once
 
+#include <algorithm>
 #include <concepts>
 #include <cstdint>
 #include <functional>
@@ -234,19 +235,34 @@ struct ExpertChunks {
   }
 };
 
+// Elements per chunk of merge_chunks_by_expert where nothing is staged (the
+// base, every expert and the output contiguous f32): each expert is then
+// read in runs of 16 KB, which the memory serves faster than 1 KB pieces of
+// T + 1 streams, and which the hardware prefetchers follow on their own
+// (linear f32 33 → 27 ms; benchmarks/RESULTS.md, "By-expert chunks").
+// Staged chunks keep TWIN_CHUNK_ELEMENTS: 4096 there took bf16 linear from
+// 19 to 26 ms.
+constexpr std::int64_t by_expert_run = 4096;
+// The longest chunk merge_chunks_by_expert passes.
+constexpr std::int64_t by_expert_chunk_max = std::max<std::int64_t>(TWIN_CHUNK_ELEMENTS, by_expert_run);
+
 // merge_chunks for loops that take the experts one at a time: g(lo, n,
 // base, ex, out) with ex an ExpertChunks over the chunk instead of f32
-// copies of every expert. Staging T bf16 chunks into f32 buffers and
-// reading them back cost a bf16 merge as much time as its memory traffic.
+// copies of every expert (n ≤ by_expert_chunk_max). Staging T bf16 chunks
+// into f32 buffers and reading them back cost a bf16 merge as much time as
+// its memory traffic.
 template <class Make>
 void merge_chunks_by_expert(const TensorMergeArgs& a, std::int64_t block, Make&& make) {
+  auto in_place = [](const auto& v) { return v.dtype() == dtype::f32 && v.is_contiguous(); };
+  bool unstaged = in_place(a.out) && in_place(a.base);
+  for (const ConstTensorView& e : a.experts) unstaged = unstaged && in_place(e);
+  const std::int64_t C = unstaged ? by_expert_run : TWIN_CHUNK_ELEMENTS;
   parallel_blocks(a.base.numel(), block, [&](std::int64_t b0, std::int64_t b1) {
     auto g = make(b0);
-    constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
     float* buf = scratch_floats<0>(static_cast<std::size_t>(3 * C));  // base, one expert, out
     for (std::int64_t lo = b0; lo < b1; lo += C) {
       const std::int64_t c = std::min(C, b1 - lo);
-      prefetch_next_chunk(a, lo, b1);
+      if (!unstaged) prefetch_next_chunk(a, lo, b1);
       const float* base = chunk_f32(a.base, lo, c, buf);
       with_chunk_out(a.out, lo, c, buf + 2 * C, [&](float* out) {
         g(lo, c, base, ExpertChunks{&a, lo, c, buf + C}, out);

@@ -88,7 +88,7 @@ struct RamBase {
     } else {
       // Per chunk: the counts, then each expert's term in order.
       merge_chunks_by_expert(a, merge_block, [&](std::int64_t) {
-        return [&, cnt = std::vector<float>(TWIN_CHUNK_ELEMENTS)](std::int64_t, std::int64_t n, const float* base,
+        return [&, cnt = std::vector<float>(by_expert_chunk_max)](std::int64_t, std::int64_t n, const float* base,
                                                                   const ExpertChunks& ex, float* out) mutable {
           count_contributors(ex, T, base, eps, cnt.data());
           ram_terms(ex, T, base, eps, cnt.data(), out);
