@@ -178,9 +178,9 @@ InputVectorsThen(InputVectors, Then) -> InputVectorsThen<Then>;
 // `end`; a strided input is left to the hardware). The memory serves long
 // runs of one stream faster than T + 1 streams a chunk at a time, and the
 // Gram tiles ask for a share a little at a time (Gram of 9 inputs 39 → 30
-// ms; benchmarks/RESULTS.md, "Gram sums"). The drivers of merger.hpp keep
-// prefetch_next_chunk: a share asked for at once at each chunk made DARE
-// and sce slower.
+// ms; benchmarks/RESULTS.md, "Gram sums"). The chunk drivers of merger.hpp
+// do not use it: a share asked for at once at each chunk made DARE and sce
+// slower.
 constexpr std::int64_t span_prefetch = std::max<std::int64_t>(1024 / TWIN_CHUNK_ELEMENTS, 1) * TWIN_CHUNK_ELEMENTS;
 
 class SpanPrefetch {

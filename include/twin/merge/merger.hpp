@@ -239,7 +239,7 @@ struct ExpertChunks {
 // base, every expert and the output contiguous f32): each expert is then
 // read in runs of 16 KB, which the memory serves faster than 1 KB pieces of
 // T + 1 streams, and which the hardware prefetchers follow on their own
-// (linear f32 33 → 27 ms; benchmarks/RESULTS.md, "By-expert chunks").
+// (linear f32 33 → 27 ms; benchmarks/RESULTS.md, "by-expert chunks of 4096").
 // Staged chunks keep TWIN_CHUNK_ELEMENTS: 4096 there took bf16 linear from
 // 19 to 26 ms.
 constexpr std::int64_t by_expert_run = 4096;
