@@ -198,14 +198,9 @@ class SpanPrefetch {
  private:
   void lines(std::int64_t s0, std::int64_t s1) {
     lines_.clear();
-    auto add = [&](const ConstTensorView& v) {
-      if (!v.is_contiguous()) return;
-      const auto es = static_cast<std::int64_t>(v.element_size());
-      const char* p = static_cast<const char*>(v.data()) + s0 * es;
-      for (std::int64_t off = 0; off < (s1 - s0) * es; off += 64) lines_.push_back(p + off);
-    };
-    add(a_->base);
-    for (const ConstTensorView& e : a_->experts) add(e);
+    auto add = [&](const char* p) { lines_.push_back(p); };
+    for_chunk_lines(a_->base, s0, s1 - s0, add);
+    for (const ConstTensorView& e : a_->experts) for_chunk_lines(e, s0, s1 - s0, add);
   }
 
   const TensorMergeArgs* a_;

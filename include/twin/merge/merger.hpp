@@ -99,10 +99,17 @@ bool merge_aliased_through_scratch(const TensorMergeArgs& a, F&& merge) {
   return true;
 }
 
+// Whether a view's values are f32 in one run: read and written in place,
+// with nothing staged.
+template <class View>
+bool contiguous_f32(const View& v) noexcept {
+  return v.dtype() == dtype::f32 && v.is_contiguous();
+}
+
 // Reads `n` values at `lo` as f32: straight from memory when the view is
 // contiguous f32, else converted into buf.
 inline const float* chunk_f32(const ConstTensorView& v, std::int64_t lo, std::int64_t n, float* buf) {
-  if (v.dtype() == dtype::f32 && v.is_contiguous()) return static_cast<const float*>(v.data()) + lo;
+  if (contiguous_f32(v)) return static_cast<const float*>(v.data()) + lo;
   read_f32(v, lo, n, buf);
   return buf;
 }
@@ -118,13 +125,19 @@ float* scratch_floats(std::size_t n) {
   return v.data();
 }
 
-// Asks for the cache lines of elements [lo, lo + n) of a contiguous view
-// (a strided one is left to the hardware).
-inline void prefetch_chunk(const ConstTensorView& v, std::int64_t lo, std::int64_t n) noexcept {
+// Calls f(p) for each cache line p of elements [lo, lo + n) of a contiguous
+// view, in order (nothing for a strided one: it is left to the hardware).
+template <class F>
+void for_chunk_lines(const ConstTensorView& v, std::int64_t lo, std::int64_t n, F&& f) {
   if (!v.is_contiguous()) return;
   const auto es = static_cast<std::int64_t>(v.element_size());
   const char* p = static_cast<const char*>(v.data()) + lo * es;
-  for (std::int64_t off = 0; off < n * es; off += 64) __builtin_prefetch(p + off);
+  for (std::int64_t off = 0; off < n * es; off += 64) f(p + off);
+}
+
+// Asks for the cache lines of elements [lo, lo + n) of a contiguous view.
+inline void prefetch_chunk(const ConstTensorView& v, std::int64_t lo, std::int64_t n) noexcept {
+  for_chunk_lines(v, lo, n, [](const char* p) { __builtin_prefetch(p); });
 }
 
 // Asks for the chunk after [lo, lo + C) of every input, up to b1: the
@@ -161,7 +174,7 @@ void for_input_chunks(const TensorMergeArgs& a, std::int64_t b0, std::int64_t b1
 // values are then stored into `out`: the frame of every chunk driver below.
 template <class G>
 void with_chunk_out(const TensorView& out, std::int64_t lo, std::int64_t c, float* spare, G&& g) {
-  const bool direct = out.dtype() == dtype::f32 && out.is_contiguous();
+  const bool direct = contiguous_f32(out);
   float* o = direct ? static_cast<float*>(out.data()) + lo : spare;
   g(o);
   if (!direct) write_f32(o, lo, c, out);
@@ -253,9 +266,8 @@ constexpr std::int64_t by_expert_chunk_max = std::max<std::int64_t>(TWIN_CHUNK_E
 // its memory traffic.
 template <class Make>
 void merge_chunks_by_expert(const TensorMergeArgs& a, std::int64_t block, Make&& make) {
-  auto in_place = [](const auto& v) { return v.dtype() == dtype::f32 && v.is_contiguous(); };
-  bool unstaged = in_place(a.out) && in_place(a.base);
-  for (const ConstTensorView& e : a.experts) unstaged = unstaged && in_place(e);
+  bool unstaged = contiguous_f32(a.out) && contiguous_f32(a.base);
+  for (const ConstTensorView& e : a.experts) unstaged = unstaged && contiguous_f32(e);
   const std::int64_t C = unstaged ? by_expert_run : TWIN_CHUNK_ELEMENTS;
   parallel_blocks(a.base.numel(), block, [&](std::int64_t b0, std::int64_t b1) {
     auto g = make(b0);

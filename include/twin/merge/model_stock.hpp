@@ -53,8 +53,7 @@ struct ModelStock {
     // (2 streams instead of N + 1); the values are those of the mean formed
     // in the second pass.
     const float inv_n = 1.0f / static_cast<float>(N);
-    float* const mean_out = a.out.dtype() == dtype::f32 && a.out.is_contiguous() ? static_cast<float*>(a.out.data())
-                                                                                 : nullptr;
+    float* const mean_out = detail::contiguous_f32(a.out) ? static_cast<float*>(a.out.data()) : nullptr;
     auto mean_into = [N, inv_n](std::int64_t c, const float* const* ex, float* m) {
       for (std::int64_t j = 0; j < c; ++j) m[j] = 0.0f;
       for (std::size_t i = 0; i < N; ++i)

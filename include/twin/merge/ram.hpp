@@ -111,7 +111,7 @@ struct RamBase {
     if (T >= ram_none) throw argument_error("ramplus_tl: at most 65534 experts");
     constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
     const std::int64_t n = a.base.numel();
-    const bool direct = a.out.dtype() == dtype::f32 && a.out.is_contiguous();
+    const bool direct = contiguous_f32(a.out);
     std::vector<float>& spare = tau_scratch();
     if (!direct && spare.size() < static_cast<std::size_t>(n)) spare.resize(static_cast<std::size_t>(n));
     float* y = direct ? static_cast<float*>(a.out.data()) : spare.data();  // f32 values of the output
