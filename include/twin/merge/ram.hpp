@@ -32,14 +32,26 @@ struct RamCounts {
 };
 
 // cnt[j] = the number of experts whose |τ_j| > eps over the chunk of ex
-// (as an integer count or its float value).
+// (as an integer count or its float value); where `moved` is given,
+// moved[i] += how many entries of the chunk expert i moves.
 template <class Count>
-void count_contributors(const ExpertChunks& ex, std::size_t T, const float* base, float eps, Count* cnt) {
+void count_contributors(const ExpertChunks& ex, std::size_t T, const float* base, float eps, Count* cnt,
+                        std::int64_t* moved = nullptr) {
   const std::int64_t n = ex.n;
   for (std::int64_t j = 0; j < n; ++j) cnt[j] = Count(0);
   for (std::size_t i = 0; i < T; ++i)
     ex.with(i, [&, eps](auto x) {
-      for (std::int64_t j = 0; j < n; ++j) cnt[j] += std::abs(x(j) - base[j]) > eps ? Count(1) : Count(0);
+      if (!moved) {
+        for (std::int64_t j = 0; j < n; ++j) cnt[j] += std::abs(x(j) - base[j]) > eps ? Count(1) : Count(0);
+        return;
+      }
+      std::int32_t k = 0;  // at most a chunk's count
+      for (std::int64_t j = 0; j < n; ++j) {
+        const bool nz = std::abs(x(j) - base[j]) > eps;
+        cnt[j] += nz ? Count(1) : Count(0);
+        k += nz ? 1 : 0;
+      }
+      moved[i] += k;
     });
 }
 
@@ -100,8 +112,10 @@ struct RamBase {
 
   // RamPlusTl's λ_i need the whole tensor's counts, but they scale only the
   // entries one expert moves alone. One pass reads the inputs once: the
-  // counts, every other entry's final value (RAM's), and where expert i
-  // alone moves an entry, its z and i; a second pass sets those entries to
+  // counts (expert i's shared entries are the ones it moves less the ones it
+  // moves alone, so only chunks with an entry of count 1 look at which), every
+  // other entry's final value (RAM's), and where expert i alone moves an
+  // entry, its z and i; a second pass sets those entries to
   // base + λ_i·z, only in the chunks that have any (then, where the output
   // is not contiguous f32, stores every value). The same operations per
   // entry as forming Σ_i λ-scaled terms in expert order: the one nonzero
@@ -119,8 +133,8 @@ struct RamBase {
     if (alone.size() < static_cast<std::size_t>(n)) alone.resize(static_cast<std::size_t>(n));
     std::vector<std::uint8_t> has_alone(static_cast<std::size_t>((n + C - 1) / C), 0);  // per chunk
     RamCounts c = parallel_sum<RamCounts>(n, merge_block, [&](std::int64_t lo, std::int64_t hi) {
-      RamCounts k{std::vector<std::int64_t>(T, 0), std::vector<std::int64_t>(T, 0)};
-      float* buf = scratch_floats<3>(static_cast<std::size_t>(2 * C));  // base, one expert
+      RamCounts k{std::vector<std::int64_t>(T, 0), std::vector<std::int64_t>(T, 0)};  // shared: moved, until the end
+      float* buf = scratch_floats<3>(static_cast<std::size_t>(2 * C));                // base, one expert
       std::vector<float> cnt(static_cast<std::size_t>(C));
       std::vector<std::int32_t> who(static_cast<std::size_t>(C));  // 32-bit, as the float masks: it vectorizes
       for (std::int64_t p = lo; p < hi; p += C) {
@@ -128,35 +142,37 @@ struct RamBase {
         prefetch_next_chunk(a, p, hi);
         const float* base = chunk_f32(a.base, p, m, buf);
         const ExpertChunks ex{&a, p, m, buf + C};  // each expert read in place, twice
-        count_contributors(ex, T, base, eps, cnt.data());
+        count_contributors(ex, T, base, eps, cnt.data(), k.shared.data());
         float* TWIN_RESTRICT o = y + p;
         std::int32_t* TWIN_RESTRICT wh = who.data();
         ram_terms(ex, T, base, eps, cnt.data(), o);
-        for (std::int64_t j = 0; j < m; ++j) wh[j] = ram_none;
+        const float* TWIN_RESTRICT cn = cnt.data();
+        std::int32_t ones = 0;
+        for (std::int64_t j = 0; j < m; ++j) ones += cn[j] == 1.0f ? 1 : 0;
         std::int64_t alone_here = 0;
-        for (std::size_t i = 0; i < T; ++i)
-          ex.with(i, [&, eps, id = static_cast<std::int32_t>(i)](auto x) {
-            std::int32_t sh = 0, un = 0;  // at most a chunk's count
-            const float* TWIN_RESTRICT cn = cnt.data();
-            // The counts, and where the expert moves entries alone, which:
-            // loops apart (each vectorizes; together GCC leaves them scalar).
-            for (std::int64_t j = 0; j < m; ++j) {
-              const std::int32_t nz = std::abs(x(j) - base[j]) > eps ? 1 : 0;
-              sh += cn[j] > 1.0f ? nz : 0;
-              un += cn[j] == 1.0f ? nz : 0;
-            }
-            if (un > 0)
-              for (std::int64_t j = 0; j < m; ++j) wh[j] = cn[j] == 1.0f && std::abs(x(j) - base[j]) > eps ? id : wh[j];
-            k.shared[i] += sh, k.unique[i] += un;
-            alone_here += un;
-          });
-        for (std::int64_t j = 0; j < m; ++j) o[j] = cnt[j] == 1.0f ? o[j] : o[j] + base[j];
+        if (ones > 0) {
+          for (std::int64_t j = 0; j < m; ++j) wh[j] = ram_none;
+          for (std::size_t i = 0; i < T; ++i)
+            ex.with(i, [&, eps, id = static_cast<std::int32_t>(i)](auto x) {
+              // How many entries the expert moves alone, and which: loops
+              // apart (each vectorizes; together GCC leaves them scalar).
+              std::int32_t un = 0;  // at most a chunk's count
+              for (std::int64_t j = 0; j < m; ++j) un += cn[j] == 1.0f && std::abs(x(j) - base[j]) > eps ? 1 : 0;
+              if (un > 0)
+                for (std::int64_t j = 0; j < m; ++j)
+                  wh[j] = cn[j] == 1.0f && std::abs(x(j) - base[j]) > eps ? id : wh[j];
+              k.unique[i] += un;
+              alone_here += un;
+            });
+        }
+        for (std::int64_t j = 0; j < m; ++j) o[j] = cn[j] == 1.0f ? o[j] : o[j] + base[j];
         if (alone_here > 0) {
           has_alone[static_cast<std::size_t>(p / C)] = 1;
           for (std::int64_t j = 0; j < m; ++j)
             alone[static_cast<std::size_t>(p + j)] = static_cast<std::uint16_t>(wh[j]);
         }
       }
+      for (std::size_t i = 0; i < T; ++i) k.shared[i] -= k.unique[i];
       return k;
     });
     if (c.shared.empty()) c.shared.assign(T, 0), c.unique.assign(T, 0);
