@@ -5,6 +5,7 @@
 // hand-worked cases, masks recorded from PyTorch, and the distributions of
 // the randomized methods.
 #include <algorithm>
+#include <bit>
 #include <map>
 #include <numeric>
 #include <random>
@@ -328,6 +329,53 @@ TEST_CASE("della's rank sort (stable LSD radix) orders like std::stable_sort, ti
       std::size_t wrong = 0;
       for (std::size_t i = 0; i < n; ++i) wrong += key[i] != want[i].first || val[i] != want[i].second;
       CHECK(wrong == 0);
+    }
+}
+
+TEST_CASE("della's Philox mask without a sort per vector equals the mask from exact ranks (std::stable_sort)") {
+  // Rows of random magnitudes (an entry whose draw falls inside its bucket's
+  // p range is ranked by counting), of a handful of values (long runs of
+  // ties: the row is sorted), with 20% exact zeros, and all of one magnitude;
+  // lengths 2 to 5000 (more entries than buckets). The reference ranks each
+  // row with std::stable_sort on |x| (ties by index), forms p(rank) in f32 as
+  // mergekit does and keeps entry j iff Philox uniform(j) < p.
+  std::mt19937_64 rng(91);
+  const double d = 0.5, eps = 0.15;
+  const twin::Philox draws(twin::random_key(3, "t", 1));
+  for (const std::int64_t len : {2, 3, 50, 768, 3072, 5000})
+    for (int kind = 0; kind < 4; ++kind) {
+      CAPTURE(len);
+      CAPTURE(kind);
+      const std::int64_t rows = std::max<std::int64_t>(2, 60000 / len);
+      std::normal_distribution<float> nd(0.0f, 0.02f);
+      std::vector<float> x(static_cast<std::size_t>(rows * len));
+      const float few[] = {0.5f, -0.25f, 0.125f, -0.5f, 1.0f};
+      for (float& v : x)
+        v = kind == 0   ? nd(rng)
+            : kind == 1 ? few[rng() % 5]
+            : kind == 2 ? (rng() % 5 == 0 ? 0.0f : nd(rng))
+                        : (rng() % 2 ? 0.3f : -0.3f);
+      std::vector<float> got = x;
+      twin::detail::della_mask_philox(got, len, d, eps, draws);
+      std::size_t mismatched = 0, kept = 0;
+      std::vector<std::size_t> order(static_cast<std::size_t>(len));
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const float* row = x.data() + r * len;
+        std::iota(order.begin(), order.end(), std::size_t{0});
+        std::stable_sort(order.begin(), order.end(),
+                         [&](std::size_t a, std::size_t c) { return std::abs(row[a]) < std::abs(row[c]); });
+        for (std::int64_t k = 0; k < len; ++k) {
+          const std::size_t j = static_cast<std::size_t>(r * len) + order[static_cast<std::size_t>(k)];
+          const float rn = std::clamp(static_cast<float>(k) / static_cast<float>(len - 1), 0.0f, 1.0f);
+          const float p = static_cast<float>(d - eps) + rn * 2.0f * static_cast<float>(eps);
+          const float want = draws.uniform(j) < p ? x[j] : 0.0f;
+          mismatched += std::bit_cast<std::uint32_t>(want) != std::bit_cast<std::uint32_t>(got[j]);
+          kept += want != 0.0f;
+        }
+      }
+      CHECK(mismatched == 0);
+      CHECK(kept > 0);  // some entries kept, some dropped: the draws decide
+      CHECK(kept < x.size());
     }
 }
 

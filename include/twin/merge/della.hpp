@@ -59,7 +59,7 @@ struct DellaBase {
     }
     std::optional<TorchCpuGenerator> torch_gen;
     if (rng == RngKind::torch) torch_gen.emplace(seed);
-    std::vector<float> p(static_cast<std::size_t>(a.base.numel()));
+    std::vector<float> p;  // scratch of della_magprune
     gta_merge(a, GtaRule{name(), Consensus, normalize, scaling, &weights}, [&](std::size_t i, std::span<float> row) {
       if (d[i] >= 1.0) return;
       if (d[i] <= 0.0) {
@@ -67,8 +67,8 @@ struct DellaBase {
         return;
       }
       const double before = rescale ? l1_norm(row) : 0.0;
-      della_probabilities(row, a.base.shape(), d[i], e[i], p);
-      bernoulli_mask(row, p, rng, Philox(random_key(seed, a.name, i)), torch_gen ? &*torch_gen : nullptr);
+      della_magprune(row, a.base.shape(), d[i], e[i], rng, Philox(random_key(seed, a.name, i)),
+                     torch_gen ? &*torch_gen : nullptr, p);
       if (rescale) rescale_l1(row, before);
     });
   }

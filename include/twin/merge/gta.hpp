@@ -17,6 +17,7 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <optional>
@@ -140,41 +141,50 @@ inline void stable_radix_sort(std::vector<std::uint32_t>& key, std::vector<std::
   }
 }
 
+// p(r) for every ascending-magnitude rank r of a vector of len ≥ 2 entries:
+// (density − ε) + (r/(len − 1))·2·ε in f32, as mergekit forms it
+// (della_magprune); nondecreasing in r.
+inline void della_rank_probabilities(std::int64_t len, float lo_p, float eps, float* p) {
+  const auto den = static_cast<float>(len - 1);
+  for (std::int64_t r = 0; r < len; ++r) {
+    const float rn = std::clamp(static_cast<float>(r) / den, 0.0f, 1.0f);
+    p[r] = lo_p + rn * 2.0f * eps;
+  }
+}
+
 // DELLA's magnitude-ranked keep probabilities (della_magprune): within each
 // vector along axis 1, the entry of ascending-magnitude rank r (0-based,
-// ties by index) of len gets p = (density − ε) + (r/(len − 1))·2·ε, in f32 as
-// mergekit forms it; a vector of one entry gets p = density (mergekit's
-// formula divides 0 by 0 there and torch refuses the NaN).
+// ties by index) gets p(r) above; a vector of one entry gets p = density
+// (mergekit's formula divides 0 by 0 there and torch refuses the NaN).
 inline void della_probabilities(std::span<const float> d, std::span<const std::int64_t> shape, double density,
                                 double epsilon, std::span<float> p) {
   const AxisOneVectors v(shape);
   const auto lo_p = static_cast<float>(density - epsilon), eps = static_cast<float>(epsilon);
-  parallel_blocks(
-      v.count(), std::max<std::int64_t>(1, merge_block / std::max<std::int64_t>(v.len, 1)),
-      [&](std::int64_t v0, std::int64_t v1) {
-        const auto len = static_cast<std::size_t>(v.len);
-        std::vector<std::uint32_t> key(len), key2(len), at(len), at2(len);
-        for (std::int64_t vec = v0; vec < v1; ++vec) {
-          // Entry b of the vector lies at first + b·inner.
-          const std::int64_t first = v.at(vec, 0);
-          if (v.len == 1) {
-            p[static_cast<std::size_t>(first)] = static_cast<float>(density);
-            continue;
-          }
-          for (std::size_t b = 0; b < len; ++b) {
-            key[b] = magnitude_key(d[static_cast<std::size_t>(first + static_cast<std::int64_t>(b) * v.inner)]);
-            at[b] = static_cast<std::uint32_t>(b);
-          }
-          // Ascending magnitude, ties by index: a stable LSD radix
-          // sort on the keys (entries start in index order).
-          stable_radix_sort(key, at, key2, at2);
-          const auto den = static_cast<float>(v.len - 1);
-          for (std::size_t r = 0; r < len; ++r) {
-            const float rn = std::clamp(static_cast<float>(r) / den, 0.0f, 1.0f);
-            p[static_cast<std::size_t>(first + static_cast<std::int64_t>(at[r]) * v.inner)] = lo_p + rn * 2.0f * eps;
-          }
-        }
-      });
+  parallel_blocks(v.count(), std::max<std::int64_t>(1, merge_block / std::max<std::int64_t>(v.len, 1)),
+                  [&](std::int64_t v0, std::int64_t v1) {
+                    const auto len = static_cast<std::size_t>(v.len);
+                    std::vector<std::uint32_t> key(len), key2(len), at(len), at2(len);
+                    std::vector<float> prank(len);
+                    if (len >= 2) della_rank_probabilities(v.len, lo_p, eps, prank.data());
+                    for (std::int64_t vec = v0; vec < v1; ++vec) {
+                      // Entry b of the vector lies at first + b·inner.
+                      const std::int64_t first = v.at(vec, 0);
+                      if (v.len == 1) {
+                        p[static_cast<std::size_t>(first)] = static_cast<float>(density);
+                        continue;
+                      }
+                      for (std::size_t b = 0; b < len; ++b) {
+                        key[b] =
+                            magnitude_key(d[static_cast<std::size_t>(first + static_cast<std::int64_t>(b) * v.inner)]);
+                        at[b] = static_cast<std::uint32_t>(b);
+                      }
+                      // Ascending magnitude, ties by index: a stable LSD radix
+                      // sort on the keys (entries start in index order).
+                      stable_radix_sort(key, at, key2, at2);
+                      for (std::size_t r = 0; r < len; ++r)
+                        p[static_cast<std::size_t>(first + static_cast<std::int64_t>(at[r]) * v.inner)] = prank[r];
+                    }
+                  });
 }
 
 // Keeps entry j of d iff keep(j) per the probabilities p (drawn by `rng`),
@@ -197,6 +207,103 @@ inline void bernoulli_mask(std::span<float> d, std::span<const float> p, RngKind
                             for (std::int64_t j = 0; j < c; ++j) dv[j] = u[j] < pv[j] ? dv[j] : 0.0f;
                           });
   });
+}
+
+// DELLA's Philox mask on vectors of consecutive entries (inner 1, len ≥ 2):
+// the same mask as bernoulli_mask on della_probabilities' p (entry j kept
+// iff uniform(j) < p(rank of j)) without sorting every vector. A histogram
+// of the vector's keys in buckets monotone in the key bounds each entry's
+// rank to its bucket's range [lo, hi], and p being nondecreasing, u < p(lo)
+// keeps the entry and u ≥ p(hi) drops it; an entry whose u lies between
+// (a few per vector: the range of p over one bucket is narrow) gets its
+// exact rank by counting the keys below it and its equal keys before it. A
+// vector with more undecided entries than `undecided_max` (long runs of
+// ties) is sorted instead.
+inline void della_mask_philox(std::span<float> d, std::int64_t len, double density, double epsilon,
+                              const Philox& philox) {
+  constexpr std::size_t undecided_max = 32;
+  const std::int64_t count = static_cast<std::int64_t>(d.size()) / len;
+  const auto lo_p = static_cast<float>(density - epsilon), eps = static_cast<float>(epsilon);
+  // Buckets: a power of two from len to 2·len, at most 4096.
+  const int bits = std::clamp(static_cast<int>(std::bit_width(static_cast<std::uint64_t>(len - 1))), 4, 12);
+  const auto L = static_cast<std::size_t>(len);
+  parallel_blocks(count, std::max<std::int64_t>(1, merge_block / len), [&](std::int64_t v0, std::int64_t v1) {
+    std::vector<std::uint32_t> key(L), bucket(L), start((std::size_t{1} << bits) + 1), undecided;  // bucket: then marks
+    std::vector<std::uint32_t> key2, at, at2;  // for a vector that is sorted
+    std::vector<float> u(L), prank(L);
+    della_rank_probabilities(len, lo_p, eps, prank.data());
+    undecided.reserve(undecided_max + 1);
+    for (std::int64_t vec = v0; vec < v1; ++vec) {
+      const std::int64_t first = vec * len;
+      float* __restrict x = d.data() + first;
+      std::uint32_t* __restrict k = key.data();
+      std::uint32_t kmin = 0xffffffffu, kmax = 0;
+      for (std::size_t b = 0; b < L; ++b) {
+        k[b] = magnitude_key(x[b]);
+        kmin = std::min(kmin, k[b]), kmax = std::max(kmax, k[b]);
+      }
+      philox.uniforms(static_cast<std::uint64_t>(first), L, 0, u.data());
+      const float* __restrict uv = u.data();
+      if (kmin == kmax) {  // all tied: the ranks are the indices
+        for (std::size_t b = 0; b < L; ++b) x[b] = uv[b] < prank[b] ? x[b] : 0.0f;
+        continue;
+      }
+      const int shift = std::max(0, static_cast<int>(std::bit_width(kmax - kmin)) - bits);
+      std::uint32_t* __restrict bk = bucket.data();
+      for (std::size_t b = 0; b < L; ++b) bk[b] = (k[b] - kmin) >> shift;
+      const std::size_t nb = ((kmax - kmin) >> shift) + 1;
+      std::uint32_t* __restrict st = start.data();
+      std::fill(st, st + nb + 1, 0u);
+      for (std::size_t b = 0; b < L; ++b) ++st[bk[b] + 1];
+      for (std::size_t q = 1; q <= nb; ++q) st[q] += st[q - 1];  // st[q]: how many lie in buckets below q
+      // Branch-free (the draws are random): drop where u ≥ p(hi), mark
+      // where p(lo) ≤ u < p(hi) (bk is reused for the marks), then list
+      // the marked ones.
+      const float* __restrict pr = prank.data();
+      std::uint32_t marked = 0;
+      for (std::size_t b = 0; b < L; ++b) {
+        const float lo = pr[st[bk[b]]], hi = pr[st[bk[b] + 1] - 1];
+        const std::uint32_t m = (uv[b] >= lo) & (uv[b] < hi);
+        const std::uint32_t keep = uv[b] < hi ? 0xffffffffu : 0u;  // a select GCC turns into a branch
+        x[b] = std::bit_cast<float>(std::bit_cast<std::uint32_t>(x[b]) & keep);
+        bk[b] = m;
+        marked += m;
+      }
+      undecided.clear();
+      if (marked > 0 && marked <= undecided_max)
+        for (std::size_t b = 0; b < L; ++b)
+          if (bk[b]) undecided.push_back(static_cast<std::uint32_t>(b));
+      if (marked > undecided_max) {
+        // Many undecided: every rank from a stable sort (ties by index).
+        key2.resize(L), at.resize(L), at2.resize(L);
+        std::vector<std::uint32_t> sorted(key.begin(), key.end());
+        for (std::size_t b = 0; b < L; ++b) at[b] = static_cast<std::uint32_t>(b);
+        stable_radix_sort(sorted, at, key2, at2);
+        for (std::size_t r = 0; r < L; ++r) x[at[r]] = uv[at[r]] < prank[r] ? x[at[r]] : 0.0f;
+        continue;
+      }
+      for (const std::uint32_t b : undecided) {
+        const std::uint32_t kb = k[b];
+        std::uint32_t rank = 0;
+        for (std::size_t c = 0; c < L; ++c) rank += (k[c] < kb) | ((k[c] == kb) & (c < b));
+        x[b] = uv[b] < prank[rank] ? x[b] : 0.0f;
+      }
+    }
+  });
+}
+
+// della_magprune on one expert's δ (n entries, the tensor's shape): the
+// keep probabilities by magnitude rank, then the draws; p is scratch.
+inline void della_magprune(std::span<float> d, std::span<const std::int64_t> shape, double density, double epsilon,
+                           RngKind rng, const Philox& philox, TorchCpuGenerator* torch_gen, std::vector<float>& p) {
+  const AxisOneVectors v(shape);
+  if (rng == RngKind::philox && v.inner == 1 && v.len >= 2) {
+    della_mask_philox(d, v.len, density, epsilon, philox);
+    return;
+  }
+  p.resize(d.size());
+  della_probabilities(d, shape, density, epsilon, p);
+  bernoulli_mask(d, p, rng, philox, torch_gen);
 }
 
 // The GTA rule shared by the strategies above.
@@ -383,35 +490,33 @@ struct GeneralizedTaskArithmetic {
     std::optional<TorchCpuGenerator> torch_gen;
     if (rng == RngKind::torch) torch_gen.emplace(seed);
     std::vector<float> p;
-    detail::gta_merge(a, detail::GtaRule{method, consensus, normalize, scaling, &weights},
-                      [&](std::size_t i, std::span<float> row) {
-                        if (sparsifier == GtaSparsifier::none || d[i] >= 1.0) return;
-                        if (sparsifier == GtaSparsifier::della_magprune && d[i] <= 0.0) {
-                          std::fill(row.begin(), row.end(), 0.0f);
-                          return;
-                        }
-                        const double before = rescale ? detail::l1_norm(row) : 0.0;
-                        switch (sparsifier) {
-                          case GtaSparsifier::magnitude:
-                            apply_cut(row, select_top_k(std::span<const float>(row),
-                                                        keep_count(d[i], static_cast<std::int64_t>(row.size()))));
-                            break;
-                          case GtaSparsifier::random:
-                            p.assign(row.size(), static_cast<float>(d[i]));
-                            detail::bernoulli_mask(row, p, rng, Philox(random_key(seed, a.name, i)),
-                                                   torch_gen ? &*torch_gen : nullptr);
-                            break;
-                          case GtaSparsifier::magnitude_outliers: detail::sparsify_outliers(row, d[i], g[i]); break;
-                          case GtaSparsifier::della_magprune:
-                            p.resize(row.size());
-                            detail::della_probabilities(row, a.base.shape(), d[i], e[i], p);
-                            detail::bernoulli_mask(row, p, rng, Philox(random_key(seed, a.name, i)),
-                                                   torch_gen ? &*torch_gen : nullptr);
-                            break;
-                          case GtaSparsifier::none: break;
-                        }
-                        if (rescale) detail::rescale_l1(row, before);
-                      });
+    detail::gta_merge(
+        a, detail::GtaRule{method, consensus, normalize, scaling, &weights}, [&](std::size_t i, std::span<float> row) {
+          if (sparsifier == GtaSparsifier::none || d[i] >= 1.0) return;
+          if (sparsifier == GtaSparsifier::della_magprune && d[i] <= 0.0) {
+            std::fill(row.begin(), row.end(), 0.0f);
+            return;
+          }
+          const double before = rescale ? detail::l1_norm(row) : 0.0;
+          switch (sparsifier) {
+            case GtaSparsifier::magnitude:
+              apply_cut(row, select_top_k(std::span<const float>(row),
+                                          keep_count(d[i], static_cast<std::int64_t>(row.size()))));
+              break;
+            case GtaSparsifier::random:
+              p.assign(row.size(), static_cast<float>(d[i]));
+              detail::bernoulli_mask(row, p, rng, Philox(random_key(seed, a.name, i)),
+                                     torch_gen ? &*torch_gen : nullptr);
+              break;
+            case GtaSparsifier::magnitude_outliers: detail::sparsify_outliers(row, d[i], g[i]); break;
+            case GtaSparsifier::della_magprune:
+              detail::della_magprune(row, a.base.shape(), d[i], e[i], rng, Philox(random_key(seed, a.name, i)),
+                                     torch_gen ? &*torch_gen : nullptr, p);
+              break;
+            case GtaSparsifier::none: break;
+          }
+          if (rescale) detail::rescale_l1(row, before);
+        });
   }
 
   // mergekit's rule and defaults for a GTA method name (§8's table), or
