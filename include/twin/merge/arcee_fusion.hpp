@@ -220,8 +220,14 @@ struct ArceeFusion {
     const float thr = threshold(imp, ordered);
     detail::merge_chunks(a, detail::merge_block, [&](std::int64_t) {
       return [&](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex, float* out) {
-        for (std::int64_t j = 0; j < c; ++j)
-          out[j] = imp[static_cast<std::size_t>(lo + j)] >= thr ? base[j] + (ex[0][j] - base[j]) : base[j];
+        // The expert's pointer read once and both values formed: GCC left
+        // the loop scalar with ex[0] loaded per entry under the condition.
+        const float* __restrict e = ex[0];
+        const float* __restrict im = imp.data() + lo;
+        for (std::int64_t j = 0; j < c; ++j) {
+          const float taken = base[j] + (e[j] - base[j]);
+          out[j] = im[j] >= thr ? taken : base[j];
+        }
       };
     });
   }

@@ -117,13 +117,23 @@ struct NuSlerp {
     detail::merge_chunks(a, detail::merge_block, [&](std::int64_t) {
       return [&, ub](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex, float* out) {
         // Runs of elements whose vector index is v0 + (j − j0) (columns) or v0 (rows).
+        // The experts' pointers read once, the choice of form outside the
+        // loop: GCC left it scalar with ex[0], ex[1] loaded per entry.
+        const float* __restrict e0 = ex[0];
+        const float* __restrict e1 = ex[1];
         auto run = [&](std::int64_t j0, std::int64_t j1, std::int64_t v0, std::int64_t step) {
           const float* a0 = k0.data() + v0;
           const float* a1 = k1.data() + v0;
-          for (std::int64_t j = j0; j < j1; ++j) {
-            const std::int64_t q = (j - j0) * step;
-            out[j] = ub ? base[j] + (a0[q] * (ex[0][j] - base[j]) + a1[q] * (ex[1][j] - base[j]))
-                        : a0[q] * ex[0][j] + a1[q] * ex[1][j];
+          if (ub) {
+            for (std::int64_t j = j0; j < j1; ++j) {
+              const std::int64_t q = (j - j0) * step;
+              out[j] = base[j] + (a0[q] * (e0[j] - base[j]) + a1[q] * (e1[j] - base[j]));
+            }
+          } else {
+            for (std::int64_t j = j0; j < j1; ++j) {
+              const std::int64_t q = (j - j0) * step;
+              out[j] = a0[q] * e0[j] + a1[q] * e1[j];
+            }
           }
         };
         if (mod > 0) {
