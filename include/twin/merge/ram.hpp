@@ -157,7 +157,9 @@ struct RamBase {
               // How many entries the expert moves alone, and which: loops
               // apart (each vectorizes; together GCC leaves them scalar).
               std::int32_t un = 0;  // at most a chunk's count
-              for (std::int64_t j = 0; j < m; ++j) un += cn[j] == 1.0f && std::abs(x(j) - base[j]) > eps ? 1 : 0;
+              for (std::int64_t j = 0; j < m; ++j)
+                un +=
+                    static_cast<std::int32_t>((cn[j] == 1.0f) & (std::abs(x(j) - base[j]) > eps));  // no && (a branch)
               if (un > 0)
                 for (std::int64_t j = 0; j < m; ++j)
                   wh[j] = cn[j] == 1.0f && std::abs(x(j) - base[j]) > eps ? id : wh[j];
