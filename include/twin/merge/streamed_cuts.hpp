@@ -197,10 +197,36 @@ void combine_rows(std::int64_t m, std::size_t T, const float* const* rows, const
         T, [&](std::size_t i) { return rows[i][j]; }, base[j]);
 }
 
+// Where a cut keeps only some of its ties in a block, whether it keeps all
+// of the chunk's ties (the quota not used up by the last of them) or none
+// (used up before the chunk): cuts[i] as it applies to this chunk of expert
+// i's values, uniform unless the quota ends inside the chunk. `ties` gets
+// how many of the chunk's keys are ties of each split cut (0 elsewhere).
+inline void chunk_cuts(const std::vector<BlockCut>& cuts, std::int64_t c, const float* TWIN_RESTRICT base,
+                       const float* const* ex, std::vector<BlockCut>& chunk, std::vector<std::int64_t>& ties) {
+  chunk = cuts;
+  ties.assign(cuts.size(), 0);
+  for (std::size_t i = 0; i < cuts.size(); ++i) {
+    if (cuts[i].uniform) continue;
+    const CutCursor& cur = cuts[i].cursor;
+    const std::int64_t left = cur.cut.quota - cur.tie_seen;
+    if (left > 0) {
+      const float* TWIN_RESTRICT e = ex[i];
+      const std::uint32_t thr = cuts[i].threshold;
+      std::int64_t n = 0;
+      for (std::int64_t j = 0; j < c; ++j) n += magnitude_key(e[j] - base[j]) == thr;
+      ties[i] = n;
+      if (n > left) continue;  // the quota ends here: not uniform
+    }
+    chunk[i].keep_ties = left > 0, chunk[i].uniform = true;
+  }
+}
+
 // out = a combination of the trimmed task values τ' (trimmed_rows by
 // `keep`, less `drop` when given) over each tensor chunk, lanes and one as
 // for combine_rows. For up to 8 experts whose cuts keep all of their ties
-// or none in the block, τ' is formed in registers (trimmed_in_registers);
+// or none in the chunk (every chunk of a block but the one where a split
+// cut's quota ends), τ' is formed in registers (trimmed_in_registers);
 // otherwise it is staged in rows of 512 elements, which stay in L1.
 template <class Lanes, class One>
 void combine_trimmed(const TensorMergeArgs& a, const TensorCuts& keep, const TensorCuts* drop, Lanes&& lanes,
@@ -210,12 +236,23 @@ void combine_trimmed(const TensorMergeArgs& a, const TensorCuts& keep, const Ten
   merge_chunks(a, merge_block, [&](std::int64_t b0) {
     const auto b = static_cast<std::size_t>(b0 / merge_block);
     return [&, kc = keep.at_block(b), dc = drop ? drop->at_block(b) : std::vector<BlockCut>{},
-            rows = std::vector<float*>(T), at = std::vector<const float*>(T)](
+            rows = std::vector<float*>(T), at = std::vector<const float*>(T), kx = std::vector<BlockCut>{},
+            dx = std::vector<BlockCut>{}, kt = std::vector<std::int64_t>{}, dt = std::vector<std::int64_t>{}](
                std::int64_t, std::int64_t c, const float* base, const float* const* ex, float* out) mutable {
+      // The cuts as they apply to this chunk; where each is uniform here the
+      // split cuts' cursors move past the chunk's ties, as trimmed_rows'
+      // would.
+      const bool split = !all_uniform(kc) || (drop && !all_uniform(dc));
+      if (split) {
+        chunk_cuts(kc, c, base, ex, kx, kt);
+        if (drop) chunk_cuts(dc, c, base, ex, dx, dt);
+      }
+      const std::vector<BlockCut>& kcut = split ? kx : kc;
+      const std::vector<BlockCut>& dcut = split ? dx : dc;
       auto in_registers = [&]<bool Band>() {
         return with_expert_count(T, [&]<std::size_t NT>() {
           trimmed_in_registers<NT, Band>(
-              c, base, ex, kc, &dc,
+              c, base, ex, kcut, &dcut,
               [&](const f32v(&t)[NT], f32v bv) {
                 return lanes(
                     NT, [&](std::size_t i) { return t[i]; }, bv);
@@ -227,9 +264,15 @@ void combine_trimmed(const TensorMergeArgs& a, const TensorCuts& keep, const Ten
               out);
         });
       };
-      if (all_uniform(kc) && (drop ? all_uniform(dc) && in_registers.template operator()<true>()
-                                   : in_registers.template operator()<false>()))
+      if (all_uniform(kcut) && (drop ? all_uniform(dcut) && in_registers.template operator()<true>()
+                                     : in_registers.template operator()<false>())) {
+        if (split)
+          for (std::size_t i = 0; i < T; ++i) {
+            kc[i].cursor.tie_seen += kt[i];
+            if (drop) dc[i].cursor.tie_seen += dt[i];
+          }
         return;
+      }
       float* buf = scratch_floats<5>(S * T);
       for (std::size_t i = 0; i < T; ++i) rows[i] = buf + i * S;
       for (std::int64_t s0 = 0; s0 < c; s0 += static_cast<std::int64_t>(S)) {
