@@ -259,6 +259,28 @@ constexpr std::int64_t by_expert_run = 4096;
 // The longest chunk merge_chunks_by_expert passes.
 constexpr std::int64_t by_expert_chunk_max = std::max<std::int64_t>(TWIN_CHUNK_ELEMENTS, by_expert_run);
 
+// for_input_chunks for passes that only read (no output, no chunk-sized
+// buffers of their own): where the base and every expert are contiguous
+// f32, f gets runs of by_expert_run elements read in place, left to the
+// hardware prefetchers, as merge_chunks_by_expert reads them; otherwise
+// for_input_chunks' chunks (c ≤ by_expert_chunk_max either way).
+template <class F>
+void for_input_runs(const TensorMergeArgs& a, std::int64_t b0, std::int64_t b1, F&& f) {
+  bool unstaged = contiguous_f32(a.base);
+  for (const ConstTensorView& e : a.experts) unstaged = unstaged && contiguous_f32(e);
+  if (!unstaged) {
+    for_input_chunks(a, b0, b1, f);
+    return;
+  }
+  std::vector<const float*> ex(a.experts.size());
+  for (std::int64_t lo = b0; lo < b1; lo += by_expert_run) {
+    const std::int64_t c = std::min(by_expert_run, b1 - lo);
+    for (std::size_t i = 0; i < ex.size(); ++i) ex[i] = static_cast<const float*>(a.experts[i].data()) + lo;
+    f(lo, c, static_cast<const float*>(a.base.data()) + lo, static_cast<const float* const*>(ex.data()),
+      static_cast<float*>(nullptr));
+  }
+}
+
 // merge_chunks for loops that take the experts one at a time: g(lo, n,
 // base, ex, out) with ex an ExpertChunks over the chunk instead of f32
 // copies of every expert (n ≤ by_expert_chunk_max). Staging T bf16 chunks

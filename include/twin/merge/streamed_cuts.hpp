@@ -394,7 +394,7 @@ inline WindowCuts window_cuts(std::span<const TensorMergeArgs> seq, std::span<co
       const auto b = static_cast<std::size_t>(first_block[s] + b0 / merge_block);
       if (tie_counts)
         for (std::size_t x = 0; x < R; ++x) span[b * R + x] = {t, inside[t * R + x].size, 0};
-      for_input_chunks(
+      for_input_runs(
           seq[s], b0, b1, [&](std::int64_t, std::int64_t c, const float* base, const float* const* ex, float*) {
             for (std::size_t x = 0; x < R; ++x)
               above_n[t * R + x] += scan_window(ex[req[x].expert], base, c, wlo[x], whi[x], inside[t * R + x]);
