@@ -224,7 +224,7 @@ inline void della_mask_philox(std::span<float> d, std::int64_t len, double densi
   constexpr std::size_t undecided_max = 32;
   const std::int64_t count = static_cast<std::int64_t>(d.size()) / len;
   const auto lo_p = static_cast<float>(density - epsilon), eps = static_cast<float>(epsilon);
-  // Buckets: a power of two from len to 2·len, at most 4096.
+  // Buckets: a power of two from len to 2·len (at least 16, at most 4096).
   const int bits = std::clamp(static_cast<int>(std::bit_width(static_cast<std::uint64_t>(len - 1))), 4, 12);
   const auto L = static_cast<std::size_t>(len);
   parallel_blocks(count, std::max<std::int64_t>(1, merge_block / len), [&](std::int64_t v0, std::int64_t v1) {
@@ -264,7 +264,7 @@ inline void della_mask_philox(std::span<float> d, std::int64_t len, double densi
       for (std::size_t b = 0; b < L; ++b) {
         const float lo = pr[st[bk[b]]], hi = pr[st[bk[b] + 1] - 1];
         const std::uint32_t m = (uv[b] >= lo) & (uv[b] < hi);
-        const std::uint32_t keep = uv[b] < hi ? 0xffffffffu : 0u;  // a select GCC turns into a branch
+        const std::uint32_t keep = uv[b] < hi ? 0xffffffffu : 0u;  // a mask: GCC made the select a branch
         x[b] = std::bit_cast<float>(std::bit_cast<std::uint32_t>(x[b]) & keep);
         bk[b] = m;
         marked += m;

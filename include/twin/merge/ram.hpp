@@ -133,8 +133,10 @@ struct RamBase {
     if (alone.size() < static_cast<std::size_t>(n)) alone.resize(static_cast<std::size_t>(n));
     std::vector<std::uint8_t> has_alone(static_cast<std::size_t>((n + C - 1) / C), 0);  // per chunk
     RamCounts c = parallel_sum<RamCounts>(n, merge_block, [&](std::int64_t lo, std::int64_t hi) {
-      RamCounts k{std::vector<std::int64_t>(T, 0), std::vector<std::int64_t>(T, 0)};  // shared: moved, until the end
-      float* buf = scratch_floats<3>(static_cast<std::size_t>(2 * C));                // base, one expert
+      // k.shared counts what each expert moves until the block's end
+      // takes away what it moves alone.
+      RamCounts k{std::vector<std::int64_t>(T, 0), std::vector<std::int64_t>(T, 0)};
+      float* buf = scratch_floats<3>(static_cast<std::size_t>(2 * C));  // base, one expert
       std::vector<float> cnt(static_cast<std::size_t>(C));
       std::vector<std::int32_t> who(static_cast<std::size_t>(C));  // 32-bit, as the float masks: it vectorizes
       for (std::int64_t p = lo; p < hi; p += C) {
@@ -155,11 +157,11 @@ struct RamBase {
           for (std::size_t i = 0; i < T; ++i)
             ex.with(i, [&, eps, id = static_cast<std::int32_t>(i)](auto x) {
               // How many entries the expert moves alone, and which: loops
-              // apart (each vectorizes; together GCC leaves them scalar).
+              // apart (each vectorizes; together GCC leaves them scalar),
+              // the count with & (GCC made && a branch).
               std::int32_t un = 0;  // at most a chunk's count
               for (std::int64_t j = 0; j < m; ++j)
-                un +=
-                    static_cast<std::int32_t>((cn[j] == 1.0f) & (std::abs(x(j) - base[j]) > eps));  // no && (a branch)
+                un += static_cast<std::int32_t>((cn[j] == 1.0f) & (std::abs(x(j) - base[j]) > eps));
               if (un > 0)
                 for (std::int64_t j = 0; j < m; ++j)
                   wh[j] = cn[j] == 1.0f && std::abs(x(j) - base[j]) > eps ? id : wh[j];
