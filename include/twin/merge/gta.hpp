@@ -214,7 +214,8 @@ inline void bernoulli_mask(std::span<float> d, std::span<const float> p, RngKind
 // iff uniform(j) < p(rank of j)) without sorting every vector. A histogram
 // of the vector's keys in buckets monotone in the key bounds each entry's
 // rank to its bucket's range [lo, hi], and p being nondecreasing, u < p(lo)
-// keeps the entry and u ≥ p(hi) drops it; an entry whose u lies between
+// keeps the entry and u ≥ p(hi) drops it (a draw outside [p(0), p(len − 1))
+// needs no lookup at all); an entry whose u lies between
 // (a few per vector: the range of p over one bucket is narrow) gets its
 // exact rank by counting the keys below it and its equal keys before it. A
 // vector with more undecided entries than `undecided_max` (long runs of
@@ -228,11 +229,10 @@ inline void della_mask_philox(std::span<float> d, std::int64_t len, double densi
   const int bits = std::clamp(static_cast<int>(std::bit_width(static_cast<std::uint64_t>(len - 1))), 4, 12);
   const auto L = static_cast<std::size_t>(len);
   parallel_blocks(count, std::max<std::int64_t>(1, merge_block / len), [&](std::int64_t v0, std::int64_t v1) {
-    std::vector<std::uint32_t> key(L), bucket(L), start((std::size_t{1} << bits) + 1), undecided;  // bucket: then marks
+    std::vector<std::uint32_t> key(L), bucket(L), start((std::size_t{1} << bits) + 1), mid_list(L);
     std::vector<std::uint32_t> sorted, key2, at, at2;  // for a vector that is sorted
     std::vector<float> u(L), prank(L);
     della_rank_probabilities(len, lo_p, eps, prank.data());
-    undecided.reserve(undecided_max + 1);
     for (std::int64_t vec = v0; vec < v1; ++vec) {
       const std::int64_t first = vec * len;
       float* __restrict x = d.data() + first;
@@ -256,23 +256,33 @@ inline void della_mask_philox(std::span<float> d, std::int64_t len, double densi
       std::fill(st, st + nb + 1, 0u);
       for (std::size_t b = 0; b < L; ++b) ++st[bk[b] + 1];
       for (std::size_t q = 1; q <= nb; ++q) st[q] += st[q - 1];  // st[q]: how many lie in buckets below q
-      // Branch-free (the draws are random): drop where u ≥ p(hi), mark
-      // where p(lo) ≤ u < p(hi) (bk is reused for the marks), then list
-      // the marked ones.
+      // Branch-free (the draws are random): u < p(0) keeps and u ≥
+      // p(len − 1) drops whatever the rank; the others (about 2ε of them)
+      // are listed in `mid`, then each is dropped where u ≥ p(hi) of its
+      // bucket, and the undecided ones, p(lo) ≤ u < p(hi), stay listed
+      // (mid[0..marked)).
       const float* __restrict pr = prank.data();
-      std::uint32_t marked = 0;
+      const float p_first = pr[0], p_last = pr[L - 1];
+      std::size_t mids = 0;
       for (std::size_t b = 0; b < L; ++b) {
+        const std::uint32_t keep = uv[b] < p_last ? 0xffffffffu : 0u;
+        x[b] = std::bit_cast<float>(std::bit_cast<std::uint32_t>(x[b]) & keep);
+      }
+      std::uint32_t* __restrict mid = mid_list.data();
+      for (std::size_t b = 0; b < L; ++b) {
+        mid[mids] = static_cast<std::uint32_t>(b);
+        mids += (uv[b] >= p_first) & (uv[b] < p_last);
+      }
+      std::uint32_t marked = 0;
+      for (std::size_t q = 0; q < mids; ++q) {
+        const std::uint32_t b = mid[q];
         const float lo = pr[st[bk[b]]], hi = pr[st[bk[b] + 1] - 1];
         const std::uint32_t m = (uv[b] >= lo) & (uv[b] < hi);
         const std::uint32_t keep = uv[b] < hi ? 0xffffffffu : 0u;  // a mask: GCC made the select a branch
         x[b] = std::bit_cast<float>(std::bit_cast<std::uint32_t>(x[b]) & keep);
-        bk[b] = m;
+        mid[marked] = b;
         marked += m;
       }
-      undecided.clear();
-      if (marked > 0 && marked <= undecided_max)
-        for (std::size_t b = 0; b < L; ++b)
-          if (bk[b]) undecided.push_back(static_cast<std::uint32_t>(b));
       if (marked > undecided_max) {
         // Many undecided: every rank from a stable sort (ties by index).
         sorted.assign(key.begin(), key.end());
@@ -282,7 +292,8 @@ inline void della_mask_philox(std::span<float> d, std::int64_t len, double densi
         for (std::size_t r = 0; r < L; ++r) x[at[r]] = uv[at[r]] < prank[r] ? x[at[r]] : 0.0f;
         continue;
       }
-      for (const std::uint32_t b : undecided) {
+      for (std::uint32_t q = 0; q < marked; ++q) {
+        const std::uint32_t b = mid[q];
         const std::uint32_t kb = k[b];
         std::uint32_t rank = 0;
         for (std::size_t c = 0; c < L; ++c) rank += (k[c] < kb) | ((k[c] == kb) & (c < b));
