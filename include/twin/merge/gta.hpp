@@ -230,7 +230,7 @@ inline void della_mask_philox(std::span<float> d, std::int64_t len, double densi
   const auto L = static_cast<std::size_t>(len);
   parallel_blocks(count, std::max<std::int64_t>(1, merge_block / len), [&](std::int64_t v0, std::int64_t v1) {
     std::vector<std::uint32_t> key(L), bucket(L), start((std::size_t{1} << bits) + 1), mid_list(L);
-    std::vector<std::uint32_t> sorted, key2, at, at2;  // for a vector that is sorted
+    std::vector<std::uint32_t> key2, at, at2;  // for a vector that is sorted
     std::vector<float> u(L), prank(L);
     della_rank_probabilities(len, lo_p, eps, prank.data());
     for (std::int64_t vec = v0; vec < v1; ++vec) {
@@ -284,11 +284,11 @@ inline void della_mask_philox(std::span<float> d, std::int64_t len, double densi
         marked += m;
       }
       if (marked > undecided_max) {
-        // Many undecided: every rank from a stable sort (ties by index).
-        sorted.assign(key.begin(), key.end());
+        // Many undecided: every rank from a stable sort (ties by index) of
+        // the keys themselves, which the next vector rewrites.
         key2.resize(L), at.resize(L), at2.resize(L);
         for (std::size_t b = 0; b < L; ++b) at[b] = static_cast<std::uint32_t>(b);
-        stable_radix_sort(sorted, at, key2, at2);
+        stable_radix_sort(key, at, key2, at2);
         for (std::size_t r = 0; r < L; ++r) x[at[r]] = uv[at[r]] < prank[r] ? x[at[r]] : 0.0f;
         continue;
       }

@@ -259,6 +259,12 @@ constexpr std::int64_t by_expert_run = 4096;
 // The longest chunk merge_chunks_by_expert passes.
 constexpr std::int64_t by_expert_chunk_max = std::max<std::int64_t>(TWIN_CHUNK_ELEMENTS, by_expert_run);
 
+// Whether the base and every expert are contiguous f32 (read in place).
+inline bool inputs_contiguous_f32(const TensorMergeArgs& a) noexcept {
+  return contiguous_f32(a.base) &&
+         std::all_of(a.experts.begin(), a.experts.end(), [](const ConstTensorView& e) { return contiguous_f32(e); });
+}
+
 // for_input_chunks for passes that only read (no output, no chunk-sized
 // buffers of their own): where the base and every expert are contiguous
 // f32, f gets runs of by_expert_run elements read in place, left to the
@@ -266,9 +272,7 @@ constexpr std::int64_t by_expert_chunk_max = std::max<std::int64_t>(TWIN_CHUNK_E
 // for_input_chunks' chunks (c ≤ by_expert_chunk_max either way).
 template <class F>
 void for_input_runs(const TensorMergeArgs& a, std::int64_t b0, std::int64_t b1, F&& f) {
-  bool unstaged = contiguous_f32(a.base);
-  for (const ConstTensorView& e : a.experts) unstaged = unstaged && contiguous_f32(e);
-  if (!unstaged) {
+  if (!inputs_contiguous_f32(a)) {
     for_input_chunks(a, b0, b1, f);
     return;
   }
@@ -288,8 +292,7 @@ void for_input_runs(const TensorMergeArgs& a, std::int64_t b0, std::int64_t b1, 
 // its memory traffic.
 template <class Make>
 void merge_chunks_by_expert(const TensorMergeArgs& a, std::int64_t block, Make&& make) {
-  bool unstaged = contiguous_f32(a.out) && contiguous_f32(a.base);
-  for (const ConstTensorView& e : a.experts) unstaged = unstaged && contiguous_f32(e);
+  const bool unstaged = contiguous_f32(a.out) && inputs_contiguous_f32(a);
   const std::int64_t C = unstaged ? by_expert_run : TWIN_CHUNK_ELEMENTS;
   parallel_blocks(a.base.numel(), block, [&](std::int64_t b0, std::int64_t b1) {
     auto g = make(b0);
