@@ -263,6 +263,50 @@ TEST_CASE("the radix select of the rank-th largest key counts the keys above and
   }
 }
 
+TEST_CASE("sample windows: the sample sorted as std::sort does; runs of rows of different scales widen the window") {
+  // Property 1: sorted_descending (an LSD radix sort) orders keys as
+  // std::sort with std::greater does, heavy ties and the top bit included.
+  std::mt19937_64 rng(23);
+  for (std::uint32_t spread : {3u, 0xffffffffu}) {
+    std::uniform_int_distribution<std::uint32_t> pick(0, spread);
+    std::vector<std::uint32_t> keys(5000);
+    for (auto& k : keys) k = spread == 3u ? pick(rng) << 30 : pick(rng);
+    std::vector<std::uint32_t> want = keys;
+    std::sort(want.begin(), want.end(), std::greater<>());
+    CHECK(detail::sorted_descending(keys) == want);
+  }
+  // Property 2: 4000 rows of 256 magnitudes, each row's scale drawn apart
+  // (as arcee_fusion's importances share their row's KL), sampled in 512
+  // runs of 64: the runs are 512 of the rows, not 32K independent keys, so
+  // the binomial window misses some quantile; with batch means (batch =
+  // the run) every window holds the k-th largest of all the keys (the
+  // reference: std::nth_element over all of them).
+  const std::int64_t cols = 256, rows = 4000, n = rows * cols, run = 64, stride = n / 512;
+  rng.seed(0);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<std::uint32_t> all(static_cast<std::size_t>(n));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float scale = std::exp(1.5f * g(rng));
+    for (std::int64_t c = 0; c < cols; ++c) all[static_cast<std::size_t>(r * cols + c)] = magnitude_key(scale * g(rng));
+  }
+  std::vector<std::uint32_t> sample;
+  for (std::int64_t lo = 0; lo + run <= n; lo += stride)
+    sample.insert(sample.end(), all.begin() + lo, all.begin() + lo + run);
+  const std::vector<std::uint32_t> desc = detail::sorted_descending(sample);
+  int binomial_misses = 0;
+  for (double q : {0.25, 0.5, 0.75}) {
+    CAPTURE(q);
+    const auto k = static_cast<std::int64_t>(q * static_cast<double>(n));
+    std::vector<std::uint32_t> work = all;
+    std::nth_element(work.begin(), work.begin() + (k - 1), work.end(), std::greater<>());
+    const std::uint32_t kth = work[static_cast<std::size_t>(k - 1)];
+    const auto in = [&](std::pair<std::uint32_t, std::uint32_t> w) { return w.first <= kth && kth <= w.second; };
+    CHECK(in(detail::sample_window(sample, desc, q, static_cast<std::size_t>(run))));
+    binomial_misses += !in(detail::sample_window(sample, desc, q));
+  }
+  CHECK(binomial_misses > 0);  // the case needs the batch means
+}
+
 TEST_CASE("sampled top-k: a sample that misses the k-th magnitude falls back, exact either way") {
   // The sample reads runs of detail::sample_run entries every
   // detail::sample_stride(n) (selection.hpp). Here those runs hold tiny

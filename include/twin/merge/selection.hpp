@@ -259,21 +259,60 @@ inline std::int64_t scan_window(const float* TWIN_RESTRICT e, const float* TWIN_
   return above;
 }
 
+// keys in descending order: an LSD radix sort of ~key, digits of 11, 11
+// and 10 bits.
+inline std::vector<std::uint32_t> sorted_descending(const std::vector<std::uint32_t>& keys) {
+  std::vector<std::uint32_t> a(keys.size()), b(keys.size());
+  for (std::size_t j = 0; j < keys.size(); ++j) a[j] = ~keys[j];
+  constexpr int shifts[3] = {0, 11, 22};
+  std::vector<std::size_t> count(2048);
+  for (const int sh : shifts) {
+    std::fill(count.begin(), count.end(), 0);
+    for (const std::uint32_t k : a) ++count[(k >> sh) & 2047u];
+    std::size_t at = 0;
+    for (std::size_t& c : count) at += std::exchange(c, at);
+    for (const std::uint32_t k : a) b[count[(k >> sh) & 2047u]++] = k;
+    a.swap(b);
+  }
+  for (std::uint32_t& k : a) k = ~k;
+  return a;
+}
+
 // The window of keys [lo, hi] that brackets the k-th largest of n keys,
-// k = q·n, with high probability, from a uniform sample of them: sampled
-// ranks q·m ± (4σ + 16) of the m sampled keys (σ the binomial deviation).
-// Consumes the sample.
-inline std::pair<std::uint32_t, std::uint32_t> sample_window(std::vector<std::uint32_t>& sample, double q) {
+// k = q·n, with high probability, from a uniform sample of them (and the
+// same sample sorted in descending order): sampled ranks q·m ± (4σ + 16)
+// of the m sampled keys, σ the binomial deviation. Where the sample is
+// runs of `batch` consecutive keys (batch > 0) of data whose parts differ
+// (rows of different scales), its keys are not independent: σ is then at
+// least the deviation the runs show, from how far each run's count of keys
+// above the sampled rank strays from q·(its length) (batch means).
+inline std::pair<std::uint32_t, std::uint32_t> sample_window(const std::vector<std::uint32_t>& sample,
+                                                             const std::vector<std::uint32_t>& desc, double q,
+                                                             std::size_t batch = 0) {
   const auto m = static_cast<double>(sample.size());
-  const double r = q * m, d = 4.0 * std::sqrt(m * q * (1.0 - q)) + 16.0;
+  double sd = std::sqrt(m * q * (1.0 - q));
+  if (batch > 0 && sample.size() >= 2 * batch) {
+    const std::uint32_t v = desc[static_cast<std::size_t>(std::min(q * m, m - 1.0))];
+    double var = 0.0;
+    for (std::size_t b0 = 0; b0 < sample.size(); b0 += batch) {
+      const std::size_t b1 = std::min(sample.size(), b0 + batch);
+      std::size_t above = 0;
+      for (std::size_t j = b0; j < b1; ++j) above += sample[j] > v;
+      const double dev = static_cast<double>(above) - q * static_cast<double>(b1 - b0);
+      var += dev * dev;
+    }
+    sd = std::max(sd, std::sqrt(var));
+  }
+  const double r = q * m, d = 4.0 * sd + 16.0;
   const auto top = static_cast<std::int64_t>(std::floor(r - d)), bottom = static_cast<std::int64_t>(std::ceil(r + d));
   std::pair<std::uint32_t, std::uint32_t> w{0u, 0xffffffffu};
-  if (bottom < static_cast<std::int64_t>(sample.size())) {
-    std::vector<std::uint32_t> copy = sample;
-    w.first = kth_largest(copy, bottom).key;
-  }
-  if (top >= 0) w.second = kth_largest(sample, top).key;
+  if (bottom < static_cast<std::int64_t>(sample.size())) w.first = desc[static_cast<std::size_t>(bottom)];
+  if (top >= 0) w.second = desc[static_cast<std::size_t>(top)];
   return w;
+}
+
+inline std::pair<std::uint32_t, std::uint32_t> sample_window(const std::vector<std::uint32_t>& sample, double q) {
+  return sample_window(sample, sorted_descending(sample), q);
 }
 
 // The cut keeping the k largest keys of window x, from the per-thread
@@ -294,6 +333,44 @@ inline std::optional<MagnitudeCut> cut_in_window(const std::vector<std::int64_t>
   if (!(above < k && k <= above + static_cast<std::int64_t>(keys.size()))) return std::nullopt;
   return small_cut(keys, k - above);
 }
+
+// A window per k in ks (sample_window, the sample sorted once).
+inline std::vector<std::pair<std::uint32_t, std::uint32_t>> sample_windows(const std::vector<std::uint32_t>& sample,
+                                                                           std::int64_t total,
+                                                                           std::span<const std::int64_t> ks,
+                                                                           std::size_t batch = 0) {
+  const std::vector<std::uint32_t> desc = sorted_descending(sample);
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> window(ks.size());
+  for (std::size_t x = 0; x < ks.size(); ++x)
+    window[x] = sample_window(sample, desc, static_cast<double>(ks[x]) / static_cast<double>(total), batch);
+  return window;
+}
+
+// The counting pass of a windowed selection: per thread and window, the
+// keys above it and the keys inside it, fed chunk by chunk (each chunk
+// scanned against every window while it is in L1) from the threads of a
+// parallel region; counts are integers and the keys inside are ranked as
+// a set, so the cuts do not depend on the thread count.
+struct WindowScan {
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> window;
+  std::size_t threads, m;
+  std::vector<std::int64_t> above;
+  std::vector<KeyBuffer> inside;
+
+  explicit WindowScan(std::vector<std::pair<std::uint32_t, std::uint32_t>> w)
+      : window(std::move(w)), threads(static_cast<std::size_t>(num_threads())), m(window.size()), above(threads * m, 0),
+        inside(threads * m) {}
+  // Keys of v[0..c) (of v − base where base is given), from the calling thread.
+  void scan(const float* v, const float* base, std::int64_t c) {
+    const auto t = static_cast<std::size_t>(thread_index());
+    for (std::size_t x = 0; x < m; ++x)
+      above[t * m + x] += scan_window(v, base, c, window[x].first, window[x].second, inside[t * m + x]);
+  }
+  // The cut keeping the k largest keys, where window x holds the k-th.
+  std::optional<MagnitudeCut> cut(std::size_t x, std::int64_t k) {
+    return cut_in_window(above, inside, threads, m, x, k);
+  }
+};
 
 }  // namespace detail
 
@@ -382,29 +459,19 @@ std::vector<MagnitudeCut> select_top_ks(Visit&& visit, std::int64_t total, std::
     pos += len;
   });
   const std::size_t m = todo.size();
-  std::vector<std::pair<std::uint32_t, std::uint32_t>> window(m);
-  for (std::size_t x = 0; x < m; ++x) {
-    std::vector<std::uint32_t> copy = sample;
-    window[x] = detail::sample_window(copy, static_cast<double>(ks[todo[x]]) / static_cast<double>(total));
-  }
-  // Counts above each window and the keys inside it, per thread.
-  const auto threads = static_cast<std::size_t>(num_threads());
-  std::vector<std::int64_t> above(threads * m, 0);
-  std::vector<detail::KeyBuffer> inside(threads * m);
+  std::vector<std::int64_t> ks_todo(m);
+  for (std::size_t x = 0; x < m; ++x) ks_todo[x] = ks[todo[x]];
+  detail::WindowScan scan(detail::sample_windows(sample, total, ks_todo));
   visit([&](std::span<const float> seg) {
     parallel_blocks(static_cast<std::int64_t>(seg.size()), detail::select_block, [&](std::int64_t lo, std::int64_t hi) {
-      const auto t = static_cast<std::size_t>(thread_index());
-      constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;  // each window scans a chunk while it is in L1
-      for (std::int64_t c0 = lo; c0 < hi; c0 += C)
-        for (std::size_t x = 0; x < m; ++x)
-          above[t * m + x] += detail::scan_window(seg.data() + c0, nullptr, std::min(C, hi - c0), window[x].first,
-                                                  window[x].second, inside[t * m + x]);
+      constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
+      for (std::int64_t c0 = lo; c0 < hi; c0 += C) scan.scan(seg.data() + c0, nullptr, std::min(C, hi - c0));
     });
   });
   std::vector<std::int64_t> missed;
   std::vector<std::size_t> missed_at;
   for (std::size_t x = 0; x < m; ++x) {
-    if (const std::optional<MagnitudeCut> c = detail::cut_in_window(above, inside, threads, m, x, ks[todo[x]])) {
+    if (const std::optional<MagnitudeCut> c = scan.cut(x, ks_todo[x])) {
       out[todo[x]] = *c;
     } else {
       missed.push_back(ks[todo[x]]);

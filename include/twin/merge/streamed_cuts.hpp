@@ -373,8 +373,8 @@ inline WindowCuts window_cuts(std::span<const TensorMergeArgs> seq, std::span<co
   // Per request, in parallel (each window depends on its expert's sample alone).
   parallel_blocks(static_cast<std::int64_t>(R), 1, [&](std::int64_t x0, std::int64_t x1) {
     for (auto x = static_cast<std::size_t>(x0); x < static_cast<std::size_t>(x1); ++x) {
-      std::vector<std::uint32_t> sm = sample[req[x].expert];  // sample_window consumes its copy
-      std::tie(wlo[x], whi[x]) = sample_window(sm, static_cast<double>(req[x].k) / static_cast<double>(total));
+      std::tie(wlo[x], whi[x]) =
+          sample_window(sample[req[x].expert], static_cast<double>(req[x].k) / static_cast<double>(total));
     }
   });
   sample = {};
