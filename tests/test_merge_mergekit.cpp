@@ -914,13 +914,16 @@ TEST_CASE("gram_lane_sums: every pair k <= l, the same bits for tiles of 1, 2 an
 }
 
 TEST_CASE("arcee_fusion keeps the expert where importance ≥ median + 1.5·IQR, as a literal reference") {
-  // Short tensors (quantiles by partial sorts) and ones past the selection's
-  // small size (quantiles from k-th largest magnitudes: a sample and one
-  // pass), the latter also with many equal importances: the expert equals
-  // the base on every third row (importance 0) and differs by multiples of
-  // 1/64 elsewhere, so each quantile falls among hundreds of equal values.
-  const Fixture small = fixture(71, {20, 30}, 1, 0.3), large = fixture(72, {150, 400}, 1, 0.3);
-  Fixture tied = fixture(73, {150, 400}, 1, 0.3);
+  // Short tensors (importances held, quantiles by partial sorts) and ones
+  // past the selection's small size (importances not held: a sample of
+  // them from the KLs of the rows it touches brackets each quantile, one
+  // pass computes the other rows' KLs and scans; 80000 entries, so the
+  // sample skips rows), the latter also with many equal importances: the
+  // expert equals the base on every third row (importance 0) and differs by
+  // multiples of 1/64 elsewhere, so each quantile falls among hundreds of
+  // equal values.
+  const Fixture small = fixture(71, {20, 30}, 1, 0.3), large = fixture(72, {200, 400}, 1, 0.3);
+  Fixture tied = fixture(73, {200, 400}, 1, 0.3);
   {
     const Vec b = vec(tied.base), x = vec(tied.experts[0]);
     std::vector<float> bq(b.size()), xq(b.size());
@@ -928,8 +931,8 @@ TEST_CASE("arcee_fusion keeps the expert where importance ≥ median + 1.5·IQR,
       bq[j] = static_cast<float>(std::round(b[j] * 64.0) / 64.0);
       xq[j] = (j / 400) % 3 == 0 ? bq[j] : bq[j] + static_cast<float>(std::round((x[j] - b[j]) * 64.0) / 64.0);
     }
-    tied.base = f32_tensor(bq, {150, 400});
-    tied.experts[0] = f32_tensor(xq, {150, 400});
+    tied.base = f32_tensor(bq, {200, 400});
+    tied.experts[0] = f32_tensor(xq, {200, 400});
   }
   for (const Fixture* f : {&small, &large, static_cast<const Fixture*>(&tied)}) {
     const std::int64_t cols = f->base.view().dim(1), n = f->base.view().numel();

@@ -14,6 +14,8 @@
 // (Where most importances are 0, thr ≤ 0 and the whole expert is taken, as
 // in mergekit.) Softmax and KL in double (exp and log by vectorizable
 // kernels within 2 ulp, backend/cpu/elementary.hpp), importances in f32.
+// Only the rows' KLs are kept: the importances are formed again where they
+// are used (threshold_and_kls says where they are held).
 #pragma once
 
 #include <algorithm>
@@ -21,7 +23,10 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <optional>
+#include <span>
 #include <unordered_map>
+#include <vector>
 
 #include "twin/backend/cpu/elementary.hpp"
 #include "twin/merge/lanes.hpp"
@@ -59,6 +64,8 @@ struct ArceeFusion {
   RngKind rng = RngKind::philox;
 
   static constexpr std::int64_t sample_size = 1000000;  // mergekit's sample of importances
+  // Ours, where the quantiles are over every entry: 512 runs of 64.
+  static constexpr std::int64_t sample_runs = 512, sample_run = 64;
 
   std::string_view name() const noexcept { return "arcee_fusion"; }
 
@@ -80,60 +87,81 @@ struct ArceeFusion {
     return m;
   }
 
-  // The importances of rows [r0, r1) (of `cols` entries) into imp, row-major;
-  // clears `ordered` where one is negative (from rounding) or NaN.
-  TWIN_WIDE_VECTORS static void importance_rows(const TensorMergeArgs& a, std::int64_t r0, std::int64_t r1,
-                                                std::int64_t cols, float* imp, std::atomic<bool>& ordered) {
-    // Rows are read in place where contiguous f32, else converted here.
-    float* xb = detail::scratch_floats<0>(static_cast<std::size_t>(2 * cols));
-    float* bb = xb + cols;
-    std::vector<double> ex(static_cast<std::size_t>(cols)), eb(static_cast<std::size_t>(cols));
-    for (std::int64_t r = r0; r < r1; ++r) {
-      const float* x = detail::chunk_f32(a.experts[0], r * cols, cols, xb);
-      const float* b = detail::chunk_f32(a.base, r * cols, cols, bb);
-      const double mx = row_max(x, cols), mb = row_max(b, cols);
-      // Each exponential once, kept for the KL sum; the loops vectorize
-      // (cpu::exp_nonpositive and log_positive), the sums run in 8 lanes
-      // (entry j into lane j mod 8), then the lanes in order. The
-      // normalizations multiply by 1/z: divisions cost more than the
-      // exponentials on this path.
-      double* __restrict px = ex.data();
-      double* __restrict pb = eb.data();
-      for (std::int64_t j = 0; j < cols; ++j)
-        px[j] = cpu::exp_nonpositive(x[j] - mx), pb[j] = cpu::exp_nonpositive(b[j] - mb);
-      const double rx = 1.0 / detail::lane_sum(cols, [&](std::int64_t j) { return px[j]; });
-      const double rb = 1.0 / detail::lane_sum(cols, [&](std::int64_t j) { return pb[j]; });
-      // The KL terms in place of px, in this function's (wide) loop, then
-      // their sum: a template called with the term as a lambda is compiled
-      // apart from it, at the default width.
-      for (std::int64_t j = 0; j < cols; ++j) {
-        const double p = px[j] * rx + 1e-8, q = pb[j] * rb + 1e-8;
-        px[j] = p * cpu::log_positive(p / q);
-      }
-      const double kl = detail::lane_sum(cols, [&](std::int64_t j) { return px[j]; });
-      const auto klf = static_cast<float>(kl);
-      float* __restrict out = imp + r * cols;
-      unsigned unordered = 0;
-      for (std::int64_t j = 0; j < cols; ++j) {
-        const float v = std::abs(x[j] - b[j]) * klf;
-        out[j] = v;
-        unordered |= !(v >= 0.0f);
-      }
-      if (unordered) ordered.store(false, std::memory_order_relaxed);
+  // KL(softmax(x) + 1e-8 ‖ softmax(b) + 1e-8) over one vector of `cols`
+  // entries, in double, rounded to float (the factor of its importances);
+  // ex and eb: scratch for cols doubles each.
+  TWIN_WIDE_VECTORS static float row_kl(const float* x, const float* b, std::int64_t cols, double* __restrict ex,
+                                        double* __restrict eb) {
+    const double mx = row_max(x, cols), mb = row_max(b, cols);
+    // Each exponential once, kept for the KL sum; the loops vectorize
+    // (cpu::exp_nonpositive and log_positive), the sums run in 8 lanes
+    // (entry j into lane j mod 8), then the lanes in order. The
+    // normalizations multiply by 1/z: divisions cost more than the
+    // exponentials on this path.
+    for (std::int64_t j = 0; j < cols; ++j)
+      ex[j] = cpu::exp_nonpositive(x[j] - mx), eb[j] = cpu::exp_nonpositive(b[j] - mb);
+    const double rx = 1.0 / detail::lane_sum(cols, [&](std::int64_t j) { return ex[j]; });
+    const double rb = 1.0 / detail::lane_sum(cols, [&](std::int64_t j) { return eb[j]; });
+    // The KL terms in place of ex, in this function's (wide) loop, then
+    // their sum: a template called with the term as a lambda is compiled
+    // apart from it, at the default width.
+    for (std::int64_t j = 0; j < cols; ++j) {
+      const double p = ex[j] * rx + 1e-8, q = eb[j] * rb + 1e-8;
+      ex[j] = p * cpu::log_positive(p / q);
     }
+    return static_cast<float>(detail::lane_sum(cols, [&](std::int64_t j) { return ex[j]; }));
   }
 
-  // The importances of the expert's entries, row-major, into imp[0..n);
-  // returns whether every one is ≥ 0 (none negative from rounding, none
-  // NaN), so that their magnitudes order them.
-  static bool importance(const TensorMergeArgs& a, float* imp) {
-    const std::int64_t n = a.base.numel();
-    const std::int64_t cols = a.base.rank() >= 1 ? std::max<std::int64_t>(a.base.dim(a.base.rank() - 1), 1) : 1;
-    const std::int64_t rows = n / cols;
-    std::atomic<bool> all_ordered{true};
-    parallel_blocks(rows, std::max<std::int64_t>(1, detail::merge_block / cols),
-                    [&](std::int64_t r0, std::int64_t r1) { importance_rows(a, r0, r1, cols, imp, all_ordered); });
-    return all_ordered.load();
+  // imp[j] = |x_j − b_j| · kl for j < c; returns whether every one is ≥ 0
+  // (none negative from a rounded KL below 0, none NaN).
+  static bool importances(const float* __restrict x, const float* __restrict b, std::int64_t c, float kl,
+                          float* __restrict imp) noexcept {
+    unsigned unordered = 0;
+    for (std::int64_t j = 0; j < c; ++j) {
+      const float v = std::abs(x[j] - b[j]) * kl;
+      imp[j] = v;
+      unordered |= !(v >= 0.0f);
+    }
+    return !unordered;
+  }
+
+  // Calls f(r, x, b) for the rows r in [r0, r1) (of `cols` entries each),
+  // x and b the row of the expert and of the base as f32: read in place
+  // where contiguous f32, else converted into scratch.
+  template <class F>
+  static void for_rows(const TensorMergeArgs& a, std::int64_t r0, std::int64_t r1, std::int64_t cols, F&& f) {
+    float* xb = detail::scratch_floats<0>(static_cast<std::size_t>(2 * cols));
+    for (std::int64_t r = r0; r < r1; ++r)
+      f(r, detail::chunk_f32(a.experts[0], r * cols, cols, xb), detail::chunk_f32(a.base, r * cols, cols, xb + cols));
+  }
+
+  // Rows per parallel block: about a merge block of entries.
+  static std::int64_t row_block(std::int64_t cols) noexcept {
+    return std::max<std::int64_t>(1, detail::merge_block / cols);
+  }
+
+  // kl[r] for every row of the tensor.
+  static void row_kls(const TensorMergeArgs& a, std::int64_t cols, std::span<float> kl) {
+    parallel_blocks(static_cast<std::int64_t>(kl.size()), row_block(cols), [&](std::int64_t r0, std::int64_t r1) {
+      std::vector<double> ex(static_cast<std::size_t>(cols)), eb(static_cast<std::size_t>(cols));
+      for_rows(a, r0, r1, cols, [&](std::int64_t r, const float* x, const float* b) {
+        kl[static_cast<std::size_t>(r)] = row_kl(x, b, cols, ex.data(), eb.data());
+      });
+    });
+  }
+
+  // Every importance, row-major, into imp[0..n) from the rows' KLs; returns
+  // whether every one is ≥ 0, so that their magnitudes order them.
+  static bool held_importances(const TensorMergeArgs& a, std::int64_t cols, std::span<const float> kl, float* imp) {
+    std::atomic<bool> ordered{true};
+    parallel_blocks(static_cast<std::int64_t>(kl.size()), row_block(cols), [&](std::int64_t r0, std::int64_t r1) {
+      bool all = true;
+      for_rows(a, r0, r1, cols, [&](std::int64_t r, const float* x, const float* b) {
+        all &= importances(x, b, cols, kl[static_cast<std::size_t>(r)], imp + r * cols);
+      });
+      if (!all) ordered.store(false, std::memory_order_relaxed);
+    });
+    return ordered.load();
   }
 
   // The values at quantiles qs of v (consumed: reordered), as mergekit
@@ -162,15 +190,24 @@ struct ArceeFusion {
   // largest): a sample and one parallel pass over v, not a sort (every v ≥ 0).
   static std::vector<float> ordered_quantiles(std::span<const float> v, std::initializer_list<float> qs) {
     const auto n = static_cast<std::int64_t>(v.size());
-    std::vector<std::int64_t> ks;
-    for (float q : qs) ks.push_back(n - static_cast<std::int64_t>(q * static_cast<float>(n - 1)));
+    const std::vector<std::int64_t> ks = quantile_ks(n, qs);
     const std::vector<MagnitudeCut> cut = select_top_ks([&](auto&& sink) { sink(v); }, n, ks);
     std::vector<float> out;
     for (const MagnitudeCut& c : cut) out.push_back(std::bit_cast<float>(c.threshold));
     return out;
   }
 
-  // thr = median + 1.5·(q3 − q1).
+  // Per quantile q of n values, the k whose k-th largest is the sorted
+  // value at index floor(q·(n − 1)).
+  static std::vector<std::int64_t> quantile_ks(std::int64_t n, std::initializer_list<float> qs) {
+    std::vector<std::int64_t> ks;
+    for (float q : qs) ks.push_back(n - static_cast<std::int64_t>(q * static_cast<float>(n - 1)));
+    return ks;
+  }
+
+  static float iqr_threshold(float median, float q1, float q3) noexcept { return median + 1.5f * (q3 - q1); }
+
+  // thr = median + 1.5·(q3 − q1) of held importances.
   float threshold(std::span<const float> imp, bool ordered = false) const {
     if (imp.empty()) return 0.0f;
     const auto n = static_cast<std::int64_t>(imp.size());
@@ -201,7 +238,89 @@ struct ArceeFusion {
       }
       median = q[0], q1 = q[1], q3 = q[2];
     }
-    return median + 1.5f * (q3 - q1);
+    return iqr_threshold(median, q1, q3);
+  }
+
+  // The threshold of the tensor's importances, and kl[r] for every row.
+  // Where the quantiles are taken over every entry of a long tensor, the
+  // importances are not held: a sample of them (from the KLs of the rows
+  // it touches) brackets each quantile, and one pass computes every row's
+  // KL and scans the row's importances against the windows while they are
+  // in cache, as select_top_ks does over held values (the same cuts). The
+  // importances are held instead where the tensor is short, where
+  // mergekit's samples are drawn (rng = torch), where one is negative or
+  // NaN (sorted quantiles), and where a window misses.
+  float threshold_and_kls(const TensorMergeArgs& a, std::int64_t cols, std::span<float> kl) const {
+    const std::int64_t n = a.base.numel();
+    const auto held = [&](bool known_ordered, bool kls_done) {
+      if (!kls_done) row_kls(a, cols, kl);
+      std::vector<float>& buf = detail::tau_scratch();  // reused: a fresh buffer costs page faults
+      if (buf.size() < static_cast<std::size_t>(n)) buf.resize(static_cast<std::size_t>(n));
+      const bool ordered = held_importances(a, cols, kl, buf.data());
+      return threshold(std::span<const float>(buf.data(), static_cast<std::size_t>(n)), ordered && known_ordered);
+    };
+    if (n <= detail::select_small || (rng == RngKind::torch && n > sample_size)) return held(true, false);
+    const std::vector<std::int64_t> ks = quantile_ks(n, {0.5f, 0.25f, 0.75f});
+    // The sample: sample_runs runs of sample_run entries spread over the
+    // tensor, so that it meets hundreds of rows (each row's importances
+    // share its KL: a few long runs would be a few rows); the KLs of the
+    // rows they touch first (in parallel, each row once, kept for the pass).
+    const std::int64_t run = sample_run, stride = std::max(run, n / sample_runs);
+    std::vector<char> done(kl.size(), 0);
+    std::vector<std::int64_t> sample_rows;
+    for (std::int64_t lo = 0; lo < n; lo += stride)
+      for (std::int64_t r = lo / cols; r <= (std::min(n, lo + run) - 1) / cols; ++r)
+        if (!done[static_cast<std::size_t>(r)]) done[static_cast<std::size_t>(r)] = 1, sample_rows.push_back(r);
+    parallel_blocks(static_cast<std::int64_t>(sample_rows.size()), 1, [&](std::int64_t i0, std::int64_t i1) {
+      std::vector<double> ex(static_cast<std::size_t>(cols)), eb(static_cast<std::size_t>(cols));
+      for (std::int64_t i = i0; i < i1; ++i) {
+        const std::int64_t r = sample_rows[static_cast<std::size_t>(i)];
+        for_rows(a, r, r + 1, cols, [&](std::int64_t, const float* x, const float* b) {
+          kl[static_cast<std::size_t>(r)] = row_kl(x, b, cols, ex.data(), eb.data());
+        });
+      }
+    });
+    std::vector<std::uint32_t> sample;
+    float* xb = detail::scratch_floats<0>(static_cast<std::size_t>(3 * run));
+    for (std::int64_t lo = 0; lo < n; lo += stride) {
+      const std::int64_t hi = std::min(n, lo + run);
+      const float* x = detail::chunk_f32(a.experts[0], lo, hi - lo, xb);
+      const float* b = detail::chunk_f32(a.base, lo, hi - lo, xb + run);
+      float* imp = xb + 2 * run;
+      for (std::int64_t j = lo; j < hi;) {  // row by row
+        const std::int64_t r = j / cols, e = std::min(hi, (r + 1) * cols);
+        importances(x + (j - lo), b + (j - lo), e - j, kl[static_cast<std::size_t>(r)], imp + (j - lo));
+        j = e;
+      }
+      for (std::int64_t j = 0; j < hi - lo; ++j) sample.push_back(magnitude_key(imp[j]));
+    }
+    // The pass: each row's KL, then its importances scanned a chunk at a time.
+    detail::WindowScan scan(detail::sample_windows(sample, n, ks, static_cast<std::size_t>(run)));
+    std::atomic<bool> ordered{true};
+    parallel_blocks(static_cast<std::int64_t>(kl.size()), row_block(cols), [&](std::int64_t r0, std::int64_t r1) {
+      std::vector<double> ex(static_cast<std::size_t>(cols)), eb(static_cast<std::size_t>(cols));
+      constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
+      float* imp = detail::scratch_floats<1>(static_cast<std::size_t>(C));
+      bool all = true;
+      for_rows(a, r0, r1, cols, [&](std::int64_t r, const float* x, const float* b) {
+        float& k = kl[static_cast<std::size_t>(r)];
+        if (!done[static_cast<std::size_t>(r)]) k = row_kl(x, b, cols, ex.data(), eb.data());
+        for (std::int64_t c0 = 0; c0 < cols; c0 += C) {
+          const std::int64_t c = std::min(C, cols - c0);
+          all &= importances(x + c0, b + c0, c, k, imp);
+          scan.scan(imp, nullptr, c);
+        }
+      });
+      if (!all) ordered.store(false, std::memory_order_relaxed);
+    });
+    if (!ordered.load()) return held(false, true);
+    float q[3];
+    for (std::size_t x = 0; x < 3; ++x) {
+      const std::optional<MagnitudeCut> c = scan.cut(x, ks[x]);
+      if (!c) return held(true, true);
+      q[x] = std::bit_cast<float>(c->threshold);
+    }
+    return iqr_threshold(q[0], q[1], q[2]);
   }
 
   void merge_tensor(const TensorMergeArgs& a) const {
@@ -210,23 +329,24 @@ struct ArceeFusion {
       throw argument_error("arcee_fusion fuses the base and exactly one expert; tensor '" + std::string(a.name) +
                            "' has " + std::to_string(a.experts.size()) + " experts");
     if (detail::merge_aliased_through_scratch(a, [&](const TensorMergeArgs& s) { merge_tensor(s); })) return;
-    // The importances in reused scratch: a fresh buffer per tensor cost
-    // more in page faults than the combination pass.
-    std::vector<float>& buf = detail::tau_scratch();
-    const auto n = static_cast<std::size_t>(a.base.numel());
-    if (buf.size() < n) buf.resize(n);
-    const bool ordered = importance(a, buf.data());
-    const std::span<const float> imp(buf.data(), n);
-    const float thr = threshold(imp, ordered);
+    const std::int64_t n = a.base.numel();
+    const std::int64_t cols = a.base.rank() >= 1 ? std::max<std::int64_t>(a.base.dim(a.base.rank() - 1), 1) : 1;
+    std::vector<float> kl(static_cast<std::size_t>(n / cols));
+    const float thr = threshold_and_kls(a, cols, kl);
+    // The importances formed again from the rows' KLs, where they are used.
     detail::merge_chunks(a, detail::merge_block, [&](std::int64_t) {
       return [&](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex, float* out) {
         // The expert's pointer read once and both values formed: GCC left
         // the loop scalar with ex[0] loaded per entry under the condition.
         const float* __restrict e = ex[0];
-        const float* __restrict im = imp.data() + lo;
-        for (std::int64_t j = 0; j < c; ++j) {
-          const float taken = base[j] + (e[j] - base[j]);
-          out[j] = im[j] >= thr ? taken : base[j];
+        for (std::int64_t j0 = 0; j0 < c;) {  // row by row
+          const std::int64_t r = (lo + j0) / cols, j1 = std::min(c, (r + 1) * cols - lo);
+          const float k = kl[static_cast<std::size_t>(r)];
+          for (std::int64_t j = j0; j < j1; ++j) {
+            const float taken = base[j] + (e[j] - base[j]);
+            out[j] = std::abs(e[j] - base[j]) * k >= thr ? taken : base[j];
+          }
+          j0 = j1;
         }
       };
     });
