@@ -478,14 +478,20 @@ TEST_CASE("sce: variance top-k, sign erase, mean-square weights, as a literal do
   // third case has 4 experts whose values are multiples of 1/8 around a
   // base of multiples of 1/8: every variance is exact and takes few values,
   // so the top-k cut falls among many equal variances and keeps the
-  // lowest-indexed of them (the cut applied in index order).
+  // lowest-indexed of them (the cut applied in index order). The last three
+  // are past the selection's small size, where the first pass also scans
+  // the variances against a sampled window and sums the kept τ²: 3 experts
+  // (kernels for a fixed count), 9 (the general ones), and the equal
+  // variances again (the quota of ties at the cut taken in index order by
+  // those sums).
   struct Case {
     std::uint64_t seed;
     std::vector<std::int64_t> shape;
     int experts;
     bool quantized;
   };
-  for (const Case& cs : {Case{31, {30, 40}, 3, false}, Case{32, {29, 41}, 3, false}, Case{33, {29, 41}, 4, true}})
+  for (const Case& cs : {Case{31, {30, 40}, 3, false}, Case{32, {29, 41}, 3, false}, Case{33, {29, 41}, 4, true},
+                         Case{34, {150, 200}, 3, false}, Case{35, {150, 201}, 9, false}, Case{36, {150, 200}, 4, true}})
     for (double topk : {1.0, 0.3}) {
       Fixture f = fixture(cs.seed, cs.shape, cs.experts);
       if (cs.quantized) {

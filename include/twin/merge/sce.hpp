@@ -16,10 +16,14 @@
 
 #include <atomic>
 #include <cstring>
+#include <optional>
+#include <utility>
+#include <vector>
 
 #include "twin/merge/lanes.hpp"
 #include "twin/merge/merger.hpp"
 #include "twin/merge/selection.hpp"
+#include "twin/merge/streamed_cuts.hpp"
 
 namespace twin {
 
@@ -38,6 +42,7 @@ struct Sce {
   using u32x8 = detail::u32x8;
   using u32x16 = detail::u32x16;
   using i32x16 = detail::i32x16;
+  using i64x8 = std::int64_t __attribute__((vector_size(8 * sizeof(std::int64_t))));
 
   // var[j] = (1/N) Σ_i (t_ij − m_j)², m_j = (1/N) Σ_i t_ij, t_ij = e_i[j] −
   // base[j] in f32, the sums in double; returns how many are nonzero.
@@ -74,6 +79,52 @@ struct Sce {
       }
       var[j] = static_cast<float>(v / dn);
       nonzero += var[j] != 0.0f;
+    }
+    return nonzero;
+  }
+
+  // variances() for NT experts known at compile time (the same operations
+  // in the same order, each τ converted to double once and kept in
+  // registers), adding τ_i² in double to sums[i] (lane q: the positions ≡ q
+  // mod 8) where the variance's key is above `whi`; returns how many
+  // variances are nonzero.
+  template <std::size_t NT>
+  static std::int64_t variances_sums(const float* base, const float* const* ex, std::int64_t c, float* var,
+                                     std::uint32_t whi, f64x8* sums) noexcept {
+    const double dn = NT;
+    std::int64_t nonzero = 0, j = 0;
+    f64x8 acc[NT];  // in registers: sums could alias var for the compiler
+    for (std::size_t i = 0; i < NT; ++i) acc[i] = sums[i];
+    for (; j + 8 <= c; j += 8) {
+      f32x8 b, x;
+      std::memcpy(&b, base + j, sizeof b);
+      f64x8 t[NT], m = {};
+      for (std::size_t i = 0; i < NT; ++i) {
+        std::memcpy(&x, ex[i] + j, sizeof x);
+        t[i] = __builtin_convertvector(x - b, f64x8);
+        m += t[i];
+      }
+      m /= dn;
+      f64x8 v = {};
+      for (std::size_t i = 0; i < NT; ++i) {
+        const f64x8 d = t[i] - m;
+        v += d * d;
+      }
+      const f32x8 out = __builtin_convertvector(v / dn, f32x8);
+      std::memcpy(var + j, &out, sizeof out);
+      u32x8 key;
+      std::memcpy(&key, &out, sizeof key);
+      const auto up = __builtin_convertvector((key & 0x7fffffffu) > whi, i64x8);
+      for (std::size_t i = 0; i < NT; ++i) acc[i] += up ? t[i] * t[i] : f64x8{};
+      for (int l = 0; l < 8; ++l) nonzero += out[l] != 0.0f;
+    }
+    for (std::size_t i = 0; i < NT; ++i) sums[i] = acc[i];
+    if (j < c) {
+      const float* tail_ex[NT];
+      for (std::size_t i = 0; i < NT; ++i) tail_ex[i] = ex[i] + j;
+      nonzero += variances(base + j, tail_ex, NT, c - j, var + j);
+      if (whi != 0xffffffffu)
+        for (std::size_t i = 0; i < NT; ++i) sums[i][0] += sum_squares(base + j, tail_ex[i], var + j, whi + 1, c - j);
     }
     return nonzero;
   }
@@ -155,9 +206,116 @@ struct Sce {
     }
   }
 
-  // Three streaming passes over the inputs, τ formed per chunk and never
-  // held whole: the variances (only with select_topk < 1), the experts'
-  // mean squares over the kept positions, the combination.
+  // The kept τ_i² sums of one merge block, from the fused first pass: over
+  // the positions whose variance key lies above the window (all kept,
+  // whatever the cut), and the positions inside it, in index order, with
+  // their keys and τ (N per position) for when the cut is known.
+  struct WindowBlock {
+    std::vector<double> above;  // N sums
+    std::vector<std::uint32_t> key;
+    std::vector<float> tau;
+  };
+
+  // Where the variances' cut falls inside a window the sample predicts
+  // (the usual case), the experts' kept mean squares come from the first
+  // pass: returns them (not yet divided by n) with the cut, or nullopt
+  // where the window misses (the caller then selects over the variances and
+  // sums in a pass of its own, as before). var[0..n) is written either way.
+  std::optional<std::pair<std::vector<double>, MagnitudeCut>> fused_first_pass(const TensorMergeArgs& a,
+                                                                               std::span<float> var,
+                                                                               std::int64_t& nonzero) const {
+    const std::size_t N = a.experts.size();
+    const std::int64_t n = a.base.numel();
+    nonzero = -1;  // until the pass has written var
+    // The sample: runs of the variances (as select_top_ks samples), and the
+    // share of them that is nonzero, which sets the rank to bracket.
+    const std::int64_t stride = detail::sample_stride(n), run = detail::sample_run;
+    std::vector<std::uint32_t> sample;
+    std::int64_t sample_nz = 0;
+    float* vb = detail::scratch_floats<2>(static_cast<std::size_t>(run));
+    for (std::int64_t lo = 0; lo < n; lo += stride)
+      detail::for_input_chunks(a, lo, std::min(n, lo + run),
+                               [&](std::int64_t, std::int64_t c, const float* base, const float* const* ex, float*) {
+                                 sample_nz += variances(base, ex, N, c, vb);
+                                 for (std::int64_t j = 0; j < c; ++j) sample.push_back(magnitude_key(vb[j]));
+                               });
+    const auto est = static_cast<std::int64_t>(select_topk * static_cast<double>(sample_nz) /
+                                               static_cast<double>(sample.size()) * static_cast<double>(n));
+    if (est <= 0) return std::nullopt;
+    const std::int64_t ks[1] = {est};
+    const auto [wlo, whi] = detail::sample_windows(sample, n, ks)[0];
+    sample = {};
+    // The pass: variances, their keys against the window, the τ² sums.
+    const std::int64_t nblocks = (n + detail::merge_block - 1) / detail::merge_block;
+    std::vector<WindowBlock> blocks(static_cast<std::size_t>(nblocks));
+    std::vector<std::int64_t> nz(static_cast<std::size_t>(nblocks), 0), above(static_cast<std::size_t>(nblocks), 0);
+    parallel_blocks(nblocks, 1, [&](std::int64_t b0, std::int64_t b1) {
+      for (std::int64_t blk = b0; blk < b1; ++blk) {
+        WindowBlock& w = blocks[static_cast<std::size_t>(blk)];
+        std::vector<f64x8> lanes(N, f64x8{});  // the sums above the window, per expert
+        const std::int64_t lo = blk * detail::merge_block, hi = std::min(n, lo + detail::merge_block);
+        detail::for_input_chunks(
+            a, lo, hi, [&](std::int64_t p, std::int64_t c, const float* base, const float* const* ex, float*) {
+              float* v = var.data() + p;
+              std::int64_t& nzb = nz[static_cast<std::size_t>(blk)];
+              const bool fixed = detail::with_expert_count(
+                  N, [&]<std::size_t NT>() { nzb += variances_sums<NT>(base, ex, c, v, whi, lanes.data()); });
+              if (!fixed) {
+                nzb += variances(base, ex, N, c, v);
+                if (whi != 0xffffffffu)
+                  for (std::size_t i = 0; i < N; ++i) lanes[i][0] += sum_squares(base, ex[i], v, whi + 1, c);
+              }
+              // The count above vectorizes; the positions inside (a few
+              // per cent) are taken by a test that rarely branches.
+              const std::uint32_t lo_key = wlo, width = whi - wlo;
+              std::int64_t up = 0;
+              for (std::int64_t j = 0; j < c; ++j) up += magnitude_key(v[j]) > whi;
+              for (std::int64_t j = 0; j < c; ++j) {
+                const std::uint32_t key = magnitude_key(v[j]);
+                if (key - lo_key > width) continue;  // outside [wlo, whi]
+                w.key.push_back(key);
+                for (std::size_t i = 0; i < N; ++i) w.tau.push_back(ex[i][j] - base[j]);
+              }
+              above[static_cast<std::size_t>(blk)] += up;
+            });
+        w.above.assign(N, 0.0);
+        for (std::size_t i = 0; i < N; ++i)
+          for (int l = 0; l < 8; ++l) w.above[i] += lanes[i][l];
+      }
+    });
+    nonzero = 0;
+    std::int64_t up = 0;
+    std::vector<std::uint32_t> keys;
+    for (std::size_t b = 0; b < blocks.size(); ++b) {
+      nonzero += nz[b], up += above[b];
+      keys.insert(keys.end(), blocks[b].key.begin(), blocks[b].key.end());
+    }
+    const std::int64_t k = keep_count(select_topk, nonzero);
+    if (!(k > 0 && up < k && k <= up + static_cast<std::int64_t>(keys.size()))) return std::nullopt;
+    const MagnitudeCut cut = detail::small_cut(keys, k - up);
+    // The sums: per block, the sums above the window, then the kept
+    // positions inside it in index order (ties at the cut up to its quota).
+    std::vector<double> ms(N, 0.0);
+    std::int64_t ties_left = cut.quota;
+    for (const WindowBlock& w : blocks) {
+      for (std::size_t x = 0; x < w.key.size(); ++x) {
+        const bool keep = w.key[x] > cut.threshold || (w.key[x] == cut.threshold && ties_left-- > 0);
+        if (!keep) continue;
+        for (std::size_t i = 0; i < N; ++i) {
+          const auto t = static_cast<double>(w.tau[x * N + i]);
+          ms[i] += t * t;
+        }
+      }
+      for (std::size_t i = 0; i < N; ++i) ms[i] += w.above[i];
+    }
+    return std::pair{ms, cut};
+  }
+
+  // Streaming passes over the inputs, τ formed per chunk and never held
+  // whole: the variances (only with select_topk < 1), the experts' mean
+  // squares over the kept positions, the combination. Past the selection's
+  // small size the first pass also finds the mean squares (fused_first_pass),
+  // so two passes run unless its sampled window misses.
   void merge_tensor(const TensorMergeArgs& a) const {
     detail::check_merge_args(a);
     if (!std::isfinite(select_topk)) throw argument_error("sce: select_topk must be finite");
@@ -172,22 +330,34 @@ struct Sce {
     std::vector<float>& var_buf = detail::tau_scratch();
     std::span<float> var;
     std::uint32_t min_key = 0;
+    std::optional<std::vector<double>> fused_sums;  // the kept τ_i² sums, where the first pass found them
     if (select) {
       if (var_buf.size() < static_cast<std::size_t>(n)) var_buf.resize(static_cast<std::size_t>(n));
       var = std::span<float>(var_buf.data(), static_cast<std::size_t>(n));
-      std::atomic<std::int64_t> nonzero{0};  // an integer sum: the same for any thread count
-      if (select_topk > 0.0)
-        parallel_blocks(n, detail::merge_block, [&](std::int64_t lo, std::int64_t hi) {
-          std::int64_t nz = 0;
-          detail::for_input_chunks(
-              a, lo, hi, [&](std::int64_t p, std::int64_t c, const float* base, const float* const* ex, float*) {
-                nz += variances(base, ex, N, c, var.data() + p);
-              });
-          nonzero.fetch_add(nz, std::memory_order_relaxed);
-        });
-      const std::int64_t k = select_topk > 0.0 ? keep_count(select_topk, nonzero.load()) : 0;
-      const MagnitudeCut cut = k == 0 ? MagnitudeCut::keep_none()
-                                      : select_top_k(std::span<const float>(var.data(), var.size()), k);
+      std::int64_t nonzero = 0;  // an integer sum: the same for any thread count
+      MagnitudeCut cut = MagnitudeCut::keep_none();
+      if (select_topk > 0.0 && n > detail::select_small) {
+        auto fused = fused_first_pass(a, var, nonzero);
+        if (fused) fused_sums = std::move(fused->first), cut = fused->second;
+      } else {
+        nonzero = select_topk > 0.0 ? -1 : 0;
+      }
+      if (!fused_sums) {
+        if (nonzero < 0) {
+          std::atomic<std::int64_t> nz_all{0};
+          parallel_blocks(n, detail::merge_block, [&](std::int64_t lo, std::int64_t hi) {
+            std::int64_t nz = 0;
+            detail::for_input_chunks(
+                a, lo, hi, [&](std::int64_t p, std::int64_t c, const float* base, const float* const* ex, float*) {
+                  nz += variances(base, ex, N, c, var.data() + p);
+                });
+            nz_all.fetch_add(nz, std::memory_order_relaxed);
+          });
+          nonzero = nz_all.load();
+        }
+        const std::int64_t k = select_topk > 0.0 ? keep_count(select_topk, nonzero) : 0;
+        cut = k == 0 ? MagnitudeCut::keep_none() : select_top_k(std::span<const float>(var.data(), var.size()), k);
+      }
       if (const std::optional<std::uint32_t> key = cut.min_key()) {
         min_key = *key;
       } else {
@@ -198,7 +368,7 @@ struct Sce {
     const float* kept = select ? var.data() : nullptr;
     // Mean squares of every kept τ_i in one pass: per chunk and expert
     // (sum_squares), per block in chunk order, then the blocks in order.
-    const std::int64_t nblocks = (n + detail::merge_block - 1) / detail::merge_block;
+    const std::int64_t nblocks = fused_sums ? 0 : (n + detail::merge_block - 1) / detail::merge_block;
     std::vector<double> part(static_cast<std::size_t>(nblocks) * N, 0.0);
     parallel_blocks(nblocks, 1, [&](std::int64_t b0, std::int64_t b1) {
       for (std::int64_t blk = b0; blk < b1; ++blk) {
@@ -211,7 +381,7 @@ struct Sce {
             });
       }
     });
-    std::vector<double> ms(N, 0.0);
+    std::vector<double> ms = fused_sums ? *fused_sums : std::vector<double>(N, 0.0);
     for (std::int64_t blk = 0; blk < nblocks; ++blk)
       for (std::size_t i = 0; i < N; ++i) ms[i] += part[static_cast<std::size_t>(blk) * N + i];
     double ssum = 0.0;
