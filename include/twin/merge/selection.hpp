@@ -259,6 +259,30 @@ inline std::int64_t scan_window(const float* TWIN_RESTRICT e, const float* TWIN_
   return above;
 }
 
+// The window of keys [lo, hi] at sampled ranks q·m ± (4σ + 16) of m sampled
+// keys, key_at(r) the r-th largest of them (r from 0).
+template <class KeyAt>
+std::pair<std::uint32_t, std::uint32_t> window_at_ranks(std::size_t m, double q, double sigma, KeyAt&& key_at) {
+  const double r = q * static_cast<double>(m), d = 4.0 * sigma + 16.0;
+  const auto top = static_cast<std::int64_t>(std::floor(r - d)), bottom = static_cast<std::int64_t>(std::ceil(r + d));
+  std::pair<std::uint32_t, std::uint32_t> w{0u, 0xffffffffu};
+  if (bottom < static_cast<std::int64_t>(m)) w.first = key_at(bottom);
+  if (top >= 0) w.second = key_at(top);
+  return w;
+}
+
+// The window of keys [lo, hi] that brackets the k-th largest of n keys,
+// k = q·n, with high probability, from a uniform sample of them: sampled
+// ranks q·m ± (4σ + 16) of the m sampled keys, σ the binomial deviation
+// (two radix selects over copies of the sample).
+inline std::pair<std::uint32_t, std::uint32_t> sample_window(const std::vector<std::uint32_t>& sample, double q) {
+  const auto m = static_cast<double>(sample.size());
+  return window_at_ranks(sample.size(), q, std::sqrt(m * q * (1.0 - q)), [&](std::int64_t rank) {
+    std::vector<std::uint32_t> copy = sample;
+    return kth_largest(copy, rank).key;
+  });
+}
+
 // keys in descending order: an LSD radix sort of ~key, digits of 11, 11
 // and 10 bits.
 inline std::vector<std::uint32_t> sorted_descending(const std::vector<std::uint32_t>& keys) {
@@ -278,14 +302,12 @@ inline std::vector<std::uint32_t> sorted_descending(const std::vector<std::uint3
   return a;
 }
 
-// The window of keys [lo, hi] that brackets the k-th largest of n keys,
-// k = q·n, with high probability, from a uniform sample of them (and the
-// same sample sorted in descending order): sampled ranks q·m ± (4σ + 16)
-// of the m sampled keys, σ the binomial deviation. Where the sample is
-// runs of `batch` consecutive keys (batch > 0) of data whose parts differ
-// (rows of different scales), its keys are not independent: σ is then at
-// least the deviation the runs show, from how far each run's count of keys
-// above the sampled rank strays from q·(its length) (batch means).
+// sample_window for a sample of runs of `batch` consecutive keys (batch >
+// 0), desc the sample sorted in descending order: where the data's parts
+// differ (rows of different scales), the runs' keys are not independent,
+// and σ is at least the deviation the runs show, from how far each run's
+// count of keys above the sampled rank strays from q·(its length) (batch
+// means). batch = 0: the binomial σ alone.
 inline std::pair<std::uint32_t, std::uint32_t> sample_window(const std::vector<std::uint32_t>& sample,
                                                              const std::vector<std::uint32_t>& desc, double q,
                                                              std::size_t batch = 0) {
@@ -303,16 +325,7 @@ inline std::pair<std::uint32_t, std::uint32_t> sample_window(const std::vector<s
     }
     sd = std::max(sd, std::sqrt(var));
   }
-  const double r = q * m, d = 4.0 * sd + 16.0;
-  const auto top = static_cast<std::int64_t>(std::floor(r - d)), bottom = static_cast<std::int64_t>(std::ceil(r + d));
-  std::pair<std::uint32_t, std::uint32_t> w{0u, 0xffffffffu};
-  if (bottom < static_cast<std::int64_t>(sample.size())) w.first = desc[static_cast<std::size_t>(bottom)];
-  if (top >= 0) w.second = desc[static_cast<std::size_t>(top)];
-  return w;
-}
-
-inline std::pair<std::uint32_t, std::uint32_t> sample_window(const std::vector<std::uint32_t>& sample, double q) {
-  return sample_window(sample, sorted_descending(sample), q);
+  return window_at_ranks(sample.size(), q, sd, [&](std::int64_t rank) { return desc[static_cast<std::size_t>(rank)]; });
 }
 
 // The cut keeping the k largest keys of window x, from the per-thread
@@ -334,15 +347,19 @@ inline std::optional<MagnitudeCut> cut_in_window(const std::vector<std::int64_t>
   return small_cut(keys, k - above);
 }
 
-// A window per k in ks (sample_window, the sample sorted once).
+// A window per k in ks (sample_window).
 inline std::vector<std::pair<std::uint32_t, std::uint32_t>> sample_windows(const std::vector<std::uint32_t>& sample,
                                                                            std::int64_t total,
                                                                            std::span<const std::int64_t> ks,
                                                                            std::size_t batch = 0) {
-  const std::vector<std::uint32_t> desc = sorted_descending(sample);
+  // With batch means, one sort serves every window and their ranks; else
+  // two radix selects per window cost less than a sort.
+  const std::vector<std::uint32_t> desc = batch > 0 ? sorted_descending(sample) : std::vector<std::uint32_t>{};
   std::vector<std::pair<std::uint32_t, std::uint32_t>> window(ks.size());
-  for (std::size_t x = 0; x < ks.size(); ++x)
-    window[x] = sample_window(sample, desc, static_cast<double>(ks[x]) / static_cast<double>(total), batch);
+  for (std::size_t x = 0; x < ks.size(); ++x) {
+    const double q = static_cast<double>(ks[x]) / static_cast<double>(total);
+    window[x] = batch > 0 ? sample_window(sample, desc, q, batch) : sample_window(sample, q);
+  }
   return window;
 }
 
