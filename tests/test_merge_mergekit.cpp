@@ -927,9 +927,21 @@ TEST_CASE("arcee_fusion keeps the expert where importance ≥ median + 1.5·IQR,
   // sample skips rows), the latter also with many equal importances: the
   // expert equals the base on every third row (importance 0) and differs by
   // multiples of 1/64 elsewhere, so each quantile falls among hundreds of
-  // equal values.
+  // equal values. `wide` scales every other row by 12: those rows' smallest
+  // softmax values are far below 1e-5, so their KL takes log(p/q) entry by
+  // entry, the other rows' from the logits (row_kl's two ways).
   const Fixture small = fixture(71, {20, 30}, 1, 0.3), large = fixture(72, {200, 400}, 1, 0.3);
-  Fixture tied = fixture(73, {200, 400}, 1, 0.3);
+  Fixture tied = fixture(73, {200, 400}, 1, 0.3), wide = fixture(74, {200, 400}, 1, 0.3);
+  {
+    const Vec b = vec(wide.base), x = vec(wide.experts[0]);
+    std::vector<float> bw(b.size()), xw(b.size());
+    for (std::size_t j = 0; j < b.size(); ++j) {
+      const double scale = (j / 400) % 2 ? 12.0 : 1.0;
+      bw[j] = static_cast<float>(b[j] * scale), xw[j] = static_cast<float>(x[j] * scale);
+    }
+    wide.base = f32_tensor(bw, {200, 400});
+    wide.experts[0] = f32_tensor(xw, {200, 400});
+  }
   {
     const Vec b = vec(tied.base), x = vec(tied.experts[0]);
     std::vector<float> bq(b.size()), xq(b.size());
@@ -940,7 +952,7 @@ TEST_CASE("arcee_fusion keeps the expert where importance ≥ median + 1.5·IQR,
     tied.base = f32_tensor(bq, {200, 400});
     tied.experts[0] = f32_tensor(xq, {200, 400});
   }
-  for (const Fixture* f : {&small, &large, static_cast<const Fixture*>(&tied)}) {
+  for (const Fixture* f : {&small, &large, static_cast<const Fixture*>(&tied), static_cast<const Fixture*>(&wide)}) {
     const std::int64_t cols = f->base.view().dim(1), n = f->base.view().numel();
     CAPTURE(n);
     const Vec got = vec(merged(by_settings("arcee_fusion"), f->base, f->ptrs()));
@@ -988,6 +1000,55 @@ TEST_CASE("cpu::exp_nonpositive and log_positive are within 1 and 2 ulp of libm'
   CHECK(std::isnan(twin::cpu::log_positive(std::nan(""))));
   CHECK(std::isnan(twin::cpu::log_positive(-1.0)));
   CHECK(twin::cpu::log_positive(INFINITY) == INFINITY);
+}
+
+TEST_CASE("arcee_fusion's row KL is within 3 float ulps of a long-double KL, from the logits and entry by entry") {
+  // Property: row_kl(x, b) = Σ p·log(p/q), p = softmax(x) + 1e-8, q =
+  // softmax(b) + 1e-8, rounded to float, is within 3 float ulps (relative)
+  // of the same sum in long double with std::exp / std::log, on rows where
+  // every softmax value is at least 1.1e-5 (row_kl takes log(p/q) from the
+  // logits there) and on rows where some are far below 1e-5 (entry by
+  // entry); the reference also says which kind each row is. Rows of 768
+  // (vectors of 8 and 16) and 131 (tails), weights-like (spread 0.02,
+  // change 0.002), unit-scale, and wide (spread 12).
+  struct Rows {
+    double spread, delta;
+    bool analytic;
+  };
+  std::mt19937_64 rng(77);
+  std::normal_distribution<double> g(0.0, 1.0);
+  for (const Rows& rs : {Rows{0.02, 0.002, true}, Rows{1.0, 0.3, true}, Rows{12.0, 0.3, false}})
+    for (std::int64_t n : {std::int64_t{768}, std::int64_t{131}}) {
+      CAPTURE(rs.spread);
+      CAPTURE(n);
+      std::vector<double> ex(static_cast<std::size_t>(n)), eb(static_cast<std::size_t>(n));
+      double worst = 0.0;
+      int bad = 0;  // rows off by more than 3 ulps, or NaN
+      for (int r = 0; r < 50; ++r) {
+        std::vector<float> x(static_cast<std::size_t>(n)), b(static_cast<std::size_t>(n));
+        for (std::size_t j = 0; j < b.size(); ++j) {
+          b[j] = static_cast<float>(rs.spread * g(rng));
+          x[j] = static_cast<float>(b[j] + rs.delta * g(rng));
+        }
+        long double mx = x[0], mb = b[0], zx = 0, zb = 0, kl = 0, smallest = 1;
+        for (std::size_t j = 0; j < b.size(); ++j)
+          mx = std::max<long double>(mx, x[j]), mb = std::max<long double>(mb, b[j]);
+        for (std::size_t j = 0; j < b.size(); ++j) zx += std::exp(x[j] - mx), zb += std::exp(b[j] - mb);
+        for (std::size_t j = 0; j < b.size(); ++j) {
+          const long double p0 = std::exp(x[j] - mx) / zx, q0 = std::exp(b[j] - mb) / zb;
+          smallest = std::min({smallest, p0, q0});
+          kl += (p0 + 1e-8L) * std::log((p0 + 1e-8L) / (q0 + 1e-8L));
+        }
+        if (rs.analytic) CHECK(smallest > 1.1e-5L);
+        else CHECK(smallest < 1e-6L);
+        const float got = twin::ArceeFusion::row_kl(x.data(), b.data(), n, ex.data(), eb.data());
+        const auto err = static_cast<double>(std::abs((static_cast<long double>(got) - kl) / kl));
+        worst = std::max(worst, err);
+        bad += !(err <= 3 * 0x1p-24);
+      }
+      CAPTURE(worst);
+      CHECK(bad == 0);
+    }
 }
 
 TEST_CASE("arcee_fusion's threshold from k-th largest magnitudes equals median + 1.5·IQR of the sorted importances") {

@@ -13,7 +13,9 @@
 // the result is mergekit's for that tensor when it is seeded right before.
 // (Where most importances are 0, thr ≤ 0 and the whole expert is taken, as
 // in mergekit.) Softmax and KL in double (exp and log by vectorizable
-// kernels within 2 ulp, backend/cpu/elementary.hpp), importances in f32.
+// kernels within 2 ulp, backend/cpu/elementary.hpp; log(p/q) from the
+// logits where every softmax value of the row is ≥ 1e-5: row_kl),
+// importances in f32.
 // Only the rows' KLs are kept: the importances are formed again where they
 // are used (threshold_and_kls says where they are held).
 #pragma once
@@ -69,9 +71,11 @@ struct ArceeFusion {
 
   std::string_view name() const noexcept { return "arcee_fusion"; }
 
-  // max_j v[j] (n ≥ 1) in 16 lanes, written on a vector type: GCC keeps a
-  // 16-float lane array in 16 scalar registers (a maximum does not depend
-  // on the order, NaN aside, which poisons the row's softmax either way).
+  // max_j v[j] (n ≥ 1; the minimum with Min) in 16 lanes, written on a
+  // vector type: GCC keeps a 16-float lane array in 16 scalar registers (a
+  // maximum does not depend on the order, NaN aside, which poisons the
+  // row's softmax either way).
+  template <bool Min = false>
   static float row_max(const float* v, std::int64_t n) {
     using detail::f32x16;
     f32x16 lane = f32x16{} + v[0];
@@ -79,13 +83,19 @@ struct ArceeFusion {
     for (; j + 16 <= n; j += 16) {
       f32x16 x;
       std::memcpy(&x, v + j, sizeof x);
-      lane = lane < x ? x : lane;
+      if constexpr (Min) lane = x < lane ? x : lane;
+      else lane = lane < x ? x : lane;
     }
     float m = v[0];
-    for (; j < n; ++j) m = m < v[j] ? v[j] : m;
-    for (int l = 0; l < 16; ++l) m = m < lane[l] ? lane[l] : m;
+    auto take = [](float a, float b) { return Min ? (b < a ? b : a) : (a < b ? b : a); };
+    for (; j < n; ++j) m = take(m, v[j]);
+    for (int l = 0; l < 16; ++l) m = take(m, lane[l]);
     return m;
   }
+
+  // The smallest softmax value for which row_kl takes log(p/q) from the
+  // logits: ε/p ≤ 2⁻¹⁰, so three terms of log1p(ε/p) leave under 2⁻⁴⁰ of it.
+  static constexpr double analytic_min = 0x1p10 * 1e-8;
 
   // KL(softmax(x) + 1e-8 ‖ softmax(b) + 1e-8) over one vector of `cols`
   // entries, in double, rounded to float (the factor of its importances);
@@ -100,14 +110,34 @@ struct ArceeFusion {
     // exponentials on this path.
     for (std::int64_t j = 0; j < cols; ++j)
       ex[j] = cpu::exp_nonpositive(x[j] - mx), eb[j] = cpu::exp_nonpositive(b[j] - mb);
-    const double rx = 1.0 / detail::lane_sum(cols, [&](std::int64_t j) { return ex[j]; });
-    const double rb = 1.0 / detail::lane_sum(cols, [&](std::int64_t j) { return eb[j]; });
-    // The KL terms in place of ex, in this function's (wide) loop, then
+    const double zx = detail::lane_sum(cols, [&](std::int64_t j) { return ex[j]; });
+    const double zb = detail::lane_sum(cols, [&](std::int64_t j) { return eb[j]; });
+    const double rx = 1.0 / zx, rb = 1.0 / zb;
+    // The KL terms in place of ex, in this function's (wide) loops, then
     // their sum: a template called with the term as a lambda is compiled
-    // apart from it, at the default width.
-    for (std::int64_t j = 0; j < cols; ++j) {
-      const double p = ex[j] * rx + 1e-8, q = eb[j] * rb + 1e-8;
-      ex[j] = p * cpu::log_positive(p / q);
+    // apart from it, at the default width. Where every p0 = e^(x − mx)/zx
+    // and q0 is at least analytic_min (the rows of weights), log(p/q) with
+    // p = p0 + ε, q = q0 + ε is taken from the logits, without a log per
+    // entry: log p0 − log q0 = (x − b) − (mx − mb) − log(zx/zb), plus
+    // log1p(ε/p0) − log1p(ε/q0) by three terms of each series (ε/p0 and
+    // ε/q0 from one division). Else log(p/q) directly.
+    const double px_min = cpu::exp_nonpositive(static_cast<double>(row_max<true>(x, cols)) - mx) * rx;
+    const double pb_min = cpu::exp_nonpositive(static_cast<double>(row_max<true>(b, cols)) - mb) * rb;
+    if (px_min >= analytic_min && pb_min >= analytic_min) {
+      const double c0 = (mx - mb) + std::log1p((zx - zb) / zb);
+      for (std::int64_t j = 0; j < cols; ++j) {
+        const double p0 = ex[j] * rx, q0 = eb[j] * rb;
+        const double w = 1e-8 / (p0 * q0), u = q0 * w, v = p0 * w;  // ε/p0, ε/q0
+        const double u2 = u * u, v2 = v * v;
+        const double c = (u - v) - 0.5 * (u2 - v2) + (u2 * u - v2 * v) * (1.0 / 3.0);
+        const double l = ((static_cast<double>(x[j]) - static_cast<double>(b[j])) - c0) + c;
+        ex[j] = (p0 + 1e-8) * l;
+      }
+    } else {
+      for (std::int64_t j = 0; j < cols; ++j) {
+        const double p = ex[j] * rx + 1e-8, q = eb[j] * rb + 1e-8;
+        ex[j] = p * cpu::log_positive(p / q);
+      }
     }
     return static_cast<float>(detail::lane_sum(cols, [&](std::int64_t j) { return ex[j]; }));
   }
