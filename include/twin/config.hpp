@@ -40,6 +40,16 @@
 #  define TWIN_UNLIKELY(x) (x)
 #endif
 
+// On a small function that a loop must inline to vectorize (the polynomial
+// exp / log of backend/cpu/elementary.hpp): GCC's inliner gave up on
+// exp_nonpositive inside a grown arcee_fusion::row_kl and called it per
+// entry, twice as slow.
+#if defined(__GNUC__)
+#  define TWIN_ALWAYS_INLINE [[gnu::always_inline]] inline
+#else
+#  define TWIN_ALWAYS_INLINE inline
+#endif
+
 // On a function whose loops are arithmetic-bound (polynomial exp / log in
 // double): GCC's x86 tuning vectorizes loops 256 bits wide even where the
 // build enables AVX-512; this asks for the full width there (no effect on a

@@ -93,6 +93,27 @@ struct ArceeFusion {
     return m;
   }
 
+  // max_j |x[j] − b[j]| in f32 (n ≥ 1; NaN where one is), in 16 lanes.
+  static float row_max_abs_diff(const float* x, const float* b, std::int64_t n) {
+    using detail::f32x16;
+    f32x16 lane = {};
+    std::int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+      f32x16 u, v;
+      std::memcpy(&u, x + j, sizeof u);
+      std::memcpy(&v, b + j, sizeof v);
+      const f32x16 d = u - v, a = d < 0.0f ? -d : d;
+      lane = a > lane || a != a ? a : lane;  // a NaN stays
+    }
+    float m = 0.0f;
+    for (; j < n; ++j) {
+      const float a = std::abs(x[j] - b[j]);
+      m = a > m || a != a ? a : m;
+    }
+    for (int l = 0; l < 16; ++l) m = lane[l] > m || lane[l] != lane[l] ? lane[l] : m;
+    return m;
+  }
+
   // The smallest softmax value for which row_kl takes log(p/q) from the
   // logits: ε/p ≤ 2⁻¹⁰, so three terms of log1p(ε/p) leave under 2⁻⁴⁰ of it.
   static constexpr double analytic_min = 0x1p10 * 1e-8;
@@ -108,8 +129,28 @@ struct ArceeFusion {
     // (entry j into lane j mod 8), then the lanes in order. The
     // normalizations multiply by 1/z: divisions cost more than the
     // exponentials on this path.
-    for (std::int64_t j = 0; j < cols; ++j)
-      ex[j] = cpu::exp_nonpositive(x[j] - mx), eb[j] = cpu::exp_nonpositive(b[j] - mb);
+    // Where |δ| ≤ 1/32 for δ = (b − mb) − (x − mx) over the row (an expert
+    // near its base: bounded by max |x − b| + |mx − mb|), e^(b − mb) =
+    // e^(x − mx)·e^δ with e^δ by its Taylor series to δ⁸ (truncation below
+    // 10⁻¹⁹ relative): one exponential per entry, not two.
+    if (row_max_abs_diff(x, b, cols) + std::abs(mx - mb) <= 1.0 / 32.0) {
+      for (std::int64_t j = 0; j < cols; ++j) {
+        const double e = cpu::exp_nonpositive(x[j] - mx), d = (b[j] - mb) - (x[j] - mx);
+        double t = 1.0 / 40320.0;
+        t = t * d + 1.0 / 5040.0;
+        t = t * d + 1.0 / 720.0;
+        t = t * d + 1.0 / 120.0;
+        t = t * d + 1.0 / 24.0;
+        t = t * d + 1.0 / 6.0;
+        t = t * d + 0.5;
+        t = t * d + 1.0;
+        t = t * d + 1.0;
+        ex[j] = e, eb[j] = e * t;
+      }
+    } else {
+      for (std::int64_t j = 0; j < cols; ++j)
+        ex[j] = cpu::exp_nonpositive(x[j] - mx), eb[j] = cpu::exp_nonpositive(b[j] - mb);
+    }
     const double zx = detail::lane_sum(cols, [&](std::int64_t j) { return ex[j]; });
     const double zb = detail::lane_sum(cols, [&](std::int64_t j) { return eb[j]; });
     const double rx = 1.0 / zx, rb = 1.0 / zb;

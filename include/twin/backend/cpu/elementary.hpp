@@ -18,9 +18,11 @@
 #include <cstdint>
 #include <limits>
 
+#include "twin/config.hpp"
+
 namespace twin::cpu {
 
-inline double exp_nonpositive(double x) noexcept {
+TWIN_ALWAYS_INLINE double exp_nonpositive(double x) noexcept {
   constexpr double shifter = 0x1.8p52;  // adding it rounds to an integer, kept in the low bits
   constexpr double log2e = 0x1.71547652b82fep0;
   constexpr double ln2_hi = 0x1.62e42fee00000p-1, ln2_lo = 0x1.a39ef35793c76p-33;
@@ -47,7 +49,7 @@ inline double exp_nonpositive(double x) noexcept {
   return x < -708.0 ? 0.0 : p * scale;
 }
 
-inline double log_positive(double y) noexcept {
+TWIN_ALWAYS_INLINE double log_positive(double y) noexcept {
   constexpr double ln2_hi = 0x1.62e42fee00000p-1, ln2_lo = 0x1.a39ef35793c76p-33;
   const std::uint64_t bits = std::bit_cast<std::uint64_t>(y);
   // The exponent field as a double, without an integer conversion.
