@@ -136,15 +136,7 @@ struct ArceeFusion {
     if (row_max_abs_diff(x, b, cols) + std::abs(mx - mb) <= 1.0 / 32.0) {
       for (std::int64_t j = 0; j < cols; ++j) {
         const double e = cpu::exp_nonpositive(x[j] - mx), d = (b[j] - mb) - (x[j] - mx);
-        double t = 1.0 / 40320.0;
-        t = t * d + 1.0 / 5040.0;
-        t = t * d + 1.0 / 720.0;
-        t = t * d + 1.0 / 120.0;
-        t = t * d + 1.0 / 24.0;
-        t = t * d + 1.0 / 6.0;
-        t = t * d + 0.5;
-        t = t * d + 1.0;
-        t = t * d + 1.0;
+        const double t = cpu::exp_taylor<8>(d);
         ex[j] = e, eb[j] = e * t;
       }
     } else {

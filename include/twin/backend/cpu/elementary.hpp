@@ -17,10 +17,36 @@
 #include <bit>
 #include <cstdint>
 #include <limits>
+#include <utility>
 
 #include "twin/config.hpp"
 
 namespace twin::cpu {
+
+// 1/k! as a double (k! is exact in double up to 22!).
+constexpr double inv_factorial(int k) noexcept {
+  double f = 1.0;
+  for (int i = 2; i <= k; ++i) f *= i;
+  return 1.0 / f;
+}
+
+template <int K>
+constexpr double inv_factorial_v = inv_factorial(K);
+
+template <int N, int... K>
+TWIN_ALWAYS_INLINE double exp_taylor_steps(double r, std::integer_sequence<int, K...>) noexcept {
+  double p = inv_factorial_v<N>;
+  ((p = p * r + inv_factorial_v<N - 1 - K>), ...);
+  return p;
+}
+
+// Σ_{k=0..N} r^k/k!, the Taylor series of e^r to r^N, by Horner's rule from
+// the top term (each step p·r + 1/k!, contracted to an FMA where the build
+// contracts).
+template <int N>
+TWIN_ALWAYS_INLINE double exp_taylor(double r) noexcept {
+  return exp_taylor_steps<N>(r, std::make_integer_sequence<int, N>{});
+}
 
 TWIN_ALWAYS_INLINE double exp_nonpositive(double x) noexcept {
   constexpr double shifter = 0x1.8p52;  // adding it rounds to an integer, kept in the low bits
@@ -30,20 +56,7 @@ TWIN_ALWAYS_INLINE double exp_nonpositive(double x) noexcept {
   const double t = xc * log2e + shifter;
   const double k = t - shifter;
   const double r = (xc - k * ln2_hi) - k * ln2_lo;
-  double p = 1.0 / 6227020800.0;  // 1/13!
-  p = p * r + 1.0 / 479001600.0;
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
+  const double p = exp_taylor<13>(r);
   // 2^k: the low bits of t hold k (two's complement); k + 1023 ∈ [2, 1023].
   const double scale = std::bit_cast<double>((std::bit_cast<std::uint64_t>(t) + 1023u) << 52);
   return x < -708.0 ? 0.0 : p * scale;
