@@ -377,15 +377,22 @@ struct WindowScan {
   explicit WindowScan(std::vector<std::pair<std::uint32_t, std::uint32_t>> w)
       : window(std::move(w)), threads(static_cast<std::size_t>(num_threads())), m(window.size()), above(threads * m, 0),
         inside(threads * m) {}
-  // Keys of v[0..c) (of v − base where base is given), from the calling thread.
+  // Thread t's keys inside window x.
+  KeyBuffer& keys(std::size_t t, std::size_t x) noexcept { return inside[t * m + x]; }
+  // Keys of v[0..c) (of v − base where base is given) against window x,
+  // for thread t (the calling one).
+  void scan(std::size_t t, std::size_t x, const float* v, const float* base, std::int64_t c) {
+    above[t * m + x] += scan_window(v, base, c, window[x].first, window[x].second, keys(t, x));
+  }
+  // The same keys against every window, from the calling thread.
   void scan(const float* v, const float* base, std::int64_t c) {
     const auto t = static_cast<std::size_t>(thread_index());
-    for (std::size_t x = 0; x < m; ++x)
-      above[t * m + x] += scan_window(v, base, c, window[x].first, window[x].second, inside[t * m + x]);
+    for (std::size_t x = 0; x < m; ++x) scan(t, x, v, base, c);
   }
-  // The cut keeping the k largest keys, where window x holds the k-th.
-  std::optional<MagnitudeCut> cut(std::size_t x, std::int64_t k) {
-    return cut_in_window(above, inside, threads, m, x, k);
+  // The cut keeping the k largest keys, where window x holds the k-th;
+  // releases the window's keys unless told to keep them.
+  std::optional<MagnitudeCut> cut(std::size_t x, std::int64_t k, bool release = true) {
+    return cut_in_window(above, inside, threads, m, x, k, release);
   }
 };
 

@@ -19,7 +19,6 @@
 #include <cstring>
 #include <optional>
 #include <span>
-#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -369,19 +368,15 @@ inline WindowCuts window_cuts(std::span<const TensorMergeArgs> seq, std::span<co
     });
   }
   for (std::size_t i = 0; i < T; ++i) std::erase(sample[i], 0xffffffffu);  // past the end (no key is 0xffffffff)
-  std::vector<std::uint32_t> wlo(R, 0), whi(R, 0xffffffffu);               // window [wlo, whi] of keys
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> window(R);          // [lo, hi] of keys
   // Per request, in parallel (each window depends on its expert's sample alone).
   parallel_blocks(static_cast<std::int64_t>(R), 1, [&](std::int64_t x0, std::int64_t x1) {
-    for (auto x = static_cast<std::size_t>(x0); x < static_cast<std::size_t>(x1); ++x) {
-      std::tie(wlo[x], whi[x]) =
-          sample_window(sample[req[x].expert], static_cast<double>(req[x].k) / static_cast<double>(total));
-    }
+    for (auto x = static_cast<std::size_t>(x0); x < static_cast<std::size_t>(x1); ++x)
+      window[x] = sample_window(sample[req[x].expert], static_cast<double>(req[x].k) / static_cast<double>(total));
   });
   sample = {};
   // 2. Counts above each window, and the keys inside it, per thread and request.
-  const auto threads = static_cast<std::size_t>(num_threads());
-  std::vector<std::int64_t> above_n(threads * R, 0);
-  std::vector<KeyBuffer> inside(threads * R);
+  WindowScan scan(std::move(window));
   // Per merge block of the sequence and request: the thread that scanned it
   // and where its keys lie in that thread's buffer.
   struct Span {
@@ -393,14 +388,13 @@ inline WindowCuts window_cuts(std::span<const TensorMergeArgs> seq, std::span<co
       const auto t = static_cast<std::size_t>(thread_index());
       const auto b = static_cast<std::size_t>(first_block[s] + b0 / merge_block);
       if (tie_counts)
-        for (std::size_t x = 0; x < R; ++x) span[b * R + x] = {t, inside[t * R + x].size, 0};
-      for_input_runs(
-          seq[s], b0, b1, [&](std::int64_t, std::int64_t c, const float* base, const float* const* ex, float*) {
-            for (std::size_t x = 0; x < R; ++x)
-              above_n[t * R + x] += scan_window(ex[req[x].expert], base, c, wlo[x], whi[x], inside[t * R + x]);
-          });
+        for (std::size_t x = 0; x < R; ++x) span[b * R + x] = {t, scan.keys(t, x).size, 0};
+      for_input_runs(seq[s], b0, b1,
+                     [&](std::int64_t, std::int64_t c, const float* base, const float* const* ex, float*) {
+                       for (std::size_t x = 0; x < R; ++x) scan.scan(t, x, ex[req[x].expert], base, c);
+                     });
       if (tie_counts)
-        for (std::size_t x = 0; x < R; ++x) span[b * R + x].end = inside[t * R + x].size;
+        for (std::size_t x = 0; x < R; ++x) span[b * R + x].end = scan.keys(t, x).size;
     });
   // 3. The cut inside each window, its ties per block; requests in parallel.
   WindowCuts out;
@@ -409,7 +403,7 @@ inline WindowCuts window_cuts(std::span<const TensorMergeArgs> seq, std::span<co
   parallel_blocks(static_cast<std::int64_t>(R), 1, [&](std::int64_t x0, std::int64_t x1) {
     for (auto x = static_cast<std::size_t>(x0); x < static_cast<std::size_t>(x1); ++x) {
       // The window's keys stay until its ties are counted, then go.
-      const std::optional<MagnitudeCut> c = cut_in_window(above_n, inside, threads, R, x, req[x].k, false);
+      const std::optional<MagnitudeCut> c = scan.cut(x, req[x].k, false);
       out.cut[x] = c;
       if (tie_counts && c && c->needs_tie_order()) {
         out.ties_before[x].resize(S);
@@ -418,12 +412,12 @@ inline WindowCuts window_cuts(std::span<const TensorMergeArgs> seq, std::span<co
           tb.assign(static_cast<std::size_t>(first_block[s + 1] - first_block[s]) + 1, 0);
           for (std::size_t b = 0; b + 1 < tb.size(); ++b) {
             const Span& sp = span[(static_cast<std::size_t>(first_block[s]) + b) * R + x];
-            const std::uint32_t* k = inside[sp.thread * R + x].keys.get();
+            const std::uint32_t* k = scan.keys(sp.thread, x).keys.get();
             tb[b + 1] = tb[b] + std::count(k + sp.begin, k + sp.end, c->threshold);
           }
         }
       }
-      for (std::size_t t = 0; t < threads; ++t) inside[t * R + x] = {};
+      for (std::size_t t = 0; t < scan.threads; ++t) scan.keys(t, x) = {};
     }
   });
   return out;
