@@ -166,8 +166,9 @@ TEST_CASE("fusion into strided host views (padded rows, transposed layout) equal
 }
 
 TEST_CASE(
-    "bf16 factor products (bf16 dot products, and widened to f32) equal θ* + Σ_t bf16(a_t) · bf16(w_t b_t)ᵀ "
-    "summed in f32 and rounded once; automatic precision picks them for bf16 θ* only") {
+    "bf16 factor products (bf16 dot products by the AVX-512 BF16 kernel and by oneDNN, and widened to f32) equal "
+    "θ* + Σ_t bf16(a_t) · bf16(w_t b_t)ᵀ summed in f32 and rounded once; automatic precision picks them for bf16 θ* "
+    "only") {
   const SmallModel sm = small_model(35, kTasks);
   std::mt19937_64 rng(4);
   const TwinModel model16 = build(sm, SvdCompressor::with_rank(3), dtype::bf16);
@@ -179,12 +180,19 @@ TEST_CASE(
   for (const auto& p : auto32.plans()) CHECK(!p.bf16_product());
   FuseOptions forced;
   forced.factors = FactorPrecision::bf16;
-  for (const bool dots : {true, false}) {
+  // bf16 θ* into bf16 outputs takes the AVX-512 BF16 kernel where the CPU
+  // has it (pairs), else oneDNN's product; both are run where they can be.
+  for (const auto& [dots, pairs] : {std::pair{true, true}, std::pair{true, false}, std::pair{false, false}}) {
     if (dots && !native) {
       MESSAGE("SKIPPED: the bf16 dot-product path (no oneDNN bf16 kernel on this machine)");
       continue;
     }
+    if (pairs && !backend::cpu::bf16_pairs_cpu()) {
+      MESSAGE("SKIPPED: the AVX-512 BF16 kernel (this CPU has no AVX-512 BF16)");
+      continue;
+    }
     backend::cpu::set_bf16_dot_products(dots);
+    backend::cpu::set_bf16_pairs(pairs);
     for (const TwinModel* model : {&model16, &model32}) {
       const DynamicFuser f(*model, forced);
       const std::vector<float> logits = random_logits(rng, kTasks);
@@ -195,6 +203,7 @@ TEST_CASE(
         for (const auto& e : model->entries()) {
           if (e.excluded) continue;
           CAPTURE(dots);
+          CAPTURE(pairs);
           CAPTURE(e.name);
           CAPTURE(dtype_name(t));
           const MatrixShape ms = matrix_shape(e.shape.span());
@@ -228,6 +237,7 @@ TEST_CASE(
     check_model_outputs(with_sparse, out, reference_weights(logits), unit_roundoff(dtype::bf16) + 1e-5, "sparse");
   }
   backend::cpu::set_bf16_dot_products(true);
+  backend::cpu::set_bf16_pairs(true);
 }
 
 // SVD factors quantized to `bits` in groups of `group` rows, optionally

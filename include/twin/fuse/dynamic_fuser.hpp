@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "twin/adapter.hpp"
+#include "twin/backend/cpu/bf16_pairs.hpp"
 #include "twin/backend/cpu/gemm.hpp"
 #include "twin/model/twin_model.hpp"
 #include "twin/named_item.hpp"
@@ -276,7 +277,7 @@ class DynamicFuser {
     return b;
   }
   static std::vector<std::uint16_t>& scratch_bf16(int slot, std::size_t n) {
-    thread_local std::vector<std::uint16_t> bufs[2];
+    thread_local std::vector<std::uint16_t> bufs[3];
     std::vector<std::uint16_t>& b = bufs[slot];
     if (b.size() < n) b.resize(n);
     return b;
@@ -328,8 +329,23 @@ class DynamicFuser {
     const float* a_ptr = nullptr;
     const std::uint16_t* a16_ptr = nullptr;
     std::int64_t lda = Ka;
+    const Tensor& star = *p.shared;
+    // bf16 θ* into a bf16 output with unit column stride, nothing but
+    // low-rank modules: the product added to θ* and rounded once, no f32
+    // staging; by the AVX-512 BF16 kernel with Bs in pairs order
+    // (backend/cpu/bf16_pairs.hpp) where the CPU has it, else by oneDNN.
+    const std::int64_t ld16 = bf16 && Ka > 0 && !p.has_other && star.dtype() == dtype::bf16 &&
+                                      out.dtype() == dtype::bf16
+                                  ? row_stride(out, cw)
+                                  : 0;
+    const bool pairs = ld16 > 0 && backend::cpu::bf16_dot_products() && backend::cpu::bf16_pairs_enabled();
+    std::vector<std::uint16_t>& bp16 =
+        scratch_bf16(2, pairs ? static_cast<std::size_t>(backend::cpu::bf16_pairs_size(cw, Ka)) : 0);
     if (Ka > 0) {
-      parallel_blocks(cw, 1024, [&](std::int64_t lo, std::int64_t hi) {
+      // Bs of a 768-wide region in 3 blocks, so that both cores of a small
+      // machine share it (it is ~8% of a bf16 fusion); whole 16-column
+      // groups for pack_bf16_pairs.
+      parallel_blocks(cw, 256, [&](std::int64_t lo, std::int64_t hi) {
         for (std::int64_t j = lo; j < hi; ++j) {
           const float* src = p.b_cat.data() + (c0 + j) * p.K;
           float* dst = bs.data() + j * Ka;
@@ -339,6 +355,7 @@ class DynamicFuser {
           }
           if (bf16) convert_from_f32(bs.data() + j * Ka, Ka, bs16.data() + j * Ka, dtype::bf16);
         }
+        if (pairs) backend::cpu::pack_bf16_pairs(bs16.data(), cw, Ka, Ka, lo, hi, bp16.data());
       });
       // A_cat's rows of the region, only the active tasks' columns.
       auto gather = [&](const auto& cat, auto& ag) {
@@ -365,17 +382,25 @@ class DynamicFuser {
     // else is staged in f32 and converted once.
     const std::int64_t ldo = out.dtype() == dtype::f32 ? row_stride(out, cw) : 0;
     const bool direct = ldo > 0;
-    const Tensor& star = *p.shared;
     const bool star_f32 = star.dtype() == dtype::f32;
 
-    // bf16 θ* into a bf16 output with unit column stride, nothing but
-    // low-rank modules: θ* rows copied into the output, the product added
-    // there (rounded once), no f32 staging.
-    const std::int64_t ld16 = bf16 && Ka > 0 && !p.has_other && star.dtype() == dtype::bf16 &&
-                                      out.dtype() == dtype::bf16
-                                  ? row_stride(out, cw)
-                                  : 0;
+    if (pairs) {
+      // Blocks of 96 rows or fewer (at least two per thread): each column
+      // panel of Bs stays in L1 while a block's rows pass.
+      const std::int64_t nt = std::max(1, num_threads());
+      const std::int64_t rb = opts_.row_block > 0 ? opts_.row_block
+                                                  : std::clamp<std::int64_t>((rows + 2 * nt - 1) / (2 * nt), 1, 16) *
+                                                        backend::cpu::bf16_pairs_rows;
+      const auto* src = static_cast<const std::uint16_t*>(star.data()) + r0 * cols + c0;
+      auto* dst = static_cast<std::uint16_t*>(out.data());
+      parallel_blocks(rows, rb, [&](std::int64_t lo, std::int64_t hi) {
+        backend::cpu::add_product_bf16_pairs(hi - lo, cw, Ka, a16_ptr + lo * lda, lda, bp16.data(), src + lo * cols,
+                                             cols, dst + lo * ld16, ld16);
+      });
+      return;
+    }
     if (ld16 > 0) {
+      // θ* rows copied into the output, oneDNN's product added there.
       // Blocks of ~256 KiB of output: the rows just copied are still in L2
       // when the product's sum reads them back.
       const std::int64_t rb =
