@@ -2,7 +2,10 @@
 """PyTorch side of bench_fuse: the same fusion and SVD done the PyTorch way,
 timed in the same run as twin (this script runs the C++ bench_fuse binary for
 twin's times) and printed as ratios. Usage:
-    /usr/bin/python3 benchmarks/bench_fuse.py BUILD_DIR/benchmarks/bench_fuse
+    /usr/bin/python3 benchmarks/bench_fuse.py [BUILD_DIR/benchmarks/bench_fuse]
+(default build/bench/benchmarks/bench_fuse). TWIN_BF16_PAIRS=0 in the
+environment runs twin's bf16 fusion on oneDNN's product instead of its
+AVX-512 BF16 kernel.
 """
 import subprocess
 import sys
@@ -110,7 +113,10 @@ def bench_svd(binary):
 
 
 if __name__ == "__main__":
-    binary = sys.argv[1] if len(sys.argv) > 1 else "build-fuse-rel/benchmarks/bench_fuse"
+    if len(sys.argv) > 2 or (len(sys.argv) == 2 and sys.argv[1] in ("-h", "--help")):
+        print(__doc__.strip())
+        sys.exit(0 if len(sys.argv) == 2 else 2)
+    binary = sys.argv[1] if len(sys.argv) > 1 else "build/bench/benchmarks/bench_fuse"
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     bench_fuse(binary)
     bench_svd(binary)

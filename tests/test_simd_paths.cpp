@@ -120,7 +120,8 @@ TEST_CASE("add_product_bf16_pairs gives S + A·Bᵀ summed in f32 and rounded on
   // Property: each entry is within one bf16 rounding of the double-precision
   // S + Σ_k a_k b_k, plus the f32 sum's error (K roundings of at most
   // 2⁻²⁴ of the magnitudes), for row counts around the 6-row tile, column
-  // counts around the 16-column vectors and 64-column panels, odd and even
+  // counts around the 16-column vectors and 64-column panels (and past the
+  // 1024-column chunks of Bp kept in L2 at K = 128), odd and even
   // K (A holds NaNs past each row's K entries: the odd pair must not read
   // them), leading dimensions wider than the rows; the columns past N and
   // the rows past M are left as they were; and a call split into two row
@@ -135,7 +136,7 @@ TEST_CASE("add_product_bf16_pairs gives S + A·Bᵀ summed in f32 and rounded on
   constexpr std::uint16_t sentinel = 0x7fc1, nan = 0x7fc0;
   std::int64_t checked = 0;
   for (const std::int64_t M : {1, 5, 6, 7, 13})
-    for (const std::int64_t N : {1, 15, 16, 17, 63, 64, 65, 130})
+    for (const std::int64_t N : {1, 15, 16, 17, 63, 64, 65, 130, 1100})
       for (const std::int64_t K : {1, 2, 3, 8, 17, 128}) {
         CAPTURE(M);
         CAPTURE(N);

@@ -183,23 +183,30 @@ inline void add_product_bf16_pairs(std::int64_t M, std::int64_t N, std::int64_t 
                                    std::int64_t lda, const std::uint16_t* Bp, const std::uint16_t* S, std::int64_t lds,
                                    std::uint16_t* C, std::int64_t ldc) {
 #if TWIN_BF16_PAIRS
-  // Row tiles outer, panels inner: θ* and C pass as 6 sequential streams
-  // (the prefetchers follow them from memory), Bp is read from L2.
-  std::int64_t i = 0;
-  for (; i + bf16_pairs_rows <= M; i += bf16_pairs_rows)
-    for (std::int64_t j0 = 0; j0 < N; j0 += 64)
-      detail::bf16_pairs_row_tile<bf16_pairs_rows>(N, K, A + i * lda, lda, Bp, j0, S + i * lds, lds, C + i * ldc, ldc);
-  const std::uint16_t* a = A + i * lda;
-  const std::uint16_t* s = S + i * lds;
-  std::uint16_t* c = C + i * ldc;
-  for (std::int64_t j0 = 0; j0 < N; j0 += 64) switch (M - i) {
-      case 0: break;
-      case 1: detail::bf16_pairs_row_tile<1>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
-      case 2: detail::bf16_pairs_row_tile<2>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
-      case 3: detail::bf16_pairs_row_tile<3>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
-      case 4: detail::bf16_pairs_row_tile<4>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
-      default: detail::bf16_pairs_row_tile<5>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
-    }
+  // Columns in chunks whose part of Bp (≤ ~256 KiB at K = 128) stays in L2;
+  // within a chunk row tiles outer, panels inner: θ* and C pass as 6
+  // sequential streams that the prefetchers follow from memory.
+  const std::int64_t chunk =
+      std::max<std::int64_t>(64, (std::int64_t{1} << 17) / std::max<std::int64_t>(K, 1) / 64 * 64);
+  for (std::int64_t c0 = 0; c0 < N; c0 += chunk) {
+    const std::int64_t c1 = std::min(N, c0 + chunk);
+    std::int64_t i = 0;
+    for (; i + bf16_pairs_rows <= M; i += bf16_pairs_rows)
+      for (std::int64_t j0 = c0; j0 < c1; j0 += 64)
+        detail::bf16_pairs_row_tile<bf16_pairs_rows>(N, K, A + i * lda, lda, Bp, j0, S + i * lds, lds, C + i * ldc,
+                                                     ldc);
+    const std::uint16_t* a = A + i * lda;
+    const std::uint16_t* s = S + i * lds;
+    std::uint16_t* c = C + i * ldc;
+    for (std::int64_t j0 = c0; j0 < c1; j0 += 64) switch (M - i) {
+        case 0: break;
+        case 1: detail::bf16_pairs_row_tile<1>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
+        case 2: detail::bf16_pairs_row_tile<2>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
+        case 3: detail::bf16_pairs_row_tile<3>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
+        case 4: detail::bf16_pairs_row_tile<4>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
+        default: detail::bf16_pairs_row_tile<5>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
+      }
+  }
 #else
   (void)M, (void)N, (void)K, (void)A, (void)lda, (void)Bp, (void)S, (void)lds, (void)C, (void)ldc;
 #endif
