@@ -112,12 +112,16 @@ struct FuseTiming {
   double fuse, copy, gemm;
 };
 
-FuseTiming bench_model_fuse(dtype t, int reps) {
+// θ*, factors and outputs in t; factors = bf16 forces bf16 factor products
+// (an f32 θ* then gets bf16 dot products added to it).
+FuseTiming bench_model_fuse(dtype t, int reps, FactorPrecision factors = FactorPrecision::automatic) {
   const auto shapes = bench::roberta_base_specs(12);
   const std::size_t T = 8;
   const std::int64_t r = 16, K = static_cast<std::int64_t>(T) * r;
   const TwinModel model = random_twin(shapes, T, r, t, 1);
-  const DynamicFuser fuser(model);
+  FuseOptions options;
+  options.factors = factors;
+  const DynamicFuser fuser(model, options);
   auto out = host_tensors(shapes, t);
   const std::vector<float> logits{0.3f, -1.0f, 2.0f, 0.1f, 0.0f, -0.5f, 1.1f, 0.7f};
   FuseTiming ft{};
@@ -153,7 +157,7 @@ FuseTiming bench_model_fuse(dtype t, int reps) {
     });
   };
   ft.gemm = all_gemms(fastest_gemm);
-  if (t == dtype::bf16 && backend::cpu::bf16_dot_products()) {
+  if ((t == dtype::bf16 || factors == FactorPrecision::bf16) && backend::cpu::bf16_dot_products()) {
     std::vector<std::uint16_t> a16(a.size()), b16(b.size());
     convert_from_f32(a.data(), static_cast<std::int64_t>(a.size()), a16.data(), dtype::bf16);
     convert_from_f32(b.data(), static_cast<std::int64_t>(b.size()), b16.data(), dtype::bf16);
@@ -206,6 +210,7 @@ int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "fuse-seconds") {
     for (const dtype t : {dtype::f32, dtype::bf16})
       std::printf("%s %.6f\n", std::string(dtype_name(t)).c_str(), bench_model_fuse(t, 5).fuse);
+    std::printf("F32-BF16F %.6f\n", bench_model_fuse(dtype::f32, 5, FactorPrecision::bf16).fuse);
     return 0;
   }
   if (argc > 1 && std::string(argv[1]) == "svd-seconds") {
@@ -236,13 +241,17 @@ int main(int argc, char** argv) {
 
   if (run('1')) {
     std::printf("1. fuse, RoBERTa-base shape (12 x (4x[768,768] + [3072,768] + [768,3072]) + vectors), T=8, r=16\n");
-    std::printf("   %-5s %12s %12s %12s %16s\n", "dtype", "fuse/copy", "fuse/gemm", "fuse/floor", "floor is");
-    for (const dtype t : {dtype::f32, dtype::bf16}) {
-      const FuseTiming ft = bench_model_fuse(t, 7);
+    std::printf("   %-9s %12s %12s %12s %16s\n", "dtype", "fuse/copy", "fuse/gemm", "fuse/floor", "floor is");
+    for (const auto& [t, fp] :
+         {std::pair{dtype::f32, FactorPrecision::automatic}, std::pair{dtype::bf16, FactorPrecision::automatic},
+          std::pair{dtype::f32, FactorPrecision::bf16}}) {
+      const FuseTiming ft = bench_model_fuse(t, 7, fp);
       const double floor = std::max(ft.copy, ft.gemm);
-      std::printf("   %-5s %12.2f %12.2f %12.2f %16s\n", std::string(dtype_name(t)).c_str(), ft.fuse / ft.copy,
-                  ft.fuse / ft.gemm, ft.fuse / floor, ft.gemm > ft.copy ? "gemm" : "copy");
+      const std::string label = std::string(dtype_name(t)) + (fp == FactorPrecision::bf16 ? "-BF16F" : "");
+      std::printf("   %-9s %12.2f %12.2f %12.2f %16s\n", label.c_str(), ft.fuse / ft.copy, ft.fuse / ft.gemm,
+                  ft.fuse / floor, ft.gemm > ft.copy ? "gemm" : "copy");
     }
+    std::printf("   (F32-BF16F: f32 theta* and output, factors in bf16 through bf16 dot products)\n");
   }
   // Each shape at 64 and 512 tokens: a T = 8, rank-16 model whose θ* and factors are in t, X in t (values
   // ~1), every row its own mixture, Y f32; f(shape, model, fuser, tokens, x, rw, y).

@@ -14,6 +14,7 @@
 #include <initializer_list>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -334,11 +335,11 @@ class DynamicFuser {
     // low-rank modules: the product added to θ* and rounded once, no f32
     // staging; by the AVX-512 BF16 kernel with Bs in pairs order
     // (backend/cpu/bf16_pairs.hpp) where the CPU has it, else by oneDNN.
-    const std::int64_t ld16 = bf16 && Ka > 0 && !p.has_other && star.dtype() == dtype::bf16 &&
-                                      out.dtype() == dtype::bf16
-                                  ? row_stride(out, cw)
-                                  : 0;
-    const bool pairs = ld16 > 0 && backend::cpu::bf16_dot_products() && backend::cpu::bf16_pairs_enabled();
+    // The kernel also adds bf16 products to an f32 θ* in an f32 output.
+    const bool same_dtype = star.dtype() == out.dtype() && (out.dtype() == dtype::bf16 || out.dtype() == dtype::f32);
+    const std::int64_t ldp = bf16 && Ka > 0 && !p.has_other && same_dtype ? row_stride(out, cw) : 0;
+    const std::int64_t ld16 = out.dtype() == dtype::bf16 ? ldp : 0;
+    const bool pairs = ldp > 0 && backend::cpu::bf16_dot_products() && backend::cpu::bf16_pairs_enabled();
     std::vector<std::uint16_t>& bp16 =
         scratch_bf16(2, pairs ? static_cast<std::size_t>(backend::cpu::bf16_pairs_size(cw, Ka)) : 0);
     if (Ka > 0) {
@@ -391,12 +392,16 @@ class DynamicFuser {
       const std::int64_t rb = opts_.row_block > 0 ? opts_.row_block
                                                   : std::clamp<std::int64_t>((rows + 2 * nt - 1) / (2 * nt), 1, 16) *
                                                         backend::cpu::bf16_pairs_rows;
-      const auto* src = static_cast<const std::uint16_t*>(star.data()) + r0 * cols + c0;
-      auto* dst = static_cast<std::uint16_t*>(out.data());
-      parallel_blocks(rows, rb, [&](std::int64_t lo, std::int64_t hi) {
-        backend::cpu::add_product_bf16_pairs(hi - lo, cw, Ka, a16_ptr + lo * lda, lda, bp16.data(), src + lo * cols,
-                                             cols, dst + lo * ld16, ld16);
-      });
+      auto run = [&](auto* dst) {
+        using T = std::remove_pointer_t<decltype(dst)>;
+        const T* src = static_cast<const T*>(star.data()) + r0 * cols + c0;
+        parallel_blocks(rows, rb, [&](std::int64_t lo, std::int64_t hi) {
+          backend::cpu::add_product_bf16_pairs(hi - lo, cw, Ka, a16_ptr + lo * lda, lda, bp16.data(), src + lo * cols,
+                                               cols, dst + lo * ldp, ldp);
+        });
+      };
+      if (out.dtype() == dtype::bf16) run(static_cast<std::uint16_t*>(out.data()));
+      else run(static_cast<float*>(out.data()));
       return;
     }
     if (ld16 > 0) {

@@ -1,13 +1,14 @@
-// C = bf16(S + A·Bᵀ) on AVX-512 BF16 dot products (vdpbf16ps), the bf16
-// fusion's product (docs/design.md §8): A [M×K] and S, C [M×N] bf16, B given
-// once in pairs order (pack_bf16_pairs) and reused by every row block.
-// Each entry is Σ_k a_k·b_k over the pairs (k, k+1) in order, summed in f32
-// (bf16 products are exact in f32), S added in f32, rounded once to nearest
-// even: the arithmetic oneDNN's bf16 matmul with a sum post-op does, without
-// its B repacked on every call and S copied into C first. The bits of an
-// entry depend on its row and column only, never on the blocking or the
-// thread count. The kernel is compiled for AVX-512 BF16 by function target
-// whatever the build's -march, and runs where cpuid has it (bf16_pairs_cpu).
+// C = S + A·Bᵀ on AVX-512 BF16 dot products (vdpbf16ps), the fusion's
+// product with bf16 factors (docs/design.md §8): A [M×K] bf16, S and C [M×N]
+// both bf16 or both f32, B given once in pairs order (pack_bf16_pairs) and
+// reused by every row block. Each entry is Σ_k a_k·b_k over the pairs
+// (k, k+1) in order, summed in f32 (bf16 products are exact in f32), S added
+// in f32, a bf16 C rounded once to nearest even: the arithmetic of oneDNN's
+// bf16 matmul with a sum post-op, without its B repacked on every call and S
+// copied into C first. The bits of an entry depend on its row and column
+// only, never on the blocking or the thread count. The kernel is compiled
+// for AVX-512 BF16 by function target whatever the build's -march, and runs
+// where cpuid has it (bf16_pairs_cpu).
 #pragma once
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "twin/config.hpp"
 
@@ -98,10 +100,11 @@ namespace detail {
 
 // MR rows × NV·16 columns of C; `last` masks the columns of the last vector.
 // MR·NV accumulators stay in registers over all K (24 of the 32 at 6 × 4).
-template <int MR, int NV>
+// T: std::uint16_t (bf16 bits) or float, the type of S and C.
+template <int MR, int NV, class T>
 TWIN_BF16_PAIRS_TARGET void bf16_pairs_tile(std::int64_t K, const std::uint16_t* A, std::int64_t lda,
-                                            const std::uint16_t* Bp, std::int64_t N, const std::uint16_t* S,
-                                            std::int64_t lds, std::uint16_t* C, std::int64_t ldc, __mmask16 last) {
+                                            const std::uint16_t* Bp, std::int64_t N, const T* S, std::int64_t lds, T* C,
+                                            std::int64_t ldc, __mmask16 last) {
   __m512 acc[MR][NV];
 #  pragma GCC unroll 32
   for (int r = 0; r < MR; ++r)
@@ -110,14 +113,14 @@ TWIN_BF16_PAIRS_TARGET void bf16_pairs_tile(std::int64_t K, const std::uint16_t*
   // θ* and C come from memory: the lines of the tile after next in these
   // rows are fetched while this one computes (prefetches past a row's end
   // are harmless).
-  constexpr std::int64_t ahead = 128;
+  constexpr std::int64_t ahead = 128, line = 64 / sizeof(T);
 #  pragma GCC unroll 32
-  for (int r = 0; r < MR; ++r) {
-    __builtin_prefetch(S + r * lds + ahead, 0, 3);
-    __builtin_prefetch(S + r * lds + ahead + 32, 0, 3);
-    __builtin_prefetch(C + r * ldc + ahead, 1, 3);
-    __builtin_prefetch(C + r * ldc + ahead + 32, 1, 3);
-  }
+  for (int r = 0; r < MR; ++r)
+#  pragma GCC unroll 4
+    for (std::int64_t e = 0; e < 64; e += line) {
+      __builtin_prefetch(S + r * lds + ahead + e, 0, 3);
+      __builtin_prefetch(C + r * ldc + ahead + e, 1, 3);
+    }
   const std::int64_t pairs = (K + 1) / 2;
   for (std::int64_t p = 0; p < pairs; ++p) {
     const std::uint16_t* bp = Bp + p * N * 2;
@@ -141,30 +144,34 @@ TWIN_BF16_PAIRS_TARGET void bf16_pairs_tile(std::int64_t K, const std::uint16_t*
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) {
       const __mmask16 m = v + 1 == NV ? last : __mmask16(0xFFFF);
-      const __m256i s = _mm256_maskz_loadu_epi16(m, S + r * lds + v * 16);
-      // Widened by the zero-masked forms: the unmasked ones start from an
-      // undefined register that GCC 12 warns about under a function target.
-      const __m512 sf = _mm512_castsi512_ps(
-          _mm512_maskz_slli_epi32(__mmask16(0xFFFF), _mm512_maskz_cvtepu16_epi32(__mmask16(0xFFFF), s), 16));
-      const __m256bh o = _mm512_cvtneps_pbh(_mm512_add_ps(acc[r][v], sf));
-      _mm256_mask_storeu_epi16(C + r * ldc + v * 16, m, (__m256i)o);
+      if constexpr (std::is_same_v<T, float>) {
+        const __m512 sf = _mm512_maskz_loadu_ps(m, S + r * lds + v * 16);
+        _mm512_mask_storeu_ps(C + r * ldc + v * 16, m, _mm512_add_ps(acc[r][v], sf));
+      } else {
+        const __m256i s = _mm256_maskz_loadu_epi16(m, S + r * lds + v * 16);
+        // Widened by the zero-masked forms: the unmasked ones start from an
+        // undefined register that GCC 12 warns about under a function target.
+        const __m512 sf = _mm512_castsi512_ps(
+            _mm512_maskz_slli_epi32(__mmask16(0xFFFF), _mm512_maskz_cvtepu16_epi32(__mmask16(0xFFFF), s), 16));
+        const __m256bh o = _mm512_cvtneps_pbh(_mm512_add_ps(acc[r][v], sf));
+        _mm256_mask_storeu_epi16(C + r * ldc + v * 16, m, (__m256i)o);
+      }
     }
 }
 
-template <int MR>
+template <int MR, class T>
 TWIN_BF16_PAIRS_TARGET void bf16_pairs_row_tile(std::int64_t N, std::int64_t K, const std::uint16_t* A,
-                                                std::int64_t lda, const std::uint16_t* Bp, std::int64_t j0,
-                                                const std::uint16_t* S, std::int64_t lds, std::uint16_t* C,
-                                                std::int64_t ldc) {
+                                                std::int64_t lda, const std::uint16_t* Bp, std::int64_t j0, const T* S,
+                                                std::int64_t lds, T* C, std::int64_t ldc) {
   const std::int64_t w = std::min<std::int64_t>(64, N - j0);
   const int nv = static_cast<int>((w + 15) / 16);
   const auto last = static_cast<__mmask16>((1u << (w - (nv - 1) * 16)) - 1u);
   const std::uint16_t* bp = Bp + j0 * 2;
   switch (nv) {
-    case 1: bf16_pairs_tile<MR, 1>(K, A, lda, bp, N, S + j0, lds, C + j0, ldc, last); break;
-    case 2: bf16_pairs_tile<MR, 2>(K, A, lda, bp, N, S + j0, lds, C + j0, ldc, last); break;
-    case 3: bf16_pairs_tile<MR, 3>(K, A, lda, bp, N, S + j0, lds, C + j0, ldc, last); break;
-    default: bf16_pairs_tile<MR, 4>(K, A, lda, bp, N, S + j0, lds, C + j0, ldc, last); break;
+    case 1: bf16_pairs_tile<MR, 1, T>(K, A, lda, bp, N, S + j0, lds, C + j0, ldc, last); break;
+    case 2: bf16_pairs_tile<MR, 2, T>(K, A, lda, bp, N, S + j0, lds, C + j0, ldc, last); break;
+    case 3: bf16_pairs_tile<MR, 3, T>(K, A, lda, bp, N, S + j0, lds, C + j0, ldc, last); break;
+    default: bf16_pairs_tile<MR, 4, T>(K, A, lda, bp, N, S + j0, lds, C + j0, ldc, last); break;
   }
 }
 
@@ -176,12 +183,14 @@ TWIN_BF16_PAIRS_TARGET void bf16_pairs_row_tile(std::int64_t N, std::int64_t K, 
 // Rows of C per tile of add_product_bf16_pairs.
 inline constexpr std::int64_t bf16_pairs_rows = 6;
 
-// C = bf16(S + A·Bᵀ) for M rows, Bp = pack_bf16_pairs of B [N×K]. Callers
-// check bf16_pairs_cpu() first. Columns go in panels of 64 (the panel of Bp
-// stays in L1 while the rows pass); row blocks of a few dozen rows suit it.
-inline void add_product_bf16_pairs(std::int64_t M, std::int64_t N, std::int64_t K, const std::uint16_t* A,
-                                   std::int64_t lda, const std::uint16_t* Bp, const std::uint16_t* S, std::int64_t lds,
-                                   std::uint16_t* C, std::int64_t ldc) {
+// C = S + A·Bᵀ for M rows, Bp = pack_bf16_pairs of B [N×K]; S and C both
+// bf16 (T = std::uint16_t: the sum rounded once) or both f32 (T = float).
+// Callers check bf16_pairs_cpu() first. Row blocks of a few dozen rows suit
+// it.
+template <class T>
+void add_product_bf16_pairs(std::int64_t M, std::int64_t N, std::int64_t K, const std::uint16_t* A, std::int64_t lda,
+                            const std::uint16_t* Bp, const T* S, std::int64_t lds, T* C, std::int64_t ldc) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, std::uint16_t>);
 #if TWIN_BF16_PAIRS
   // Columns in chunks whose part of Bp (≤ ~256 KiB at K = 128) stays in L2;
   // within a chunk row tiles outer, panels inner: θ* and C pass as 6
@@ -193,18 +202,18 @@ inline void add_product_bf16_pairs(std::int64_t M, std::int64_t N, std::int64_t 
     std::int64_t i = 0;
     for (; i + bf16_pairs_rows <= M; i += bf16_pairs_rows)
       for (std::int64_t j0 = c0; j0 < c1; j0 += 64)
-        detail::bf16_pairs_row_tile<bf16_pairs_rows>(N, K, A + i * lda, lda, Bp, j0, S + i * lds, lds, C + i * ldc,
-                                                     ldc);
+        detail::bf16_pairs_row_tile<bf16_pairs_rows, T>(N, K, A + i * lda, lda, Bp, j0, S + i * lds, lds, C + i * ldc,
+                                                        ldc);
     const std::uint16_t* a = A + i * lda;
-    const std::uint16_t* s = S + i * lds;
-    std::uint16_t* c = C + i * ldc;
+    const T* s = S + i * lds;
+    T* c = C + i * ldc;
     for (std::int64_t j0 = c0; j0 < c1; j0 += 64) switch (M - i) {
         case 0: break;
-        case 1: detail::bf16_pairs_row_tile<1>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
-        case 2: detail::bf16_pairs_row_tile<2>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
-        case 3: detail::bf16_pairs_row_tile<3>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
-        case 4: detail::bf16_pairs_row_tile<4>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
-        default: detail::bf16_pairs_row_tile<5>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
+        case 1: detail::bf16_pairs_row_tile<1, T>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
+        case 2: detail::bf16_pairs_row_tile<2, T>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
+        case 3: detail::bf16_pairs_row_tile<3, T>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
+        case 4: detail::bf16_pairs_row_tile<4, T>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
+        default: detail::bf16_pairs_row_tile<5, T>(N, K, a, lda, Bp, j0, s, lds, c, ldc); break;
       }
   }
 #else
