@@ -344,8 +344,7 @@ class DynamicFuser {
         scratch_bf16(2, pairs ? static_cast<std::size_t>(backend::cpu::bf16_pairs_size(cw, Ka)) : 0);
     if (Ka > 0) {
       // Bs of a 768-wide region in 3 blocks, so that both cores of a small
-      // machine share it (it is ~8% of a bf16 fusion); whole 16-column
-      // groups for pack_bf16_pairs.
+      // machine share it (~7% of a bf16 fusion's time, perf says).
       parallel_blocks(cw, 256, [&](std::int64_t lo, std::int64_t hi) {
         for (std::int64_t j = lo; j < hi; ++j) {
           const float* src = p.b_cat.data() + (c0 + j) * p.K;
@@ -386,8 +385,8 @@ class DynamicFuser {
     const bool star_f32 = star.dtype() == dtype::f32;
 
     if (pairs) {
-      // Blocks of 96 rows or fewer (at least two per thread): each column
-      // panel of Bs stays in L1 while a block's rows pass.
+      // Blocks of 96 rows or fewer, at least two per thread so that the
+      // dynamic schedule evens out the threads.
       const std::int64_t nt = std::max(1, num_threads());
       const std::int64_t rb = opts_.row_block > 0 ? opts_.row_block
                                                   : std::clamp<std::int64_t>((rows + 2 * nt - 1) / (2 * nt), 1, 16) *
