@@ -156,6 +156,13 @@ std::int64_t check_pairs_kernel() {
         add_product_bf16_pairs(M - ih, N, K, A.data() + ih * lda, lda, Bp2.data(), S.data() + ih * lds, lds,
                                C2.data() + ih * ldc, ldc);
         CHECK(Bp2 == Bp);
+        // The packing against its definition: pair p of row j, a zero after an odd K's last entry.
+        std::int64_t misplaced = 0;
+        for (std::int64_t q = 0; q < (K + 1) / 2 * 2; ++q)
+          for (std::int64_t j = 0; j < N; ++j)
+            misplaced += Bp[static_cast<std::size_t>(((q / 2) * N + j) * 2 + (q & 1))] !=
+                         (q < K ? B[static_cast<std::size_t>(j * ldb + q)] : std::uint16_t{0});
+        CHECK(misplaced == 0);
         CHECK(std::memcmp(C2.data(), C.data(), C.size() * sizeof(T)) == 0);
         std::int64_t bad = 0, untouched = 0;
         for (std::int64_t i = 0; i <= M; ++i)
