@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "bench_common.hpp"
+#include "twin/backend/cpu/bf16_pairs.hpp"
 #include "twin/backend/cpu/gemm.hpp"
 #include "twin/compress/svd_compressor.hpp"
 #include "twin/fuse/dynamic_fuser.hpp"
@@ -237,7 +238,10 @@ int main(int argc, char** argv) {
   };
   std::printf("threads: %d; f32 products: %s; bf16 products: %s\n\n", num_threads(),
               TWIN_HAVE_ONEDNN ? "oneDNN sgemm" : "Eigen",
-              backend::cpu::bf16_dot_products() ? "bf16 dot products (oneDNN)" : "widened to f32");
+              !backend::cpu::bf16_dot_products() ? "widened to f32"
+              : backend::cpu::bf16_pairs_enabled()
+                  ? "bf16 dot products (oneDNN; fusion into theta*: twin's AVX-512 BF16 kernel)"
+                  : "bf16 dot products (oneDNN)");
 
   if (run('1')) {
     std::printf("1. fuse, RoBERTa-base shape (12 x (4x[768,768] + [3072,768] + [768,3072]) + vectors), T=8, r=16\n");
