@@ -180,8 +180,9 @@ TEST_CASE(
   for (const auto& p : auto32.plans()) CHECK(!p.bf16_product());
   FuseOptions forced;
   forced.factors = FactorPrecision::bf16;
-  // bf16 θ* into bf16 outputs takes the AVX-512 BF16 kernel where the CPU
-  // has it (pairs), else oneDNN's product; both are run where they can be.
+  // Bf16 products into an output of θ*'s dtype (bf16 into bf16, f32 into
+  // f32) take the AVX-512 BF16 kernel where the CPU has it (pairs), else
+  // oneDNN's product; both are run where they can be.
   for (const auto& [dots, pairs] : {std::pair{true, true}, std::pair{true, false}, std::pair{false, false}}) {
     if (dots && !native) {
       MESSAGE("SKIPPED: the bf16 dot-product path (no oneDNN bf16 kernel on this machine)");
