@@ -173,6 +173,39 @@ FuseTiming bench_model_fuse(dtype t, int reps, FactorPrecision factors = FactorP
                              ++j;
                            }
                        }));
+    if (backend::cpu::bf16_pairs_enabled()) {
+      // The same products by twin's kernel, the one the fusion runs: B
+      // packed once per width outside the timing, C += A·Bᵀ in place (bf16
+      // C for a bf16 θ*, f32 C for an f32 one).
+      std::vector<std::vector<std::uint16_t>> packed;
+      auto pack_for = [&](std::int64_t n) -> const std::uint16_t* {
+        for (std::size_t i = 0; i < packed.size(); ++i)
+          if (static_cast<std::int64_t>(packed[i].size()) == backend::cpu::bf16_pairs_size(n, K))
+            return packed[i].data();
+        packed.emplace_back(static_cast<std::size_t>(backend::cpu::bf16_pairs_size(n, K)));
+        backend::cpu::pack_bf16_pairs(b16.data(), n, K, K, 0, n, packed.back().data());
+        return packed.back().data();
+      };
+      auto products = [&](auto& outs) {
+        std::vector<const std::uint16_t*> bp;
+        for (const Shape& s : shapes)
+          if (s.shape.size() == 2) bp.push_back(pack_for(s.shape[1]));
+        return time_best(reps, [&] {
+          std::size_t j = 0;
+          for (const Shape& s : shapes)
+            if (s.shape.size() == 2) {
+              auto* c = outs[j].data();
+              const std::int64_t n = s.shape[1];
+              parallel_blocks(s.shape[0], 96, [&](std::int64_t lo, std::int64_t hi) {
+                backend::cpu::add_product_bf16_pairs(hi - lo, n, K, a16.data() + lo * K, K, bp[j], c + lo * n, n,
+                                                     c + lo * n, n);
+              });
+              ++j;
+            }
+        });
+      };
+      ft.gemm = std::min(ft.gemm, t == dtype::bf16 ? products(c16) : products(cs));
+    }
   }
   return ft;
 }
