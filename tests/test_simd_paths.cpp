@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "twin/backend/cpu/bf16_pairs.hpp"
+#include "twin/dtype.hpp"
 #include "twin/random.hpp"
 
 TEST_CASE("every Philox::uniforms kernel gives the values of Philox::uniform for any start and length") {
@@ -102,28 +103,13 @@ TEST_CASE("Philox::uniforms_side_by_side gives each generator's Philox::uniform 
   }
 }
 
-namespace {
-std::uint16_t to_bf16(float f) {  // round to nearest even (finite values)
-  std::uint32_t b;
-  std::memcpy(&b, &f, 4);
-  b += 0x7fffu + ((b >> 16) & 1u);
-  return static_cast<std::uint16_t>(b >> 16);
-}
-double from_bf16(std::uint16_t h) {
-  const std::uint32_t b = std::uint32_t{h} << 16;
-  float f;
-  std::memcpy(&f, &b, 4);
-  return f;
-}
-}  // namespace
-
 // add_product_bf16_pairs into S, C of element type T (bf16 bits or f32)
 // against double-precision sums; returns the entries checked.
 template <class T>
 std::int64_t check_pairs_kernel() {
   using namespace twin::backend::cpu;
   constexpr bool bf16 = std::is_same_v<T, std::uint16_t>;
-  auto value = [](T x) { return bf16 ? from_bf16(static_cast<std::uint16_t>(x)) : static_cast<double>(x); };
+  auto value = [](T x) { return bf16 ? twin::bf16_to_f32(static_cast<std::uint16_t>(x)) : static_cast<double>(x); };
   std::mt19937 g(7);
   std::normal_distribution<float> nd;
   constexpr std::uint16_t nan = 0x7fc0;
@@ -143,10 +129,10 @@ std::int64_t check_pairs_kernel() {
         std::vector<T> S(static_cast<std::size_t>(M * lds)), C(static_cast<std::size_t>((M + 1) * ldc), sentinel),
             C2(C);
         for (std::int64_t i = 0; i < M; ++i)
-          for (std::int64_t k = 0; k < K; ++k) A[static_cast<std::size_t>(i * lda + k)] = to_bf16(nd(g));
+          for (std::int64_t k = 0; k < K; ++k) A[static_cast<std::size_t>(i * lda + k)] = twin::f32_to_bf16(nd(g));
         for (std::int64_t j = 0; j < N; ++j)
-          for (std::int64_t k = 0; k < K; ++k) B[static_cast<std::size_t>(j * ldb + k)] = to_bf16(nd(g));
-        for (auto& x : S) x = bf16 ? T(to_bf16(4.0f * nd(g))) : T(4.0f * nd(g));
+          for (std::int64_t k = 0; k < K; ++k) B[static_cast<std::size_t>(j * ldb + k)] = twin::f32_to_bf16(nd(g));
+        for (auto& x : S) x = bf16 ? T(twin::f32_to_bf16(4.0f * nd(g))) : T(4.0f * nd(g));
         pack_bf16_pairs(B.data(), N, K, ldb, 0, N, Bp.data());
         add_product_bf16_pairs(M, N, K, A.data(), lda, Bp.data(), S.data(), lds, C.data(), ldc);
         const std::int64_t jh = N / 2 / 16 * 16, ih = M / 2;
@@ -174,8 +160,8 @@ std::int64_t check_pairs_kernel() {
             }
             double ref = value(S[static_cast<std::size_t>(i * lds + j)]), mag = std::abs(ref);
             for (std::int64_t k = 0; k < K; ++k) {
-              const double p = from_bf16(A[static_cast<std::size_t>(i * lda + k)]) *
-                               from_bf16(B[static_cast<std::size_t>(j * ldb + k)]);
+              const double p = twin::bf16_to_f32(A[static_cast<std::size_t>(i * lda + k)]) *
+                               twin::bf16_to_f32(B[static_cast<std::size_t>(j * ldb + k)]);
               ref += p;
               mag += std::abs(p);
             }
