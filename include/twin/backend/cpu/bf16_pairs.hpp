@@ -12,12 +12,11 @@
 #pragma once
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
+#include "twin/backend/cpu/switch.hpp"
 #include "twin/config.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -41,28 +40,18 @@ inline bool bf16_pairs_cpu() noexcept {
 }
 
 namespace detail {
-inline std::atomic<int>& bf16_pairs_setting() noexcept {
-  static std::atomic<int> v{-1};
-  return v;
+inline EnvSwitch& bf16_pairs_switch() noexcept {
+  static EnvSwitch s("TWIN_BF16_PAIRS");
+  return s;
 }
 }  // namespace detail
 
 // Whether callers should use the kernel: the CPU has it, and neither
 // set_bf16_pairs(false) nor TWIN_BF16_PAIRS=0 in the environment turned it
 // off (the fusion then takes oneDNN's product; tests compare the two).
-inline bool bf16_pairs_enabled() noexcept {
-  int v = detail::bf16_pairs_setting().load(std::memory_order_relaxed);
-  if (v < 0) {
-    const char* env = std::getenv("TWIN_BF16_PAIRS");
-    v = !(env && env[0] == '0');
-    detail::bf16_pairs_setting().store(v, std::memory_order_relaxed);
-  }
-  return v == 1 && bf16_pairs_cpu();
-}
+inline bool bf16_pairs_enabled() noexcept { return detail::bf16_pairs_switch().on() && bf16_pairs_cpu(); }
 
-inline void set_bf16_pairs(bool allowed) noexcept {
-  detail::bf16_pairs_setting().store(allowed ? 1 : 0, std::memory_order_relaxed);
-}
+inline void set_bf16_pairs(bool allowed) noexcept { detail::bf16_pairs_switch().set(allowed); }
 
 // Entries of B [N×K] (row j at B + j·ldb) in pairs order: out[(p·N + j)·2 + e]
 // = B[j][2p + e] for p < ⌈K/2⌉, a zero where 2p + e = K. Rows [j0, j1) only,

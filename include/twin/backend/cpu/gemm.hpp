@@ -15,9 +15,7 @@
 #pragma once
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -25,6 +23,7 @@
 #include <Eigen/Core>
 
 #include "twin/backend/cpu/onednn.hpp"
+#include "twin/backend/cpu/switch.hpp"
 #include "twin/config.hpp"
 #include "twin/dtype.hpp"
 #include "twin/parallel.hpp"
@@ -210,10 +209,9 @@ TWIN_TEMPLATE_INSTANCE void detail::fast_gemm<float>(bool, bool, Index, Index, I
 // --- bf16 operands ------------------------------------------------------------
 
 namespace detail {
-inline std::atomic<int>& bf16_dot_setting() {
-  // -1: not decided yet (the environment decides on first use).
-  static std::atomic<int> v{-1};
-  return v;
+inline EnvSwitch& bf16_dot_switch() noexcept {
+  static EnvSwitch s("TWIN_BF16_DOT");
+  return s;
 }
 }  // namespace detail
 
@@ -222,14 +220,8 @@ inline std::atomic<int>& bf16_dot_setting() {
 // set_bf16_dot_products(false) nor TWIN_BF16_DOT=0 in the environment turned
 // them off.
 inline bool bf16_dot_products() {
-  int v = detail::bf16_dot_setting().load(std::memory_order_relaxed);
-  if (v < 0) {
-    const char* env = std::getenv("TWIN_BF16_DOT");
-    v = !(env && env[0] == '0');
-    detail::bf16_dot_setting().store(v, std::memory_order_relaxed);
-  }
 #if TWIN_HAVE_ONEDNN
-  return v == 1 && onednn::bf16_matmul_native();
+  return detail::bf16_dot_switch().on() && onednn::bf16_matmul_native();
 #else
   return false;
 #endif
@@ -237,9 +229,7 @@ inline bool bf16_dot_products() {
 
 // Allows (the default) or forbids bf16 dot products; forbidden, gemm_bf16
 // widens its operands to f32 (tests compare both paths this way).
-inline void set_bf16_dot_products(bool allowed) noexcept {
-  detail::bf16_dot_setting().store(allowed ? 1 : 0, std::memory_order_relaxed);
-}
+inline void set_bf16_dot_products(bool allowed) noexcept { detail::bf16_dot_switch().set(allowed); }
 
 // C = op(A)·op(B) (+ C when accumulate) with A and B bf16 (bits in uint16)
 // and C f32 or bf16 (CT = float or std::uint16_t; a bf16 C is rounded once,
