@@ -40,18 +40,15 @@ inline bool bf16_pairs_cpu() noexcept {
 }
 
 namespace detail {
-inline EnvSwitch& bf16_pairs_switch() noexcept {
-  static EnvSwitch s("TWIN_BF16_PAIRS");
-  return s;
-}
+inline EnvSwitch bf16_pairs_switch{"TWIN_BF16_PAIRS"};
 }  // namespace detail
 
 // Whether callers should use the kernel: the CPU has it, and neither
 // set_bf16_pairs(false) nor TWIN_BF16_PAIRS=0 in the environment turned it
 // off (the fusion then takes oneDNN's product; tests compare the two).
-inline bool bf16_pairs_enabled() noexcept { return detail::bf16_pairs_switch().on() && bf16_pairs_cpu(); }
+inline bool bf16_pairs_enabled() noexcept { return detail::bf16_pairs_switch.on() && bf16_pairs_cpu(); }
 
-inline void set_bf16_pairs(bool allowed) noexcept { detail::bf16_pairs_switch().set(allowed); }
+inline void set_bf16_pairs(bool allowed) noexcept { detail::bf16_pairs_switch.set(allowed); }
 
 // Entries of B [N×K] (row j at B + j·ldb) in pairs order: out[(p·N + j)·2 + e]
 // = B[j][2p + e] for p < ⌈K/2⌉, a zero where 2p + e = K. Rows [j0, j1) only,

@@ -209,10 +209,7 @@ TWIN_TEMPLATE_INSTANCE void detail::fast_gemm<float>(bool, bool, Index, Index, I
 // --- bf16 operands ------------------------------------------------------------
 
 namespace detail {
-inline EnvSwitch& bf16_dot_switch() noexcept {
-  static EnvSwitch s("TWIN_BF16_DOT");
-  return s;
-}
+inline EnvSwitch bf16_dot_switch{"TWIN_BF16_DOT"};
 }  // namespace detail
 
 // Whether gemm_bf16 runs on bf16 dot products now: oneDNN is built in, the
@@ -221,7 +218,7 @@ inline EnvSwitch& bf16_dot_switch() noexcept {
 // them off.
 inline bool bf16_dot_products() {
 #if TWIN_HAVE_ONEDNN
-  return detail::bf16_dot_switch().on() && onednn::bf16_matmul_native();
+  return detail::bf16_dot_switch.on() && onednn::bf16_matmul_native();
 #else
   return false;
 #endif
@@ -229,7 +226,7 @@ inline bool bf16_dot_products() {
 
 // Allows (the default) or forbids bf16 dot products; forbidden, gemm_bf16
 // widens its operands to f32 (tests compare both paths this way).
-inline void set_bf16_dot_products(bool allowed) noexcept { detail::bf16_dot_switch().set(allowed); }
+inline void set_bf16_dot_products(bool allowed) noexcept { detail::bf16_dot_switch.set(allowed); }
 
 // C = op(A)·op(B) (+ C when accumulate) with A and B bf16 (bits in uint16)
 // and C f32 or bf16 (CT = float or std::uint16_t; a bf16 C is rounded once,

@@ -11,7 +11,8 @@ namespace twin::backend::cpu::detail {
 
 class EnvSwitch {
  public:
-  explicit EnvSwitch(const char* env) noexcept : env_(env) {}
+  // constexpr: an inline variable of it is initialized before any code runs.
+  explicit constexpr EnvSwitch(const char* env) noexcept : env_(env) {}
   bool on() noexcept {
     int v = state_.load(std::memory_order_relaxed);
     if (v < 0) {
