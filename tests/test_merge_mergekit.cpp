@@ -472,6 +472,103 @@ TEST_CASE("della keeps each entry with its rank's probability (Philox draws), an
                   argument_error);
 }
 
+namespace {
+
+// The held path of a GTA merge with drawn masks (the one rng = torch still takes): every δ_i formed, masked in
+// place (della_magprune / bernoulli_mask with Philox draws), rescaled by rescale_l1, combined by gta_merge.
+Tensor held_masked_merge(const GeneralizedTaskArithmetic& g, const Tensor& b, const std::vector<Tensor>& ex) {
+  std::vector<ConstTensorView> ev;
+  for (const Tensor& e : ex) ev.push_back(e.view());
+  Tensor out(dtype::f32, b.shape());
+  const TensorMergeArgs a{"w", b.view(), ev, out.view()};
+  std::vector<float> p;
+  const bool della = g.sparsifier == GtaSparsifier::della_magprune;
+  detail::gta_merge(a, detail::GtaRule{g.method, g.consensus, g.normalize, g.scaling, &g.weights},
+                    [&](std::size_t i, std::span<float> row) {
+                      const double d = g.densities[i], e = g.epsilons.empty() ? 0.15 : g.epsilons[i];
+                      if (d >= 1.0) return;
+                      if (della && d <= 0.0) {
+                        std::fill(row.begin(), row.end(), 0.0f);
+                        return;
+                      }
+                      const double before = g.rescale ? detail::l1_norm(row) : 0.0;
+                      const Philox draws(random_key(g.seed, "w", i));
+                      if (della) {
+                        detail::della_magprune(row, b.shape(), d, e, RngKind::philox, draws, nullptr, p);
+                      } else {
+                        p.assign(row.size(), static_cast<float>(d));
+                        detail::bernoulli_mask(row, p, RngKind::philox, draws, nullptr);
+                      }
+                      if (g.rescale) detail::rescale_l1(row, before);
+                    });
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("della, della_linear and mergekit's dare streamed (δ never held) give the held path's bits") {
+  // Property: the streamed merge (masks as bits, L1 sums per merge block in l1_norm's lanes) is the same
+  // computation as the held one, bit for bit, for 1 and 2 threads. Shapes: rows inside one merge block
+  // (50 × 768), rows across block boundaries (200 × 768, 40 × 3000: 2 and 3 blocks, a row split by each
+  // boundary), rank 1 (one vector), vectors of one entry (300 × 1), and shapes that stay held (a row longer
+  // than a block: 2 × 70000; rank 3, vectors not consecutive: 6 × 50 × 4); f32 and bf16 experts; 3 and 10
+  // experts with densities ≥ 1, ≤ 0 (della) and between; per-expert weights; with and without the rescale.
+  std::mt19937_64 rng(77);
+  const std::vector<std::vector<std::int64_t>> shapes = {{50, 768}, {200, 768}, {40, 3000}, {5000},
+                                                         {300, 1},  {2, 70000}, {6, 50, 4}};
+  for (const std::string method : {"della", "della_linear", "dare_ties", "dare_linear"})
+    for (const auto& shape : shapes)
+      for (const std::size_t T : {std::size_t{3}, std::size_t{10}}) {
+        CAPTURE(method);
+        CAPTURE(shape.size());
+        CAPTURE(shape[0]);
+        CAPTURE(T);
+        const dtype et = T == 3 ? dtype::bf16 : dtype::f32;
+        const Tensor b = random_tensor(rng, et, shape);
+        std::vector<Tensor> ex;
+        for (std::size_t i = 0; i < T; ++i) ex.push_back(perturbed(rng, b, 0.02, et));
+        GeneralizedTaskArithmetic g = *GeneralizedTaskArithmetic::mergekit(method);
+        g.seed = 5 + T;
+        g.scaling = 0.7;
+        for (std::size_t i = 0; i < T; ++i) {
+          const bool della = method.starts_with("della");
+          g.densities.push_back(i == 1 ? 1.0 : i == 2 && della ? 0.0 : 0.3 + 0.05 * static_cast<double>(i % 4));
+          g.epsilons.push_back(0.1 + 0.02 * static_cast<double>(i % 3));
+          g.weights.push_back(0.5 + 0.25 * static_cast<double>(i % 3));
+        }
+        for (const bool rescale : {true, false}) {
+          g.rescale = rescale;
+          const Tensor want = held_masked_merge(g, b, ex);
+          std::vector<ConstTensorView> ev;
+          for (const Tensor& e : ex) ev.push_back(e.view());
+          for (const int threads : {1, 2}) {
+            set_num_threads(threads);
+            Tensor got(dtype::f32, shape);
+            g.merge_tensor(TensorMergeArgs{"w", b.view(), ev, got.view()});
+            CHECK(same_bits(got, want));
+          }
+          set_num_threads(0);
+        }
+        // The Della strategies (AnyMerger's della / della_linear) stream the same way.
+        if (method.starts_with("della")) {
+          g.rescale = true;
+          const Tensor want = held_masked_merge(g, b, ex);
+          const AnyMerger m = by_settings(method, [&](MergeSettings& s) {
+            s.densities = g.densities;
+            s.epsilons = g.epsilons;
+            s.weights = g.weights;
+            s.seed = g.seed;
+            s.scaling = g.scaling;
+          });
+          std::vector<ConstTensorView> ev;
+          for (const Tensor& e : ex) ev.push_back(e.view());
+          Tensor got(dtype::f32, shape);
+          m.merge_tensor(TensorMergeArgs{"w", b.view(), ev, got.view()});
+          CHECK(same_bits(got, want));
+        }
+      }
+}
+
 TEST_CASE("sce: variance top-k, sign erase, mean-square weights, as a literal double-precision reference") {
   // 1200 entries: whole vectors of 8 and 16 positions; 1189: the last chunk
   // (165 entries) ends in a partial vector (the kernels' scalar tails). The

@@ -57,10 +57,16 @@ struct DellaBase {
                              std::to_string(i) + " has density " + std::to_string(d[i]) + " and epsilon " +
                              std::to_string(e[i]));
     }
+    const GtaRule rule{name(), Consensus, normalize, scaling, &weights};
+    if (rng == RngKind::philox)
+      if (const auto m = della_masks(a, d, e, seed)) {  // δ never held
+        gta_merge_masked(a, rule, *m, rescale);
+        return;
+      }
     std::optional<TorchCpuGenerator> torch_gen;
     if (rng == RngKind::torch) torch_gen.emplace(seed);
     std::vector<float> p;  // scratch of della_magprune
-    gta_merge(a, GtaRule{name(), Consensus, normalize, scaling, &weights}, [&](std::size_t i, std::span<float> row) {
+    gta_merge(a, rule, [&](std::size_t i, std::span<float> row) {
       if (d[i] >= 1.0) return;
       if (d[i] <= 0.0) {
         std::fill(row.begin(), row.end(), 0.0f);

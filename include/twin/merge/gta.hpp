@@ -17,6 +17,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -209,9 +210,9 @@ inline void bernoulli_mask(std::span<float> d, std::span<const float> p, RngKind
   });
 }
 
-// DELLA's Philox mask on vectors of consecutive entries (inner 1, len ≥ 2):
+// DELLA's Philox keep mask of one vector of consecutive entries (len ≥ 2):
 // the same mask as bernoulli_mask on della_probabilities' p (entry j kept
-// iff uniform(j) < p(rank of j)) without sorting every vector. A histogram
+// iff uniform(j) < p(rank of j)) without sorting the vector. A histogram
 // of the vector's keys in buckets monotone in the key bounds each entry's
 // rank to its bucket's range [lo, hi], and p being nondecreasing, u < p(lo)
 // keeps the entry and u ≥ p(hi) drops it (a draw outside [p(0), p(len − 1))
@@ -219,86 +220,106 @@ inline void bernoulli_mask(std::span<float> d, std::span<const float> p, RngKind
 // (a few per vector: the range of p over one bucket is narrow) gets its
 // exact rank by counting the keys below it and its equal keys before it. A
 // vector with more undecided entries than `undecided_max` (long runs of
-// ties) is sorted instead.
+// ties) is sorted instead. Holds its scratch: one per thread.
+class DellaVectorMask {
+ public:
+  DellaVectorMask(std::int64_t len, double density, double epsilon)
+      : L_(static_cast<std::size_t>(len)),
+        // Buckets: a power of two from len to 2·len (at least 16, at most 4096).
+        bits_(std::clamp(static_cast<int>(std::bit_width(static_cast<std::uint64_t>(len - 1))), 4, 12)), key_(L_),
+        bucket_(L_), start_((std::size_t{1} << bits_) + 1), mid_(L_), u_(L_), prank_(L_) {
+    della_rank_probabilities(len, static_cast<float>(density - epsilon), static_cast<float>(epsilon), prank_.data());
+  }
+
+  // keep[b] = all ones where entry b of x (the vector at positions first,
+  // first + 1, … of the tensor, drawn from `philox`) is kept, else 0.
+  void operator()(const float* TWIN_RESTRICT x, std::uint64_t first, const Philox& philox,
+                  std::uint32_t* TWIN_RESTRICT keep) {
+    constexpr std::size_t undecided_max = 32;
+    const std::size_t L = L_;
+    std::uint32_t* TWIN_RESTRICT k = key_.data();
+    std::uint32_t kmin = 0xffffffffu, kmax = 0;
+    for (std::size_t b = 0; b < L; ++b) {
+      k[b] = magnitude_key(x[b]);
+      kmin = std::min(kmin, k[b]), kmax = std::max(kmax, k[b]);
+    }
+    philox.uniforms(first, L, 0, u_.data());
+    const float* TWIN_RESTRICT uv = u_.data();
+    const float* TWIN_RESTRICT pr = prank_.data();
+    if (kmin == kmax) {  // all tied: the ranks are the indices
+      for (std::size_t b = 0; b < L; ++b) keep[b] = uv[b] < pr[b] ? 0xffffffffu : 0u;
+      return;
+    }
+    const int shift = std::max(0, static_cast<int>(std::bit_width(kmax - kmin)) - bits_);
+    std::uint32_t* TWIN_RESTRICT bk = bucket_.data();
+    for (std::size_t b = 0; b < L; ++b) bk[b] = (k[b] - kmin) >> shift;
+    const std::size_t nb = ((kmax - kmin) >> shift) + 1;
+    std::uint32_t* TWIN_RESTRICT st = start_.data();
+    std::fill(st, st + nb + 1, 0u);
+    for (std::size_t b = 0; b < L; ++b) ++st[bk[b] + 1];
+    for (std::size_t q = 1; q <= nb; ++q) st[q] += st[q - 1];  // st[q]: how many lie in buckets below q
+    // Branch-free (the draws are random): u < p(0) keeps and u ≥
+    // p(len − 1) drops whatever the rank; the others (about 2ε of them)
+    // are listed in `mid`, then each is dropped where u ≥ p(hi) of its
+    // bucket, and the undecided ones, p(lo) ≤ u < p(hi), stay listed
+    // (mid[0..marked)).
+    const float p_first = pr[0], p_last = pr[L - 1];
+    std::size_t mids = 0;
+    for (std::size_t b = 0; b < L; ++b) keep[b] = uv[b] < p_last ? 0xffffffffu : 0u;
+    std::uint32_t* TWIN_RESTRICT mid = mid_.data();
+    for (std::size_t b = 0; b < L; ++b) {
+      mid[mids] = static_cast<std::uint32_t>(b);
+      mids += (uv[b] >= p_first) & (uv[b] < p_last);
+    }
+    std::uint32_t marked = 0;
+    for (std::size_t q = 0; q < mids; ++q) {
+      const std::uint32_t b = mid[q];
+      const float lo = pr[st[bk[b]]], hi = pr[st[bk[b] + 1] - 1];
+      const std::uint32_t m = (uv[b] >= lo) & (uv[b] < hi);
+      keep[b] &= uv[b] < hi ? 0xffffffffu : 0u;  // a mask: GCC made the select a branch
+      mid[marked] = b;
+      marked += m;
+    }
+    if (marked > undecided_max) {
+      // Many undecided: every rank from a stable sort (ties by index) of
+      // the keys themselves, which the next vector rewrites.
+      key2_.resize(L), at_.resize(L), at2_.resize(L);
+      for (std::size_t b = 0; b < L; ++b) at_[b] = static_cast<std::uint32_t>(b);
+      stable_radix_sort(key_, at_, key2_, at2_);
+      for (std::size_t r = 0; r < L; ++r) keep[at_[r]] &= uv[at_[r]] < pr[r] ? 0xffffffffu : 0u;
+      return;
+    }
+    for (std::uint32_t q = 0; q < marked; ++q) {
+      const std::uint32_t b = mid[q];
+      const std::uint32_t kb = k[b];
+      std::uint32_t rank = 0;
+      for (std::size_t c = 0; c < L; ++c) rank += (k[c] < kb) | ((k[c] == kb) & (c < b));
+      keep[b] &= uv[b] < pr[rank] ? 0xffffffffu : 0u;
+    }
+  }
+
+ private:
+  std::size_t L_;
+  int bits_;
+  std::vector<std::uint32_t> key_, bucket_, start_, mid_;
+  std::vector<std::uint32_t> key2_, at_, at2_;  // for a vector that is sorted
+  std::vector<float> u_, prank_;
+};
+
+// DELLA's Philox mask (DellaVectorMask) on vectors of consecutive entries
+// (inner 1, len ≥ 2) of a held δ: dropped entries zeroed.
 inline void della_mask_philox(std::span<float> d, std::int64_t len, double density, double epsilon,
                               const Philox& philox) {
-  constexpr std::size_t undecided_max = 32;
   const std::int64_t count = static_cast<std::int64_t>(d.size()) / len;
-  const auto lo_p = static_cast<float>(density - epsilon), eps = static_cast<float>(epsilon);
-  // Buckets: a power of two from len to 2·len (at least 16, at most 4096).
-  const int bits = std::clamp(static_cast<int>(std::bit_width(static_cast<std::uint64_t>(len - 1))), 4, 12);
   const auto L = static_cast<std::size_t>(len);
   parallel_blocks(count, std::max<std::int64_t>(1, merge_block / len), [&](std::int64_t v0, std::int64_t v1) {
-    std::vector<std::uint32_t> key(L), bucket(L), start((std::size_t{1} << bits) + 1), mid_list(L);
-    std::vector<std::uint32_t> key2, at, at2;  // for a vector that is sorted
-    std::vector<float> u(L), prank(L);
-    della_rank_probabilities(len, lo_p, eps, prank.data());
+    DellaVectorMask mask(len, density, epsilon);
+    std::vector<std::uint32_t> keep(L);
     for (std::int64_t vec = v0; vec < v1; ++vec) {
       const std::int64_t first = vec * len;
-      float* __restrict x = d.data() + first;
-      std::uint32_t* __restrict k = key.data();
-      std::uint32_t kmin = 0xffffffffu, kmax = 0;
-      for (std::size_t b = 0; b < L; ++b) {
-        k[b] = magnitude_key(x[b]);
-        kmin = std::min(kmin, k[b]), kmax = std::max(kmax, k[b]);
-      }
-      philox.uniforms(static_cast<std::uint64_t>(first), L, 0, u.data());
-      const float* __restrict uv = u.data();
-      if (kmin == kmax) {  // all tied: the ranks are the indices
-        for (std::size_t b = 0; b < L; ++b) x[b] = uv[b] < prank[b] ? x[b] : 0.0f;
-        continue;
-      }
-      const int shift = std::max(0, static_cast<int>(std::bit_width(kmax - kmin)) - bits);
-      std::uint32_t* __restrict bk = bucket.data();
-      for (std::size_t b = 0; b < L; ++b) bk[b] = (k[b] - kmin) >> shift;
-      const std::size_t nb = ((kmax - kmin) >> shift) + 1;
-      std::uint32_t* __restrict st = start.data();
-      std::fill(st, st + nb + 1, 0u);
-      for (std::size_t b = 0; b < L; ++b) ++st[bk[b] + 1];
-      for (std::size_t q = 1; q <= nb; ++q) st[q] += st[q - 1];  // st[q]: how many lie in buckets below q
-      // Branch-free (the draws are random): u < p(0) keeps and u ≥
-      // p(len − 1) drops whatever the rank; the others (about 2ε of them)
-      // are listed in `mid`, then each is dropped where u ≥ p(hi) of its
-      // bucket, and the undecided ones, p(lo) ≤ u < p(hi), stay listed
-      // (mid[0..marked)).
-      const float* __restrict pr = prank.data();
-      const float p_first = pr[0], p_last = pr[L - 1];
-      std::size_t mids = 0;
-      for (std::size_t b = 0; b < L; ++b) {
-        const std::uint32_t keep = uv[b] < p_last ? 0xffffffffu : 0u;
-        x[b] = std::bit_cast<float>(std::bit_cast<std::uint32_t>(x[b]) & keep);
-      }
-      std::uint32_t* __restrict mid = mid_list.data();
-      for (std::size_t b = 0; b < L; ++b) {
-        mid[mids] = static_cast<std::uint32_t>(b);
-        mids += (uv[b] >= p_first) & (uv[b] < p_last);
-      }
-      std::uint32_t marked = 0;
-      for (std::size_t q = 0; q < mids; ++q) {
-        const std::uint32_t b = mid[q];
-        const float lo = pr[st[bk[b]]], hi = pr[st[bk[b] + 1] - 1];
-        const std::uint32_t m = (uv[b] >= lo) & (uv[b] < hi);
-        const std::uint32_t keep = uv[b] < hi ? 0xffffffffu : 0u;  // a mask: GCC made the select a branch
-        x[b] = std::bit_cast<float>(std::bit_cast<std::uint32_t>(x[b]) & keep);
-        mid[marked] = b;
-        marked += m;
-      }
-      if (marked > undecided_max) {
-        // Many undecided: every rank from a stable sort (ties by index) of
-        // the keys themselves, which the next vector rewrites.
-        key2.resize(L), at.resize(L), at2.resize(L);
-        for (std::size_t b = 0; b < L; ++b) at[b] = static_cast<std::uint32_t>(b);
-        stable_radix_sort(key, at, key2, at2);
-        for (std::size_t r = 0; r < L; ++r) x[at[r]] = uv[at[r]] < prank[r] ? x[at[r]] : 0.0f;
-        continue;
-      }
-      for (std::uint32_t q = 0; q < marked; ++q) {
-        const std::uint32_t b = mid[q];
-        const std::uint32_t kb = k[b];
-        std::uint32_t rank = 0;
-        for (std::size_t c = 0; c < L; ++c) rank += (k[c] < kb) | ((k[c] == kb) & (c < b));
-        x[b] = uv[b] < prank[rank] ? x[b] : 0.0f;
-      }
+      float* TWIN_RESTRICT x = d.data() + first;
+      mask(x, static_cast<std::uint64_t>(first), philox, keep.data());
+      for (std::size_t b = 0; b < L; ++b) x[b] = std::bit_cast<float>(std::bit_cast<std::uint32_t>(x[b]) & keep[b]);
     }
   });
 }
@@ -435,6 +456,199 @@ inline void gta_merge_bands(const TensorMergeArgs& a, const GtaRule& r, const st
       [&](std::size_t n, auto&& t, float b) { return gta_one(n, t, w.data(), r, flat_div, b); });
 }
 
+// How gta_merge_masked masks one expert's δ: kept whole, dropped whole,
+// DELLA's ranked draws within vectors (DellaVectorMask), or a Bernoulli
+// draw per entry (u < density, bernoulli_mask's rule); the draws from
+// `philox` at the entry's position.
+struct ExpertMask {
+  enum class Kind { all, none, della, bernoulli } kind = Kind::all;
+  double density = 1.0, epsilon = 0.0;
+  Philox philox{0};
+};
+
+// The masks of mergekit's DELLA for one tensor (della_magprune, Philox
+// draws) where gta_merge_masked can take them: vectors along axis 1 that
+// are consecutive and at most a merge block long; nullopt otherwise.
+// Density ≥ 1 keeps δ_i, ≤ 0 drops it; a vector of one entry keeps with
+// p = density (della_probabilities' rule).
+inline std::optional<std::vector<ExpertMask>> della_masks(const TensorMergeArgs& a, std::span<const double> d,
+                                                          std::span<const double> e, std::uint64_t seed) {
+  const AxisOneVectors v(a.base.shape());
+  if (v.inner != 1 || v.len > merge_block) return std::nullopt;
+  std::vector<ExpertMask> m(d.size());
+  for (std::size_t i = 0; i < d.size(); ++i) {
+    const Philox philox(random_key(seed, a.name, i));
+    if (d[i] >= 1.0) m[i] = {ExpertMask::Kind::all, 1.0, 0.0, philox};
+    else if (d[i] <= 0.0) m[i] = {ExpertMask::Kind::none, 0.0, 0.0, philox};
+    else if (v.len >= 2) m[i] = {ExpertMask::Kind::della, d[i], e[i], philox};
+    else m[i] = {ExpertMask::Kind::bernoulli, d[i], 0.0, philox};
+  }
+  return m;
+}
+
+// Adds |x_j| (x masked by keep where given: |+0| where it drops) for the
+// positions j in [p0, p1) of a block starting at lo into lane[(j − lo) mod 8],
+// in order: lane_sum's order over the block (x and keep indexed from p0).
+inline void add_abs_lanes(std::array<double, 8>& lane, std::int64_t lo, std::int64_t p0, std::int64_t p1,
+                          const float* TWIN_RESTRICT x, const std::uint32_t* TWIN_RESTRICT keep) noexcept {
+  const auto at = [&](std::int64_t j) {
+    const std::uint32_t m = keep ? keep[j - p0] : 0xffffffffu;
+    return std::abs(static_cast<double>(std::bit_cast<float>(std::bit_cast<std::uint32_t>(x[j - p0]) & m)));
+  };
+  std::int64_t j = p0;
+  for (; j < p1 && (j - lo) % 8 != 0; ++j) lane[static_cast<std::size_t>((j - lo) % 8)] += at(j);
+  for (; j + 8 <= p1; j += 8)
+    for (std::size_t l = 0; l < 8; ++l) lane[l] += at(j + static_cast<std::int64_t>(l));
+  for (; j < p1; ++j) lane[static_cast<std::size_t>((j - lo) % 8)] += at(j);
+}
+
+// Bit j of words (j in [p0, p1)) = bit 0 of keep[j − p0], the bits of
+// words outside [p0, p1) untouched; words that [p0, p1) covers only in
+// part must be zero in it. Whole words are built in a register (an OR into
+// memory per entry waits on the previous one).
+inline void set_bits(const std::uint32_t* TWIN_RESTRICT keep, std::int64_t p0, std::int64_t p1,
+                     std::uint64_t* TWIN_RESTRICT words) noexcept {
+  std::int64_t j = p0;
+  for (; j < p1 && (j & 63) != 0; ++j) words[j >> 6] |= static_cast<std::uint64_t>(keep[j - p0] & 1u) << (j & 63);
+  for (; j + 64 <= p1; j += 64) {
+    std::uint64_t v = 0;
+    for (int l = 0; l < 64; ++l) v |= static_cast<std::uint64_t>(keep[j - p0 + l] & 1u) << l;
+    words[j >> 6] = v;
+  }
+  for (; j < p1; ++j) words[j >> 6] |= static_cast<std::uint64_t>(keep[j - p0] & 1u) << (j & 63);
+}
+
+// The calling thread's mask bits of gta_merge_masked, reused across
+// tensors (a fresh buffer per tensor costs page faults).
+inline std::vector<std::uint64_t>& mask_bits_scratch() {
+  thread_local std::vector<std::uint64_t> bits;
+  return bits;
+}
+
+// gta_merge with each δ_i masked by its ExpertMask and, with `rescale`,
+// the survivors scaled by Σ|δ_i|/Σ|kept δ_i| (rescale_l1's rule and sums)
+// — δ never held. Pass 1, per merge block: each vector of `len` entries
+// (DELLA's vectors; 4096 entries where no expert is ranked) that meets the block is formed
+// from the inputs for every masked expert, its mask drawn, and the block's
+// part of it recorded as one bit per entry and expert, with the block's L1
+// sums in l1_norm's lanes (a vector across two blocks is masked by both:
+// the same draws); pass 2 forms kept δ·scale from the inputs and the bits
+// and combines them. The same result as gta_merge with the masks and
+// rescale_l1 applied to held rows, for any thread count. Where an expert is
+// ranked, the vectors are della_masks': along axis 1, consecutive, at most
+// a merge block long.
+inline void gta_merge_masked(const TensorMergeArgs& a, const GtaRule& r, std::span<const ExpertMask> mask,
+                             bool rescale) {
+  using Kind = ExpertMask::Kind;
+  const std::vector<float> w = resolve_weights(*r.weights, a.experts.size(), r.method);
+  const std::size_t T = w.size();
+  const std::int64_t n = a.base.numel();
+  const std::int64_t words = (n + 63) / 64, blocks = (n + merge_block - 1) / merge_block;
+  bool ranked = false;
+  std::vector<std::size_t> drawn;  // the experts whose masks are drawn
+  for (std::size_t i = 0; i < T; ++i) {
+    ranked |= mask[i].kind == Kind::della;
+    if (mask[i].kind == Kind::della || mask[i].kind == Kind::bernoulli) drawn.push_back(i);
+  }
+  const std::int64_t seg = ranked ? AxisOneVectors(a.base.shape()).len : std::min<std::int64_t>(4096, merge_block);
+  // Expert i's bits at words·i; a drawn expert's are zeroed block by block in pass 1.
+  std::vector<std::uint64_t>& bits = mask_bits_scratch();
+  if (bits.size() < T * static_cast<std::size_t>(words)) bits.resize(T * static_cast<std::size_t>(words));
+  for (std::size_t i = 0; i < T; ++i)
+    if (mask[i].kind == Kind::all || mask[i].kind == Kind::none)
+      std::fill_n(bits.begin() + static_cast<std::ptrdiff_t>(i * static_cast<std::size_t>(words)), words,
+                  mask[i].kind == Kind::all ? ~std::uint64_t{0} : 0);
+  // Per block and drawn expert: Σ|δ| and Σ|kept δ| (rescale only).
+  std::vector<double> before(rescale ? static_cast<std::size_t>(blocks) * T : 0), after(before.size());
+  if (!drawn.empty())
+    parallel_blocks(n, merge_block, [&](std::int64_t lo, std::int64_t hi) {
+      const auto b = static_cast<std::size_t>(lo / merge_block);
+      const auto L = static_cast<std::size_t>(seg);
+      float* rows = scratch_floats<6>(drawn.size() * L);
+      std::vector<std::uint32_t> keep(L);
+      std::vector<float> u(L);  // Bernoulli draws
+      std::vector<std::optional<DellaVectorMask>> della(drawn.size());
+      for (std::size_t x = 0; x < drawn.size(); ++x)
+        if (mask[drawn[x]].kind == Kind::della) della[x].emplace(seg, mask[drawn[x]].density, mask[drawn[x]].epsilon);
+      std::vector<std::array<double, 8>> lb(drawn.size()), la(drawn.size());
+      for (std::size_t i : drawn)
+        std::fill(bits.begin() + static_cast<std::ptrdiff_t>(i * static_cast<std::size_t>(words) +
+                                                             static_cast<std::size_t>(lo >> 6)),
+                  bits.begin() + static_cast<std::ptrdiff_t>(i * static_cast<std::size_t>(words) +
+                                                             static_cast<std::size_t>((hi + 63) >> 6)),
+                  0);
+      for (std::int64_t s0 = lo / seg * seg; s0 < hi; s0 += seg) {
+        const std::int64_t s1 = std::min(n, s0 + seg), p0 = std::max(lo, s0), p1 = std::min(hi, s1);
+        for_input_chunks(a, s0, s1,
+                         [&](std::int64_t at, std::int64_t c, const float* base, const float* const* ex, float*) {
+                           for (std::size_t x = 0; x < drawn.size(); ++x) {
+                             const float* TWIN_RESTRICT e = ex[drawn[x]];
+                             float* TWIN_RESTRICT d = rows + x * L + (at - s0);
+                             for (std::int64_t j = 0; j < c; ++j) d[j] = e[j] - base[j];
+                           }
+                         });
+        for (std::size_t x = 0; x < drawn.size(); ++x) {
+          const ExpertMask& m = mask[drawn[x]];
+          const float* d = rows + x * L;
+          if (rescale) add_abs_lanes(lb[x], lo, p0, p1, d + (p0 - s0), nullptr);
+          if (m.kind == Kind::della) {
+            (*della[x])(d, static_cast<std::uint64_t>(s0), m.philox, keep.data());
+          } else {
+            m.philox.uniforms(static_cast<std::uint64_t>(s0), static_cast<std::size_t>(s1 - s0), 0, u.data());
+            const auto p = static_cast<float>(m.density);
+            for (std::size_t j = 0; j < static_cast<std::size_t>(s1 - s0); ++j) keep[j] = u[j] < p ? 0xffffffffu : 0u;
+          }
+          if (rescale) add_abs_lanes(la[x], lo, p0, p1, d + (p0 - s0), keep.data() + (p0 - s0));
+          set_bits(keep.data() + (p0 - s0), p0, p1, bits.data() + drawn[x] * static_cast<std::size_t>(words));
+        }
+      }
+      if (rescale)
+        for (std::size_t x = 0; x < drawn.size(); ++x) {
+          double sb = 0.0, sa = 0.0;
+          for (std::size_t l = 0; l < 8; ++l) sb += lb[x][l], sa += la[x][l];
+          before[b * T + drawn[x]] = sb, after[b * T + drawn[x]] = sa;
+        }
+    });
+  std::vector<float> scale(T, 1.0f);
+  if (rescale)
+    for (std::size_t i : drawn) {
+      double sb = 0.0, sa = 0.0;  // the blocks in order, as parallel_sum adds them
+      for (std::int64_t b = 0; b < blocks; ++b)
+        sb += before[static_cast<std::size_t>(b) * T + i], sa += after[static_cast<std::size_t>(b) * T + i];
+      if (!(sb < 1e-7 || sa < 1e-7)) scale[i] = static_cast<float>(sb / sa);
+    }
+  // Pass 2. Vectors of simd_lanes entries start at multiples of simd_lanes
+  // (chunks start at multiples of the chunk size): their bits lie in one word.
+  u32v lane_bit;
+  for (int l = 0; l < simd_lanes; ++l) lane_bit[l] = 1u << l;
+  const float flat_div = gta_flat_div(w);
+  merge_chunks(a, merge_block, [&](std::int64_t) {
+    return [&](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex, float* out) {
+      std::int64_t j = 0;
+      for (; j + simd_lanes <= c; j += simd_lanes) {
+        const std::int64_t pos = lo + j;
+        const f32v bv = loadv(base + j);
+        const auto t = [&](std::size_t i) {
+          const std::uint64_t word = bits[i * static_cast<std::size_t>(words) + static_cast<std::size_t>(pos >> 6)];
+          const auto m = static_cast<std::uint32_t>(word >> (pos & 63));
+          const f32v x = (loadv(ex[i] + j) - bv) * scale[i];
+          return ((u32v{} + m) & lane_bit) != 0 ? x : f32v{};
+        };
+        const f32v o = gta_lanes(T, t, w.data(), r, flat_div, bv);
+        std::memcpy(out + j, &o, sizeof o);
+      }
+      for (; j < c; ++j) {
+        const std::int64_t pos = lo + j;
+        const auto t = [&](std::size_t i) {
+          const std::uint64_t word = bits[i * static_cast<std::size_t>(words) + static_cast<std::size_t>(pos >> 6)];
+          return (word >> (pos & 63)) & 1u ? (ex[i][j] - base[j]) * scale[i] : 0.0f;
+        };
+        out[j] = gta_one(T, t, w.data(), r, flat_div, base[j]);
+      }
+    };
+  });
+}
+
 }  // namespace twin::detail
 
 namespace twin {
@@ -498,36 +712,51 @@ struct GeneralizedTaskArithmetic {
       detail::gta_merge_bands(a, detail::GtaRule{method, consensus, normalize, scaling, &weights}, band);
       return;
     }
+    const detail::GtaRule rule{method, consensus, normalize, scaling, &weights};
+    if (rng == RngKind::philox && sparsifier == GtaSparsifier::random) {
+      // Drawn masks: streamed, δ never held.
+      std::vector<detail::ExpertMask> m(T);
+      for (std::size_t i = 0; i < T; ++i) {
+        using Kind = detail::ExpertMask::Kind;
+        const Kind k = d[i] >= 1.0 ? Kind::all : d[i] <= 0.0 ? Kind::none : Kind::bernoulli;
+        m[i] = {k, d[i], 0.0, Philox(random_key(seed, a.name, i))};
+      }
+      detail::gta_merge_masked(a, rule, m, rescale);
+      return;
+    }
+    if (rng == RngKind::philox && sparsifier == GtaSparsifier::della_magprune)
+      if (const auto m = detail::della_masks(a, d, e, seed)) {
+        detail::gta_merge_masked(a, rule, *m, rescale);
+        return;
+      }
     std::optional<TorchCpuGenerator> torch_gen;
     if (rng == RngKind::torch) torch_gen.emplace(seed);
     std::vector<float> p;
-    detail::gta_merge(
-        a, detail::GtaRule{method, consensus, normalize, scaling, &weights}, [&](std::size_t i, std::span<float> row) {
-          if (sparsifier == GtaSparsifier::none || d[i] >= 1.0) return;
-          if (sparsifier == GtaSparsifier::della_magprune && d[i] <= 0.0) {
-            std::fill(row.begin(), row.end(), 0.0f);
-            return;
-          }
-          const double before = rescale ? detail::l1_norm(row) : 0.0;
-          switch (sparsifier) {
-            case GtaSparsifier::magnitude:
-              apply_cut(row, select_top_k(std::span<const float>(row),
-                                          keep_count(d[i], static_cast<std::int64_t>(row.size()))));
-              break;
-            case GtaSparsifier::random:
-              p.assign(row.size(), static_cast<float>(d[i]));
-              detail::bernoulli_mask(row, p, rng, Philox(random_key(seed, a.name, i)),
-                                     torch_gen ? &*torch_gen : nullptr);
-              break;
-            case GtaSparsifier::magnitude_outliers: detail::sparsify_outliers(row, d[i], g[i]); break;
-            case GtaSparsifier::della_magprune:
-              detail::della_magprune(row, a.base.shape(), d[i], e[i], rng, Philox(random_key(seed, a.name, i)),
-                                     torch_gen ? &*torch_gen : nullptr, p);
-              break;
-            case GtaSparsifier::none: break;
-          }
-          if (rescale) detail::rescale_l1(row, before);
-        });
+    detail::gta_merge(a, rule, [&](std::size_t i, std::span<float> row) {
+      if (sparsifier == GtaSparsifier::none || d[i] >= 1.0) return;
+      if (sparsifier == GtaSparsifier::della_magprune && d[i] <= 0.0) {
+        std::fill(row.begin(), row.end(), 0.0f);
+        return;
+      }
+      const double before = rescale ? detail::l1_norm(row) : 0.0;
+      switch (sparsifier) {
+        case GtaSparsifier::magnitude:
+          apply_cut(row,
+                    select_top_k(std::span<const float>(row), keep_count(d[i], static_cast<std::int64_t>(row.size()))));
+          break;
+        case GtaSparsifier::random:
+          p.assign(row.size(), static_cast<float>(d[i]));
+          detail::bernoulli_mask(row, p, rng, Philox(random_key(seed, a.name, i)), torch_gen ? &*torch_gen : nullptr);
+          break;
+        case GtaSparsifier::magnitude_outliers: detail::sparsify_outliers(row, d[i], g[i]); break;
+        case GtaSparsifier::della_magprune:
+          detail::della_magprune(row, a.base.shape(), d[i], e[i], rng, Philox(random_key(seed, a.name, i)),
+                                 torch_gen ? &*torch_gen : nullptr, p);
+          break;
+        case GtaSparsifier::none: break;
+      }
+      if (rescale) detail::rescale_l1(row, before);
+    });
   }
 
   // mergekit's rule and defaults for a GTA method name (§8's table), or
