@@ -1,7 +1,8 @@
 // Merging 8 experts of a RoBERTa-base-shaped model (85M parameters per model)
 // with TaskArithmetic and Ties (per-tensor and global scope, the row
 // ties_global) in f32 and bf16, DARE (dare_linear, dare_ties: density as
-// Ties', Philox masks) and mergekit's other methods: linear, breadcrumbs,
+// Ties', Philox masks; dare_linear_mk, dare_ties_mk: mergekit's rule with
+// its L1 rescale) and mergekit's other methods: linear, breadcrumbs,
 // breadcrumbs_ties, della_linear, della, sce, ram, ramplus_tl, model_stock,
 // multislerp, karcher (8 experts), nuslerp (2), slerp, nearswap, arcee_fusion,
 // passthrough (the base and one expert), into preallocated outputs. Prints,
@@ -73,6 +74,13 @@ int main(int argc, char** argv) {
       int experts;        // how many of the experts it merges
       std::string label;  // the row's name when not the merger's (a variant)
     };
+    // mergekit's own rule for a GTA method (a YAML config's merge_method), each expert at `density`.
+    auto mergekit_gta = [&](const char* m) {
+      twin::GeneralizedTaskArithmetic g = *twin::GeneralizedTaskArithmetic::mergekit(m);
+      g.densities.assign(static_cast<std::size_t>(T), density);
+      g.scaling = scaling;
+      return g;
+    };
     const Method methods[] = {
         {twin::TaskArithmetic{scaling, {}}, T},
         {twin::Ties{density, scaling, twin::TopKScope::per_tensor, {}}, T},
@@ -82,6 +90,8 @@ int main(int argc, char** argv) {
         {twin::BreadcrumbsTies{{0.9, 0.01, scaling, {}, {}, {}, false}}, T},
         {twin::DareLinear{{density, scaling, 0, {}, twin::RngKind::philox}}, T},
         {twin::DareTies{{density, scaling, 0, {}, twin::RngKind::philox}}, T},
+        {mergekit_gta("dare_linear"), T, "dare_linear_mk"},
+        {mergekit_gta("dare_ties"), T, "dare_ties_mk"},
         {twin::DellaLinear{{0.5, 0.15, scaling, 0, {}, {}, {}, false, true, twin::RngKind::philox}}, T},
         {twin::Della{{0.5, 0.15, scaling, 0, {}, {}, {}, true, true, twin::RngKind::philox}}, T},
         {twin::Sce{0.5}, T},

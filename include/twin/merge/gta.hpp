@@ -26,6 +26,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__AVX512F__)
+#  include <immintrin.h>
+#endif
+
 #include "twin/merge/merger.hpp"
 #include "twin/merge/selection.hpp"
 #include "twin/merge/streamed_cuts.hpp"
@@ -486,20 +490,24 @@ inline std::optional<std::vector<ExpertMask>> della_masks(const TensorMergeArgs&
   return m;
 }
 
-// Adds |x_j| (x masked by keep where given: |+0| where it drops) for the
+// Adds |x_j| (with Masked, x masked by keep: |+0| where it drops) for the
 // positions j in [p0, p1) of a block starting at lo into lane[(j − lo) mod 8],
 // in order: lane_sum's order over the block (x and keep indexed from p0).
-inline void add_abs_lanes(std::array<double, 8>& lane, std::int64_t lo, std::int64_t p0, std::int64_t p1,
-                          const float* TWIN_RESTRICT x, const std::uint32_t* TWIN_RESTRICT keep) noexcept {
+template <bool Masked>
+void add_abs_lanes(std::array<double, 8>& lane, std::int64_t lo, std::int64_t p0, std::int64_t p1,
+                   const float* TWIN_RESTRICT x, const std::uint32_t* TWIN_RESTRICT keep) noexcept {
   const auto at = [&](std::int64_t j) {
-    const std::uint32_t m = keep ? keep[j - p0] : 0xffffffffu;
-    return std::abs(static_cast<double>(std::bit_cast<float>(std::bit_cast<std::uint32_t>(x[j - p0]) & m)));
+    std::uint32_t v = std::bit_cast<std::uint32_t>(x[j - p0]);
+    if constexpr (Masked) v &= keep[j - p0];
+    return std::abs(static_cast<double>(std::bit_cast<float>(v)));
   };
+  std::array<double, 8> acc = lane;  // in registers through the loop
   std::int64_t j = p0;
-  for (; j < p1 && (j - lo) % 8 != 0; ++j) lane[static_cast<std::size_t>((j - lo) % 8)] += at(j);
+  for (; j < p1 && (j - lo) % 8 != 0; ++j) acc[static_cast<std::size_t>((j - lo) % 8)] += at(j);
   for (; j + 8 <= p1; j += 8)
-    for (std::size_t l = 0; l < 8; ++l) lane[l] += at(j + static_cast<std::int64_t>(l));
-  for (; j < p1; ++j) lane[static_cast<std::size_t>((j - lo) % 8)] += at(j);
+    for (std::size_t l = 0; l < 8; ++l) acc[l] += at(j + static_cast<std::int64_t>(l));
+  for (; j < p1; ++j) acc[static_cast<std::size_t>((j - lo) % 8)] += at(j);
+  lane = acc;
 }
 
 // Bit j of words (j in [p0, p1)) = bit 0 of keep[j − p0], the bits of
@@ -511,8 +519,15 @@ inline void set_bits(const std::uint32_t* TWIN_RESTRICT keep, std::int64_t p0, s
   std::int64_t j = p0;
   for (; j < p1 && (j & 63) != 0; ++j) words[j >> 6] |= static_cast<std::uint64_t>(keep[j - p0] & 1u) << (j & 63);
   for (; j + 64 <= p1; j += 64) {
+    const std::uint32_t* k = keep + (j - p0);
     std::uint64_t v = 0;
-    for (int l = 0; l < 64; ++l) v |= static_cast<std::uint64_t>(keep[j - p0 + l] & 1u) << l;
+#if defined(__AVX512F__)
+    const __m512i one = _mm512_set1_epi32(1);
+    for (int q = 0; q < 4; ++q)
+      v |= static_cast<std::uint64_t>(_mm512_test_epi32_mask(_mm512_loadu_si512(k + 16 * q), one)) << (16 * q);
+#else
+    for (int l = 0; l < 64; ++l) v |= static_cast<std::uint64_t>(k[l] & 1u) << l;
+#endif
     words[j >> 6] = v;
   }
   for (; j < p1; ++j) words[j >> 6] |= static_cast<std::uint64_t>(keep[j - p0] & 1u) << (j & 63);
@@ -590,7 +605,7 @@ inline void gta_merge_masked(const TensorMergeArgs& a, const GtaRule& r, std::sp
         for (std::size_t x = 0; x < drawn.size(); ++x) {
           const ExpertMask& m = mask[drawn[x]];
           const float* d = rows + x * L;
-          if (rescale) add_abs_lanes(lb[x], lo, p0, p1, d + (p0 - s0), nullptr);
+          if (rescale) add_abs_lanes<false>(lb[x], lo, p0, p1, d + (p0 - s0), nullptr);
           if (m.kind == Kind::della) {
             (*della[x])(d, static_cast<std::uint64_t>(s0), m.philox, keep.data());
           } else {
@@ -598,7 +613,7 @@ inline void gta_merge_masked(const TensorMergeArgs& a, const GtaRule& r, std::sp
             const auto p = static_cast<float>(m.density);
             for (std::size_t j = 0; j < static_cast<std::size_t>(s1 - s0); ++j) keep[j] = u[j] < p ? 0xffffffffu : 0u;
           }
-          if (rescale) add_abs_lanes(la[x], lo, p0, p1, d + (p0 - s0), keep.data() + (p0 - s0));
+          if (rescale) add_abs_lanes<true>(la[x], lo, p0, p1, d + (p0 - s0), keep.data() + (p0 - s0));
           set_bits(keep.data() + (p0 - s0), p0, p1, bits.data() + drawn[x] * static_cast<std::size_t>(words));
         }
       }
