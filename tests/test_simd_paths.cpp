@@ -1,5 +1,6 @@
 // The vector kernels a build chooses at run time from the CPU (Philox's
-// rounds: AVX-512F, AVX2, portable; the bf16 fusion's AVX-512 BF16 product):
+// rounds: AVX-512F, AVX2, portable; the bf16 fusion's AVX-512 BF16 product;
+// the streamed masks' bit packing):
 // each is run here by name, whatever the CPU would pick, and a kernel this
 // CPU lacks is reported SKIPPED.
 #include <doctest/doctest.h>
@@ -14,7 +15,46 @@
 
 #include "twin/backend/cpu/bf16_pairs.hpp"
 #include "twin/dtype.hpp"
+#include "twin/merge/gta.hpp"
 #include "twin/random.hpp"
+
+TEST_CASE("set_bits packs keep masks into bit words with either kernel, from any offset, other bits untouched") {
+  // Property: after set_bits(keep, p0, p1, words), bit j of words (j in [p0, p1)) is set iff keep[j − p0] is
+  // all ones, and every bit outside [p0, p1) is what it was; checked bit by bit against that definition, for
+  // ranges that start and end inside a word, on word edges, and span many words.
+  using Kernel = twin::Philox::Kernel;
+  std::mt19937_64 rng(3);
+  for (const Kernel kernel : {Kernel::portable, Kernel::avx512}) {
+    const bool avx512 = kernel == Kernel::avx512;
+    CAPTURE(avx512);
+    if (!twin::Philox::cpu_has(kernel)) {
+      MESSAGE("SKIPPED: this CPU has no avx512");
+      continue;
+    }
+    for (const std::int64_t p0 : {0, 1, 37, 63, 64, 100, 128})
+      for (const std::int64_t len : {0, 1, 27, 63, 64, 65, 128, 200, 1000}) {
+        CAPTURE(p0);
+        CAPTURE(len);
+        const std::int64_t p1 = p0 + len;
+        std::vector<std::uint64_t> words(static_cast<std::size_t>(p1 / 64 + 2));
+        for (std::uint64_t& w : words) w = rng();
+        for (std::int64_t j = p0; j < p1; ++j)
+          words[static_cast<std::size_t>(j >> 6)] &= ~(std::uint64_t{1} << (j & 63));
+        const std::vector<std::uint64_t> before = words;
+        std::vector<std::uint32_t> keep(static_cast<std::size_t>(len));
+        for (std::uint32_t& k : keep) k = rng() % 2 ? 0xffffffffu : 0u;
+        twin::detail::set_bits(keep.data(), p0, p1, words.data(), avx512);
+        std::int64_t wrong = 0;
+        for (std::int64_t j = 0; j < static_cast<std::int64_t>(words.size()) * 64; ++j) {
+          const bool got = (words[static_cast<std::size_t>(j >> 6)] >> (j & 63)) & 1u;
+          const bool want = j >= p0 && j < p1 ? keep[static_cast<std::size_t>(j - p0)] != 0
+                                              : ((before[static_cast<std::size_t>(j >> 6)] >> (j & 63)) & 1u) != 0;
+          wrong += got != want;
+        }
+        CHECK(wrong == 0);
+      }
+  }
+}
 
 TEST_CASE("every Philox::uniforms kernel gives the values of Philox::uniform for any start and length") {
   // Property: each kernel's rounds (vpmuludq, round keys computed once, no

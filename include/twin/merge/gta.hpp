@@ -26,10 +26,6 @@
 #include <string>
 #include <vector>
 
-#if defined(__AVX512F__)
-#  include <immintrin.h>
-#endif
-
 #include "twin/merge/merger.hpp"
 #include "twin/merge/selection.hpp"
 #include "twin/merge/streamed_cuts.hpp"
@@ -510,25 +506,39 @@ void add_abs_lanes(std::array<double, 8>& lane, std::int64_t lo, std::int64_t p0
   lane = acc;
 }
 
+// Bit l of the word = bit 0 of k[l], l < 64.
+inline std::uint64_t mask_word(const std::uint32_t* k) noexcept {
+  std::uint64_t v = 0;
+  for (int l = 0; l < 64; ++l) v |= static_cast<std::uint64_t>(k[l] & 1u) << l;
+  return v;
+}
+#if TWIN_PHILOX_X86
+// The same from four AVX-512 test masks (the loop above stays scalar).
+__attribute__((target("avx512f"))) inline std::uint64_t mask_word_avx512(const std::uint32_t* k) noexcept {
+  const __m512i one = _mm512_set1_epi32(1);
+  std::uint64_t v = 0;
+  for (int q = 0; q < 4; ++q)
+    v |= static_cast<std::uint64_t>(_mm512_test_epi32_mask(_mm512_loadu_si512(k + 16 * q), one)) << (16 * q);
+  return v;
+}
+#endif
+
 // Bit j of words (j in [p0, p1)) = bit 0 of keep[j − p0], the bits of
 // words outside [p0, p1) untouched; words that [p0, p1) covers only in
 // part must be zero in it. Whole words are built in a register (an OR into
-// memory per entry waits on the previous one).
+// memory per entry waits on the previous one), by mask_word_avx512 where
+// `avx512` (Philox::cpu_has(Philox::Kernel::avx512) must hold).
 inline void set_bits(const std::uint32_t* TWIN_RESTRICT keep, std::int64_t p0, std::int64_t p1,
-                     std::uint64_t* TWIN_RESTRICT words) noexcept {
+                     std::uint64_t* TWIN_RESTRICT words, bool avx512) noexcept {
   std::int64_t j = p0;
   for (; j < p1 && (j & 63) != 0; ++j) words[j >> 6] |= static_cast<std::uint64_t>(keep[j - p0] & 1u) << (j & 63);
   for (; j + 64 <= p1; j += 64) {
-    const std::uint32_t* k = keep + (j - p0);
-    std::uint64_t v = 0;
-#if defined(__AVX512F__)
-    const __m512i one = _mm512_set1_epi32(1);
-    for (int q = 0; q < 4; ++q)
-      v |= static_cast<std::uint64_t>(_mm512_test_epi32_mask(_mm512_loadu_si512(k + 16 * q), one)) << (16 * q);
+#if TWIN_PHILOX_X86
+    words[j >> 6] = avx512 ? mask_word_avx512(keep + (j - p0)) : mask_word(keep + (j - p0));
 #else
-    for (int l = 0; l < 64; ++l) v |= static_cast<std::uint64_t>(k[l] & 1u) << l;
+    (void)avx512;
+    words[j >> 6] = mask_word(keep + (j - p0));
 #endif
-    words[j >> 6] = v;
   }
   for (; j < p1; ++j) words[j >> 6] |= static_cast<std::uint64_t>(keep[j - p0] & 1u) << (j & 63);
 }
@@ -574,6 +584,7 @@ inline void gta_merge_masked(const TensorMergeArgs& a, const GtaRule& r, std::sp
       std::fill_n(bits.begin() + static_cast<std::ptrdiff_t>(i * static_cast<std::size_t>(words)), words,
                   mask[i].kind == Kind::all ? ~std::uint64_t{0} : 0);
   // Per block and drawn expert: Σ|δ| and Σ|kept δ| (rescale only).
+  static const bool avx512 = Philox::cpu_has(Philox::Kernel::avx512);
   std::vector<double> before(rescale ? static_cast<std::size_t>(blocks) * T : 0), after(before.size());
   if (!drawn.empty())
     parallel_blocks(n, merge_block, [&](std::int64_t lo, std::int64_t hi) {
@@ -614,7 +625,7 @@ inline void gta_merge_masked(const TensorMergeArgs& a, const GtaRule& r, std::sp
             for (std::size_t j = 0; j < static_cast<std::size_t>(s1 - s0); ++j) keep[j] = u[j] < p ? 0xffffffffu : 0u;
           }
           if (rescale) add_abs_lanes<true>(la[x], lo, p0, p1, d + (p0 - s0), keep.data() + (p0 - s0));
-          set_bits(keep.data() + (p0 - s0), p0, p1, bits.data() + drawn[x] * static_cast<std::size_t>(words));
+          set_bits(keep.data() + (p0 - s0), p0, p1, bits.data() + drawn[x] * static_cast<std::size_t>(words), avx512);
         }
       }
       if (rescale)
