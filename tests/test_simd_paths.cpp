@@ -1,6 +1,6 @@
 // The vector kernels a build chooses at run time from the CPU (Philox's
 // rounds: AVX-512F, AVX2, portable; the bf16 fusion's AVX-512 BF16 product;
-// the streamed masks' bit packing):
+// DELLA's list of undecided draws; the streamed masks' bit packing):
 // each is run here by name, whatever the CPU would pick, and a kernel this
 // CPU lacks is reported SKIPPED.
 #include <doctest/doctest.h>
@@ -52,6 +52,36 @@ TEST_CASE("set_bits packs keep masks into bit words with either kernel, from any
           wrong += got != want;
         }
         CHECK(wrong == 0);
+      }
+  }
+}
+
+TEST_CASE("list_between lists the indices with lo <= u < hi, ascending, with either kernel") {
+  // Property: the list is exactly the ascending indices b < n with lo ≤ u[b] < hi (DELLA's draws between
+  // p(0) and p(len − 1)), checked against a plain filter, for lengths around the 16-entry steps, bounds
+  // that every draw meets or none, and draws equal to a bound (lo is in, hi is out).
+  using Kernel = twin::Philox::Kernel;
+  std::mt19937_64 rng(4);
+  std::uniform_real_distribution<float> ud(0.0f, 1.0f);
+  for (const Kernel kernel : {Kernel::portable, Kernel::avx512}) {
+    const bool avx512 = kernel == Kernel::avx512;
+    CAPTURE(avx512);
+    if (!twin::Philox::cpu_has(kernel)) {
+      MESSAGE("SKIPPED: this CPU has no avx512");
+      continue;
+    }
+    for (const std::size_t n : {0, 1, 15, 16, 17, 33, 768, 1001})
+      for (const auto& [lo, hi] : {std::pair{0.35f, 0.65f}, std::pair{0.0f, 1.0f}, std::pair{0.5f, 0.5f}}) {
+        CAPTURE(n);
+        CAPTURE(lo);
+        std::vector<float> u(n);
+        for (float& x : u) x = rng() % 8 == 0 ? (rng() % 2 ? lo : hi) : ud(rng);
+        std::vector<std::uint32_t> want, got(n + 16, 0xdeadbeefu);
+        for (std::size_t b = 0; b < n; ++b)
+          if (u[b] >= lo && u[b] < hi) want.push_back(static_cast<std::uint32_t>(b));
+        const std::size_t k = twin::detail::list_between(u.data(), n, lo, hi, got.data(), avx512);
+        got.resize(k);
+        CHECK(got == want);
       }
   }
 }

@@ -210,6 +210,50 @@ inline void bernoulli_mask(std::span<float> d, std::span<const float> p, RngKind
   });
 }
 
+// The indices b in [b0, n) with lo ≤ u[b] < hi, ascending, appended to
+// out at k; returns the new count.
+inline std::size_t list_between_portable(const float* TWIN_RESTRICT u, std::size_t b0, std::size_t n, float lo,
+                                         float hi, std::uint32_t* TWIN_RESTRICT out, std::size_t k) noexcept {
+  for (std::size_t b = b0; b < n; ++b) {
+    out[k] = static_cast<std::uint32_t>(b);
+    k += (u[b] >= lo) & (u[b] < hi);
+  }
+  return k;
+}
+#if TWIN_PHILOX_X86
+// The same 16 entries at a time by AVX-512 compresses (out must have room
+// for 16 more than it gets).
+__attribute__((target("avx512f"))) inline std::size_t list_between_avx512(const float* TWIN_RESTRICT u, std::size_t n,
+                                                                          float lo, float hi,
+                                                                          std::uint32_t* TWIN_RESTRICT out) noexcept {
+  const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+  const __m512i step = _mm512_set1_epi32(16);
+  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  std::size_t k = 0, b = 0;
+  for (; b + 16 <= n; b += 16) {
+    const __m512 v = _mm512_loadu_ps(u + b);
+    const __mmask16 m = _mm512_cmp_ps_mask(v, vlo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(v, vhi, _CMP_LT_OQ);
+    // The register form of the compress and a full store (the memory form is microcoded on Zen 4).
+    _mm512_storeu_si512(out + k, _mm512_maskz_compress_epi32(m, idx));
+    k += static_cast<std::size_t>(std::popcount(static_cast<unsigned>(m)));
+    idx = _mm512_add_epi32(idx, step);
+  }
+  return list_between_portable(u, b, n, lo, hi, out, k);
+}
+#endif
+
+// The indices b < n with lo ≤ u[b] < hi, ascending, into out (room for
+// n + 16); returns how many. By AVX-512 compresses where `avx512`
+// (Philox::cpu_has(Philox::Kernel::avx512) must hold).
+inline std::size_t list_between(const float* TWIN_RESTRICT u, std::size_t n, float lo, float hi,
+                                std::uint32_t* TWIN_RESTRICT out, bool avx512) noexcept {
+#if TWIN_PHILOX_X86
+  if (avx512) return list_between_avx512(u, n, lo, hi, out);
+#endif
+  (void)avx512;
+  return list_between_portable(u, 0, n, lo, hi, out, 0);
+}
+
 // DELLA's Philox keep mask of one vector of consecutive entries (len ≥ 2):
 // the same mask as bernoulli_mask on della_probabilities' p (entry j kept
 // iff uniform(j) < p(rank of j)) without sorting the vector. A histogram
@@ -225,9 +269,11 @@ class DellaVectorMask {
  public:
   DellaVectorMask(std::int64_t len, double density, double epsilon)
       : L_(static_cast<std::size_t>(len)),
-        // Buckets: a power of two from len to 2·len (at least 16, at most 4096).
-        bits_(std::clamp(static_cast<int>(std::bit_width(static_cast<std::uint64_t>(len - 1))), 4, 12)), key_(L_),
-        bucket_(L_), start_((std::size_t{1} << bits_) + 1), mid_(L_), u_(L_), prank_(L_) {
+        // Buckets: a power of two from len/2 to len (at least 16, at most
+        // 4096; from len to 2·len the zeroing and prefix sums of mostly
+        // empty buckets cost more than the few more undecided entries).
+        bits_(std::clamp(static_cast<int>(std::bit_width(static_cast<std::uint64_t>(len - 1))) - 1, 4, 12)), key_(L_),
+        bucket_(L_), start_((std::size_t{1} << bits_) + 1), mid_(L_ + 16), u_(L_), prank_(L_) {
     della_rank_probabilities(len, static_cast<float>(density - epsilon), static_cast<float>(epsilon), prank_.data());
   }
 
@@ -267,10 +313,7 @@ class DellaVectorMask {
     std::size_t mids = 0;
     for (std::size_t b = 0; b < L; ++b) keep[b] = uv[b] < p_last ? 0xffffffffu : 0u;
     std::uint32_t* TWIN_RESTRICT mid = mid_.data();
-    for (std::size_t b = 0; b < L; ++b) {
-      mid[mids] = static_cast<std::uint32_t>(b);
-      mids += (uv[b] >= p_first) & (uv[b] < p_last);
-    }
+    mids = list_between(uv, L, p_first, p_last, mid, avx512_);
     std::uint32_t marked = 0;
     for (std::size_t q = 0; q < mids; ++q) {
       const std::uint32_t b = mid[q];
@@ -301,6 +344,7 @@ class DellaVectorMask {
  private:
   std::size_t L_;
   int bits_;
+  bool avx512_ = Philox::cpu_has(Philox::Kernel::avx512);
   std::vector<std::uint32_t> key_, bucket_, start_, mid_;
   std::vector<std::uint32_t> key2_, at_, at2_;  // for a vector that is sorted
   std::vector<float> u_, prank_;
