@@ -15,7 +15,7 @@
 
 #include "twin/backend/cpu/bf16_pairs.hpp"
 #include "twin/dtype.hpp"
-#include "twin/merge/gta.hpp"
+#include "twin/merge/gta_masks.hpp"
 #include "twin/random.hpp"
 
 TEST_CASE("set_bits packs keep masks into bit words with either kernel, from any offset, other bits untouched") {

@@ -1,7 +1,8 @@
 // DELLA (Deep et al. 2024) as mergekit's `della` and `della_linear` compute it
 // per tensor: each τ_i is pruned at random with a keep probability that grows
-// with the entry's magnitude rank (della_magprune, merge/gta.hpp), within each
-// vector along axis 1 (a row of a matrix; a rank-1 tensor is one vector):
+// with the entry's magnitude rank (della_magprune, merge/gta_masks.hpp),
+// within each vector along axis 1 (a row of a matrix; a rank-1 tensor is one
+// vector):
 //   p = (density − ε) + 2ε · r/(len − 1), r the ascending-magnitude rank from
 //   0 (ties by index), so the smallest entry is kept with density − ε and the
 //   largest with density + ε; survivors rescaled to the L1 norm of τ_i (mergekit's
