@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds and runs twin's whole test suite on Debian 12 (as root: installs what
-# is missing first): the format check, then the CPU tests under
-# AddressSanitizer + UndefinedBehaviorSanitizer (preset asan, fuzzers
-# included), then, when the CUDA toolkit is in /usr/local/cuda, the CUDA path
-# compiled and its tests run (they report SKIPPED without a GPU).
+# is missing first): the format check, every header compiled by clang, then
+# the CPU tests under AddressSanitizer + UndefinedBehaviorSanitizer (preset
+# asan, fuzzers included), then, when the CUDA toolkit is in /usr/local/cuda,
+# the CUDA path compiled and its tests run (they report SKIPPED without a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=${JOBS:-$(nproc)}
@@ -30,6 +30,13 @@ if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
 else
   find include examples tests benchmarks \( -name '*.hpp' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' \) -print0
 fi | xargs -0 clang-format --dry-run --Werror
+
+# Engines that embed twin build with clang too: every header (the CUDA ones
+# aside) must compile there, warning-free, with oneDNN's path on (~15 s).
+stage "headers under clang (-Wall -Wextra -Werror)"
+(cd include && find twin -name '*.hpp' -not -path '*/cuda/*' | sort | sed 's/.*/#include "&"/') |
+  clang++ -std=c++20 -fsyntax-only -Wall -Wextra -Werror -DTWIN_HAVE_ONEDNN=1 -Iinclude -isystem /usr/include/eigen3 \
+    -x c++ -
 
 # -O1 keeps sanitized tests quick; line tables (-g1) are all sanitizer reports
 # need and save a tenth of the compile time; TWIN_ENABLE_ASSERTS stays on.

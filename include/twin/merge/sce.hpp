@@ -243,7 +243,10 @@ struct Sce {
                                                static_cast<double>(sample.size()) * static_cast<double>(n));
     if (est <= 0) return std::nullopt;
     const std::int64_t ks[1] = {est};
-    const auto [wlo, whi] = detail::sample_windows(sample, n, ks)[0];
+    // Plain variables, not a structured binding: the lambdas below use them,
+    // and clang before 16 does not capture bindings.
+    const std::pair<std::uint32_t, std::uint32_t> window = detail::sample_windows(sample, n, ks)[0];
+    const std::uint32_t wlo = window.first, whi = window.second;
     sample = {};
     // The pass: variances, their keys against the window, the τ² sums.
     const std::int64_t nblocks = (n + detail::merge_block - 1) / detail::merge_block;

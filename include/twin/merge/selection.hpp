@@ -621,7 +621,7 @@ inline void apply_band(std::span<float> v, const MagnitudeCut& keep, const Magni
     if (k0.uniform && k1.uniform) {
       for (std::int64_t i = lo; i < hi; ++i) {
         const std::uint32_t k = magnitude_key(x[i]);
-        x[i] = k0.selects(k) & !k1.selects(k) ? x[i] : 0.0f;
+        x[i] = (k0.selects(k) && !k1.selects(k)) ? x[i] : 0.0f;
       }
       return;
     }

@@ -100,7 +100,7 @@ inline void trimmed_rows(std::int64_t c, const float* TWIN_RESTRICT base, const 
         for (std::int64_t j = 0; j < c; ++j) {
           const float x = e[j] - base[j];
           const std::uint32_t k = magnitude_key(x);
-          r[j] = k0.selects(k) & !k1.selects(k) ? x : 0.0f;
+          r[j] = (k0.selects(k) && !k1.selects(k)) ? x : 0.0f;
         }
       }
     } else {
