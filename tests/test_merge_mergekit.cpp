@@ -335,7 +335,8 @@ TEST_CASE("della's rank sort (stable LSD radix) orders like std::stable_sort, ti
 TEST_CASE("della's Philox mask without a sort per vector equals the mask from exact ranks (std::stable_sort)") {
   // Rows of random magnitudes (an entry whose draw falls inside its bucket's
   // p range is ranked by counting), of a handful of values (long runs of
-  // ties: the row is sorted), with 20% exact zeros, and all of one magnitude;
+  // ties: the row is sorted), with 20% exact zeros, all of one magnitude, and
+  // bf16 differences (ties ranked by counting);
   // lengths 2 to 5000 (more entries than buckets). The reference ranks each
   // row with std::stable_sort on |x| (ties by index), forms p(rank) in f32 as
   // mergekit does and keeps entry j iff Philox uniform(j) < p.
@@ -343,18 +344,25 @@ TEST_CASE("della's Philox mask without a sort per vector equals the mask from ex
   const double d = 0.5, eps = 0.15;
   const twin::Philox draws(twin::random_key(3, "t", 1));
   for (const std::int64_t len : {2, 3, 50, 768, 3072, 5000})
-    for (int kind = 0; kind < 4; ++kind) {
+    for (int kind = 0; kind < 5; ++kind) {
       CAPTURE(len);
       CAPTURE(kind);
       const std::int64_t rows = std::max<std::int64_t>(2, 60000 / len);
       std::normal_distribution<float> nd(0.0f, 0.02f);
       std::vector<float> x(static_cast<std::size_t>(rows * len));
       const float few[] = {0.5f, -0.25f, 0.125f, -0.5f, 1.0f};
+      // kind 4: differences of bf16 values (a bf16 expert less its base): a few dozen magnitudes, each
+      // tied many times, most rows ranked by counting with ties by index.
+      auto bf16_diff = [&] {
+        const float b = nd(rng) * 50.0f;
+        return twin::bf16_to_f32(twin::f32_to_bf16(b + nd(rng))) - twin::bf16_to_f32(twin::f32_to_bf16(b));
+      };
       for (float& v : x)
         v = kind == 0   ? nd(rng)
             : kind == 1 ? few[rng() % 5]
             : kind == 2 ? (rng() % 5 == 0 ? 0.0f : nd(rng))
-                        : (rng() % 2 ? 0.3f : -0.3f);
+            : kind == 3 ? (rng() % 2 ? 0.3f : -0.3f)
+                        : bf16_diff();
       std::vector<float> got = x;
       twin::detail::della_mask_philox(got, len, d, eps, draws);
       std::size_t mismatched = 0, kept = 0;

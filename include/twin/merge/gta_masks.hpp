@@ -199,7 +199,7 @@ class DellaVectorMask {
         // 4096; from len to 2·len the zeroing and prefix sums of mostly
         // empty buckets cost more than the few more undecided entries).
         bits_(std::clamp(static_cast<int>(std::bit_width(static_cast<std::uint64_t>(len - 1))) - 1, 4, 12)), key_(L_),
-        bucket_(L_), start_((std::size_t{1} << bits_) + 1), mid_(L_ + 16), u_(L_), prank_(L_) {
+        bucket_(L_), start_((std::size_t{1} << bits_) + 1), start2_(start_.size()), mid_(L_ + 16), u_(L_), prank_(L_) {
     della_rank_probabilities(len, static_cast<float>(density - epsilon), static_cast<float>(epsilon), prank_.data());
   }
 
@@ -226,9 +226,16 @@ class DellaVectorMask {
     std::uint32_t* TWIN_RESTRICT bk = bucket_.data();
     for (std::size_t b = 0; b < L; ++b) bk[b] = (k[b] - kmin) >> shift;
     const std::size_t nb = ((kmax - kmin) >> shift) + 1;
+    // Counted into two histograms, even and odd entries (runs of tied keys
+    // would otherwise wait on the previous increment of the same bucket).
     std::uint32_t* TWIN_RESTRICT st = start_.data();
+    std::uint32_t* TWIN_RESTRICT st2 = start2_.data();
     std::fill(st, st + nb + 1, 0u);
-    for (std::size_t b = 0; b < L; ++b) ++st[bk[b] + 1];
+    std::fill(st2, st2 + nb + 1, 0u);
+    std::size_t b2 = 0;
+    for (; b2 + 2 <= L; b2 += 2) ++st[bk[b2] + 1], ++st2[bk[b2 + 1] + 1];
+    if (b2 < L) ++st[bk[b2] + 1];
+    for (std::size_t q = 1; q <= nb; ++q) st[q] += st2[q];
     for (std::size_t q = 1; q <= nb; ++q) st[q] += st[q - 1];  // st[q]: how many lie in buckets below q
     // Branch-free (the draws are random): u < p(0) keeps and u ≥
     // p(len − 1) drops whatever the rank; the others (about 2ε of them)
@@ -261,8 +268,12 @@ class DellaVectorMask {
     for (std::uint32_t q = 0; q < marked; ++q) {
       const std::uint32_t b = mid[q];
       const std::uint32_t kb = k[b];
+      // The keys below kb and its equal keys before b: two plain counts in
+      // 32-bit lanes, split at b (an index compare in one loop took 64-bit
+      // lanes and half the speed).
       std::uint32_t rank = 0;
-      for (std::size_t c = 0; c < L; ++c) rank += (k[c] < kb) | ((k[c] == kb) & (c < b));
+      for (std::size_t c = 0; c < b; ++c) rank += k[c] <= kb;
+      for (std::size_t c = b; c < L; ++c) rank += k[c] < kb;
       keep[b] &= uv[b] < pr[rank] ? 0xffffffffu : 0u;
     }
   }
@@ -271,7 +282,7 @@ class DellaVectorMask {
   std::size_t L_;
   int bits_;
   bool avx512_ = Philox::cpu_has(Philox::Kernel::avx512);
-  std::vector<std::uint32_t> key_, bucket_, start_, mid_;
+  std::vector<std::uint32_t> key_, bucket_, start_, start2_, mid_;
   std::vector<std::uint32_t> key2_, at_, at2_;  // for a vector that is sorted
   std::vector<float> u_, prank_;
 };
