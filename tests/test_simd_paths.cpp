@@ -18,19 +18,29 @@
 #include "twin/merge/gta_masks.hpp"
 #include "twin/random.hpp"
 
+namespace {
+// Runs f(avx512) for the portable kernel and, where this CPU has AVX-512F,
+// the AVX-512 one (reported SKIPPED elsewhere): the streamed masks' kernels
+// (merge/gta_masks.hpp) are chosen from Philox::cpu_has.
+template <class F>
+void for_each_mask_kernel(F&& f) {
+  for (const bool avx512 : {false, true}) {
+    CAPTURE(avx512);
+    if (avx512 && !twin::Philox::cpu_has(twin::Philox::Kernel::avx512)) {
+      MESSAGE("SKIPPED: this CPU has no avx512");
+      continue;
+    }
+    f(avx512);
+  }
+}
+}  // namespace
+
 TEST_CASE("set_bits packs keep masks into bit words with either kernel, from any offset, other bits untouched") {
   // Property: after set_bits(keep, p0, p1, words), bit j of words (j in [p0, p1)) is set iff keep[j − p0] is
   // all ones, and every bit outside [p0, p1) is what it was; checked bit by bit against that definition, for
   // ranges that start and end inside a word, on word edges, and span many words.
-  using Kernel = twin::Philox::Kernel;
   std::mt19937_64 rng(3);
-  for (const Kernel kernel : {Kernel::portable, Kernel::avx512}) {
-    const bool avx512 = kernel == Kernel::avx512;
-    CAPTURE(avx512);
-    if (!twin::Philox::cpu_has(kernel)) {
-      MESSAGE("SKIPPED: this CPU has no avx512");
-      continue;
-    }
+  for_each_mask_kernel([&](bool avx512) {
     for (const std::int64_t p0 : {0, 1, 37, 63, 64, 100, 128})
       for (const std::int64_t len : {0, 1, 27, 63, 64, 65, 128, 200, 1000}) {
         CAPTURE(p0);
@@ -53,23 +63,16 @@ TEST_CASE("set_bits packs keep masks into bit words with either kernel, from any
         }
         CHECK(wrong == 0);
       }
-  }
+  });
 }
 
 TEST_CASE("list_between lists the indices with lo <= u < hi, ascending, with either kernel") {
   // Property: the list is exactly the ascending indices b < n with lo ≤ u[b] < hi (DELLA's draws between
   // p(0) and p(len − 1)), checked against a plain filter, for lengths around the 16-entry steps, bounds
   // that every draw meets or none, and draws equal to a bound (lo is in, hi is out).
-  using Kernel = twin::Philox::Kernel;
   std::mt19937_64 rng(4);
   std::uniform_real_distribution<float> ud(0.0f, 1.0f);
-  for (const Kernel kernel : {Kernel::portable, Kernel::avx512}) {
-    const bool avx512 = kernel == Kernel::avx512;
-    CAPTURE(avx512);
-    if (!twin::Philox::cpu_has(kernel)) {
-      MESSAGE("SKIPPED: this CPU has no avx512");
-      continue;
-    }
+  for_each_mask_kernel([&](bool avx512) {
     for (const std::size_t n : {0, 1, 15, 16, 17, 33, 768, 1001})
       for (const auto& [lo, hi] : {std::pair{0.35f, 0.65f}, std::pair{0.0f, 1.0f}, std::pair{0.5f, 0.5f}}) {
         CAPTURE(n);
@@ -83,7 +86,7 @@ TEST_CASE("list_between lists the indices with lo <= u < hi, ascending, with eit
         got.resize(k);
         CHECK(got == want);
       }
-  }
+  });
 }
 
 TEST_CASE("every Philox::uniforms kernel gives the values of Philox::uniform for any start and length") {
