@@ -1,6 +1,7 @@
 // The vector kernels a build chooses at run time from the CPU (Philox's
 // rounds: AVX-512F, AVX2, portable; the bf16 fusion's AVX-512 BF16 product;
-// DELLA's list of undecided draws; the streamed masks' bit packing):
+// DELLA's list of undecided draws; the streamed masks' bit packing; the
+// top-k window scan):
 // each is run here by name, whatever the CPU would pick, and a kernel this
 // CPU lacks is reported SKIPPED.
 #include <doctest/doctest.h>
@@ -20,13 +21,13 @@
 
 namespace {
 // Runs f(avx512) for the portable kernel and, where this CPU has AVX-512F,
-// the AVX-512 one (reported SKIPPED elsewhere): the streamed masks' kernels
-// (merge/gta_masks.hpp) are chosen from Philox::cpu_has.
+// the AVX-512 one (reported SKIPPED elsewhere): the kernels chosen from
+// twin::cpu_has_avx512f (merge/gta_masks.hpp, merge/selection.hpp).
 template <class F>
-void for_each_mask_kernel(F&& f) {
+void for_each_avx512_kernel(F&& f) {
   for (const bool avx512 : {false, true}) {
     CAPTURE(avx512);
-    if (avx512 && !twin::Philox::cpu_has(twin::Philox::Kernel::avx512)) {
+    if (avx512 && !twin::cpu_has_avx512f()) {
       MESSAGE("SKIPPED: this CPU has no avx512");
       continue;
     }
@@ -40,7 +41,7 @@ TEST_CASE("set_bits packs keep masks into bit words with either kernel, from any
   // all ones, and every bit outside [p0, p1) is what it was; checked bit by bit against that definition, for
   // ranges that start and end inside a word, on word edges, and span many words.
   std::mt19937_64 rng(3);
-  for_each_mask_kernel([&](bool avx512) {
+  for_each_avx512_kernel([&](bool avx512) {
     for (const std::int64_t p0 : {0, 1, 37, 63, 64, 100, 128})
       for (const std::int64_t len : {0, 1, 27, 63, 64, 65, 128, 200, 1000}) {
         CAPTURE(p0);
@@ -66,13 +67,53 @@ TEST_CASE("set_bits packs keep masks into bit words with either kernel, from any
   });
 }
 
+TEST_CASE("scan_window counts the keys above the window and appends those inside it, with either kernel") {
+  // Property: for x = e − base (e alone without base), scan_window returns how many |x| keys exceed hi and
+  // appends, in index order after what the buffer held, the keys with lo ≤ key ≤ hi; checked against a
+  // plain loop over the same keys, for lengths around the 16-entry steps, windows holding every key, none,
+  // and a band, keys equal to either bound, negative zeros and NaNs (their keys are compared like any).
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for_each_avx512_kernel([&](bool avx512) {
+    for (const std::int64_t c : {0, 1, 15, 16, 17, 40, 256, 1001})
+      for (const bool with_base : {true, false}) {
+        CAPTURE(c);
+        CAPTURE(with_base);
+        std::vector<float> e(static_cast<std::size_t>(c)), b(static_cast<std::size_t>(c));
+        for (std::int64_t j = 0; j < c; ++j) {
+          const auto r = rng() % 16;
+          e[static_cast<std::size_t>(j)] = r == 0 ? -0.0f : r == 1 ? std::nanf("") : r == 2 ? 0.5f : nd(rng);
+          b[static_cast<std::size_t>(j)] = r == 2 ? 0.0f : nd(rng) * 0.1f;
+        }
+        const float* base = with_base ? b.data() : nullptr;
+        const std::uint32_t half = twin::magnitude_key(0.5f);
+        for (const auto& [lo, hi] : {std::pair{0u, 0xffffffffu}, std::pair{half, half},
+                                     std::pair{twin::magnitude_key(0.25f), half}, std::pair{1u, 0u}}) {
+          twin::detail::KeyBuffer in;
+          *in.tail(3) = 7u, in.size = 1;  // keys already held stay first
+          std::int64_t above = 0;
+          std::vector<std::uint32_t> want = {7u};
+          for (std::int64_t j = 0; j < c; ++j) {
+            const auto s = static_cast<std::size_t>(j);
+            const std::uint32_t key = twin::magnitude_key(base ? e[s] - b[s] : e[s]);
+            above += key > hi;
+            if (key >= lo && key <= hi) want.push_back(key);
+          }
+          CHECK(twin::detail::scan_window(e.data(), base, c, lo, hi, in, avx512) == above);
+          const std::span<const std::uint32_t> got = in.view();
+          CHECK(std::vector<std::uint32_t>(got.begin(), got.end()) == want);
+        }
+      }
+  });
+}
+
 TEST_CASE("list_between lists the indices with lo <= u < hi, ascending, with either kernel") {
   // Property: the list is exactly the ascending indices b < n with lo ≤ u[b] < hi (DELLA's draws between
   // p(0) and p(len − 1)), checked against a plain filter, for lengths around the 16-entry steps, bounds
   // that every draw meets or none, and draws equal to a bound (lo is in, hi is out).
   std::mt19937_64 rng(4);
   std::uniform_real_distribution<float> ud(0.0f, 1.0f);
-  for_each_mask_kernel([&](bool avx512) {
+  for_each_avx512_kernel([&](bool avx512) {
     for (const std::size_t n : {0, 1, 15, 16, 17, 33, 768, 1001})
       for (const auto& [lo, hi] : {std::pair{0.35f, 0.65f}, std::pair{0.0f, 1.0f}, std::pair{0.5f, 0.5f}}) {
         CAPTURE(n);

@@ -30,6 +30,28 @@
 #  define TWIN_CHUNK_ELEMENTS 256
 #endif
 
+// Whether kernels for x86 instruction sets past the build's own can be
+// compiled (function target attributes; the header includes <immintrin.h>)
+// and chosen at run time from cpuid (cpu_has_avx512f): tests run each one
+// by name.
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#  define TWIN_X86_KERNELS 1
+#else
+#  define TWIN_X86_KERNELS 0
+#endif
+
+namespace twin {
+// Whether this CPU runs AVX-512F (found once; false off x86).
+inline bool cpu_has_avx512f() noexcept {
+#if TWIN_X86_KERNELS
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+#else
+  return false;
+#endif
+}
+}  // namespace twin
+
 #if defined(__GNUC__) || defined(__clang__)
 #  define TWIN_RESTRICT __restrict__
 #  define TWIN_LIKELY(x) __builtin_expect(!!(x), 1)

@@ -273,7 +273,7 @@ inline void gta_merge_masked(const TensorMergeArgs& a, const GtaRule& r, std::sp
       std::fill_n(bits.begin() + static_cast<std::ptrdiff_t>(i * static_cast<std::size_t>(words)), words,
                   mask[i].kind == Kind::all ? ~std::uint64_t{0} : 0);
   // Per block and drawn expert: Σ|δ| and Σ|kept δ| (rescale only).
-  static const bool avx512 = Philox::cpu_has(Philox::Kernel::avx512);
+  static const bool avx512 = cpu_has_avx512f();
   std::vector<double> before(rescale ? static_cast<std::size_t>(blocks) * T : 0), after(before.size());
   if (!drawn.empty())
     parallel_blocks(n, merge_block, [&](std::int64_t lo, std::int64_t hi) {

@@ -146,7 +146,7 @@ inline std::size_t list_between_portable(const float* TWIN_RESTRICT u, std::size
   }
   return k;
 }
-#if TWIN_PHILOX_X86
+#if TWIN_X86_KERNELS
 // The same 16 entries at a time by AVX-512 compresses (out must have room
 // for 16 more than it gets).
 __attribute__((target("avx512f"))) inline std::size_t list_between_avx512(const float* TWIN_RESTRICT u, std::size_t n,
@@ -170,10 +170,10 @@ __attribute__((target("avx512f"))) inline std::size_t list_between_avx512(const 
 
 // The indices b < n with lo ≤ u[b] < hi, ascending, into out (room for
 // n + 16); returns how many. By AVX-512 compresses where `avx512`
-// (Philox::cpu_has(Philox::Kernel::avx512) must hold).
+// (cpu_has_avx512f() must hold).
 inline std::size_t list_between(const float* TWIN_RESTRICT u, std::size_t n, float lo, float hi,
                                 std::uint32_t* TWIN_RESTRICT out, bool avx512) noexcept {
-#if TWIN_PHILOX_X86
+#if TWIN_X86_KERNELS
   if (avx512) return list_between_avx512(u, n, lo, hi, out);
 #endif
   (void)avx512;
@@ -281,7 +281,7 @@ class DellaVectorMask {
  private:
   std::size_t L_;
   int bits_;
-  bool avx512_ = Philox::cpu_has(Philox::Kernel::avx512);
+  bool avx512_ = cpu_has_avx512f();
   std::vector<std::uint32_t> key_, bucket_, start_, start2_, mid_;
   std::vector<std::uint32_t> key2_, at_, at2_;  // for a vector that is sorted
   std::vector<float> u_, prank_;
@@ -355,7 +355,7 @@ inline std::uint64_t mask_word(const std::uint32_t* k) noexcept {
   for (int l = 0; l < 64; ++l) v |= static_cast<std::uint64_t>(k[l] & 1u) << l;
   return v;
 }
-#if TWIN_PHILOX_X86
+#if TWIN_X86_KERNELS
 // The same from four AVX-512 test masks (the loop above stays scalar).
 __attribute__((target("avx512f"))) inline std::uint64_t mask_word_avx512(const std::uint32_t* k) noexcept {
   const __m512i one = _mm512_set1_epi32(1);
@@ -370,13 +370,13 @@ __attribute__((target("avx512f"))) inline std::uint64_t mask_word_avx512(const s
 // words outside [p0, p1) untouched; words that [p0, p1) covers only in
 // part must be zero in it. Whole words are built in a register (an OR into
 // memory per entry waits on the previous one), by mask_word_avx512 where
-// `avx512` (Philox::cpu_has(Philox::Kernel::avx512) must hold).
+// `avx512` (cpu_has_avx512f() must hold).
 inline void set_bits(const std::uint32_t* TWIN_RESTRICT keep, std::int64_t p0, std::int64_t p1,
                      std::uint64_t* TWIN_RESTRICT words, bool avx512) noexcept {
   std::int64_t j = p0;
   for (; j < p1 && (j & 63) != 0; ++j) words[j >> 6] |= static_cast<std::uint64_t>(keep[j - p0] & 1u) << (j & 63);
   for (; j + 64 <= p1; j += 64) {
-#if TWIN_PHILOX_X86
+#if TWIN_X86_KERNELS
     words[j >> 6] = avx512 ? mask_word_avx512(keep + (j - p0)) : mask_word(keep + (j - p0));
 #else
     (void)avx512;

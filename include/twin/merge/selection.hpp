@@ -26,12 +26,12 @@
 #include <utility>
 #include <vector>
 
-#if defined(__AVX512F__)
-#  include <immintrin.h>
-#endif
-
 #include "twin/config.hpp"
 #include "twin/parallel.hpp"
+
+#if TWIN_X86_KERNELS
+#  include <immintrin.h>
+#endif
 
 namespace twin {
 
@@ -226,18 +226,31 @@ struct KeyBuffer {
   std::span<const std::uint32_t> view() const noexcept { return {keys.get(), size}; }
 };
 
-// Over c entries x = e − base (as task_vectors_f32 forms τ; x = e where
-// base is null): appends to `in` the keys inside [lo, hi] and returns how
-// many keys lie above hi. With AVX-512 the keys inside are written by a
-// compress-store, 16 at a time.
-inline std::int64_t scan_window(const float* TWIN_RESTRICT e, const float* TWIN_RESTRICT base, std::int64_t c,
-                                std::uint32_t lo, std::uint32_t hi, KeyBuffer& in) {
-  std::int64_t above = 0, j = 0;
-  std::uint32_t* const first = in.tail(static_cast<std::size_t>(c));
-  std::uint32_t* out = first;
-#if defined(__AVX512F__)
+// scan_window's loop over entries [j, c), one at a time: keys inside
+// [lo, hi] written at out (advanced), the count of keys above hi returned.
+inline std::int64_t scan_window_from(const float* TWIN_RESTRICT e, const float* TWIN_RESTRICT base, std::int64_t j,
+                                     std::int64_t c, std::uint32_t lo, std::uint32_t hi, std::uint32_t*& out) noexcept {
+  std::int64_t above = 0;
+  for (; j < c; ++j) {
+    const std::uint32_t key = magnitude_key(base ? e[j] - base[j] : e[j]);
+    above += key > hi;
+    *out = key;
+    out += key >= lo && key <= hi;
+  }
+  return above;
+}
+#if TWIN_X86_KERNELS
+// The same 16 entries at a time, the keys inside written by AVX-512
+// compress-stores (the register form and a full store measured the same
+// on Zen 5, benchmarks/RESULTS.md; the memory form is microcoded on Zen 4).
+__attribute__((target("avx512f"))) inline std::int64_t scan_window_avx512(const float* TWIN_RESTRICT e,
+                                                                          const float* TWIN_RESTRICT base,
+                                                                          std::int64_t c, std::uint32_t lo,
+                                                                          std::uint32_t hi,
+                                                                          std::uint32_t*& out) noexcept {
   const __m512i vlo = _mm512_set1_epi32(static_cast<int>(lo)), vhi = _mm512_set1_epi32(static_cast<int>(hi));
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  std::int64_t above = 0, j = 0;
   for (; j + 16 <= c; j += 16) {
     const __m512 v = _mm512_loadu_ps(e + j);
     const __m512 x = base ? _mm512_sub_ps(v, _mm512_loadu_ps(base + j)) : v;
@@ -248,13 +261,27 @@ inline std::int64_t scan_window(const float* TWIN_RESTRICT e, const float* TWIN_
     _mm512_mask_compressstoreu_epi32(out, inside, key);
     out += std::popcount(static_cast<unsigned>(inside));
   }
+  return above + scan_window_from(e, base, j, c, lo, hi, out);
+}
 #endif
-  for (; j < c; ++j) {
-    const std::uint32_t key = magnitude_key(base ? e[j] - base[j] : e[j]);
-    above += key > hi;
-    *out = key;
-    out += key >= lo && key <= hi;
-  }
+
+// Over c entries x = e − base (as task_vectors_f32 forms τ; x = e where
+// base is null): appends to `in` the keys inside [lo, hi] and returns how
+// many keys lie above hi. By scan_window_avx512 where `avx512` (the CPU's
+// own choice by default; cpu_has_avx512f() must hold), else one entry at
+// a time.
+inline std::int64_t scan_window(const float* TWIN_RESTRICT e, const float* TWIN_RESTRICT base, std::int64_t c,
+                                std::uint32_t lo, std::uint32_t hi, KeyBuffer& in, bool avx512 = cpu_has_avx512f()) {
+  std::uint32_t* const first = in.tail(static_cast<std::size_t>(c));
+  std::uint32_t* out = first;
+  std::int64_t above = 0;
+#if TWIN_X86_KERNELS
+  if (avx512) above = scan_window_avx512(e, base, c, lo, hi, out);
+  else above = scan_window_from(e, base, 0, c, lo, hi, out);
+#else
+  (void)avx512;
+  above = scan_window_from(e, base, 0, c, lo, hi, out);
+#endif
   in.size += static_cast<std::size_t>(out - first);
   return above;
 }
