@@ -6,6 +6,7 @@
 // the randomized methods.
 #include <algorithm>
 #include <bit>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <random>
@@ -482,7 +483,8 @@ TEST_CASE("della keeps each entry with its rank's probability (Philox draws), an
 
 namespace {
 
-// The held path of a GTA merge with drawn masks (the one rng = torch still takes): every δ_i formed, masked in
+// The held path of a GTA merge with drawn masks (the one rng = torch, della's rank ≥ 3 tensors and rows longer
+// than a merge block still take): every δ_i formed, masked in
 // place (della_magprune / bernoulli_mask with Philox draws), rescaled by rescale_l1, combined by gta_merge.
 Tensor held_masked_merge(const GeneralizedTaskArithmetic& g, const Tensor& b, const std::vector<Tensor>& ex) {
   std::vector<ConstTensorView> ev;
@@ -518,8 +520,9 @@ TEST_CASE("della, della_linear and mergekit's dare streamed (δ never held) give
   // Property: the streamed merge (masks as bits, L1 sums per merge block in l1_norm's lanes) is the same
   // computation as the held one, bit for bit, for 1 and 2 threads. Shapes: rows inside one merge block
   // (50 × 768), rows across block boundaries (200 × 768, 40 × 2999: 3 and 2 blocks, a row split by each
-  // boundary), rank 1 (one vector), vectors of one entry (300 × 1), and shapes that stay held (a row longer
-  // than a block: 2 × 70000; rank 3, vectors not consecutive: 6 × 50 × 4); f32 and bf16 experts; 3 and 10
+  // boundary), rank 1 (one vector), vectors of one entry (300 × 1), and shapes where della stays held (a row
+  // longer than a block: 2 × 70000; rank 3, vectors not consecutive: 6 × 50 × 4; dare streams them); f32 and
+  // bf16 experts; 3 and 10
   // experts with densities ≥ 1, ≤ 0 (della) and between; per-expert weights; with and without the rescale.
   std::mt19937_64 rng(77);
   const std::vector<std::vector<std::int64_t>> shapes = {{50, 768}, {200, 768}, {40, 2999}, {5000},
@@ -575,6 +578,98 @@ TEST_CASE("della, della_linear and mergekit's dare streamed (δ never held) give
           CHECK(same_bits(got, want));
         }
       }
+}
+
+TEST_CASE("streamed masks keep the held path's bits where the L1 rescale is NaN or infinite") {
+  // Property: a NaN or infinite δ entry, or a finite one so large that Σ|δ|/Σ|kept δ| overflows f32 once it is
+  // dropped, makes the rescale factor NaN or ∞; the held path multiplies the masked row by it, so its dropped
+  // entries become +0·factor = NaN (as mergekit's res·(before/after)). The streamed path must give the same bits.
+  std::mt19937_64 rng(19);
+  const std::int64_t R = 8, C = 768;
+  for (const std::string method : {"della", "della_linear", "dare_ties", "dare_linear"})
+    for (const float odd : {std::nanf(""), std::numeric_limits<float>::infinity(), 3e38f}) {
+      CAPTURE(method);
+      CAPTURE(odd);
+      // The huge value over a zero base and experts within 1e-6 of it, the others over random ones.
+      const Tensor b = odd == 3e38f ? f32_tensor(std::vector<float>(R * C, 0.0f), {R, C})
+                                    : random_tensor(rng, dtype::f32, {R, C});
+      std::vector<Tensor> ex;
+      for (int i = 0; i < 3; ++i) ex.push_back(perturbed(rng, b, odd == 3e38f ? 1e-6 : 0.02));
+      // At an entry that expert 0's draw drops under either rule (u ≥ 0.6, della's p for its largest
+      // magnitude): a dropped huge entry is what makes Σ|δ|/Σ|kept δ| overflow.
+      const twin::Philox draws(twin::random_key(3, "w", 0));
+      std::size_t at = 100;
+      while (draws.uniform(at) < 0.6f) ++at;
+      static_cast<float*>(ex[0].mutable_data())[at] = odd;
+      GeneralizedTaskArithmetic g = *GeneralizedTaskArithmetic::mergekit(method);
+      g.densities = {0.5, 0.4, 0.6};
+      g.epsilons = {0.1, 0.1, 0.1};
+      g.seed = 3;
+      g.rescale = true;
+      const Tensor want = held_masked_merge(g, b, ex);
+      std::vector<ConstTensorView> ev;
+      for (const Tensor& e : ex) ev.push_back(e.view());
+      Tensor got(dtype::f32, {R, C});
+      g.merge_tensor(TensorMergeArgs{"w", b.view(), ev, got.view()});
+      CHECK(same_bits(got, want));
+      // The case is the one meant: expert 0's factor poisons its dropped entries, which a plain sum keeps
+      // (the sign election of della / dare_ties leaves NaNs out).
+      std::size_t nans = 0;
+      for (const float v : got.values<float>()) nans += std::isnan(v);
+      if (!g.consensus) CHECK(nans > 0);
+    }
+}
+
+TEST_CASE("della with a negative epsilon keeps the larger magnitudes less often, as its formula says") {
+  // mergekit takes ε < 0: p(r) = (d − ε) + 2ε·r/(len − 1) then falls with the magnitude rank r. The mask (one
+  // expert moved, no rescale: the output's changed entries) must be exactly the draws u_j < p(rank of j), p
+  // formed in f32 as mergekit forms it; a mask that assumed p rising (the bucket bounds) would differ.
+  std::mt19937_64 rng(23);
+  const std::int64_t R = 40, C = 50;
+  const Tensor b = random_tensor(rng, dtype::f32, {R, C});
+  const Tensor e = perturbed(rng, b, 0.1);
+  const double d = 0.5, eps = -0.2;
+  const Vec got = vec(merged(by_settings("della_linear",
+                                         [&](MergeSettings& s) {
+                                           s.density = d;
+                                           s.epsilon = eps;
+                                           s.seed = 4;
+                                           s.rescale = false;
+                                         }),
+                             b, {&e, &b}));
+  const Vec bv = vec(b), t = tau_of(e, b);
+  const twin::Philox draws(twin::random_key(4, "w", 0));
+  std::size_t mismatched = 0;
+  for (std::int64_t r = 0; r < R; ++r) {
+    Vec row(t.begin() + r * C, t.begin() + (r + 1) * C);
+    auto order = by_magnitude(row);
+    std::reverse(order.begin(), order.end());  // ascending
+    for (std::int64_t k = 0; k < C; ++k) {
+      const std::size_t j = static_cast<std::size_t>(r * C) + order[static_cast<std::size_t>(k)];
+      const float rn = std::clamp(static_cast<float>(k) / static_cast<float>(C - 1), 0.0f, 1.0f);
+      const float p = static_cast<float>(d - eps) + rn * 2.0f * static_cast<float>(eps);
+      mismatched += (draws.uniform(j) < p) != (got[j] != bv[j]);
+    }
+  }
+  CHECK(mismatched == 0);
+}
+
+TEST_CASE("della merges tensors with no entries (an axis of length 0) to empty outputs") {
+  // Property: shapes [5, 0], [0, 768] and [5, 0, 3] merge without reading anything, for both draws.
+  for (const auto& shape : {std::vector<std::int64_t>{5, 0}, {0, 768}, {5, 0, 3}})
+    for (const RngKind kind : {RngKind::philox, RngKind::torch}) {
+      CAPTURE(shape.size());
+      const Tensor b(dtype::f32, std::span<const std::int64_t>(shape)),
+          e(dtype::f32, std::span<const std::int64_t>(shape));
+      const Tensor out = merged(by_settings("della",
+                                            [&](MergeSettings& s) {
+                                              s.density = 0.5;
+                                              s.rng = kind;
+                                            }),
+                                b, {&e, &e});
+      CHECK(out.numel() == 0);
+      CHECK(std::equal(out.shape().begin(), out.shape().end(), shape.begin(), shape.end()));
+    }
 }
 
 TEST_CASE("sce: variance top-k, sign erase, mean-square weights, as a literal double-precision reference") {

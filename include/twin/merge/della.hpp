@@ -12,8 +12,9 @@
 //   DellaLinear: Σ w_i τ̃_i, not normalized;
 //   θ = θ0 + λ · M (merge/gta.hpp).
 // density ≥ 1 keeps τ_i; density ≤ 0 drops it; otherwise density ± ε must lie
-// in (0, 1). A vector of one entry keeps with p = density (mergekit fails on
-// it with a NaN probability).
+// in (0, 1); ε < 0 (as mergekit allows) makes p fall with the rank. A vector
+// of one entry keeps with p = density (mergekit fails on it with a NaN
+// probability).
 // Draws: rng = philox (default): entry j of expert i is kept iff
 // Philox(seed, tensor name, i).uniform(j) < p, for any thread count;
 // rng = torch: torch.manual_seed(seed) then torch.bernoulli, one MT19937 draw

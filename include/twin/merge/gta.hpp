@@ -233,7 +233,8 @@ void add_abs_lanes(std::array<double, 8>& lane, std::int64_t lo, std::int64_t p0
 }
 
 // The calling thread's mask bits of gta_merge_masked, reused across
-// tensors (a fresh buffer per tensor costs page faults).
+// tensors (a fresh buffer per tensor costs page faults); it keeps T·n/8
+// bytes of the largest tensor merged, as tau_scratch keeps 4·T·n.
 inline std::vector<std::uint64_t>& mask_bits_scratch() {
   thread_local std::vector<std::uint64_t> bits;
   return bits;
@@ -332,10 +333,20 @@ inline void gta_merge_masked(const TensorMergeArgs& a, const GtaRule& r, std::sp
         sb += before[static_cast<std::size_t>(b) * T + i], sa += after[static_cast<std::size_t>(b) * T + i];
       if (!(sb < 1e-7 || sa < 1e-7)) scale[i] = static_cast<float>(sb / sa);
     }
-  // Pass 2. Vectors of simd_lanes entries start at multiples of simd_lanes
-  // (chunks start at multiples of the chunk size): their bits lie in one word.
+  // Pass 2. Kept δ (dropped: +0) times the scale, as rescale_l1 scales a
+  // masked row (+0·scale is NaN where the scale is NaN or infinite, as
+  // there). A vector of simd_lanes entries takes its bits from one word, or
+  // two where it straddles one (a chunk size not a multiple of simd_lanes).
   u32v lane_bit;
   for (int l = 0; l < simd_lanes; ++l) lane_bit[l] = 1u << l;
+  const auto lane_bits = [&](std::size_t i, std::int64_t pos) {
+    const std::uint64_t* e = bits.data() + i * static_cast<std::size_t>(words);
+    const auto at = static_cast<std::size_t>(pos >> 6);
+    const auto sh = static_cast<unsigned>(pos & 63);
+    std::uint64_t word = e[at] >> sh;
+    if (sh > 64 - simd_lanes && at + 1 < static_cast<std::size_t>(words)) word |= e[at + 1] << (64 - sh);
+    return static_cast<std::uint32_t>(word);
+  };
   const float flat_div = gta_flat_div(w);
   merge_chunks(a, merge_block, [&](std::int64_t) {
     return [&](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex, float* out) {
@@ -344,10 +355,8 @@ inline void gta_merge_masked(const TensorMergeArgs& a, const GtaRule& r, std::sp
         const std::int64_t pos = lo + j;
         const f32v bv = loadv(base + j);
         const auto t = [&](std::size_t i) {
-          const std::uint64_t word = bits[i * static_cast<std::size_t>(words) + static_cast<std::size_t>(pos >> 6)];
-          const auto m = static_cast<std::uint32_t>(word >> (pos & 63));
-          const f32v x = (loadv(ex[i] + j) - bv) * scale[i];
-          return ((u32v{} + m) & lane_bit) != 0 ? x : f32v{};
+          const f32v x = loadv(ex[i] + j) - bv;
+          return (((u32v{} + lane_bits(i, pos)) & lane_bit) != 0 ? x : f32v{}) * scale[i];
         };
         const f32v o = gta_lanes(T, t, w.data(), r, flat_div, bv);
         std::memcpy(out + j, &o, sizeof o);
@@ -356,7 +365,7 @@ inline void gta_merge_masked(const TensorMergeArgs& a, const GtaRule& r, std::sp
         const std::int64_t pos = lo + j;
         const auto t = [&](std::size_t i) {
           const std::uint64_t word = bits[i * static_cast<std::size_t>(words) + static_cast<std::size_t>(pos >> 6)];
-          return (word >> (pos & 63)) & 1u ? (ex[i][j] - base[j]) * scale[i] : 0.0f;
+          return ((word >> (pos & 63)) & 1u ? ex[i][j] - base[j] : 0.0f) * scale[i];
         };
         out[j] = gta_one(T, t, w.data(), r, flat_div, base[j]);
       }
@@ -409,6 +418,8 @@ struct GeneralizedTaskArithmetic {
       e[i] = detail::expert_param(epsilons, 0.15, i, T, method + " epsilon");
       if (!std::isfinite(d[i]) || d[i] < 0.0) throw argument_error(method + ": density must be ≥ 0");
       if (sparsifier == GtaSparsifier::magnitude_outliers) check_unit_interval(g[i], method + " gamma");
+      if (sparsifier == GtaSparsifier::della_magprune && !std::isfinite(e[i]))
+        throw argument_error(method + ": epsilon must be finite");
       if (sparsifier == GtaSparsifier::della_magprune && d[i] > 0.0 && d[i] < 1.0 &&
           (d[i] + e[i] >= 1.0 || d[i] - e[i] <= 0.0))
         throw argument_error(method + ": density ± epsilon must lie in (0, 1); expert " + std::to_string(i) +

@@ -310,7 +310,9 @@ inline void della_mask_philox(std::span<float> d, std::int64_t len, double densi
 inline void della_magprune(std::span<float> d, std::span<const std::int64_t> shape, double density, double epsilon,
                            RngKind rng, const Philox& philox, TorchCpuGenerator* torch_gen, std::vector<float>& p) {
   const AxisOneVectors v(shape);
-  if (rng == RngKind::philox && v.inner == 1 && v.len >= 2) {
+  if (d.empty()) return;
+  // DellaVectorMask needs p nondecreasing in the rank: ε ≥ 0.
+  if (rng == RngKind::philox && v.inner == 1 && v.len >= 2 && epsilon >= 0.0) {
     della_mask_philox(d, v.len, density, epsilon, philox);
     return;
   }
@@ -331,13 +333,17 @@ struct ExpertMask {
 
 // The masks of mergekit's DELLA for one tensor (della_magprune, Philox
 // draws) where gta_merge_masked can take them: vectors along axis 1 that
-// are consecutive and at most a merge block long; nullopt otherwise.
+// are consecutive and at most a merge block long, ε ≥ 0 (DellaVectorMask's
+// p nondecreasing in the rank; mergekit also takes ε < 0); nullopt
+// otherwise.
 // Density ≥ 1 keeps δ_i, ≤ 0 drops it; a vector of one entry keeps with
 // p = density (della_probabilities' rule).
 inline std::optional<std::vector<ExpertMask>> della_masks(const TensorMergeArgs& a, std::span<const double> d,
                                                           std::span<const double> e, std::uint64_t seed) {
   const AxisOneVectors v(a.base.shape());
   if (v.inner != 1 || v.len > merge_block) return std::nullopt;
+  for (std::size_t i = 0; i < d.size(); ++i)
+    if (d[i] > 0.0 && d[i] < 1.0 && !(e[i] >= 0.0)) return std::nullopt;  // p decreasing in the rank
   std::vector<ExpertMask> m(d.size());
   for (std::size_t i = 0; i < d.size(); ++i) {
     const Philox philox(random_key(seed, a.name, i));
