@@ -242,13 +242,13 @@ inline std::vector<std::uint64_t>& mask_bits_scratch() {
 
 // gta_merge with each δ_i masked by its ExpertMask and, with `rescale`,
 // the survivors scaled by Σ|δ_i|/Σ|kept δ_i| (rescale_l1's rule and sums)
-// — δ never held. Pass 1, per merge block: each vector of `len` entries
-// (DELLA's vectors; 4096 entries where no expert is ranked) that meets the block is formed
-// from the inputs for every masked expert, its mask drawn, and the block's
-// part of it recorded as one bit per entry and expert, with the block's L1
-// sums in l1_norm's lanes (a vector across two blocks is masked by both:
-// the same draws); pass 2 forms kept δ·scale from the inputs and the bits
-// and combines them. The same result as gta_merge with the masks and
+// — δ never held. Pass 1, per merge block: each vector that meets the
+// block (DELLA's, along axis 1; runs of 4096 entries where no expert is
+// ranked) is formed from the inputs for every drawn expert, its mask
+// drawn, and the block's part of it recorded as one bit per entry and
+// expert, with the block's L1 sums in l1_norm's lanes (a vector across two
+// blocks is masked by both: the same draws); pass 2 forms kept δ·scale
+// from the inputs and the bits and combines them. The same result as gta_merge with the masks and
 // rescale_l1 applied to held rows, for any thread count. Where an expert is
 // ranked, the vectors are della_masks': along axis 1, consecutive, at most
 // a merge block long.
@@ -273,8 +273,8 @@ inline void gta_merge_masked(const TensorMergeArgs& a, const GtaRule& r, std::sp
     if (mask[i].kind == Kind::all || mask[i].kind == Kind::none)
       std::fill_n(bits.begin() + static_cast<std::ptrdiff_t>(i * static_cast<std::size_t>(words)), words,
                   mask[i].kind == Kind::all ? ~std::uint64_t{0} : 0);
-  // Per block and drawn expert: Σ|δ| and Σ|kept δ| (rescale only).
   static const bool avx512 = cpu_has_avx512f();
+  // Per block and drawn expert: Σ|δ| and Σ|kept δ| (rescale only).
   std::vector<double> before(rescale ? static_cast<std::size_t>(blocks) * T : 0), after(before.size());
   if (!drawn.empty())
     parallel_blocks(n, merge_block, [&](std::int64_t lo, std::int64_t hi) {

@@ -70,7 +70,7 @@ inline void stable_radix_sort(std::vector<std::uint32_t>& key, std::vector<std::
 
 // p(r) for every ascending-magnitude rank r of a vector of len ≥ 2 entries:
 // (density − ε) + (r/(len − 1))·2·ε in f32, as mergekit forms it
-// (della_magprune); nondecreasing in r.
+// (della_magprune); nondecreasing in r where ε ≥ 0.
 inline void della_rank_probabilities(std::int64_t len, float lo_p, float eps, float* p) {
   const auto den = static_cast<float>(len - 1);
   for (std::int64_t r = 0; r < len; ++r) {
@@ -180,9 +180,9 @@ inline std::size_t list_between(const float* TWIN_RESTRICT u, std::size_t n, flo
   return list_between_portable(u, 0, n, lo, hi, out, 0);
 }
 
-// DELLA's Philox keep mask of one vector of consecutive entries (len ≥ 2):
-// the same mask as bernoulli_mask on della_probabilities' p (entry j kept
-// iff uniform(j) < p(rank of j)) without sorting the vector. A histogram
+// DELLA's Philox keep mask of one vector of consecutive entries (len ≥ 2,
+// ε ≥ 0): the same mask as bernoulli_mask on della_probabilities' p (entry j
+// kept iff uniform(j) < p(rank of j)) without sorting the vector. A histogram
 // of the vector's keys in buckets monotone in the key bounds each entry's
 // rank to its bucket's range [lo, hi], and p being nondecreasing, u < p(lo)
 // keeps the entry and u ≥ p(hi) drops it (a draw outside [p(0), p(len − 1))
@@ -288,7 +288,7 @@ class DellaVectorMask {
 };
 
 // DELLA's Philox mask (DellaVectorMask) on vectors of consecutive entries
-// (inner 1, len ≥ 2) of a held δ: dropped entries zeroed.
+// (inner 1, len ≥ 2; ε ≥ 0) of a held δ: dropped entries zeroed.
 inline void della_mask_philox(std::span<float> d, std::int64_t len, double density, double epsilon,
                               const Philox& philox) {
   const std::int64_t count = static_cast<std::int64_t>(d.size()) / len;
