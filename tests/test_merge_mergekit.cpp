@@ -62,6 +62,28 @@ std::vector<std::size_t> by_magnitude(const Vec& v) {
   return idx;
 }
 
+// Over rows of C entries of τ: how many entries j disagree between kept(j)
+// and DELLA's documented draw, draws.uniform(j) < p(r), r the entry's
+// ascending-magnitude rank in its row and p(r) = (d − ε) + 2ε·r/(C − 1)
+// formed in f32 as mergekit forms it.
+template <class Kept>
+std::size_t della_draw_mismatches(const Vec& t, std::int64_t C, double d, double eps, const twin::Philox& draws,
+                                  Kept&& kept) {
+  std::size_t mismatched = 0;
+  for (std::int64_t r = 0; r < static_cast<std::int64_t>(t.size()) / C; ++r) {
+    Vec row(t.begin() + r * C, t.begin() + (r + 1) * C);
+    auto order = by_magnitude(row);
+    std::reverse(order.begin(), order.end());  // ascending
+    for (std::int64_t k = 0; k < C; ++k) {
+      const std::size_t j = static_cast<std::size_t>(r * C) + order[static_cast<std::size_t>(k)];
+      const float rn = std::clamp(static_cast<float>(k) / static_cast<float>(C - 1), 0.0f, 1.0f);
+      const float p = static_cast<float>(d - eps) + rn * 2.0f * static_cast<float>(eps);
+      mismatched += (draws.uniform(j) < p) != kept(j);
+    }
+  }
+  return mismatched;
+}
+
 std::int64_t floor_count(double f, std::size_t n) {
   return static_cast<std::int64_t>(std::floor(f * static_cast<double>(n) + 1e-9));
 }
@@ -436,21 +458,9 @@ TEST_CASE("della keeps each entry with its rank's probability (Philox draws), an
   // Philox(random_key(seed, tensor name, i)).uniform(j) < p_j, p_j formed in
   // f32 from its rank as mergekit forms it.
   std::size_t mismatched = 0;
-  for (std::size_t i = 0; i < 3; ++i) {
-    const twin::Philox draws(twin::random_key(9, "w", i));
-    const Vec t = tau_of(ex[i], b);
-    for (std::int64_t r = 0; r < R; ++r) {
-      Vec row(t.begin() + r * C, t.begin() + (r + 1) * C);
-      auto order = by_magnitude(row);
-      std::reverse(order.begin(), order.end());  // ascending
-      for (std::int64_t k = 0; k < C; ++k) {
-        const std::size_t j = static_cast<std::size_t>(r * C) + order[static_cast<std::size_t>(k)];
-        const float rn = std::clamp(static_cast<float>(k) / static_cast<float>(C - 1), 0.0f, 1.0f);
-        const float p = static_cast<float>(d - eps) + rn * 2.0f * static_cast<float>(eps);
-        mismatched += (draws.uniform(j) < p) != (masks[i][j] == 1.0);
-      }
-    }
-  }
+  for (std::size_t i = 0; i < 3; ++i)
+    mismatched += della_draw_mismatches(tau_of(ex[i], b), C, d, eps, twin::Philox(twin::random_key(9, "w", i)),
+                                        [&](std::size_t j) { return masks[i][j] == 1.0; });
   CHECK(mismatched == 0);
   // The full della (consensus, normalize, L1 rescale) on all three experts equals GTA on those masks.
   const Vec w = {1.0, 2.0, 0.5};
@@ -638,20 +648,8 @@ TEST_CASE("della with a negative epsilon keeps the larger magnitudes less often,
                                          }),
                              b, {&e, &b}));
   const Vec bv = vec(b), t = tau_of(e, b);
-  const twin::Philox draws(twin::random_key(4, "w", 0));
-  std::size_t mismatched = 0;
-  for (std::int64_t r = 0; r < R; ++r) {
-    Vec row(t.begin() + r * C, t.begin() + (r + 1) * C);
-    auto order = by_magnitude(row);
-    std::reverse(order.begin(), order.end());  // ascending
-    for (std::int64_t k = 0; k < C; ++k) {
-      const std::size_t j = static_cast<std::size_t>(r * C) + order[static_cast<std::size_t>(k)];
-      const float rn = std::clamp(static_cast<float>(k) / static_cast<float>(C - 1), 0.0f, 1.0f);
-      const float p = static_cast<float>(d - eps) + rn * 2.0f * static_cast<float>(eps);
-      mismatched += (draws.uniform(j) < p) != (got[j] != bv[j]);
-    }
-  }
-  CHECK(mismatched == 0);
+  CHECK(della_draw_mismatches(t, C, d, eps, twin::Philox(twin::random_key(4, "w", 0)),
+                              [&](std::size_t j) { return got[j] != bv[j]; }) == 0);
 }
 
 TEST_CASE("della merges tensors with no entries (an axis of length 0) to empty outputs") {
