@@ -8,17 +8,16 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#  define TWIN_PHILOX_X86 1
-#  include <immintrin.h>
-#else
-#  define TWIN_PHILOX_X86 0
-#endif
 #include <random>
 #include <string>
 #include <string_view>
 
+#include "twin/config.hpp"
 #include "twin/error.hpp"
+
+#if TWIN_X86_KERNELS
+#  include <immintrin.h>
+#endif
 
 namespace twin {
 
@@ -86,8 +85,8 @@ class Philox {
 
   // Whether this CPU runs `k` (portable always).
   static bool cpu_has(Kernel k) noexcept {
-#if TWIN_PHILOX_X86
-    if (k == Kernel::avx512) return __builtin_cpu_supports("avx512f");
+#if TWIN_X86_KERNELS
+    if (k == Kernel::avx512) return cpu_has_avx512f();
     if (k == Kernel::avx2) return __builtin_cpu_supports("avx2");
 #endif
     return k == Kernel::portable;
@@ -126,7 +125,7 @@ class Philox {
       float* dst = big || nb == batch / 2 ? out + done : tmp;
       const std::uint64_t b0 = i >> 2;
       switch (kernel) {
-#if TWIN_PHILOX_X86
+#if TWIN_X86_KERNELS
         case Kernel::avx512: big ? blocks_avx512<4>(b0, stream, dst) : blocks_avx512<2>(b0, stream, dst); break;
         case Kernel::avx2: big ? blocks_avx2<8>(b0, stream, dst) : blocks_avx2<4>(b0, stream, dst); break;
 #endif
@@ -151,7 +150,7 @@ class Philox {
   static void uniforms_side_by_side(Kernel kernel, const Philox* g, std::size_t count, std::uint64_t first,
                                     std::size_t n, std::uint64_t stream, float* out, std::size_t stride) noexcept {
     std::size_t whole = 0;
-#if TWIN_PHILOX_X86
+#if TWIN_X86_KERNELS
     if (kernel == Kernel::avx512 && (first & 3u) == 0) {
       whole = n / 32 * 32;
       // The vectors (generator e, piece q) in order, four per call.
@@ -205,7 +204,7 @@ class Philox {
     }
   }
 
-#if TWIN_PHILOX_X86
+#if TWIN_X86_KERNELS
   // The vector kernels hold each 32-bit word in a 64-bit lane whose high
   // half is ignored: the 32x32 -> 64 multiply (vpmuludq) reads only the low
   // halves and XOR keeps the low halves apart from the high ones, so the
