@@ -146,7 +146,12 @@ bool has_overlapping_elements(const BasicTensorView<V>& v) {
     if (v.dim(i) == 0) return false;  // no elements at all
     if (v.dim(i) > 1) dims[static_cast<std::size_t>(n++)] = {v.stride(i) < 0 ? -v.stride(i) : v.stride(i), v.dim(i)};
   }
-  std::sort(dims.begin(), dims.begin() + n);
+  // Insertion sort of the n ≤ TWIN_MAX_RANK pairs: GCC 12 at -O3 -Wall warns
+  // of an out-of-bounds subscript inside std::sort's insertion pass over a
+  // short std::array (a false positive, but in every includer's build).
+  for (int i = 1; i < n; ++i)
+    for (int j = i; j > 0 && dims[static_cast<std::size_t>(j)] < dims[static_cast<std::size_t>(j - 1)]; --j)
+      std::swap(dims[static_cast<std::size_t>(j)], dims[static_cast<std::size_t>(j - 1)]);
   // Each dimension must step past everything the smaller ones span.
   std::int64_t span = 1;
   for (int i = 0; i < n; ++i) {

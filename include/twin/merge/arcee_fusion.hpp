@@ -30,6 +30,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "twin/backend/cpu/avx512_copies.hpp"
 #include "twin/backend/cpu/elementary.hpp"
 #include "twin/merge/lanes.hpp"
 #include "twin/merge/merger.hpp"
@@ -103,7 +104,8 @@ struct ArceeFusion {
       std::memcpy(&u, x + j, sizeof u);
       std::memcpy(&v, b + j, sizeof v);
       const f32x16 d = u - v, a = d < 0.0f ? -d : d;
-      lane = a > lane || a != a ? a : lane;  // a NaN stays
+      const detail::i32x16 take = (a > lane) | (a != a);  // a NaN stays
+      detail::take_lanes(lane, a, take);
     }
     float m = 0.0f;
     for (; j < n; ++j) {
@@ -205,25 +207,27 @@ struct ArceeFusion {
 
   // kl[r] for every row of the tensor.
   static void row_kls(const TensorMergeArgs& a, std::int64_t cols, std::span<float> kl) {
-    parallel_blocks(static_cast<std::int64_t>(kl.size()), row_block(cols), [&](std::int64_t r0, std::int64_t r1) {
-      std::vector<double> ex(static_cast<std::size_t>(cols)), eb(static_cast<std::size_t>(cols));
-      for_rows(a, r0, r1, cols, [&](std::int64_t r, const float* x, const float* b) {
-        kl[static_cast<std::size_t>(r)] = row_kl(x, b, cols, ex.data(), eb.data());
-      });
-    });
+    backend::cpu::parallel_kernel_blocks(
+        static_cast<std::int64_t>(kl.size()), row_block(cols), [&](std::int64_t r0, std::int64_t r1) {
+          std::vector<double> ex(static_cast<std::size_t>(cols)), eb(static_cast<std::size_t>(cols));
+          for_rows(a, r0, r1, cols, [&](std::int64_t r, const float* x, const float* b) {
+            kl[static_cast<std::size_t>(r)] = row_kl(x, b, cols, ex.data(), eb.data());
+          });
+        });
   }
 
   // Every importance, row-major, into imp[0..n) from the rows' KLs; returns
   // whether every one is ≥ 0, so that their magnitudes order them.
   static bool held_importances(const TensorMergeArgs& a, std::int64_t cols, std::span<const float> kl, float* imp) {
     std::atomic<bool> ordered{true};
-    parallel_blocks(static_cast<std::int64_t>(kl.size()), row_block(cols), [&](std::int64_t r0, std::int64_t r1) {
-      bool all = true;
-      for_rows(a, r0, r1, cols, [&](std::int64_t r, const float* x, const float* b) {
-        all &= importances(x, b, cols, kl[static_cast<std::size_t>(r)], imp + r * cols);
-      });
-      if (!all) ordered.store(false, std::memory_order_relaxed);
-    });
+    backend::cpu::parallel_kernel_blocks(
+        static_cast<std::int64_t>(kl.size()), row_block(cols), [&](std::int64_t r0, std::int64_t r1) {
+          bool all = true;
+          for_rows(a, r0, r1, cols, [&](std::int64_t r, const float* x, const float* b) {
+            all &= importances(x, b, cols, kl[static_cast<std::size_t>(r)], imp + r * cols);
+          });
+          if (!all) ordered.store(false, std::memory_order_relaxed);
+        });
     return ordered.load();
   }
 
@@ -334,15 +338,16 @@ struct ArceeFusion {
     for (std::int64_t lo = 0; lo < n; lo += stride)
       for (std::int64_t r = lo / cols; r <= (std::min(n, lo + run) - 1) / cols; ++r)
         if (!done[static_cast<std::size_t>(r)]) done[static_cast<std::size_t>(r)] = 1, sample_rows.push_back(r);
-    parallel_blocks(static_cast<std::int64_t>(sample_rows.size()), 1, [&](std::int64_t i0, std::int64_t i1) {
-      std::vector<double> ex(static_cast<std::size_t>(cols)), eb(static_cast<std::size_t>(cols));
-      for (std::int64_t i = i0; i < i1; ++i) {
-        const std::int64_t r = sample_rows[static_cast<std::size_t>(i)];
-        for_rows(a, r, r + 1, cols, [&](std::int64_t, const float* x, const float* b) {
-          kl[static_cast<std::size_t>(r)] = row_kl(x, b, cols, ex.data(), eb.data());
+    backend::cpu::parallel_kernel_blocks(
+        static_cast<std::int64_t>(sample_rows.size()), 1, [&](std::int64_t i0, std::int64_t i1) {
+          std::vector<double> ex(static_cast<std::size_t>(cols)), eb(static_cast<std::size_t>(cols));
+          for (std::int64_t i = i0; i < i1; ++i) {
+            const std::int64_t r = sample_rows[static_cast<std::size_t>(i)];
+            for_rows(a, r, r + 1, cols, [&](std::int64_t, const float* x, const float* b) {
+              kl[static_cast<std::size_t>(r)] = row_kl(x, b, cols, ex.data(), eb.data());
+            });
+          }
         });
-      }
-    });
     std::vector<std::uint32_t> sample;
     float* xb = detail::scratch_floats<0>(static_cast<std::size_t>(3 * run));
     for (std::int64_t lo = 0; lo < n; lo += stride) {
@@ -360,22 +365,23 @@ struct ArceeFusion {
     // The pass: each row's KL, then its importances scanned a chunk at a time.
     detail::WindowScan scan(detail::sample_windows(sample, n, ks, static_cast<std::size_t>(run)));
     std::atomic<bool> ordered{true};
-    parallel_blocks(static_cast<std::int64_t>(kl.size()), row_block(cols), [&](std::int64_t r0, std::int64_t r1) {
-      std::vector<double> ex(static_cast<std::size_t>(cols)), eb(static_cast<std::size_t>(cols));
-      constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
-      float* imp = detail::scratch_floats<1>(static_cast<std::size_t>(C));
-      bool all = true;
-      for_rows(a, r0, r1, cols, [&](std::int64_t r, const float* x, const float* b) {
-        float& k = kl[static_cast<std::size_t>(r)];
-        if (!done[static_cast<std::size_t>(r)]) k = row_kl(x, b, cols, ex.data(), eb.data());
-        for (std::int64_t c0 = 0; c0 < cols; c0 += C) {
-          const std::int64_t c = std::min(C, cols - c0);
-          all &= importances(x + c0, b + c0, c, k, imp);
-          scan.scan(imp, nullptr, c);
-        }
-      });
-      if (!all) ordered.store(false, std::memory_order_relaxed);
-    });
+    backend::cpu::parallel_kernel_blocks(
+        static_cast<std::int64_t>(kl.size()), row_block(cols), [&](std::int64_t r0, std::int64_t r1) {
+          std::vector<double> ex(static_cast<std::size_t>(cols)), eb(static_cast<std::size_t>(cols));
+          constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
+          float* imp = detail::scratch_floats<1>(static_cast<std::size_t>(C));
+          bool all = true;
+          for_rows(a, r0, r1, cols, [&](std::int64_t r, const float* x, const float* b) {
+            float& k = kl[static_cast<std::size_t>(r)];
+            if (!done[static_cast<std::size_t>(r)]) k = row_kl(x, b, cols, ex.data(), eb.data());
+            for (std::int64_t c0 = 0; c0 < cols; c0 += C) {
+              const std::int64_t c = std::min(C, cols - c0);
+              all &= importances(x + c0, b + c0, c, k, imp);
+              scan.scan(imp, nullptr, c);
+            }
+          });
+          if (!all) ordered.store(false, std::memory_order_relaxed);
+        });
     if (!ordered.load()) return held(false, true);
     float q[3];
     for (std::size_t x = 0; x < 3; ++x) {

@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "twin/backend/cpu/avx512_copies.hpp"
 #include "twin/merge/gta_masks.hpp"
 #include "twin/merge/merger.hpp"
 #include "twin/merge/selection.hpp"
@@ -46,10 +47,11 @@ inline double expert_param(const std::vector<double>& per, double all, std::size
 
 inline double l1_norm(std::span<const float> v) {
   // Per block in 8 lanes (lane_sum), the blocks in order.
-  return parallel_sum<double>(static_cast<std::int64_t>(v.size()), merge_block, [&](std::int64_t lo, std::int64_t hi) {
-    const float* __restrict x = v.data() + lo;
-    return lane_sum(hi - lo, [&](std::int64_t j) { return std::abs(static_cast<double>(x[j])); });
-  });
+  return backend::cpu::parallel_kernel_sum<double>(
+      static_cast<std::int64_t>(v.size()), merge_block, [&](std::int64_t lo, std::int64_t hi) {
+        const float* __restrict x = v.data() + lo;
+        return lane_sum(hi - lo, [&](std::int64_t j) { return std::abs(static_cast<double>(x[j])); });
+      });
 }
 
 // mergekit's rescaled_masked_tensor with the L1 norm: `before` is Σ|δ|
@@ -58,9 +60,10 @@ inline void rescale_l1(std::span<float> m, double before) {
   const double after = l1_norm(m);
   if (before < 1e-7 || after < 1e-7) return;
   const auto s = static_cast<float>(before / after);
-  parallel_blocks(static_cast<std::int64_t>(m.size()), merge_block, [&](std::int64_t lo, std::int64_t hi) {
-    for (std::int64_t j = lo; j < hi; ++j) m[static_cast<std::size_t>(j)] *= s;
-  });
+  backend::cpu::parallel_kernel_blocks(static_cast<std::int64_t>(m.size()), merge_block,
+                                       [&](std::int64_t lo, std::int64_t hi) {
+                                         for (std::int64_t j = lo; j < hi; ++j) m[static_cast<std::size_t>(j)] *= s;
+                                       });
 }
 
 // Each expert's kept band of magnitudes: the `keep` largest |δ_i| less the
@@ -277,7 +280,7 @@ inline void gta_merge_masked(const TensorMergeArgs& a, const GtaRule& r, std::sp
   // Per block and drawn expert: Σ|δ| and Σ|kept δ| (rescale only).
   std::vector<double> before(rescale ? static_cast<std::size_t>(blocks) * T : 0), after(before.size());
   if (!drawn.empty())
-    parallel_blocks(n, merge_block, [&](std::int64_t lo, std::int64_t hi) {
+    backend::cpu::parallel_kernel_blocks(n, merge_block, [&](std::int64_t lo, std::int64_t hi) {
       const auto b = static_cast<std::size_t>(lo / merge_block);
       const auto L = static_cast<std::size_t>(seg);
       float* rows = scratch_floats<6>(drawn.size() * L);

@@ -13,6 +13,7 @@
 #include <span>
 #include <vector>
 
+#include "twin/backend/cpu/avx512_copies.hpp"
 #include "twin/merge/merger.hpp"
 #include "twin/merge/selection.hpp"
 #include "twin/random.hpp"
@@ -87,31 +88,31 @@ inline void della_probabilities(std::span<const float> d, std::span<const std::i
                                 double epsilon, std::span<float> p) {
   const AxisOneVectors v(shape);
   const auto lo_p = static_cast<float>(density - epsilon), eps = static_cast<float>(epsilon);
-  parallel_blocks(v.count(), std::max<std::int64_t>(1, merge_block / std::max<std::int64_t>(v.len, 1)),
-                  [&](std::int64_t v0, std::int64_t v1) {
-                    const auto len = static_cast<std::size_t>(v.len);
-                    std::vector<std::uint32_t> key(len), key2(len), at(len), at2(len);
-                    std::vector<float> prank(len);
-                    if (len >= 2) della_rank_probabilities(v.len, lo_p, eps, prank.data());
-                    for (std::int64_t vec = v0; vec < v1; ++vec) {
-                      // Entry b of the vector lies at first + b·inner.
-                      const std::int64_t first = v.at(vec, 0);
-                      if (v.len == 1) {
-                        p[static_cast<std::size_t>(first)] = static_cast<float>(density);
-                        continue;
-                      }
-                      for (std::size_t b = 0; b < len; ++b) {
-                        key[b] =
-                            magnitude_key(d[static_cast<std::size_t>(first + static_cast<std::int64_t>(b) * v.inner)]);
-                        at[b] = static_cast<std::uint32_t>(b);
-                      }
-                      // Ascending magnitude, ties by index: a stable LSD radix
-                      // sort on the keys (entries start in index order).
-                      stable_radix_sort(key, at, key2, at2);
-                      for (std::size_t r = 0; r < len; ++r)
-                        p[static_cast<std::size_t>(first + static_cast<std::int64_t>(at[r]) * v.inner)] = prank[r];
-                    }
-                  });
+  backend::cpu::parallel_kernel_blocks(
+      v.count(), std::max<std::int64_t>(1, merge_block / std::max<std::int64_t>(v.len, 1)),
+      [&](std::int64_t v0, std::int64_t v1) {
+        const auto len = static_cast<std::size_t>(v.len);
+        std::vector<std::uint32_t> key(len), key2(len), at(len), at2(len);
+        std::vector<float> prank(len);
+        if (len >= 2) della_rank_probabilities(v.len, lo_p, eps, prank.data());
+        for (std::int64_t vec = v0; vec < v1; ++vec) {
+          // Entry b of the vector lies at first + b·inner.
+          const std::int64_t first = v.at(vec, 0);
+          if (v.len == 1) {
+            p[static_cast<std::size_t>(first)] = static_cast<float>(density);
+            continue;
+          }
+          for (std::size_t b = 0; b < len; ++b) {
+            key[b] = magnitude_key(d[static_cast<std::size_t>(first + static_cast<std::int64_t>(b) * v.inner)]);
+            at[b] = static_cast<std::uint32_t>(b);
+          }
+          // Ascending magnitude, ties by index: a stable LSD radix
+          // sort on the keys (entries start in index order).
+          stable_radix_sort(key, at, key2, at2);
+          for (std::size_t r = 0; r < len; ++r)
+            p[static_cast<std::size_t>(first + static_cast<std::int64_t>(at[r]) * v.inner)] = prank[r];
+        }
+      });
 }
 
 // Keeps entry j of d iff keep(j) per the probabilities p (drawn by `rng`),
@@ -126,7 +127,7 @@ inline void bernoulli_mask(std::span<float> d, std::span<const float> p, RngKind
   }
   // The uniforms drawn in pieces by Philox::uniforms (vectorized; the same
   // values as uniform(j)).
-  parallel_blocks(n, merge_block, [&](std::int64_t lo, std::int64_t hi) {
+  backend::cpu::parallel_kernel_blocks(n, merge_block, [&](std::int64_t lo, std::int64_t hi) {
     philox.uniform_pieces(static_cast<std::uint64_t>(lo), hi - lo, 0,
                           [&](std::int64_t k, std::int64_t c, const float* u) {
                             float* __restrict dv = d.data() + lo + k;
@@ -293,16 +294,18 @@ inline void della_mask_philox(std::span<float> d, std::int64_t len, double densi
                               const Philox& philox) {
   const std::int64_t count = static_cast<std::int64_t>(d.size()) / len;
   const auto L = static_cast<std::size_t>(len);
-  parallel_blocks(count, std::max<std::int64_t>(1, merge_block / len), [&](std::int64_t v0, std::int64_t v1) {
-    DellaVectorMask mask(len, density, epsilon);
-    std::vector<std::uint32_t> keep(L);
-    for (std::int64_t vec = v0; vec < v1; ++vec) {
-      const std::int64_t first = vec * len;
-      float* TWIN_RESTRICT x = d.data() + first;
-      mask(x, static_cast<std::uint64_t>(first), philox, keep.data());
-      for (std::size_t b = 0; b < L; ++b) x[b] = std::bit_cast<float>(std::bit_cast<std::uint32_t>(x[b]) & keep[b]);
-    }
-  });
+  backend::cpu::parallel_kernel_blocks(count, std::max<std::int64_t>(1, merge_block / len),
+                                       [&](std::int64_t v0, std::int64_t v1) {
+                                         DellaVectorMask mask(len, density, epsilon);
+                                         std::vector<std::uint32_t> keep(L);
+                                         for (std::int64_t vec = v0; vec < v1; ++vec) {
+                                           const std::int64_t first = vec * len;
+                                           float* TWIN_RESTRICT x = d.data() + first;
+                                           mask(x, static_cast<std::uint64_t>(first), philox, keep.data());
+                                           for (std::size_t b = 0; b < L; ++b)
+                                             x[b] = std::bit_cast<float>(std::bit_cast<std::uint32_t>(x[b]) & keep[b]);
+                                         }
+                                       });
 }
 
 // della_magprune on one expert's δ (n entries, the tensor's shape): the

@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "twin/backend/cpu/avx512_copies.hpp"
 #include "twin/merge/merger.hpp"
 
 namespace twin::detail {
@@ -287,8 +288,8 @@ void for_row_segments(std::int64_t lo, std::int64_t n, std::int64_t cols, F&& f)
 // The Gram matrix over the whole tensor (zeros for a tensor without elements).
 template <class Fill>
 Gram gram_tensor(const TensorMergeArgs& a, std::size_t K, Fill&& fill) {
-  Gram g = parallel_sum<Gram>(a.base.numel(), merge_block,
-                              [&](std::int64_t lo, std::int64_t hi) { return gram_range(a, K, lo, hi, fill); });
+  Gram g = backend::cpu::parallel_kernel_sum<Gram>(
+      a.base.numel(), merge_block, [&](std::int64_t lo, std::int64_t hi) { return gram_range(a, K, lo, hi, fill); });
   if (g.g.empty()) g.g.assign(K * K, 0.0);
   return g;
 }
@@ -302,7 +303,7 @@ std::vector<Gram> gram_rows(const TensorMergeArgs& a, std::size_t K, Fill&& fill
   const std::int64_t rows = cols > 0 ? n / cols : 0;
   std::vector<Gram> g(static_cast<std::size_t>(rows));
   const std::int64_t rows_per_block = std::max<std::int64_t>(1, merge_block / std::max<std::int64_t>(cols, 1));
-  parallel_blocks(rows, rows_per_block, [&](std::int64_t r0, std::int64_t r1) {
+  backend::cpu::parallel_kernel_blocks(rows, rows_per_block, [&](std::int64_t r0, std::int64_t r1) {
     for (std::int64_t r = r0; r < r1; ++r)
       g[static_cast<std::size_t>(r)] = gram_range(a, K, r * cols, (r + 1) * cols, fill, r1 * cols);
   });

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "twin/config.hpp"
 #include "twin/dtype.hpp"
 
 namespace twin::detail {
@@ -51,12 +52,42 @@ inline float load1(const std::uint16_t* p) noexcept { return bf16_to_f32(*p); }
 // Vectors of a fixed width, for kernels written for AVX-512's 16 f32 lanes
 // (or 8 f64) whatever the build: kept in locals, loaded and stored through
 // memcpy, never passed or returned by value (the ABI of a 64-byte vector
-// differs between builds with and without AVX-512).
+// differs between builds with and without AVX-512) nor kept in arrays on the
+// heap: a build without AVX-512 aligns them to 16 bytes, and the AVX-512
+// copies of the loops (backend/cpu/avx512_copies.hpp) would load them as
+// 64-byte aligned.
 using f32x8 = float __attribute__((vector_size(8 * sizeof(float))));
 using f32x16 = float __attribute__((vector_size(16 * sizeof(float))));
 using f64x8 = double __attribute__((vector_size(8 * sizeof(double))));
 using u32x8 = std::uint32_t __attribute__((vector_size(8 * sizeof(std::uint32_t))));
 using u32x16 = std::uint32_t __attribute__((vector_size(16 * sizeof(std::uint32_t))));
 using i32x16 = std::int32_t __attribute__((vector_size(16 * sizeof(std::int32_t))));  // a comparison's mask
+using i64x8 = std::int64_t __attribute__((vector_size(8 * sizeof(std::int64_t))));    // a comparison's mask
+
+// x's lanes where m is all ones, +0 where it is 0: `m ? x : 0` as a bitwise
+// and. A ?: on a mask held in a variable, not a comparison written in
+// place, is what the AVX-512 copies (backend/cpu/avx512_copies.hpp) of a
+// build without AVX-512 compile one lane at a time: GCC typed the mask for
+// the build's own instructions (a vector, not a mask register). M: an
+// integer vector of x's size.
+template <class V, class M>
+TWIN_ALWAYS_INLINE void keep_lanes(V& x, const M& m) noexcept {
+  static_assert(sizeof(V) == sizeof(M));
+  M bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  bits &= m;
+  std::memcpy(&x, &bits, sizeof x);
+}
+
+// x = m ? y : x lane by lane, as bitwise operations (see keep_lanes).
+template <class V, class M>
+TWIN_ALWAYS_INLINE void take_lanes(V& x, const V& y, const M& m) noexcept {
+  static_assert(sizeof(V) == sizeof(M));
+  M bx, by;
+  std::memcpy(&bx, &x, sizeof bx);
+  std::memcpy(&by, &y, sizeof by);
+  bx = (by & m) | (bx & ~m);
+  std::memcpy(&x, &bx, sizeof x);
+}
 
 }  // namespace twin::detail

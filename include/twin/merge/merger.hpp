@@ -14,6 +14,7 @@
 #include <string_view>
 #include <vector>
 
+#include "twin/backend/cpu/avx512_copies.hpp"
 #include "twin/convert.hpp"
 #include "twin/error.hpp"
 #include "twin/parallel.hpp"
@@ -165,7 +166,8 @@ void for_input_chunks(const TensorMergeArgs& a, std::int64_t b0, std::int64_t b1
     prefetch_next_chunk(a, lo, b1);
     const float* base = chunk_f32(a.base, lo, c, buf);
     for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], lo, c, buf + C * (i + 1));
-    f(lo, c, base, static_cast<const float* const*>(ex.data()), buf + C * (T + 1));
+    backend::cpu::with_avx512_copy(
+        [&] { f(lo, c, base, static_cast<const float* const*>(ex.data()), buf + C * (T + 1)); });
   }
 }
 
@@ -219,8 +221,10 @@ void merge_chunks_stored(const TensorMergeArgs& a, std::int64_t block, Make&& ma
       prefetch_next_chunk(a, lo, b1);
       const float* base = chunk_f32(a.base, lo, c, buf);
       for (std::size_t i = 0; i < ex.size(); ++i) ex[i] = static_cast<const std::uint16_t*>(a.experts[i].data()) + lo;
-      with_chunk_out(a.out, lo, c, buf + C,
-                     [&](float* out) { g(lo, c, base, static_cast<const std::uint16_t* const*>(ex.data()), out); });
+      with_chunk_out(a.out, lo, c, buf + C, [&](float* out) {
+        backend::cpu::with_avx512_copy(
+            [&] { g(lo, c, base, static_cast<const std::uint16_t* const*>(ex.data()), out); });
+      });
     }
   });
 }
@@ -280,8 +284,10 @@ void for_input_runs(const TensorMergeArgs& a, std::int64_t b0, std::int64_t b1, 
   for (std::int64_t lo = b0; lo < b1; lo += by_expert_run) {
     const std::int64_t c = std::min(by_expert_run, b1 - lo);
     for (std::size_t i = 0; i < ex.size(); ++i) ex[i] = static_cast<const float*>(a.experts[i].data()) + lo;
-    f(lo, c, static_cast<const float*>(a.base.data()) + lo, static_cast<const float* const*>(ex.data()),
-      static_cast<float*>(nullptr));
+    backend::cpu::with_avx512_copy([&] {
+      f(lo, c, static_cast<const float*>(a.base.data()) + lo, static_cast<const float* const*>(ex.data()),
+        static_cast<float*>(nullptr));
+    });
   }
 }
 
@@ -302,7 +308,7 @@ void merge_chunks_by_expert(const TensorMergeArgs& a, std::int64_t block, Make&&
       if (!unstaged) prefetch_next_chunk(a, lo, b1);
       const float* base = chunk_f32(a.base, lo, c, buf);
       with_chunk_out(a.out, lo, c, buf + 2 * C, [&](float* out) {
-        g(lo, c, base, ExpertChunks{&a, lo, c, buf + C}, out);
+        backend::cpu::with_avx512_copy([&] { g(lo, c, base, ExpertChunks{&a, lo, c, buf + C}, out); });
       });
     }
   });

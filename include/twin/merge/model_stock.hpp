@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "twin/backend/cpu/avx512_copies.hpp"
 #include "twin/merge/interpolate.hpp"
 #include "twin/merge/merger.hpp"
 
@@ -83,7 +84,7 @@ struct ModelStock {
       });
     };
     if (mean_out) {
-      parallel_blocks(a.base.numel(), detail::merge_block, [&](std::int64_t b0, std::int64_t b1) {
+      backend::cpu::parallel_kernel_blocks(a.base.numel(), detail::merge_block, [&](std::int64_t b0, std::int64_t b1) {
         constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
         float* buf = detail::scratch_floats<0>(static_cast<std::size_t>(C));
         for (std::int64_t lo = b0; lo < b1; lo += C) {

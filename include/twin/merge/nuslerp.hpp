@@ -16,6 +16,7 @@
 
 #include <cmath>
 
+#include "twin/backend/cpu/avx512_copies.hpp"
 #include "twin/merge/interpolate.hpp"
 #include "twin/merge/merger.hpp"
 
@@ -32,7 +33,7 @@ std::vector<Gram> gram_columns(const TensorMergeArgs& a, std::size_t K, Fill&& f
   std::vector<Gram> g(static_cast<std::size_t>(inner));
   for (Gram& x : g) x.g.assign(K * K, 0.0);
   constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
-  parallel_blocks(inner, C, [&](std::int64_t c0, std::int64_t c1) {
+  backend::cpu::parallel_kernel_blocks(inner, C, [&](std::int64_t c0, std::int64_t c1) {
     const std::size_t T = a.experts.size();
     float* buf = scratch_floats<2>(static_cast<std::size_t>(C) * (T + 1 + K));
     std::vector<const float*> ex(T);

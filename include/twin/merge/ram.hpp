@@ -16,6 +16,7 @@
 
 #include <algorithm>
 
+#include "twin/backend/cpu/avx512_copies.hpp"
 #include "twin/merge/merger.hpp"
 
 namespace twin {
@@ -132,7 +133,7 @@ struct RamBase {
     std::vector<std::uint16_t>& alone = ram_alone_scratch();
     if (alone.size() < static_cast<std::size_t>(n)) alone.resize(static_cast<std::size_t>(n));
     std::vector<std::uint8_t> has_alone(static_cast<std::size_t>((n + C - 1) / C), 0);  // per chunk
-    RamCounts c = parallel_sum<RamCounts>(n, merge_block, [&](std::int64_t lo, std::int64_t hi) {
+    RamCounts c = backend::cpu::parallel_kernel_sum<RamCounts>(n, merge_block, [&](std::int64_t lo, std::int64_t hi) {
       // k.shared counts what each expert moves until the block's end
       // takes away what it moves alone.
       RamCounts k{std::vector<std::int64_t>(T, 0), std::vector<std::int64_t>(T, 0)};
@@ -185,7 +186,7 @@ struct RamBase {
       const float rho = static_cast<float>(c.shared[i]) / std::max(static_cast<float>(c.unique[i]), eps);
       lambda[i] = 1.0f + static_cast<float>(r) * std::clamp(rho, 0.0f, static_cast<float>(alpha));
     }
-    parallel_blocks(n, merge_block, [&](std::int64_t lo, std::int64_t hi) {
+    backend::cpu::parallel_kernel_blocks(n, merge_block, [&](std::int64_t lo, std::int64_t hi) {
       float* buf = scratch_floats<3>(static_cast<std::size_t>(C));
       for (std::int64_t p = lo; p < hi; p += C) {
         const std::int64_t m = std::min(C, hi - p);

@@ -42,7 +42,7 @@ struct Sce {
   using u32x8 = detail::u32x8;
   using u32x16 = detail::u32x16;
   using i32x16 = detail::i32x16;
-  using i64x8 = std::int64_t __attribute__((vector_size(8 * sizeof(std::int64_t))));
+  using i64x8 = detail::i64x8;
 
   // var[j] = (1/N) Σ_i (t_ij − m_j)², m_j = (1/N) Σ_i t_ij, t_ij = e_i[j] −
   // base[j] in f32, the sums in double; returns how many are nonzero.
@@ -85,16 +85,18 @@ struct Sce {
 
   // variances() for NT experts known at compile time (the same operations
   // in the same order, each τ converted to double once and kept in
-  // registers), adding τ_i² in double to sums[i] (lane q: the positions ≡ q
-  // mod 8) where the variance's key is above `whi`; returns how many
-  // variances are nonzero.
+  // registers), adding τ_i² in double to sums[8·i + q] (lane q: the
+  // positions ≡ q mod 8) where the variance's key is above `whi`; returns
+  // how many variances are nonzero. sums is plain doubles: an f64x8 array
+  // allocated by the build's own code is only as aligned as that build's
+  // vectors, and the AVX-512 copy would load it as 64-byte aligned.
   template <std::size_t NT>
   static std::int64_t variances_sums(const float* base, const float* const* ex, std::int64_t c, float* var,
-                                     std::uint32_t whi, f64x8* sums) noexcept {
+                                     std::uint32_t whi, double* sums) noexcept {
     const double dn = NT;
     std::int64_t nonzero = 0, j = 0;
     f64x8 acc[NT];  // in registers: sums could alias var for the compiler
-    for (std::size_t i = 0; i < NT; ++i) acc[i] = sums[i];
+    for (std::size_t i = 0; i < NT; ++i) std::memcpy(&acc[i], sums + 8 * i, sizeof acc[i]);
     for (; j + 8 <= c; j += 8) {
       f32x8 b, x;
       std::memcpy(&b, base + j, sizeof b);
@@ -115,16 +117,20 @@ struct Sce {
       u32x8 key;
       std::memcpy(&key, &out, sizeof key);
       const auto up = __builtin_convertvector((key & 0x7fffffffu) > whi, i64x8);
-      for (std::size_t i = 0; i < NT; ++i) acc[i] += up ? t[i] * t[i] : f64x8{};
+      for (std::size_t i = 0; i < NT; ++i) {
+        f64x8 sq = t[i] * t[i];
+        detail::keep_lanes(sq, up);
+        acc[i] += sq;
+      }
       for (int l = 0; l < 8; ++l) nonzero += out[l] != 0.0f;
     }
-    for (std::size_t i = 0; i < NT; ++i) sums[i] = acc[i];
+    for (std::size_t i = 0; i < NT; ++i) std::memcpy(sums + 8 * i, &acc[i], sizeof acc[i]);
     if (j < c) {
       const float* tail_ex[NT];
       for (std::size_t i = 0; i < NT; ++i) tail_ex[i] = ex[i] + j;
       nonzero += variances(base + j, tail_ex, NT, c - j, var + j);
       if (whi != 0xffffffffu)
-        for (std::size_t i = 0; i < NT; ++i) sums[i][0] += sum_squares(base + j, tail_ex[i], var + j, whi + 1, c - j);
+        for (std::size_t i = 0; i < NT; ++i) sums[8 * i] += sum_squares(base + j, tail_ex[i], var + j, whi + 1, c - j);
     }
     return nonzero;
   }
@@ -177,16 +183,28 @@ struct Sce {
       for (std::size_t i = 0; i < N; ++i) {
         std::memcpy(&x, ex[i] + j, sizeof x);
         x -= b;
-        sum += kept ? x : f32x16{};
+        detail::keep_lanes(x, kept);
+        sum += x;
       }
+      // (sum ≥ 0 ? t : −t) as t with its sign bit flipped where not sum ≥ 0
+      // (a NaN sum too); the selects as bitwise ands (detail::keep_lanes).
+      const u32x16 flip = ~u32x16(sum >= 0.0f) & 0x80000000u;
       f32x16 o = {}, den = {};
       for (std::size_t i = 0; i < N; ++i) {
         std::memcpy(&x, ex[i] + j, sizeof x);
         x -= b;
-        const f32x16 t = kept ? x : f32x16{};
-        const auto keep = (sum >= 0.0f ? t : -t) > 0.0f;
-        o += keep ? s[i] * t : f32x16{};
-        den += keep ? f32x16{} + s[i] : f32x16{};
+        detail::keep_lanes(x, kept);
+        u32x16 signed_t;
+        std::memcpy(&signed_t, &x, sizeof signed_t);
+        signed_t ^= flip;
+        f32x16 st;
+        std::memcpy(&st, &signed_t, sizeof st);
+        const i32x16 keep = st > 0.0f;
+        f32x16 term = s[i] * x, weight = f32x16{} + s[i];
+        detail::keep_lanes(term, keep);
+        detail::keep_lanes(weight, keep);
+        o += term;
+        den += weight;
       }
       den = den < 1e-6f ? f32x16{} + 1e-6f : den;
       const f32x16 r = b + o / den;
@@ -255,7 +273,7 @@ struct Sce {
     parallel_blocks(nblocks, 1, [&](std::int64_t b0, std::int64_t b1) {
       for (std::int64_t blk = b0; blk < b1; ++blk) {
         WindowBlock& w = blocks[static_cast<std::size_t>(blk)];
-        std::vector<f64x8> lanes(N, f64x8{});  // the sums above the window, per expert
+        std::vector<double> lanes(8 * N, 0.0);  // the sums above the window, 8 lanes per expert
         const std::int64_t lo = blk * detail::merge_block, hi = std::min(n, lo + detail::merge_block);
         detail::for_input_chunks(
             a, lo, hi, [&](std::int64_t p, std::int64_t c, const float* base, const float* const* ex, float*) {
@@ -266,7 +284,7 @@ struct Sce {
               if (!fixed) {
                 nzb += variances(base, ex, N, c, v);
                 if (whi != 0xffffffffu)
-                  for (std::size_t i = 0; i < N; ++i) lanes[i][0] += sum_squares(base, ex[i], v, whi + 1, c);
+                  for (std::size_t i = 0; i < N; ++i) lanes[8 * i] += sum_squares(base, ex[i], v, whi + 1, c);
               }
               // The count above vectorizes; the positions inside (a few
               // per cent) are taken by a test that rarely branches.
@@ -283,7 +301,7 @@ struct Sce {
             });
         w.above.assign(N, 0.0);
         for (std::size_t i = 0; i < N; ++i)
-          for (int l = 0; l < 8; ++l) w.above[i] += lanes[i][l];
+          for (int l = 0; l < 8; ++l) w.above[i] += lanes[8 * i + l];
       }
     });
     nonzero = 0;
