@@ -33,7 +33,8 @@ struct Inputs {
 // Tensors that take the kernels' different paths: past one merge block and
 // past sce's and TIES's small-size cutoffs (f32), bf16 experts over an f32
 // base and all-bf16 tensors (experts read in place), rank 1 and rank 3,
-// vector tails (lengths not multiples of 16), one shorter than a vector.
+// vector tails (lengths not multiples of 16), one shorter than a vector,
+// one longer than a merge block.
 Inputs make_inputs(std::size_t experts) {
   std::mt19937_64 rng(20261207);
   struct Spec {
@@ -44,7 +45,8 @@ Inputs make_inputs(std::size_t experts) {
   const Spec specs[] = {
       {"big.weight", {160, 513}, dtype::f32, dtype::f32},   {"mixed.weight", {96, 257}, dtype::f32, dtype::bf16},
       {"bf16.weight", {64, 130}, dtype::bf16, dtype::bf16}, {"vec.bias", {1000}, dtype::f32, dtype::f32},
-      {"cube.weight", {3, 5, 67}, dtype::f32, dtype::f32},  {"tiny.bias", {7}, dtype::f32, dtype::f32}};
+      {"cube.weight", {3, 5, 67}, dtype::f32, dtype::f32},  {"tiny.bias", {7}, dtype::f32, dtype::f32},
+      {"long.bias", {70001}, dtype::f32, dtype::f32}};  // DELLA rows past a merge block: its held masks
   Inputs in;
   in.experts.resize(experts);
   for (const Spec& s : specs) {
@@ -105,7 +107,9 @@ TEST_CASE("every strategy: the AVX-512 copies give the build's own bits, and run
   }
 }
 
-TEST_CASE("TIES over the whole model, mergekit's GTA rules, sce without selection: copies give the same bits") {
+TEST_CASE(
+    "TIES over the whole model, mergekit's GTA rules, sce without selection, the Gram passes by rows and "
+    "columns: copies give the same bits") {
   const Inputs in = make_inputs(3);
   check_copy_matches("ties global", Ties{0.25, 1.0, TopKScope::global, {}}, in);
   for (const char* m : {"dare_linear", "dare_ties", "della", "della_linear", "breadcrumbs_ties", "ties"}) {
@@ -116,12 +120,25 @@ TEST_CASE("TIES over the whole model, mergekit's GTA rules, sce without selectio
     check_copy_matches(std::string("mergekit ") + m, *g, in);
   }
   check_copy_matches("sce select_topk 1", Sce{1.0}, in);
+  // The Gram passes over rows and columns.
+  MergeSettings stock;
+  stock.method = "model_stock";
+  stock.filter_wise = true;
+  check_copy_matches("model_stock filter_wise", AnyMerger::from_settings(stock), in);
+  const Inputs two = make_inputs(2);
+  for (const bool row_wise : {false, true}) {
+    MergeSettings nu;
+    nu.method = "nuslerp";
+    nu.nuslerp_flatten = false;
+    nu.nuslerp_row_wise = row_wise;
+    check_copy_matches(row_wise ? "nuslerp row-wise" : "nuslerp column-wise", AnyMerger::from_settings(nu), two);
+  }
 }
 
 int main(int argc, char** argv) {
-  if (!backend::cpu::avx512_copies_cpu() || !TWIN_AVX512_COPIES) {
-    std::printf("SKIPPED: %s\n",
-                TWIN_AVX512_COPIES ? "this CPU has no AVX-512 (x86-64-v4)" : "this build compiles no AVX-512 copies");
+  if (!backend::cpu::avx512_copies_cpu() || !TWIN_HAS_AVX512_COPIES) {
+    std::printf("SKIPPED: %s\n", TWIN_HAS_AVX512_COPIES ? "this CPU has no AVX-512 (x86-64-v4)"
+                                                        : "this build compiles no AVX-512 copies");
     return 77;
   }
   doctest::Context context(argc, argv);

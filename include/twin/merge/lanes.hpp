@@ -53,9 +53,9 @@ inline float load1(const std::uint16_t* p) noexcept { return bf16_to_f32(*p); }
 // (or 8 f64) whatever the build: kept in locals, loaded and stored through
 // memcpy, never passed or returned by value (the ABI of a 64-byte vector
 // differs between builds with and without AVX-512) nor kept in arrays on the
-// heap: a build without AVX-512 aligns them to 16 bytes, and the AVX-512
-// copies of the loops (backend/cpu/avx512_copies.hpp) would load them as
-// 64-byte aligned.
+// heap: a build without AVX aligns them to 16 bytes, not their size, and the
+// AVX-512 copies of the loops (backend/cpu/avx512_copies.hpp) would load
+// them as size-aligned.
 using f32x8 = float __attribute__((vector_size(8 * sizeof(float))));
 using f32x16 = float __attribute__((vector_size(16 * sizeof(float))));
 using f64x8 = double __attribute__((vector_size(8 * sizeof(double))));

@@ -3,18 +3,21 @@
 // A build that targets less than AVX-512 (no -march: SSE2) compiles the
 // merge kernels' 64-byte vector code piecewise, some of it one lane at a
 // time (sce ran at a tenth of the speed of a -march=native build). Here a
-// parallel block's work is compiled twice: as the build targets it, and
-// inlined whole (`flatten`) into a function that targets x86-64-v4's
-// vector instructions, which runs where cpuid shows them. GCC compiles the
-// copy with -ffp-contract=off, so it performs the same operations in the
-// same order as the build's own code and gives the same bits (tests compare
-// the two); clang's default (-ffp-contract=on) may fuse a multiply and an
-// add within one expression there, as any clang build for an FMA CPU does.
-// Builds that already target AVX-512 compile one copy.
+// chunk's or a parallel block's work is compiled twice: as the build
+// targets it, and inlined whole (`flatten`) into a function that targets
+// x86-64-v4's vector instructions, which runs where cpuid shows them. GCC
+// compiles the copy with -ffp-contract=off, as the build compiles its own
+// code where it targets no FMA, so the copy performs the same operations in
+// the same order and gives the same bits (test_avx512_copies compares the
+// two); clang's default (-ffp-contract=on) may fuse a multiply and an add
+// within one expression in the copy unless the build passes
+// -ffp-contract=off. Builds that target AVX-512 or FMA (-march=native,
+// x86-64-v3, v4) compile no copy: the former need none, and the latter fuse
+// in their own code, which the copy would not match.
 //
 // set_avx512_copies(false), or TWIN_AVX512_COPIES=0 in the environment,
 // runs the build's own code; defining TWIN_NO_AVX512_COPIES before
-// including twin compiles no copy (half the merges' compile time).
+// including twin compiles no copy (about half the merges' compile time).
 #pragma once
 
 #include <atomic>
@@ -24,8 +27,13 @@
 #include "twin/config.hpp"
 #include "twin/parallel.hpp"
 
-#if TWIN_X86_KERNELS && !defined(__AVX512F__) && !defined(TWIN_NO_AVX512_COPIES)
-#  define TWIN_AVX512_COPIES 1
+// Only where the build neither targets AVX-512 (nothing to copy) nor FMA:
+// a build with FMA contracts multiplies and adds in its own code, so a copy
+// without contraction would not give its bits. x86-64 only (a 32-bit build
+// computes in x87 registers).
+#if defined(__x86_64__) && TWIN_X86_KERNELS && !defined(__AVX512F__) && !defined(__FMA__) && \
+    !defined(TWIN_NO_AVX512_COPIES)
+#  define TWIN_HAS_AVX512_COPIES 1
 #  define TWIN_AVX512_COPY_ISA "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,bmi,bmi2,popcnt"
 #  if defined(__clang__)
 #    define TWIN_AVX512_COPY __attribute__((target(TWIN_AVX512_COPY_ISA), flatten))
@@ -34,7 +42,7 @@
       __attribute__((target(TWIN_AVX512_COPY_ISA ",prefer-vector-width=512"), flatten, optimize("fp-contract=off")))
 #  endif
 #else
-#  define TWIN_AVX512_COPIES 0
+#  define TWIN_HAS_AVX512_COPIES 0
 #endif
 
 namespace twin::backend::cpu {
@@ -62,7 +70,7 @@ inline EnvSwitch avx512_copies_switch{"TWIN_AVX512_COPIES"};
 inline std::atomic<std::int64_t> avx512_copy_runs{0};
 #endif
 
-#if TWIN_AVX512_COPIES
+#if TWIN_HAS_AVX512_COPIES
 template <class F>
 TWIN_AVX512_COPY void run_avx512_copy(F& f) {
   f();
@@ -74,7 +82,7 @@ TWIN_AVX512_COPY void run_avx512_copy(F& f) {
 // the CPU runs it, and neither set_avx512_copies(false) nor
 // TWIN_AVX512_COPIES=0 turned it off.
 inline bool avx512_copies_enabled() noexcept {
-  return TWIN_AVX512_COPIES && avx512_copies_cpu() && detail::avx512_copies_switch.on();
+  return TWIN_HAS_AVX512_COPIES && avx512_copies_cpu() && detail::avx512_copies_switch.on();
 }
 
 inline void set_avx512_copies(bool allowed) noexcept { detail::avx512_copies_switch.set(allowed); }
@@ -84,7 +92,7 @@ inline void set_avx512_copies(bool allowed) noexcept { detail::avx512_copies_swi
 // be a loop's whole work, not a piece of it.
 template <class F>
 void with_avx512_copy(F&& f) {
-#if TWIN_AVX512_COPIES
+#if TWIN_HAS_AVX512_COPIES
   if (avx512_copies_enabled()) {
 #  if defined(TWIN_COUNT_AVX512_COPIES)
     detail::avx512_copy_runs.fetch_add(1, std::memory_order_relaxed);
