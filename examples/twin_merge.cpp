@@ -177,7 +177,10 @@ struct MethodOptions {
     };
     auto list = [&](const std::string& k, const std::vector<double>& v) {
       std::string out;
-      for (double x : v) out += (out.empty() ? "" : ",") + std::to_string(x);
+      for (double x : v) {
+        if (!out.empty()) out += ',';
+        out += std::to_string(x);
+      }
       if (!v.empty()) meta[prefix + k] = out;
     };
     auto flag = [&](const std::string& k, const std::optional<bool>& v) {
