@@ -83,7 +83,7 @@ struct MethodOptions {
 
   void add_to(CLI::App& app) {
     std::string methods;
-    for (auto m : twin::merge_method_names) methods += (methods.empty() ? "" : ", ") + std::string(m);
+    for (auto m : twin::merge_method_names) twin::detail::append_listed(methods, m, ", ");
     app.add_option("--method", method, "merge strategy: " + methods)->capture_default_str();
     app.add_option("--scaling", scaling, "lambda, the factor on the merged task vector (default 1)");
     app.add_option("--density", density,
@@ -177,10 +177,7 @@ struct MethodOptions {
     };
     auto list = [&](const std::string& k, const std::vector<double>& v) {
       std::string out;
-      for (double x : v) {
-        if (!out.empty()) out += ',';
-        out += std::to_string(x);
-      }
+      for (double x : v) twin::detail::append_listed(out, std::to_string(x), ",");
       if (!v.empty()) meta[prefix + k] = out;
     };
     auto flag = [&](const std::string& k, const std::optional<bool>& v) {
@@ -687,7 +684,7 @@ struct FuseCommand {
     }
     bar.finish();
     std::string ws;
-    for (float x : w) ws += (ws.empty() ? "" : ",") + std::to_string(x);
+    for (float x : w) twin::detail::append_listed(ws, std::to_string(x), ",");
     twin::save_safetensors(out, fused, {{"twin.fuse.weights", ws}, {"twin.fuse.model", model}});
     std::fprintf(stderr, "fused %zu tensors with weights %s into %s\n", fused.size(), ws.c_str(), out.c_str());
   }

@@ -48,7 +48,7 @@ inline void only_keys(const YAML::Node& map, const std::string& file, const std:
     const std::string k = kv.first.as<std::string>();
     if (std::find(allowed.begin(), allowed.end(), k) != allowed.end()) continue;
     std::string list;
-    for (auto a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
+    for (auto a : allowed) twin::detail::append_listed(list, a, ", ");
     fail(kv.first, file, "key '" + k + "' in " + in + " is not supported by twin (supported: " + list + ")");
   }
 }

@@ -60,13 +60,7 @@ inline constexpr dtype all_dtypes[] = {dtype::f32, dtype::f16, dtype::bf16, dtyp
 // "F32 F16 BF16 ...", for messages that say what was expected.
 inline std::string dtype_name_list() {
   std::string out;
-  // Appended piece by piece: `"" + std::string(…)` inserts at the front, on
-  // which GCC 12 at -O3 -Wall warns of an overlapping memcpy (-Wrestrict; a
-  // false positive, but in every includer's build).
-  for (dtype t : all_dtypes) {
-    if (!out.empty()) out += ' ';
-    out += dtype_name(t);
-  }
+  for (dtype t : all_dtypes) detail::append_listed(out, dtype_name(t), " ");
   return out;
 }
 

@@ -38,8 +38,15 @@ class AtomicFile {
     const auto seed = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
     for (int attempt = 0; attempt < 100; ++attempt) {
       const std::uint64_t tag = seed ^ (counter.fetch_add(1) * 0x9E3779B97F4A7C15ull);
-      temp_ = dir_ / ("." + target_.filename().string() + ".tmp-" + std::to_string(::getpid()) + "-" +
-                      std::to_string(tag % 1000000007ull));
+      // Appended piece by piece ("." + … inserts at the front of a temporary:
+      // GCC 12's -Wrestrict false positive at -O3, see detail::append_listed).
+      std::string name = ".";
+      name += target_.filename().string();
+      name += ".tmp-";
+      name += std::to_string(::getpid());
+      name += '-';
+      name += std::to_string(tag % 1000000007ull);
+      temp_ = dir_ / name;
       fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
       if (fd_ >= 0) return;
       if (errno != EEXIST) break;

@@ -118,7 +118,7 @@ inline std::vector<std::string_view> options_taken(std::string_view m) {
   if (m == "arcee_fusion") return {"--rng"};
   if (m == "passthrough") return {"--scale"};
   std::string known;
-  for (auto n : merge_method_names) known += (known.empty() ? "" : ", ") + std::string(n);
+  for (auto n : merge_method_names) detail::append_listed(known, n, ", ");
   throw argument_error("unknown merge method '" + std::string(m) + "': expected one of " + known);
 }
 }  // namespace detail
@@ -138,7 +138,7 @@ class AnyMerger {
     for (std::string_view o : detail::options_set(s))
       if (std::find(taken.begin(), taken.end(), o) == taken.end()) {
         std::string list;
-        for (std::string_view t : taken) list += (list.empty() ? "" : ", ") + std::string(t);
+        for (std::string_view t : taken) detail::append_listed(list, t, ", ");
         throw argument_error(s.method + " takes no " + std::string(o) +
                              " (its options: " + (list.empty() ? "none" : list) + ")");
       }

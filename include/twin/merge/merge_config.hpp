@@ -255,7 +255,7 @@ inline MethodParameters mergekit_parameters(std::string_view m) {
   if (m == "passthrough") return {{}, {"scale"}};
   std::string known;
   for (auto n : merge_method_names)
-    if (n != "average") known += (known.empty() ? "" : ", ") + std::string(n);
+    if (n != "average") detail::append_listed(known, n, ", ");
   throw argument_error("merge_method '" + std::string(m) + "' is not supported: expected one of " + known);
 }
 
@@ -276,8 +276,8 @@ inline detail::MethodParameters check_config_parameters(const MergeConfig& c) {
         throw argument_error(where + ": '" + name + "' is a global parameter of " + c.merge_method +
                              " (mergekit ignores it under a model): move it to the slice or top-level parameters");
       std::string list;
-      for (auto n : p.global) list += (list.empty() ? "" : ", ") + std::string(n);
-      for (auto n : p.per_model) list += (list.empty() ? "" : ", ") + std::string(n);
+      for (auto n : p.global) detail::append_listed(list, n, ", ");
+      for (auto n : p.per_model) detail::append_listed(list, n, ", ");
       throw argument_error(where + ": " + c.merge_method + " takes no parameter '" + name +
                            "' (its parameters: " + (list.empty() ? "none" : list) + ")");
     }

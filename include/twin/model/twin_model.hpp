@@ -256,7 +256,7 @@ TwinModel TwinModel::build(const StateDict& base, std::span<const StateDict* con
   model.metadata_["merge_method"] = std::string(merger.name());
   model.metadata_["tasks"] = std::to_string(T);
   std::string patterns;
-  for (const std::string& p : opts.exclude) patterns += (patterns.empty() ? "" : "\n") + p;
+  for (const std::string& p : opts.exclude) detail::append_listed(patterns, p, "\n");
   model.metadata_["exclude"] = patterns;
 
   const NameFilter excluded(opts.exclude);
