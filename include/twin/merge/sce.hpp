@@ -88,8 +88,8 @@ struct Sce {
   // registers), adding τ_i² in double to sums[8·i + q] (lane q: the
   // positions ≡ q mod 8) where the variance's key is above `whi`; returns
   // how many variances are nonzero. sums is plain doubles: an f64x8 array
-  // allocated by the build's own code is only as aligned as that build's
-  // vectors, and the AVX-512 copy would load it as 64-byte aligned.
+  // on the heap is aligned to 16 bytes in a build without AVX, wherever it
+  // is allocated, and the AVX-512 copy would load it as 64-byte aligned.
   template <std::size_t NT>
   static std::int64_t variances_sums(const float* base, const float* const* ex, std::int64_t c, float* var,
                                      std::uint32_t whi, double* sums) noexcept {
