@@ -263,6 +263,36 @@ TEST_CASE("the radix select of the rank-th largest key counts the keys above and
   }
 }
 
+TEST_CASE("keys_at_ranks gives the keys a descending sort puts at both ranks, in one digit or several") {
+  // Property: keys_at_ranks(keys, r0, r1) = (sorted[r0], sorted[r1]) for the keys sorted in descending order
+  // (std::sort), whether both ranks fall in one top-11-bit digit or digits far apart, for equal ranks, the
+  // first and the last, over heavy ties, spread keys, and keys near the top bit.
+  std::mt19937_64 rng(22);
+  for (std::uint32_t spread : {7u, 1000u, 0xffffffffu}) {
+    std::uniform_int_distribution<std::uint32_t> pick(0, spread);
+    std::vector<std::uint32_t> keys(20000);
+    for (auto& k : keys) k = spread == 0xffffffffu ? pick(rng) : pick(rng) * (0x7fffffffu / spread);
+    std::vector<std::uint32_t> sorted = keys;
+    std::sort(sorted.begin(), sorted.end(), std::greater<>());
+    const std::vector<std::uint32_t> before = keys;
+    for (const auto& [r0, r1] : {std::pair<std::int64_t, std::int64_t>{0, 0},
+                                 {0, 19999},
+                                 {19999, 19999},
+                                 {4000, 4100},
+                                 {4000, 4000},
+                                 {1, 15000},
+                                 {9999, 10000}}) {
+      CAPTURE(spread);
+      CAPTURE(r0);
+      CAPTURE(r1);
+      const auto [k0, k1] = detail::keys_at_ranks(keys, r0, r1);
+      CHECK(k0 == sorted[static_cast<std::size_t>(r0)]);
+      CHECK(k1 == sorted[static_cast<std::size_t>(r1)]);
+    }
+    CHECK(keys == before);  // read, not reordered
+  }
+}
+
 TEST_CASE("sample windows: the sample sorted as std::sort does; runs of rows of different scales widen the window") {
   // Property 1: sorted_descending (an LSD radix sort) orders keys as
   // std::sort with std::greater does, heavy ties and the top bit included.

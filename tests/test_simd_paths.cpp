@@ -67,44 +67,78 @@ TEST_CASE("set_bits packs keep masks into bit words with either kernel, from any
   });
 }
 
-TEST_CASE("scan_window counts the keys above the window and appends those inside it, with either kernel") {
-  // Property: for x = e − base (e alone without base), scan_window returns how many |x| keys exceed hi and
-  // appends, in index order after what the buffer held, the keys with lo ≤ key ≤ hi; checked against a
-  // plain loop over the same keys, for lengths around the 16-entry steps, windows holding every key, none,
-  // and a band, keys equal to either bound, negative zeros and NaNs (their keys are compared like any).
+TEST_CASE("scan_windows counts the keys above each window and appends those inside it, with every kernel") {
+  // Property: for window x over x = v[x] − base (v[x] alone without base; f32 values, or bf16 bits widened),
+  // scan_windows adds to above[x] how many keys exceed its hi and writes at out[x], in index order after
+  // what the buffer held, the keys with lo ≤ key ≤ hi; checked against a plain loop over each window's keys,
+  // for lengths around the 16-entry steps, windows holding every key, none, and a band, keys equal to
+  // either bound, negative zeros and NaNs (their keys are compared like any), and windows sharing a vector
+  // with the one before them or not (the kernel reuses the keys of the one before).
   std::mt19937_64 rng(5);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  for_each_avx512_kernel([&](bool avx512) {
+  const std::uint32_t half = twin::magnitude_key(0.5f);
+  const std::vector<twin::detail::KeyWindow> win = {
+      {0u, 0xffffffffu}, {half, half}, {twin::magnitude_key(0.25f), half}, {1u, 0u}, {half, half}};
+  const std::size_t vec_of[] = {0, 0, 1, 1, 0};  // window x scans vector vec_of[x]
+  using twin::SimdKernel;
+  for (const SimdKernel kernel : {SimdKernel::portable, SimdKernel::avx2, SimdKernel::avx512}) {
+    CAPTURE(static_cast<int>(kernel));
+    if (!twin::cpu_has(kernel)) {
+      MESSAGE("SKIPPED: this CPU cannot run kernel level " << static_cast<int>(kernel));
+      continue;
+    }
     for (const std::int64_t c : {0, 1, 15, 16, 17, 40, 256, 1001})
-      for (const bool with_base : {true, false}) {
-        CAPTURE(c);
-        CAPTURE(with_base);
-        std::vector<float> e(static_cast<std::size_t>(c)), b(static_cast<std::size_t>(c));
-        for (std::int64_t j = 0; j < c; ++j) {
-          const auto r = rng() % 16;
-          e[static_cast<std::size_t>(j)] = r == 0 ? -0.0f : r == 1 ? std::nanf("") : r == 2 ? 0.5f : nd(rng);
-          b[static_cast<std::size_t>(j)] = r == 2 ? 0.0f : nd(rng) * 0.1f;
-        }
-        const float* base = with_base ? b.data() : nullptr;
-        const std::uint32_t half = twin::magnitude_key(0.5f);
-        for (const auto& [lo, hi] : {std::pair{0u, 0xffffffffu}, std::pair{half, half},
-                                     std::pair{twin::magnitude_key(0.25f), half}, std::pair{1u, 0u}}) {
-          twin::detail::KeyBuffer in;
-          *in.tail(3) = 7u, in.size = 1;  // keys already held stay first
-          std::int64_t above = 0;
-          std::vector<std::uint32_t> want = {7u};
+      for (const bool with_base : {true, false})
+        for (const bool bf16 : {false, true}) {
+          CAPTURE(c);
+          CAPTURE(with_base);
+          CAPTURE(bf16);
+          std::vector<std::vector<float>> e(2, std::vector<float>(static_cast<std::size_t>(c)));
+          std::vector<std::vector<std::uint16_t>> h(2, std::vector<std::uint16_t>(static_cast<std::size_t>(c)));
+          std::vector<float> b(static_cast<std::size_t>(c));
           for (std::int64_t j = 0; j < c; ++j) {
             const auto s = static_cast<std::size_t>(j);
-            const std::uint32_t key = twin::magnitude_key(base ? e[s] - b[s] : e[s]);
-            above += key > hi;
-            if (key >= lo && key <= hi) want.push_back(key);
+            const auto r = rng() % 16;
+            for (std::size_t v = 0; v < 2; ++v) {
+              e[v][s] = r == 0 ? -0.0f : r == 1 ? std::nanf("") : r == 2 ? 0.5f : nd(rng);
+              h[v][s] = twin::f32_to_bf16(e[v][s]);
+              if (bf16) e[v][s] = twin::bf16_to_f32(h[v][s]);  // the values the bf16 scan sees
+            }
+            b[s] = r == 2 ? 0.0f : nd(rng) * 0.1f;
           }
-          CHECK(twin::detail::scan_window(e.data(), base, c, lo, hi, in, avx512) == above);
-          const std::span<const std::uint32_t> got = in.view();
-          CHECK(std::vector<std::uint32_t>(got.begin(), got.end()) == want);
+          const float* base = with_base ? b.data() : nullptr;
+          std::vector<twin::detail::KeyBuffer> in(win.size());
+          std::vector<std::uint32_t*> out;
+          std::vector<std::int64_t> above(win.size(), 3), want_above(win.size(), 3);  // counts already held stay
+          std::vector<std::vector<std::uint32_t>> want(win.size(), {7u});
+          for (std::size_t x = 0; x < win.size(); ++x) {
+            *in[x].tail(static_cast<std::size_t>(c) + 1) = 7u, in[x].size = 1;  // keys already held stay first
+            out.push_back(in[x].tail(static_cast<std::size_t>(c)));
+            const std::vector<float>& ev = e[vec_of[x]];
+            for (std::size_t s = 0; s < static_cast<std::size_t>(c); ++s) {
+              const std::uint32_t key = twin::magnitude_key(base ? ev[s] - b[s] : ev[s]);
+              want_above[x] += key > win[x].second;
+              if (key >= win[x].first && key <= win[x].second) want[x].push_back(key);
+            }
+          }
+          if (bf16) {
+            std::vector<const std::uint16_t*> v;
+            for (const std::size_t i : vec_of) v.push_back(h[i].data());
+            twin::detail::scan_windows(v.data(), base, c, win, above.data(), out.data(), kernel);
+          } else {
+            std::vector<const float*> v;
+            for (const std::size_t i : vec_of) v.push_back(e[i].data());
+            twin::detail::scan_windows(v.data(), base, c, win, above.data(), out.data(), kernel);
+          }
+          CHECK(above == want_above);
+          for (std::size_t x = 0; x < win.size(); ++x) {
+            CAPTURE(x);
+            in[x].size = static_cast<std::size_t>(out[x] - in[x].keys.get());
+            const std::span<const std::uint32_t> got = in[x].view();
+            CHECK(std::vector<std::uint32_t>(got.begin(), got.end()) == want[x]);
+          }
         }
-      }
-  });
+  }
 }
 
 TEST_CASE("list_between lists the indices with lo <= u < hi, ascending, with either kernel") {

@@ -50,6 +50,28 @@ inline bool cpu_has_avx512f() noexcept {
   return false;
 #endif
 }
+
+// A level of hand-vectorized kernel (Philox's rounds, the magnitude scans):
+// chosen at run time from what this CPU has, so that a build for the
+// x86-64 baseline uses them too; every level gives the same results.
+enum class SimdKernel { portable, avx2, avx512 };
+
+// Whether this CPU runs kernel level k (portable always).
+inline bool cpu_has(SimdKernel k) noexcept {
+#if TWIN_X86_KERNELS
+  if (k == SimdKernel::avx512) return cpu_has_avx512f();
+  if (k == SimdKernel::avx2) return __builtin_cpu_supports("avx2");
+#endif
+  return k == SimdKernel::portable;
+}
+
+// The widest kernel level this CPU runs, found once.
+inline SimdKernel best_simd_kernel() noexcept {
+  static const SimdKernel k = cpu_has(SimdKernel::avx512) ? SimdKernel::avx512
+                              : cpu_has(SimdKernel::avx2) ? SimdKernel::avx2
+                                                          : SimdKernel::portable;
+  return k;
+}
 }  // namespace twin
 
 #if defined(__GNUC__) || defined(__clang__)

@@ -78,27 +78,15 @@ class Philox {
 
   static constexpr float to_unit(std::uint32_t bits) noexcept { return static_cast<float>(bits >> 8) * 0x1.0p-24f; }
 
-  // Which vector kernel runs the rounds of many blocks side by side: chosen
-  // at run time from what this CPU has (AVX-512F, AVX2), so that a build for
-  // the x86-64 baseline uses them too; every level gives the same values.
-  enum class Kernel { portable, avx2, avx512 };
+  // Which vector kernel runs the rounds of many blocks side by side (every
+  // level gives the same values).
+  using Kernel = SimdKernel;
 
   // Whether this CPU runs `k` (portable always).
-  static bool cpu_has(Kernel k) noexcept {
-#if TWIN_X86_KERNELS
-    if (k == Kernel::avx512) return cpu_has_avx512f();
-    if (k == Kernel::avx2) return __builtin_cpu_supports("avx2");
-#endif
-    return k == Kernel::portable;
-  }
+  static bool cpu_has(Kernel k) noexcept { return twin::cpu_has(k); }
 
   // The widest kernel this CPU has, found once.
-  static Kernel best_kernel() noexcept {
-    static const Kernel k = cpu_has(Kernel::avx512) ? Kernel::avx512
-                            : cpu_has(Kernel::avx2) ? Kernel::avx2
-                                                    : Kernel::portable;
-    return k;
-  }
+  static Kernel best_kernel() noexcept { return best_simd_kernel(); }
 
   // uniform(first + k, stream) for k < n, written to out, by the widest
   // kernel this CPU has (dropout and DARE masks draw one value per entry).

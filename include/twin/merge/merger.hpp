@@ -198,6 +198,13 @@ void merge_chunks(const TensorMergeArgs& a, std::int64_t block, Make&& make) {
   });
 }
 
+// Whether every expert is contiguous bf16 (read in place, widened in the
+// kernels' registers).
+inline bool experts_contiguous_bf16(const TensorMergeArgs& a) noexcept {
+  return std::all_of(a.experts.begin(), a.experts.end(),
+                     [](const ConstTensorView& e) { return e.dtype() == dtype::bf16 && e.is_contiguous(); });
+}
+
 // merge_chunks for kernels written for either stored type: where every
 // expert is contiguous bf16, g gets ex as `const std::uint16_t* const*`
 // (their bf16 bits, read in place, widened in the kernel's registers);
@@ -205,9 +212,7 @@ void merge_chunks(const TensorMergeArgs& a, std::int64_t block, Make&& make) {
 // generic over both.
 template <class Make>
 void merge_chunks_stored(const TensorMergeArgs& a, std::int64_t block, Make&& make) {
-  bool bf16 = true;
-  for (const ConstTensorView& e : a.experts) bf16 = bf16 && e.dtype() == dtype::bf16 && e.is_contiguous();
-  if (!bf16) {
+  if (!experts_contiguous_bf16(a)) {
     merge_chunks(a, block, make);
     return;
   }
@@ -270,24 +275,39 @@ inline bool inputs_contiguous_f32(const TensorMergeArgs& a) noexcept {
 }
 
 // for_input_chunks for passes that only read (no output, no chunk-sized
-// buffers of their own): where the base and every expert are contiguous
-// f32, f gets runs of by_expert_run elements read in place, left to the
-// hardware prefetchers, as merge_chunks_by_expert reads them; otherwise
-// for_input_chunks' chunks (c ≤ by_expert_chunk_max either way).
+// buffers of their own): f(lo, c, base, ex) on runs of by_expert_run
+// elements where every expert is read in place, left to the hardware
+// prefetchers as merge_chunks_by_expert reads them: ex as `const float*
+// const*` where the base and every expert are contiguous f32, as `const
+// std::uint16_t* const*` (bf16 bits) where every expert is contiguous bf16
+// (the base in f32, converted into this thread's scratch slot 0 unless it is
+// contiguous f32); otherwise for_input_chunks' chunks of f32. f is generic
+// over both (c ≤ by_expert_chunk_max either way).
 template <class F>
 void for_input_runs(const TensorMergeArgs& a, std::int64_t b0, std::int64_t b1, F&& f) {
-  if (!inputs_contiguous_f32(a)) {
-    for_input_chunks(a, b0, b1, f);
+  const bool f32 = inputs_contiguous_f32(a);
+  if (!f32 && !experts_contiguous_bf16(a)) {
+    for_input_chunks(a, b0, b1,
+                     [&](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex, float*) {
+                       f(lo, c, base, ex);
+                     });
     return;
   }
-  std::vector<const float*> ex(a.experts.size());
+  float* buf = f32 ? nullptr : scratch_floats<0>(static_cast<std::size_t>(by_expert_run));
+  std::vector<const float*> ef(f32 ? a.experts.size() : 0);
+  std::vector<const std::uint16_t*> eh(f32 ? 0 : a.experts.size());
   for (std::int64_t lo = b0; lo < b1; lo += by_expert_run) {
     const std::int64_t c = std::min(by_expert_run, b1 - lo);
-    for (std::size_t i = 0; i < ex.size(); ++i) ex[i] = static_cast<const float*>(a.experts[i].data()) + lo;
-    backend::cpu::with_avx512_copy([&] {
-      f(lo, c, static_cast<const float*>(a.base.data()) + lo, static_cast<const float* const*>(ex.data()),
-        static_cast<float*>(nullptr));
-    });
+    if (f32) {
+      for (std::size_t i = 0; i < ef.size(); ++i) ef[i] = static_cast<const float*>(a.experts[i].data()) + lo;
+      backend::cpu::with_avx512_copy([&] {
+        f(lo, c, static_cast<const float*>(a.base.data()) + lo, static_cast<const float* const*>(ef.data()));
+      });
+    } else {
+      for (std::size_t i = 0; i < eh.size(); ++i) eh[i] = static_cast<const std::uint16_t*>(a.experts[i].data()) + lo;
+      const float* base = chunk_f32(a.base, lo, c, buf);
+      backend::cpu::with_avx512_copy([&] { f(lo, c, base, static_cast<const std::uint16_t* const*>(eh.data())); });
+    }
   }
 }
 

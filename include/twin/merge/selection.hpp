@@ -12,6 +12,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -27,6 +28,7 @@
 #include <vector>
 
 #include "twin/config.hpp"
+#include "twin/merge/lanes.hpp"
 #include "twin/parallel.hpp"
 
 #if TWIN_X86_KERNELS
@@ -226,88 +228,222 @@ struct KeyBuffer {
   std::span<const std::uint32_t> view() const noexcept { return {keys.get(), size}; }
 };
 
-// scan_window's loop over entries [j, c), one at a time: keys inside
-// [lo, hi] written at out (advanced), the count of keys above hi returned.
-inline std::int64_t scan_window_from(const float* TWIN_RESTRICT e, const float* TWIN_RESTRICT base, std::int64_t j,
-                                     std::int64_t c, std::uint32_t lo, std::uint32_t hi, std::uint32_t*& out) noexcept {
-  std::int64_t above = 0;
-  for (; j < c; ++j) {
-    const std::uint32_t key = magnitude_key(base ? e[j] - base[j] : e[j]);
-    above += key > hi;
-    *out = key;
-    out += key >= lo && key <= hi;
+// One key window per x: keys in [win[x].first, win[x].second] are
+// collected, those above counted.
+using KeyWindow = std::pair<std::uint32_t, std::uint32_t>;
+
+// scan_windows' loop over entries [j, c), one window after another.
+template <class E>
+void scan_windows_from(const E* const* v, const float* TWIN_RESTRICT base, std::int64_t j0, std::int64_t c,
+                       std::span<const KeyWindow> win, std::int64_t* above, std::uint32_t** out) noexcept {
+  for (std::size_t x = 0; x < win.size(); ++x) {
+    const E* TWIN_RESTRICT e = v[x];
+    const std::uint32_t lo = win[x].first, hi = win[x].second;
+    std::uint32_t* o = out[x];
+    std::int64_t up = 0;
+    for (std::int64_t j = j0; j < c; ++j) {
+      const std::uint32_t key = magnitude_key(base ? load1(e + j) - base[j] : load1(e + j));
+      up += key > hi;
+      *o = key;
+      o += key >= lo && key <= hi;
+    }
+    above[x] += up, out[x] = o;
   }
-  return above;
 }
 #if TWIN_X86_KERNELS
-// The same 16 entries at a time, the keys inside written by AVX-512
-// compress-stores (the register form and a full store measured the same
-// on Zen 5, benchmarks/RESULTS.md; the memory form is microcoded on Zen 4).
-__attribute__((target("avx512f"))) inline std::int64_t scan_window_avx512(const float* TWIN_RESTRICT e,
-                                                                          const float* TWIN_RESTRICT base,
-                                                                          std::int64_t c, std::uint32_t lo,
-                                                                          std::uint32_t hi,
-                                                                          std::uint32_t*& out) noexcept {
-  const __m512i vlo = _mm512_set1_epi32(static_cast<int>(lo)), vhi = _mm512_set1_epi32(static_cast<int>(hi));
+// 16 stored values as f32 (bf16: widened, exact).
+__attribute__((target("avx512f"))) inline __m512 load16_f32(const float* p) noexcept { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f"))) inline __m512 load16_f32(const std::uint16_t* p) noexcept {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+// The same 16 entries at a time, every window at each position (so the
+// vectors are read side by side, as a merge reads them: one vector at a
+// time over a chunk left the memory idle between them, breadcrumbs' 16
+// windows 5.8 → 4.5 ms, benchmarks/RESULTS.md); windows over the same
+// vector as the one before share its keys. The keys inside are compressed
+// in a register and stored whole (room for c keys is there): the memory
+// form of the compress is microcoded on Zen 4. Returns where it stopped
+// (the last c mod 16 entries are left to scan_windows_from).
+template <bool Base, class E>
+__attribute__((target("avx512f,popcnt"))) std::int64_t scan_windows_avx512(
+    const E* const* v, const float* TWIN_RESTRICT base, std::int64_t c, std::span<const KeyWindow> win,
+    std::int64_t* above, std::uint32_t** out) noexcept {
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
-  std::int64_t above = 0, j = 0;
-  for (; j + 16 <= c; j += 16) {
-    const __m512 v = _mm512_loadu_ps(e + j);
-    const __m512 x = base ? _mm512_sub_ps(v, _mm512_loadu_ps(base + j)) : v;
-    const __m512i key = _mm512_and_si512(_mm512_castps_si512(x), abs_mask);
-    const __mmask16 up = _mm512_cmpgt_epu32_mask(key, vhi);
-    const __mmask16 inside = _mm512_mask_cmpge_epu32_mask(_mm512_cmple_epu32_mask(key, vhi), key, vlo);
-    above += std::popcount(static_cast<unsigned>(up));
-    _mm512_mask_compressstoreu_epi32(out, inside, key);
-    out += std::popcount(static_cast<unsigned>(inside));
+  const std::int64_t end = c / 16 * 16;
+  // Up to 16 windows at a time, their counts and cursors in locals (which
+  // the keys' stores cannot alias: in the caller's arrays every cursor was
+  // reloaded after each store, 20% slower).
+  constexpr std::size_t G = 16;
+  for (std::size_t x0 = 0; x0 < win.size(); x0 += G) {
+    const std::size_t n = std::min(G, win.size() - x0);
+    std::uint32_t* o[G];
+    std::int64_t up[G];
+    for (std::size_t x = 0; x < n; ++x) o[x] = out[x0 + x], up[x] = 0;
+    for (std::int64_t j = 0; j < end; j += 16) {
+      __m512 b;
+      if constexpr (Base) b = _mm512_loadu_ps(base + j);
+      __m512i key = abs_mask;
+      for (std::size_t x = 0; x < n; ++x) {
+        if (x == 0 || v[x0 + x] != v[x0 + x - 1]) {
+          __m512 e = load16_f32(v[x0 + x] + j);
+          if constexpr (Base) e = _mm512_sub_ps(e, b);
+          key = _mm512_and_si512(_mm512_castps_si512(e), abs_mask);
+        }
+        const __m512i vlo = _mm512_set1_epi32(static_cast<int>(win[x0 + x].first));
+        const __m512i vhi = _mm512_set1_epi32(static_cast<int>(win[x0 + x].second));
+        const __mmask16 hi = _mm512_cmpgt_epu32_mask(key, vhi);
+        const __mmask16 inside = _mm512_mask_cmpge_epu32_mask(_mm512_cmple_epu32_mask(key, vhi), key, vlo);
+        up[x] += std::popcount(static_cast<unsigned>(hi));
+        _mm512_storeu_si512(o[x], _mm512_maskz_compress_epi32(inside, key));
+        o[x] += std::popcount(static_cast<unsigned>(inside));
+      }
+    }
+    for (std::size_t x = 0; x < n; ++x) out[x0 + x] = o[x], above[x0 + x] += up[x];
   }
-  return above + scan_window_from(e, base, j, c, lo, hi, out);
+  return end;
+}
+
+// For each 8-bit mask, the positions of its set bits, lowest first (the
+// AVX2 compress: a permutation of 8 lanes).
+inline constexpr std::array<std::array<std::uint8_t, 8>, 256> compress_order = [] {
+  std::array<std::array<std::uint8_t, 8>, 256> t{};
+  for (std::size_t m = 0; m < 256; ++m) {
+    std::size_t n = 0;
+    for (std::uint8_t b = 0; b < 8; ++b)
+      if (m >> b & 1u) t[m][n++] = b;
+  }
+  return t;
+}();
+// 8 stored values as f32 (bf16: widened, exact).
+__attribute__((target("avx2"))) inline __m256 load8_f32(const float* p) noexcept { return _mm256_loadu_ps(p); }
+__attribute__((target("avx2"))) inline __m256 load8_f32(const std::uint16_t* p) noexcept {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+// scan_windows_avx512 for AVX2 (a CPU without AVX-512: most desktops), 8
+// entries at a time: unsigned comparisons as signed ones of keys and
+// bounds with the top bit flipped, the compress a permutation from
+// compress_order. Returns where it stopped (c rounded down to 8).
+template <bool Base, class E>
+__attribute__((target("avx2,popcnt"))) std::int64_t scan_windows_avx2(const E* const* v,
+                                                                      const float* TWIN_RESTRICT base, std::int64_t c,
+                                                                      std::span<const KeyWindow> win,
+                                                                      std::int64_t* above,
+                                                                      std::uint32_t** out) noexcept {
+  const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff), flip = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  const std::int64_t end = c / 8 * 8;
+  constexpr std::size_t G = 16;
+  for (std::size_t x0 = 0; x0 < win.size(); x0 += G) {
+    const std::size_t n = std::min(G, win.size() - x0);
+    std::uint32_t* o[G];
+    std::int64_t up[G];
+    for (std::size_t x = 0; x < n; ++x) o[x] = out[x0 + x], up[x] = 0;
+    for (std::int64_t j = 0; j < end; j += 8) {
+      __m256 b;
+      if constexpr (Base) b = _mm256_loadu_ps(base + j);
+      __m256i key = abs_mask, flipped = abs_mask;
+      for (std::size_t x = 0; x < n; ++x) {
+        if (x == 0 || v[x0 + x] != v[x0 + x - 1]) {
+          __m256 e = load8_f32(v[x0 + x] + j);
+          if constexpr (Base) e = _mm256_sub_ps(e, b);
+          key = _mm256_and_si256(_mm256_castps_si256(e), abs_mask);
+          flipped = _mm256_xor_si256(key, flip);
+        }
+        const __m256i lo = _mm256_set1_epi32(static_cast<int>(win[x0 + x].first ^ 0x80000000u));
+        const __m256i hi = _mm256_set1_epi32(static_cast<int>(win[x0 + x].second ^ 0x80000000u));
+        const __m256i over = _mm256_cmpgt_epi32(flipped, hi);
+        const __m256i outside = _mm256_or_si256(over, _mm256_cmpgt_epi32(lo, flipped));
+        const auto m_over = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(over)));
+        const auto m_in = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(outside))) ^ 0xffu;
+        up[x] += std::popcount(m_over);
+        const __m128i order = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(compress_order[m_in].data()));
+        const __m256i packed = _mm256_permutevar8x32_epi32(key, _mm256_cvtepu8_epi32(order));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o[x]), packed);
+        o[x] += std::popcount(m_in);
+      }
+    }
+    for (std::size_t x = 0; x < n; ++x) out[x0 + x] = o[x], above[x0 + x] += up[x];
+  }
+  return end;
 }
 #endif
 
-// Over c entries x = e − base (as task_vectors_f32 forms τ; x = e where
-// base is null): appends to `in` the keys inside [lo, hi] and returns how
-// many keys lie above hi. By scan_window_avx512 where `avx512` (the CPU's
-// own choice by default; cpu_has_avx512f() must hold), else one entry at
+// Over c entries of each of the vectors v[x], one per window x, keys of
+// v[x] − base (as task_vectors_f32 forms τ; of v[x] where base is null;
+// E: f32, or bf16's bits widened exactly): window x's keys inside it are
+// written at out[x] (advanced; room for c keys must be there) and the
+// count above it added to above[x]. By the kernel level given (the CPU's
+// widest by default; cpu_has(kernel) must hold), the last entries one at
 // a time.
-inline std::int64_t scan_window(const float* TWIN_RESTRICT e, const float* TWIN_RESTRICT base, std::int64_t c,
-                                std::uint32_t lo, std::uint32_t hi, KeyBuffer& in, bool avx512 = cpu_has_avx512f()) {
-  std::uint32_t* const first = in.tail(static_cast<std::size_t>(c));
-  std::uint32_t* out = first;
-  std::int64_t above = 0;
+template <class E>
+void scan_windows(const E* const* v, const float* TWIN_RESTRICT base, std::int64_t c, std::span<const KeyWindow> win,
+                  std::int64_t* above, std::uint32_t** out, SimdKernel kernel = best_simd_kernel()) noexcept {
+  std::int64_t j = 0;
 #if TWIN_X86_KERNELS
-  if (avx512) above = scan_window_avx512(e, base, c, lo, hi, out);
-  else above = scan_window_from(e, base, 0, c, lo, hi, out);
-#else
-  (void)avx512;
-  above = scan_window_from(e, base, 0, c, lo, hi, out);
+  if (kernel == SimdKernel::avx512)
+    j = base ? scan_windows_avx512<true>(v, base, c, win, above, out)
+             : scan_windows_avx512<false>(v, base, c, win, above, out);
+  else if (kernel == SimdKernel::avx2)
+    j = base ? scan_windows_avx2<true>(v, base, c, win, above, out)
+             : scan_windows_avx2<false>(v, base, c, win, above, out);
 #endif
-  in.size += static_cast<std::size_t>(out - first);
-  return above;
+  (void)kernel;
+  scan_windows_from(v, base, j, c, win, above, out);
+}
+
+// The r0-th and r1-th largest of `keys` (0-based, r0 ≤ r1 < keys.size()),
+// from one copy of the keys: one pass counts their top 11 bits, those in
+// the digits from r1's to r0's are kept (a sample's window spans a digit or
+// two), and each rank is selected among them. Two radix selects over
+// copies of a 32K-key sample took 23% of a 768×768 bf16 TIES merge.
+inline std::pair<std::uint32_t, std::uint32_t> keys_at_ranks(const std::vector<std::uint32_t>& keys, std::int64_t r0,
+                                                             std::int64_t r1) {
+  constexpr int shift = 21;
+  std::vector<std::int64_t> count(std::size_t{1} << (32 - shift), 0);
+  for (const std::uint32_t k : keys) ++count[k >> shift];
+  std::int64_t above = 0, above0 = -1;
+  std::uint32_t d0 = 0, d1 = 0;
+  for (auto d = static_cast<std::int64_t>(count.size()) - 1; d >= 0; --d) {
+    const std::int64_t c = count[static_cast<std::size_t>(d)];
+    if (above0 < 0 && above + c > r0) d0 = static_cast<std::uint32_t>(d), above0 = above;
+    if (above + c > r1) {
+      d1 = static_cast<std::uint32_t>(d);
+      break;
+    }
+    above += c;
+  }
+  std::vector<std::uint32_t> in;
+  in.reserve(static_cast<std::size_t>(above + count[d1] - above0));
+  for (const std::uint32_t k : keys)
+    if ((k >> shift) - d1 <= d0 - d1) in.push_back(k);  // d1 ≤ digit ≤ d0
+  std::vector<std::uint32_t> copy = in;
+  return {kth_largest(in, r0 - above0).key, kth_largest(copy, r1 - above0).key};
 }
 
 // The window of keys [lo, hi] at sampled ranks q·m ± (4σ + 16) of m sampled
-// keys, key_at(r) the r-th largest of them (r from 0).
-template <class KeyAt>
-std::pair<std::uint32_t, std::uint32_t> window_at_ranks(std::size_t m, double q, double sigma, KeyAt&& key_at) {
+// keys, keys_at(r0, r1) the r0-th and r1-th largest of them (r from 0,
+// r0 ≤ r1).
+template <class KeysAt>
+KeyWindow window_at_ranks(std::size_t m, double q, double sigma, KeysAt&& keys_at) {
   const double r = q * static_cast<double>(m), d = 4.0 * sigma + 16.0;
   const auto top = static_cast<std::int64_t>(std::floor(r - d)), bottom = static_cast<std::int64_t>(std::ceil(r + d));
-  std::pair<std::uint32_t, std::uint32_t> w{0u, 0xffffffffu};
-  if (bottom < static_cast<std::int64_t>(m)) w.first = key_at(bottom);
-  if (top >= 0) w.second = key_at(top);
+  const bool has_top = top >= 0, has_bottom = bottom < static_cast<std::int64_t>(m);  // top < m, bottom ≥ 0
+  KeyWindow w{0u, 0xffffffffu};
+  if (!has_top && !has_bottom) return w;
+  const auto [hi, lo] = keys_at(has_top ? top : bottom, has_bottom ? bottom : top);
+  if (has_bottom) w.first = lo;
+  if (has_top) w.second = hi;
   return w;
 }
 
 // The window of keys [lo, hi] that brackets the k-th largest of n keys,
 // k = q·n, with high probability, from a uniform sample of them: sampled
-// ranks q·m ± (4σ + 16) of the m sampled keys, σ the binomial deviation
-// (two radix selects over copies of the sample).
-inline std::pair<std::uint32_t, std::uint32_t> sample_window(const std::vector<std::uint32_t>& sample, double q) {
+// ranks q·m ± (4σ + 16) of the m sampled keys, σ the binomial deviation.
+inline KeyWindow sample_window(const std::vector<std::uint32_t>& sample, double q) {
   const auto m = static_cast<double>(sample.size());
-  return window_at_ranks(sample.size(), q, std::sqrt(m * q * (1.0 - q)), [&](std::int64_t rank) {
-    std::vector<std::uint32_t> copy = sample;
-    return kth_largest(copy, rank).key;
-  });
+  return window_at_ranks(sample.size(), q, std::sqrt(m * q * (1.0 - q)),
+                         [&](std::int64_t r0, std::int64_t r1) { return keys_at_ranks(sample, r0, r1); });
 }
 
 // keys in descending order: an LSD radix sort of ~key, digits of 11, 11
@@ -335,9 +471,8 @@ inline std::vector<std::uint32_t> sorted_descending(const std::vector<std::uint3
 // and σ is at least the deviation the runs show, from how far each run's
 // count of keys above the sampled rank strays from q·(its length) (batch
 // means). batch = 0: the binomial σ alone.
-inline std::pair<std::uint32_t, std::uint32_t> sample_window(const std::vector<std::uint32_t>& sample,
-                                                             const std::vector<std::uint32_t>& desc, double q,
-                                                             std::size_t batch = 0) {
+inline KeyWindow sample_window(const std::vector<std::uint32_t>& sample, const std::vector<std::uint32_t>& desc,
+                               double q, std::size_t batch = 0) {
   const auto m = static_cast<double>(sample.size());
   double sd = std::sqrt(m * q * (1.0 - q));
   if (batch > 0 && sample.size() >= 2 * batch) {
@@ -352,7 +487,9 @@ inline std::pair<std::uint32_t, std::uint32_t> sample_window(const std::vector<s
     }
     sd = std::max(sd, std::sqrt(var));
   }
-  return window_at_ranks(sample.size(), q, sd, [&](std::int64_t rank) { return desc[static_cast<std::size_t>(rank)]; });
+  return window_at_ranks(sample.size(), q, sd, [&](std::int64_t r0, std::int64_t r1) {
+    return std::pair{desc[static_cast<std::size_t>(r0)], desc[static_cast<std::size_t>(r1)]};
+  });
 }
 
 // The cut keeping the k largest keys of window x, from the per-thread
@@ -375,14 +512,12 @@ inline std::optional<MagnitudeCut> cut_in_window(const std::vector<std::int64_t>
 }
 
 // A window per k in ks (sample_window).
-inline std::vector<std::pair<std::uint32_t, std::uint32_t>> sample_windows(const std::vector<std::uint32_t>& sample,
-                                                                           std::int64_t total,
-                                                                           std::span<const std::int64_t> ks,
-                                                                           std::size_t batch = 0) {
+inline std::vector<KeyWindow> sample_windows(const std::vector<std::uint32_t>& sample, std::int64_t total,
+                                             std::span<const std::int64_t> ks, std::size_t batch = 0) {
   // With batch means, one sort serves every window and their ranks; else
   // two radix selects per window cost less than a sort.
   const std::vector<std::uint32_t> desc = batch > 0 ? sorted_descending(sample) : std::vector<std::uint32_t>{};
-  std::vector<std::pair<std::uint32_t, std::uint32_t>> window(ks.size());
+  std::vector<KeyWindow> window(ks.size());
   for (std::size_t x = 0; x < ks.size(); ++x) {
     const double q = static_cast<double>(ks[x]) / static_cast<double>(total);
     window[x] = batch > 0 ? sample_window(sample, desc, q, batch) : sample_window(sample, q);
@@ -396,25 +531,33 @@ inline std::vector<std::pair<std::uint32_t, std::uint32_t>> sample_windows(const
 // parallel region; counts are integers and the keys inside are ranked as
 // a set, so the cuts do not depend on the thread count.
 struct WindowScan {
-  std::vector<std::pair<std::uint32_t, std::uint32_t>> window;
+  std::vector<KeyWindow> window;
   std::size_t threads, m;
   std::vector<std::int64_t> above;
   std::vector<KeyBuffer> inside;
+  std::vector<std::uint32_t*> cursor;  // per thread and window, during a scan
+  std::vector<const float*> same;      // per thread: m copies of one vector
 
-  explicit WindowScan(std::vector<std::pair<std::uint32_t, std::uint32_t>> w)
+  explicit WindowScan(std::vector<KeyWindow> w)
       : window(std::move(w)), threads(static_cast<std::size_t>(num_threads())), m(window.size()), above(threads * m, 0),
-        inside(threads * m) {}
+        inside(threads * m), cursor(threads * m), same(threads * m) {}
   // Thread t's keys inside window x.
   KeyBuffer& keys(std::size_t t, std::size_t x) noexcept { return inside[t * m + x]; }
-  // Keys of v[0..c) (of v − base where base is given) against window x,
-  // for thread t (the calling one).
-  void scan(std::size_t t, std::size_t x, const float* v, const float* base, std::int64_t c) {
-    above[t * m + x] += scan_window(v, base, c, window[x].first, window[x].second, keys(t, x));
+  // Keys of v[x][0..c) (of v[x] − base where base is given) against
+  // window x, every window, for thread t (the calling one).
+  template <class E>
+  void scan_each(std::size_t t, const E* const* v, const float* base, std::int64_t c) {
+    std::uint32_t** out = cursor.data() + t * m;
+    for (std::size_t x = 0; x < m; ++x) out[x] = keys(t, x).tail(static_cast<std::size_t>(c));
+    scan_windows(v, base, c, window, above.data() + t * m, out);
+    for (std::size_t x = 0; x < m; ++x) keys(t, x).size = static_cast<std::size_t>(out[x] - keys(t, x).keys.get());
   }
   // The same keys against every window, from the calling thread.
   void scan(const float* v, const float* base, std::int64_t c) {
     const auto t = static_cast<std::size_t>(thread_index());
-    for (std::size_t x = 0; x < m; ++x) scan(t, x, v, base, c);
+    const float** vs = same.data() + t * m;
+    std::fill(vs, vs + m, v);
+    scan_each(t, vs, base, c);
   }
   // The cut keeping the k largest keys, where window x holds the k-th;
   // releases the window's keys unless told to keep them.

@@ -19,6 +19,7 @@
 #include <cstring>
 #include <optional>
 #include <span>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -80,11 +81,12 @@ inline void count_ties(const TensorMergeArgs& a, TensorCuts& tc) {
 
 // rows[i][0..c) = τ_i = ex[i] − base (as task_vectors_f32 forms it) where
 // expert i's `keep` cut selects it and its `drop` cut (when given) does not,
-// else 0, over one chunk of the current block.
-inline void trimmed_rows(std::int64_t c, const float* TWIN_RESTRICT base, const float* const* ex,
-                         std::vector<BlockCut>& keep, std::vector<BlockCut>* drop, float* const* rows) noexcept {
+// else 0, over one chunk of the current block (E: f32, or bf16 bits).
+template <class E>
+void trimmed_rows(std::int64_t c, const float* TWIN_RESTRICT base, const E* const* ex, std::vector<BlockCut>& keep,
+                  std::vector<BlockCut>* drop, float* const* rows) noexcept {
   for (std::size_t i = 0; i < keep.size(); ++i) {
-    const float* TWIN_RESTRICT e = ex[i];
+    const E* TWIN_RESTRICT e = ex[i];
     float* TWIN_RESTRICT r = rows[i];
     BlockCut* d = drop ? &(*drop)[i] : nullptr;
     if (d && d->uniform && d->threshold == 0xffffffffu && !d->keep_ties) d = nullptr;  // drops nothing
@@ -92,13 +94,13 @@ inline void trimmed_rows(std::int64_t c, const float* TWIN_RESTRICT base, const 
       const BlockCut k0 = keep[i];
       if (!d) {
         for (std::int64_t j = 0; j < c; ++j) {
-          const float x = e[j] - base[j];
+          const float x = load1(e + j) - base[j];
           r[j] = k0.selects(magnitude_key(x)) ? x : 0.0f;
         }
       } else {
         const BlockCut k1 = *d;
         for (std::int64_t j = 0; j < c; ++j) {
-          const float x = e[j] - base[j];
+          const float x = load1(e + j) - base[j];
           const std::uint32_t k = magnitude_key(x);
           r[j] = (k0.selects(k) && !k1.selects(k)) ? x : 0.0f;
         }
@@ -106,7 +108,7 @@ inline void trimmed_rows(std::int64_t c, const float* TWIN_RESTRICT base, const 
     } else {
       CutCursor& c0 = keep[i].cursor;
       for (std::int64_t j = 0; j < c; ++j) {
-        const float x = e[j] - base[j];
+        const float x = load1(e + j) - base[j];
         const bool in = c0.keep(x), out = d && d->cursor.keep(x);  // both cursors see every entry
         r[j] = in && !out ? x : 0.0f;
       }
@@ -141,8 +143,8 @@ inline bool all_uniform(const std::vector<BlockCut>& cuts) noexcept {
 // entries' t[i] = τ_i where kept, else 0 (as trimmed_rows forms them), are
 // formed in registers and out = lanes(t, base lanes) (t: NT f32v); the
 // last m mod simd_lanes entries one by one, out = one(t, base) (t: NT floats).
-template <std::size_t NT, bool Band, class Lanes, class One>
-void trimmed_in_registers(std::int64_t m, const float* TWIN_RESTRICT base, const float* const* ex,
+template <std::size_t NT, bool Band, class E, class Lanes, class One>
+void trimmed_in_registers(std::int64_t m, const float* TWIN_RESTRICT base, const E* const* ex,
                           const std::vector<BlockCut>& keep, const std::vector<BlockCut>* drop, Lanes&& lanes,
                           One&& one, float* TWIN_RESTRICT out) noexcept {
   std::uint32_t kt[NT], dt[NT];
@@ -171,7 +173,7 @@ void trimmed_in_registers(std::int64_t m, const float* TWIN_RESTRICT base, const
   for (; j < m; ++j) {
     float t[NT];
     for (std::size_t i = 0; i < NT; ++i) {
-      const float x = ex[i][j] - base[j];
+      const float x = load1(ex[i] + j) - base[j];
       const std::uint32_t k = magnitude_key(x);
       t[i] = keep[i].selects(k) && !(Band && (*drop)[i].selects(k)) ? x : 0.0f;
     }
@@ -201,8 +203,9 @@ void combine_rows(std::int64_t m, std::size_t T, const float* const* rows, const
 // (used up before the chunk): cuts[i] as it applies to this chunk of expert
 // i's values, uniform unless the quota ends inside the chunk. `ties` gets
 // how many of the chunk's keys are ties of each split cut (0 elsewhere).
-inline void chunk_cuts(const std::vector<BlockCut>& cuts, std::int64_t c, const float* TWIN_RESTRICT base,
-                       const float* const* ex, std::vector<BlockCut>& chunk, std::vector<std::int64_t>& ties) {
+template <class E>
+void chunk_cuts(const std::vector<BlockCut>& cuts, std::int64_t c, const float* TWIN_RESTRICT base, const E* const* ex,
+                std::vector<BlockCut>& chunk, std::vector<std::int64_t>& ties) {
   chunk = cuts;
   ties.assign(cuts.size(), 0);
   for (std::size_t i = 0; i < cuts.size(); ++i) {
@@ -210,10 +213,10 @@ inline void chunk_cuts(const std::vector<BlockCut>& cuts, std::int64_t c, const 
     const CutCursor& cur = cuts[i].cursor;
     const std::int64_t left = cur.cut.quota - cur.tie_seen;
     if (left > 0) {
-      const float* TWIN_RESTRICT e = ex[i];
+      const E* TWIN_RESTRICT e = ex[i];
       const std::uint32_t thr = cuts[i].threshold;
       std::int64_t n = 0;
-      for (std::int64_t j = 0; j < c; ++j) n += magnitude_key(e[j] - base[j]) == thr;
+      for (std::int64_t j = 0; j < c; ++j) n += magnitude_key(load1(e + j) - base[j]) == thr;
       ties[i] = n;
       if (n > left) continue;  // the quota ends here: not uniform
     }
@@ -227,17 +230,20 @@ inline void chunk_cuts(const std::vector<BlockCut>& cuts, std::int64_t c, const 
 // or none in the chunk (every chunk of a block but the one where a split
 // cut's quota ends), τ' is formed in registers (trimmed_in_registers);
 // otherwise it is staged in rows of 512 elements, which stay in L1.
+// Contiguous bf16 experts are read in place (merge_chunks_stored).
 template <class Lanes, class One>
 void combine_trimmed(const TensorMergeArgs& a, const TensorCuts& keep, const TensorCuts* drop, Lanes&& lanes,
                      One&& one) {
   const std::size_t T = a.experts.size();
   constexpr std::size_t S = 512;
-  merge_chunks(a, merge_block, [&](std::int64_t b0) {
+  merge_chunks_stored(a, merge_block, [&](std::int64_t b0) {
     const auto b = static_cast<std::size_t>(b0 / merge_block);
     return [&, kc = keep.at_block(b), dc = drop ? drop->at_block(b) : std::vector<BlockCut>{},
-            rows = std::vector<float*>(T), at = std::vector<const float*>(T), kx = std::vector<BlockCut>{},
-            dx = std::vector<BlockCut>{}, kt = std::vector<std::int64_t>{}, dt = std::vector<std::int64_t>{}](
-               std::int64_t, std::int64_t c, const float* base, const float* const* ex, float* out) mutable {
+            rows = std::vector<float*>(T), atf = std::vector<const float*>(T),
+            ath = std::vector<const std::uint16_t*>(T), kx = std::vector<BlockCut>{}, dx = std::vector<BlockCut>{},
+            kt = std::vector<std::int64_t>{}, dt = std::vector<std::int64_t>{}](
+               std::int64_t, std::int64_t c, const float* base, const auto* const* ex, float* out) mutable {
+      using E = std::remove_cvref_t<decltype(*ex[0])>;
       // The cuts as they apply to this chunk; where each is uniform here the
       // split cuts' cursors move past the chunk's ties, as trimmed_rows'
       // would.
@@ -274,6 +280,11 @@ void combine_trimmed(const TensorMergeArgs& a, const TensorCuts& keep, const Ten
       }
       float* buf = scratch_floats<5>(S * T);
       for (std::size_t i = 0; i < T; ++i) rows[i] = buf + i * S;
+      std::vector<const E*>& at = [&]() -> auto& {
+        if constexpr (std::is_same_v<E, float>) return atf;
+        else return ath;
+      }
+      ();
       for (std::int64_t s0 = 0; s0 < c; s0 += static_cast<std::int64_t>(S)) {
         const std::int64_t m = std::min(c - s0, static_cast<std::int64_t>(S));
         for (std::size_t i = 0; i < T; ++i) at[i] = ex[i] + s0;
@@ -368,7 +379,7 @@ inline WindowCuts window_cuts(std::span<const TensorMergeArgs> seq, std::span<co
     });
   }
   for (std::size_t i = 0; i < T; ++i) std::erase(sample[i], 0xffffffffu);  // past the end (no key is 0xffffffff)
-  std::vector<std::pair<std::uint32_t, std::uint32_t>> window(R);          // [lo, hi] of keys
+  std::vector<KeyWindow> window(R);
   // Per request, in parallel (each window depends on its expert's sample alone).
   parallel_blocks(static_cast<std::int64_t>(R), 1, [&](std::int64_t x0, std::int64_t x1) {
     for (auto x = static_cast<std::size_t>(x0); x < static_cast<std::size_t>(x1); ++x)
@@ -389,10 +400,17 @@ inline WindowCuts window_cuts(std::span<const TensorMergeArgs> seq, std::span<co
       const auto b = static_cast<std::size_t>(first_block[s] + b0 / merge_block);
       if (tie_counts)
         for (std::size_t x = 0; x < R; ++x) span[b * R + x] = {t, scan.keys(t, x).size, 0};
-      for_input_runs(seq[s], b0, b1,
-                     [&](std::int64_t, std::int64_t c, const float* base, const float* const* ex, float*) {
-                       for (std::size_t x = 0; x < R; ++x) scan.scan(t, x, ex[req[x].expert], base, c);
-                     });
+      std::vector<const float*> vf(R);
+      std::vector<const std::uint16_t*> vh(R);
+      for_input_runs(seq[s], b0, b1, [&](std::int64_t, std::int64_t c, const float* base, const auto* const* ex) {
+        auto& v = [&]() -> auto& {
+          if constexpr (std::is_same_v<std::remove_cvref_t<decltype(*ex[0])>, float>) return vf;
+          else return vh;
+        }
+        ();
+        for (std::size_t x = 0; x < R; ++x) v[x] = ex[req[x].expert];
+        scan.scan_each(t, v.data(), base, c);
+      });
       if (tie_counts)
         for (std::size_t x = 0; x < R; ++x) span[b * R + x].end = scan.keys(t, x).size;
     });
