@@ -56,7 +56,9 @@ void dare_combine(const float* base, const E* const* ex, const float* w, std::si
         return loadv(u + static_cast<std::int64_t>(i) * P + k) < density ? t : f32v{};
       };
       if constexpr (Ties) {
-        storev(out + j, ties_lanes(T, tau, w, b, lambda, true));
+        f32v o;
+        ties_lanes(T, tau, w, b, lambda, true, o);
+        storev(out + j, o);
       } else {
         f32v sum = {};
         for (std::size_t i = 0; i < T; ++i) sum += w[i] * tau(i);

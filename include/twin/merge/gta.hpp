@@ -110,19 +110,22 @@ struct GtaRule {
 // (a vector of it in gta_lanes, one entry in gta_one), n experts in the
 // rule's order of operations (model order, f32). flat_div is Σ w_i (1 where
 // |Σ w_i| < 1e-8), the divisor without consensus.
-template <class Lane>
-f32v gta_lanes(std::size_t n, Lane&& t, const float* w, const GtaRule& r, float flat_div, f32v base) noexcept {
-  const f32v zero = {};
-  f32v merged = {}, div = {};
+template <class V, class Lane>
+TWIN_ALWAYS_INLINE void gta_lanes(std::size_t n, Lane&& t, const float* w, const GtaRule& r, float flat_div,
+                                  const V& base, V& out) noexcept {
+  const V zero = {};
+  V merged = {}, div = {};
   if (r.consensus) {
-    f32v sum = {};
+    V sum = {};
     for (std::size_t i = 0; i < n; ++i) sum += w[i] * t(i);
     const auto nonneg = sum >= 0.0f;  // the sign the sum elects: + where S ≥ 0
     for (std::size_t i = 0; i < n; ++i) {
-      const f32v dv = w[i] * t(i);
+      V dv = w[i] * t(i), weight = zero + w[i];
       const auto agree = (nonneg & (dv > 0.0f)) | (~nonneg & (dv < 0.0f));
-      merged += agree ? dv : zero;
-      div += agree ? zero + w[i] : zero;
+      keep_lanes(dv, agree);
+      keep_lanes(weight, agree);
+      merged += dv;
+      div += weight;
     }
     div = div == 0.0f ? zero + 1.0f : div;
   } else {
@@ -130,7 +133,7 @@ f32v gta_lanes(std::size_t n, Lane&& t, const float* w, const GtaRule& r, float 
     div = zero + flat_div;
   }
   if (r.normalize) merged = merged / div;
-  return base + static_cast<float>(r.scaling) * merged;
+  out = base + static_cast<float>(r.scaling) * merged;
 }
 template <class One>
 float gta_one(std::size_t n, One&& t, const float* w, const GtaRule& r, float flat_div, float base) noexcept {
@@ -179,7 +182,7 @@ void gta_merge(const TensorMergeArgs& a, const GtaRule& r, Sparsify&& sparsify) 
       for (std::size_t i = 0; i < T; ++i) rows[i] = tau.data() + i * static_cast<std::size_t>(n) + lo;
       combine_rows(
           c, T, rows.data(), base,
-          [&](std::size_t k, auto&& t, f32v b) { return gta_lanes(k, t, w.data(), r, flat_div, b); },
+          [&](std::size_t k, auto&& t, const auto& b, auto& o) { gta_lanes(k, t, w.data(), r, flat_div, b, o); },
           [&](std::size_t k, auto&& t, float b) { return gta_one(k, t, w.data(), r, flat_div, b); }, out);
     };
   });
@@ -211,7 +214,8 @@ inline void gta_merge_bands(const TensorMergeArgs& a, const GtaRule& r, const st
   count_ties(a, both);
   const float flat_div = gta_flat_div(w);
   combine_trimmed(
-      a, keep, &drop, [&](std::size_t n, auto&& t, f32v b) { return gta_lanes(n, t, w.data(), r, flat_div, b); },
+      a, keep, &drop,
+      [&](std::size_t n, auto&& t, const auto& b, auto& o) { gta_lanes(n, t, w.data(), r, flat_div, b, o); },
       [&](std::size_t n, auto&& t, float b) { return gta_one(n, t, w.data(), r, flat_div, b); });
 }
 
@@ -361,7 +365,8 @@ inline void gta_merge_masked(const TensorMergeArgs& a, const GtaRule& r, std::sp
           const f32v x = loadv(ex[i] + j) - bv;
           return (((u32v{} + lane_bits(i, pos)) & lane_bit) != 0 ? x : f32v{}) * scale[i];
         };
-        const f32v o = gta_lanes(T, t, w.data(), r, flat_div, bv);
+        f32v o;
+        gta_lanes(T, t, w.data(), r, flat_div, bv, o);
         std::memcpy(out + j, &o, sizeof o);
       }
       for (; j < c; ++j) {

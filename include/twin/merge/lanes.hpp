@@ -45,6 +45,51 @@ inline f32v loadv(const std::uint16_t* p) noexcept {
 
 inline void storev(float* p, f32v x) noexcept { std::memcpy(p, &x, sizeof x); }
 
+// Vectors of W f32 lanes (W = 0: the build's own, f32v) for kernels
+// compiled at either width: the AVX-512 copies of a build without AVX-512
+// run them 16 lanes wide (backend/cpu/avx512_copies.hpp,
+// with_avx512_copy_width). Values of a wider type than the build's stay in
+// the kernel's locals (loaded and stored through memcpy, selects as
+// bitwise ands: keep_lanes below), never passed across a function that is
+// not inlined.
+template <std::int64_t N>
+struct LaneTypes;  // f32, u32 and u16 vectors of N lanes (GCC takes no dependent vector_size)
+template <>
+struct LaneTypes<4> {
+  using f32 = float __attribute__((vector_size(16)));
+  using u32 = std::uint32_t __attribute__((vector_size(16)));
+  using u16 = std::uint16_t __attribute__((vector_size(8)));
+};
+template <>
+struct LaneTypes<8> {
+  using f32 = float __attribute__((vector_size(32)));
+  using u32 = std::uint32_t __attribute__((vector_size(32)));
+  using u16 = std::uint16_t __attribute__((vector_size(16)));
+};
+template <>
+struct LaneTypes<16> {
+  using f32 = float __attribute__((vector_size(64)));
+  using u32 = std::uint32_t __attribute__((vector_size(64)));
+  using u16 = std::uint16_t __attribute__((vector_size(32)));
+};
+template <int W>
+struct Lanes {
+  static constexpr std::int64_t n = W == 0 ? simd_lanes : W;
+  using f32 = typename LaneTypes<n>::f32;
+  using u32 = typename LaneTypes<n>::u32;
+  using u16 = typename LaneTypes<n>::u16;
+  // x = n f32 values at p (out parameters: a value of a type wider than
+  // the build's is not returned, whose ABI would differ).
+  TWIN_ALWAYS_INLINE static void load(f32& x, const float* p) noexcept { std::memcpy(&x, p, sizeof x); }
+  // x = n bf16 values (their bits) at p widened to f32: exact.
+  TWIN_ALWAYS_INLINE static void load(f32& x, const std::uint16_t* p) noexcept {
+    u16 h;
+    std::memcpy(&h, p, sizeof h);
+    const u32 w = __builtin_convertvector(h, u32) << 16;
+    std::memcpy(&x, &w, sizeof x);
+  }
+};
+
 // One stored value as f32 (the kernels' scalar tails).
 inline float load1(const float* p) noexcept { return *p; }
 inline float load1(const std::uint16_t* p) noexcept { return bf16_to_f32(*p); }

@@ -12,6 +12,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "twin/backend/cpu/avx512_copies.hpp"
@@ -151,10 +152,19 @@ inline void prefetch_next_chunk(const TensorMergeArgs& a, std::int64_t lo, std::
   for (const ConstTensorView& e : a.experts) prefetch_chunk(e, lo + C, std::min(C, b1 - lo - C));
 }
 
+// g(args..., w) where g takes a vector width last (a kernel written for
+// either width, merge/lanes.hpp: Lanes<W>), else g(args...).
+template <class G, class W, class... A>
+void call_at_width(G& g, W w, A&&... args) {
+  if constexpr (std::is_invocable_v<G&, A..., W>) g(std::forward<A>(args)..., w);
+  else g(std::forward<A>(args)...);
+}
+
 // Calls f(lo, c, base, ex, spare) on consecutive chunks of at most C
 // elements of [b0, b1), where base/ex[i] point at the base's and the
 // experts' values over [lo, lo + c) as f32 and spare at C floats of this
-// thread's scratch (slot 0: not for drivers nested in one another).
+// thread's scratch (slot 0: not for drivers nested in one another); f may
+// take a vector width last (with_avx512_copy_width's).
 template <class F>
 void for_input_chunks(const TensorMergeArgs& a, std::int64_t b0, std::int64_t b1, F&& f) {
   constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS;
@@ -166,8 +176,9 @@ void for_input_chunks(const TensorMergeArgs& a, std::int64_t b0, std::int64_t b1
     prefetch_next_chunk(a, lo, b1);
     const float* base = chunk_f32(a.base, lo, c, buf);
     for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], lo, c, buf + C * (i + 1));
-    backend::cpu::with_avx512_copy(
-        [&] { f(lo, c, base, static_cast<const float* const*>(ex.data()), buf + C * (T + 1)); });
+    backend::cpu::with_avx512_copy_width([&](auto w) {
+      call_at_width(f, w, lo, c, base, static_cast<const float* const*>(ex.data()), buf + C * (T + 1));
+    });
   }
 }
 
@@ -185,16 +196,17 @@ void with_chunk_out(const TensorView& out, std::int64_t lo, std::int64_t c, floa
 // Elementwise driver. For each parallel block of `block` elements it calls
 // make(block_lo) once, then the returned callable g(lo, n, base, ex, out) on
 // consecutive chunks, where base/ex[i] point at f32 input values and out at
-// an f32 buffer that is then stored into a.out. Blocks never depend on the
-// thread count.
+// an f32 buffer that is then stored into a.out (g may take a vector width
+// last, as for_input_chunks' f). Blocks never depend on the thread count.
 template <class Make>
 void merge_chunks(const TensorMergeArgs& a, std::int64_t block, Make&& make) {
   parallel_blocks(a.base.numel(), block, [&](std::int64_t b0, std::int64_t b1) {
     auto g = make(b0);
-    for_input_chunks(a, b0, b1,
-                     [&](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex, float* spare) {
-                       with_chunk_out(a.out, lo, c, spare, [&](float* out) { g(lo, c, base, ex, out); });
-                     });
+    for_input_chunks(
+        a, b0, b1,
+        [&](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex, float* spare, auto w) {
+          with_chunk_out(a.out, lo, c, spare, [&](float* out) { call_at_width(g, w, lo, c, base, ex, out); });
+        });
   });
 }
 
@@ -227,8 +239,9 @@ void merge_chunks_stored(const TensorMergeArgs& a, std::int64_t block, Make&& ma
       const float* base = chunk_f32(a.base, lo, c, buf);
       for (std::size_t i = 0; i < ex.size(); ++i) ex[i] = static_cast<const std::uint16_t*>(a.experts[i].data()) + lo;
       with_chunk_out(a.out, lo, c, buf + C, [&](float* out) {
-        backend::cpu::with_avx512_copy(
-            [&] { g(lo, c, base, static_cast<const std::uint16_t* const*>(ex.data()), out); });
+        backend::cpu::with_avx512_copy_width([&](auto w) {
+          call_at_width(g, w, lo, c, base, static_cast<const std::uint16_t* const*>(ex.data()), out);
+        });
       });
     }
   });

@@ -254,8 +254,10 @@ void scan_windows_from(const E* const* v, const float* TWIN_RESTRICT base, std::
 // 16 stored values as f32 (bf16: widened, exact).
 __attribute__((target("avx512f"))) inline __m512 load16_f32(const float* p) noexcept { return _mm512_loadu_ps(p); }
 __attribute__((target("avx512f"))) inline __m512 load16_f32(const std::uint16_t* p) noexcept {
+  // The zero-masked forms: the plain ones pass an undefined vector, which
+  // GCC 12 reports as maybe uninitialized in a build without AVX-512.
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, _mm512_maskz_cvtepu16_epi32(0xffff, h), 16));
 }
 // The same 16 entries at a time, every window at each position (so the
 // vectors are read side by side, as a merge reads them: one vector at a

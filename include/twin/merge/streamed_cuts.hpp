@@ -141,33 +141,40 @@ inline bool all_uniform(const std::vector<BlockCut>& cuts) noexcept {
 // A combination over trimmed values without staging them: for NT experts
 // whose cuts (keep, and drop when Band) are uniform in the block, each vector of
 // entries' t[i] = τ_i where kept, else 0 (as trimmed_rows forms them), are
-// formed in registers and out = lanes(t, base lanes) (t: NT f32v); the
-// last m mod simd_lanes entries one by one, out = one(t, base) (t: NT floats).
-template <std::size_t NT, bool Band, class E, class Lanes, class One>
+// formed in registers and lanes(t, base lanes, out lanes) sets the output
+// (t: NT vectors of Lanes<W>, W lanes; W = 0 the build's own); the last
+// m mod W entries one by one, out = one(t, base) (t: NT floats).
+template <std::size_t NT, bool Band, int W, class E, class LanesFn, class One>
 void trimmed_in_registers(std::int64_t m, const float* TWIN_RESTRICT base, const E* const* ex,
-                          const std::vector<BlockCut>& keep, const std::vector<BlockCut>* drop, Lanes&& lanes,
+                          const std::vector<BlockCut>& keep, const std::vector<BlockCut>* drop, LanesFn&& lanes,
                           One&& one, float* TWIN_RESTRICT out) noexcept {
+  using L = Lanes<W>;
+  using V = typename L::f32;
+  using K = typename L::u32;
   std::uint32_t kt[NT], dt[NT];
-  std::int32_t kk[NT], dk[NT];
+  std::uint32_t kk[NT], dk[NT];
   for (std::size_t i = 0; i < NT; ++i) {
-    kt[i] = keep[i].threshold, kk[i] = keep[i].keep_ties ? -1 : 0;
-    dt[i] = Band ? (*drop)[i].threshold : 0xffffffffu, dk[i] = Band && (*drop)[i].keep_ties ? -1 : 0;
+    kt[i] = keep[i].threshold, kk[i] = keep[i].keep_ties ? ~0u : 0u;
+    dt[i] = Band ? (*drop)[i].threshold : 0xffffffffu, dk[i] = Band && (*drop)[i].keep_ties ? ~0u : 0u;
   }
-  const f32v zero = {};
   std::int64_t j = 0;
-  for (; j + simd_lanes <= m; j += simd_lanes) {
-    const f32v b = loadv(base + j);
-    f32v t[NT];
+  for (; j + L::n <= m; j += L::n) {
+    V b, t[NT];
+    L::load(b, base + j);
     for (std::size_t i = 0; i < NT; ++i) {
-      const f32v x = loadv(ex[i] + j) - b;
-      u32v key;
+      V x;
+      L::load(x, ex[i] + j);
+      x -= b;
+      K key;
       std::memcpy(&key, &x, sizeof key);
       key &= 0x7fffffffu;
-      auto sel = (key > kt[i]) | ((key == kt[i]) & kk[i]);
-      if constexpr (Band) sel &= ~((key > dt[i]) | ((key == dt[i]) & dk[i]));
-      t[i] = sel ? x : zero;
+      K sel = (K)(key > kt[i]) | ((K)(key == kt[i]) & kk[i]);
+      if constexpr (Band) sel &= ~((K)(key > dt[i]) | ((K)(key == dt[i]) & dk[i]));
+      keep_lanes(x, sel);
+      t[i] = x;
     }
-    const f32v r = lanes(t, b);
+    V r;
+    lanes(t, b, r);
     std::memcpy(out + j, &r, sizeof r);
   }
   for (; j < m; ++j) {
@@ -182,15 +189,17 @@ void trimmed_in_registers(std::int64_t m, const float* TWIN_RESTRICT base, const
 }
 
 // out[0..m) from rows[i][0..m) (T experts) and base[0..m), the elements
-// outer: out = lanes(T, t, base vector) a vector at a time, t(i) expert i's
-// vector, then one(T, t, base) per remaining entry, t(i) expert i's value.
-template <class Lanes, class One>
+// outer: lanes(T, t, base vector, out vector) a vector at a time, t(i)
+// expert i's vector, then out = one(T, t, base) per remaining entry, t(i)
+// expert i's value.
+template <class LanesFn, class One>
 void combine_rows(std::int64_t m, std::size_t T, const float* const* rows, const float* TWIN_RESTRICT base,
-                  Lanes&& lanes, One&& one, float* TWIN_RESTRICT out) noexcept {
+                  LanesFn&& lanes, One&& one, float* TWIN_RESTRICT out) noexcept {
   std::int64_t j = 0;
   for (; j + simd_lanes <= m; j += simd_lanes) {
-    const f32v r = lanes(
-        T, [&](std::size_t i) { return loadv(rows[i] + j); }, loadv(base + j));
+    f32v r;
+    lanes(
+        T, [&](std::size_t i) { return loadv(rows[i] + j); }, loadv(base + j), r);
     std::memcpy(out + j, &r, sizeof r);
   }
   for (; j < m; ++j)
@@ -230,9 +239,11 @@ void chunk_cuts(const std::vector<BlockCut>& cuts, std::int64_t c, const float* 
 // or none in the chunk (every chunk of a block but the one where a split
 // cut's quota ends), τ' is formed in registers (trimmed_in_registers);
 // otherwise it is staged in rows of 512 elements, which stay in L1.
-// Contiguous bf16 experts are read in place (merge_chunks_stored).
-template <class Lanes, class One>
-void combine_trimmed(const TensorMergeArgs& a, const TensorCuts& keep, const TensorCuts* drop, Lanes&& lanes,
+// Contiguous bf16 experts are read in place (merge_chunks_stored); the
+// AVX-512 copy of a build without AVX-512 forms τ' 16 lanes wide
+// (with_avx512_copy_width).
+template <class LanesFn, class One>
+void combine_trimmed(const TensorMergeArgs& a, const TensorCuts& keep, const TensorCuts* drop, LanesFn&& lanes,
                      One&& one) {
   const std::size_t T = a.experts.size();
   constexpr std::size_t S = 512;
@@ -242,8 +253,9 @@ void combine_trimmed(const TensorMergeArgs& a, const TensorCuts& keep, const Ten
             rows = std::vector<float*>(T), atf = std::vector<const float*>(T),
             ath = std::vector<const std::uint16_t*>(T), kx = std::vector<BlockCut>{}, dx = std::vector<BlockCut>{},
             kt = std::vector<std::int64_t>{}, dt = std::vector<std::int64_t>{}](
-               std::int64_t, std::int64_t c, const float* base, const auto* const* ex, float* out) mutable {
+               std::int64_t, std::int64_t c, const float* base, const auto* const* ex, float* out, auto width) mutable {
       using E = std::remove_cvref_t<decltype(*ex[0])>;
+      constexpr int W = decltype(width)::value;
       // The cuts as they apply to this chunk; where each is uniform here the
       // split cuts' cursors move past the chunk's ties, as trimmed_rows'
       // would.
@@ -256,11 +268,12 @@ void combine_trimmed(const TensorMergeArgs& a, const TensorCuts& keep, const Ten
       const std::vector<BlockCut>& dcut = split ? dx : dc;
       auto in_registers = [&]<bool Band>() {
         return with_expert_count(T, [&]<std::size_t NT>() {
-          trimmed_in_registers<NT, Band>(
+          using V = typename Lanes<W>::f32;
+          trimmed_in_registers<NT, Band, W>(
               c, base, ex, kcut, &dcut,
-              [&](const f32v(&t)[NT], f32v bv) {
-                return lanes(
-                    NT, [&](std::size_t i) { return t[i]; }, bv);
+              [&](const V(&t)[NT], const V& bv, V& r) {
+                lanes(
+                    NT, [&](std::size_t i) -> const V& { return t[i]; }, bv, r);
               },
               [&](const float(&t)[NT], float bv) {
                 return one(

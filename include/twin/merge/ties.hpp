@@ -83,22 +83,27 @@ inline std::int64_t trimmed_sign_votes(const TensorMergeArgs& a, const TensorCut
 
 // base + λ · disjoint_mean at one position, as disjoint_mean and the
 // θ0 + λ· step compute it: t(i) is expert i's trimmed value (a vector of
-// it in ties_lanes, one entry in ties_one), n experts in model order.
-template <class Lane>
-f32v ties_lanes(std::size_t n, Lane&& t, const float* w, f32v base, float lambda, bool zero_positive) noexcept {
-  const f32v zero = {};
-  f32v sum = {};
+// it in ties_lanes, V any width of Lanes, the result into `out`; one entry
+// in ties_one), n experts in model order.
+template <class V, class Lane>
+TWIN_ALWAYS_INLINE void ties_lanes(std::size_t n, Lane&& t, const float* w, const V& base, float lambda,
+                                   bool zero_positive, V& out) noexcept {
+  const V zero = {};
+  V sum = {};
   for (std::size_t i = 0; i < n; ++i) sum += w[i] * t(i);
   const auto positive = (sum > 0.0f) | ((sum == 0.0f) & (zero_positive ? -1 : 0));
-  f32v merged = {}, den = {};
+  V merged = {}, den = {};
   for (std::size_t i = 0; i < n; ++i) {
-    const f32v ti = t(i);
+    const V ti = t(i);
     const auto agree = (positive & (ti > 0.0f)) | (~positive & (ti < 0.0f));
-    merged += agree ? w[i] * ti : zero;
-    den += agree ? zero + w[i] : zero;
+    V add = w[i] * ti, weight = zero + w[i];
+    keep_lanes(add, agree);
+    keep_lanes(weight, agree);
+    merged += add;
+    den += weight;
   }
-  const f32v mean = den != 0.0f ? merged / den : zero;
-  return base + lambda * mean;
+  const V mean = den != 0.0f ? merged / den : zero;
+  out = base + lambda * mean;
 }
 template <class One>
 float ties_one(std::size_t n, One&& t, const float* w, float base, float lambda, bool zero_positive) noexcept {
@@ -123,7 +128,8 @@ inline void ties_combine(const TensorMergeArgs& a, const TensorCuts& tc, const s
                          float zero_sign) {
   const bool zp = zero_sign > 0.0f;
   combine_trimmed(
-      a, tc, nullptr, [&](std::size_t n, auto&& t, f32v b) { return ties_lanes(n, t, w.data(), b, lambda, zp); },
+      a, tc, nullptr,
+      [&](std::size_t n, auto&& t, const auto& b, auto& o) { ties_lanes(n, t, w.data(), b, lambda, zp, o); },
       [&](std::size_t n, auto&& t, float b) { return ties_one(n, t, w.data(), b, lambda, zp); });
 }
 }  // namespace detail

@@ -87,21 +87,41 @@ inline bool avx512_copies_enabled() noexcept {
 
 inline void set_avx512_copies(bool allowed) noexcept { detail::avx512_copies_switch.set(allowed); }
 
-// Runs f(): its AVX-512 copy where avx512_copies_enabled(), else the build's
-// own code. f and everything it calls is inlined into the copy, so f should
-// be a loop's whole work, not a piece of it.
+// The vector width with_avx512_copy_width gives a kernel: W f32 lanes, 0
+// for the build's own (merge/lanes.hpp: Lanes<W>).
+template <int W>
+struct CopyWidth {
+  static constexpr int value = W;
+};
+
+// Runs f(CopyWidth<16>{}) in the AVX-512 copy where
+// avx512_copies_enabled(), else f(CopyWidth<0>{}), the build's own code: a
+// kernel written for either width gets AVX-512's 16 lanes in the copy,
+// where a build without AVX keeps 4 (TIES' combination 2× faster there).
+// f and everything it calls is inlined into the copy, so f should be a
+// loop's whole work, not a piece of it; the 16-lane instantiation is
+// called only there, so its 64-byte vectors never cross a function
+// boundary of the build's own ABI.
 template <class F>
-void with_avx512_copy(F&& f) {
+void with_avx512_copy_width(F&& f) {
 #if TWIN_HAS_AVX512_COPIES
   if (avx512_copies_enabled()) {
 #  if defined(TWIN_COUNT_AVX512_COPIES)
     detail::avx512_copy_runs.fetch_add(1, std::memory_order_relaxed);
 #  endif
-    detail::run_avx512_copy(f);
+    auto wide = [&] { f(CopyWidth<16>{}); };
+    detail::run_avx512_copy(wide);
     return;
   }
 #endif
-  f();
+  f(CopyWidth<0>{});
+}
+
+// Runs f(): its AVX-512 copy where avx512_copies_enabled(), else the build's
+// own code (with_avx512_copy_width for a kernel of one width).
+template <class F>
+void with_avx512_copy(F&& f) {
+  with_avx512_copy_width([&](auto) { f(); });
 }
 
 // parallel_blocks whose blocks run through with_avx512_copy: the merges'
