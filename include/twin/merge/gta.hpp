@@ -113,15 +113,16 @@ struct GtaRule {
 template <class V, class Lane>
 TWIN_ALWAYS_INLINE void gta_lanes(std::size_t n, Lane&& t, const float* w, const GtaRule& r, float flat_div,
                                   const V& base, V& out) noexcept {
+  using M = LaneMask<V>;
   const V zero = {};
   V merged = {}, div = {};
   if (r.consensus) {
     V sum = {};
     for (std::size_t i = 0; i < n; ++i) sum += w[i] * t(i);
-    const auto nonneg = sum >= 0.0f;  // the sign the sum elects: + where S ≥ 0
+    const M nonneg = (M)(sum >= 0.0f);  // the sign the sum elects: + where S ≥ 0
     for (std::size_t i = 0; i < n; ++i) {
       V dv = w[i] * t(i), weight = zero + w[i];
-      const auto agree = (nonneg & (dv > 0.0f)) | (~nonneg & (dv < 0.0f));
+      const M agree = (nonneg & (M)(dv > 0.0f)) | (~nonneg & (M)(dv < 0.0f));
       keep_lanes(dv, agree);
       keep_lanes(weight, agree);
       merged += dv;

@@ -72,6 +72,16 @@ struct LaneTypes<16> {
   using u32 = std::uint32_t __attribute__((vector_size(64)));
   using u16 = std::uint16_t __attribute__((vector_size(32)));
 };
+// The integer vector of a comparison of V's lanes, as a variable holds it:
+// `const LaneMask<V> m = (LaneMask<V>)(x > 0.0f)`, never `const auto m = x >
+// 0.0f`. A comparison kept as such in a variable and combined with others
+// (&, |, ~) is typed for the build's own instructions, and the AVX-512
+// copy of a build without AVX-512 computes it one lane at a time (GCC folds
+// `c ? ~0 : 0` back into the comparison; a cast does not): breadcrumbs_ties
+// took 2× the time of its 4-lane build until its sign masks were cast.
+template <class V>
+using LaneMask = typename LaneTypes<sizeof(V) / sizeof(float)>::u32;
+
 template <int W>
 struct Lanes {
   static constexpr std::int64_t n = W == 0 ? simd_lanes : W;

@@ -88,14 +88,15 @@ inline std::int64_t trimmed_sign_votes(const TensorMergeArgs& a, const TensorCut
 template <class V, class Lane>
 TWIN_ALWAYS_INLINE void ties_lanes(std::size_t n, Lane&& t, const float* w, const V& base, float lambda,
                                    bool zero_positive, V& out) noexcept {
+  using M = LaneMask<V>;
   const V zero = {};
   V sum = {};
   for (std::size_t i = 0; i < n; ++i) sum += w[i] * t(i);
-  const auto positive = (sum > 0.0f) | ((sum == 0.0f) & (zero_positive ? -1 : 0));
+  const M positive = (M)(sum > 0.0f) | ((M)(sum == 0.0f) & (zero_positive ? ~0u : 0u));
   V merged = {}, den = {};
   for (std::size_t i = 0; i < n; ++i) {
     const V ti = t(i);
-    const auto agree = (positive & (ti > 0.0f)) | (~positive & (ti < 0.0f));
+    const M agree = (positive & (M)(ti > 0.0f)) | (~positive & (M)(ti < 0.0f));
     V add = w[i] * ti, weight = zero + w[i];
     keep_lanes(add, agree);
     keep_lanes(weight, agree);
