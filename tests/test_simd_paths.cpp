@@ -72,14 +72,20 @@ TEST_CASE("scan_windows counts the keys above each window and appends those insi
   // scan_windows adds to above[x] how many keys exceed its hi and writes at out[x], in index order after
   // what the buffer held, the keys with lo ≤ key ≤ hi; checked against a plain loop over each window's keys,
   // for lengths around the 16-entry steps, windows holding every key, none, and a band, keys equal to
-  // either bound, negative zeros and NaNs (their keys are compared like any), and windows sharing a vector
-  // with the one before them or not (the kernel reuses the keys of the one before).
+  // either bound, negative zeros and NaNs (their keys are compared like any), windows sharing a vector
+  // with the one before them or not (the kernel reuses the keys of the one before), and more windows than
+  // a kernel takes at once.
   std::mt19937_64 rng(5);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   const std::uint32_t half = twin::magnitude_key(0.5f);
-  const std::vector<twin::detail::KeyWindow> win = {
-      {0u, 0xffffffffu}, {half, half}, {twin::magnitude_key(0.25f), half}, {1u, 0u}, {half, half}};
-  const std::size_t vec_of[] = {0, 0, 1, 1, 0};  // window x scans vector vec_of[x]
+  // 20 windows: past a group of 16 (the vector kernels take 16 at a time).
+  std::vector<twin::detail::KeyWindow> win;
+  std::vector<std::size_t> vec_of;  // window x scans vector vec_of[x]
+  for (int r = 0; r < 4; ++r) {
+    win.insert(win.end(),
+               {{0u, 0xffffffffu}, {half, half}, {twin::magnitude_key(0.25f), half}, {1u, 0u}, {half, half}});
+    vec_of.insert(vec_of.end(), {0, 0, 1, 1, 0});
+  }
   using twin::SimdKernel;
   for (const SimdKernel kernel : {SimdKernel::portable, SimdKernel::avx2, SimdKernel::avx512}) {
     CAPTURE(static_cast<int>(kernel));

@@ -251,6 +251,15 @@ void scan_windows_from(const E* const* v, const float* TWIN_RESTRICT base, std::
   }
 }
 #if TWIN_X86_KERNELS
+// The vector kernels take up to scan_group windows at a time, their
+// counts and cursors in locals (which the keys' stores cannot alias: in the
+// caller's arrays every cursor was reloaded after each store, 20% slower),
+// added back by add_scan_group.
+constexpr std::size_t scan_group = 16;
+inline void add_scan_group(std::uint32_t* const* o, const std::int64_t* up, std::size_t n, std::int64_t* above,
+                           std::uint32_t** out) noexcept {
+  for (std::size_t x = 0; x < n; ++x) out[x] = o[x], above[x] += up[x];
+}
 // 16 stored values as f32 (bf16: widened, exact).
 __attribute__((target("avx512f"))) inline __m512 load16_f32(const float* p) noexcept { return _mm512_loadu_ps(p); }
 __attribute__((target("avx512f"))) inline __m512 load16_f32(const std::uint16_t* p) noexcept {
@@ -273,36 +282,30 @@ __attribute__((target("avx512f,popcnt"))) std::int64_t scan_windows_avx512(
     std::int64_t* above, std::uint32_t** out) noexcept {
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
   const std::int64_t end = c / 16 * 16;
-  // Up to 16 windows at a time, their counts and cursors in locals (which
-  // the keys' stores cannot alias: in the caller's arrays every cursor was
-  // reloaded after each store, 20% slower).
-  constexpr std::size_t G = 16;
-  for (std::size_t x0 = 0; x0 < win.size(); x0 += G) {
-    const std::size_t n = std::min(G, win.size() - x0);
-    std::uint32_t* o[G];
-    std::int64_t up[G];
-    for (std::size_t x = 0; x < n; ++x) o[x] = out[x0 + x], up[x] = 0;
-    for (std::int64_t j = 0; j < end; j += 16) {
-      __m512 b;
-      if constexpr (Base) b = _mm512_loadu_ps(base + j);
-      __m512i key = abs_mask;
-      for (std::size_t x = 0; x < n; ++x) {
-        if (x == 0 || v[x0 + x] != v[x0 + x - 1]) {
-          __m512 e = load16_f32(v[x0 + x] + j);
-          if constexpr (Base) e = _mm512_sub_ps(e, b);
-          key = _mm512_and_si512(_mm512_castps_si512(e), abs_mask);
-        }
-        const __m512i vlo = _mm512_set1_epi32(static_cast<int>(win[x0 + x].first));
-        const __m512i vhi = _mm512_set1_epi32(static_cast<int>(win[x0 + x].second));
-        const __mmask16 hi = _mm512_cmpgt_epu32_mask(key, vhi);
-        const __mmask16 inside = _mm512_mask_cmpge_epu32_mask(_mm512_cmple_epu32_mask(key, vhi), key, vlo);
-        up[x] += std::popcount(static_cast<unsigned>(hi));
-        _mm512_storeu_si512(o[x], _mm512_maskz_compress_epi32(inside, key));
-        o[x] += std::popcount(static_cast<unsigned>(inside));
+  const std::size_t n = win.size();  // ≤ scan_group
+  std::uint32_t* o[scan_group];
+  std::int64_t up[scan_group] = {};
+  std::copy(out, out + n, o);
+  for (std::int64_t j = 0; j < end; j += 16) {
+    __m512 b;
+    if constexpr (Base) b = _mm512_loadu_ps(base + j);
+    __m512i key = abs_mask;
+    for (std::size_t x = 0; x < n; ++x) {
+      if (x == 0 || v[x] != v[x - 1]) {
+        __m512 e = load16_f32(v[x] + j);
+        if constexpr (Base) e = _mm512_sub_ps(e, b);
+        key = _mm512_and_si512(_mm512_castps_si512(e), abs_mask);
       }
+      const __m512i vlo = _mm512_set1_epi32(static_cast<int>(win[x].first));
+      const __m512i vhi = _mm512_set1_epi32(static_cast<int>(win[x].second));
+      const __mmask16 hi = _mm512_cmpgt_epu32_mask(key, vhi);
+      const __mmask16 inside = _mm512_mask_cmpge_epu32_mask(_mm512_cmple_epu32_mask(key, vhi), key, vlo);
+      up[x] += std::popcount(static_cast<unsigned>(hi));
+      _mm512_storeu_si512(o[x], _mm512_maskz_compress_epi32(inside, key));
+      o[x] += std::popcount(static_cast<unsigned>(inside));
     }
-    for (std::size_t x = 0; x < n; ++x) out[x0 + x] = o[x], above[x0 + x] += up[x];
   }
+  add_scan_group(o, up, n, above, out);
   return end;
 }
 
@@ -335,38 +338,35 @@ __attribute__((target("avx2,popcnt"))) std::int64_t scan_windows_avx2(const E* c
                                                                       std::uint32_t** out) noexcept {
   const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff), flip = _mm256_set1_epi32(static_cast<int>(0x80000000u));
   const std::int64_t end = c / 8 * 8;
-  constexpr std::size_t G = 16;
-  for (std::size_t x0 = 0; x0 < win.size(); x0 += G) {
-    const std::size_t n = std::min(G, win.size() - x0);
-    std::uint32_t* o[G];
-    std::int64_t up[G];
-    for (std::size_t x = 0; x < n; ++x) o[x] = out[x0 + x], up[x] = 0;
-    for (std::int64_t j = 0; j < end; j += 8) {
-      __m256 b;
-      if constexpr (Base) b = _mm256_loadu_ps(base + j);
-      __m256i key = abs_mask, flipped = abs_mask;
-      for (std::size_t x = 0; x < n; ++x) {
-        if (x == 0 || v[x0 + x] != v[x0 + x - 1]) {
-          __m256 e = load8_f32(v[x0 + x] + j);
-          if constexpr (Base) e = _mm256_sub_ps(e, b);
-          key = _mm256_and_si256(_mm256_castps_si256(e), abs_mask);
-          flipped = _mm256_xor_si256(key, flip);
-        }
-        const __m256i lo = _mm256_set1_epi32(static_cast<int>(win[x0 + x].first ^ 0x80000000u));
-        const __m256i hi = _mm256_set1_epi32(static_cast<int>(win[x0 + x].second ^ 0x80000000u));
-        const __m256i over = _mm256_cmpgt_epi32(flipped, hi);
-        const __m256i outside = _mm256_or_si256(over, _mm256_cmpgt_epi32(lo, flipped));
-        const auto m_over = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(over)));
-        const auto m_in = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(outside))) ^ 0xffu;
-        up[x] += std::popcount(m_over);
-        const __m128i order = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(compress_order[m_in].data()));
-        const __m256i packed = _mm256_permutevar8x32_epi32(key, _mm256_cvtepu8_epi32(order));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o[x]), packed);
-        o[x] += std::popcount(m_in);
+  const std::size_t n = win.size();  // ≤ scan_group
+  std::uint32_t* o[scan_group];
+  std::int64_t up[scan_group] = {};
+  std::copy(out, out + n, o);
+  for (std::int64_t j = 0; j < end; j += 8) {
+    __m256 b;
+    if constexpr (Base) b = _mm256_loadu_ps(base + j);
+    __m256i key = abs_mask, flipped = abs_mask;
+    for (std::size_t x = 0; x < n; ++x) {
+      if (x == 0 || v[x] != v[x - 1]) {
+        __m256 e = load8_f32(v[x] + j);
+        if constexpr (Base) e = _mm256_sub_ps(e, b);
+        key = _mm256_and_si256(_mm256_castps_si256(e), abs_mask);
+        flipped = _mm256_xor_si256(key, flip);
       }
+      const __m256i lo = _mm256_set1_epi32(static_cast<int>(win[x].first ^ 0x80000000u));
+      const __m256i hi = _mm256_set1_epi32(static_cast<int>(win[x].second ^ 0x80000000u));
+      const __m256i over = _mm256_cmpgt_epi32(flipped, hi);
+      const __m256i outside = _mm256_or_si256(over, _mm256_cmpgt_epi32(lo, flipped));
+      const auto m_over = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(over)));
+      const auto m_in = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(outside))) ^ 0xffu;
+      up[x] += std::popcount(m_over);
+      const __m128i order = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(compress_order[m_in].data()));
+      const __m256i packed = _mm256_permutevar8x32_epi32(key, _mm256_cvtepu8_epi32(order));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o[x]), packed);
+      o[x] += std::popcount(m_in);
     }
-    for (std::size_t x = 0; x < n; ++x) out[x0 + x] = o[x], above[x0 + x] += up[x];
   }
+  add_scan_group(o, up, n, above, out);
   return end;
 }
 #endif
@@ -383,12 +383,15 @@ void scan_windows(const E* const* v, const float* TWIN_RESTRICT base, std::int64
                   std::int64_t* above, std::uint32_t** out, SimdKernel kernel = best_simd_kernel()) noexcept {
   std::int64_t j = 0;
 #if TWIN_X86_KERNELS
-  if (kernel == SimdKernel::avx512)
-    j = base ? scan_windows_avx512<true>(v, base, c, win, above, out)
-             : scan_windows_avx512<false>(v, base, c, win, above, out);
-  else if (kernel == SimdKernel::avx2)
-    j = base ? scan_windows_avx2<true>(v, base, c, win, above, out)
-             : scan_windows_avx2<false>(v, base, c, win, above, out);
+  if (kernel == SimdKernel::avx512 || kernel == SimdKernel::avx2)
+    for (std::size_t x0 = 0; x0 < win.size(); x0 += scan_group) {
+      const std::span<const KeyWindow> g = win.subspan(x0, std::min(scan_group, win.size() - x0));
+      const auto run = [&]<bool Base>() {
+        return kernel == SimdKernel::avx512 ? scan_windows_avx512<Base>(v + x0, base, c, g, above + x0, out + x0)
+                                            : scan_windows_avx2<Base>(v + x0, base, c, g, above + x0, out + x0);
+      };
+      j = base ? run.template operator()<true>() : run.template operator()<false>();
+    }
 #endif
   (void)kernel;
   scan_windows_from(v, base, j, c, win, above, out);
