@@ -271,7 +271,7 @@ __attribute__((target("avx512f"))) inline __m512 load16_f32(const std::uint16_t*
 // The same 16 entries at a time, every window at each position (so the
 // vectors are read side by side, as a merge reads them: one vector at a
 // time over a chunk left the memory idle between them, breadcrumbs' 16
-// windows 5.8 → 4.5 ms, benchmarks/RESULTS.md); windows over the same
+// windows 5.5 → 4.5 ms, benchmarks/RESULTS.md); windows over the same
 // vector as the one before share its keys. The keys inside are compressed
 // in a register and stored whole (room for c keys is there): the memory
 // form of the compress is microcoded on Zen 4. Returns where it stopped
