@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "twin/merge/lanes.hpp"
 #include "twin/merge/merger.hpp"
@@ -36,34 +37,43 @@ constexpr std::int64_t dare_piece = 64;
 //                 of Σ w_i τ̃_i, + where ≥ 0; 0 where no τ̃_i has it).
 // Per piece [p, p + m) of dare_piece positions, draw(p, m, u) writes
 // expert i's uniforms at positions p .. p + m − 1 to u + i·dare_piece;
-// then simd_lanes positions at a time with their sums in registers across
-// the experts, each position's operations in the order of the experts: the
-// same as disjoint_mean's and an expert-by-expert loop's.
-template <bool Ties, class E, class Draw>
+// then W lanes of positions at a time (Lanes<W>: the build's own width, or
+// 16 in the AVX-512 copy of a build without AVX-512) with their sums in
+// registers across the experts, each position's operations in the order of
+// the experts: the same as disjoint_mean's and an expert-by-expert loop's.
+template <bool Ties, int W, class E, class Draw>
 void dare_combine(const float* base, const E* const* ex, const float* w, std::size_t T, float density, float lambda,
                   std::int64_t c, float* out, float* u, Draw&& draw) {
+  using L = Lanes<W>;
+  using V = typename L::f32;
   const float scale = density > 0.0f ? 1.0f / density : 0.0f;
   constexpr std::int64_t P = dare_piece;
   for (std::int64_t p = 0; p < c; p += P) {
     const std::int64_t m = std::min(P, c - p);
     draw(p, m, u);
     std::int64_t k = 0;
-    for (; k + simd_lanes <= m; k += simd_lanes) {
+    for (; k + L::n <= m; k += L::n) {
       const std::int64_t j = p + k;
-      const f32v b = loadv(base + j);
-      const auto tau = [&](std::size_t i) {
-        const f32v t = (loadv(ex[i] + j) - b) * scale;
-        return loadv(u + static_cast<std::int64_t>(i) * P + k) < density ? t : f32v{};
+      V b, t, o;
+      L::load(b, base + j);
+      // Expert i's τ̃ into t, returned by reference (a vector wider than the
+      // build's is never returned by value); each use reads it at once.
+      const auto tau = [&](std::size_t i) -> const V& {
+        V ui;
+        L::load(t, ex[i] + j);
+        L::load(ui, u + static_cast<std::int64_t>(i) * P + k);
+        t = (t - b) * scale;
+        keep_lanes(t, (LaneMask<V>)(ui < density));
+        return t;
       };
       if constexpr (Ties) {
-        f32v o;
         ties_lanes(T, tau, w, b, lambda, true, o);
-        storev(out + j, o);
       } else {
-        f32v sum = {};
+        V sum = {};
         for (std::size_t i = 0; i < T; ++i) sum += w[i] * tau(i);
-        storev(out + j, b + lambda * sum);
+        o = b + lambda * sum;
       }
+      std::memcpy(out + j, &o, sizeof o);
     }
     for (; k < m; ++k) {
       const std::int64_t j = p + k;
@@ -116,17 +126,19 @@ struct DareBase {
     // mask keeps nothing at density 0); the experts read where they are.
     merge_chunks_stored(a, merge_block, [&](std::int64_t) {
       return [&, u = scratch_floats<4>(T * static_cast<std::size_t>(dare_piece))](
-                 std::int64_t lo, std::int64_t c, const float* base, auto ex, float* out) {
-        dare_combine<Ties>(base, ex, w.data(), T, d, lambda, c, out, u, [&](std::int64_t p, std::int64_t m, float* ui) {
-          const std::uint64_t first = static_cast<std::uint64_t>(lo + p);
-          if (torch_mask.empty()) {
-            Philox::uniforms_side_by_side(philox.data(), T, first, static_cast<std::size_t>(m), 0, ui, dare_piece);
-            return;
-          }
-          for (std::size_t i = 0; i < T; ++i)
-            for (std::int64_t k = 0; k < m; ++k)
-              ui[static_cast<std::int64_t>(i) * dare_piece + k] = torch_mask[i * n_all + first + k] ? 0.0f : 1.0f;
-        });
+                 std::int64_t lo, std::int64_t c, const float* base, auto ex, float* out, auto width) {
+        constexpr int W = decltype(width)::value;
+        dare_combine<Ties, W>(
+            base, ex, w.data(), T, d, lambda, c, out, u, [&](std::int64_t p, std::int64_t m, float* ui) {
+              const std::uint64_t first = static_cast<std::uint64_t>(lo + p);
+              if (torch_mask.empty()) {
+                Philox::uniforms_side_by_side(philox.data(), T, first, static_cast<std::size_t>(m), 0, ui, dare_piece);
+                return;
+              }
+              for (std::size_t i = 0; i < T; ++i)
+                for (std::int64_t k = 0; k < m; ++k)
+                  ui[static_cast<std::int64_t>(i) * dare_piece + k] = torch_mask[i * n_all + first + k] ? 0.0f : 1.0f;
+            });
       };
     });
   }
