@@ -25,25 +25,6 @@ inline constexpr std::int64_t simd_lanes = 4;
 using f32v = float __attribute__((vector_size(simd_lanes * sizeof(float))));
 using u32v = std::uint32_t __attribute__((vector_size(simd_lanes * sizeof(std::uint32_t))));
 using i32v = std::int32_t __attribute__((vector_size(simd_lanes * sizeof(std::int32_t))));  // a comparison's mask
-using u16v = std::uint16_t __attribute__((vector_size(simd_lanes * sizeof(std::uint16_t))));
-
-inline f32v loadv(const float* p) noexcept {
-  f32v x;
-  std::memcpy(&x, p, sizeof x);
-  return x;
-}
-
-// simd_lanes bf16 values (their bits) widened to f32: exact.
-inline f32v loadv(const std::uint16_t* p) noexcept {
-  u16v h;
-  std::memcpy(&h, p, sizeof h);
-  const u32v w = __builtin_convertvector(h, u32v) << 16;
-  f32v x;
-  std::memcpy(&x, &w, sizeof x);
-  return x;
-}
-
-inline void storev(float* p, f32v x) noexcept { std::memcpy(p, &x, sizeof x); }
 
 // Vectors of W f32 lanes (W = 0: the build's own, f32v) for kernels
 // compiled at either width: the AVX-512 copies of a build without AVX-512
@@ -99,6 +80,20 @@ struct Lanes {
     std::memcpy(&x, &w, sizeof x);
   }
 };
+
+// simd_lanes values at p as f32 (bf16 bits widened: exact).
+inline f32v loadv(const float* p) noexcept {
+  f32v x;
+  Lanes<0>::load(x, p);
+  return x;
+}
+inline f32v loadv(const std::uint16_t* p) noexcept {
+  f32v x;
+  Lanes<0>::load(x, p);
+  return x;
+}
+
+inline void storev(float* p, f32v x) noexcept { std::memcpy(p, &x, sizeof x); }
 
 // One stored value as f32 (the kernels' scalar tails).
 inline float load1(const float* p) noexcept { return *p; }

@@ -210,11 +210,13 @@ void merge_chunks(const TensorMergeArgs& a, std::int64_t block, Make&& make) {
   });
 }
 
-// Whether every expert is contiguous bf16 (read in place, widened in the
-// kernels' registers).
+// Whether a view's values are bf16 in one run: read in place, widened in
+// the kernels' registers.
+inline bool contiguous_bf16(const ConstTensorView& v) noexcept { return v.dtype() == dtype::bf16 && v.is_contiguous(); }
+
+// Whether every expert is contiguous bf16.
 inline bool experts_contiguous_bf16(const TensorMergeArgs& a) noexcept {
-  return std::all_of(a.experts.begin(), a.experts.end(),
-                     [](const ConstTensorView& e) { return e.dtype() == dtype::bf16 && e.is_contiguous(); });
+  return std::all_of(a.experts.begin(), a.experts.end(), contiguous_bf16);
 }
 
 // merge_chunks for kernels written for either stored type: where every
@@ -260,7 +262,7 @@ struct ExpertChunks {
   template <class F>
   void with(std::size_t i, F&& f) const {
     const ConstTensorView& v = a->experts[i];
-    if (v.dtype() == dtype::bf16 && v.is_contiguous()) {
+    if (contiguous_bf16(v)) {
       const std::uint16_t* p = static_cast<const std::uint16_t*>(v.data()) + lo;
       f([p](std::int64_t j) { return bf16_to_f32(p[j]); });
       return;
