@@ -243,14 +243,24 @@ TEST_CASE("a global cut over several segments equals the top-k of their concaten
 }
 
 TEST_CASE("the radix select of the rank-th largest key counts the keys above and equal, as a sort does") {
+  // Property: kth_largest's key, count above and count equal are those of a descending std::sort, over keys
+  // spread across the whole range (heavy ties, some, almost none), keys in a narrow window that share their
+  // top digit (as a sample window's keys do: that round is skipped) or their top two, and keys all equal.
   std::mt19937_64 rng(21);
-  for (std::uint32_t spread : {7u, 1000u, 0x7fffffffu}) {  // heavy ties, some, almost none
+  struct Keys {
+    std::uint32_t offset, spread, scale;
+  };
+  for (const Keys& kind :
+       {Keys{0u, 7u, 0x7fffffffu / 7u}, Keys{0u, 1000u, 0x7fffffffu / 1000u}, Keys{0u, 0x7fffffffu, 1u},
+        Keys{0x3c23d70au, 5000u, 1u}, Keys{0x3c23d70au, 300u, 1u}, Keys{0x3c23d70au, 0u, 1u}}) {
+    const std::uint32_t spread = kind.spread;
     std::uniform_int_distribution<std::uint32_t> pick(0, spread);
     std::vector<std::uint32_t> keys(20000);
-    for (auto& k : keys) k = pick(rng) * (0x7fffffffu / std::max(spread, 1u));
+    for (auto& k : keys) k = kind.offset + pick(rng) * kind.scale;
     std::vector<std::uint32_t> sorted = keys;
     std::sort(sorted.begin(), sorted.end(), std::greater<>());
     for (std::int64_t rank : {std::int64_t{0}, std::int64_t{1}, std::int64_t{4999}, std::int64_t{19999}}) {
+      CAPTURE(kind.offset);
       CAPTURE(spread);
       CAPTURE(rank);
       std::vector<std::uint32_t> work = keys;

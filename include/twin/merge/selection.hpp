@@ -161,9 +161,12 @@ inline MagnitudeCut cut_in_bin(const std::int64_t* low, std::uint32_t bin, std::
 
 // The rank-th largest of `keys` (0-based, rank < keys.size()), with how
 // many keys lie above it and how many equal it. A radix select on 11, 11 and
-// 10 bits: each round counts the keys' digits (into two interleaved tables)
-// and keeps those in the digit holding the rank, without branches, so it
-// runs at a few cycles per key whatever the data. Reorders and shrinks keys.
+// 10 bits: each round counts the keys' digits (into four interleaved
+// tables: keys crowd into a few digits, whose increments would otherwise
+// wait on each other) and keeps those in the digit holding the rank,
+// without branches, so it runs at a few cycles per key whatever the data.
+// A digit every key shares (the top ones of a sample window's keys) is
+// taken without a round. Reorders and shrinks keys.
 struct KthKey {
   std::uint32_t key = 0;
   std::int64_t above = 0, ties = 0;
@@ -174,17 +177,27 @@ inline KthKey kth_largest(std::vector<std::uint32_t>& keys, std::int64_t rank) {
   std::uint32_t* k = keys.data();
   constexpr int shifts[3] = {21, 10, 0};
   constexpr std::uint32_t masks[3] = {2047u, 2047u, 1023u};
-  std::vector<std::int64_t> count(2 * 2048);
+  constexpr std::size_t D = 2048, copies = 4;
+  std::uint32_t all = ~0u, any = 0u;  // the bits every key has, and those some key has
+  for (std::size_t j = 0; j < n; ++j) all &= k[j], any |= k[j];
+  std::vector<std::int64_t> count(copies * D);
   for (int level = 0; level < 3; ++level) {
     const int sh = shifts[level];
     const std::uint32_t mask = masks[level];
+    if ((((all ^ any) >> sh) & mask) == 0) {  // one digit: every key in it
+      r.key |= all & (mask << sh);
+      r.ties = static_cast<std::int64_t>(n);
+      continue;
+    }
     std::fill(count.begin(), count.end(), 0);
     std::size_t j = 0;
-    for (; j + 2 <= n; j += 2) ++count[(k[j] >> sh) & mask], ++count[2048 + ((k[j + 1] >> sh) & mask)];
-    if (j < n) ++count[(k[j] >> sh) & mask];
+    for (; j + copies <= n; j += copies)
+      for (std::size_t c = 0; c < copies; ++c) ++count[c * D + ((k[j + c] >> sh) & mask)];
+    for (; j < n; ++j) ++count[(k[j] >> sh) & mask];
     std::uint32_t digit = 0;
     for (std::int64_t d = mask; d >= 0; --d) {
-      const std::int64_t c = count[static_cast<std::size_t>(d)] + count[2048 + static_cast<std::size_t>(d)];
+      std::int64_t c = 0;
+      for (std::size_t t = 0; t < copies; ++t) c += count[t * D + static_cast<std::size_t>(d)];
       if (r.above + c > rank) {
         digit = static_cast<std::uint32_t>(d);
         r.ties = c;
