@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "twin/backend/cpu/bf16_pairs.hpp"
+#include "twin/backend/cpu/lines_ahead.hpp"
 #include "twin/dtype.hpp"
 #include "twin/merge/gta_masks.hpp"
 #include "twin/random.hpp"
@@ -127,15 +128,19 @@ TEST_CASE("scan_windows counts the keys above each window and appends those insi
               if (key >= win[x].first && key <= win[x].second) want[x].push_back(key);
             }
           }
+          // The lines to ask for meanwhile (here the vectors' own): asked for, the results unchanged.
+          twin::backend::cpu::LinesAhead ahead;
+          for (std::size_t i = 0; i < 2; ++i) ahead.add(e[i].data(), e[i].size() * sizeof(float));
           if (bf16) {
             std::vector<const std::uint16_t*> v;
             for (const std::size_t i : vec_of) v.push_back(h[i].data());
-            twin::detail::scan_windows(v.data(), base, c, win, above.data(), out.data(), kernel);
+            twin::detail::scan_windows(v.data(), base, c, win, above.data(), out.data(), kernel, &ahead);
           } else {
             std::vector<const float*> v;
             for (const std::size_t i : vec_of) v.push_back(e[i].data());
-            twin::detail::scan_windows(v.data(), base, c, win, above.data(), out.data(), kernel);
+            twin::detail::scan_windows(v.data(), base, c, win, above.data(), out.data(), kernel, &ahead);
           }
+          CHECK(ahead.left() == 0);
           CHECK(above == want_above);
           for (std::size_t x = 0; x < win.size(); ++x) {
             CAPTURE(x);
@@ -145,6 +150,30 @@ TEST_CASE("scan_windows counts the keys above each window and appends those insi
           }
         }
   }
+}
+
+TEST_CASE("LinesAhead plans every cache line its ranges touch, in order, and asks for each once") {
+  // Property: a range of `bytes` from p holds the lines from p's down to (p + bytes − 1)'s (64-byte lines,
+  // counted by hand below), ranges add up, empty ones add nothing; ask(n) takes n of them (fewer where the
+  // plan ends), per(i) spreads them over i steps (rounded up), and clear() empties the plan.
+  alignas(64) static char mem[1024];
+  twin::backend::cpu::LinesAhead a;
+  a.add(mem, 64);       // one whole line
+  a.add(mem + 63, 2);   // bytes 63 and 64: two lines
+  a.add(mem + 100, 0);  // nothing
+  a.add(mem + 1, 200);  // bytes 1..200: lines 0..3
+  CHECK(a.lines() == 1 + 2 + 4);
+  CHECK(a.left() == 7);
+  CHECK(a.per(3) == 3);
+  CHECK(a.per(7) == 1);
+  CHECK(a.per(0) == 7);
+  a.ask(2);
+  CHECK(a.left() == 5);
+  a.ask(10);
+  CHECK(a.left() == 0);
+  a.clear();
+  CHECK(a.lines() == 0);
+  CHECK(a.left() == 0);
 }
 
 TEST_CASE("list_between lists the indices with lo <= u < hi, ascending, with either kernel") {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "twin/backend/cpu/avx512_copies.hpp"
+#include "twin/backend/cpu/lines_ahead.hpp"
 #include "twin/convert.hpp"
 #include "twin/error.hpp"
 #include "twin/parallel.hpp"
@@ -289,39 +290,62 @@ inline bool inputs_contiguous_f32(const TensorMergeArgs& a) noexcept {
          std::all_of(a.experts.begin(), a.experts.end(), [](const ConstTensorView& e) { return contiguous_f32(e); });
 }
 
+// The next run's lines for for_input_runs: elements [lo, lo + n) of a's
+// contiguous inputs (the base, then each expert), input by input: the
+// memory serves one stream at a time faster than T + 1 side by side, as
+// the work reads them (the counting pass of TIES' cuts over bf16 experts
+// 2.6 → 1.9 ms per 3072×768 tensor; benchmarks/RESULTS.md, "the next
+// run's lines").
+inline void plan_inputs_ahead(backend::cpu::LinesAhead& ahead, const TensorMergeArgs& a, std::int64_t lo,
+                              std::int64_t n) {
+  ahead.clear();
+  if (n <= 0) return;
+  auto add = [&](const ConstTensorView& v) {
+    if (!v.is_contiguous()) return;
+    const auto es = static_cast<std::int64_t>(v.element_size());
+    ahead.add(static_cast<const char*>(v.data()) + lo * es, static_cast<std::size_t>(n * es));
+  };
+  add(a.base);
+  for (const ConstTensorView& e : a.experts) add(e);
+}
+
 // for_input_chunks for passes that only read (no output, no chunk-sized
-// buffers of their own): f(lo, c, base, ex) on runs of by_expert_run
-// elements where every expert is read in place, left to the hardware
-// prefetchers as merge_chunks_by_expert reads them: ex as `const float*
-// const*` where the base and every expert are contiguous f32, as `const
-// std::uint16_t* const*` (bf16 bits) where every expert is contiguous bf16
-// (the base in f32, converted into this thread's scratch slot 0 unless it is
-// contiguous f32); otherwise for_input_chunks' chunks of f32. f is generic
-// over both (c ≤ by_expert_chunk_max either way).
+// buffers of their own): f(lo, c, base, ex, ahead) on runs of
+// by_expert_run elements where every expert is read in place: ex as `const
+// float* const*` where the base and every expert are contiguous f32, as
+// `const std::uint16_t* const*` (bf16 bits) where every expert is
+// contiguous bf16 (the base in f32, converted into this thread's scratch
+// slot 0 unless it is contiguous f32), and `ahead` the next run's lines
+// (plan_inputs_ahead), for f to ask for while it reads this one; otherwise
+// for_input_chunks' chunks of f32, ahead null. f is generic over both (c ≤
+// by_expert_chunk_max either way).
 template <class F>
 void for_input_runs(const TensorMergeArgs& a, std::int64_t b0, std::int64_t b1, F&& f) {
   const bool f32 = inputs_contiguous_f32(a);
   if (!f32 && !experts_contiguous_bf16(a)) {
     for_input_chunks(a, b0, b1,
                      [&](std::int64_t lo, std::int64_t c, const float* base, const float* const* ex, float*) {
-                       f(lo, c, base, ex);
+                       f(lo, c, base, ex, static_cast<backend::cpu::LinesAhead*>(nullptr));
                      });
     return;
   }
   float* buf = f32 ? nullptr : scratch_floats<0>(static_cast<std::size_t>(by_expert_run));
   std::vector<const float*> ef(f32 ? a.experts.size() : 0);
   std::vector<const std::uint16_t*> eh(f32 ? 0 : a.experts.size());
+  backend::cpu::LinesAhead ahead;
   for (std::int64_t lo = b0; lo < b1; lo += by_expert_run) {
     const std::int64_t c = std::min(by_expert_run, b1 - lo);
+    plan_inputs_ahead(ahead, a, lo + c, std::min(by_expert_run, b1 - lo - c));
     if (f32) {
       for (std::size_t i = 0; i < ef.size(); ++i) ef[i] = static_cast<const float*>(a.experts[i].data()) + lo;
       backend::cpu::with_avx512_copy([&] {
-        f(lo, c, static_cast<const float*>(a.base.data()) + lo, static_cast<const float* const*>(ef.data()));
+        f(lo, c, static_cast<const float*>(a.base.data()) + lo, static_cast<const float* const*>(ef.data()), &ahead);
       });
     } else {
       for (std::size_t i = 0; i < eh.size(); ++i) eh[i] = static_cast<const std::uint16_t*>(a.experts[i].data()) + lo;
       const float* base = chunk_f32(a.base, lo, c, buf);
-      backend::cpu::with_avx512_copy([&] { f(lo, c, base, static_cast<const std::uint16_t* const*>(eh.data())); });
+      backend::cpu::with_avx512_copy(
+          [&] { f(lo, c, base, static_cast<const std::uint16_t* const*>(eh.data()), &ahead); });
     }
   }
 }

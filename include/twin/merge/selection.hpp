@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "twin/backend/cpu/lines_ahead.hpp"
 #include "twin/config.hpp"
 #include "twin/merge/lanes.hpp"
 #include "twin/parallel.hpp"
@@ -292,7 +293,7 @@ __attribute__((target("avx512f"))) inline __m512 load16_f32(const std::uint16_t*
 template <bool Base, class E>
 __attribute__((target("avx512f,popcnt"))) std::int64_t scan_windows_avx512(
     const E* const* v, const float* TWIN_RESTRICT base, std::int64_t c, std::span<const KeyWindow> win,
-    std::int64_t* above, std::uint32_t** out) noexcept {
+    std::int64_t* above, std::uint32_t** out, backend::cpu::LinesAhead* ahead, std::int64_t per) noexcept {
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
   const std::int64_t end = c / 16 * 16;
   const std::size_t n = win.size();  // ≤ scan_group
@@ -300,6 +301,7 @@ __attribute__((target("avx512f,popcnt"))) std::int64_t scan_windows_avx512(
   std::int64_t up[scan_group] = {};
   std::copy(out, out + n, o);
   for (std::int64_t j = 0; j < end; j += 16) {
+    if (per > 0) ahead->ask(per);
     __m512 b;
     if constexpr (Base) b = _mm512_loadu_ps(base + j);
     __m512i key = abs_mask;
@@ -344,11 +346,9 @@ __attribute__((target("avx2"))) inline __m256 load8_f32(const std::uint16_t* p) 
 // bounds with the top bit flipped, the compress a permutation from
 // compress_order. Returns where it stopped (c rounded down to 8).
 template <bool Base, class E>
-__attribute__((target("avx2,popcnt"))) std::int64_t scan_windows_avx2(const E* const* v,
-                                                                      const float* TWIN_RESTRICT base, std::int64_t c,
-                                                                      std::span<const KeyWindow> win,
-                                                                      std::int64_t* above,
-                                                                      std::uint32_t** out) noexcept {
+__attribute__((target("avx2,popcnt"))) std::int64_t scan_windows_avx2(
+    const E* const* v, const float* TWIN_RESTRICT base, std::int64_t c, std::span<const KeyWindow> win,
+    std::int64_t* above, std::uint32_t** out, backend::cpu::LinesAhead* ahead, std::int64_t per) noexcept {
   const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff), flip = _mm256_set1_epi32(static_cast<int>(0x80000000u));
   const std::int64_t end = c / 8 * 8;
   const std::size_t n = win.size();  // ≤ scan_group
@@ -356,6 +356,7 @@ __attribute__((target("avx2,popcnt"))) std::int64_t scan_windows_avx2(const E* c
   std::int64_t up[scan_group] = {};
   std::copy(out, out + n, o);
   for (std::int64_t j = 0; j < end; j += 8) {
+    if (per > 0) ahead->ask(per);
     __m256 b;
     if constexpr (Base) b = _mm256_loadu_ps(base + j);
     __m256i key = abs_mask, flipped = abs_mask;
@@ -390,24 +391,32 @@ __attribute__((target("avx2,popcnt"))) std::int64_t scan_windows_avx2(const E* c
 // written at out[x] (advanced; room for c keys must be there) and the
 // count above it added to above[x]. By the kernel level given (the CPU's
 // widest by default; cpu_has(kernel) must hold), the last entries one at
-// a time.
+// a time. `ahead`'s lines (where given) are asked for over the vector
+// kernels' steps, a few per step, and the rest at the end.
 template <class E>
 void scan_windows(const E* const* v, const float* TWIN_RESTRICT base, std::int64_t c, std::span<const KeyWindow> win,
-                  std::int64_t* above, std::uint32_t** out, SimdKernel kernel = best_simd_kernel()) noexcept {
+                  std::int64_t* above, std::uint32_t** out, SimdKernel kernel = best_simd_kernel(),
+                  backend::cpu::LinesAhead* ahead = nullptr) noexcept {
   std::int64_t j = 0;
 #if TWIN_X86_KERNELS
-  if (kernel == SimdKernel::avx512 || kernel == SimdKernel::avx2)
+  if (kernel == SimdKernel::avx512 || kernel == SimdKernel::avx2) {
+    const std::int64_t step = kernel == SimdKernel::avx512 ? 16 : 8;
+    const auto groups = static_cast<std::int64_t>((win.size() + scan_group - 1) / scan_group);
+    const std::int64_t per = ahead ? ahead->per(c / step * groups) : 0;
     for (std::size_t x0 = 0; x0 < win.size(); x0 += scan_group) {
       const std::span<const KeyWindow> g = win.subspan(x0, std::min(scan_group, win.size() - x0));
       const auto run = [&]<bool Base>() {
-        return kernel == SimdKernel::avx512 ? scan_windows_avx512<Base>(v + x0, base, c, g, above + x0, out + x0)
-                                            : scan_windows_avx2<Base>(v + x0, base, c, g, above + x0, out + x0);
+        return kernel == SimdKernel::avx512
+                   ? scan_windows_avx512<Base>(v + x0, base, c, g, above + x0, out + x0, ahead, per)
+                   : scan_windows_avx2<Base>(v + x0, base, c, g, above + x0, out + x0, ahead, per);
       };
       j = base ? run.template operator()<true>() : run.template operator()<false>();
     }
+  }
 #endif
   (void)kernel;
   scan_windows_from(v, base, j, c, win, above, out);
+  if (ahead) ahead->ask(ahead->left());  // what the steps did not ask for (no vector kernel, short c)
 }
 
 // The r0-th and r1-th largest of `keys` (0-based, r0 ≤ r1 < keys.size()
@@ -574,12 +583,14 @@ struct WindowScan {
   // Thread t's keys inside window x.
   KeyBuffer& keys(std::size_t t, std::size_t x) noexcept { return inside[t * m + x]; }
   // Keys of v[x][0..c) (of v[x] − base where base is given) against
-  // window x, every window, for thread t (the calling one).
+  // window x, every window, for thread t (the calling one), asking for
+  // ahead's lines meanwhile (where given).
   template <class E>
-  void scan_each(std::size_t t, const E* const* v, const float* base, std::int64_t c) {
+  void scan_each(std::size_t t, const E* const* v, const float* base, std::int64_t c,
+                 backend::cpu::LinesAhead* ahead = nullptr) {
     std::uint32_t** out = cursor.data() + t * m;
     for (std::size_t x = 0; x < m; ++x) out[x] = keys(t, x).tail(static_cast<std::size_t>(c));
-    scan_windows(v, base, c, window, above.data() + t * m, out);
+    scan_windows(v, base, c, window, above.data() + t * m, out, best_simd_kernel(), ahead);
     for (std::size_t x = 0; x < m; ++x) keys(t, x).size = static_cast<std::size_t>(out[x] - keys(t, x).keys.get());
   }
   // The same keys against every window, from the calling thread.

@@ -415,15 +415,17 @@ inline WindowCuts window_cuts(std::span<const TensorMergeArgs> seq, std::span<co
         for (std::size_t x = 0; x < R; ++x) span[b * R + x] = {t, scan.keys(t, x).size, 0};
       std::vector<const float*> vf(R);
       std::vector<const std::uint16_t*> vh(R);
-      for_input_runs(seq[s], b0, b1, [&](std::int64_t, std::int64_t c, const float* base, const auto* const* ex) {
-        auto& v = [&]() -> auto& {
-          if constexpr (std::is_same_v<std::remove_cvref_t<decltype(*ex[0])>, float>) return vf;
-          else return vh;
-        }
-        ();
-        for (std::size_t x = 0; x < R; ++x) v[x] = ex[req[x].expert];
-        scan.scan_each(t, v.data(), base, c);
-      });
+      for_input_runs(
+          seq[s], b0, b1,
+          [&](std::int64_t, std::int64_t c, const float* base, const auto* const* ex, backend::cpu::LinesAhead* ahead) {
+            auto& v = [&]() -> auto& {
+              if constexpr (std::is_same_v<std::remove_cvref_t<decltype(*ex[0])>, float>) return vf;
+              else return vh;
+            }
+            ();
+            for (std::size_t x = 0; x < R; ++x) v[x] = ex[req[x].expert];
+            scan.scan_each(t, v.data(), base, c, ahead);
+          });
       if (tie_counts)
         for (std::size_t x = 0; x < R; ++x) span[b * R + x].end = scan.keys(t, x).size;
     });
