@@ -1060,8 +1060,8 @@ TEST_CASE("gram_lane_sums: every pair k <= l, the same bits for tiles of 1, 2 an
   // and 4 give the same bits, and all are within float rounding of the
   // lane sums in double (each run of 256 elements, 16 terms per lane, is
   // summed in f32, the runs in double). n = 1056 spans five runs, the last
-  // of 32 elements; the prefetch list (here every input's lines) changes
-  // nothing.
+  // of 32 elements; the lines asked for meanwhile (here the inputs' own)
+  // change nothing, and the kernel asks for its budget of them, no more.
   constexpr std::int64_t L = detail::gram_lanes;
   constexpr std::int64_t n = 66 * L;
   std::mt19937 gen(5);
@@ -1079,17 +1079,20 @@ TEST_CASE("gram_lane_sums: every pair k <= l, the same bits for tiles of 1, 2 an
       std::vector<const float*> vp;
       for (const auto& x : v) vp.push_back(x.data());
       const float start = 0.25f;  // the kernel adds to the lanes
-      std::vector<const char*> ahead;
-      for (const auto& x : v)
-        for (std::size_t j = 0; j < x.size(); j += 16) ahead.push_back(reinterpret_cast<const char*>(x.data() + j));
-      auto run = [&](auto tile, std::span<const char* const> pf) {
+      backend::cpu::LinesAhead ahead;
+      for (const auto& x : v) ahead.add(x.data(), x.size() * sizeof(float));
+      const std::int64_t budget = ahead.lines() - 5;  // all but 5 of the lines, asked for along the way
+      auto run = [&](auto tile, backend::cpu::LinesAhead* pf) {
         std::vector<double> lanes(K * K * L, start);
-        detail::gram_lane_sums<decltype(tile)::value>(vp.data(), K, n, lanes.data(), sp, pf);
+        detail::gram_lane_sums<decltype(tile)::value>(vp.data(), K, n, lanes.data(), sp, pf, budget);
         return lanes;
       };
-      const std::vector<double> one = run(std::integral_constant<std::size_t, 1>{}, {});
-      CHECK(run(std::integral_constant<std::size_t, 2>{}, ahead) == one);
-      CHECK(run(std::integral_constant<std::size_t, 4>{}, ahead) == one);
+      const std::vector<double> one = run(std::integral_constant<std::size_t, 1>{}, nullptr);
+      CHECK(run(std::integral_constant<std::size_t, 2>{}, &ahead) == one);
+      CHECK(ahead.left() == 5);  // exactly the budget
+      ahead.ask(5);
+      CHECK(run(std::integral_constant<std::size_t, 4>{}, &ahead) == one);
+      CHECK(ahead.left() == 0);  // nothing past the plan's end
       auto x = [&](std::size_t k, std::int64_t j) {
         const auto u = static_cast<std::size_t>(j);
         return static_cast<double>(with_sub ? v[k][u] - sub[u] : v[k][u]);

@@ -99,16 +99,19 @@ void gram_tile_sums(const float* const* v, const float* sub, std::size_t K, std:
 // gram_lane_sums' tiles, with or without `sub`.
 template <std::size_t R, bool Sub>
 void gram_lane_tiles(const float* const* v, const float* sub, std::size_t K, std::int64_t n, double* lanes,
-                     std::span<const char* const> ahead) noexcept {
+                     backend::cpu::LinesAhead* ahead, std::int64_t budget) noexcept {
   static_assert(R >= 1 && R <= 4);
-  // `ahead` is asked for a share at a time, after each tile: a burst of
-  // prefetches fills the core's miss buffers and stalls the products.
+  // `ahead` is asked for a share of the budget at a time, after each tile:
+  // a burst of prefetches fills the core's miss buffers and stalls the
+  // products.
   const std::size_t groups = (K + R - 1) / R,
                     tiles = groups * (groups + 1) / 2 * static_cast<std::size_t>((n + gram_run - 1) / gram_run);
-  const std::size_t share = tiles ? (ahead.size() + tiles - 1) / tiles : 0;
-  std::size_t next = 0;
-  auto ask = [&](std::size_t count) {
-    for (const std::size_t e = std::min(ahead.size(), next + count); next < e; ++next) __builtin_prefetch(ahead[next]);
+  if (!ahead) budget = 0;
+  const std::int64_t share = tiles ? (budget + static_cast<std::int64_t>(tiles) - 1) / static_cast<std::int64_t>(tiles)
+                                   : 0;
+  auto ask = [&](std::int64_t count) {
+    count = std::min(count, budget);
+    if (count > 0) ahead->ask(count), budget -= count;
   };
   // One run at a time: the K vectors' slices stay in L1 across the pairs.
   for (std::int64_t s0 = 0; s0 < n; s0 += gram_run) {
@@ -134,23 +137,23 @@ void gram_lane_tiles(const float* const* v, const float* sub, std::size_t K, std
       }
     }
   }
-  ask(ahead.size());
+  ask(budget);
 }
 
 // lanes[(k·K + l)·16 + q] += Σ v_k[j]·v_l[j] over j < n, j ≡ q (mod 16), for
 // every pair k ≤ l of the K vectors (n a multiple of 16): each run of
 // gram_run elements summed in f32 in order of j, the runs added in double in
-// order; with `sub`, the vectors are v_k − sub, formed in registers. The
-// cache lines in `ahead` are prefetched along the way.
+// order; with `sub`, the vectors are v_k − sub formed in registers. `budget`
+// of ahead's next lines are asked for along the way (where ahead is given).
 // The pairs run in tiles of gram_tile × gram_tile vectors (a triangle on
 // the diagonal), so the sums are bound by the multiply-adds rather than by
 // the loads; each pair's sum is formed in the same order as one pair alone,
 // whatever the tile size R (the tests run R = 2 and 4 in any build).
 template <std::size_t R = gram_tile>
 void gram_lane_sums(const float* const* v, std::size_t K, std::int64_t n, double* lanes, const float* sub = nullptr,
-                    std::span<const char* const> ahead = {}) noexcept {
-  if (sub) gram_lane_tiles<R, true>(v, sub, K, n, lanes, ahead);
-  else gram_lane_tiles<R, false>(v, nullptr, K, n, lanes, ahead);
+                    backend::cpu::LinesAhead* ahead = nullptr, std::int64_t budget = 0) noexcept {
+  if (sub) gram_lane_tiles<R, true>(v, sub, K, n, lanes, ahead, budget);
+  else gram_lane_tiles<R, false>(v, nullptr, K, n, lanes, ahead, budget);
 }
 
 // A fill for gram_range whose vectors are the inputs themselves, read where
@@ -172,42 +175,14 @@ struct InputVectorsThen : InputVectors {
 template <class Then>
 InputVectorsThen(InputVectors, Then) -> InputVectorsThen<Then>;
 
-// The inputs' cache lines one span ahead of the chunk being summed, input by
-// input: share(lo) at chunk [lo, lo + C) of a run of chunks from b0 gives
-// that chunk's share of the lines of every contiguous input over the span
-// after the current one (spans of span_prefetch elements from b0, up to
-// `end`; a strided input is left to the hardware). The memory serves long
-// runs of one stream faster than T + 1 streams a chunk at a time, and the
-// Gram tiles ask for a share a little at a time (Gram of 9 inputs 39 → 30
-// ms; benchmarks/RESULTS.md, "Gram sums"). The chunk drivers of merger.hpp
-// do not use it: a share asked for at once at each chunk made DARE and sce
+// The inputs' cache lines are asked for one span ahead of the chunk being
+// summed, input by input (plan_inputs_ahead), a chunk's share of them
+// spread over its Gram tiles: the memory serves long runs of one stream
+// faster than T + 1 streams a chunk at a time (Gram of 9 inputs 39 → 30 ms;
+// benchmarks/RESULTS.md, "Gram sums"). The chunk drivers of merger.hpp do
+// not do this: a share asked for at once at each chunk made DARE and sce
 // slower.
 constexpr std::int64_t span_prefetch = std::max<std::int64_t>(1024 / TWIN_CHUNK_ELEMENTS, 1) * TWIN_CHUNK_ELEMENTS;
-
-class SpanPrefetch {
- public:
-  SpanPrefetch(const TensorMergeArgs& a, std::int64_t b0, std::int64_t end) : a_(&a), b0_(b0), end_(end) {}
-
-  std::span<const char* const> share(std::int64_t lo) {
-    constexpr std::int64_t C = TWIN_CHUNK_ELEMENTS, S = span_prefetch / C;
-    const std::int64_t ci = (lo - b0_) / C % S;
-    if (ci == 0) lines(std::min(lo + span_prefetch, end_), std::min(lo + 2 * span_prefetch, end_));
-    const std::size_t n = (lines_.size() + S - 1) / S, from = std::min(lines_.size(), static_cast<std::size_t>(ci) * n);
-    return std::span<const char* const>(lines_).subspan(from, std::min(n, lines_.size() - from));
-  }
-
- private:
-  void lines(std::int64_t s0, std::int64_t s1) {
-    lines_.clear();
-    auto add = [&](const char* p) { lines_.push_back(p); };
-    for_chunk_lines(a_->base, s0, s1 - s0, add);
-    for (const ConstTensorView& e : a_->experts) for_chunk_lines(e, s0, s1 - s0, add);
-  }
-
-  const TensorMergeArgs* a_;
-  std::int64_t b0_, end_;
-  std::vector<const char*> lines_;
-};
 
 // Σ_j v_k[j] v_l[j] over the elements [lo, hi) (row-major order), where
 // fill(c, base, ex, v) writes the K vectors' values for c consecutive
@@ -233,9 +208,16 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
   Gram out;
   out.g.assign(K * K, 0.0);
   std::vector<double> lanes(K * K * gram_lanes, 0.0), tail(K * K, 0.0);
-  SpanPrefetch ahead(a, lo, std::max(fetch_end, hi));
+  backend::cpu::LinesAhead ahead;
+  const std::int64_t end = std::max(fetch_end, hi), spans = span_prefetch / C;
+  std::int64_t share = 0;
   for (std::int64_t p = lo; p < hi; p += C) {
     const std::int64_t c = std::min(C, hi - p);
+    if ((p - lo) / C % spans == 0) {  // the span after this one
+      const std::int64_t s0 = std::min(p + span_prefetch, end);
+      plan_inputs_ahead(ahead, a, s0, std::min(s0 + span_prefetch, end) - s0);
+      share = ahead.per(spans);
+    }
     const float* base = chunk_f32(a.base, p, c, buf);
     for (std::size_t i = 0; i < T; ++i) ex[i] = chunk_f32(a.experts[i], p, c, buf + C * (i + 1));
     const float* sub = nullptr;  // with InputVectors::offsets, the vectors are vin[k] − sub
@@ -256,7 +238,7 @@ Gram gram_range(const TensorMergeArgs& a, std::size_t K, std::int64_t lo, std::i
     // (only a range's last chunk has them) in double apart; the span after
     // this one is asked for meanwhile, a share per chunk.
     const std::int64_t full = c - c % gram_lanes;
-    gram_lane_sums(vin.data(), K, full, lanes.data(), sub, ahead.share(p));
+    gram_lane_sums(vin.data(), K, full, lanes.data(), sub, &ahead, share);
     auto at = [&](std::size_t k, std::int64_t j) { return static_cast<double>(sub ? vin[k][j] - sub[j] : vin[k][j]); };
     for (std::int64_t j = full; j < c; ++j)
       for (std::size_t k = 0; k < K; ++k)
