@@ -128,19 +128,13 @@ float* scratch_floats(std::size_t n) {
   return v.data();
 }
 
-// Calls f(p) for each cache line p of elements [lo, lo + n) of a contiguous
-// view, in order (nothing for a strided one: it is left to the hardware).
-template <class F>
-void for_chunk_lines(const ConstTensorView& v, std::int64_t lo, std::int64_t n, F&& f) {
+// Asks for the cache lines of elements [lo, lo + n) of a contiguous view
+// (none of a strided one: it is left to the hardware).
+inline void prefetch_chunk(const ConstTensorView& v, std::int64_t lo, std::int64_t n) noexcept {
   if (!v.is_contiguous()) return;
   const auto es = static_cast<std::int64_t>(v.element_size());
   const char* p = static_cast<const char*>(v.data()) + lo * es;
-  for (std::int64_t off = 0; off < n * es; off += 64) f(p + off);
-}
-
-// Asks for the cache lines of elements [lo, lo + n) of a contiguous view.
-inline void prefetch_chunk(const ConstTensorView& v, std::int64_t lo, std::int64_t n) noexcept {
-  for_chunk_lines(v, lo, n, [](const char* p) { __builtin_prefetch(p); });
+  for (std::int64_t off = 0; off < n * es; off += 64) __builtin_prefetch(p + off);
 }
 
 // Asks for the chunk after [lo, lo + C) of every input, up to b1: the
