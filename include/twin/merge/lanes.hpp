@@ -81,19 +81,12 @@ struct Lanes {
   }
 };
 
-// simd_lanes values at p as f32 (bf16 bits widened: exact).
+// simd_lanes f32 values at p.
 inline f32v loadv(const float* p) noexcept {
   f32v x;
   Lanes<0>::load(x, p);
   return x;
 }
-inline f32v loadv(const std::uint16_t* p) noexcept {
-  f32v x;
-  Lanes<0>::load(x, p);
-  return x;
-}
-
-inline void storev(float* p, f32v x) noexcept { std::memcpy(p, &x, sizeof x); }
 
 // One stored value as f32 (the kernels' scalar tails).
 inline float load1(const float* p) noexcept { return *p; }
