@@ -165,9 +165,11 @@ Vec reference(std::string_view method, const Fixture& f, const Vec& w, double la
     return o;
   }
   if (method == "breadcrumbs") {
-    // mergekit's counts: keep floor(density·n); fewer outliers where they would not leave that many.
-    const std::int64_t kept = floor_count(density, n);
-    const std::int64_t top = std::min<std::int64_t>(floor_count(gamma, n), static_cast<std::int64_t>(n) - kept);
+    // mergekit's counts: keep int(density·n) (Python truncates the double product); fewer outliers where
+    // they would not leave that many.
+    const auto int_count = [&](double f) { return static_cast<std::int64_t>(f * static_cast<double>(n)); };
+    const std::int64_t kept = int_count(density);
+    const std::int64_t top = std::min<std::int64_t>(int_count(gamma), static_cast<std::int64_t>(n) - kept);
     const std::int64_t keep = density >= 1 ? static_cast<std::int64_t>(n) : top + kept;
     Vec s(n, 0.0);
     for (std::size_t i = 0; i < taus.size(); ++i) {

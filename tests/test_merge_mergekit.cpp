@@ -84,8 +84,12 @@ std::size_t della_draw_mismatches(const Vec& t, std::int64_t C, double d, double
   return mismatched;
 }
 
-std::int64_t floor_count(double f, std::size_t n) {
-  return static_cast<std::int64_t>(std::floor(f * static_cast<double>(n) + 1e-9));
+// mergekit's counts: Python's int(f * n) truncates the double product.
+std::int64_t python_int_count(double f, std::size_t n) { return static_cast<std::int64_t>(f * static_cast<double>(n)); }
+// sce's: int(count_nonzero(var) * f), a 0-d int64 tensor times a Python float,
+// which torch promotes to float32 (both factors and the product rounded).
+std::int64_t torch_f32_count(double f, std::size_t n) {
+  return static_cast<std::int64_t>(static_cast<float>(static_cast<float>(n) * static_cast<float>(f)));
 }
 
 // mergekit's GTA combination (§8) of sparsified task vectors.
@@ -172,15 +176,15 @@ namespace {
 
 // Each expert's δ with breadcrumbs' band applied, by a full sort: ranks
 // [top, top + keep) by decreasing |δ| (lower index first among equals) are
-// kept, keep = floor(d·n), top = min(floor(γ·n), n − keep); γ = 0 is
+// kept, keep = int(d·n), top = min(int(γ·n), n − keep); γ = 0 is
 // mergekit's magnitude sparsifier.
 std::vector<Vec> banded_taus(const Fixture& f, const Vec& dens, double gamma) {
   std::vector<Vec> d;
   for (std::size_t i = 0; i < f.experts.size(); ++i) {
     const Vec t = tau_of(f.experts[i], f.base);
     const std::size_t n = t.size();
-    const std::int64_t keep = floor_count(dens[i], n);
-    const std::int64_t top = std::min<std::int64_t>(floor_count(gamma, n), static_cast<std::int64_t>(n) - keep);
+    const std::int64_t keep = python_int_count(dens[i], n);
+    const std::int64_t top = std::min<std::int64_t>(python_int_count(gamma, n), static_cast<std::int64_t>(n) - keep);
     const auto order = by_magnitude(t);
     Vec s(n, 0.0);
     for (std::int64_t r = top; r < top + keep; ++r)
@@ -670,6 +674,48 @@ TEST_CASE("della merges tensors with no entries (an axis of length 0) to empty o
     }
 }
 
+TEST_CASE("kept counts as mergekit computes them: int() of the double product; sce's product in float32") {
+  // A ramp of distinct magnitudes (j + 1)/1024 over a zero base: a magnitude cut keeps the last k entries,
+  // so the count of nonzero outputs is k. Lengths 100 (held, sorted) and 25 000 / 30 000 (past 16 384: the
+  // streamed cuts) take both paths.
+  auto ramp = [](std::size_t n) {
+    std::vector<float> v(n);
+    for (std::size_t j = 0; j < n; ++j) v[j] = static_cast<float>(j + 1) / 1024.0f;
+    return f32_tensor(v, {static_cast<std::int64_t>(n)});
+  };
+  auto nonzeros = [](const Tensor& t) {
+    const Vec v = vec(t);
+    return std::count_if(v.begin(), v.end(), [](double x) { return x != 0.0; });
+  };
+  auto zeros = [](std::size_t n) { return f32_tensor(std::vector<float>(n, 0.0f), {static_cast<std::int64_t>(n)}); };
+  // 0.29 · 100 = 28.999999999999996 and 0.29 · 25000 = 7249.999999999999 in double: 28 and 7249 kept (twin's
+  // own Ties keeps 29 and 7250 there: its floor is nudged).
+  for (const auto& [n, k] : {std::pair<std::size_t, std::int64_t>{100, 28}, {25000, 7249}}) {
+    CAPTURE(n);
+    const Tensor b = zeros(n), e = ramp(n);
+    GeneralizedTaskArithmetic ties = *GeneralizedTaskArithmetic::mergekit("ties");
+    ties.densities = {0.29};
+    CHECK(nonzeros(merged(AnyMerger(ties), b, {&e})) == k);
+    // breadcrumbs at γ 0.01 drops int(0.01 · n) = 1 and 250 outliers (exact products) and keeps the same count.
+    CHECK(nonzeros(merged(by_settings("breadcrumbs",
+                                      [](MergeSettings& s) {
+                                        s.density = 0.29;
+                                        s.gamma = 0.01;
+                                      }),
+                          b, {&e})) == k);
+    CHECK(nonzeros(merged(AnyMerger(Ties{0.29, 1.0, TopKScope::per_tensor, {}}), b, {&e})) == k + 1);
+  }
+  // sce: two experts, the ramp and zero, so every position has a distinct nonzero variance (x/2)² and the
+  // kept positions are exactly the nonzero outputs. 0.13 is 0.12999999523162842 in float; 900 · that is
+  // 116.99999237060547 in float (116 kept; 117.00000000000001 in double), 30 000 · that 3899.999755859375
+  // (3899 kept; 3900 in double).
+  for (const auto& [n, k] : {std::pair<std::size_t, std::int64_t>{900, 116}, {30000, 3899}}) {
+    CAPTURE(n);
+    const Tensor b = zeros(n), e = ramp(n), z = zeros(n);
+    CHECK(nonzeros(merged(by_settings("sce", [](MergeSettings& s) { s.select_topk = 0.13; }), b, {&e, &z})) == k);
+  }
+}
+
 TEST_CASE("sce: variance top-k, sign erase, mean-square weights, as a literal double-precision reference") {
   // 1200 entries: whole vectors of 8 and 16 positions; 1189: the last chunk
   // (165 entries) ends in a partial vector (the kernels' scalar tails). The
@@ -723,7 +769,7 @@ TEST_CASE("sce: variance top-k, sign erase, mean-square weights, as a literal do
         }
         const auto order = by_magnitude(var);
         std::vector<char> keep(n, 0);
-        const std::int64_t k = floor_count(topk, nz);
+        const std::int64_t k = torch_f32_count(topk, nz);
         for (std::int64_t r = 0; r < k; ++r) keep[order[static_cast<std::size_t>(r)]] = 1;
         if (cs.quantized)  // the case is what it says: the cut splits a run of equal variances
           CHECK(var[order[static_cast<std::size_t>(k)]] == var[order[static_cast<std::size_t>(k - 1)]]);

@@ -19,7 +19,12 @@
 // Philox(seed, tensor name, i).uniform(j) < p, for any thread count;
 // rng = torch: torch.manual_seed(seed) then torch.bernoulli, one MT19937 draw
 // per entry, expert after expert in order, none for an expert at density ≥ 1
-// or ≤ 0: the mask mergekit draws for this tensor when seeded right before it.
+// or ≤ 0: the mask mergekit draws for this tensor when seeded right before it,
+// where no two |τ| of a vector are equal and the inputs are f32. mergekit
+// ranks by argsort().argsort(), which is not stable: torch orders equal
+// magnitudes of vectors of 100 entries or more otherwise than by index, so
+// there the probabilities (and the mask) differ; with a bf16 `dtype` it also
+// computes the ranks and probabilities in bf16.
 #pragma once
 
 #include "twin/merge/gta.hpp"

@@ -72,15 +72,16 @@ struct MagnitudeBand {
   std::int64_t keep = 0, drop = 0;
 };
 
-// breadcrumbs' magnitude_outliers: keep = floor(density·n) entries, after
-// dropping the top = floor(gamma·n) largest magnitudes (fewer where
-// keep + top > n, so that keep entries remain). density ≥ 1 keeps δ as is.
+// breadcrumbs' magnitude_outliers: keep = int(density·n) entries, after
+// dropping the top = int(gamma·n) largest magnitudes (fewer where keep + top
+// > n, so that keep entries remain); int() truncates the double product as
+// Python does (mergekit_keep_count). density ≥ 1 keeps δ as is.
 // Ties rank the lower index first. mergekit zeroes the whole δ when top = 0
 // (a Python slice [bot:-0]); we keep the band, as its own docstring intends.
 inline MagnitudeBand outlier_band(double density, double gamma, std::int64_t n) noexcept {
   if (density >= 1.0) return {n, 0};
-  const std::int64_t keep = keep_count(density, n);
-  const std::int64_t top = std::min(keep_count(gamma, n), n - keep);
+  const std::int64_t keep = mergekit_keep_count(density, n);
+  const std::int64_t top = std::min(mergekit_keep_count(gamma, n), n - keep);
   return {top + keep, top};
 }
 
@@ -391,8 +392,8 @@ enum class GtaSparsifier { none, magnitude, random, magnitude_outliers, della_ma
 
 // mergekit's generalized task arithmetic as it is, every switch exposed: the
 // rule above with
-//   none: δ as is; magnitude: the floor(density·n) largest |δ| over the
-//   tensor (ties by index); random: kept with probability density (DARE);
+//   none: δ as is; magnitude: the int(density·n) largest |δ| over the
+//   tensor (Python's truncation of the double product; ties by index); random: kept with probability density (DARE);
 //   magnitude_outliers: breadcrumbs' band; della_magprune: DELLA's ranks;
 // each returning δ untouched at density ≥ 1 (della: dropped at ≤ 0), then the
 // L1 rescale when `rescale`. Draws as in merge/della.hpp (philox by default,
@@ -441,7 +442,7 @@ struct GeneralizedTaskArithmetic {
       std::vector<detail::MagnitudeBand> band(T);
       for (std::size_t i = 0; i < T; ++i) {
         if (sparsifier == GtaSparsifier::none || d[i] >= 1.0) band[i] = {n, 0};
-        else if (sparsifier == GtaSparsifier::magnitude) band[i] = {keep_count(d[i], n), 0};
+        else if (sparsifier == GtaSparsifier::magnitude) band[i] = {mergekit_keep_count(d[i], n), 0};
         else band[i] = detail::outlier_band(d[i], g[i], n);
       }
       detail::gta_merge_bands(a, detail::GtaRule{method, consensus, normalize, scaling, &weights}, band);
@@ -476,8 +477,8 @@ struct GeneralizedTaskArithmetic {
       const double before = rescale ? detail::l1_norm(row) : 0.0;
       switch (sparsifier) {
         case GtaSparsifier::magnitude:
-          apply_cut(row,
-                    select_top_k(std::span<const float>(row), keep_count(d[i], static_cast<std::int64_t>(row.size()))));
+          apply_cut(row, select_top_k(std::span<const float>(row),
+                                      mergekit_keep_count(d[i], static_cast<std::int64_t>(row.size()))));
           break;
         case GtaSparsifier::random:
           p.assign(row.size(), static_cast<float>(d[i]));

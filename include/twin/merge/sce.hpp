@@ -3,8 +3,9 @@
 // weights:
 //   T_i = expert_i − base;
 //   select (select_topk < 1): the population variance over the experts at
-//     each position; the k = floor(nnz(var)·select_topk) positions of largest
-//     variance are kept (ties by index) and every T_i is zeroed elsewhere
+//     each position; the k = int(nnz(var)·select_topk) positions of largest
+//     variance (the product in float32, as torch promotes an int64 count
+//     times a float: sce_keep_count) are kept (ties by index) and every T_i is zeroed elsewhere
 //     (select_topk ≤ 0 or k = 0 zeroes all);
 //   erase: TIES' sign consensus of the unweighted T_i (S = Σ T_i, + where
 //     S ≥ 0), a T_i entry kept where its sign is the elected one;
@@ -311,7 +312,7 @@ struct Sce {
       nonzero += nz[b], up += above[b];
       keys.insert(keys.end(), blocks[b].key.begin(), blocks[b].key.end());
     }
-    const std::int64_t k = keep_count(select_topk, nonzero);
+    const std::int64_t k = sce_keep_count(select_topk, nonzero);
     if (!(k > 0 && up < k && k <= up + static_cast<std::int64_t>(keys.size()))) return std::nullopt;
     const MagnitudeCut cut = detail::small_cut(keys, k - up);
     // The sums: per block, the sums above the window, then the kept
@@ -376,7 +377,7 @@ struct Sce {
           });
           nonzero = nz_all.load();
         }
-        const std::int64_t k = select_topk > 0.0 ? keep_count(select_topk, nonzero) : 0;
+        const std::int64_t k = select_topk > 0.0 ? sce_keep_count(select_topk, nonzero) : 0;
         cut = k == 0 ? MagnitudeCut::keep_none() : select_top_k(std::span<const float>(var.data(), var.size()), k);
       }
       if (const std::optional<std::uint32_t> key = cut.min_key()) {

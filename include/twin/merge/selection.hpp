@@ -763,11 +763,27 @@ struct CutCursor {
   }
 };
 
-// k = floor(density * n), mergekit's count of kept entries. The tiny nudge
-// keeps products such as 0.29 * 100 from flooring to 28.
+// k = floor(density * n), twin's own count of kept entries (Ties). The tiny
+// nudge keeps products such as 0.29 * 100 from flooring to 28.
 inline std::int64_t keep_count(double density, std::int64_t n) noexcept {
   const double k = std::floor(density * static_cast<double>(n) + 1e-9);
   return std::clamp<std::int64_t>(static_cast<std::int64_t>(k), 0, n);
+}
+
+// mergekit's count of kept entries in its sparsifiers (magnitude,
+// magnitude_outliers): Python's int(density * numel), the double product
+// truncated with no nudge, so 0.29 * 100 = 28.999999999999996 keeps 28.
+inline std::int64_t mergekit_keep_count(double density, std::int64_t n) noexcept {
+  return std::clamp<std::int64_t>(static_cast<std::int64_t>(density * static_cast<double>(n)), 0, n);
+}
+
+// mergekit's sce count, int(nonzero * select_topk) with nonzero a 0-d int64
+// tensor: torch promotes the product to float32, so both factors and the
+// product are rounded to float (900 * 0.13 is 116.99999 there: 116 kept;
+// 100 * 0.29 is 29).
+inline std::int64_t sce_keep_count(double select_topk, std::int64_t nonzero) noexcept {
+  const float k = static_cast<float>(nonzero) * static_cast<float>(select_topk);
+  return std::clamp<std::int64_t>(static_cast<std::int64_t>(k), 0, nonzero);
 }
 
 // The official code's k + 1, k = int(n · density) truncated as Python does
