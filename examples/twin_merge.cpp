@@ -626,6 +626,13 @@ struct RunCommand {
       twin::detail::json_value j =
           twin::detail::parse_untrusted_json(twin::detail::read_small_file(*hf, 1 << 24), hf->string(), "config.json");
       if (j.is_object() && j.contains("num_hidden_layers") && layers > 0) j["num_hidden_layers"] = layers;
+      // mergekit sets torch_dtype to out_dtype, else dtype (newer transformers
+      // spell it `dtype`: set too where the file has it).
+      if (const auto od = c.out_dtype ? c.out_dtype : c.dtype; od && j.is_object()) {
+        const char* name = *od == twin::dtype::bf16 ? "bfloat16" : *od == twin::dtype::f16 ? "float16" : "float32";
+        j["torch_dtype"] = name;
+        if (j.contains("dtype")) j["dtype"] = name;
+      }
       write_text(dir / "config.json", twin::detail::json_dump(j, hf->string(), 2) + "\n");
     }
     std::fprintf(stderr, "merged %zu tensors (%lld layers) with %s into %s\n", merged.size(),

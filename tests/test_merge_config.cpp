@@ -146,6 +146,15 @@ TEST_CASE("check_config_parameters: unknown parameters and global ones under a m
   c.merge_method = "frankenstein";
   CHECK_THROWS_WITH_AS(check_config_parameters(c), doctest::Contains("merge_method 'frankenstein' is not supported"),
                        argument_error);
+  // A model twice in one slice (mergekit keeps the last silently) is refused; in two slices it is not.
+  MergeConfig d;
+  d.merge_method = "passthrough";
+  d.slices = {{{{"a", std::pair<std::int64_t, std::int64_t>{0, 2}, {}}}, std::nullopt, {}},
+              {{{"a", std::pair<std::int64_t, std::int64_t>{2, 4}, {}}}, std::nullopt, {}}};
+  CHECK_NOTHROW(check_config_parameters(d));
+  d.slices[1].sources.push_back(d.slices[1].sources[0]);
+  CHECK_THROWS_WITH_AS(check_config_parameters(d), doctest::Contains("slice 1: model 'a' is listed twice"),
+                       argument_error);
 }
 
 TEST_CASE("a config tensor merges as the strategy called directly: ties with gradients, linear with the base") {

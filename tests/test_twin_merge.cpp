@@ -503,6 +503,46 @@ slices:
   std::stringstream ss;
   ss << cj.rdbuf();
   CHECK(ss.str().find("\"num_hidden_layers\": 6") != std::string::npos);
+
+  // A base_model that no slice lists (named for its config.json): passthrough and linear merge the slices'
+  // sources without it, as mergekit does; the written config.json takes the base's and mergekit's torch_dtype
+  // (out_dtype, else dtype). A method that reads the base refuses the slice.
+  const std::string named = w.config("named.yml", R"(merge_method: passthrough
+base_model: base
+dtype: bfloat16
+slices:
+  - sources:
+      - model: e0
+        layer_range: [0, 2]
+  - sources:
+      - model: e1
+        layer_range: [2, 4]
+)");
+  const Run n = twin_merge("run " + named + " -o " + w.p("named"));
+  INFO(n.err);
+  REQUIRE(n.status == 0);
+  const LoadedCheckpoint ng = load_safetensors(w.p("named/model.safetensors.index.json"));
+  const std::string l3 = "model.layers.3.self_attn.q_proj.weight";
+  CHECK(ng.tensors.at(l3).dtype() == dtype::bf16);
+  CHECK(twin_test::same_bits(ng.tensors.at(l3).clone(), w.experts[1].at(l3).clone_as(dtype::bf16)));
+  std::ifstream nj(w.p("named/config.json"));
+  std::stringstream ns;
+  ns << nj.rdbuf();
+  CHECK(ns.str().find("\"torch_dtype\": \"bfloat16\"") != std::string::npos);
+  CHECK(ns.str().find("\"num_hidden_layers\": 4") != std::string::npos);
+  const std::string ties = w.config("ties_slices.yml", R"(merge_method: ties
+base_model: base
+slices:
+  - sources:
+      - model: e0
+        layer_range: [0, 2]
+        parameters: {weight: 1, density: 0.5}
+)");
+  const Run t = twin_merge("run " + ties + " -o " + w.p("ties_slices"));
+  CHECK(t.status == 1);
+  CHECK(t.err.find("the base model") != std::string::npos);
+  CHECK(t.err.find("is not among the slice's sources") != std::string::npos);
+  CHECK_FALSE(fs::exists(w.p("ties_slices")));
 }
 
 TEST_CASE("cli run refuses unsupported keys, parameters and methods by name, and writes nothing") {
@@ -522,6 +562,12 @@ TEST_CASE("cli run refuses unsupported keys, parameters and methods by name, and
        "parameter 'weight' is required for model"},
       {"merge_method: linear\nmodels:\n  - model: e0\n    parameters: {weight: [0.5, }\n", "not valid YAML"},
       {"merge_method: linear\nmodels:\n  - model: e0\n    parameters: {weight: high}\n", "'high' is not a number"},
+      {"merge_method: linear\nmodels:\n  - model: e0\n    parameters: {weight: 1}\n  - model: e1\n    parameters: "
+       "{weight: 1}\n  - model: e0\n    parameters: {weight: 2}\n",
+       "models: model '"},
+      {"merge_method: linear\nslices:\n  - sources:\n      - model: e0\n        layer_range: [0, 2]\n"
+       "      - model: e0\n        layer_range: [2, 4]\n",
+       "is listed twice"},
   };
   for (const Bad& b : bad) {
     CAPTURE(b.yaml);
@@ -558,6 +604,38 @@ twin:
       TwinModel::build(w.base, ex, TaskArithmetic{1.0, {0.3, 0.3}}, SvdCompressor::with_rank(2, dtype::f32), o);
   CHECK(f.model.task_names() == ref.task_names());
   for (const auto& [name, t] : ref.shared()) CHECK(twin_test::same_bits(f.model.shared().at(name).clone(), t));
+  // Every compressor key --help lists for the block is taken, and builds the file those options give on the
+  // command line.
+  const std::string models = R"(merge_method: task_arithmetic
+base_model: base
+models:
+  - model: e0
+    parameters: {weight: 0.3}
+  - model: e1
+    parameters: {weight: 0.3}
+)";
+  const std::string plain = w.config("plain.yml", models);
+  auto bytes = [](const std::string& f) {
+    std::ifstream in(f, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::pair<std::string, std::string> blocks[] = {
+      {"twin:\n  budget: 0.3\n  quant_group: 16\n", "--budget 0.3 --quant-group 16"},
+      {"twin:\n  rank: 2\n  quant_bits: 4\n  residual_density: 0.02\n",
+       "--rank 2 --quant-bits 4 --residual-density 0.02"},
+      {"twin:\n  sign_density: 0.2\n", "--sign-density 0.2"},
+  };
+  for (const auto& [yaml, flags] : blocks) {
+    CAPTURE(yaml);
+    const Run viab =
+        twin_merge("build --config " + w.config("block.yml", models + yaml) + " -o " + w.p("block.safetensors"));
+    INFO(viab.err);
+    REQUIRE(viab.status == 0);
+    const Run viaf = twin_merge("build --config " + plain + " " + flags + " -o " + w.p("flags.safetensors"));
+    INFO(viaf.err);
+    REQUIRE(viaf.status == 0);
+    CHECK(bytes(w.p("block.safetensors")) == bytes(w.p("flags.safetensors")));
+  }
   const Run mixed = twin_merge("build --config " + cfg + " --method ties -o " + w.p("x.safetensors"));
   CHECK(mixed.status == 1);
   CHECK(mixed.err.find("--config replaces") != std::string::npos);

@@ -264,11 +264,22 @@ inline bool contains(const std::vector<std::string_view>& v, std::string_view s)
 }
 }  // namespace detail
 
-// Refuses a parameter the method does not take, and a global parameter given
-// per model (where mergekit would silently ignore it). Returns the method's
+// Refuses a parameter the method does not take, a global parameter given
+// per model (where mergekit would silently ignore it), and a model listed
+// twice in `models` or in one slice's sources (mergekit keys a slice's
+// tensors by model: the last would silently win). Returns the method's
 // parameters.
 inline detail::MethodParameters check_config_parameters(const MergeConfig& c) {
   const detail::MethodParameters p = detail::mergekit_parameters(c.merge_method);
+  auto once_each = [](const std::vector<ConfigSource>& sources, const std::string& where) {
+    std::set<std::string_view> seen;
+    for (const ConfigSource& s : sources)
+      if (!seen.insert(s.model).second)
+        throw argument_error(where + ": model '" + s.model +
+                             "' is listed twice (mergekit would keep only the last): list each model once");
+  };
+  once_each(c.models, "models");
+  for (std::size_t i = 0; i < c.slices.size(); ++i) once_each(c.slices[i].sources, "slice " + std::to_string(i));
   auto check = [&](const ParameterMap& m, bool per_model, const std::string& where) {
     for (const auto& [name, v] : m) {
       if (detail::contains(p.per_model, name) || (!per_model && detail::contains(p.global, name))) continue;
@@ -341,8 +352,14 @@ inline TensorMergePlan tensor_merge_plan(const MergeConfig& c, const PlannedTens
   }
   const bool has_base = out.base >= 0;
   const std::string where = "tensor '" + p.name + "'";
-  if (p.base_model && !has_base)
-    throw argument_error(where + ": the base model '" + *p.base_model + "' is not among the slice's sources");
+  // A base_model missing from a slice's sources: the methods that read the
+  // base refuse it; linear, multislerp, karcher and passthrough merge the
+  // slice's sources without it, as mergekit does (a layer-stacking
+  // passthrough naming a base for its config.json).
+  auto base_absent = [&] {
+    if (p.base_model && !has_base)
+      throw argument_error(where + ": the base model '" + *p.base_model + "' is not among the slice's sources");
+  };
   auto global = [&](std::string_view n) { return config_parameter(c, p, n); };
   auto flag = [&](std::string_view n, bool def) {
     const auto v = global(n);
@@ -360,6 +377,7 @@ inline TensorMergePlan tensor_merge_plan(const MergeConfig& c, const PlannedTens
     return v;
   };
   auto need_base = [&] {
+    base_absent();
     if (!has_base) throw argument_error(m + " needs a base_model");
   };
   auto count = [&](std::size_t n, const std::string& what) {
@@ -405,6 +423,7 @@ inline TensorMergePlan tensor_merge_plan(const MergeConfig& c, const PlannedTens
     if (!t) throw argument_error(where + ": " + m + " needs parameter 't'");
     out.merger = m == "slerp" ? AnyMerger(Slerp{*t}) : AnyMerger(Nearswap{*t});
   } else if (m == "nuslerp") {
+    base_absent();  // mergekit takes the base's tensor from the slice and fails without it
     all_inputs_as_experts();
     count(2, "exactly two models besides the base");
     out.merger = AnyMerger(NuSlerp{per_model("weight", true, 1.0, out.experts), flag("nuslerp_flatten", true),
