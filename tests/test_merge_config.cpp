@@ -102,6 +102,51 @@ TEST_CASE("plan: slices renumber output layers, read each source's own layer, re
   CHECK_THROWS_AS(plan_merge(c, [](const std::string&) { return llama_names(6); }), argument_error);
 }
 
+TEST_CASE("plan: a model with two layer stacks is refused where slices or gradients would mix them") {
+  // A vision tower of 2 layers beside a language model of 4: slices would cut and renumber both, and a
+  // gradient's t would run over 4 layers for the tower's 2.
+  auto vl = [](const std::string&) {
+    std::vector<std::string> n = llama_names(4);
+    for (int l = 0; l < 2; ++l) n.push_back("vision_tower.encoder.layers." + std::to_string(l) + ".fc1.weight");
+    return n;
+  };
+  MergeConfig c;
+  c.merge_method = "linear";
+  c.models = {{"a", std::nullopt, {}}, {"b", std::nullopt, {}}};
+  c.models[0].parameters["weight"] = ParameterSetting::constant(1.0);
+  c.models[1].parameters["weight"] = ParameterSetting::constant(1.0);
+  CHECK(plan_merge(c, vl).size() == 3 + 4 * 2 + 2);  // constant parameters: t is never read
+  c.models[1].parameters["weight"] = ParameterSetting::gradient({0.0, 1.0});
+  CHECK_THROWS_WITH_AS(
+      plan_merge(c, vl),
+      doctest::Contains("model 'a' has 2 layer stacks (model.layers.N, vision_tower.encoder.layers.N)"),
+      argument_error);
+  MergeConfig s;
+  s.merge_method = "passthrough";
+  s.slices = {ConfigSlice{{{"a", std::pair<std::int64_t, std::int64_t>{0, 2}, {}}}, std::nullopt, {}}};
+  CHECK_THROWS_WITH_AS(plan_merge(s, vl), doctest::Contains("slices would mix them"), argument_error);
+  CHECK(plan_merge(s, [](const std::string&) { return llama_names(4); }).size() == 3 + 2 * 2);
+}
+
+TEST_CASE("plan: GPT-NeoX's output head embed_out comes after the layers, from the last slice") {
+  auto neox = [](const std::string&) {
+    return std::vector<std::string>{"embed_out.weight", "gpt_neox.embed_in.weight", "gpt_neox.final_layer_norm.weight",
+                                    "gpt_neox.layers.0.mlp.dense_h_to_4h.weight",
+                                    "gpt_neox.layers.1.mlp.dense_h_to_4h.weight"};
+  };
+  MergeConfig c;
+  c.merge_method = "passthrough";
+  c.slices = {ConfigSlice{{{"a", std::pair<std::int64_t, std::int64_t>{0, 1}, {}}}, std::nullopt, {}},
+              ConfigSlice{{{"b", std::pair<std::int64_t, std::int64_t>{1, 2}, {}}}, std::nullopt, {}}};
+  const auto plan = plan_merge(c, neox);
+  REQUIRE(plan.size() == 5);
+  CHECK(plan.front().name == "gpt_neox.embed_in.weight");
+  CHECK(plan.front().inputs[0].model == "a");
+  CHECK(plan[3].name == "embed_out.weight");
+  CHECK(plan[3].inputs[0].model == "b");
+  CHECK(plan[4].name == "gpt_neox.final_layer_norm.weight");
+}
+
 TEST_CASE("precedence: source, then slice, then top level; per-model filters see the input tensor name") {
   MergeConfig c;
   c.merge_method = "ties";

@@ -116,9 +116,32 @@ inline std::string with_layer(std::string_view name, const LayerRef& r, std::int
   return std::string(name.substr(0, r.pos)) + std::to_string(index) + std::string(name.substr(r.pos + r.len));
 }
 
+// Embeddings come before the layers; GPT-NeoX's output head `embed_out`
+// comes after them, as mergekit's architecture lists it.
 inline bool is_pre_tensor(std::string_view name) {
+  if (name.find("embed_out") != std::string_view::npos) return false;
   return name.find("embed") != std::string_view::npos || name.find("wte") != std::string_view::npos ||
          name.find("wpe") != std::string_view::npos;
+}
+
+// Whether any level of `c` sets a parameter to a gradient (a list of more
+// than one value).
+inline bool has_gradient(const MergeConfig& c) {
+  auto in = [](const ParameterMap& m) {
+    for (const auto& [name, setting] : m)
+      for (const auto& e : setting.entries)
+        if (e.value.values.size() > 1) return true;
+    return false;
+  };
+  if (in(c.parameters)) return true;
+  for (const ConfigSource& s : c.models)
+    if (in(s.parameters)) return true;
+  for (const ConfigSlice& sl : c.slices) {
+    if (in(sl.parameters)) return true;
+    for (const ConfigSource& s : sl.sources)
+      if (in(s.parameters)) return true;
+  }
+  return false;
 }
 
 // --- the plan ------------------------------------------------------------------
@@ -154,6 +177,26 @@ inline std::vector<PlannedTensor> plan_merge(
       if (const auto l = layer_of(s)) n = std::max(n, l->index + 1);
     return n;
   };
+  // Layers are found by name, one stack per model: a model with several
+  // (a vision tower beside the language model, an encoder and a decoder)
+  // would have them cut and renumbered together by slices, and a gradient's
+  // t taken over the longest. mergekit needs its `modules:` syntax there.
+  const bool gradient = has_gradient(c);
+  auto one_stack = [&](const std::string& m) {
+    std::set<std::string_view> prefixes;
+    for (const std::string& s : names_of(m))
+      if (const auto l = layer_of(s)) prefixes.insert(std::string_view(s).substr(0, l->pos));
+    if (prefixes.size() < 2 || (c.slices.empty() && !gradient)) return;
+    std::string list;
+    for (std::string_view p : prefixes) detail::append_listed(list, std::string(p) + "N", ", ");
+    throw argument_error("model '" + m + "' has " + std::to_string(prefixes.size()) + " layer stacks (" + list +
+                         "): " + (c.slices.empty() ? "a gradient parameter" : "slices") +
+                         " would mix them (mergekit's `modules:` syntax is needed there, and not supported)");
+  };
+  for (const ConfigSource& s : c.models) one_stack(s.model);
+  if (c.base_model && !c.models.empty()) one_stack(*c.base_model);
+  for (const ConfigSlice& sl : c.slices)
+    for (const ConfigSource& s : sl.sources) one_stack(s.model);
   // `models:` is one slice over every layer, the base appended when not listed.
   std::vector<ConfigSlice> slices = c.slices;
   if (!c.models.empty()) {
