@@ -519,6 +519,7 @@ struct RunCommand {
   std::string config, out, rng = "philox";
   std::uint64_t seed = 0;
   std::uint64_t max_shard_bytes = 5'000'000'000;
+  bool copy_tokenizer = true;
 
   void add(CLI::App& root) {
     CLI::App* c = root.add_subcommand(
@@ -528,20 +529,27 @@ struct RunCommand {
     c->add_option("CONFIG", config, "the mergekit YAML config")->required();
     c->add_option("-o,--output", out,
                   "output folder (created if missing): sharded safetensors, model.safetensors.index.json, "
-                  "mergekit_config.yml, and the base's config.json")
+                  "mergekit_config.yml, the base's config.json and tokenizer files")
         ->required();
     c->add_option("--random-seed", seed, "seed of the randomized methods (mergekit's --random-seed)")
         ->capture_default_str();
     c->add_option("--rng", rng, "philox (ours) or torch (mergekit's draws for each tensor seeded alone)")
         ->capture_default_str();
     c->add_option("--max-shard-size", max_shard_bytes, "bytes of tensor data per output shard")->capture_default_str();
+    c->add_flag("--copy-tokenizer,!--no-copy-tokenizer", copy_tokenizer,
+                "copy the base's (else the first model's) tokenizer files into the output, as mergekit does "
+                "(default: on)");
     c->callback([this] { run(); });
   }
 
+  // A model's folder (the model itself, or the folder of its file).
+  static fs::path folder_of(const std::string& model) {
+    fs::path p(model);
+    return fs::is_directory(p) ? p : p.parent_path();
+  }
   // The folder holding a model's config.json, if it has one.
   static std::optional<fs::path> hf_config_of(const std::string& model) {
-    fs::path p(model);
-    if (!fs::is_directory(p)) p = p.parent_path();
+    const fs::path p = folder_of(model);
     std::error_code ec;
     if (fs::is_regular_file(p / "config.json", ec)) return p / "config.json";
     return std::nullopt;
@@ -634,6 +642,19 @@ struct RunCommand {
         if (j.contains("dtype")) j["dtype"] = name;
       }
       write_text(dir / "config.json", twin::detail::json_dump(j, hf->string(), 2) + "\n");
+    }
+    // mergekit's tokenizer copy: where the donor folder has tokenizer_config.json and tokenizer.json or
+    // tokenizer.model, these files as they are (mergekit re-serializes any other tokenizer through
+    // transformers; vocab.json and vocab.txt are copied here instead).
+    if (copy_tokenizer) {
+      const fs::path from = folder_of(hf_from);
+      if (fs::is_regular_file(from / "tokenizer_config.json", ec) &&
+          (fs::is_regular_file(from / "tokenizer.json", ec) || fs::is_regular_file(from / "tokenizer.model", ec) ||
+           fs::is_regular_file(from / "vocab.json", ec) || fs::is_regular_file(from / "vocab.txt", ec)))
+        for (const char* f : {"tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model",
+                              "added_tokens.json", "merges.txt", "vocab.json", "vocab.txt", "chat_template.jinja",
+                              "generation_config.json", "chat_template.json", "video_preprocessor_config.json"})
+          if (fs::is_regular_file(from / f, ec)) write_text(dir / f, twin::detail::read_small_file(from / f, 1u << 30));
     }
     std::fprintf(stderr, "merged %zu tensors (%lld layers) with %s into %s\n", merged.size(),
                  static_cast<long long>(layers), c.merge_method.c_str(), out.c_str());

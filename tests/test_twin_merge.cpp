@@ -518,9 +518,24 @@ slices:
       - model: e1
         layer_range: [2, 4]
 )");
+  // The base's tokenizer files are copied as mergekit copies them (its list; other files stay).
+  std::ofstream(w.p("base/tokenizer_config.json")) << "{\"model_max_length\": 64}\n";
+  std::ofstream(w.p("base/tokenizer.json")) << "{\"version\": \"1.0\", \"model\": {\"type\": \"BPE\"}}\n";
+  std::ofstream(w.p("base/notes.txt")) << "not a tokenizer file\n";
   const Run n = twin_merge("run " + named + " -o " + w.p("named"));
   INFO(n.err);
   REQUIRE(n.status == 0);
+  auto text = [](const std::string& f) {
+    std::ifstream in(f, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  CHECK(text(w.p("named/tokenizer.json")) == text(w.p("base/tokenizer.json")));
+  CHECK(text(w.p("named/tokenizer_config.json")) == text(w.p("base/tokenizer_config.json")));
+  CHECK_FALSE(fs::exists(w.p("named/notes.txt")));
+  const Run nt = twin_merge("run " + named + " --no-copy-tokenizer -o " + w.p("named_bare"));
+  REQUIRE(nt.status == 0);
+  CHECK(fs::exists(w.p("named_bare/config.json")));
+  CHECK_FALSE(fs::exists(w.p("named_bare/tokenizer.json")));
   const LoadedCheckpoint ng = load_safetensors(w.p("named/model.safetensors.index.json"));
   const std::string l3 = "model.layers.3.self_attn.q_proj.weight";
   CHECK(ng.tensors.at(l3).dtype() == dtype::bf16);
