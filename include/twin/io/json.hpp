@@ -87,13 +87,16 @@ inline json_value parse_untrusted_json(std::string_view text, const std::string&
     throw io_error(source + ": " + std::string(what) + " is not valid JSON: " + printable(msg, false, 300));
   }
 }
+// A string → string object; `strings_only` skips values of other kinds
+// (an index's bookkeeping: total_size, total_parameters) instead of
+// refusing them.
 inline Metadata parse_metadata_object(const json_value& m, const std::string& source, std::string_view where,
-                                      std::string_view skip = {}) {
+                                      bool strings_only = false) {
   if (!m.is_object())
     throw io_error(source + ": " + std::string(where) + " is a JSON " + json_kind(m) + ", expected an object");
   Metadata out;
   for (const auto& [k, v] : m.items()) {
-    if (!skip.empty() && k == skip) continue;
+    if (strings_only && !v.is_string()) continue;
     if (!v.is_string())
       throw io_error(source + ": " + std::string(where) + " value of " + quote_name(k) + " is a JSON " + json_kind(v) +
                      ", expected a string");

@@ -64,7 +64,7 @@ struct SafetensorsHeader {
 struct SafetensorsIndex {
   std::vector<std::pair<std::string, std::string>> weight_map;  // tensor -> shard file, by name
   std::vector<std::string> shards;                              // sorted by file name
-  Metadata metadata;                                            // without HF's "total_size"
+  Metadata metadata;  // its string values (HF's total_size, total_parameters skipped)
 };
 
 // Larger headers are refused before any allocation (the format's own limit).
@@ -149,8 +149,11 @@ inline SafetensorsHeader parse_header_json(std::string_view json, std::uint64_t 
   SafetensorsHeader h;
   h.data_bytes = data_bytes;
   for (const auto& [k, v] : j.items()) {
-    if (k == "__metadata__") h.metadata = parse_metadata_object(v, source, "__metadata__");
-    else h.tensors.push_back(parse_entry(k, v, data_bytes, source));
+    if (k == "__metadata__") {
+      if (!v.is_null()) h.metadata = parse_metadata_object(v, source, "__metadata__");  // null: none (serde's Option)
+    } else {
+      h.tensors.push_back(parse_entry(k, v, data_bytes, source));
+    }
   }
   // Data order is the order the writer laid tensors out (state-dict order);
   // an empty tensor sorts before a non-empty one at the same offset, as written.
@@ -231,15 +234,16 @@ inline LoadedCheckpoint parse_safetensors(std::span<const std::byte> file, const
 }
 
 // Parses a model.safetensors.index.json: {"metadata": {...}, "weight_map":
-// {tensor: shard}}. HF writes "metadata": {"total_size": <int>}; that key is
-// bookkeeping and skipped, every other metadata value must be a string.
+// {tensor: shard}}. HF writes "metadata": {"total_size": <int>} (transformers
+// ≥ 4.53 and mlx-lm add "total_parameters": <int>); values that are not
+// strings are bookkeeping and skipped, the strings kept.
 inline SafetensorsIndex parse_safetensors_index(std::string_view json, std::string_view source) {
   const std::string src(source);
   const detail::json_value j = detail::parse_untrusted_json(json, src, "index");
   if (!j.is_object()) throw io_error(src + ": index is a JSON " + detail::json_kind(j) + ", expected an object");
   SafetensorsIndex idx;
   if (const auto m = j.find("metadata"); m != j.end() && !m->is_null())
-    idx.metadata = detail::parse_metadata_object(*m, src, "metadata", "total_size");
+    idx.metadata = detail::parse_metadata_object(*m, src, "metadata", true);
   const auto wm = j.find("weight_map");
   if (wm == j.end() || !wm->is_object()) throw io_error(src + ": index has no weight_map object");
   std::unordered_set<std::string> seen;
@@ -303,6 +307,10 @@ inline std::string safetensors_header_bytes(std::span<const NamedTensorView> ten
   }
   json += '}';
   json.append((8 - json.size() % 8) % 8, ' ');
+  // Readers (the reference's and ours) refuse a larger header.
+  if (json.size() > safetensors_max_header_bytes)
+    throw io_error(source + ": the header would be " + std::to_string(json.size()) + " bytes, over safetensors' " +
+                   std::to_string(safetensors_max_header_bytes) + "-byte limit (too many tensors for one file)");
   std::string out(8, '\0');
   std::uint64_t n = json.size();
   for (int i = 0; i < 8; ++i, n >>= 8) out[static_cast<std::size_t>(i)] = static_cast<char>(n & 0xff);
