@@ -6,6 +6,7 @@
 // no output file behind (outputs are written atomically, after all checks).
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdio>
@@ -38,6 +39,21 @@ void check_output_path(const fs::path& out) {
   if (!fs::is_directory(dir, ec))
     throw twin::io_error(out.string() + ": the output folder '" + dir.string() + "' does not exist");
   if (fs::is_directory(out, ec)) throw twin::io_error(out.string() + ": is a folder, expected a file path");
+}
+
+// An --exclude pattern matches a whole tensor name; one that matches none
+// of the base's is most likely a fragment ('classifier', which the official
+// scripts' re.match would take as a prefix): said on stderr, not an error
+// (a script may reuse patterns across models).
+void warn_unmatched_excludes(const std::vector<std::string>& patterns, const twin::StateDict& base) {
+  for (const std::string& p : patterns) {
+    const twin::NameFilter f(std::span<const std::string>(&p, 1));
+    if (std::none_of(base.begin(), base.end(), [&](const auto& kv) { return f.matches(kv.first); }))
+      std::fprintf(stderr,
+                   "warning: --exclude '%s' matches no tensor of the base (a pattern must match the whole name: "
+                   "'.*%s.*' matches it anywhere)\n",
+                   p.c_str(), p.c_str());
+  }
 }
 
 // NaN or Inf in a weight is reported with the tensor name and the count.
@@ -126,7 +142,9 @@ struct MethodOptions {
     app.add_option("--alpha", alpha, "ramplus_tl: cap of the shared/unique ratio (0.2)");
     app.add_option("--scale", scale, "passthrough: factor on the tensor");
     app.add_option("--weight", weights, "per-expert weight, once per --expert in order (default 1)");
-    app.add_option("--exclude", exclude, "regular expression of tensor names not merged (repeatable)");
+    app.add_option("--exclude", exclude,
+                   "regular expression (ECMAScript) matching whole tensor names not merged, e.g. '.*classifier.*' "
+                   "(repeatable)");
   }
 
   // A value given once for all experts or once per expert.
@@ -237,6 +255,7 @@ struct MergeCommand {
     const twin::AnyMerger merger = twin::AnyMerger::from_settings(m.settings(experts.size()));
     const auto out_dtype = parse_out_dtype(dtype);
     const twin::LoadedCheckpoint b = load_checked(base);
+    warn_unmatched_excludes(m.exclude, b.tensors);
     std::vector<twin::LoadedCheckpoint> ex;
     std::vector<const twin::StateDict*> ptrs;
     for (const auto& e : experts) ex.push_back(load_checked(e));
@@ -249,7 +268,10 @@ struct MergeCommand {
     o.progress = [&](std::size_t d, std::size_t n, std::string_view name) { bar.update(d, n, name); };
     const twin::StateDict merged = twin::merge_state(merger, b.tensors, ptrs, o);
     bar.finish();
-    twin::Metadata meta = {{"twin.merge.method", std::string(merger.name())},
+    // "format": "pt", which transformers and huggingface_hub require of a
+    // checkpoint that has metadata.
+    twin::Metadata meta = {{"format", "pt"},
+                           {"twin.merge.method", std::string(merger.name())},
                            {"twin.merge.experts", std::to_string(experts.size())}};
     m.describe(meta, "twin.merge.");
     twin::save_safetensors(out, merged, meta);
@@ -291,6 +313,7 @@ struct BuildCommand {
   double residual_density = 0.0;
   std::string sign_alpha = "row";
   std::optional<std::uint64_t> svd_seed;
+  std::string svd_engine = "auto";
   std::string config;
   std::uint64_t config_seed = 0;
   CLI::App* app = nullptr;
@@ -302,7 +325,7 @@ struct BuildCommand {
     c->add_option("--config", config,
                   "a mergekit YAML merge config (models: form) instead of --base/--expert and the method options; its "
                   "optional `twin:` block may set rank, energy, sparsify_density, sign_density, budget, quant_bits, "
-                  "quant_group, residual_density, factor_dtype, svd_seed, router");
+                  "quant_group, residual_density, factor_dtype, svd_seed, svd_engine, router");
     c->add_option("--base", base, "the pretrained checkpoint");
     c->add_option("--expert", experts, "NAME=PATH of a fine-tuned checkpoint (repeat per task)");
     c->add_option("--random-seed", config_seed, "with --config: seed of the randomized methods")->capture_default_str();
@@ -337,6 +360,11 @@ struct BuildCommand {
         ->capture_default_str();
     c->add_option("--factor-dtype", factor_dtype, "dtype of stored factors f32|f16|bf16")->capture_default_str();
     c->add_option("--svd-seed", svd_seed, "seed of the randomized SVD (default 0)");
+    c->add_option("--svd-engine", svd_engine,
+                  "with --rank: auto (a randomized range finder where the rank is a small part of the matrix), "
+                  "exact (the official code's full SVD) or randomized")
+        ->check(CLI::IsMember({"auto", "exact", "randomized"}))
+        ->capture_default_str();
     c->add_option("--router", router, "a router (from train-router) to store in the model file");
     c->add_option("-o,--output", out, "output Twin model file")->required();
     c->callback([this] { run(); });
@@ -366,6 +394,7 @@ struct BuildCommand {
     double residual_ = residual_density;
     std::string factor_dtype_ = factor_dtype, router_ = router;
     std::uint64_t svd_seed_ = svd_seed.value_or(0);
+    std::string svd_engine_ = svd_engine;
     if (!config.empty()) {
       for (const char* o : {"--base", "--expert", "--method", "--scaling", "--density", "--gamma", "--epsilon", "--t",
                             "--weight", "--normalize", "--rescale", "--exclude"})
@@ -412,6 +441,12 @@ struct BuildCommand {
       if (app->count("--residual-density") == 0 && opt("residual_density")) residual_ = num("residual_density");
       if (app->count("--factor-dtype") == 0 && opt("factor_dtype")) factor_dtype_ = *opt("factor_dtype");
       if (!svd_seed && opt("svd_seed")) svd_seed_ = static_cast<std::uint64_t>(num("svd_seed"));
+      if (app->count("--svd-engine") == 0 && opt("svd_engine")) {
+        svd_engine_ = *opt("svd_engine");
+        if (svd_engine_ != "auto" && svd_engine_ != "exact" && svd_engine_ != "randomized")
+          throw twin::argument_error(config + ": twin.svd_engine '" + svd_engine_ +
+                                     "' is not one of auto, exact, randomized");
+      }
       if (router_.empty() && opt("router")) router_ = *opt("router");
       b = load_checked(*c.base_model);
       for (const twin::ConfigSource& src : c.models) {
@@ -437,6 +472,7 @@ struct BuildCommand {
       if (base.empty() || experts.empty()) throw twin::argument_error("build needs --base and --expert, or --config");
       merger.emplace(twin::AnyMerger::from_settings(m.settings(experts.size())));
       b = load_checked(base);
+      warn_unmatched_excludes(m.exclude, b->tensors);
       for (const auto& spec : experts) {
         const auto eq = spec.find('=');
         if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
@@ -496,6 +532,9 @@ struct BuildCommand {
       twin::SvdCompressor c = rank_ ? twin::SvdCompressor::with_rank(*rank_, fd)
                                     : twin::SvdCompressor::with_energy(*energy_, fd);
       c.seed = svd_seed_;
+      c.engine = svd_engine_ == "exact"        ? twin::SvdEngine::exact
+                 : svd_engine_ == "randomized" ? twin::SvdEngine::randomized
+                                               : twin::SvdEngine::automatic;
       if (quant_bits_) c.quant = twin::QuantSpec{*quant_bits_, quant_group_};
       c.residual_density = residual_;
       c.validate();
@@ -617,6 +656,15 @@ struct RunCommand {
     bar.finish();
     fs::create_directories(dir, ec);
     if (ec) throw twin::io_error(out + ": cannot create the folder: " + ec.message());
+    // As huggingface_hub does before it saves: an earlier run's shards, index
+    // and a model.safetensors go, so that no loader reads a stale checkpoint
+    // beside the new one (transformers tries model.safetensors first).
+    for (const fs::directory_entry& e : fs::directory_iterator(dir)) {
+      const std::string f = e.path().filename().string();
+      if (f == "model.safetensors" || f == "model.safetensors.index.json" ||
+          (f.starts_with("model-") && f.ends_with(".safetensors") && f.find("-of-") != std::string::npos))
+        fs::remove(e.path());
+    }
     twin::save_safetensors_sharded(dir, merged, {{"format", "pt"}, {"twin.merge.method", c.merge_method}},
                                    max_shard_bytes);
     // The config as given, and the base's (or first model's) config.json with
@@ -713,7 +761,7 @@ struct FuseCommand {
     bar.finish();
     std::string ws;
     for (float x : w) twin::detail::append_listed(ws, std::to_string(x), ",");
-    twin::save_safetensors(out, fused, {{"twin.fuse.weights", ws}, {"twin.fuse.model", model}});
+    twin::save_safetensors(out, fused, {{"format", "pt"}, {"twin.fuse.weights", ws}, {"twin.fuse.model", model}});
     std::fprintf(stderr, "fused %zu tensors with weights %s into %s\n", fused.size(), ws.c_str(), out.c_str());
   }
 };

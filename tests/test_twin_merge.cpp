@@ -89,6 +89,13 @@ TEST_CASE("cli merge equals the library call with the same settings") {
   CHECK(got.tensors.names() == ref.names());
   for (const auto& [name, t] : ref) CHECK(twin_test::same_bits(got.tensors.at(name).clone(), t));
   CHECK(got.metadata.at("twin.merge.method") == "ties");
+  CHECK(got.metadata.at("format") == "pt");  // transformers refuses metadata without it
+  CHECK(r.err.find("warning") == std::string::npos);
+  // A pattern matches whole names: 'classifier' matches none, which is said (the merge still runs).
+  const Run frag =
+      twin_merge("merge --method ties --exclude classifier " + w.inputs() + " -o " + w.p("frag.safetensors"));
+  CHECK(frag.status == 0);
+  CHECK(frag.err.find("warning: --exclude 'classifier' matches no tensor of the base") != std::string::npos);
 
   // The official code's rules, global scope.
   const Run g =
@@ -259,6 +266,33 @@ TEST_CASE("cli build + fuse equal TwinModel::build + DynamicFuser, and route equ
     CAPTURE(e.name);
     CHECK(twin_test::same_bits(fused.tensors.at(e.name).clone(), ref));
   }
+  CHECK(fused.metadata.at("format") == "pt");
+  // --svd-engine randomized (the range finder, even on matrices this small) builds what the library builds
+  // with that engine and seed, not the exact SVD's factors.
+  r = twin_merge("build --base " + w.p("base.safetensors") + " --expert x=" + w.p("e0.safetensors") +
+                 " --expert y=" + w.p("e1.safetensors") + " --expert z=" + w.p("e2.safetensors") +
+                 " --method task_arithmetic --scaling 0.3 --rank 3 --svd-engine randomized --svd-seed 5 "
+                 "--exclude 'classifier.*' -o " +
+                 w.p("rnd.safetensors"));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  SvdCompressor rc = SvdCompressor::with_rank(3);
+  rc.engine = SvdEngine::randomized;
+  rc.seed = 5;
+  const TwinModel mr = TwinModel::build(w.base, std::span<const StateDict>(w.experts), TaskArithmetic{0.3, {}}, rc, o);
+  const TwinModelFile fr = load_twin_model(w.p("rnd.safetensors"));
+  const DynamicFuser lib(mr, fo), cli(fr.model, fo);
+  bool differs_from_exact = false;
+  for (const auto& e : mr.entries()) {
+    Tensor a(dtype::f32, e.shape.span()), b(dtype::f32, e.shape.span()), x(dtype::f32, e.shape.span());
+    lib.fuse_tensor(e.name, a, lib.weights(logits));
+    cli.fuse_tensor(e.name, b, cli.weights(logits));
+    fuser.fuse_tensor(e.name, x, fuser.weights(logits));
+    CAPTURE(e.name);
+    CHECK(twin_test::same_bits(a, b));
+    differs_from_exact = differs_from_exact || !twin_test::same_bits(a, x);
+  }
+  CHECK(differs_from_exact);
   // route -o equals the router's own logits.
   r = twin_merge("route --router " + w.p("model.safetensors") + " --data " + w.p("emb.safetensors") + " -o " +
                  w.p("logits.safetensors"));
@@ -545,6 +579,16 @@ slices:
   ns << nj.rdbuf();
   CHECK(ns.str().find("\"torch_dtype\": \"bfloat16\"") != std::string::npos);
   CHECK(ns.str().find("\"num_hidden_layers\": 4") != std::string::npos);
+  // A second run into the folder removes what a loader could take for the checkpoint instead (a
+  // model.safetensors, an earlier run's shards), as huggingface_hub does before it saves; other files stay.
+  fs::copy_file(w.p("named/model-00001-of-00001.safetensors"), w.p("named/model.safetensors"));
+  fs::copy_file(w.p("named/model-00001-of-00001.safetensors"), w.p("named/model-00002-of-00002.safetensors"));
+  std::ofstream(w.p("named/README.md")) << "notes\n";
+  REQUIRE(twin_merge("run " + named + " -o " + w.p("named")).status == 0);
+  CHECK_FALSE(fs::exists(w.p("named/model.safetensors")));
+  CHECK_FALSE(fs::exists(w.p("named/model-00002-of-00002.safetensors")));
+  CHECK(fs::exists(w.p("named/README.md")));
+  CHECK(load_safetensors(w.p("named")).tensors.size() == ng.tensors.size());
   const std::string ties = w.config("ties_slices.yml", R"(merge_method: ties
 base_model: base
 slices:
@@ -639,6 +683,7 @@ models:
       {"twin:\n  rank: 2\n  quant_bits: 4\n  residual_density: 0.02\n",
        "--rank 2 --quant-bits 4 --residual-density 0.02"},
       {"twin:\n  sign_density: 0.2\n", "--sign-density 0.2"},
+      {"twin:\n  rank: 2\n  svd_engine: randomized\n  svd_seed: 3\n", "--rank 2 --svd-engine randomized --svd-seed 3"},
   };
   for (const auto& [yaml, flags] : blocks) {
     CAPTURE(yaml);

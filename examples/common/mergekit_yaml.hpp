@@ -9,7 +9,7 @@
 // they do not exist from the working directory. A `twin:` block carries the
 // build options (read by twin-merge build): rank, energy, sparsify_density,
 // sign_density, budget, quant_bits, quant_group, residual_density,
-// factor_dtype, svd_seed, router.
+// factor_dtype, svd_seed, svd_engine, router.
 #pragma once
 
 #include <yaml-cpp/yaml.h>
@@ -204,7 +204,7 @@ inline MergekitYaml load_mergekit_yaml(const std::filesystem::path& path) {
     if (const YAML::Node t = root["twin"]) {
       detail::only_keys(t, file, "the twin block",
                         {"rank", "energy", "sparsify_density", "sign_density", "budget", "quant_bits", "quant_group",
-                         "residual_density", "factor_dtype", "svd_seed", "router"});
+                         "residual_density", "factor_dtype", "svd_seed", "svd_engine", "router"});
       for (const auto& kv : t) {
         if (!kv.second.IsScalar())
           detail::fail(kv.second, file, "twin." + kv.first.as<std::string>() + " must be a scalar");
