@@ -1,6 +1,7 @@
 // MagnitudeSparsifier: keeps the k = floor(density · numel) entries of v_t
-// with the largest |·| (the official Twin-Merging code's compression for its
-// discriminative tables), stored as sorted linear indices and values. Uses
+// with the largest |·| (the official Twin-Merging code's `magnitude` mask
+// strategy; its scripts' default for the discriminative tables is SVD at a
+// rank ratio of 0.1), stored as sorted linear indices and values. Uses
 // the exact top-k of merge/selection.hpp, so ties keep the lowest indices.
 // Vectors (rank < 2) stay dense.
 #pragma once
