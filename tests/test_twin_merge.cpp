@@ -641,17 +641,15 @@ TEST_CASE("cli run refuses unsupported keys, parameters and methods by name, and
 
 TEST_CASE("cli build --config: a mergekit config plus a twin block builds what the API builds") {
   LayeredWorkspace w;
-  const std::string cfg = w.config("twin.yml", R"(merge_method: task_arithmetic
+  const std::string models = R"(merge_method: task_arithmetic
 base_model: base
 models:
   - model: e0
     parameters: {weight: 0.3}
   - model: e1
     parameters: {weight: 0.3}
-twin:
-  rank: 2
-  factor_dtype: f32
-)");
+)";
+  const std::string cfg = w.config("twin.yml", models + "twin:\n  rank: 2\n  factor_dtype: f32\n");
   const Run r = twin_merge("build --config " + cfg + " -o " + w.p("twin.safetensors"));
   INFO(r.err);
   REQUIRE(r.status == 0);
@@ -665,14 +663,6 @@ twin:
   for (const auto& [name, t] : ref.shared()) CHECK(twin_test::same_bits(f.model.shared().at(name).clone(), t));
   // Every compressor key --help lists for the block is taken, and builds the file those options give on the
   // command line.
-  const std::string models = R"(merge_method: task_arithmetic
-base_model: base
-models:
-  - model: e0
-    parameters: {weight: 0.3}
-  - model: e1
-    parameters: {weight: 0.3}
-)";
   const std::string plain = w.config("plain.yml", models);
   auto bytes = [](const std::string& f) {
     std::ifstream in(f, std::ios::binary);
