@@ -60,6 +60,42 @@ TEST_CASE("Eigen: row-major maps directly, column-major becomes a strided view o
   auto blk = rm.block(1, 1, 2, 2);
   const TensorView bv = adapt(blk);
   CHECK(values(bv) == std::vector<double>{11, 12, 21, 22});
+  // A block or map may be a temporary (it does not own its coefficients); a Matrix may not (compile_fail test).
+  CHECK(values(adapt(rm.block(0, 2, 2, 2))) == std::vector<double>{2, 3, 12, 13});
+  static_assert(owns_elements<Eigen::MatrixXf> && owns_elements<Eigen::ArrayXXf> && owns_elements<Tensor>);
+  static_assert(!owns_elements<Eigen::Map<Eigen::MatrixXf>> && !owns_elements<decltype(rm.block(0, 0, 1, 1))>);
+}
+
+TEST_CASE("Eigen vector types are rank 1: a bias or norm weight held as VectorXf is a [n] tensor") {
+  Eigen::VectorXf v(5);
+  Eigen::RowVectorXf rv(5);
+  for (int i = 0; i < 5; ++i) v(i) = rv(i) = static_cast<float>(i + 1);
+  const TensorView a = adapt(v), b = adapt(rv);
+  CHECK(a.rank() == 1);
+  CHECK(a.dim(0) == 5);
+  CHECK(b.rank() == 1);
+  CHECK(b.dim(0) == 5);
+  CHECK(values(a) == std::vector<double>{1, 2, 3, 4, 5});
+  CHECK(values(b) == values(a));
+  // A column of a column-major matrix (stride 1) and a row (stride = rows), and the diagonal (stride rows + 1).
+  Eigen::MatrixXf m(4, 4);
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 4; ++c) m(r, c) = static_cast<float>(10 * r + c);
+  auto col = m.col(2);
+  auto row = m.row(1);
+  auto dia = m.diagonal();
+  const TensorView cv = adapt(col), rwv = adapt(row), dv = adapt(dia);
+  CHECK(cv.rank() == 1);
+  CHECK(cv.stride(0) == 1);
+  CHECK(values(cv) == std::vector<double>{2, 12, 22, 32});
+  CHECK(rwv.stride(0) == 4);
+  CHECK(values(rwv) == std::vector<double>{10, 11, 12, 13});
+  CHECK(dv.rank() == 1);
+  CHECK(dv.stride(0) == 5);
+  CHECK(values(dv) == std::vector<double>{0, 11, 22, 33});
+  // A 1 × n matrix of dynamic size stays rank 2: only a compile-time vector type is rank 1.
+  Eigen::MatrixXf one(1, 3);
+  CHECK(adapt(one).rank() == 2);
 }
 
 TEST_CASE("the foreign engine tensor (ggml-like byte strides) adapts and merges like a Tensor") {

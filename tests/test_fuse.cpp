@@ -821,3 +821,59 @@ TEST_CASE("fusing into an output whose elements share memory (an expanded view) 
   CHECK(e.find("'layer.0.mlp.w'") != std::string::npos);
   CHECK(e.find("share memory") != std::string::npos);
 }
+
+TEST_CASE("mixed-batch apply refuses an output that shares memory with itself or with the input") {
+  // layer.0.attn.w is [48, 32]: x [tokens, 32], y [tokens, 48]. A square layer would let y be x itself; here y
+  // overlaps x's memory through a view of one buffer, which the f32 path would read while writing.
+  const SmallModel sm = small_model(47, kTasks);
+  const TwinModel model = build(sm, SvdCompressor::with_rank(2));
+  const DynamicFuser f(model);
+  const std::string name = "layer.0.attn.w";
+  const std::vector<float> rw(3 * kTasks, 1.0f / kTasks);
+  std::vector<float> buf(3 * 48, 0.5f);
+  const std::int64_t xs[2] = {3, 32}, ys[2] = {3, 48}, expanded[2] = {0, 1};
+  const ConstTensorView x(buf.data(), dtype::f32, xs);
+  const std::string shared =
+      error_of<argument_error>([&] { apply_mixed(f, name, x, rw, TensorView(buf.data(), dtype::f32, ys)); });
+  CHECK(shared.find("shares memory with the input") != std::string::npos);
+  std::vector<float> xo(3 * 32, 0.5f), row(48, 0.0f);
+  const std::string exp = error_of<shape_error>([&] {
+    apply_mixed(f, name, ConstTensorView(xo.data(), dtype::f32, xs), rw,
+                TensorView(row.data(), dtype::f32, ys, expanded));
+  });
+  CHECK(exp.find("share memory") != std::string::npos);
+  // Apart, the same buffers are fine.
+  std::vector<float> yo(3 * 48);
+  apply_mixed(f, name, ConstTensorView(xo.data(), dtype::f32, xs), rw, TensorView(yo.data(), dtype::f32, ys));
+}
+
+TEST_CASE("views of device memory are refused by name where the CPU code would read them: merge, router, mixed batch") {
+  // Host memory labelled as CUDA device 0 (as a DLPack kDLCUDA tensor arrives): refused before any read.
+  std::vector<float> a(12, 1.0f), b(12, 2.0f), o(12, 0.0f);
+  const std::int64_t sh[2] = {3, 4};
+  const device gpu{device::cuda, 0};
+  const ConstTensorView host(a.data(), dtype::f32, sh), on_gpu(b.data(), dtype::f32, sh, {}, gpu);
+  const std::vector<ConstTensorView> ex = {on_gpu};
+  const std::string m = error_of<argument_error>([&] {
+    TaskArithmetic{1.0, {}}.merge_tensor(TensorMergeArgs{"w", host, ex, TensorView(o.data(), dtype::f32, sh)});
+  });
+  CHECK(m.find("expert 0 tensor 'w' is on CUDA device 0") != std::string::npos);
+  CHECK(o == std::vector<float>(12, 0.0f));
+
+  Router r(RouterConfig{4, 3, 8, 2, 0.0, 0.01});
+  const std::string e = error_of<argument_error>([&] { (void)r.logits(on_gpu); });
+  CHECK(e.find("embeddings is on CUDA device 0") != std::string::npos);
+  CHECK(r.logits(host).numel() == 3 * 3);  // the same values from host memory
+
+  const SmallModel sm = small_model(48, kTasks);
+  const TwinModel model = build(sm, SvdCompressor::with_rank(2));
+  const DynamicFuser f(model);
+  std::vector<float> xv(2 * 32, 0.1f), yv(2 * 48);
+  const std::int64_t xs[2] = {2, 32}, ys[2] = {2, 48};
+  const std::vector<float> rw(2 * kTasks, 1.0f / kTasks);
+  const std::string mx = error_of<argument_error>([&] {
+    apply_mixed(f, "layer.0.attn.w", ConstTensorView(xv.data(), dtype::f32, xs, {}, gpu), rw,
+                TensorView(yv.data(), dtype::f32, ys));
+  });
+  CHECK(mx.find("mixed-batch input for tensor 'layer.0.attn.w' is on CUDA device 0") != std::string::npos);
+}

@@ -74,10 +74,20 @@ template <class T>
 concept writable_tensor = tensor_like<T> && (detail::adapter_handle<T> || detail::adapter_mutable<T>);
 // clang-format on
 
+// Containers that own their elements (Tensor, ShapedVector, an Eigen Matrix
+// or Array): adapt() refuses a temporary one, whose view would dangle once
+// the full expression ends. Views, maps, blocks and handles may be
+// temporaries.
+template <class T>
+inline constexpr bool owns_elements = false;
+
 // One entry point from any host tensor to a view: a TensorView when the
 // tensor is writable through T (writable_tensor), a ConstTensorView otherwise.
 template <tensor_like T>
 auto adapt(T&& t) {
+  static_assert(std::is_lvalue_reference_v<T> || !owns_elements<std::remove_cvref_t<T>>,
+                "adapt() of a temporary container: the view would point into memory freed at the end of the "
+                "expression; name the container (auto w = load(); adapt(w)) and keep it alive while the view is used");
   using A = detail::adapter_of<T>;
   const std::remove_cvref_t<T>& ct = t;
   const twin::dtype type = A::dtype(ct);
@@ -122,6 +132,9 @@ struct tensor_adapter<BasicTensorView<V>> {
 };
 
 template <>
+inline constexpr bool owns_elements<Tensor> = true;
+
+template <>
 struct tensor_adapter<Tensor> {
   static void* data(Tensor& t) { return t.mutable_data(); }
   static const void* data(const Tensor& t) { return t.data(); }
@@ -157,5 +170,7 @@ struct tensor_adapter<ShapedVector<T>> {
                         shape_string(v.shape) + " needs " + std::to_string(checked_numel(v.shape)));
   }
 };
+template <class T>
+inline constexpr bool owns_elements<ShapedVector<T>> = true;
 
 }  // namespace twin

@@ -185,6 +185,15 @@ bool may_alias(const BasicTensorView<V>& a, const BasicTensorView<W>& b) {
   return a0 < b1 && b0 < a1;
 }
 
+// The CPU code reads and writes host memory: a view of device memory is
+// refused by name, not dereferenced.
+template <class V>
+void require_host(const BasicTensorView<V>& v, std::string_view what) {
+  if (v.device() != device{})
+    throw argument_error(std::string(what) + " is on CUDA device " + std::to_string(v.device().index) +
+                         "; this CPU code reads host memory: copy it to the host first");
+}
+
 // An output must have distinct elements.
 inline void check_output_layout(const TensorView& out, std::string_view name) {
   if (has_overlapping_elements(out))

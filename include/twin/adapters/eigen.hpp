@@ -1,6 +1,7 @@
 // Eigen matrices, arrays and Maps as twin tensors (opt-in: include this
 // header). Row-major storage maps directly; column-major storage is handled
-// as a strided view (strides {1, ld}), so no copy is made either way.
+// as a strided view (strides {1, ld}), so no copy is made either way. A
+// vector type (VectorXf, RowVectorXf, a column block, a diagonal) is rank 1.
 #pragma once
 
 #include <Eigen/Core>
@@ -19,14 +20,25 @@ struct dtype_of_impl<Eigen::bfloat16> {
 };
 
 namespace detail {
-// Shape and element strides of any Eigen dense expression with direct access.
+// Shape and element strides of any Eigen dense expression with direct access:
+// rank 1 for a vector type (one dimension fixed at 1 at compile time:
+// VectorXf, RowVectorXf, a diagonal or a column block), else rank 2.
 template <class E>
 struct EigenLayout {
-  std::array<std::int64_t, 2> shape;
-  std::array<std::int64_t, 2> strides;
-  explicit EigenLayout(const E& e)
-      : shape{static_cast<std::int64_t>(e.rows()), static_cast<std::int64_t>(e.cols())},
-        strides{static_cast<std::int64_t>(e.rowStride()), static_cast<std::int64_t>(e.colStride())} {}
+  static constexpr bool column = E::ColsAtCompileTime == 1, row = !column && E::RowsAtCompileTime == 1;
+  static constexpr std::size_t rank = column || row ? 1 : 2;
+  std::array<std::int64_t, 2> shape{};
+  std::array<std::int64_t, 2> strides{};
+  explicit EigenLayout(const E& e) {
+    if constexpr (column) {
+      shape[0] = e.rows(), strides[0] = e.rowStride();
+    } else if constexpr (row) {
+      shape[0] = e.cols(), strides[0] = e.colStride();
+    } else {
+      shape = {static_cast<std::int64_t>(e.rows()), static_cast<std::int64_t>(e.cols())};
+      strides = {static_cast<std::int64_t>(e.rowStride()), static_cast<std::int64_t>(e.colStride())};
+    }
+  }
 };
 
 // clang-format 14 misindents the continuation lines of this concept.
@@ -37,6 +49,11 @@ concept eigen_direct = std::is_base_of_v<Eigen::DenseBase<E>, E> &&
                        has_dtype<typename E::Scalar>;
 // clang-format on
 }  // namespace detail
+
+// Matrix and Array own their coefficients (Map, Ref and Block do not).
+template <class E>
+  requires std::is_base_of_v<Eigen::PlainObjectBase<E>, E>
+inline constexpr bool owns_elements<E> = true;
 
 // Any Eigen Matrix, Array, Map, Ref or Block with direct access to its
 // memory. shape() must outlive the call, so the adapter keeps the extents in
@@ -53,12 +70,12 @@ struct tensor_adapter<E> {
   static std::span<const std::int64_t> shape(const E& e) {
     thread_local std::array<std::int64_t, 2> s;
     s = detail::EigenLayout<E>(e).shape;
-    return s;
+    return std::span<const std::int64_t>(s.data(), detail::EigenLayout<E>::rank);
   }
   static std::span<const std::int64_t> strides(const E& e) {
     thread_local std::array<std::int64_t, 2> s;
     s = detail::EigenLayout<E>(e).strides;
-    return s;
+    return std::span<const std::int64_t>(s.data(), detail::EigenLayout<E>::rank);
   }
 };
 

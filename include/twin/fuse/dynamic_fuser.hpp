@@ -205,7 +205,7 @@ class DynamicFuser {
     static_assert(writable_tensor<Out>,
                   "the output must be writable: a non-const tensor whose adapter's data() returns void*, or a "
                   "handle type whose adapter's data(const T&) returns void*");
-    return adapt(std::forward<Out>(out));
+    return adapt(out);  // out lives through the call
   }
 
   static void check_output(std::string_view name, const TensorView& out, std::span<const std::int64_t> expect) {

@@ -55,6 +55,14 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
   check_same_shape(nm, yshape, y.shape(), "mixed-batch output for tensor");
   require_float(x.dtype(), "mixed-batch input for tensor '" + nm + "'");
   require_float(y.dtype(), "mixed-batch output for tensor '" + nm + "'");
+  require_host(x, "mixed-batch input for tensor '" + nm + "'");
+  require_host(y, "mixed-batch output for tensor '" + nm + "'");
+  // Y is written while X is read (the f32 path reads X's memory in place):
+  // distinct elements, and no memory shared with X.
+  check_output_layout(y, nm);
+  if (may_alias(y, x))
+    throw argument_error("mixed-batch apply for tensor '" + nm +
+                         "': the output shares memory with the input; write into a separate tensor");
   if (row_weights.size() != static_cast<std::size_t>(tokens) * T)
     throw shape_error("mixed-batch apply for tensor '" + nm + "': expected " + std::to_string(tokens) + "×" +
                       std::to_string(T) + " row weights, found " + std::to_string(row_weights.size()));
@@ -250,13 +258,13 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
 template <tensor_like X, class Y>
 void apply_mixed(const DynamicFuser& fuser, std::string_view name, X&& x, std::span<const float> row_weights, Y&& y,
                  const MixedApplyOptions& opts = {}) {
-  const ConstTensorView xv = adapt(std::forward<X>(x));
+  const ConstTensorView xv = adapt(x);  // x lives through the call
   TensorView yv;
   if constexpr (std::is_same_v<std::remove_cvref_t<Y>, TensorView>) {
     yv = y;
   } else {
     static_assert(writable_tensor<Y>, "the output of apply_mixed must be writable");
-    yv = adapt(std::forward<Y>(y));
+    yv = adapt(y);
   }
   apply_mixed_view(fuser, name, xv, row_weights, yv, opts);
 }

@@ -76,10 +76,13 @@ inline void check_merge_args(const TensorMergeArgs& a) {
   if (a.experts.empty()) throw argument_error("tensor '" + std::string(a.name) + "': no experts to merge");
   require_float(a.base.dtype(), "base tensor '" + std::string(a.name) + "'");
   require_float(a.out.dtype(), "output tensor '" + std::string(a.name) + "'");
+  require_host(a.base, "base tensor '" + std::string(a.name) + "'");
+  require_host(a.out, "output tensor '" + std::string(a.name) + "'");
   check_same_shape(a.name, a.base.shape(), a.out.shape(), "output tensor");
   check_output_layout(a.out, a.name);
   for (std::size_t i = 0; i < a.experts.size(); ++i) {
     require_float(a.experts[i].dtype(), "expert " + std::to_string(i) + " tensor '" + std::string(a.name) + "'");
+    require_host(a.experts[i], "expert " + std::to_string(i) + " tensor '" + std::string(a.name) + "'");
     check_same_shape(a.name, a.base.shape(), a.experts[i].shape(), "expert " + std::to_string(i) + " tensor");
   }
 }

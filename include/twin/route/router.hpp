@@ -225,6 +225,7 @@ class Router {
   Matrix to_matrix(const ConstTensorView& v, const char* what) const {
     require_built();
     require_float(v.dtype(), what);
+    require_host(v, what);
     const std::int64_t d = input_dim();
     if (v.rank() != 1 && v.rank() != 2)
       throw shape_error(std::string(what) + ": expected shape [N, " + std::to_string(d) + "] or [" + std::to_string(d) +
