@@ -576,8 +576,8 @@ struct RunCommand {
         ->capture_default_str();
     c->add_option("--max-shard-size", max_shard_bytes, "bytes of tensor data per output shard")->capture_default_str();
     c->add_flag("--copy-tokenizer,!--no-copy-tokenizer", copy_tokenizer,
-                "copy the base's (else the first model's) tokenizer files into the output, as mergekit does "
-                "(default: on)");
+                "copy the tokenizer files of the base_model (of the first model in a config without one) into the "
+                "output, as mergekit does (default: on)");
     c->callback([this] { run(); });
   }
 
@@ -595,7 +595,10 @@ struct RunCommand {
   }
 
   void run() const {
-    const fs::path dir(out);
+    // "merged/" names the folder "merged" (a trailing separator leaves an
+    // empty file name, whose parent would be the folder itself).
+    fs::path dir = fs::path(out).lexically_normal();
+    if (dir.filename().empty() && dir.has_parent_path()) dir = dir.parent_path();
     const fs::path parent = dir.has_parent_path() ? dir.parent_path() : fs::path(".");
     std::error_code ec;
     if (!fs::is_directory(parent, ec))

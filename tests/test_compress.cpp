@@ -174,6 +174,20 @@ TEST_CASE("vectors stay dense and conv kernels are factored as [out, in*kh*kw]")
   check_close(conv.view(), module_dense(mc), 1e-4, 1e-5, "full-rank conv");
 }
 
+TEST_CASE("an empty matrix ([0, n], [m, 0]) compresses to rank 0 in every SVD mode, without reaching an engine") {
+  for (const auto& shape : {std::vector<std::int64_t>{0, 8}, {8, 0}, {0, 0}}) {
+    const Tensor empty(dtype::f32, shape);
+    SvdCompressor quantized = SvdCompressor::with_rank(2);
+    quantized.quant = QuantSpec{8, 32};
+    for (const SvdCompressor& c : {SvdCompressor::with_rank(2), SvdCompressor::with_energy(0.5), quantized}) {
+      const ExclusiveModule m = c.compress("e", empty.view());
+      CHECK(m.rank() == 0);
+      CHECK(std::vector<std::int64_t>(m.shape().begin(), m.shape().end()) == shape);
+      CHECK(module_dense(m).empty());
+    }
+  }
+}
+
 TEST_CASE("f16 and bf16 factor storage round A = UΣ and B = V to nearest") {
   std::mt19937_64 rng(18);
   const MatD a = gaussian(rng, 40, 30);

@@ -708,6 +708,23 @@ TEST_CASE("mismatched names and shapes throw typed errors naming the tensor and 
   bad_density.method = "ties";
   bad_density.density = 1.5;
   CHECK_THROWS_AS(AnyMerger::from_settings(bad_density), argument_error);
+  // A density per expert where the method takes one for all is refused, not dropped for the default.
+  for (const char* m : {"ties", "dare_linear", "dare_ties"}) {
+    MergeSettings per;
+    per.method = m;
+    per.densities = {0.7, 0.7};
+    CHECK_THROWS_WITH_AS(AnyMerger::from_settings(per), doctest::Contains("takes one --density for every expert"),
+                         argument_error);
+  }
+  MergeSettings eps;
+  eps.method = "ram";
+  eps.epsilons = {0.1, 0.2};
+  CHECK_THROWS_WITH_AS(AnyMerger::from_settings(eps), doctest::Contains("ram takes one --epsilon"), argument_error);
+  MergeSettings della;
+  della.method = "della";
+  della.densities = {0.4, 0.6};
+  della.epsilons = {0.1, 0.1};
+  CHECK_NOTHROW(AnyMerger::from_settings(della));
   MergeSettings bad_weights;
   bad_weights.method = "task_arithmetic";
   bad_weights.weights = {1, 2, 3};

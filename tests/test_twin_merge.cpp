@@ -177,6 +177,8 @@ TEST_CASE("cli: every bad input fails with one error line naming the problem and
       {"merge " + two + w.p("missing.safetensors") + " -o " + out, "enc.bias"},
       {"merge " + two + w.p("wide.safetensors") + " -o " + out, "[24, 17]"},
       {"merge " + two + w.p("nan.safetensors") + " -o " + out, "2 NaN or Inf values"},
+      {"merge --method ties --density 0.7 --density 0.7 " + two + w.p("e1.safetensors") + " -o " + out,
+       "ties takes one --density for every expert, found 2"},
       {"merge " + two + w.p("truncated.safetensors") + " -o " + out, "truncated.safetensors"},
       {"merge " + two + w.p("garbage.safetensors") + " -o " + out, "garbage.safetensors"},
       {"merge " + two + w.p("nope.safetensors") + " -o " + out, "nope.safetensors"},
@@ -556,7 +558,7 @@ slices:
   std::ofstream(w.p("base/tokenizer_config.json")) << "{\"model_max_length\": 64}\n";
   std::ofstream(w.p("base/tokenizer.json")) << "{\"version\": \"1.0\", \"model\": {\"type\": \"BPE\"}}\n";
   std::ofstream(w.p("base/notes.txt")) << "not a tokenizer file\n";
-  const Run n = twin_merge("run " + named + " -o " + w.p("named"));
+  const Run n = twin_merge("run " + named + " -o " + w.p("named") + "/");  // a trailing '/' names the same folder
   INFO(n.err);
   REQUIRE(n.status == 0);
   auto text = [](const std::string& f) {

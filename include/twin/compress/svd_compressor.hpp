@@ -143,6 +143,10 @@ struct SvdCompressor {
     static_assert(std::is_same_v<Real, float>, "SvdCompressor factorizes f32 matrices");
     validate();
     backend::cpu::SvdFactors f;
+    if (m == 0 || n == 0) {  // an empty matrix: rank 0, no engine (Eigen asserts on it)
+      f.m = m, f.n = n;
+      return f;
+    }
     const std::int64_t k = target_rank(m, n);
     if (engine_for(m, n) == SvdEngine::randomized) {
       if (!backend::cpu::svd_randomized(v, m, n, k, oversample, power_iters, random_key(seed, name, stream), f))

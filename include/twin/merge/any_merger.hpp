@@ -142,6 +142,20 @@ class AnyMerger {
         throw argument_error(s.method + " takes no " + std::string(o) +
                              " (its options: " + (list.empty() ? "none" : list) + ")");
       }
+    // Lists of one value per expert: breadcrumbs* and della* take them; the
+    // others take one value for every expert, and a list is refused rather
+    // than dropped (mergekit's ties and dare, per-model densities included,
+    // are a config's: twin-merge run).
+    const bool banded = s.method.starts_with("breadcrumbs"), della = s.method.starts_with("della");
+    if (!s.densities.empty() && !banded && !della)
+      throw argument_error(s.method + " takes one --density for every expert, found " +
+                           std::to_string(s.densities.size()) +
+                           " (per-expert densities: breadcrumbs, della, or mergekit's " + s.method +
+                           " in a config through twin-merge run)");
+    if (!s.epsilons.empty() && !della)
+      throw argument_error(s.method + " takes one --epsilon, found " + std::to_string(s.epsilons.size()));
+    if (!s.gammas.empty() && !banded)
+      throw argument_error(s.method + " takes one --gamma, found " + std::to_string(s.gammas.size()));
     auto density = [&](double def) {
       const double d = s.density.value_or(def);
       check_unit_interval(d, s.method + " density");
