@@ -225,11 +225,22 @@ struct MethodOptions {
   }
 };
 
+// A float dtype as twin spells it (f32, F16, bf16) or as PyTorch and
+// mergekit configs do (float32, float16, bfloat16, fp16).
 std::optional<twin::dtype> parse_out_dtype(const std::string& s) {
   if (s.empty()) return std::nullopt;
-  const twin::dtype t = twin::parse_dtype(s);
-  if (t != twin::dtype::f32 && t != twin::dtype::f16 && t != twin::dtype::bf16)
-    throw twin::argument_error("--dtype must be f32, f16 or bf16, found '" + s + "'");
+  if (s == "float32" || s == "fp32") return twin::dtype::f32;
+  if (s == "float16" || s == "fp16" || s == "half") return twin::dtype::f16;
+  if (s == "bfloat16") return twin::dtype::bf16;
+  std::optional<twin::dtype> t;
+  try {
+    t = twin::parse_dtype(s);
+  } catch (const twin::dtype_error&) {
+  }
+  if (!t || (*t != twin::dtype::f32 && *t != twin::dtype::f16 && *t != twin::dtype::bf16))
+    throw twin::argument_error("'" + s +
+                               "' is not a float dtype: expected f32, f16 or bf16 (or float32, float16, "
+                               "bfloat16)");
   return t;
 }
 

@@ -100,6 +100,15 @@ TEST_CASE("plan: slices renumber output layers, read each source's own layer, re
   CHECK_THROWS_AS(plan_merge(c, [](const std::string&) { return llama_names(6); }), argument_error);
   c.slices = {ConfigSlice{{{"a", std::pair<std::int64_t, std::int64_t>{2, 9}, {}}}, std::nullopt, {}}};
   CHECK_THROWS_AS(plan_merge(c, [](const std::string&) { return llama_names(6); }), argument_error);
+  c.slices = {ConfigSlice{{{"a", std::pair<std::int64_t, std::int64_t>{2, 1}, {}}}, std::nullopt, {}}};
+  CHECK_THROWS_WITH_AS(plan_merge(c, [](const std::string&) { return llama_names(6); }),
+                       doctest::Contains("layer_range [2, 1) of 'a' ends before it starts"), argument_error);
+  // In a models: config the same mismatch names the models, not a slice the user did not write.
+  MergeConfig m;
+  m.merge_method = "linear";
+  m.models = {{"a", std::nullopt, {}}, {"b", std::nullopt, {}}};
+  CHECK_THROWS_WITH_AS(plan_merge(m, [](const std::string& x) { return llama_names(x == "a" ? 4 : 5); }),
+                       doctest::Contains("models 'a' and 'b' have 4 and 5 layers"), argument_error);
 }
 
 TEST_CASE("plan: a model with two layer stacks is refused where slices or gradients would mix them") {

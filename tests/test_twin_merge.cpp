@@ -134,6 +134,16 @@ TEST_CASE("cli merge writes the requested dtype and --help documents every subco
                            w.p("bf.safetensors"));
   REQUIRE(r.status == 0);
   CHECK(load_safetensors(w.p("bf.safetensors")).tensors.at("enc.weight").dtype() == dtype::bf16);
+  // PyTorch's and mergekit's spellings name the same dtypes; an integer dtype is refused as not a float.
+  REQUIRE(twin_merge("merge --method task_arithmetic --scaling 0.3 --dtype bfloat16 " + w.inputs() + " -o " +
+                     w.p("bf2.safetensors"))
+              .status == 0);
+  CHECK(twin_test::same_bits(load_safetensors(w.p("bf2.safetensors")).tensors.at("enc.weight").clone(),
+                             load_safetensors(w.p("bf.safetensors")).tensors.at("enc.weight").clone()));
+  const Run i32 =
+      twin_merge("merge --method task_arithmetic --dtype I32 " + w.inputs() + " -o " + w.p("i.safetensors"));
+  CHECK(i32.status == 1);
+  CHECK(i32.err.find("'I32' is not a float dtype") != std::string::npos);
   const Run h = twin_merge("--help");
   CHECK(h.status == 0);
   CHECK(h.out.find("merge") != std::string::npos);

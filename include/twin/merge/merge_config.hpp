@@ -237,13 +237,20 @@ inline std::vector<PlannedTensor> plan_merge(
     std::int64_t len = -1;
     for (const ConfigSource& src : s.sources) {
       const auto [a, b] = src.layer_range.value_or(std::pair<std::int64_t, std::int64_t>{0, num_layers(src.model)});
-      if (a < 0 || b < a || b > num_layers(src.model))
+      if (b < a)
+        throw argument_error("slice " + std::to_string(si) + ": layer_range [" + std::to_string(a) + ", " +
+                             std::to_string(b) + ") of '" + src.model + "' ends before it starts");
+      if (a < 0 || b > num_layers(src.model))
         throw argument_error("slice " + std::to_string(si) + ": layer_range [" + std::to_string(a) + ", " +
                              std::to_string(b) + ") of '" + src.model + "' is outside its " +
                              std::to_string(num_layers(src.model)) + " layers");
       if (len >= 0 && b - a != len)
-        throw argument_error("slice " + std::to_string(si) + ": every source must cover the same number of layers (" +
-                             std::to_string(len) + " and " + std::to_string(b - a) + ")");
+        throw argument_error(c.models.empty() ? "slice " + std::to_string(si) +
+                                                    ": every source must cover the same number of layers (" +
+                                                    std::to_string(len) + " and " + std::to_string(b - a) + ")"
+                                              : "models '" + s.sources.front().model + "' and '" + src.model +
+                                                    "' have " + std::to_string(len) + " and " + std::to_string(b - a) +
+                                                    " layers: a models: merge needs the same layer count");
       len = b - a;
     }
     for (std::int64_t k = 0; k < len; ++k) {
