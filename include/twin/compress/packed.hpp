@@ -71,7 +71,7 @@ inline QuantizedFactor quantize_factor(const float* m, std::int64_t n, std::int6
   QuantizedFactor f{Tensor(q.bits == 8 ? dtype::i8 : dtype::u8, cshape), Tensor(dtype::f16, sshape)};
   auto* codes = static_cast<std::uint8_t*>(f.codes.mutable_data());
   auto* scales = static_cast<std::uint16_t*>(f.scales.mutable_data());
-  std::memset(codes, 0, static_cast<std::size_t>(r * cb));
+  if (r * cb > 0) std::memset(codes, 0, static_cast<std::size_t>(r * cb));  // no storage at rank 0
   const float qmax = static_cast<float>(q.qmax());
   for (std::int64_t j = 0; j < r; ++j)
     for (std::int64_t g = 0; g < ng; ++g) {
