@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -382,11 +383,17 @@ struct BuildCommand {
   }
 
   // The experts' task names from their paths: a file's stem, or a folder's name.
+  // A task name from a model path: its folder's or file's name, with every
+  // character a task name cannot hold (letters, digits, '_', '-'; at most 64)
+  // made '_': Qwen2.5-7B-math → Qwen2_5-7B-math.
   static std::string task_name_of(const std::string& path) {
     fs::path p(path);
     if (p.filename() == twin::safetensors_index_name) p = p.parent_path();
     std::string n = fs::is_directory(p) ? p.filename().string() : p.stem().string();
     if (n.empty()) n = p.parent_path().filename().string();
+    for (char& ch : n)
+      if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '_' && ch != '-') ch = '_';
+    if (n.size() > 64) n.resize(64);
     return n;
   }
 
@@ -464,7 +471,9 @@ struct BuildCommand {
         if (src.model == *c.base_model) continue;
         const std::string n = task_name_of(src.model);
         if (std::find(names.begin(), names.end(), n) != names.end())
-          throw twin::argument_error(config + ": two experts would both be named '" + n + "' (from their paths)");
+          throw twin::argument_error(config + ": two experts would both be named '" + n +
+                                     "' (task names come from the models' folder or file names): give them "
+                                     "distinct names");
         names.push_back(n);
         ex.push_back(load_checked(src.model));
       }
@@ -561,6 +570,11 @@ struct BuildCommand {
                  "built %s: %zu tasks, %zu tensors, %.2f MB (%.1f%% of %zu dense experts), relative error %.4f\n",
                  out.c_str(), model.num_tasks(), model.entries().size(), static_cast<double>(st.total()) / 1e6,
                  100.0 * st.ratio(), model.num_tasks(), model.relative_error());
+    if (st.ratio() > 1.0)
+      std::fprintf(stderr,
+                   "warning: the model is larger than the %zu dense experts it compresses: a lower --rank, an "
+                   "--energy below 1, or --budget keeps it smaller\n",
+                   model.num_tasks());
   }
 };
 
@@ -655,7 +669,15 @@ struct RunCommand {
           in.push_back(t->view());
         }
       }
-      const twin::ConstTensorView base = in[static_cast<std::size_t>(std::max(tp.base, 0))];
+      const auto bi = static_cast<std::size_t>(std::max(tp.base, 0));
+      const twin::ConstTensorView base = in[bi];
+      // Shapes differ: said with the files, which the merger's own error
+      // (expert k of its inputs) cannot name.
+      for (std::size_t k = 0; k < in.size(); ++k)
+        if (!std::ranges::equal(in[k].shape(), base.shape()))
+          throw twin::shape_error(p.inputs[k].model + ": tensor '" + p.inputs[k].tensor + "' has shape " +
+                                  in[k].shape_str() + ", " + p.inputs[bi].model + "'s " + base.shape_str() +
+                                  " (inputs of output tensor '" + p.name + "')");
       std::vector<twin::ConstTensorView> ev;
       for (std::size_t i : tp.experts) ev.push_back(in[i]);
       const twin::dtype od = c.out_dtype.value_or(c.dtype.value_or(base.dtype()));
@@ -738,7 +760,9 @@ struct FuseCommand {
     l->excludes(w);
     c->add_option("--temperature", temperature, "softmax temperature for --logits")->capture_default_str();
     c->add_option("--top-k", top_k, "keep only the k largest logits (0: all)")->capture_default_str();
-    c->add_option("--threshold", threshold, "drop tasks whose weight is below this")->capture_default_str();
+    c->add_option("--threshold", threshold,
+                  "drop tasks whose weight is below this (the top task always stays) and renormalize the rest")
+        ->capture_default_str();
     c->add_option("--dtype", dtype, "output dtype f32|f16|bf16 (default: the shared weights')");
     c->add_option("-o,--output", out, "output .safetensors file")->required();
     c->callback([this] { run(); });

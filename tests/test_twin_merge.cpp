@@ -651,6 +651,39 @@ TEST_CASE("cli run refuses unsupported keys, parameters and methods by name, and
   }
 }
 
+TEST_CASE("cli: task names from dotted folder names, a warning when the model outgrows dense, run names a file") {
+  LayeredWorkspace w;
+  w.write("Qwen2.5-math", w.experts[0]);  // a folder name a task name cannot hold as is
+  const std::string cfg = w.config("dots.yml",
+                                   "merge_method: task_arithmetic\nbase_model: base\nmodels:\n"
+                                   "  - model: Qwen2.5-math\n    parameters: {weight: 0.3}\n"
+                                   "  - model: e1\n    parameters: {weight: 0.3}\n");
+  // Rank 6 of 6 × 10 matrices stores 6·(6 + 10) values against 60 dense: larger than the experts.
+  const Run r = twin_merge("build --config " + cfg + " --rank 6 -o " + w.p("dots.safetensors"));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  CHECK(load_twin_model(w.p("dots.safetensors")).model.task_names() == std::vector<std::string>{"Qwen2_5-math", "e1"});
+  CHECK(r.err.find("warning: the model is larger than the 2 dense experts") != std::string::npos);
+  const Run small = twin_merge("build --config " + cfg + " --rank 1 -o " + w.p("small.safetensors"));
+  REQUIRE(small.status == 0);
+  CHECK(small.err.find("warning") == std::string::npos);
+
+  // An input of another shape: the error names its file, not "expert 1".
+  StateDict wide = w.experts[1].clone();
+  wide.erase("model.layers.2.mlp.up_proj.weight");
+  wide.insert("model.layers.2.mlp.up_proj.weight", Tensor(dtype::f32, {7, 10}));
+  w.write("wide", wide);
+  const std::string bad = w.config("wide.yml",
+                                   "merge_method: linear\nmodels:\n  - model: e0\n"
+                                   "    parameters: {weight: 1}\n  - model: wide\n"
+                                   "    parameters: {weight: 1}\n");
+  const Run b = twin_merge("run " + bad + " -o " + w.p("wide_out"));
+  CHECK(b.status == 1);
+  CHECK(b.err.find(w.p("wide") + ": tensor 'model.layers.2.mlp.up_proj.weight' has shape [7, 10]") !=
+        std::string::npos);
+  CHECK_FALSE(fs::exists(w.p("wide_out")));
+}
+
 TEST_CASE("cli build --config: a mergekit config plus a twin block builds what the API builds") {
   LayeredWorkspace w;
   const std::string models = R"(merge_method: task_arithmetic
