@@ -240,7 +240,7 @@ std::optional<twin::dtype> parse_out_dtype(const std::string& s) {
   }
   if (!t || (*t != twin::dtype::f32 && *t != twin::dtype::f16 && *t != twin::dtype::bf16))
     throw twin::argument_error("'" + s +
-                               "' is not a float dtype: expected f32, f16 or bf16 (or float32, float16, "
+                               "' is not an output dtype: expected f32, f16 or bf16 (or float32, float16, "
                                "bfloat16)");
   return t;
 }
@@ -382,7 +382,6 @@ struct BuildCommand {
     c->callback([this] { run(); });
   }
 
-  // The experts' task names from their paths: a file's stem, or a folder's name.
   // A task name from a model path: its folder's or file's name, with every
   // character a task name cannot hold (letters, digits, '_', '-'; at most 64)
   // made '_': Qwen2.5-7B-math → Qwen2_5-7B-math.
@@ -453,10 +452,13 @@ struct BuildCommand {
                                      ": the twin block sets more than one of rank, energy, sparsify_density, "
                                      "sign_density, budget");
       }
-      if (!quant_bits_ && opt("quant_bits")) quant_bits_ = static_cast<int>(num("quant_bits"));
+      // The block's SVD-factor options apply where the compressor is the
+      // SVD's (the command line may have chosen another: it wins).
+      const bool svd = rank_ || energy_;
+      if (svd && !quant_bits_ && opt("quant_bits")) quant_bits_ = static_cast<int>(num("quant_bits"));
       if (app->count("--quant-group") == 0 && opt("quant_group"))
         quant_group_ = static_cast<std::int64_t>(num("quant_group"));
-      if (app->count("--residual-density") == 0 && opt("residual_density")) residual_ = num("residual_density");
+      if (svd && app->count("--residual-density") == 0 && opt("residual_density")) residual_ = num("residual_density");
       if (app->count("--factor-dtype") == 0 && opt("factor_dtype")) factor_dtype_ = *opt("factor_dtype");
       if (!svd_seed && opt("svd_seed")) svd_seed_ = static_cast<std::uint64_t>(num("svd_seed"));
       if (app->count("--svd-engine") == 0 && opt("svd_engine")) {
@@ -632,6 +634,20 @@ struct RunCommand {
     const examples::MergekitYaml y = examples::load_mergekit_yaml(config);
     const twin::MergeConfig& c = y.config;
     if (!y.twin_options.empty()) throw twin::argument_error(config + ": the twin block is for `twin-merge build`");
+    // The output folder must not be an input's: its checkpoint files are
+    // replaced at the end.
+    {
+      std::vector<std::string> inputs;
+      if (c.base_model) inputs.push_back(*c.base_model);
+      for (const twin::ConfigSource& m : c.models) inputs.push_back(m.model);
+      for (const twin::ConfigSlice& sl : c.slices) {
+        if (sl.base_model) inputs.push_back(*sl.base_model);
+        for (const twin::ConfigSource& m : sl.sources) inputs.push_back(m.model);
+      }
+      for (const std::string& m : inputs)
+        if (fs::exists(dir, ec) && fs::equivalent(folder_of(m), dir, ec))
+          throw twin::io_error(out + ": is the folder of input model '" + m + "'; write the merge to another folder");
+    }
     const twin::ConfigRunOptions ro{seed, twin::parse_rng(rng)};
     // Every model once, mapped.
     std::map<std::string, twin::LoadedCheckpoint> models;
@@ -692,17 +708,28 @@ struct RunCommand {
     bar.finish();
     fs::create_directories(dir, ec);
     if (ec) throw twin::io_error(out + ": cannot create the folder: " + ec.message());
-    // As huggingface_hub does before it saves: an earlier run's shards, index
-    // and a model.safetensors go, so that no loader reads a stale checkpoint
-    // beside the new one (transformers tries model.safetensors first).
-    for (const fs::directory_entry& e : fs::directory_iterator(dir)) {
-      const std::string f = e.path().filename().string();
-      if (f == "model.safetensors" || f == "model.safetensors.index.json" ||
-          (f.starts_with("model-") && f.ends_with(".safetensors") && f.find("-of-") != std::string::npos))
-        fs::remove(e.path());
-    }
-    twin::save_safetensors_sharded(dir, merged, {{"format", "pt"}, {"twin.merge.method", c.merge_method}},
-                                   max_shard_bytes);
+    // As huggingface_hub does when it saves: an earlier run's shards and a
+    // model.safetensors go, so that no loader reads a stale checkpoint beside
+    // the new one (transformers tries model.safetensors first) — once the new
+    // shards and index are written, so a failed save loses nothing.
+    auto checkpoint_file = [](const std::string& f) {
+      auto digits = [&](std::size_t at) {
+        return std::all_of(f.begin() + static_cast<std::ptrdiff_t>(at), f.begin() + static_cast<std::ptrdiff_t>(at + 5),
+                           [](char ch) { return ch >= '0' && ch <= '9'; });
+      };
+      return f == "model.safetensors" || (f.size() == 32 && f.starts_with("model-") && f.compare(11, 4, "-of-") == 0 &&
+                                          f.ends_with(".safetensors") && digits(6) && digits(15));
+    };
+    std::vector<fs::path> earlier;
+    for (const fs::directory_entry& e : fs::directory_iterator(dir))
+      if (checkpoint_file(e.path().filename().string())) earlier.push_back(e.path());
+    const fs::path index = twin::save_safetensors_sharded(
+        dir, merged, {{"format", "pt"}, {"twin.merge.method", c.merge_method}}, max_shard_bytes);
+    const twin::SafetensorsIndex written = twin::parse_safetensors_index(
+        twin::detail::read_small_file(index, twin::safetensors_max_header_bytes), index.string());
+    for (const fs::path& f : earlier)
+      if (std::find(written.shards.begin(), written.shards.end(), f.filename().string()) == written.shards.end())
+        fs::remove(f);
     // The config as given, and the base's (or first model's) config.json with
     // the layer count of the output.
     auto write_text = [&](const fs::path& path, const std::string& text) {

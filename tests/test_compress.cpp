@@ -468,6 +468,13 @@ TEST_CASE("non-finite deltas and bad settings throw typed errors naming the tens
   v[5] = NAN;
   const ConstTensorView bad(v.data(), dtype::f32, {3, 4});
   CHECK_THROWS_AS(SvdCompressor::with_rank(2).compress("enc.w", bad), numeric_error);
+  // A delta in device memory is refused by every compressor before it is read.
+  const std::int64_t sh[2] = {3, 4};
+  const ConstTensorView gpu(v.data(), dtype::f32, sh, {}, device{device::cuda, 0});
+  CHECK_THROWS_WITH_AS(SvdCompressor::with_rank(2).compress("enc.w", gpu), doctest::Contains("on CUDA device 0"),
+                       argument_error);
+  CHECK_THROWS_AS(MagnitudeSparsifier{0.5}.compress("enc.w", gpu), argument_error);
+  CHECK_THROWS_AS(SignCompressor{0.5, true}.compress("enc.w", gpu), argument_error);
   try {
     MagnitudeSparsifier{0.5}.compress("enc.w", bad);
     FAIL("expected numeric_error");

@@ -143,7 +143,7 @@ TEST_CASE("cli merge writes the requested dtype and --help documents every subco
   const Run i32 =
       twin_merge("merge --method task_arithmetic --dtype I32 " + w.inputs() + " -o " + w.p("i.safetensors"));
   CHECK(i32.status == 1);
-  CHECK(i32.err.find("'I32' is not a float dtype") != std::string::npos);
+  CHECK(i32.err.find("'I32' is not an output dtype") != std::string::npos);
   const Run h = twin_merge("--help");
   CHECK(h.status == 0);
   CHECK(h.out.find("merge") != std::string::npos);
@@ -595,11 +595,18 @@ slices:
   // model.safetensors, an earlier run's shards), as huggingface_hub does before it saves; other files stay.
   fs::copy_file(w.p("named/model-00001-of-00001.safetensors"), w.p("named/model.safetensors"));
   fs::copy_file(w.p("named/model-00001-of-00001.safetensors"), w.p("named/model-00002-of-00002.safetensors"));
+  fs::copy_file(w.p("named/model-00001-of-00001.safetensors"), w.p("named/model-of-experts.safetensors"));
   std::ofstream(w.p("named/README.md")) << "notes\n";
   REQUIRE(twin_merge("run " + named + " -o " + w.p("named")).status == 0);
   CHECK_FALSE(fs::exists(w.p("named/model.safetensors")));
   CHECK_FALSE(fs::exists(w.p("named/model-00002-of-00002.safetensors")));
+  CHECK(fs::exists(w.p("named/model-of-experts.safetensors")));  // not a shard name: a user's file
   CHECK(fs::exists(w.p("named/README.md")));
+  // An input's own folder is refused as the output (its checkpoint would be replaced), before any work.
+  const Run into = twin_merge("run " + named + " -o " + w.p("e1"));
+  CHECK(into.status == 1);
+  CHECK(into.err.find("is the folder of input model") != std::string::npos);
+  CHECK(fs::exists(w.p("e1/model.safetensors")));
   CHECK(load_safetensors(w.p("named")).tensors.size() == ng.tensors.size());
   const std::string ties = w.config("ties_slices.yml", R"(merge_method: ties
 base_model: base
@@ -731,6 +738,15 @@ models:
     REQUIRE(viaf.status == 0);
     CHECK(bytes(w.p("block.safetensors")) == bytes(w.p("flags.safetensors")));
   }
+  // The command line's compressor wins over the block's, the block's SVD-factor options included.
+  const Run wins = twin_merge("build --config " +
+                              w.config("block.yml", models + "twin:\n  rank: 2\n  quant_bits: 4\n  residual_density: "
+                                                             "0.02\n") +
+                              " --sparsify-density 0.1 -o " + w.p("block.safetensors"));
+  INFO(wins.err);
+  REQUIRE(wins.status == 0);
+  REQUIRE(twin_merge("build --config " + plain + " --sparsify-density 0.1 -o " + w.p("flags.safetensors")).status == 0);
+  CHECK(bytes(w.p("block.safetensors")) == bytes(w.p("flags.safetensors")));
   const Run mixed = twin_merge("build --config " + cfg + " --method ties -o " + w.p("x.safetensors"));
   CHECK(mixed.status == 1);
   CHECK(mixed.err.find("--config replaces") != std::string::npos);

@@ -7,6 +7,7 @@
 #include <array>
 
 #include <xtensor/xcontainer.hpp>
+#include <xtensor/xtensor_forward.hpp>
 
 #include "twin/adapter.hpp"
 
@@ -33,6 +34,13 @@ std::span<const std::int64_t> to_extents(const S& s, std::array<std::int64_t, TW
   return {out.data(), s.size()};
 }
 }  // namespace detail
+
+// xarray and xtensor own their elements (adapt refuses them as temporaries);
+// adaptors of a buffer do not.
+template <class EC, xt::layout_type L, class SC, class Tag>
+inline constexpr bool owns_elements<xt::xarray_container<EC, L, SC, Tag>> = true;
+template <class EC, std::size_t N, xt::layout_type L, class Tag>
+inline constexpr bool owns_elements<xt::xtensor_container<EC, N, L, Tag>> = true;
 
 template <class X>
   requires detail::xtensor_container<X>

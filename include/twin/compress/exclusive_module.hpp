@@ -396,8 +396,10 @@ inline void check_finite_delta(std::string_view name, std::span<const float> v) 
       throw numeric_error("exclusive delta of tensor '" + std::string(name) + "' has a non-finite value at index " +
                           std::to_string(i));
 }
-// The delta as contiguous f32 values.
+// The delta as contiguous f32 values (read from host memory: every
+// compressor starts here).
 inline std::vector<float> delta_f32(const ConstTensorView& v) {
+  require_host(v, "an exclusive delta");
   std::vector<float> out(static_cast<std::size_t>(v.numel()));
   read_f32(v, 0, v.numel(), out.data());
   return out;
