@@ -679,6 +679,18 @@ TEST_CASE("merge_state: global ties scope equals the top-k over all merged tenso
   const StateDict per =
       merge_state(Ties{density, 1.0, TopKScope::per_tensor, {}}, base, std::span<const StateDict>(experts), opts);
   CHECK_FALSE(same_bits(per.at("a.bias"), out.at("a.bias")));
+
+  // The experts' excluded tensors are not read: one without its head, one with a head of 3 classes (another
+  // task's label count) merge as before, and the output keeps the base's head; not excluded, both are refused.
+  experts[0].erase("head.weight");
+  experts[1].erase("head.weight");
+  experts[1].insert("head.weight", random_tensor(rng, dtype::f32, {3, 60}));
+  const StateDict heads =
+      merge_state(Ties{density, 1.0, TopKScope::global, {}}, base, std::span<const StateDict>(experts), opts);
+  CHECK(same_bits(heads.at("a.weight"), out.at("a.weight")));
+  CHECK(same_bits(heads.at("head.weight"), base.at("head.weight")));
+  CHECK_THROWS_AS(merge_state(Ties{density, 1.0, TopKScope::global, {}}, base, std::span<const StateDict>(experts)),
+                  name_error);
 }
 
 TEST_CASE("mismatched names and shapes throw typed errors naming the tensor and both shapes") {

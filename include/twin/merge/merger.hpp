@@ -478,11 +478,15 @@ inline std::string expert_label(const MergeOptions& o, std::size_t i) {
 }
 
 // Same names, same shapes, float dtypes: the contract every merge needs.
+// Excluded tensors take the base's copy, so the experts' own (a classifier
+// head of another size, or none) are not checked.
 inline void check_compatible(const StateDict& base, std::span<const StateDict* const> experts, const MergeOptions& o) {
   if (experts.empty()) throw argument_error("merge needs at least one expert");
+  const NameFilter excluded(o.exclude);
   for (std::size_t i = 0; i < experts.size(); ++i) {
     const StateDict& e = *experts[i];
     for (const auto& [name, t] : base) {
+      if (excluded.matches(name)) continue;
       const Tensor* et = e.find(name);
       if (!et) throw name_error(expert_label(o, i) + " has no tensor '" + name + "' that the base has");
       if (!std::equal(t.shape().begin(), t.shape().end(), et->shape().begin(), et->shape().end()))
@@ -492,7 +496,7 @@ inline void check_compatible(const StateDict& base, std::span<const StateDict* c
     }
     if (e.size() != base.size())
       for (const auto& [name, t] : e)
-        if (!base.contains(name))
+        if (!base.contains(name) && !excluded.matches(name))
           throw name_error(expert_label(o, i) + " has a tensor '" + name + "' that the base does not have");
   }
 }
