@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,36 @@ void warn_unmatched_excludes(const std::vector<std::string>& patterns, const twi
                    "warning: --exclude '%s' matches no tensor of the base (a pattern must match the whole name: "
                    "'.*%s.*' matches it anywhere)\n",
                    p.c_str(), p.c_str());
+  }
+}
+
+// A parameter filter of a config that matches no tensor it could apply to
+// (a typo: `mpl` for `mlp`) leaves the parameter at its fallback: said on
+// stderr, as for --exclude.
+void warn_unmatched_filters(const twin::MergeConfig& c, const std::vector<twin::PlannedTensor>& plan) {
+  std::set<std::pair<std::string, std::string>> warned;  // (parameter, filter)
+  auto check = [&](const twin::ParameterMap& m) {
+    for (const auto& [param, setting] : m)
+      for (const auto& e : setting.entries) {
+        if (!e.filter || *e.filter == "*" || warned.contains({param, *e.filter})) continue;
+        const std::string& f = *e.filter;
+        const bool hit = std::any_of(plan.begin(), plan.end(), [&](const twin::PlannedTensor& p) {
+          return p.name.find(f) != std::string::npos ||
+                 std::any_of(p.inputs.begin(), p.inputs.end(),
+                             [&](const auto& in) { return in.tensor.find(f) != std::string::npos; });
+        });
+        if (!hit) {
+          warned.insert({param, f});
+          std::fprintf(stderr, "warning: filter '%s' of parameter '%s' matches no tensor name\n", f.c_str(),
+                       param.c_str());
+        }
+      }
+  };
+  check(c.parameters);
+  for (const twin::ConfigSource& m : c.models) check(m.parameters);
+  for (const twin::ConfigSlice& sl : c.slices) {
+    check(sl.parameters);
+    for (const twin::ConfigSource& m : sl.sources) check(m.parameters);
   }
 }
 
@@ -489,6 +520,7 @@ struct BuildCommand {
         for (const auto& [name, t] : *by_model.at(model)) n.push_back(name);
         return n;
       });
+      warn_unmatched_filters(c, plan);
       config_merger.emplace(c, std::move(plan), twin::ConfigRunOptions{config_seed, twin::parse_rng(m.rng)});
     } else {
       if (base.empty() || experts.empty()) throw twin::argument_error("build needs --base and --expert, or --config");
@@ -662,6 +694,7 @@ struct RunCommand {
       return n;
     });
     if (plan.empty()) throw twin::argument_error(config + ": the config selects no tensors");
+    warn_unmatched_filters(c, plan);
     twin::StateDict merged;
     examples::Progress bar("run");
     std::size_t done = 0;

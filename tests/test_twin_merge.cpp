@@ -535,8 +535,24 @@ slices:
   const Run r = twin_merge("run " + cfg + " -o " + w.p("stack"));
   INFO(r.err);
   REQUIRE(r.status == 0);
+  CHECK(r.err.find("warning") == std::string::npos);  // the q_proj filter matches
   const LoadedCheckpoint got = load_safetensors(w.p("stack/model.safetensors.index.json"));
   CHECK(got.tensors.size() == 3 + 6 * 2);
+  // A filter with a typo matches nothing and leaves the fallback value: said on stderr, the merge still runs.
+  const std::string typo = w.config("typo.yml", R"(merge_method: linear
+models:
+  - model: e0
+    parameters:
+      weight:
+        - filter: mpl
+          value: 2
+        - value: 1
+  - model: e1
+    parameters: {weight: 1}
+)");
+  const Run ty = twin_merge("run " + typo + " -o " + w.p("typo"));
+  CHECK(ty.status == 0);
+  CHECK(ty.err.find("warning: filter 'mpl' of parameter 'weight' matches no tensor name") != std::string::npos);
   // Output layer 4 = e1's layer 2, q_proj halved; layer 1 = e0's layer 1 as is.
   CHECK(twin_test::same_bits(got.tensors.at("model.layers.1.mlp.up_proj.weight").clone(),
                              w.experts[0].at("model.layers.1.mlp.up_proj.weight")));
