@@ -474,7 +474,7 @@ TEST_CASE("non-finite deltas and bad settings throw typed errors naming the tens
   CHECK_THROWS_WITH_AS(SvdCompressor::with_rank(2).compress("enc.w", gpu), doctest::Contains("on CUDA device 0"),
                        argument_error);
   CHECK_THROWS_AS(MagnitudeSparsifier{0.5}.compress("enc.w", gpu), argument_error);
-  CHECK_THROWS_AS(SignCompressor{0.5, true}.compress("enc.w", gpu), argument_error);
+  CHECK_THROWS_AS((SignCompressor{0.5, true}.compress("enc.w", gpu)), argument_error);
   try {
     MagnitudeSparsifier{0.5}.compress("enc.w", bad);
     FAIL("expected numeric_error");
