@@ -1096,7 +1096,7 @@ int main(int argc, char** argv) {
   CLI::App app{"twin-merge: Twin-Merging on safetensors checkpoints"};
   app.require_subcommand(1);
   int threads = 0;
-  app.add_option("--threads", threads, "worker threads (default 0: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads, "worker threads (default 0: all cores)")->check(CLI::Range(0, 1 << 16));
   MergeCommand merge;
   RunCommand run;
   BuildCommand build;

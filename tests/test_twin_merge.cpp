@@ -152,6 +152,11 @@ TEST_CASE("cli merge writes the requested dtype and --help documents every subco
   CHECK(hm.out.find("--density") != std::string::npos);
   const Run i = twin_merge("inspect " + w.p("bf.safetensors"));
   CHECK(i.status == 0);
+  // A malformed command line exits 2 with the option named: a negative thread count is not "all cores".
+  const Run nt = twin_merge("--threads -1 inspect " + w.p("bf.safetensors"));
+  CHECK(nt.status == 2);
+  CHECK(nt.err.find("--threads: Value -1 not in range 0 to 65536") != std::string::npos);
+  CHECK(twin_merge("--threads 1 inspect " + w.p("bf.safetensors")).status == 0);
   CHECK(i.out.find("enc.weight") != std::string::npos);
   CHECK(i.out.find("BF16") != std::string::npos);
 }
