@@ -261,9 +261,9 @@ struct MethodOptions {
 // mergekit configs do (float32, float16, bfloat16, fp16).
 std::optional<twin::dtype> parse_out_dtype(const std::string& s) {
   if (s.empty()) return std::nullopt;
-  if (s == "float32" || s == "fp32") return twin::dtype::f32;
-  if (s == "float16" || s == "fp16" || s == "half") return twin::dtype::f16;
-  if (s == "bfloat16") return twin::dtype::bf16;
+  if (const auto t = examples::torch_dtype(s)) return t;
+  if (s == "fp32") return twin::dtype::f32;
+  if (s == "fp16" || s == "half") return twin::dtype::f16;
   std::optional<twin::dtype> t;
   try {
     t = twin::parse_dtype(s);
@@ -781,7 +781,7 @@ struct RunCommand {
       // mergekit sets torch_dtype to out_dtype, else dtype (newer transformers
       // spell it `dtype`: set too where the file has it).
       if (const auto od = c.out_dtype ? c.out_dtype : c.dtype; od && j.is_object()) {
-        const char* name = *od == twin::dtype::bf16 ? "bfloat16" : *od == twin::dtype::f16 ? "float16" : "float32";
+        const char* name = examples::torch_dtype_name(*od);
         j["torch_dtype"] = name;
         if (j.contains("dtype")) j["dtype"] = name;
       }

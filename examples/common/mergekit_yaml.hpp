@@ -18,7 +18,9 @@
 #include <cctype>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "twin/dtype.hpp"
@@ -135,16 +137,27 @@ inline std::string model_ref(const YAML::Node& n, const std::string& file, const
   return s;
 }
 
-inline twin::dtype dtype_of(const YAML::Node& n, const std::string& file, const std::string& key) {
-  if (!n.IsScalar()) fail(n, file, key + " must be a dtype name");
-  std::string s = n.Scalar();
-  if (s.rfind("torch.", 0) == 0) s = s.substr(6);
+}  // namespace detail
+
+// PyTorch's names of the float dtypes a config (or config.json) speaks of.
+inline std::optional<twin::dtype> torch_dtype(std::string_view s) {
   if (s == "bfloat16") return twin::dtype::bf16;
   if (s == "float16") return twin::dtype::f16;
   if (s == "float32") return twin::dtype::f32;
-  fail(n, file, key + " '" + n.Scalar() + "' is not supported: expected bfloat16, float16 or float32");
+  return std::nullopt;
+}
+inline const char* torch_dtype_name(twin::dtype t) {
+  return t == twin::dtype::bf16 ? "bfloat16" : t == twin::dtype::f16 ? "float16" : "float32";
 }
 
+namespace detail {
+inline twin::dtype dtype_of(const YAML::Node& n, const std::string& file, const std::string& key) {
+  if (!n.IsScalar()) fail(n, file, key + " must be a dtype name");
+  std::string_view s = n.Scalar();
+  if (s.starts_with("torch.")) s.remove_prefix(6);
+  if (const auto t = torch_dtype(s)) return *t;
+  fail(n, file, key + " '" + n.Scalar() + "' is not supported: expected bfloat16, float16 or float32");
+}
 }  // namespace detail
 
 inline MergekitYaml load_mergekit_yaml(const std::filesystem::path& path) {
