@@ -63,7 +63,7 @@ void warn_unmatched_excludes(const std::vector<std::string>& patterns, const twi
 // stderr, as for --exclude.
 void warn_unmatched_filters(const twin::MergeConfig& c, const std::vector<twin::PlannedTensor>& plan) {
   std::set<std::pair<std::string, std::string>> warned;  // (parameter, filter)
-  auto check = [&](const twin::ParameterMap& m) {
+  twin::for_each_parameter_map(c, [&](const twin::ParameterMap& m, bool, const std::string&) {
     for (const auto& [param, setting] : m)
       for (const auto& e : setting.entries) {
         if (!e.filter || *e.filter == "*" || warned.contains({param, *e.filter})) continue;
@@ -79,13 +79,7 @@ void warn_unmatched_filters(const twin::MergeConfig& c, const std::vector<twin::
                        param.c_str());
         }
       }
-  };
-  check(c.parameters);
-  for (const twin::ConfigSource& m : c.models) check(m.parameters);
-  for (const twin::ConfigSlice& sl : c.slices) {
-    check(sl.parameters);
-    for (const twin::ConfigSource& m : sl.sources) check(m.parameters);
-  }
+  });
 }
 
 // NaN or Inf in a weight is reported with the tensor name and the count.

@@ -780,6 +780,27 @@ TEST_CASE("task vectors: norms and cosine similarity equal their double-precisio
     check_close(applied.at(n).view(), to_f64_vector(ta.at(n).view()), unit_roundoff(base.at(n).dtype()), 1e-6, n);
 }
 
+TEST_CASE("TaskVector::from skips its excluded tensors: an expert's head of another size or none is not checked") {
+  // A fine-tuned classifier's head has its own label count; excluded, it is
+  // neither part of τ nor compared with the base's.
+  std::mt19937_64 rng(23);
+  StateDict base, expert, headless;
+  base.insert("w", random_tensor(rng, dtype::f32, {6, 4}));
+  base.insert("head.weight", random_tensor(rng, dtype::f32, {3, 4}));
+  expert.insert("w", perturbed(rng, base.at("w"), 0.2));
+  expert.insert("head.weight", random_tensor(rng, dtype::f32, {5, 4}));
+  headless.insert("w", expert.at("w").clone());
+  const std::vector<std::string> exclude = {"head\\..*"};
+  for (const StateDict* e : {&expert, &headless}) {
+    const TaskVector tv = TaskVector::from(base, *e, exclude);
+    REQUIRE(tv.size() == 1);
+    CHECK_FALSE(tv.deltas().contains("head.weight"));
+    check_close(tv.deltas().at("w").view(), tau_of(e->at("w"), base.at("w")), 1e-7, 0.0, "w");
+  }
+  // Not excluded, the head's shape is still refused.
+  CHECK_THROWS_AS(TaskVector::from(base, expert), shape_error);
+}
+
 TEST_CASE("merge_state_into writes caller-owned outputs (another dtype) equal to merge_state's, rounded") {
   std::mt19937_64 rng(22);
   StateDict base;

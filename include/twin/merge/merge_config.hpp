@@ -124,24 +124,29 @@ inline bool is_pre_tensor(std::string_view name) {
          name.find("wpe") != std::string_view::npos;
 }
 
+// Calls f(map, per_model, where) for every parameter map of `c`, top level
+// first, then each model, each slice and its sources; `where` names the
+// level for messages ("parameters", "model 'x'", "slice 1 source 'y'").
+template <class F>
+void for_each_parameter_map(const MergeConfig& c, F&& f) {
+  f(c.parameters, false, std::string("parameters"));
+  for (const ConfigSource& s : c.models) f(s.parameters, true, "model '" + s.model + "'");
+  for (std::size_t i = 0; i < c.slices.size(); ++i) {
+    f(c.slices[i].parameters, false, "slice " + std::to_string(i));
+    for (const ConfigSource& s : c.slices[i].sources)
+      f(s.parameters, true, "slice " + std::to_string(i) + " source '" + s.model + "'");
+  }
+}
+
 // Whether any level of `c` sets a parameter to a gradient (a list of more
 // than one value).
 inline bool has_gradient(const MergeConfig& c) {
-  auto in = [](const ParameterMap& m) {
+  bool found = false;
+  for_each_parameter_map(c, [&](const ParameterMap& m, bool, const std::string&) {
     for (const auto& [name, setting] : m)
-      for (const auto& e : setting.entries)
-        if (e.value.values.size() > 1) return true;
-    return false;
-  };
-  if (in(c.parameters)) return true;
-  for (const ConfigSource& s : c.models)
-    if (in(s.parameters)) return true;
-  for (const ConfigSlice& sl : c.slices) {
-    if (in(sl.parameters)) return true;
-    for (const ConfigSource& s : sl.sources)
-      if (in(s.parameters)) return true;
-  }
-  return false;
+      for (const auto& e : setting.entries) found = found || e.value.values.size() > 1;
+  });
+  return found;
 }
 
 // --- the plan ------------------------------------------------------------------
@@ -343,13 +348,7 @@ inline detail::MethodParameters check_config_parameters(const MergeConfig& c) {
                            "' (its parameters: " + (list.empty() ? "none" : list) + ")");
     }
   };
-  check(c.parameters, false, "parameters");
-  for (const ConfigSource& s : c.models) check(s.parameters, true, "model '" + s.model + "'");
-  for (std::size_t i = 0; i < c.slices.size(); ++i) {
-    check(c.slices[i].parameters, false, "slice " + std::to_string(i));
-    for (const ConfigSource& s : c.slices[i].sources)
-      check(s.parameters, true, "slice " + std::to_string(i) + " source '" + s.model + "'");
-  }
+  for_each_parameter_map(c, check);
   return p;
 }
 

@@ -480,9 +480,10 @@ inline std::string expert_label(const MergeOptions& o, std::size_t i) {
 // Same names, same shapes, float dtypes: the contract every merge needs.
 // Excluded tensors take the base's copy, so the experts' own (a classifier
 // head of another size, or none) are not checked.
-inline void check_compatible(const StateDict& base, std::span<const StateDict* const> experts, const MergeOptions& o) {
+// `excluded` is o.exclude compiled.
+inline void check_compatible(const StateDict& base, std::span<const StateDict* const> experts, const MergeOptions& o,
+                             const NameFilter& excluded) {
   if (experts.empty()) throw argument_error("merge needs at least one expert");
-  const NameFilter excluded(o.exclude);
   for (std::size_t i = 0; i < experts.size(); ++i) {
     const StateDict& e = *experts[i];
     for (const auto& [name, t] : base) {
@@ -507,8 +508,8 @@ namespace detail {
 template <SharedMerger M, class OutView>
 void merge_state_impl(const M& merger, const StateDict& base, std::span<const StateDict* const> experts,
                       const MergeOptions& opts, OutView&& out_view) {
-  check_compatible(base, experts, opts);
   const NameFilter excluded(opts.exclude);
+  check_compatible(base, experts, opts, excluded);
 
   MergeCatalog catalog;
   catalog.num_experts = static_cast<int>(experts.size());

@@ -16,8 +16,8 @@ class TaskVector {
   // τ = expert − base for every tensor of base not matched by `exclude`.
   static TaskVector from(const StateDict& base, const StateDict& expert, std::span<const std::string> exclude = {}) {
     const StateDict* e[1] = {&expert};
-    detail::check_compatible(base, e, MergeOptions{});
     const NameFilter skip(exclude);
+    detail::check_compatible(base, e, MergeOptions{}, skip);
     TaskVector tv;
     for (const auto& [name, b] : base) {
       if (skip.matches(name)) continue;
