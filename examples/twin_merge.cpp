@@ -817,7 +817,8 @@ struct FuseCommand {
     c->add_option("--threshold", threshold,
                   "drop tasks whose weight is below this (the top task always stays) and renormalize the rest")
         ->capture_default_str();
-    c->add_option("--dtype", dtype, "output dtype f32|f16|bf16 (default: the shared weights')");
+    c->add_option("--dtype", dtype,
+                  "output dtype f32|f16|bf16 (default: the shared weights'; an excluded tensor keeps its copy's)");
     c->add_option("-o,--output", out, "output .safetensors file")->required();
     c->callback([this] { run(); });
   }
@@ -845,8 +846,11 @@ struct FuseCommand {
     examples::Progress bar("fuse");
     std::size_t done = 0;
     for (const auto& e : f.model.entries()) {
-      const twin::dtype t = od.value_or(e.excluded ? e.copies[0].dtype() : f.model.shared().at(e.name).dtype());
-      twin::Tensor& o = fused.insert(e.name, twin::Tensor::empty(t, e.shape.span()));
+      // An excluded tensor comes from the top task, at its copy's own shape
+      // (a classifier head of that task's label count).
+      const twin::dtype t = od.value_or(e.excluded ? e.copies[twin::DynamicFuser::top_task(w)].dtype()
+                                                   : f.model.shared().at(e.name).dtype());
+      twin::Tensor& o = fused.insert(e.name, twin::Tensor::empty(t, fuser.output_shape(e.name, w)));
       fuser.fuse_tensor(e.name, o, w);
       bar.update(++done, f.model.entries().size(), e.name);
     }
@@ -1071,7 +1075,8 @@ struct InspectCommand {
       std::printf("%-50s %-15s", e.name.c_str(), kind.c_str());
       for (std::size_t t = 0; t < m.num_tasks(); ++t) {
         if (e.excluded) {
-          std::printf(" %24s", "-");
+          // A copy's shape where the tasks' differ (a head per label count).
+          std::printf(" %24s", e.uniform_shape() ? "-" : e.copies[t].shape_str().c_str());
           continue;
         }
         char buf[96];

@@ -343,6 +343,61 @@ TEST_CASE("excluded tensors take the copy of the task with the largest weight") 
   }
 }
 
+TEST_CASE("excluded heads of different label counts: each task keeps its own, fused at the top task's shape") {
+  // A classifier head per task (2 + t labels here): the build keeps every
+  // task's copy, the fuser writes the top task's at its own shape, and the
+  // merged tensors are fused as in a model of equal heads.
+  SmallModel sm = small_model(41, kTasks);
+  std::mt19937_64 rng(41);
+  for (std::size_t t = 0; t < kTasks; ++t)
+    sm.experts[t].assign("head.w", random_tensor(rng, dtype::f32, {static_cast<std::int64_t>(2 + t), 32}));
+  const TwinModel model = build(sm, SvdCompressor::with_rank(2));
+  const TwinModel::Entry& head = model.at("head.w");
+  CHECK_FALSE(head.uniform_shape());
+  CHECK(model.at("layer.0.attn.w").uniform_shape());
+  const DynamicFuser f(model);
+  for (std::size_t t = 0; t < kTasks; ++t) {
+    const std::vector<std::int64_t> shape = {static_cast<std::int64_t>(2 + t), 32};
+    CHECK(std::ranges::equal(head.task_shape(t), shape));
+    std::vector<float> logits(kTasks, 0.0f);
+    logits[t] = 0.5f;
+    const std::vector<float> w = f.weights(logits);
+    CHECK(std::ranges::equal(f.output_shape("head.w", w), shape));
+    Tensor out(dtype::f32, shape);
+    f.fuse_tensor("head.w", out, w);
+    CHECK(same_bits(out, sm.experts[t].at("head.w")));
+    // A row shard of that copy: its row 1.
+    Tensor row(dtype::f32, {1, 32});
+    f.fuse_shard("head.w", row, w, 0, 1);
+    const auto all = to_f64_vector(sm.experts[t].at("head.w").view());
+    check_close(row.view(), std::vector<double>(all.begin() + 32, all.begin() + 64), 0.0, 0.0, "row shard");
+    // Another task's shape is refused, naming the tensor.
+    Tensor wrong(dtype::f32, {static_cast<std::int64_t>(2 + (t + 1) % kTasks), 32});
+    CHECK_THROWS_AS(f.fuse_tensor("head.w", wrong, w), shape_error);
+    // The merged tensors are unaffected by the heads.
+    Tensor attn(dtype::f32, {48, 32});
+    f.fuse_tensor("layer.0.attn.w", attn, w);
+    check_close(attn.view(), reference_fusion(model, "layer.0.attn.w", std::vector<double>(w.begin(), w.end())), 1e-5,
+                2e-6, "merged tensor beside unequal heads");
+  }
+  // Dense experts: each task with its own head.
+  std::size_t dense = 0;
+  for (const StateDict& e : sm.experts)
+    for (const auto& [name, x] : e) dense += x.nbytes();
+  CHECK(model.storage().dense_experts_bytes == dense);
+  // A mixed batch routes rows to different tasks into one output: refused.
+  const Tensor x = random_tensor(rng, dtype::f32, {2, 32});
+  std::vector<float> rw(2 * kTasks, 0.0f);
+  rw[0] = 1.0f, rw[kTasks + 1] = 1.0f;
+  Tensor y(dtype::f32, {2, 2});
+  CHECK_THROWS_AS(apply_mixed(f, "head.w", x, rw, y), shape_error);
+  // An expert without the excluded tensor: refused, naming the task.
+  sm.experts[1].erase("head.w");
+  const std::string msg = error_of<name_error>([&] { (void)build(sm, SvdCompressor::with_rank(2)); });
+  CHECK(msg.find("'task1'") != std::string::npos);
+  CHECK(msg.find("head.w") != std::string::npos);
+}
+
 TEST_CASE("fuse takes any range of (name, host tensor) pairs and never modifies the shared weights") {
   const SmallModel sm = small_model(38, kTasks);
   const TwinModel model = build(sm, SvdCompressor::with_rank(3));

@@ -278,9 +278,13 @@ TEST_CASE("cli build + fuse equal TwinModel::build + DynamicFuser, and route equ
   const float logits[] = {0.5f, -1.0f, 2.0f};
   const LoadedCheckpoint fused = load_safetensors(w.p("fused.safetensors"));
   for (const auto& e : m.entries()) {
-    Tensor ref(dtype::f32, e.shape.span());
-    fuser.fuse_tensor(e.name, ref, fuser.weights(logits));
+    // Merged tensors in θ*'s dtype (f32); the excluded head is the top
+    // task's copy as it is: task z's, stored in bf16.
+    const dtype want = e.excluded ? dtype::bf16 : dtype::f32;
     CAPTURE(e.name);
+    CHECK(fused.tensors.at(e.name).dtype() == want);
+    Tensor ref(want, e.shape.span());
+    fuser.fuse_tensor(e.name, ref, fuser.weights(logits));
     CHECK(twin_test::same_bits(fused.tensors.at(e.name).clone(), ref));
   }
   CHECK(fused.metadata.at("format") == "pt");
@@ -325,6 +329,39 @@ TEST_CASE("cli build + fuse equal TwinModel::build + DynamicFuser, and route equ
   const Run ins = twin_merge("inspect " + w.p("model.safetensors"));
   CHECK(ins.out.find("twin model: 3 tasks: x y z") != std::string::npos);
   CHECK(ins.out.find("r=3") != std::string::npos);
+}
+
+TEST_CASE("cli build keeps each task's excluded head at its own label count; fuse writes the top task's") {
+  // GLUE-style experts: heads of 2, 3 and 1 labels beside a shared encoder.
+  Workspace w;
+  std::mt19937_64 rng(52);
+  std::string experts;
+  for (std::size_t i = 0; i < 3; ++i) {
+    const std::int64_t labels[] = {2, 3, 1};
+    w.experts[i].assign("classifier.weight", twin_test::random_tensor(rng, dtype::f32, {labels[i], 24}));
+    save_safetensors(w.dir / ("h" + std::to_string(i) + ".safetensors"), w.experts[i]);
+    experts += " --expert t" + std::to_string(i) + "=" + w.p("h" + std::to_string(i) + ".safetensors");
+  }
+  Run r = twin_merge("build --base " + w.p("base.safetensors") + experts +
+                     " --method task_arithmetic --scaling 0.3 --rank 3 --exclude 'classifier.*' -o " +
+                     w.p("heads.safetensors"));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  r = twin_merge("inspect " + w.p("heads.safetensors"));
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("[2, 24]") != std::string::npos);
+  CHECK(r.out.find("[3, 24]") != std::string::npos);
+  CHECK(r.out.find("[1, 24]") != std::string::npos);
+  r = twin_merge("fuse " + w.p("heads.safetensors") + " --weights 0.2,0.7,0.1 -o " + w.p("fused.safetensors"));
+  REQUIRE(r.status == 0);
+  const LoadedCheckpoint fused = load_safetensors(w.p("fused.safetensors"));
+  CHECK(twin_test::same_bits(fused.tensors.at("classifier.weight").clone(), w.experts[1].at("classifier.weight")));
+  // Without the exclusion the heads cannot be merged: refused, naming the tensor.
+  r = twin_merge("build --base " + w.p("base.safetensors") + experts +
+                 " --method task_arithmetic --scaling 0.3 --rank 3 -o " + w.p("bad.safetensors"));
+  CHECK(r.status != 0);
+  CHECK(r.err.find("classifier.weight") != std::string::npos);
+  CHECK_FALSE(fs::exists(w.p("bad.safetensors")));
 }
 
 TEST_CASE("cli build with quantized factors + residual, sign modules, a budget: equal to the library's build") {

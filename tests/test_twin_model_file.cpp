@@ -96,6 +96,36 @@ TEST_CASE("save -> load gives a model whose fusion is bit-identical, for svd and
   }
 }
 
+TEST_CASE("excluded heads of different shapes per task come back from a file as written") {
+  // Each task's head has its own label count (2, 3, 4 rows); the file keeps
+  // each copy at its shape and the loaded model fuses them as the built one.
+  Experts x = make_experts(63);
+  std::mt19937_64 rng(63);
+  for (std::size_t t = 0; t < x.experts.size(); ++t)
+    x.experts[t].assign("head.weight",
+                        twin_test::random_tensor(rng, dtype::f32, {static_cast<std::int64_t>(2 + t), 24}));
+  TwinBuildOptions opts;
+  opts.exclude = {"head\\..*"};
+  const TwinModel m = TwinModel::build(x.base, std::span<const StateDict>(x.experts), TaskArithmetic{0.3, {}},
+                                       SvdCompressor::with_rank(2), opts);
+  const fs::path p = scratch("heads.safetensors");
+  save_twin_model(p, m);
+  const TwinModelFile f = load_twin_model(p);
+  const TwinModel::Entry& e = f.model.at("head.weight");
+  CHECK_FALSE(e.uniform_shape());
+  const DynamicFuser fuser(f.model);
+  for (std::size_t t = 0; t < x.experts.size(); ++t) {
+    CHECK(twin_test::same_bits(e.copies[t], x.experts[t].at("head.weight")));
+    std::vector<float> w(x.experts.size(), 0.1f);
+    w[t] = 0.8f;
+    Tensor out(dtype::f32, fuser.output_shape("head.weight", w));
+    CHECK(out.dim(0) == static_cast<std::int64_t>(2 + t));
+    fuser.fuse_tensor("head.weight", out, w);
+    CHECK(twin_test::same_bits(out, x.experts[t].at("head.weight")));
+  }
+  fs::remove(p);
+}
+
 TEST_CASE("a model file from a newer format version, or one missing parts, is refused with io_error") {
   const TwinModel m = rank2_model(62);
   const fs::path p = scratch("ok.safetensors"), q = scratch("bad.safetensors");

@@ -47,8 +47,8 @@ struct FuseOptions {
 // What the fuser precomputes for one tensor of the model.
 struct FusePlan {
   const TwinModel::Entry* entry = nullptr;
-  const Tensor* shared = nullptr;  // θ* (null for excluded tensors)
-  MatrixShape ms;
+  const Tensor* shared = nullptr;     // θ* (null for excluded tensors)
+  MatrixShape ms;                     // of the entry's shape (task 0's copy for an excluded tensor)
   std::int64_t K = 0;                 // Σ ranks of the low-rank modules
   std::vector<std::int64_t> offset;   // T+1 column offsets into A_cat / B_cat
   std::vector<float> a_cat, b_cat;    // [rows×K], [cols×K] row-major, f32
@@ -144,9 +144,25 @@ class DynamicFuser {
 
   void fuse_view(std::string_view name, const TensorView& out, std::span<const float> w) const {
     const FusePlan& p = plan(name);
-    check_output(name, out, p.entry->shape.span());
     check_weights(w, name);
-    fuse_region(p, w, 0, p.ms.rows, 0, p.ms.cols, out);
+    const auto full = p.entry->task_shape(top_task(w));
+    check_output(name, out, full);
+    const MatrixShape ms = matrix_shape(full);
+    fuse_region(p, w, 0, ms.rows, 0, ms.cols, out);
+  }
+
+  // The shape `name` is fused to for weights w: the model's, or for an
+  // excluded tensor whose tasks' copies differ (a head per label count) the
+  // shape of the copy fuse writes, the top task's.
+  std::span<const std::int64_t> output_shape(std::string_view name, std::span<const float> w) const {
+    const FusePlan& p = plan(name);
+    check_weights(w, name);
+    return p.entry->task_shape(top_task(w));
+  }
+  // The task whose copy of an excluded tensor a fusion with weights w
+  // writes: the largest weight, the first on ties.
+  static std::size_t top_task(std::span<const float> w) {
+    return static_cast<std::size_t>(std::max_element(w.begin(), w.end()) - w.begin());
   }
 
   // A tensor-parallel shard: the slice [start, start + out.dim(axis)) of
@@ -158,7 +174,9 @@ class DynamicFuser {
   void fuse_shard(std::string_view name, Out&& out, std::span<const float> w, int axis, std::int64_t start) const {
     const TensorView ov = writable_view(std::forward<Out>(out));
     const FusePlan& p = plan(name);
-    const auto full = p.entry->shape.span();
+    check_weights(w, name);
+    const auto full = p.entry->task_shape(top_task(w));
+    const MatrixShape ms = matrix_shape(full);
     const int rank = static_cast<int>(full.size());
     if (axis < 0 || axis >= std::max(rank, 1) || axis > 1)
       throw argument_error("tensor '" + std::string(name) + "' of shape " + shape_string(full) +
@@ -174,12 +192,11 @@ class DynamicFuser {
     Extents expect(full);
     expect[axis] = len;
     check_output(name, ov, expect.span());
-    check_weights(w, name);
     if (rank == 1) return fuse_region(p, w, 0, 1, start, start + len, ov);
-    if (axis == 0) return fuse_region(p, w, start, start + len, 0, p.ms.cols, ov);
+    if (axis == 0) return fuse_region(p, w, start, start + len, 0, ms.cols, ov);
     // Columns of the matrix view: a slice of dim 1 is contiguous there.
-    const std::int64_t inner = full[1] == 0 ? 0 : p.ms.cols / full[1];
-    fuse_region(p, w, 0, p.ms.rows, start * inner, (start + len) * inner, ov);
+    const std::int64_t inner = full[1] == 0 ? 0 : ms.cols / full[1];
+    fuse_region(p, w, 0, ms.rows, start * inner, (start + len) * inner, ov);
   }
 
   const FusePlan& plan(std::string_view name) const {
@@ -301,13 +318,14 @@ class DynamicFuser {
     const TwinModel::Entry& e = *p.entry;
 
     if (e.excluded) {
-      // The task the router trusts most supplies its own copy.
-      const std::size_t best = static_cast<std::size_t>(std::max_element(w.begin(), w.end()) - w.begin());
-      const ConstTensorView src = e.copies[best].view();
+      // The task the router trusts most supplies its own copy (of its own
+      // shape, which the callers checked the region against).
+      const ConstTensorView src = e.copies[top_task(w)].view();
+      const std::int64_t src_cols = matrix_shape(src.shape()).cols;
       parallel_blocks(rows, row_block_for(rows, cw, true), [&](std::int64_t lo, std::int64_t hi) {
         std::vector<float>& buf = scratch(0, static_cast<std::size_t>(cw));
         for (std::int64_t i = lo; i < hi; ++i) {
-          read_f32(src, (r0 + i) * cols + c0, cw, buf.data());
+          read_f32(src, (r0 + i) * src_cols + c0, cw, buf.data());
           write_f32(buf.data(), i * cw, cw, out);
         }
       });

@@ -42,6 +42,11 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
   const FusePlan& p = fuser.plan(name);
   const std::string nm(name);
   const auto wshape = p.entry->shape.span();
+  // Rows whose top tasks differ share one output: their copies must agree.
+  if (!p.entry->uniform_shape())
+    throw shape_error("mixed-batch apply: the tasks' copies of excluded tensor '" + nm +
+                      "' differ in shape (task 0's " + shape_string(wshape) +
+                      "): rows routed to different tasks cannot share one output; fuse it per input instead");
   if (wshape.size() != 2)
     throw shape_error("mixed-batch apply: tensor '" + nm + "' of shape " + shape_string(wshape) +
                       " is not the weight of a linear layer");
@@ -234,6 +239,9 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
     const FusePlan& bp = fuser.plan(opts.bias);
     const std::int64_t bshape[1] = {m};
     check_same_shape(opts.bias, bshape, bp.entry->shape.span(), "bias of tensor '" + nm + "':");
+    if (!bp.entry->uniform_shape())
+      throw shape_error("mixed-batch apply: the tasks' copies of excluded bias '" + opts.bias +
+                        "' differ in shape: rows routed to different tasks cannot share one output");
     parallel_blocks(tokens, 16, [&](std::int64_t lo, std::int64_t hi) {
       std::vector<float> b(static_cast<std::size_t>(m));
       for (std::int64_t i = lo; i < hi; ++i) {

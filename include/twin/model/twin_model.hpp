@@ -6,6 +6,7 @@
 // file can hold it as is.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -34,7 +35,8 @@ struct TwinBuildOptions {
   std::vector<std::string> task_names;
   // Regular expressions (whole-name match): these tensors are not merged nor
   // fused; each task keeps its own copy (classifier heads, or biases as the
-  // official discriminative runs do).
+  // official discriminative runs do), of any shape (a head per label count;
+  // an expert without the tensor is refused).
   std::vector<std::string> exclude;
   // dtype of θ* (default: the base tensor's dtype).
   std::optional<dtype> shared_dtype;
@@ -57,11 +59,21 @@ class TwinModel {
  public:
   struct Entry {
     std::string name;
-    Extents shape;
+    Extents shape;  // excluded tensors: task 0's copy (the copies' shapes may differ)
     bool excluded = false;
     std::vector<ExclusiveModule> modules;    // one per task (merged tensors)
     std::vector<Tensor> copies;              // one per task (excluded tensors)
     std::vector<double> delta_sq, error_sq;  // ‖v_t‖², ‖v_t − v̂_t‖² (NaN: not measured)
+
+    // The shape task t's weights take: its own copy's for an excluded tensor.
+    std::span<const std::int64_t> task_shape(std::size_t t) const {
+      return excluded ? copies.at(t).shape() : shape.span();
+    }
+    // Whether every task's copy has one shape (always so for merged tensors).
+    bool uniform_shape() const {
+      return std::all_of(copies.begin(), copies.end(),
+                         [&](const Tensor& c) { return std::ranges::equal(c.shape(), shape.span()); });
+    }
   };
 
   TwinModel() = default;
@@ -88,13 +100,11 @@ class TwinModel {
     shared_.insert(name, std::move(shared));
     push(std::move(e));
   }
+  // An excluded tensor: one copy per task, each of its task's shape.
   void add_excluded(const std::string& name, std::vector<Tensor> copies) {
     if (copies.size() != tasks_.size())
       throw argument_error("excluded tensor '" + name + "': " + std::to_string(copies.size()) + " copies for " +
                            std::to_string(tasks_.size()) + " tasks");
-    for (std::size_t t = 1; t < copies.size(); ++t)
-      check_same_shape(name, copies[0].shape(), copies[t].shape(),
-                       "excluded copy of task '" + tasks_[t] + "' for tensor");
     Entry e{name, Extents(copies[0].shape()), true, {}, std::move(copies), {}, {}};
     push(std::move(e));
   }
@@ -160,19 +170,17 @@ class TwinModel {
 
   StorageReport storage() const {
     StorageReport r;
-    std::size_t one_expert = 0;
     for (const Entry& e : entries_) {
       if (e.excluded) {
-        for (const Tensor& c : e.copies) r.excluded_bytes += c.nbytes();
-        one_expert += e.copies[0].nbytes();
+        // Each task's dense expert holds its own copy.
+        for (const Tensor& c : e.copies) r.excluded_bytes += c.nbytes(), r.dense_experts_bytes += c.nbytes();
       } else {
         const Tensor& s = shared_.at(e.name);
         r.shared_bytes += s.nbytes();
         for (const ExclusiveModule& m : e.modules) r.exclusive_bytes += m.nbytes();
-        one_expert += s.nbytes();
+        r.dense_experts_bytes += s.nbytes() * tasks_.size();
       }
     }
-    r.dense_experts_bytes = one_expert * tasks_.size();
     return r;
   }
 
@@ -267,7 +275,13 @@ TwinModel TwinModel::build(const StateDict& base, std::span<const StateDict* con
     const std::string& name = item.first;
     if (excluded.matches(name)) {
       std::vector<Tensor> copies;
-      for (const StateDict* e : experts) copies.push_back(e->at(name).clone());
+      for (std::size_t t = 0; t < T; ++t) {
+        const Tensor* c = experts[t]->find(name);
+        if (!c)
+          throw name_error("expert " + std::to_string(t) + " ('" + names[t] + "') has no tensor '" + name +
+                           "', which is excluded: each task keeps its own copy of an excluded tensor");
+        copies.push_back(c->clone());
+      }
       model.add_excluded(name, std::move(copies));
     } else {
       Tensor shared = std::move(merged.at(name));
