@@ -893,9 +893,10 @@ struct TrainRouterCommand {
   std::string data, out;
   int epochs = 100, patience = 10, depth = 2;
   std::int64_t batch = 128, hidden = 0, tasks = 0;
-  double lr = 5e-4, weight_decay = 0.0, holdout = 0.1, dropout = 0.5;
+  double lr = 5e-4, weight_decay = 0.0, holdout = 0.1, dropout = 0.5, max_grad_norm = 0.0;
   std::uint64_t seed = 0;
   bool balanced = false;
+  std::string lr_schedule = "constant";
 
   void add(CLI::App& root) {
     CLI::App* c = root.add_subcommand("train-router", "train the router MLP on labelled embeddings");
@@ -907,6 +908,15 @@ struct TrainRouterCommand {
     c->add_option("--batch", batch, "mini-batch size")->capture_default_str();
     c->add_option("--lr", lr, "Adam learning rate")->capture_default_str();
     c->add_option("--weight-decay", weight_decay, "Adam weight decay")->capture_default_str();
+    c->add_option("--lr-schedule", lr_schedule,
+                  "constant, or linear: decayed to 0 over --epochs' updates (the official router's Trainer)")
+        ->check(CLI::IsMember({"constant", "linear"}))
+        ->capture_default_str();
+    c->add_option("--max-grad-norm", max_grad_norm,
+                  "clip the gradients' global L2 norm to this before each update (0: no clipping; the official "
+                  "router's Trainer: 1)")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
     c->add_option("--hidden", hidden, "hidden width (0: 2 d)")->capture_default_str();
     c->add_option("--depth", depth, "hidden blocks")->capture_default_str();
     c->add_option("--dropout", dropout, "dropout probability")->capture_default_str();
@@ -948,6 +958,8 @@ struct TrainRouterCommand {
     o.batch_size = batch;
     o.adam.lr = lr;
     o.adam.weight_decay = weight_decay;
+    o.lr_schedule = lr_schedule == "linear" ? twin::LrSchedule::linear : twin::LrSchedule::constant;
+    o.max_grad_norm = max_grad_norm;
     o.holdout_fraction = holdout;
     o.class_balanced = balanced;
     o.seed = seed;

@@ -475,6 +475,138 @@ TEST_CASE("Adam matches torch.optim.Adam's update formula, with coupled and with
   }
 }
 
+TEST_CASE("Adam's per-step lr_scale is a learning rate of lr * scale for that step, decoupled decay included") {
+  nn::Parameter<double> p;
+  p.resize(1, 3);
+  p.value << 1.0, -2.0, 0.5;
+  nn::AdamOptions o;
+  o.lr = 0.1;
+  o.weight_decay = 0.2;
+  o.decoupled_weight_decay = true;
+  nn::Adam<double> adam({&p}, o);
+  std::vector<double> theta = {1.0, -2.0, 0.5}, m(3, 0.0), v(3, 0.0);
+  const double scales[3] = {1.0, 2.0 / 3.0, 1.0 / 3.0}, grads[3] = {0.3, -0.1, 2.0};
+  for (int t = 1; t <= 3; ++t) {
+    for (int i = 0; i < 3; ++i) p.grad.data()[i] = grads[i] * t;
+    adam.step(scales[t - 1]);
+    const double lr = 0.1 * scales[t - 1];
+    for (std::size_t i = 0; i < 3; ++i) {
+      const double g = grads[i] * t;
+      theta[i] *= 1 - lr * 0.2;
+      m[i] = 0.9 * m[i] + 0.1 * g;
+      v[i] = 0.999 * v[i] + 0.001 * g * g;
+      theta[i] -= lr * (m[i] / (1 - std::pow(0.9, t))) / (std::sqrt(v[i] / (1 - std::pow(0.999, t))) + 1e-8);
+      CHECK(p.value.data()[i] == doctest::Approx(theta[i]).epsilon(1e-12));
+    }
+  }
+}
+
+TEST_CASE("clip_grad_norm scales all gradients to the global norm's limit, and leaves them below it") {
+  nn::Parameter<float> a, b;
+  a.resize(2, 2);
+  b.resize(1, 3);
+  a.grad << 3.0f, 0.0f, -4.0f, 1.0f;
+  b.grad << 2.0f, -2.0f, 1.0f;  // ‖g‖² = 9 + 16 + 1 + 4 + 4 + 1 = 35
+  nn::Parameter<float>* ps[2] = {&a, &b};
+  const std::vector<float> before = {3, 0, -4, 1, 2, -2, 1};
+  CHECK(nn::clip_grad_norm<float>(ps, 10.0) == doctest::Approx(std::sqrt(35.0)).epsilon(1e-12));
+  CHECK(a.grad(1, 0) == -4.0f);  // below the limit: untouched
+  CHECK(nn::clip_grad_norm<float>(ps, 1.0) == doctest::Approx(std::sqrt(35.0)).epsilon(1e-12));
+  const double coef = 1.0 / (std::sqrt(35.0) + 1e-6);
+  const float got[7] = {a.grad(0, 0), a.grad(0, 1), a.grad(1, 0), a.grad(1, 1),
+                        b.grad(0, 0), b.grad(0, 1), b.grad(0, 2)};
+  double sq = 0;
+  for (int i = 0; i < 7; ++i) {
+    CHECK(got[i] == doctest::Approx(before[static_cast<std::size_t>(i)] * coef).epsilon(1e-6));
+    sq += static_cast<double>(got[i]) * got[i];
+  }
+  CHECK(std::sqrt(sq) == doctest::Approx(1.0).epsilon(1e-5));
+}
+
+TEST_CASE("training with a linear schedule and gradient clipping equals softmax regression with Adam in double") {
+  // A linear router (depth 0), one full batch per epoch, no standardization:
+  // each epoch is one Adam update of W, b on the mean cross-entropy, with
+  // the gradient clipped to a global norm and the k-th of S updates taken at
+  // lr · (S − k) / S. The reference does the same arithmetic in double.
+  const Clusters data = make_clusters(31, 3, 12, 5, 4.0, 32);
+  const std::int64_t N = 36, d = 5, T = 3;
+  RouterConfig rc{.input_dim = d, .num_tasks = T};
+  rc.depth = 0;
+  const auto xv = to_f64_vector(data.x.view());
+  for (const bool linear : {false, true})
+    for (const double clip : {0.0, 0.05}) {
+      CAPTURE(linear);
+      CAPTURE(clip);
+      Router router(rc, 9);
+      const nn::Linear<float>& lin = router.linear_layers()[0];
+      std::vector<double> W(static_cast<std::size_t>(T * d)), b(static_cast<std::size_t>(T));
+      for (std::int64_t t = 0; t < T; ++t) {
+        for (std::int64_t j = 0; j < d; ++j) W[static_cast<std::size_t>(t * d + j)] = lin.weight.value(t, j);
+        b[static_cast<std::size_t>(t)] = lin.bias.value(0, t);
+      }
+      RouterTrainOptions o;
+      o.max_epochs = 4;
+      o.patience = 0;
+      o.batch_size = 64;
+      o.holdout_fraction = 0.0;
+      o.standardize = false;
+      o.seed = 9;
+      o.adam.lr = 0.05;
+      o.lr_schedule = linear ? LrSchedule::linear : LrSchedule::constant;
+      o.max_grad_norm = clip;
+      train_router(router, data.x, data.y, o);
+
+      std::vector<double> mW(W.size(), 0.0), vW = mW, mb(b.size(), 0.0), vb = mb;
+      for (int k = 0; k < 4; ++k) {
+        std::vector<double> gW(W.size(), 0.0), gb(b.size(), 0.0);
+        for (std::int64_t i = 0; i < N; ++i) {
+          double z[3], zmax = -1e300, sum = 0;
+          for (std::int64_t t = 0; t < T; ++t) {
+            z[t] = b[static_cast<std::size_t>(t)];
+            for (std::int64_t j = 0; j < d; ++j)
+              z[t] += W[static_cast<std::size_t>(t * d + j)] * xv[static_cast<std::size_t>(i * d + j)];
+            zmax = std::max(zmax, z[t]);
+          }
+          for (double& zt : z) sum += std::exp(zt - zmax);
+          for (std::int64_t t = 0; t < T; ++t) {
+            const double dz = (std::exp(z[t] - zmax) / sum - (data.y[static_cast<std::size_t>(i)] == t ? 1.0 : 0.0)) /
+                              static_cast<double>(N);
+            gb[static_cast<std::size_t>(t)] += dz;
+            for (std::int64_t j = 0; j < d; ++j)
+              gW[static_cast<std::size_t>(t * d + j)] += dz * xv[static_cast<std::size_t>(i * d + j)];
+          }
+        }
+        double sq = 0;
+        for (double g : gW) sq += g * g;
+        for (double g : gb) sq += g * g;
+        const double coef = clip > 0 ? std::min(1.0, clip / (std::sqrt(sq) + 1e-6)) : 1.0;
+        const double lr = 0.05 * (linear ? (4.0 - k) / 4.0 : 1.0);
+        auto adam = [&](std::vector<double>& th, std::vector<double>& m, std::vector<double>& v,
+                        const std::vector<double>& g) {
+          for (std::size_t i = 0; i < th.size(); ++i) {
+            const double gi = g[i] * coef;
+            m[i] = 0.9 * m[i] + 0.1 * gi;
+            v[i] = 0.999 * v[i] + 0.001 * gi * gi;
+            th[i] -= lr * (m[i] / (1 - std::pow(0.9, k + 1))) / (std::sqrt(v[i] / (1 - std::pow(0.999, k + 1))) + 1e-8);
+          }
+        };
+        adam(W, mW, vW, gW);
+        adam(b, mb, vb, gb);
+      }
+      const nn::Linear<float>& got = router.linear_layers()[0];
+      for (std::int64_t t = 0; t < T; ++t) {
+        for (std::int64_t j = 0; j < d; ++j)
+          CHECK(got.weight.value(t, j) == doctest::Approx(W[static_cast<std::size_t>(t * d + j)]).epsilon(1e-4));
+        CHECK(got.bias.value(0, t) == doctest::Approx(b[static_cast<std::size_t>(t)]).epsilon(1e-4));
+      }
+    }
+  // Bad clip values are refused.
+  Router r(rc, 1);
+  RouterTrainOptions bad;
+  bad.max_grad_norm = -1.0;
+  CHECK_THROWS_AS(train_router(r, data.x, data.y, bad), argument_error);
+}
+
 // --- data handling -------------------------------------------------------------
 
 TEST_CASE("stratified_split holds out round(f * n) items of each task, disjoint from training, fixed by the seed") {

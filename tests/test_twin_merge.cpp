@@ -15,6 +15,7 @@
 #include "twin/io/safetensors.hpp"
 #include "twin/io/twin_model_file.hpp"
 #include "twin/model/budget.hpp"
+#include "twin/route/router_training.hpp"
 
 namespace fs = std::filesystem;
 using namespace twin;
@@ -329,6 +330,41 @@ TEST_CASE("cli build + fuse equal TwinModel::build + DynamicFuser, and route equ
   const Run ins = twin_merge("inspect " + w.p("model.safetensors"));
   CHECK(ins.out.find("twin model: 3 tasks: x y z") != std::string::npos);
   CHECK(ins.out.find("r=3") != std::string::npos);
+}
+
+TEST_CASE("cli train-router --lr-schedule linear --max-grad-norm trains the router train_router gives") {
+  // The official router's Trainer schedule, from the command line and from
+  // the library with the same options: the same weights, so the same logits.
+  Workspace w;
+  write_router_data(w.dir / "emb.safetensors", 40, 6);
+  Run r = twin_merge("train-router --data " + w.p("emb.safetensors") +
+                     " --epochs 6 --seed 4 --lr 0.01 --lr-schedule linear --max-grad-norm 0.5 -o " +
+                     w.p("linear.safetensors"));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  r = twin_merge("train-router --data " + w.p("emb.safetensors") + " --epochs 6 --seed 4 --lr 0.01 -o " +
+                 w.p("constant.safetensors"));
+  REQUIRE(r.status == 0);
+  const LoadedCheckpoint data = load_safetensors(w.p("emb.safetensors"));
+  const Tensor& emb = data.tensors.at("embeddings");
+  const std::vector<std::int64_t> labels = labels_from(data.tensors.at("labels").view());
+  Router lib(RouterConfig{.input_dim = 6, .num_tasks = 3}, 4);
+  RouterTrainOptions o;
+  o.max_epochs = 6;
+  o.seed = 4;
+  o.adam.lr = 0.01;
+  o.lr_schedule = LrSchedule::linear;
+  o.max_grad_norm = 0.5;
+  train_router(lib, emb, labels, o);
+  const Tensor want = lib.logits(emb);
+  CHECK(twin_test::same_bits(load_router(w.p("linear.safetensors")).logits(emb), want));
+  CHECK_FALSE(twin_test::same_bits(load_router(w.p("constant.safetensors")).logits(emb), want));
+  r = twin_merge("train-router --data " + w.p("emb.safetensors") + " --lr-schedule cosine -o " + w.p("x.safetensors"));
+  CHECK(r.status == 2);
+  CHECK(r.err.find("--lr-schedule") != std::string::npos);
+  r = twin_merge("train-router --data " + w.p("emb.safetensors") + " --max-grad-norm -1 -o " + w.p("x.safetensors"));
+  CHECK(r.status == 2);
+  CHECK_FALSE(fs::exists(w.p("x.safetensors")));
 }
 
 TEST_CASE("cli build keeps each task's excluded head at its own label count; fuse writes the top task's") {

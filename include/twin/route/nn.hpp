@@ -408,6 +408,21 @@ struct AdamOptions {
   bool decoupled_weight_decay = false;
 };
 
+// Scales the gradients of `params` by max_norm / (‖g‖ + 1e-6) where that is
+// below 1, ‖g‖ the L2 norm of all of them together (summed in double, in
+// order: the same bits on any thread count), as
+// torch.nn.utils.clip_grad_norm_. Returns ‖g‖ before clipping.
+template <class S>
+double clip_grad_norm(std::span<Parameter<S>* const> params, double max_norm) {
+  double sq = 0.0;
+  for (const Parameter<S>* p : params)
+    for (Index i = 0; i < p->grad.size(); ++i) sq += static_cast<double>(p->grad.data()[i]) * p->grad.data()[i];
+  const double norm = std::sqrt(sq), coef = max_norm / (norm + 1e-6);
+  if (coef < 1.0)
+    for (Parameter<S>* p : params) p->grad *= static_cast<S>(coef);
+  return norm;
+}
+
 template <class S>
 class Adam {
  public:
@@ -441,14 +456,17 @@ class Adam {
     }
   }
 
-  void step() {
+  // One update at learning rate options().lr · lr_scale (a schedule's
+  // factor; decoupled weight decay takes the scaled rate too, as torch's
+  // AdamW under a scheduler).
+  void step(double lr_scale = 1.0) {
     ++t_;
-    const double b1 = opts_.beta1, b2 = opts_.beta2;
-    const S step_size = static_cast<S>(opts_.lr / (1.0 - std::pow(b1, static_cast<double>(t_))));
+    const double b1 = opts_.beta1, b2 = opts_.beta2, lr = opts_.lr * lr_scale;
+    const S step_size = static_cast<S>(lr / (1.0 - std::pow(b1, static_cast<double>(t_))));
     const S inv_sqrt_bc2 = static_cast<S>(1.0 / std::sqrt(1.0 - std::pow(b2, static_cast<double>(t_))));
     const S sb1 = static_cast<S>(b1), sb2 = static_cast<S>(b2), c1 = static_cast<S>(1.0 - b1),
             c2 = static_cast<S>(1.0 - b2), eps = static_cast<S>(opts_.eps), wd = static_cast<S>(opts_.weight_decay);
-    const S decay = static_cast<S>(1.0 - opts_.lr * opts_.weight_decay);
+    const S decay = static_cast<S>(1.0 - lr * opts_.weight_decay);
     const bool coupled = !opts_.decoupled_weight_decay && opts_.weight_decay != 0.0;
     const bool decoupled = opts_.decoupled_weight_decay && opts_.weight_decay != 0.0;
     // Eigen array expressions: vectorized sqrt and division (a plain loop
@@ -484,6 +502,7 @@ class Adam {
 
   std::int64_t steps() const noexcept { return t_; }
   const AdamOptions& options() const noexcept { return opts_; }
+  const std::vector<Parameter<S>*>& parameters() const noexcept { return params_; }
 
  private:
   std::vector<Parameter<S>*> params_;

@@ -45,12 +45,27 @@ struct RouterConfig {
   }
 };
 
+// The learning rate over a training run.
+enum class LrSchedule {
+  constant,  // opts.adam.lr throughout
+  linear,    // decayed linearly to 0 over max_epochs' updates, as the official router's HF Trainer does
+};
+
 struct RouterTrainOptions {
   int max_epochs = 100;
   // Stop after this many epochs without a better held-out result (0: never).
   int patience = 10;
   std::int64_t batch_size = 128;
   nn::AdamOptions adam{};  // lr 5e-4, betas (0.9, 0.999), eps 1e-8, no weight decay
+  // linear: the k-th update (0-based) of S = max_epochs × updates per epoch
+  // takes lr · (S − k) / S (HF's get_linear_schedule_with_warmup, no warmup),
+  // whether or not early stopping ends the run first.
+  LrSchedule lr_schedule = LrSchedule::constant;
+  // Before each update the gradients of all parameters are scaled by
+  // max_grad_norm / (‖g‖ + 1e-6) where that is below 1, ‖g‖ their global L2
+  // norm (torch.nn.utils.clip_grad_norm_; the official Trainer's is 1).
+  // 0: no clipping.
+  double max_grad_norm = 0.0;
   // Share of each task's items held out when fit() is given one set (0: none,
   // and the last epoch is kept).
   double holdout_fraction = 0.1;

@@ -141,6 +141,8 @@ struct RouterTraining {
     if (o.batch_size < 2)
       throw argument_error("batch_size must be at least 2 (BatchNorm needs two rows), found " +
                            std::to_string(o.batch_size));
+    if (!(o.max_grad_norm >= 0.0) || !std::isfinite(o.max_grad_norm))
+      throw argument_error("max_grad_norm must be >= 0 (0: no clipping), found " + std::to_string(o.max_grad_norm));
     if (train_x.rows() < 2 && net.config_.depth > 0)
       throw argument_error("training set has " + std::to_string(train_x.rows()) +
                            " item(s); BatchNorm needs at least 2");
@@ -175,6 +177,11 @@ struct RouterTraining {
     Snapshot best_state;
     std::uint64_t step = 0;
     int since_best = 0;
+    // Updates in the whole run, for the linear schedule: every batch of an
+    // epoch but a trailing one of a single row where BatchNorm skips it.
+    std::int64_t per_epoch = (N + o.batch_size - 1) / o.batch_size;
+    if (depth > 0 && N % o.batch_size == 1) --per_epoch;
+    const double total_steps = static_cast<double>(per_epoch) * o.max_epochs;
 
     for (int epoch = 1; epoch <= o.max_epochs; ++epoch) {
       const std::vector<std::int64_t> order = epoch_order(train_y, net.num_tasks(), o.seed, epoch, o.class_balanced);
@@ -214,7 +221,9 @@ struct RouterTraining {
           net.norm_[l].backward(g2, g1);
           net.linear_[l].backward(a[l], g1, l > 0 ? &da : nullptr);
         }
-        adam.step();
+        if (o.max_grad_norm > 0.0)
+          nn::clip_grad_norm(std::span<nn::Parameter<float>* const>(adam.parameters()), o.max_grad_norm);
+        adam.step(o.lr_schedule == LrSchedule::linear ? (total_steps - static_cast<double>(step)) / total_steps : 1.0);
         ++step;
       }
 
