@@ -44,17 +44,23 @@ void check_output_path(const fs::path& out) {
 }
 
 // An --exclude pattern matches a whole tensor name; one that matches none
-// of the base's is most likely a fragment ('classifier', which the official
+// of the inputs' is most likely a fragment ('classifier', which the official
 // scripts' re.match would take as a prefix): said on stderr, not an error
-// (a script may reuse patterns across models).
-void warn_unmatched_excludes(const std::vector<std::string>& patterns, const twin::StateDict& base) {
+// (a script may reuse patterns across models). `what` names the inputs.
+void warn_unmatched_excludes(const std::vector<std::string>& patterns,
+                             std::initializer_list<const twin::LoadedCheckpoint*> inputs,
+                             const std::vector<twin::LoadedCheckpoint>& more, const char* what) {
   for (const std::string& p : patterns) {
     const twin::NameFilter f(std::span<const std::string>(&p, 1));
-    if (std::none_of(base.begin(), base.end(), [&](const auto& kv) { return f.matches(kv.first); }))
+    auto in = [&](const twin::LoadedCheckpoint& ck) {
+      return std::any_of(ck.tensors.begin(), ck.tensors.end(), [&](const auto& kv) { return f.matches(kv.first); });
+    };
+    if (std::none_of(inputs.begin(), inputs.end(), [&](const twin::LoadedCheckpoint* ck) { return in(*ck); }) &&
+        std::none_of(more.begin(), more.end(), in))
       std::fprintf(stderr,
-                   "warning: --exclude '%s' matches no tensor of the base (a pattern must match the whole name: "
+                   "warning: --exclude '%s' matches no tensor of %s (a pattern must match the whole name: "
                    "'.*%s.*' matches it anywhere)\n",
-                   p.c_str(), p.c_str());
+                   p.c_str(), what, p.c_str());
   }
 }
 
@@ -292,7 +298,7 @@ struct MergeCommand {
     const twin::AnyMerger merger = twin::AnyMerger::from_settings(m.settings(experts.size()));
     const auto out_dtype = parse_out_dtype(dtype);
     const twin::LoadedCheckpoint b = load_checked(base);
-    warn_unmatched_excludes(m.exclude, b.tensors);
+    warn_unmatched_excludes(m.exclude, {&b}, {}, "the base");
     std::vector<twin::LoadedCheckpoint> ex;
     std::vector<const twin::StateDict*> ptrs;
     for (const auto& e : experts) ex.push_back(load_checked(e));
@@ -362,7 +368,8 @@ struct BuildCommand {
     c->add_option("--config", config,
                   "a mergekit YAML merge config (models: form) instead of --base/--expert and the method options; its "
                   "optional `twin:` block may set rank, energy, sparsify_density, sign_density, budget, quant_bits, "
-                  "quant_group, residual_density, factor_dtype, svd_seed, svd_engine, router");
+                  "quant_group, residual_density, factor_dtype, svd_seed, svd_engine, router, exclude (a pattern or a "
+                  "list; --exclude wins)");
     c->add_option("--base", base, "the pretrained checkpoint");
     c->add_option("--expert", experts, "NAME=PATH of a fine-tuned checkpoint (repeat per task)");
     c->add_option("--random-seed", config_seed, "with --config: seed of the randomized methods")->capture_default_str();
@@ -437,9 +444,10 @@ struct BuildCommand {
     std::string factor_dtype_ = factor_dtype, router_ = router;
     std::uint64_t svd_seed_ = svd_seed.value_or(0);
     std::string svd_engine_ = svd_engine;
+    std::vector<std::string> exclude_ = m.exclude;  // else the config's twin.exclude
     if (!config.empty()) {
       for (const char* o : {"--base", "--expert", "--method", "--scaling", "--density", "--gamma", "--epsilon", "--t",
-                            "--weight", "--normalize", "--rescale", "--exclude"})
+                            "--weight", "--normalize", "--rescale"})
         if (app->count(o) > 0)
           throw twin::argument_error(std::string("--config replaces --base, --expert and the method options; ") + o +
                                      " was given too");
@@ -493,6 +501,7 @@ struct BuildCommand {
                                      "' is not one of auto, exact, randomized");
       }
       if (router_.empty() && opt("router")) router_ = *opt("router");
+      if (exclude_.empty()) exclude_ = y.twin_exclude;
       b = load_checked(*c.base_model);
       for (const twin::ConfigSource& src : c.models) {
         if (src.model == *c.base_model) continue;
@@ -520,7 +529,6 @@ struct BuildCommand {
       if (base.empty() || experts.empty()) throw twin::argument_error("build needs --base and --expert, or --config");
       merger.emplace(twin::AnyMerger::from_settings(m.settings(experts.size())));
       b = load_checked(base);
-      warn_unmatched_excludes(m.exclude, b->tensors);
       for (const auto& spec : experts) {
         const auto eq = spec.find('=');
         if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
@@ -529,6 +537,8 @@ struct BuildCommand {
         ex.push_back(load_checked(spec.substr(eq + 1)));
       }
     }
+    // An expert's head the base lacks is excluded too: its names count.
+    warn_unmatched_excludes(exclude_, {&*b}, ex, "the base or the experts");
     if (!rank_ && !energy_ && !sparsify_ && !sign_ && !budget_)
       throw twin::argument_error("build needs one of --rank, --energy, --sparsify-density, --sign-density or --budget");
     if ((sparsify_ || sign_ || budget_) && (quant_bits_ || residual_ > 0.0))
@@ -542,7 +552,7 @@ struct BuildCommand {
     for (const auto& e : ex) ptrs.push_back(&e.tensors);
     twin::TwinBuildOptions o;
     o.task_names = names;
-    o.exclude = m.exclude;
+    o.exclude = exclude_;
     examples::Progress bar("build");
     // Streaming: once a tensor is merged (and again once compressed) the
     // mapped pages of its inputs are dropped, so resident memory stays near

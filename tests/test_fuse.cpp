@@ -398,6 +398,26 @@ TEST_CASE("excluded heads of different label counts: each task keeps its own, fu
   CHECK(msg.find("head.w") != std::string::npos);
 }
 
+TEST_CASE("an excluded head the base lacks (a pretrained base has none) is kept from each expert") {
+  SmallModel sm = small_model(42, kTasks);
+  sm.base.erase("head.w");
+  const TwinModel model = build(sm, SvdCompressor::with_rank(2));
+  REQUIRE(model.find("head.w") != nullptr);
+  CHECK(model.is_excluded("head.w"));
+  CHECK(model.names().back() == "head.w");  // after the base's tensors
+  const DynamicFuser f(model);
+  for (std::size_t t = 0; t < kTasks; ++t) {
+    std::vector<float> w(kTasks, 0.1f);
+    w[t] = 0.7f;
+    Tensor head(dtype::f32, {5, 32});
+    f.fuse_tensor("head.w", head, w);
+    CHECK(same_bits(head, sm.experts[t].at("head.w")));
+  }
+  sm.experts[2].erase("head.w");
+  const std::string msg = error_of<name_error>([&] { (void)build(sm, SvdCompressor::with_rank(2)); });
+  CHECK(msg.find("'task2'") != std::string::npos);
+}
+
 TEST_CASE("fuse takes any range of (name, host tensor) pairs and never modifies the shared weights") {
   const SmallModel sm = small_model(38, kTasks);
   const TwinModel model = build(sm, SvdCompressor::with_rank(3));

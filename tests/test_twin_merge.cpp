@@ -785,6 +785,54 @@ TEST_CASE("cli: task names from dotted folder names, a warning when the model ou
   CHECK_FALSE(fs::exists(w.p("wide_out")));
 }
 
+TEST_CASE("cli build --config: twin.exclude keeps each task's own tensors, as --exclude does, at their own shapes") {
+  // Two experts whose output heads differ in rows (a resized vocabulary):
+  // excluded, each task keeps its own; not excluded, they cannot be merged.
+  LayeredWorkspace w;
+  std::mt19937_64 rng(78);
+  for (int i = 0; i < 2; ++i) {
+    StateDict h = w.experts[static_cast<std::size_t>(i)].clone();
+    h.assign("lm_head.weight", twin_test::random_tensor(rng, dtype::f32, {6 + 3 * i, 10}));
+    w.write("h" + std::to_string(i), h);
+    w.experts[static_cast<std::size_t>(i)] = std::move(h);
+  }
+  const std::string models =
+      "merge_method: task_arithmetic\nbase_model: base\nmodels:\n  - model: h0\n    parameters: {weight: 0.3}\n"
+      "  - model: h1\n    parameters: {weight: 0.3}\n";
+  const std::string listed =
+      w.config("list.yml", models + "twin:\n  rank: 2\n  exclude: [lm_head.weight, model.norm.weight]\n");
+  Run r = twin_merge("build --config " + listed + " -o " + w.p("list.safetensors"));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  r = twin_merge("build --config " + w.config("plain.yml", models) +
+                 " --rank 2 --exclude lm_head.weight --exclude model.norm.weight -o " + w.p("flags.safetensors"));
+  REQUIRE(r.status == 0);
+  auto bytes = [](const std::string& f) {
+    std::ifstream in(f, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  CHECK(bytes(w.p("list.safetensors")) == bytes(w.p("flags.safetensors")));
+  const TwinModelFile f = load_twin_model(w.p("list.safetensors"));
+  CHECK(f.model.is_excluded("model.norm.weight"));
+  const TwinModel::Entry& head = f.model.at("lm_head.weight");
+  REQUIRE(head.excluded);
+  for (std::size_t t = 0; t < 2; ++t) CHECK(twin_test::same_bits(head.copies[t], w.experts[t].at("lm_head.weight")));
+  // One pattern as a scalar.
+  r = twin_merge("build --config " + w.config("one.yml", models + "twin:\n  rank: 2\n  exclude: lm_head\\..*\n") +
+                 " -o " + w.p("one.safetensors"));
+  CHECK(r.status == 0);
+  CHECK(load_twin_model(w.p("one.safetensors")).model.is_excluded("lm_head.weight"));
+  // Not excluded: refused, naming the tensor; a malformed exclude: refused.
+  r = twin_merge("build --config " + w.config("plain.yml", models) + " --rank 2 -o " + w.p("bad.safetensors"));
+  CHECK(r.status == 1);
+  CHECK(r.err.find("lm_head.weight") != std::string::npos);
+  r = twin_merge("build --config " + w.config("map.yml", models + "twin:\n  rank: 2\n  exclude: {a: b}\n") + " -o " +
+                 w.p("bad.safetensors"));
+  CHECK(r.status == 1);
+  CHECK(r.err.find("twin.exclude must be a pattern or a list of patterns") != std::string::npos);
+  CHECK_FALSE(fs::exists(w.p("bad.safetensors")));
+}
+
 TEST_CASE("cli build --config: a mergekit config plus a twin block builds what the API builds") {
   LayeredWorkspace w;
   const std::string models = R"(merge_method: task_arithmetic

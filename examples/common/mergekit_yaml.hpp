@@ -9,7 +9,8 @@
 // they do not exist from the working directory. A `twin:` block carries the
 // build options (read by twin-merge build): rank, energy, sparsify_density,
 // sign_density, budget, quant_bits, quant_group, residual_density,
-// factor_dtype, svd_seed, svd_engine, router.
+// factor_dtype, svd_seed, svd_engine, router, and exclude (a pattern or a
+// list of them: tensors each task keeps, such as its classifier head).
 #pragma once
 
 #include <yaml-cpp/yaml.h>
@@ -32,6 +33,7 @@ namespace examples {
 struct MergekitYaml {
   twin::MergeConfig config;
   std::map<std::string, std::string> twin_options;  // the `twin:` block, key → scalar text
+  std::vector<std::string> twin_exclude;            // the block's exclude patterns
 };
 
 namespace detail {
@@ -217,8 +219,19 @@ inline MergekitYaml load_mergekit_yaml(const std::filesystem::path& path) {
     if (const YAML::Node t = root["twin"]) {
       detail::only_keys(t, file, "the twin block",
                         {"rank", "energy", "sparsify_density", "sign_density", "budget", "quant_bits", "quant_group",
-                         "residual_density", "factor_dtype", "svd_seed", "svd_engine", "router"});
+                         "residual_density", "factor_dtype", "svd_seed", "svd_engine", "router", "exclude"});
       for (const auto& kv : t) {
+        if (kv.first.as<std::string>() == "exclude") {
+          const YAML::Node& e = kv.second;
+          if (e.IsScalar()) y.twin_exclude.push_back(e.Scalar());
+          else if (e.IsSequence())
+            for (const auto& p : e) {
+              if (!p.IsScalar()) detail::fail(p, file, "twin.exclude must be a pattern or a list of patterns");
+              y.twin_exclude.push_back(p.Scalar());
+            }
+          else detail::fail(e, file, "twin.exclude must be a pattern or a list of patterns");
+          continue;
+        }
         if (!kv.second.IsScalar())
           detail::fail(kv.second, file, "twin." + kv.first.as<std::string>() + " must be a scalar");
         y.twin_options[kv.first.as<std::string>()] = kv.second.Scalar();

@@ -48,7 +48,9 @@ struct TwinBuildOptions {
 // Bytes held against bytes of T dense experts.
 struct StorageReport {
   std::size_t shared_bytes = 0, exclusive_bytes = 0, excluded_bytes = 0;
-  std::size_t dense_experts_bytes = 0;  // T copies of the base model
+  // T dense experts: θ*'s bytes T times for the merged tensors, each task's
+  // own copy of the excluded ones.
+  std::size_t dense_experts_bytes = 0;
   std::size_t total() const noexcept { return shared_bytes + exclusive_bytes + excluded_bytes; }
   double ratio() const noexcept {
     return dense_experts_bytes ? static_cast<double>(total()) / static_cast<double>(dense_experts_bytes) : 0.0;
@@ -268,21 +270,34 @@ TwinModel TwinModel::build(const StateDict& base, std::span<const StateDict* con
   model.metadata_["exclude"] = patterns;
 
   const NameFilter excluded(opts.exclude);
+  // Every task's own copy of an excluded tensor.
+  auto copies_of = [&](const std::string& name) {
+    std::vector<Tensor> copies;
+    for (std::size_t t = 0; t < T; ++t) {
+      const Tensor* c = experts[t]->find(name);
+      if (!c)
+        throw name_error("expert " + std::to_string(t) + " ('" + names[t] + "') has no tensor '" + name +
+                         "', which is excluded: each task keeps its own copy of an excluded tensor");
+      copies.push_back(c->clone());
+    }
+    return copies;
+  };
+  // Excluded tensors the experts have and the base lacks (a pretrained base
+  // has no classifier head) come after the base's, in the experts' order.
+  std::vector<std::string> experts_only;
+  for (const StateDict* e : experts)
+    for (const auto& item : *e)
+      if (!base.contains(item.first) && excluded.matches(item.first) &&
+          std::find(experts_only.begin(), experts_only.end(), item.first) == experts_only.end())
+        experts_only.push_back(item.first);
+  const std::size_t total = base.size() + experts_only.size();
   std::size_t done = 0;
   // A plain reference, not a structured binding: clang before 16 cannot
   // capture bindings in the lambdas below.
   for (const auto& item : base) {
     const std::string& name = item.first;
     if (excluded.matches(name)) {
-      std::vector<Tensor> copies;
-      for (std::size_t t = 0; t < T; ++t) {
-        const Tensor* c = experts[t]->find(name);
-        if (!c)
-          throw name_error("expert " + std::to_string(t) + " ('" + names[t] + "') has no tensor '" + name +
-                           "', which is excluded: each task keeps its own copy of an excluded tensor");
-        copies.push_back(c->clone());
-      }
-      model.add_excluded(name, std::move(copies));
+      model.add_excluded(name, copies_of(name));
     } else {
       Tensor shared = std::move(merged.at(name));
       const std::int64_t n = shared.numel();
@@ -310,7 +325,11 @@ TwinModel TwinModel::build(const StateDict& base, std::span<const StateDict* con
       });
       model.add_merged(name, std::move(shared), std::move(modules), std::move(dsq), std::move(esq));
     }
-    if (opts.progress) opts.progress(BuildProgress{"compress", ++done, base.size(), name});
+    if (opts.progress) opts.progress(BuildProgress{"compress", ++done, total, name});
+  }
+  for (const std::string& name : experts_only) {
+    model.add_excluded(name, copies_of(name));
+    if (opts.progress) opts.progress(BuildProgress{"compress", ++done, total, name});
   }
   return model;
 }
