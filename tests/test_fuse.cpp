@@ -385,12 +385,42 @@ TEST_CASE("excluded heads of different label counts: each task keeps its own, fu
   for (const StateDict& e : sm.experts)
     for (const auto& [name, x] : e) dense += x.nbytes();
   CHECK(model.storage().dense_experts_bytes == dense);
-  // A mixed batch routes rows to different tasks into one output: refused.
+  // A mixed batch: rows whose top tasks' heads differ share no output
+  // (refused); rows all routed to task 1 take its head, Y = X H1ᵀ.
   const Tensor x = random_tensor(rng, dtype::f32, {2, 32});
-  std::vector<float> rw(2 * kTasks, 0.0f);
+  std::vector<float> rw(2 * kTasks, 0.1f);
   rw[0] = 1.0f, rw[kTasks + 1] = 1.0f;
-  Tensor y(dtype::f32, {2, 2});
-  CHECK_THROWS_AS(apply_mixed(f, "head.w", x, rw, y), shape_error);
+  Tensor y2(dtype::f32, {2, 2});
+  CHECK_THROWS_AS(apply_mixed(f, "head.w", x, rw, y2), shape_error);
+  rw[0] = 0.1f, rw[1] = 1.0f;
+  Tensor y3(dtype::f32, {2, 3});
+  apply_mixed(f, "head.w", x, rw, y3);
+  {
+    const auto xv = to_f64_vector(x.view()), hv = to_f64_vector(sm.experts[1].at("head.w").view());
+    std::vector<double> ref;
+    for (int i = 0; i < 2; ++i)
+      for (int r = 0; r < 3; ++r) {
+        double acc = 0;
+        for (int c = 0; c < 32; ++c)
+          acc += xv[static_cast<std::size_t>(i * 32 + c)] * hv[static_cast<std::size_t>(r * 32 + c)];
+        ref.push_back(acc);
+      }
+    check_close(y3.view(), ref, 1e-5, 1e-5, "mixed batch on task 1's head");
+  }
+  // fuse() checks every output before writing any: routed to task 1, a host
+  // holding task 0's head shape gets shape_error and its weights untouched.
+  {
+    std::map<std::string, Tensor> host = outputs(model, dtype::f32);
+    for (auto& [name, t] : host)
+      for (float& v : t.values<float>()) v = 7.0f;
+    std::vector<float> to1(kTasks, 0.0f);
+    to1[1] = 3.0f;
+    CHECK_THROWS_AS(f.fuse(host, to1), shape_error);
+    std::size_t changed = 0;
+    for (const auto& [name, t] : host)
+      for (float v : t.values<float>()) changed += v != 7.0f;
+    CHECK(changed == 0);
+  }
   // An expert without the excluded tensor: refused, naming the task.
   sm.experts[1].erase("head.w");
   const std::string msg = error_of<name_error>([&] { (void)build(sm, SvdCompressor::with_rank(2)); });

@@ -521,6 +521,29 @@ TEST_CASE("clip_grad_norm scales all gradients to the global norm's limit, and l
     sq += static_cast<double>(got[i]) * got[i];
   }
   CHECK(std::sqrt(sq) == doctest::Approx(1.0).epsilon(1e-5));
+  // The 1e-6 in the denominator shows on a small norm: 2e-6 clipped to 1e-6
+  // is scaled by 1e-6 / 3e-6, not by 1/2.
+  nn::Parameter<float> s;
+  s.resize(1, 2);
+  s.grad << 2e-6f, 0.0f;
+  nn::Parameter<float>* one[1] = {&s};
+  nn::clip_grad_norm<float>(one, 1e-6);
+  CHECK(s.grad(0, 0) == doctest::Approx(2e-6 / 3.0).epsilon(1e-6));
+}
+
+TEST_CASE("the linear schedule's step count: a trailing single-row batch is not an update under BatchNorm") {
+  // Hand-counted: 10 items in batches of 3 are 3 + 3 + 3 + 1; with BatchNorm
+  // (depth > 0) the last is skipped.
+  CHECK(detail::updates_per_epoch(10, 3, 2) == 3);
+  CHECK(detail::updates_per_epoch(10, 3, 0) == 4);
+  CHECK(detail::updates_per_epoch(9, 3, 2) == 3);
+  CHECK(detail::updates_per_epoch(11, 3, 2) == 4);
+  CHECK(detail::updates_per_epoch(2, 128, 2) == 1);
+  CHECK(detail::updates_per_epoch(1, 128, 0) == 1);
+  // Update k of S at (S − k) / S: the first at the full rate, the last at 1/S.
+  CHECK(detail::lr_factor(LrSchedule::linear, 0, 8) == 1.0);
+  CHECK(detail::lr_factor(LrSchedule::linear, 7, 8) == 0.125);
+  CHECK(detail::lr_factor(LrSchedule::constant, 7, 8) == 1.0);
 }
 
 TEST_CASE("training with a linear schedule and gradient clipping equals softmax regression with Adam in double") {

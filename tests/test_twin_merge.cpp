@@ -359,6 +359,18 @@ TEST_CASE("cli train-router --lr-schedule linear --max-grad-norm trains the rout
   const Tensor want = lib.logits(emb);
   CHECK(twin_test::same_bits(load_router(w.p("linear.safetensors")).logits(emb), want));
   CHECK_FALSE(twin_test::same_bits(load_router(w.p("constant.safetensors")).logits(emb), want));
+  // --max-grad-norm alone is applied too: it matches the library with the
+  // clipping only, and differs from the run without it.
+  r = twin_merge("train-router --data " + w.p("emb.safetensors") +
+                 " --epochs 6 --seed 4 --lr 0.01 --max-grad-norm 0.05 -o " + w.p("clipped.safetensors"));
+  REQUIRE(r.status == 0);
+  Router clipped(RouterConfig{.input_dim = 6, .num_tasks = 3}, 4);
+  o.lr_schedule = LrSchedule::constant;
+  o.max_grad_norm = 0.05;
+  train_router(clipped, emb, labels, o);
+  const Tensor got = load_router(w.p("clipped.safetensors")).logits(emb);
+  CHECK(twin_test::same_bits(got, clipped.logits(emb)));
+  CHECK_FALSE(twin_test::same_bits(got, load_router(w.p("constant.safetensors")).logits(emb)));
   r = twin_merge("train-router --data " + w.p("emb.safetensors") + " --lr-schedule cosine -o " + w.p("x.safetensors"));
   CHECK(r.status == 2);
   CHECK(r.err.find("--lr-schedule") != std::string::npos);

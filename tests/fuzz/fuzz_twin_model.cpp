@@ -19,14 +19,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   } catch (const twin::io_error&) {
     return 0;
   }
-  // Accepted: fusing with equal weights must touch only valid memory. Shapes
-  // are bounded by the input size, so this stays cheap.
+  // Accepted: fusing with each task on top in turn must touch only valid
+  // memory (excluded copies may differ in shape per task). Shapes are
+  // bounded by the input size, so this stays cheap.
   try {
     const twin::DynamicFuser fuser(f.model);
-    const std::vector<float> w(f.model.num_tasks(), 1.0f / static_cast<float>(f.model.num_tasks()));
-    for (const auto& e : f.model.entries()) {
-      twin::Tensor out(twin::dtype::f32, e.shape.span());
-      fuser.fuse_tensor(e.name, out, w);
+    const std::size_t T = f.model.num_tasks();
+    for (std::size_t top = 0; top < T; ++top) {
+      std::vector<float> w(T, 0.5f / static_cast<float>(T));
+      w[top] += 0.5f;
+      for (const auto& e : f.model.entries()) {
+        twin::Tensor out(twin::dtype::f32, fuser.output_shape(e.name, w));
+        fuser.fuse_tensor(e.name, out, w);
+      }
     }
   } catch (const twin::error&) {
     // A model the loader accepted but the fuser refuses is a loader bug.

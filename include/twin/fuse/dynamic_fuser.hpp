@@ -129,10 +129,18 @@ class DynamicFuser {
   }
 
   // Same with mixture weights given directly (group-wise fusion, or weights
-  // the host computed itself); a weight of 0 skips the task.
+  // the host computed itself); a weight of 0 skips the task. Every output is
+  // checked before any is written, so a bad one — an unknown name, or an
+  // excluded tensor whose top task's copy has another shape (a head of
+  // another label count) — leaves the host's weights as they were.
   template <named_tensor_range Range>
   void fuse_with_weights(Range&& tensors, std::span<const float> w) const {
     check_weights(w, "fuse");
+    const std::size_t top = top_task(w);
+    for (auto&& item : tensors) {
+      const std::string_view name(item_name(item));
+      check_output(name, writable_view(item_tensor(item)), plan(name).entry->task_shape(top));
+    }
     for (auto&& item : tensors) fuse_tensor(std::string_view(item_name(item)), item_tensor(item), w);
   }
 

@@ -41,12 +41,27 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
                              const MixedApplyOptions& opts = {}) {
   const FusePlan& p = fuser.plan(name);
   const std::string nm(name);
-  const auto wshape = p.entry->shape.span();
-  // Rows whose top tasks differ share one output: their copies must agree.
-  if (!p.entry->uniform_shape())
-    throw shape_error("mixed-batch apply: the tasks' copies of excluded tensor '" + nm +
-                      "' differ in shape (task 0's " + shape_string(wshape) +
-                      "): rows routed to different tasks cannot share one output; fuse it per input instead");
+  std::span<const std::int64_t> wshape = p.entry->shape.span();
+  if (!p.entry->uniform_shape()) {
+    // An excluded tensor whose tasks' copies differ in shape (a head per
+    // label count): the rows share one output, so their top tasks' copies
+    // must have one shape, which is Y's.
+    const std::size_t T = fuser.num_tasks();
+    const std::int64_t rows = x.rank() == 2 ? x.dim(0) : 0;
+    if (rows > 0 && row_weights.size() == static_cast<std::size_t>(rows) * T) {
+      auto top = [&](std::int64_t i) {
+        return DynamicFuser::top_task(row_weights.subspan(static_cast<std::size_t>(i) * T, T));
+      };
+      const std::size_t t0 = top(0);
+      wshape = p.entry->task_shape(t0);
+      for (std::int64_t i = 1; i < rows; ++i)
+        if (const std::size_t t = top(i); !std::ranges::equal(p.entry->task_shape(t), wshape))
+          throw shape_error("mixed-batch apply: row 0 is routed to task " + std::to_string(t0) +
+                            ", whose copy of excluded tensor '" + nm + "' has shape " + shape_string(wshape) +
+                            ", and row " + std::to_string(i) + " to task " + std::to_string(t) + ", whose copy has " +
+                            shape_string(p.entry->task_shape(t)) + ": rows share one output; fuse them apart");
+    }
+  }
   if (wshape.size() != 2)
     throw shape_error("mixed-batch apply: tensor '" + nm + "' of shape " + shape_string(wshape) +
                       " is not the weight of a linear layer");

@@ -35,10 +35,11 @@
 
 namespace twin {
 
-// Version 2 added the quantized, low-rank + sparse and sign modules; files
-// of version 1 load unchanged, and a model without those kinds is still
-// written as version 1, so older readers keep reading it.
-inline constexpr int twin_format_version = 2;
+// Version 2 added the quantized, low-rank + sparse and sign modules, version
+// 3 excluded tensors whose tasks' copies differ in shape (a head per label
+// count). Files of earlier versions load unchanged, and a model is written
+// at the lowest version that holds it, so older readers keep reading it.
+inline constexpr int twin_format_version = 3;
 
 struct TwinModelFile {
   TwinModel model;
@@ -128,10 +129,12 @@ inline void save_twin_model(const std::filesystem::path& path, const TwinModel& 
   }
   StateDict router_state;
   int version = 1;
-  for (const TwinModel::Entry& e : model.entries())
+  for (const TwinModel::Entry& e : model.entries()) {
     for (const ExclusiveModule& m : e.modules)
       if (m.kind() == ModuleKind::low_rank_q || m.kind() == ModuleKind::low_rank_sparse || m.kind() == ModuleKind::sign)
-        version = 2;
+        version = std::max(version, 2);
+    if (!e.uniform_shape()) version = 3;
+  }
   Metadata meta = {{"format", "twin"},
                    {"twin.format_version", std::to_string(version)},
                    {"twin.tasks", detail::json_value(tasks).dump()}};

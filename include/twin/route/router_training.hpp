@@ -26,6 +26,21 @@ namespace twin {
 
 namespace detail {
 
+// Updates in one epoch of n items in batches of b: every batch but a
+// trailing one of a single row where the network has BatchNorm (depth > 0),
+// which has no batch variance and is skipped.
+inline std::int64_t updates_per_epoch(std::int64_t n, std::int64_t b, int depth) {
+  const std::int64_t batches = (n + b - 1) / b;
+  return depth > 0 && n % b == 1 ? batches - 1 : batches;
+}
+
+// The learning-rate factor of update k (0-based) of `total` under `s`:
+// (total − k) / total for the linear schedule.
+inline double lr_factor(LrSchedule s, std::int64_t k, std::int64_t total) {
+  if (s == LrSchedule::constant || total <= 0) return 1.0;
+  return static_cast<double>(total - k) / static_cast<double>(total);
+}
+
 // The training loop, given access to the network it trains.
 struct RouterTraining {
   using Matrix = Router::Matrix;
@@ -177,11 +192,8 @@ struct RouterTraining {
     Snapshot best_state;
     std::uint64_t step = 0;
     int since_best = 0;
-    // Updates in the whole run, for the linear schedule: every batch of an
-    // epoch but a trailing one of a single row where BatchNorm skips it.
-    std::int64_t per_epoch = (N + o.batch_size - 1) / o.batch_size;
-    if (depth > 0 && N % o.batch_size == 1) --per_epoch;
-    const double total_steps = static_cast<double>(per_epoch) * o.max_epochs;
+    // Updates in the whole run, for the linear schedule.
+    const std::int64_t total_steps = updates_per_epoch(N, o.batch_size, depth) * o.max_epochs;
 
     for (int epoch = 1; epoch <= o.max_epochs; ++epoch) {
       const std::vector<std::int64_t> order = epoch_order(train_y, net.num_tasks(), o.seed, epoch, o.class_balanced);
@@ -223,7 +235,7 @@ struct RouterTraining {
         }
         if (o.max_grad_norm > 0.0)
           nn::clip_grad_norm(std::span<nn::Parameter<float>* const>(adam.parameters()), o.max_grad_norm);
-        adam.step(o.lr_schedule == LrSchedule::linear ? (total_steps - static_cast<double>(step)) / total_steps : 1.0);
+        adam.step(lr_factor(o.lr_schedule, static_cast<std::int64_t>(step), total_steps));
         ++step;
       }
 
