@@ -669,7 +669,7 @@ struct RunCommand {
     if (fs::exists(dir, ec) && !fs::is_directory(dir, ec)) throw twin::io_error(out + ": is a file, expected a folder");
     const examples::MergekitYaml y = examples::load_mergekit_yaml(config);
     const twin::MergeConfig& c = y.config;
-    if (!y.twin_options.empty()) throw twin::argument_error(config + ": the twin block is for `twin-merge build`");
+    if (y.twin_block) throw twin::argument_error(config + ": the twin block is for `twin-merge build`");
     // The output folder must not be an input's: its checkpoint files are
     // replaced at the end.
     {

@@ -349,8 +349,10 @@ TEST_CASE("excluded heads of different label counts: each task keeps its own, fu
   // merged tensors are fused as in a model of equal heads.
   SmallModel sm = small_model(41, kTasks);
   std::mt19937_64 rng(41);
-  for (std::size_t t = 0; t < kTasks; ++t)
+  for (std::size_t t = 0; t < kTasks; ++t) {
     sm.experts[t].assign("head.w", random_tensor(rng, dtype::f32, {static_cast<std::int64_t>(2 + t), 32}));
+    sm.experts[t].assign("head.b", random_tensor(rng, dtype::f32, {static_cast<std::int64_t>(2 + t)}));  // base: none
+  }
   const TwinModel model = build(sm, SvdCompressor::with_rank(2));
   const TwinModel::Entry& head = model.at("head.w");
   CHECK_FALSE(head.uniform_shape());
@@ -394,13 +396,16 @@ TEST_CASE("excluded heads of different label counts: each task keeps its own, fu
   CHECK_THROWS_AS(apply_mixed(f, "head.w", x, rw, y2), shape_error);
   rw[0] = 0.1f, rw[1] = 1.0f;
   Tensor y3(dtype::f32, {2, 3});
-  apply_mixed(f, "head.w", x, rw, y3);
+  MixedApplyOptions with_bias;
+  with_bias.bias = "head.b";
+  apply_mixed(f, "head.w", x, rw, y3, with_bias);
   {
     const auto xv = to_f64_vector(x.view()), hv = to_f64_vector(sm.experts[1].at("head.w").view());
+    const auto bv = to_f64_vector(sm.experts[1].at("head.b").view());
     std::vector<double> ref;
     for (int i = 0; i < 2; ++i)
       for (int r = 0; r < 3; ++r) {
-        double acc = 0;
+        double acc = bv[static_cast<std::size_t>(r)];
         for (int c = 0; c < 32; ++c)
           acc += xv[static_cast<std::size_t>(i * 32 + c)] * hv[static_cast<std::size_t>(r * 32 + c)];
         ref.push_back(acc);
@@ -426,6 +431,43 @@ TEST_CASE("excluded heads of different label counts: each task keeps its own, fu
   const std::string msg = error_of<name_error>([&] { (void)build(sm, SvdCompressor::with_rank(2)); });
   CHECK(msg.find("'task1'") != std::string::npos);
   CHECK(msg.find("head.w") != std::string::npos);
+}
+
+// A single-pass range of (name, view) items: begin() resumes where the last
+// walk stopped, as a generator's would.
+struct OnePass {
+  using Item = std::pair<std::string, TensorView>;
+  std::vector<Item>* items;
+  std::size_t pos = 0;
+  struct End {};
+  struct It {
+    using value_type = Item;
+    using difference_type = std::ptrdiff_t;
+    OnePass* r;
+    const Item& operator*() const { return (*r->items)[r->pos]; }
+    It& operator++() {
+      ++r->pos;
+      return *this;
+    }
+    void operator++(int) { ++r->pos; }
+    bool operator==(End) const { return r->pos == r->items->size(); }
+  };
+  It begin() { return {this}; }
+  End end() { return {}; }
+};
+
+TEST_CASE("fuse over a single-pass range writes every tensor (checked item by item, not walked twice)") {
+  static_assert(!std::ranges::forward_range<OnePass>);
+  const SmallModel sm = small_model(43, kTasks);
+  const TwinModel model = build(sm, SvdCompressor::with_rank(2));
+  const DynamicFuser f(model);
+  const std::vector<float> w = f.weights(std::vector<float>{0.3f, -0.2f, 1.0f, 0.1f});
+  std::map<std::string, Tensor> want = outputs(model, dtype::f32), got = outputs(model, dtype::f32);
+  f.fuse_with_weights(want, w);
+  std::vector<OnePass::Item> items;
+  for (auto& [name, t] : got) items.emplace_back(name, t.view());
+  f.fuse_with_weights(OnePass{&items}, w);
+  for (const auto& [name, t] : want) CHECK(same_bits(t, got.at(name)));
 }
 
 TEST_CASE("an excluded head the base lacks (a pretrained base has none) is kept from each expert") {

@@ -404,6 +404,20 @@ TEST_CASE("cli build keeps each task's excluded head at its own label count; fus
   REQUIRE(r.status == 0);
   const LoadedCheckpoint fused = load_safetensors(w.p("fused.safetensors"));
   CHECK(twin_test::same_bits(fused.tensors.at("classifier.weight").clone(), w.experts[1].at("classifier.weight")));
+  // A pretrained base without a head: each expert's is kept all the same.
+  StateDict headless = w.base.clone();
+  headless.erase("classifier.weight");
+  save_safetensors(w.dir / "headless.safetensors", headless);
+  r = twin_merge("build --base " + w.p("headless.safetensors") + experts +
+                 " --method task_arithmetic --scaling 0.3 --rank 3 --exclude 'classifier.*' -o " +
+                 w.p("hl.safetensors"));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  CHECK(r.err.find("warning") == std::string::npos);
+  r = twin_merge("fuse " + w.p("hl.safetensors") + " --weights 0.1,0.2,0.7 -o " + w.p("hl_fused.safetensors"));
+  REQUIRE(r.status == 0);
+  CHECK(twin_test::same_bits(load_safetensors(w.p("hl_fused.safetensors")).tensors.at("classifier.weight").clone(),
+                             w.experts[2].at("classifier.weight")));
   // Without the exclusion the heads cannot be merged: refused, naming the tensor.
   r = twin_merge("build --base " + w.p("base.safetensors") + experts +
                  " --method task_arithmetic --scaling 0.3 --rank 3 -o " + w.p("bad.safetensors"));
@@ -842,6 +856,11 @@ TEST_CASE("cli build --config: twin.exclude keeps each task's own tensors, as --
                  w.p("bad.safetensors"));
   CHECK(r.status == 1);
   CHECK(r.err.find("twin.exclude must be a pattern or a list of patterns") != std::string::npos);
+  // `run` has no use for a twin block, exclude alone included: refused, not ignored.
+  r = twin_merge("run " + w.config("run.yml", models + "twin:\n  exclude: lm_head.weight\n") + " -o " + w.p("run_out"));
+  CHECK(r.status == 1);
+  CHECK(r.err.find("the twin block is for `twin-merge build`") != std::string::npos);
+  CHECK_FALSE(fs::exists(w.p("run_out")));
   CHECK_FALSE(fs::exists(w.p("bad.safetensors")));
 }
 

@@ -34,6 +34,7 @@ struct MergekitYaml {
   twin::MergeConfig config;
   std::map<std::string, std::string> twin_options;  // the `twin:` block, key → scalar text
   std::vector<std::string> twin_exclude;            // the block's exclude patterns
+  bool twin_block = false;                          // whether the config has a `twin:` block
 };
 
 namespace detail {
@@ -217,6 +218,7 @@ inline MergekitYaml load_mergekit_yaml(const std::filesystem::path& path) {
       }
     }
     if (const YAML::Node t = root["twin"]) {
+      y.twin_block = true;
       detail::only_keys(t, file, "the twin block",
                         {"rank", "energy", "sparsify_density", "sign_density", "budget", "quant_bits", "quant_group",
                          "residual_density", "factor_dtype", "svd_seed", "svd_engine", "router", "exclude"});

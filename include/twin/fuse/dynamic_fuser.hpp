@@ -12,6 +12,7 @@
 #include <cstring>
 #include <functional>
 #include <initializer_list>
+#include <ranges>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -129,17 +130,21 @@ class DynamicFuser {
   }
 
   // Same with mixture weights given directly (group-wise fusion, or weights
-  // the host computed itself); a weight of 0 skips the task. Every output is
-  // checked before any is written, so a bad one — an unknown name, or an
-  // excluded tensor whose top task's copy has another shape (a head of
-  // another label count) — leaves the host's weights as they were.
+  // the host computed itself); a weight of 0 skips the task. Where the range
+  // can be walked twice (a container, libtorch's named_parameters()) every
+  // output is checked before any is written, so a bad one — an unknown name,
+  // or an excluded tensor whose top task's copy has another shape (a head of
+  // another label count) — leaves the host's weights as they were; a
+  // single-pass range is checked and written item by item.
   template <named_tensor_range Range>
   void fuse_with_weights(Range&& tensors, std::span<const float> w) const {
     check_weights(w, "fuse");
-    const std::size_t top = top_task(w);
-    for (auto&& item : tensors) {
-      const std::string_view name(item_name(item));
-      check_output(name, writable_view(item_tensor(item)), plan(name).entry->task_shape(top));
+    if constexpr (std::ranges::forward_range<Range>) {
+      const std::size_t top = top_task(w);
+      for (auto&& item : tensors) {
+        const std::string_view name(item_name(item));
+        check_output(name, writable_view(item_tensor(item)), plan(name).entry->task_shape(top));
+      }
     }
     for (auto&& item : tensors) fuse_tensor(std::string_view(item_name(item)), item_tensor(item), w);
   }

@@ -8,6 +8,9 @@
 // per task, sparse parts are added entry by entry; excluded weights use each row's top task's copy.
 #pragma once
 
+#include <algorithm>
+#include <span>
+#include <string>
 #include <type_traits>
 
 #include "twin/fuse/dynamic_fuser.hpp"
@@ -23,6 +26,11 @@ struct MixedApplyOptions {
 };
 
 namespace detail {
+// The task with the largest weight in row i of [rows×T] weights (the first
+// on ties), as the fuser picks excluded copies.
+inline std::size_t row_top_task(std::span<const float> row_weights, std::size_t T, std::int64_t i) {
+  return DynamicFuser::top_task(row_weights.subspan(static_cast<std::size_t>(i) * T, T));
+}
 // Contiguous f32 values of a [rows×cols] view: the view's memory when it
 // already is, else a converted copy in `buf`.
 inline const float* f32_matrix(const ConstTensorView& v, std::vector<float>& buf) {
@@ -48,18 +56,23 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
     // must have one shape, which is Y's.
     const std::size_t T = fuser.num_tasks();
     const std::int64_t rows = x.rank() == 2 ? x.dim(0) : 0;
-    if (rows > 0 && row_weights.size() == static_cast<std::size_t>(rows) * T) {
-      auto top = [&](std::int64_t i) {
-        return DynamicFuser::top_task(row_weights.subspan(static_cast<std::size_t>(i) * T, T));
-      };
-      const std::size_t t0 = top(0);
+    if (x.rank() == 2 && row_weights.size() != static_cast<std::size_t>(rows) * T)
+      throw shape_error("mixed-batch apply for tensor '" + nm + "': expected " + std::to_string(rows) + "×" +
+                        std::to_string(T) + " row weights, found " + std::to_string(row_weights.size()));
+    if (rows > 0) {
+      const std::size_t t0 = detail::row_top_task(row_weights, T, 0);
       wshape = p.entry->task_shape(t0);
       for (std::int64_t i = 1; i < rows; ++i)
-        if (const std::size_t t = top(i); !std::ranges::equal(p.entry->task_shape(t), wshape))
+        if (const std::size_t t = detail::row_top_task(row_weights, T, i);
+            !std::ranges::equal(p.entry->task_shape(t), wshape))
           throw shape_error("mixed-batch apply: row 0 is routed to task " + std::to_string(t0) +
                             ", whose copy of excluded tensor '" + nm + "' has shape " + shape_string(wshape) +
                             ", and row " + std::to_string(i) + " to task " + std::to_string(t) + ", whose copy has " +
                             shape_string(p.entry->task_shape(t)) + ": rows share one output; fuse them apart");
+    } else if (y.rank() == 2) {
+      // No rows: any task's shape that Y has.
+      for (std::size_t t = 0; t < T; ++t)
+        if (const auto s = p.entry->task_shape(t); s.size() == 2 && s[0] == y.dim(1)) wshape = s;
     }
   }
   if (wshape.size() != 2)
@@ -86,6 +99,18 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
   if (row_weights.size() != static_cast<std::size_t>(tokens) * T)
     throw shape_error("mixed-batch apply for tensor '" + nm + "': expected " + std::to_string(tokens) + "×" +
                       std::to_string(T) + " row weights, found " + std::to_string(row_weights.size()));
+  // The bias's shape for every row (its top task's copy where an excluded
+  // bias's copies differ), checked before Y is written.
+  const FusePlan* bp = opts.bias.empty() ? nullptr : &fuser.plan(opts.bias);
+  if (bp && tokens > 0) {
+    const std::int64_t bshape[1] = {m};
+    if (bp->entry->uniform_shape())
+      check_same_shape(opts.bias, bshape, bp->entry->shape.span(), "bias of tensor '" + nm + "':");
+    else
+      for (std::int64_t i = 0; i < tokens; ++i)
+        check_same_shape(opts.bias, bshape, bp->entry->task_shape(detail::row_top_task(row_weights, T, i)),
+                         "bias of tensor '" + nm + "' (row " + std::to_string(i) + "'s top task's copy):");
+  }
   if (tokens == 0 || m == 0) return;
 
   std::vector<float> xbuf;
@@ -250,13 +275,8 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
     }
   }
 
-  if (!opts.bias.empty()) {
-    const FusePlan& bp = fuser.plan(opts.bias);
+  if (bp) {
     const std::int64_t bshape[1] = {m};
-    check_same_shape(opts.bias, bshape, bp.entry->shape.span(), "bias of tensor '" + nm + "':");
-    if (!bp.entry->uniform_shape())
-      throw shape_error("mixed-batch apply: the tasks' copies of excluded bias '" + opts.bias +
-                        "' differ in shape: rows routed to different tasks cannot share one output");
     parallel_blocks(tokens, 16, [&](std::int64_t lo, std::int64_t hi) {
       std::vector<float> b(static_cast<std::size_t>(m));
       for (std::int64_t i = lo; i < hi; ++i) {

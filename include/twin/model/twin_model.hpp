@@ -251,12 +251,25 @@ TwinModel TwinModel::build(const StateDict& base, std::span<const StateDict* con
     for (std::size_t j = i + 1; j < T; ++j)
       if (names[i] == names[j]) throw argument_error("task name '" + names[i] + "' is given twice");
 
+  const NameFilter excluded(opts.exclude);
+  // Excluded tensors the experts have and the base lacks (a pretrained base
+  // has no classifier head) come after the base's, in the experts' order.
+  std::vector<std::string> experts_only;
+  for (const StateDict* e : experts)
+    for (const auto& item : *e)
+      if (!base.contains(item.first) && excluded.matches(item.first) &&
+          std::find(experts_only.begin(), experts_only.end(), item.first) == experts_only.end())
+        experts_only.push_back(item.first);
+  // Both stages count every tensor of the model (the merge never sees the
+  // experts' own).
+  const std::size_t total = base.size() + experts_only.size();
+
   MergeOptions mo;
   mo.exclude = opts.exclude;
   mo.out_dtype = opts.shared_dtype;
   mo.expert_labels = names;
   if (opts.progress)
-    mo.progress = [&](std::size_t done, std::size_t total, std::string_view name) {
+    mo.progress = [&](std::size_t done, std::size_t, std::string_view name) {
       opts.progress(BuildProgress{"merge", done, total, name});
     };
   StateDict merged = merge_state(merger, base, experts, mo);  // validates names, shapes, dtypes
@@ -269,7 +282,6 @@ TwinModel TwinModel::build(const StateDict& base, std::span<const StateDict* con
   for (const std::string& p : opts.exclude) detail::append_listed(patterns, p, "\n");
   model.metadata_["exclude"] = patterns;
 
-  const NameFilter excluded(opts.exclude);
   // Every task's own copy of an excluded tensor.
   auto copies_of = [&](const std::string& name) {
     std::vector<Tensor> copies;
@@ -282,15 +294,6 @@ TwinModel TwinModel::build(const StateDict& base, std::span<const StateDict* con
     }
     return copies;
   };
-  // Excluded tensors the experts have and the base lacks (a pretrained base
-  // has no classifier head) come after the base's, in the experts' order.
-  std::vector<std::string> experts_only;
-  for (const StateDict* e : experts)
-    for (const auto& item : *e)
-      if (!base.contains(item.first) && excluded.matches(item.first) &&
-          std::find(experts_only.begin(), experts_only.end(), item.first) == experts_only.end())
-        experts_only.push_back(item.first);
-  const std::size_t total = base.size() + experts_only.size();
   std::size_t done = 0;
   // A plain reference, not a structured binding: clang before 16 cannot
   // capture bindings in the lambdas below.
