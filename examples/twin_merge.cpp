@@ -47,16 +47,13 @@ void check_output_path(const fs::path& out) {
 // of the inputs' is most likely a fragment ('classifier', which the official
 // scripts' re.match would take as a prefix): said on stderr, not an error
 // (a script may reuse patterns across models). `what` names the inputs.
-void warn_unmatched_excludes(const std::vector<std::string>& patterns,
-                             std::initializer_list<const twin::LoadedCheckpoint*> inputs,
-                             const std::vector<twin::LoadedCheckpoint>& more, const char* what) {
+void warn_unmatched_excludes(const std::vector<std::string>& patterns, std::span<const twin::StateDict* const> inputs,
+                             const char* what) {
   for (const std::string& p : patterns) {
     const twin::NameFilter f(std::span<const std::string>(&p, 1));
-    auto in = [&](const twin::LoadedCheckpoint& ck) {
-      return std::any_of(ck.tensors.begin(), ck.tensors.end(), [&](const auto& kv) { return f.matches(kv.first); });
-    };
-    if (std::none_of(inputs.begin(), inputs.end(), [&](const twin::LoadedCheckpoint* ck) { return in(*ck); }) &&
-        std::none_of(more.begin(), more.end(), in))
+    if (std::none_of(inputs.begin(), inputs.end(), [&](const twin::StateDict* sd) {
+          return std::any_of(sd->begin(), sd->end(), [&](const auto& kv) { return f.matches(kv.first); });
+        }))
       std::fprintf(stderr,
                    "warning: --exclude '%s' matches no tensor of %s (a pattern must match the whole name: "
                    "'.*%s.*' matches it anywhere)\n",
@@ -298,7 +295,8 @@ struct MergeCommand {
     const twin::AnyMerger merger = twin::AnyMerger::from_settings(m.settings(experts.size()));
     const auto out_dtype = parse_out_dtype(dtype);
     const twin::LoadedCheckpoint b = load_checked(base);
-    warn_unmatched_excludes(m.exclude, {&b}, {}, "the base");
+    const twin::StateDict* base_only[1] = {&b.tensors};
+    warn_unmatched_excludes(m.exclude, base_only, "the base");
     std::vector<twin::LoadedCheckpoint> ex;
     std::vector<const twin::StateDict*> ptrs;
     for (const auto& e : experts) ex.push_back(load_checked(e));
@@ -537,8 +535,12 @@ struct BuildCommand {
         ex.push_back(load_checked(spec.substr(eq + 1)));
       }
     }
-    // An expert's head the base lacks is excluded too: its names count.
-    warn_unmatched_excludes(exclude_, {&*b}, ex, "the base or the experts");
+    {
+      // An expert's head the base lacks is excluded too: its names count.
+      std::vector<const twin::StateDict*> inputs = {&b->tensors};
+      for (const auto& e : ex) inputs.push_back(&e.tensors);
+      warn_unmatched_excludes(exclude_, inputs, "the base or the experts");
+    }
     if (!rank_ && !energy_ && !sparsify_ && !sign_ && !budget_)
       throw twin::argument_error("build needs one of --rank, --energy, --sparsify-density, --sign-density or --budget");
     if ((sparsify_ || sign_ || budget_) && (quant_bits_ || residual_ > 0.0))

@@ -31,6 +31,13 @@ namespace detail {
 inline std::size_t row_top_task(std::span<const float> row_weights, std::size_t T, std::int64_t i) {
   return DynamicFuser::top_task(row_weights.subspan(static_cast<std::size_t>(i) * T, T));
 }
+// Refuses row weights that are not [rows×T].
+inline void check_row_weights(std::span<const float> row_weights, std::int64_t rows, std::size_t T,
+                              const std::string& name) {
+  if (row_weights.size() != static_cast<std::size_t>(rows) * T)
+    throw shape_error("mixed-batch apply for tensor '" + name + "': expected " + std::to_string(rows) + "×" +
+                      std::to_string(T) + " row weights, found " + std::to_string(row_weights.size()));
+}
 // Contiguous f32 values of a [rows×cols] view: the view's memory when it
 // already is, else a converted copy in `buf`.
 inline const float* f32_matrix(const ConstTensorView& v, std::vector<float>& buf) {
@@ -56,9 +63,7 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
     // must have one shape, which is Y's.
     const std::size_t T = fuser.num_tasks();
     const std::int64_t rows = x.rank() == 2 ? x.dim(0) : 0;
-    if (x.rank() == 2 && row_weights.size() != static_cast<std::size_t>(rows) * T)
-      throw shape_error("mixed-batch apply for tensor '" + nm + "': expected " + std::to_string(rows) + "×" +
-                        std::to_string(T) + " row weights, found " + std::to_string(row_weights.size()));
+    if (x.rank() == 2) detail::check_row_weights(row_weights, rows, T, nm);
     if (rows > 0) {
       const std::size_t t0 = detail::row_top_task(row_weights, T, 0);
       wshape = p.entry->task_shape(t0);
@@ -96,9 +101,7 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
   if (may_alias(y, x))
     throw argument_error("mixed-batch apply for tensor '" + nm +
                          "': the output shares memory with the input; write into a separate tensor");
-  if (row_weights.size() != static_cast<std::size_t>(tokens) * T)
-    throw shape_error("mixed-batch apply for tensor '" + nm + "': expected " + std::to_string(tokens) + "×" +
-                      std::to_string(T) + " row weights, found " + std::to_string(row_weights.size()));
+  detail::check_row_weights(row_weights, tokens, T, nm);
   // The bias's shape for every row (its top task's copy where an excluded
   // bias's copies differ), checked before Y is written.
   const FusePlan* bp = opts.bias.empty() ? nullptr : &fuser.plan(opts.bias);
@@ -141,10 +144,7 @@ inline void apply_mixed_view(const DynamicFuser& fuser, std::string_view name, c
   if (p.entry->excluded) {
     // Rows grouped by their top task, one GEMM per task copy.
     std::vector<std::vector<std::int64_t>> by_task(T);
-    for (std::int64_t i = 0; i < tokens; ++i) {
-      const float* r = row_weights.data() + static_cast<std::size_t>(i) * T;
-      by_task[static_cast<std::size_t>(std::max_element(r, r + T) - r)].push_back(i);
-    }
+    for (std::int64_t i = 0; i < tokens; ++i) by_task[detail::row_top_task(row_weights, T, i)].push_back(i);
     std::vector<float> wb, xs, ys;
     for (std::size_t t = 0; t < T; ++t) {
       if (by_task[t].empty()) continue;
