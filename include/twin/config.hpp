@@ -121,8 +121,8 @@ inline SimdKernel best_simd_kernel() noexcept {
 #  define TWIN_HAVE_ONEDNN 0
 #endif
 
-// With TWIN_EXTERN_TEMPLATES defined to 1, the heavy Eigen engines of
-// backend/cpu (the SVDs, the thread-count-invariant GEMM) are declared
+// With TWIN_EXTERN_TEMPLATES defined to 1, the heavy engines of backend/cpu
+// (the SVDs, the GEMMs, the bf16 dot-product kernel) are declared
 // `extern template`, so including them costs parsing only; the program then
 // instantiates them in ONE translation unit of its own that defines
 // TWIN_INSTANTIATE_TEMPLATES before including those headers. Without an
@@ -134,4 +134,23 @@ inline SimdKernel best_simd_kernel() noexcept {
 #  define TWIN_TEMPLATE_INSTANCE template
 #else
 #  define TWIN_TEMPLATE_INSTANCE extern template
+#endif
+// The same for the few non-template functions through which every merge
+// strategy is reached (AnyMerger's dispatch): with TWIN_EXTERN_TEMPLATES they
+// are declared only, and defined, not inline, in ONE unit of the program
+// that defines TWIN_DEFINE_COMPILED_ONCE to 1 before including
+// any_merger.hpp, so a unit that merges through AnyMerger alone does not
+// compile the twenty strategies' kernels. Without TWIN_EXTERN_TEMPLATES (the
+// default) they are inline functions like the rest of the library.
+#ifndef TWIN_DEFINE_COMPILED_ONCE
+#  if TWIN_EXTERN_TEMPLATES
+#    define TWIN_DEFINE_COMPILED_ONCE 0
+#  else
+#    define TWIN_DEFINE_COMPILED_ONCE 1
+#  endif
+#endif
+#if TWIN_EXTERN_TEMPLATES
+#  define TWIN_COMPILED_ONCE
+#else
+#  define TWIN_COMPILED_ONCE inline
 #endif

@@ -214,23 +214,9 @@ class AnyMerger {
     return std::visit([](const auto& m) { return m.name(); }, v_);
   }
 
-  Plan plan(const MergeCatalog& c) const {
-    if (const Ties* t = std::get_if<Ties>(&v_)) return t->plan(c);
-    return std::monostate{};
-  }
-
-  void merge_tensor(const TensorMergeArgs& a, const Plan& p) const {
-    std::visit(
-        [&](const auto& m) {
-          using M = std::decay_t<decltype(m)>;
-          if constexpr (std::is_same_v<M, Ties>) {
-            m.merge_tensor(a, std::holds_alternative<Ties::Plan>(p) ? std::get<Ties::Plan>(p) : Ties::Plan{});
-          } else {
-            m.merge_tensor(a);
-          }
-        },
-        v_);
-  }
+  // Defined below (config.hpp: TWIN_COMPILED_ONCE).
+  Plan plan(const MergeCatalog& c) const;
+  void merge_tensor(const TensorMergeArgs& a, const Plan& p) const;
   void merge_tensor(const TensorMergeArgs& a) const { merge_tensor(a, Plan{}); }
 
   const Variant& variant() const noexcept { return v_; }
@@ -238,5 +224,25 @@ class AnyMerger {
  private:
   Variant v_;
 };
+
+#if TWIN_DEFINE_COMPILED_ONCE
+TWIN_COMPILED_ONCE AnyMerger::Plan AnyMerger::plan(const MergeCatalog& c) const {
+  if (const Ties* t = std::get_if<Ties>(&v_)) return t->plan(c);
+  return std::monostate{};
+}
+
+TWIN_COMPILED_ONCE void AnyMerger::merge_tensor(const TensorMergeArgs& a, const Plan& p) const {
+  std::visit(
+      [&](const auto& m) {
+        using M = std::decay_t<decltype(m)>;
+        if constexpr (std::is_same_v<M, Ties>) {
+          m.merge_tensor(a, std::holds_alternative<Ties::Plan>(p) ? std::get<Ties::Plan>(p) : Ties::Plan{});
+        } else {
+          m.merge_tensor(a);
+        }
+      },
+      v_);
+}
+#endif
 
 }  // namespace twin

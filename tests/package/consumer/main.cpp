@@ -1,9 +1,9 @@
 // Merges two tiny experts through the packaged library and checks the result
 // against the hand-computed value, so a broken package fails loudly.
 // find_package compiles the umbrella header from the install tree (every
-// installed header must be there and compile: a minute of compiling);
-// add_subdirectory checks the target's wiring with the one header the
-// merge needs, which compiles in seconds.
+// installed header must be there and compile; the Eigen engines extern, see
+// CMakeLists.txt); add_subdirectory checks the target's wiring with the one
+// header the merge needs. Each compiles in seconds.
 #ifdef TWIN_CONSUMER_ONE_HEADER
 #  include <twin/merge/task_arithmetic.hpp>
 #else

@@ -207,4 +207,14 @@ void add_product_bf16_pairs(std::int64_t M, std::int64_t N, std::int64_t K, cons
 #endif
 }
 
+#if TWIN_EXTERN_TEMPLATES
+TWIN_TEMPLATE_INSTANCE void add_product_bf16_pairs<float>(std::int64_t, std::int64_t, std::int64_t,
+                                                          const std::uint16_t*, std::int64_t, const std::uint16_t*,
+                                                          const float*, std::int64_t, float*, std::int64_t);
+TWIN_TEMPLATE_INSTANCE void add_product_bf16_pairs<std::uint16_t>(std::int64_t, std::int64_t, std::int64_t,
+                                                                  const std::uint16_t*, std::int64_t,
+                                                                  const std::uint16_t*, const std::uint16_t*,
+                                                                  std::int64_t, std::uint16_t*, std::int64_t);
+#endif
+
 }  // namespace twin::backend::cpu
