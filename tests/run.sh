@@ -38,7 +38,8 @@ stage "headers under clang (-Wall -Wextra -Werror)"
   clang++ -std=c++20 -fsyntax-only -Wall -Wextra -Werror -DTWIN_HAVE_ONEDNN=1 -Iinclude -isystem /usr/include/eigen3 \
     -x c++ -
 
-# -O1 keeps sanitized tests quick; line tables (-g1) are all sanitizer reports
+# -O1 keeps sanitized tests quick (the tests' own units -O0: they compile in
+# half the time and run little); line tables (-g1) are all sanitizer reports
 # need and save a tenth of the compile time; TWIN_ENABLE_ASSERTS stays on.
 # Benchmarks are built by their own commands (benchmarks/RESULTS.md), not here.
 stage "configure (preset asan)"
