@@ -70,7 +70,7 @@ inline void set_mode(Config& c, const std::string& m) {
     c.timing_inputs = 128;
   } else if (m == "smoke") {
     c.hidden = 128, c.pretrain_images = 6000, c.pretrain_epochs = 1, c.train_per_task = 1500, c.router_per_task = 200,
-    c.test_per_task = 400, c.sweep_test_per_task = 400, c.group_batch = 256;
+    c.test_per_task = 200, c.sweep_test_per_task = 200, c.group_batch = 256;
     c.recipe.epochs = 2;
     c.probe.epochs = 5;
     c.router = {8, 2, 0, 128, 256};
