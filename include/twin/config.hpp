@@ -141,7 +141,8 @@ inline SimdKernel best_simd_kernel() noexcept {
 // that defines TWIN_DEFINE_COMPILED_ONCE to 1 before including
 // any_merger.hpp, so a unit that merges through AnyMerger alone does not
 // compile the twenty strategies' kernels. Without TWIN_EXTERN_TEMPLATES (the
-// default) they are inline functions like the rest of the library.
+// default) they are inline functions like the rest of the library; every
+// unit of one program must agree on TWIN_EXTERN_TEMPLATES.
 #ifndef TWIN_DEFINE_COMPILED_ONCE
 #  if TWIN_EXTERN_TEMPLATES
 #    define TWIN_DEFINE_COMPILED_ONCE 0
