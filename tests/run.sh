@@ -39,7 +39,7 @@ stage "headers under clang (-Wall -Wextra -Werror)"
     -x c++ -
 
 # -O1 keeps sanitized tests quick (the tests' own units -O0: they compile in
-# half the time and run little); line tables (-g1) are all sanitizer reports
+# about half the time, more than they then lose in running); line tables (-g1) are all sanitizer reports
 # need and save a tenth of the compile time; TWIN_ENABLE_ASSERTS stays on.
 # Benchmarks are built by their own commands (benchmarks/RESULTS.md), not here.
 stage "configure (preset asan)"
