@@ -286,6 +286,19 @@ TEST_CASE(
       const MatD c0 = random_matrix(rng, M, N + pad), bias = random_matrix(rng, 1, N);
       const MatF af = a.cast<float>(), bf = b.cast<float>(), biasf = bias.cast<float>();
       const float alpha = -0.75f;
+      // op(A)·op(B) of the f32 operands by the definition, in double (once: the
+      // three variants share it; raw indexing keeps this -O0 unit quick).
+      MatD prod(M, N);
+      const float *pa = af.data(), *pb = bf.data();
+      const Eigen::Index la = af.cols(), lb = bf.cols();
+      for (Eigen::Index i = 0; i < M; ++i)
+        for (Eigen::Index j = 0; j < N; ++j) {
+          double s = 0.0;
+          for (Eigen::Index k = 0; k < K; ++k)
+            s += static_cast<double>(ta ? pa[k * la + i] : pa[i * la + k]) *
+                 static_cast<double>(tb ? pb[j * lb + k] : pb[k * lb + j]);
+          prod(i, j) = s;
+        }
       for (int variant = 0; variant < 3; ++variant) {  // overwrite, accumulate, row_init
         MatF c = c0.cast<float>();
         cpu::gemm<float>(mode, ta, tb, M, N, K, alpha, af.data(), af.cols(), bf.data(), bf.cols(), variant == 1,
@@ -294,9 +307,7 @@ TEST_CASE(
         double worst = 0.0;
         for (Eigen::Index i = 0; i < M; ++i)
           for (Eigen::Index j = 0; j < N; ++j) {
-            double s = 0.0;
-            for (Eigen::Index k = 0; k < K; ++k)
-              s += static_cast<double>(ta ? af(k, i) : af(i, k)) * static_cast<double>(tb ? bf(j, k) : bf(k, j));
+            const double s = prod(i, j);
             const double init = variant == 1   ? static_cast<double>(static_cast<float>(c0(i, j)))
                                 : variant == 2 ? static_cast<double>(biasf(0, j))
                                                : 0.0;
@@ -367,6 +378,23 @@ TEST_CASE("gemm_bf16 equals the double product of its bf16 operands, with bf16 d
     }
   }
   cpu::set_bf16_dot_products(true);
+}
+
+TEST_CASE("under ASan, gemm's bounds check finds the first operand row past the end of its buffer") {
+  // The test suite's GEMM engines are built without ASan (docs/design.md §8);
+  // this is the check that stands in for its instrumentation there.
+  namespace cpu = backend::cpu;
+  if (!TWIN_ASAN) {
+    MESSAGE("SKIPPED: this build has no AddressSanitizer (the check is a no-op)");
+    return;
+  }
+  const std::vector<float> ten(10, 1.0f);  // 40 bytes on the heap; ASan poisons what follows
+  CHECK(cpu::detail::unaddressable_row(ten.data(), 2, 5, 5) == -1);
+  CHECK(cpu::detail::unaddressable_row(ten.data(), 3, 4, 3) == -1);  // rows overlap: [0,4) [3,7) [6,10)
+  CHECK(cpu::detail::unaddressable_row(ten.data(), 3, 4, 4) == 2);   // [8,12) runs 2 floats past the end
+  CHECK(cpu::detail::unaddressable_row(ten.data(), 5, 1, 3) == 4);   // element 12
+  CHECK(cpu::detail::unaddressable_row(ten.data() + 9, 1, 2, 2) == 0);
+  CHECK(cpu::detail::unaddressable_row(ten.data(), 0, 4, 4) == -1);  // nothing read
 }
 
 TEST_CASE("float Linear forward and backward agree with double loops across several GEMM tiles") {

@@ -104,6 +104,20 @@ inline SimdKernel best_simd_kernel() noexcept {
 #  define TWIN_WIDE_VECTORS
 #endif
 
+// Whether this unit is compiled with AddressSanitizer (GCC or clang): entries
+// whose work may run in code built without its checks check their operands'
+// bounds themselves (backend/cpu/gemm.hpp).
+#if defined(__SANITIZE_ADDRESS__)
+#  define TWIN_ASAN 1
+#elif defined(__has_feature)
+#  if __has_feature(address_sanitizer)
+#    define TWIN_ASAN 1
+#  endif
+#endif
+#ifndef TWIN_ASAN
+#  define TWIN_ASAN 0
+#endif
+
 // Below this many multiply-adds (GEMM) or elements (elementwise kernels) the
 // thread-count-invariant kernels of backend/cpu/nn.hpp stay on the calling
 // thread. Tests set both to 0 to exercise the parallel paths on small sizes.

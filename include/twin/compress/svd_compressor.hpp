@@ -147,6 +147,7 @@ struct SvdCompressor {
       f.m = m, f.n = n;
       return f;
     }
+    backend::cpu::detail::check_addressable(v, m, n, n, "SVD input");  // under ASan (gemm.hpp)
     const std::int64_t k = target_rank(m, n);
     if (engine_for(m, n) == SvdEngine::randomized) {
       if (!backend::cpu::svd_randomized(v, m, n, k, oversample, power_iters, random_key(seed, name, stream), f))

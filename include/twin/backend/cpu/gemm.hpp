@@ -16,6 +16,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -27,6 +29,10 @@
 #include "twin/config.hpp"
 #include "twin/dtype.hpp"
 #include "twin/parallel.hpp"
+
+#if TWIN_ASAN
+#  include <sanitizer/asan_interface.h>
+#endif
 
 namespace twin::backend::cpu {
 
@@ -170,6 +176,52 @@ void fast_gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, S alpha, c
   }
 }
 
+// Under AddressSanitizer: the first row of a rows × cols operand (leading
+// dimension ld) that is not wholly addressable memory, or -1 when every row
+// is (always -1 without ASan).
+template <class S>
+Index unaddressable_row(const S* p, Index rows, Index cols, Index ld) {
+#if TWIN_ASAN
+  if (cols <= 0) return -1;
+  for (Index i = 0; i < rows; ++i)
+    if (__asan_region_is_poisoned(const_cast<S*>(p + i * ld), sizeof(S) * static_cast<std::size_t>(cols))) return i;
+#else
+  (void)p, (void)rows, (void)cols, (void)ld;
+#endif
+  return -1;
+}
+
+// The Eigen engines may run in code built without ASan's checks (twin's test
+// suite builds its instances so, docs/design.md §8), so the entries that
+// reach them, compiled in the caller's unit, check the bounds of every
+// operand the engine reads or writes: a bad one gets ASan's description of
+// its first bad byte and an abort. `what` names the operand in the message.
+// A no-op without ASan.
+template <class S>
+void check_addressable(const S* p, Index rows, Index cols, Index ld, const char* what) {
+  const Index bad = unaddressable_row(p, rows, cols, ld);
+  if (bad < 0) return;
+#if TWIN_ASAN
+  __asan_describe_address(
+      __asan_region_is_poisoned(const_cast<S*>(p + bad * ld), sizeof(S) * static_cast<std::size_t>(cols)));
+#endif
+  std::fprintf(stderr, "twin: %s (%lld x %lld, leading dimension %lld): row %lld is not addressable\n", what,
+               static_cast<long long>(rows), static_cast<long long>(cols), static_cast<long long>(ld),
+               static_cast<long long>(bad));
+  std::abort();
+}
+
+// The operands of C[M,N] (+)= op(A)·op(B), checked as above.
+template <class SA, class SC>
+void check_operands(bool trans_a, bool trans_b, Index M, Index N, Index K, const SA* A, Index lda, const SA* B,
+                    Index ldb, const SC* C, Index ldc) {
+  if (K > 0) {
+    check_addressable(A, trans_a ? K : M, trans_a ? M : K, lda, "GEMM operand A");
+    check_addressable(B, trans_b ? N : K, trans_b ? K : N, ldb, "GEMM operand B");
+  }
+  check_addressable(C, M, N, ldc, "GEMM operand C");
+}
+
 }  // namespace detail
 
 // C[M,N] = alpha · op(A) · op(B), or C += that when `accumulate`; all
@@ -181,6 +233,8 @@ template <class S>
 void gemm(GemmMode mode, bool trans_a, bool trans_b, Index M, Index N, Index K, S alpha, const S* A, Index lda,
           const S* B, Index ldb, bool accumulate, S* C, Index ldc, const S* row_init = nullptr) {
   if (M <= 0 || N <= 0) return;
+  detail::check_operands(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc);
+  if (row_init && !accumulate) detail::check_addressable(row_init, 1, N, N, "GEMM operand row_init");
   if (mode == GemmMode::invariant) {
     detail::invariant_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, accumulate, C, ldc, row_init);
     return;
@@ -236,6 +290,7 @@ void gemm_bf16(bool trans_a, bool trans_b, Index M, Index N, Index K, const std:
                const std::uint16_t* B, Index ldb, bool accumulate, CT* C, Index ldc) {
   static_assert(std::is_same_v<CT, float> || std::is_same_v<CT, std::uint16_t>);
   if (M <= 0 || N <= 0) return;
+  detail::check_operands(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc);
 #if TWIN_HAVE_ONEDNN
   if (K > 0 && bf16_dot_products()) {
     onednn::bf16_matmul(trans_a, trans_b, M, N, K, A, lda, B, ldb, accumulate, C, ldc);
