@@ -52,7 +52,11 @@ struct TempDir {
 
 std::vector<std::uint8_t> read_bytes(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  REQUIRE(in);
+  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(fs::file_size(p)));
+  in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  REQUIRE(in.gcount() == static_cast<std::streamsize>(bytes.size()));
+  return bytes;
 }
 
 void write_bytes(const fs::path& p, const std::string& bytes) {
@@ -438,6 +442,9 @@ std::vector<BadFile> bad_files() {
       {"file truncated inside the data", valid.substr(0, valid.size() - 5), "exceed the data section (11 bytes)"},
       {"header length past the end", le64(4096) + ok, "header length 4096 exceeds the file"},
       {"header length over 100 MB", le64(200'000'000) + ok, "exceeds the 100 MB limit"},
+      // The limit's edge: 10^8 bytes are allowed (the file is then too short), 10^8 + 1 are not.
+      {"header length at the 100 MB limit", le64(100'000'000) + ok, "header length 100000000 exceeds the file"},
+      {"header length one byte over the limit", le64(100'000'001) + ok, "exceeds the 100 MB limit"},
       {"header length 2^64-1", le64(~std::uint64_t{0}) + ok, "exceeds the 100 MB limit"},
       {"bad JSON", raw_file("{\"w\": {", 0), "not valid JSON"},
       {"JSON with trailing garbage", raw_file(ok + "xx", 16), "not valid JSON"},
@@ -590,16 +597,55 @@ TEST_CASE("hostile sharded indexes are io_errors naming the index and the proble
 }
 
 TEST_CASE("a header over safetensors' 100 MB limit is refused before writing, not written for readers to refuse") {
-  // 101 empty tensors with names of 995 000 characters: a header of ~100.5 MB; 100 of them: ~99.5 MB.
+  // 101 empty tensors with names of 995 000 characters: a header of ~100.5 MB; 100 of them: ~99.5 MB, written
+  // (the reader's side of the limit, exactly at 10^8 bytes, is a case of the hostile files above).
   TempDir dir;
   twin::StateDict s;
   for (int i = 0; i < 101; ++i) s.insert(std::string(995'000, 'a') + std::to_string(i), twin::Tensor(dtype::f32, {0}));
   const std::string e = error_of([&] { twin::save_safetensors(dir / "big.safetensors", s); });
   CHECK(e.find("over safetensors' 100000000-byte limit") != std::string::npos);
   CHECK(dir.files().empty());
-  s.erase(std::string(995'000, 'a') + "0");  // 100 names: under the limit, written and read back
+  s.erase(std::string(995'000, 'a') + "0");  // 100 names: under the limit, written whole
   twin::save_safetensors(dir / "ok.safetensors", s);
-  CHECK(twin::load_safetensors(dir / "ok.safetensors").tensors.size() == 100);
+  const std::vector<std::uint8_t> raw = read_bytes(dir / "ok.safetensors");
+  const std::string_view bytes(reinterpret_cast<const char*>(raw.data()), raw.size());
+  REQUIRE(bytes.size() >= 8);
+  std::uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[static_cast<std::size_t>(i)]);
+  CHECK(n > 99'000'000);
+  CHECK(n <= 100'000'000);
+  CHECK(bytes.size() == 8 + n);  // empty tensors: no data section
+  // Every name is in the header, in order, as its JSON string.
+  std::size_t at = 8, found = 0;
+  for (int i = 1; i <= 100; ++i) {
+    const std::string key = "\"" + std::string(995'000, 'a') + std::to_string(i) + "\":";
+    const std::size_t p = bytes.find(key, at);
+    if (p == std::string_view::npos) break;
+    at = p + key.size();
+    ++found;
+  }
+  CHECK(found == 100);
+}
+
+TEST_CASE("json_quote gives json_dump's bytes for any string; invalid UTF-8 is an io_error") {
+  // Property: the writer's fast path for plain names is the library's own escaping, byte for byte.
+  const std::vector<std::string> cases = {"",
+                                          "layer.0.weight",
+                                          "a b~{}[]:,/",
+                                          "quote\"in",
+                                          "back\\slash",
+                                          std::string("nul\0byte", 8),
+                                          "tab\tnewline\n",
+                                          "\x7f",
+                                          "\x1f",
+                                          "日本語",
+                                          "caf\xc3\xa9"};
+  for (const std::string& c : cases) {
+    CAPTURE(c);
+    CHECK(twin::detail::json_quote(c, "src") == twin::detail::json_dump(twin::detail::json_value(c), "src"));
+  }
+  CHECK(error_of([] { (void)twin::detail::json_quote("bad\xff", "src"); }).find("not valid UTF-8") !=
+        std::string::npos);
 }
 
 TEST_CASE("a missing file, a folder without a checkpoint and a non-regular file are io_errors") {

@@ -125,4 +125,19 @@ inline std::string json_dump(const json_value& j, const std::string& source, int
   }
 }
 
+// A string as a JSON string literal: the bytes json_dump gives for it.
+// Strings of printable ASCII without '"' or '\\' (nearly every tensor name)
+// are quoted as they are, skipping nlohmann's per-byte UTF-8 decoding
+// (a 100 MB header: seconds); anything else goes through json_dump.
+inline std::string json_quote(std::string_view s, const std::string& source) {
+  for (const char c : s)
+    if (c < 0x20 || c > 0x7e || c == '"' || c == '\\') return json_dump(json_value(std::string(s)), source);
+  std::string out;
+  out.reserve(s.size() + 2);
+  out += '"';
+  out += s;
+  out += '"';
+  return out;
+}
+
 }  // namespace twin::detail

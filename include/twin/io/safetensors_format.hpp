@@ -302,7 +302,9 @@ inline std::string safetensors_header_bytes(std::span<const NamedTensorView> ten
     e["shape"] = std::vector<std::int64_t>(v.shape().begin(), v.shape().end());
     e["data_offsets"] = {offset, offset + nbytes};
     if (json.size() > 1) json += ',';
-    json += json_dump(json_value(name), source) + ":" + json_dump(e, source);
+    json += json_quote(name, source);
+    json += ':';
+    json += json_dump(e, source);
     offset += nbytes;
   }
   json += '}';
