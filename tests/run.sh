@@ -38,9 +38,11 @@ stage "headers under clang (-Wall -Wextra -Werror)"
   clang++ -std=c++20 -fsyntax-only -Wall -Wextra -Werror -DTWIN_HAVE_ONEDNN=1 -Iinclude -isystem /usr/include/eigen3 \
     -x c++ -
 
-# -O1 keeps sanitized tests quick (the tests' own units -O0: they compile in
-# about half the time, more than they then lose in running); line tables (-g1) are all sanitizer reports
-# need and save a tenth of the compile time; TWIN_ENABLE_ASSERTS stays on.
+# -O1 keeps sanitized tests quick (the tests' own units and the examples they
+# drive -O0: they compile in about half the time, more than they then lose in
+# running; the Eigen engines without ASan's instrumentation, docs/design.md
+# §8); line tables (-g1) are all sanitizer reports need and save a tenth of
+# the compile time; TWIN_ENABLE_ASSERTS stays on.
 # Benchmarks are built by their own commands (benchmarks/RESULTS.md), not here.
 stage "configure (preset asan)"
 cmake --preset asan >/dev/null
