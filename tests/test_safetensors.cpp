@@ -70,6 +70,14 @@ std::string le64(std::uint64_t n) {
   return s;
 }
 
+// A file's header length: its first 8 bytes, little-endian (le64 reversed).
+std::uint64_t header_length_of(const std::vector<std::uint8_t>& f) {
+  REQUIRE(f.size() >= 8);
+  std::uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | f[static_cast<std::size_t>(i)];
+  return n;
+}
+
 // A raw file: length prefix, the header text exactly as given, data bytes.
 std::string raw_file(const std::string& header, std::size_t data_bytes) {
   return le64(header.size()) + header + std::string(data_bytes, '\x11');
@@ -139,9 +147,7 @@ struct SpecFile {
 
 SpecFile spec_read(const fs::path& p) {
   const std::vector<std::uint8_t> f = read_bytes(p);
-  REQUIRE(f.size() >= 8);
-  std::uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | f[static_cast<std::size_t>(i)];
+  const std::uint64_t n = header_length_of(f);
   REQUIRE(n <= f.size() - 8);
   CHECK(n % 8 == 0);
   const std::string header(f.begin() + 8, f.begin() + 8 + static_cast<std::ptrdiff_t>(n));
@@ -609,9 +615,7 @@ TEST_CASE("a header over safetensors' 100 MB limit is refused before writing, no
   twin::save_safetensors(dir / "ok.safetensors", s);
   const std::vector<std::uint8_t> raw = read_bytes(dir / "ok.safetensors");
   const std::string_view bytes(reinterpret_cast<const char*>(raw.data()), raw.size());
-  REQUIRE(bytes.size() >= 8);
-  std::uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[static_cast<std::size_t>(i)]);
+  const std::uint64_t n = header_length_of(raw);
   CHECK(n > 99'000'000);
   CHECK(n <= 100'000'000);
   CHECK(bytes.size() == 8 + n);  // empty tensors: no data section
