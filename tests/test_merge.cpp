@@ -391,6 +391,32 @@ TEST_CASE("sampled top-k: a sample that misses the k-th magnitude falls back, ex
   }
 }
 
+TEST_CASE("a cut's least selected key decides every magnitude key as selects() does, at the edges") {
+  // The combination kernels compare each key once against least(); selects()
+  // is the definition (above the threshold, or equal to it where ties are
+  // kept). Thresholds at 0, in the middle, at the largest key, and above every
+  // key (keep_none's), each keeping or dropping its ties.
+  const std::uint32_t max_key = 0x7fffffffu;
+  for (std::uint32_t thr : {0u, 1u, 0x3f800000u, max_key - 1, max_key, 0x80000000u, 0xffffffffu}) {
+    for (bool keep_ties : {false, true}) {
+      CAPTURE(thr);
+      CAPTURE(keep_ties);
+      BlockCut b;
+      b.threshold = thr, b.keep_ties = keep_ties;
+      std::vector<std::uint32_t> keys = {0u, 1u, 2u, 0x3f7fffffu, 0x3f800000u, 0x3f800001u, max_key - 1, max_key};
+      if (thr <= max_key) {
+        keys.push_back(thr);
+        if (thr > 0) keys.push_back(thr - 1);
+        if (thr < max_key) keys.push_back(thr + 1);
+      }
+      for (std::uint32_t k : keys) {
+        CAPTURE(k);
+        CHECK((k >= b.least()) == b.selects(k));
+      }
+    }
+  }
+}
+
 TEST_CASE("ties trims exactly on tensors large enough for the sampled selection, adversarial layouts included") {
   // Per-tensor TIES recomputes τ in each pass and selects through a sampled
   // window (ties.hpp); a layout whose sampled runs hold tiny task values

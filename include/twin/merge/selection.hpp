@@ -829,6 +829,12 @@ struct BlockCut {
     return b;
   }
   bool selects(std::uint32_t key) const noexcept { return (key > threshold) | (keep_ties & (key == threshold)); }
+  // The least key selected: for a magnitude key (≤ 0x7fffffff), selects(key)
+  // is key ≥ least(), one comparison (0x80000000: none).
+  std::uint32_t least() const noexcept {
+    if (threshold > 0x7fffffffu) return 0x80000000u;
+    return keep_ties ? threshold : threshold + 1;
+  }
 };
 
 // Zeroes, in place, every entry of v that `keep` does not select or `drop`

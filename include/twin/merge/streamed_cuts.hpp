@@ -151,12 +151,9 @@ void trimmed_in_registers(std::int64_t m, const float* TWIN_RESTRICT base, const
   using L = Lanes<W>;
   using V = typename L::f32;
   using K = typename L::u32;
-  std::uint32_t kt[NT], dt[NT];
-  std::uint32_t kk[NT], dk[NT];
-  for (std::size_t i = 0; i < NT; ++i) {
-    kt[i] = keep[i].threshold, kk[i] = keep[i].keep_ties ? ~0u : 0u;
-    dt[i] = Band ? (*drop)[i].threshold : 0xffffffffu, dk[i] = Band && (*drop)[i].keep_ties ? ~0u : 0u;
-  }
+  // Each cut as its least selected key (BlockCut::least): one comparison.
+  std::uint32_t kl[NT], dl[NT];
+  for (std::size_t i = 0; i < NT; ++i) kl[i] = keep[i].least(), dl[i] = Band ? (*drop)[i].least() : 0x80000000u;
   std::int64_t j = 0;
   for (; j + L::n <= m; j += L::n) {
     V b, t[NT];
@@ -168,8 +165,8 @@ void trimmed_in_registers(std::int64_t m, const float* TWIN_RESTRICT base, const
       K key;
       std::memcpy(&key, &x, sizeof key);
       key &= 0x7fffffffu;
-      K sel = (K)(key > kt[i]) | ((K)(key == kt[i]) & kk[i]);
-      if constexpr (Band) sel &= ~((K)(key > dt[i]) | ((K)(key == dt[i]) & dk[i]));
+      K sel = (K)(key >= kl[i]);
+      if constexpr (Band) sel &= ~(K)(key >= dl[i]);
       keep_lanes(x, sel);
       t[i] = x;
     }
