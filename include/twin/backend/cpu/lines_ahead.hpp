@@ -33,7 +33,7 @@ class LinesAhead {
   std::int64_t left() const noexcept { return lines_ - asked_; }
   // Asks for the next `count` lines (fewer where the plan ends), into L2
   // (locality 2: prefetcht1), not L1: they are read a whole run later. On
-  // an Intel Xeon that is faster (TIES 134 → 129 ms, model_stock 71 → 65);
+  // an Intel Xeon that is faster (TIES 122 → 118 ms, model_stock 69 → 64);
   // on Zen 5 it measured the same as L1 (benchmarks/RESULTS.md, "Lines
   // ahead into L2").
   void ask(std::int64_t count) noexcept {
